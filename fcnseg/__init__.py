@@ -1,0 +1,10 @@
+"""fcnseg: Fully Convolutional Networks for semantic segmentation, exact to the paper."""
+
+from __future__ import annotations
+
+from .models import create_model, list_models
+from .preprocessing import CAFFE, TORCHVISION, Preprocessing, preprocess
+
+__version__ = "0.1.0"
+
+__all__ = ["CAFFE", "TORCHVISION", "Preprocessing", "create_model", "list_models", "preprocess", "__version__"]

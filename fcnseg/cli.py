@@ -1,0 +1,32 @@
+"""The ``fcnseg`` command line: each sub-command lives in :mod:`fcnseg.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+#: Sub-command modules, in the order ``fcnseg --help`` lists them.
+COMMAND_MODULES = [
+    "models",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(f"fcnseg.commands.{module_name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"fcnseg.commands.{args.command}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The FCN head: one class for FCN-32s, FCN-16s, FCN-8s and FCN-8s at-once.
+
+The variant is a parameter (the output stride and the at-once skip scaling),
+never a copy. Every crop offset is computed from the layers' coordinate maps
+when the model is built (see :mod:`fcnseg.models.geometry`); for VGG16 they come
+out as the reference numbers (skips 5 and 9; final 19, 27 or 31).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..preprocessing import TORCHVISION, Preprocessing
+from .geometry import IDENTITY, crop_offset, deconv_map
+from .upsampling import BilinearUpsampling
+from .vgg import VGG16Backbone
+
+#: Reference layer names of each skip, from the coarsest inwards:
+#: (backbone stride, score layer, fixed at-once scale, upsampling that precedes the fusion).
+SKIPS = ((16, "score_pool4", "scale_pool4", "upscore2"), (8, "score_pool3", "scale_pool3", "upscore_pool4"))
+#: Name of the final upsampling layer for each output stride.
+FINAL_UPSAMPLING = {32: "upscore", 16: "upscore16", 8: "upscore8"}
+#: Fixed skip scales of the at-once model (reference ``scale_pool4``/``scale_pool3``).
+ATONCE_SCALES = {"scale_pool4": 0.01, "scale_pool3": 0.0001}
+
+
+def crop_like(blob: torch.Tensor, offset: int, height: int, width: int) -> torch.Tensor:
+    """``blob[:, :, offset:offset+height, offset:offset+width]``, checked to be that size."""
+    cropped = blob[:, :, offset : offset + height, offset : offset + width]
+    if cropped.shape[-2:] != (height, width):
+        raise RuntimeError(
+            f"cannot crop {tuple(blob.shape[-2:])} at offset {offset} to {(height, width)}: "
+            "the network's padding does not cover this input size"
+        )
+    return cropped
+
+
+class FCN(nn.Module):
+    """Fully convolutional network: backbone features fused from coarse to fine, upsampled, cropped.
+
+    Args:
+        num_classes: number of output classes C.
+        stride: output stride of the head, 32, 16 or 8.
+        width: channel multiplier of the VGG16 trunk (fc6/fc7 included); 1.0 is the paper's net.
+        atonce: scale the pool4/pool3 features by the fixed 0.01/0.0001 of FCN-8s at-once.
+        learnable_upsampling: train the bilinear deconvolutions (frozen in the paper's models).
+        dropout: element-wise dropout probability after fc6 and fc7.
+
+    ``forward`` takes a preprocessed blob (N, 3, H, W) and returns logits
+    (N, C, H, W) aligned pixel for pixel to the input, for every H, W >= 1.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        stride: int = 8,
+        width: float = 1.0,
+        atonce: bool = False,
+        learnable_upsampling: bool = False,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if stride not in FINAL_UPSAMPLING:
+            raise ValueError(f"stride must be one of {sorted(FINAL_UPSAMPLING)}, got {stride}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if atonce and stride != 8:
+            raise ValueError("the at-once skip scaling is defined for stride 8 only")
+        self.num_classes = num_classes
+        self.stride = stride
+        self.atonce = atonce
+        self.preprocessing: Preprocessing = TORCHVISION
+        self.backbone = VGG16Backbone(width=width, dropout=dropout)
+        channels, maps = self.backbone.channels, self.backbone.coord_maps
+
+        self.score_fr = nn.Conv2d(channels[32], num_classes, 1)
+        score_map = maps[32]
+        self.skip_names: list[tuple[int, str, str, str]] = [s for s in SKIPS if s[0] >= stride]
+        self.skip_offsets: list[int] = []
+        for skip_stride, score_name, scale_name, up_name in self.skip_names:
+            self.add_module(up_name, BilinearUpsampling(num_classes, 2, learnable_upsampling))
+            self.add_module(score_name, nn.Conv2d(channels[skip_stride], num_classes, 1))
+            score_map = score_map.then(deconv_map(4, 2))
+            self.skip_offsets.append(crop_offset(maps[skip_stride], score_map))
+            if atonce:
+                self.register_buffer(scale_name, torch.tensor(ATONCE_SCALES[scale_name]))
+        self.final_name = FINAL_UPSAMPLING[stride]
+        self.add_module(self.final_name, BilinearUpsampling(num_classes, stride, learnable_upsampling))
+        score_map = score_map.then(deconv_map(2 * stride, stride))
+        self.final_offset = crop_offset(score_map, IDENTITY)
+
+        for name in ["score_fr"] + [s[1] for s in self.skip_names]:
+            # The paper starts every score layer at zero.
+            nn.init.zeros_(getattr(self, name).weight)
+            nn.init.zeros_(getattr(self, name).bias)
+        self.config: dict[str, Any] = {}
+
+    def reference_layers(self) -> dict[str, nn.Module]:
+        """Every layer with weights, under its reference Caffe name."""
+        layers = self.backbone.reference_layers()
+        names = ["score_fr"] + [n for s in self.skip_names for n in (s[1], s[3])] + [self.final_name]
+        layers.update({name: getattr(self, name) for name in names})
+        return layers
+
+    def crop_offsets(self) -> dict[str, int]:
+        """The computed crops: one per skip (by score layer name) and the final one."""
+        offsets = {s[1]: off for s, off in zip(self.skip_names, self.skip_offsets)}
+        offsets["final"] = self.final_offset
+        return offsets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        features = self.backbone(x)
+        score = self.score_fr(features[32])
+        for (skip_stride, score_name, scale_name, up_name), offset in zip(self.skip_names, self.skip_offsets):
+            score = getattr(self, up_name)(score)
+            skip = features[skip_stride]
+            if self.atonce:
+                skip = skip * getattr(self, scale_name)
+            skip = getattr(self, score_name)(skip)
+            score = score + crop_like(skip, offset, score.shape[-2], score.shape[-1])
+        score = getattr(self, self.final_name)(score)
+        return crop_like(score, self.final_offset, height, width)
