@@ -48,6 +48,11 @@ class Preprocessing:
         if any(s == 0 for s in self.std):
             raise ValueError(f"std must be non-zero, got {self.std!r}")
 
+    def mean_rgb_uint8(self) -> tuple[int, int, int]:
+        """The mean as an RGB uint8 colour: padding an image with it gives ~0 after :func:`preprocess`."""
+        mean = self.mean[::-1] if self.channel_order == "BGR" else self.mean
+        return tuple(int(round(min(255.0, max(0.0, m / self.scale)))) for m in mean)  # type: ignore[return-value]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (for checkpoints and export metadata)."""
         return asdict(self) | {"mean": list(self.mean), "std": list(self.std)}

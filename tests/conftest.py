@@ -1,0 +1,35 @@
+"""Shared test fixtures: the real data beside the project, and deterministic torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def camvid_root() -> Path:
+    """../shared/data/camvid, or a skip that says why."""
+    root = SHARED_DATA / "camvid"
+    if not root.is_dir():
+        pytest.skip(f"real data not present: {root} (the shared data folder sits beside the project)")
+    return root
+
+
+@pytest.fixture
+def voc_mini_root() -> Path:
+    """../shared/data/voc_mini/VOCdevkit/VOC2012, or a skip that says why."""
+    root = SHARED_DATA / "voc_mini" / "VOCdevkit" / "VOC2012"
+    if not root.is_dir():
+        pytest.skip(f"real data not present: {root} (the shared data folder sits beside the project)")
+    return root
