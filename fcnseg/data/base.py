@@ -1,0 +1,154 @@
+"""The dataset base class every kind shares: item checks, skipping bad items, transforms."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .errors import DatasetError
+from .palette import Colour, default_palette
+
+logger = logging.getLogger("fcnseg.data")
+
+Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class SegmentationDataset(Dataset):
+    """Images with per-pixel class ids.
+
+    An item is ``(image, mask)``: ``image`` a uint8 tensor (3, H, W) in RGB,
+    ``mask`` an int64 tensor (H, W) holding ids in ``[0, num_classes)`` or
+    ``ignore_index``; ``transform(image, mask)`` is applied last when given.
+
+    Every item is checked when read: image and mask must have the same size and
+    every label must be a class id or the ignore value. A bad item raises
+    :class:`DatasetError` naming its files. With ``skip_bad=True`` a bad item is
+    logged (logger ``fcnseg.data``) and the next good item in index order is
+    returned in its place (wrapping around), so a DataLoader never stops on it;
+    if no item is good the error is raised.
+
+    Subclasses set ``ids`` and implement :meth:`load_image`, :meth:`load_mask`
+    and :meth:`describe`; they hold only plain data so that DataLoader workers
+    can pickle them.
+    """
+
+    def __init__(
+        self,
+        *,
+        classes: Sequence[str],
+        ids: Sequence[str],
+        palette: Sequence[Colour] | None = None,
+        ignore_index: int = 255,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
+        self.classes = [str(name) for name in classes]
+        if not self.classes:
+            raise DatasetError("a dataset needs at least one class name")
+        self.ids = list(ids)
+        self.ignore_index = int(ignore_index)
+        if 0 <= self.ignore_index < len(self.classes):
+            raise DatasetError(
+                f"ignore_index {self.ignore_index} is also a class id (classes are 0..{len(self.classes) - 1})"
+            )
+        palette = list(palette) if palette is not None else default_palette(len(self.classes))
+        if len(palette) < len(self.classes):
+            raise DatasetError(f"palette has {len(palette)} colours for {len(self.classes)} classes")
+        self.palette = [tuple(int(v) for v in colour) for colour in palette[: len(self.classes)]]
+        self.transform = transform
+        self.skip_bad = bool(skip_bad)
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """The raw image of item ``index``: uint8 (3, H, W) RGB."""
+        raise NotImplementedError
+
+    def load_mask(self, index: int) -> torch.Tensor:
+        """The raw mask of item ``index``: int64 (H, W), labels not yet checked."""
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        """Where item ``index`` comes from (its files), for messages."""
+        return f"item {index} ({self.ids[index]})"
+
+    # -- shared behaviour ---------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def stems(self) -> list[str]:
+        """Alias of ``ids`` (folder datasets speak of file stems)."""
+        return self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read_mask(self, index: int) -> torch.Tensor:
+        """The mask of item ``index`` with its labels checked (no image decoded)."""
+        mask = self.load_mask(index)
+        self.check_labels(mask, index)
+        return mask
+
+    def read_item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and mask of item ``index``, checked, before the transform."""
+        image = self.load_image(index)
+        mask = self.load_mask(index)
+        if image.shape[-2:] != mask.shape[-2:]:
+            raise DatasetError(
+                f"{self.describe(index)}: image is {image.shape[-1]}x{image.shape[-2]} (WxH) but mask is "
+                f"{mask.shape[-1]}x{mask.shape[-2]}; expected the same size"
+            )
+        self.check_labels(mask, index)
+        return image, mask
+
+    def check_labels(self, mask: torch.Tensor, index: int) -> None:
+        """Raise :class:`DatasetError` if ``mask`` holds a label that is no class id and not ignore."""
+        bad = ((mask < 0) | (mask >= self.num_classes)) & (mask != self.ignore_index)
+        if bool(bad.any()):
+            position = tuple(int(v) for v in bad.nonzero()[0])
+            values = torch.unique(mask[bad])[:8].tolist()
+            raise DatasetError(
+                f"{self.describe(index)}: mask has label {mask[position].item()} at (row, col) {position} "
+                f"(bad labels: {values}); expected 0..{self.num_classes - 1} or the ignore value {self.ignore_index}"
+            )
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
+        index %= len(self)
+        image, mask = self._read_or_skip(index)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image, mask
+
+    def _read_or_skip(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.skip_bad:
+            return self.read_item(index)
+        first_error: DatasetError | None = None
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            try:
+                return self.read_item(candidate)
+            except DatasetError as error:
+                logger.warning("skipping bad item: %s", error)
+                first_error = first_error or error
+        raise DatasetError(f"no readable item in the dataset (skip_bad=True); first error: {first_error}")
+
+    def find_bad_items(self) -> list[tuple[int, str]]:
+        """Read every item once; return ``(index, message)`` for each bad one (nothing raised)."""
+        bad = []
+        for index in range(len(self)):
+            try:
+                self.read_item(index)
+            except DatasetError as error:
+                bad.append((index, str(error)))
+        return bad
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} items, {self.num_classes} classes)"

@@ -1,0 +1,48 @@
+"""Colour palettes for class ids.
+
+The PASCAL VOC palette spreads the bits of a class id over the top bits of R,
+G and B (id 1 = (128, 0, 0), 2 = (0, 128, 0), 3 = (128, 128, 0), ...). It is
+also the default palette of datasets that bring none: its first colours are
+well separated and id 0 is black.
+"""
+
+from __future__ import annotations
+
+Colour = tuple[int, int, int]
+
+#: Colour of the VOC "void" label 255 in the VOC palette.
+VOC_VOID_COLOUR: Colour = (224, 224, 192)
+
+
+def voc_palette(n: int = 256) -> list[Colour]:
+    """The first ``n`` colours of the PASCAL VOC palette (``n`` <= 256)."""
+    if not 0 <= n <= 256:
+        raise ValueError(f"the VOC palette has 256 colours; asked for {n}")
+    palette = []
+    for index in range(n):
+        r = g = b = 0
+        bits = index
+        for shift in range(7, -1, -1):  # bit 0 -> top bit, bit 3 -> next bit down, ...
+            r |= (bits & 1) << shift
+            g |= ((bits >> 1) & 1) << shift
+            b |= ((bits >> 2) & 1) << shift
+            bits >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def default_palette(num_classes: int) -> list[Colour]:
+    """Palette for a dataset without its own: the VOC colours (so id 0 is black)."""
+    if num_classes > 256:
+        raise ValueError(f"default palette covers up to 256 classes; got {num_classes}")
+    return voc_palette(num_classes)
+
+
+def flat_palette(palette: list[Colour], ignore_index: int | None = 255) -> list[int]:
+    """A 768-entry flat list for ``PIL.Image.putpalette`` (ignore id drawn in the VOC void colour)."""
+    flat = [0] * 768
+    for index, colour in enumerate(palette[:256]):
+        flat[3 * index : 3 * index + 3] = list(colour)
+    if ignore_index is not None and 0 <= ignore_index < 256 and ignore_index >= len(palette):
+        flat[3 * ignore_index : 3 * ignore_index + 3] = list(VOC_VOID_COLOUR)
+    return flat
