@@ -1,0 +1,232 @@
+"""Inference on single images: load, predict logits or a mask, save a palette PNG, draw an overlay.
+
+Every function takes uint8 RGB images (3, H, W) and applies the model's own
+preprocessing through :func:`fcnseg.preprocess`, so weights trained with any
+input convention are used correctly. Masks have the input's H and W.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .files import atomic_path
+from .preprocessing import preprocess
+from .tiling import Tile, Tiling, iter_tiles
+
+#: File suffixes treated as images when a folder is given.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageError(ValueError):
+    """An image file that cannot be read (missing, truncated, not an image)."""
+
+
+def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read an image file as a uint8 RGB tensor (3, H, W).
+
+    Grey, palette and RGBA images are converted to RGB (alpha dropped). Pixel data is
+    used as stored (no EXIF rotation), as the datasets do, so masks line up with
+    ground truth. Large images are allowed (PIL's decompression-bomb limit is lifted:
+    this reads the user's own files). Raises :class:`ImageError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as picture:
+                rgb = picture.convert("RGB")  # forces a full decode: truncated files fail here
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"{path}: cannot read as an image ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+def list_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (their image files, sorted) and glob patterns into image paths.
+
+    Returns ``(paths, problems)``: ``problems`` names each input that matched nothing.
+    Files given explicitly are kept whatever their suffix (a bad one is reported when read).
+    """
+    import glob
+
+    paths: list[Path] = []
+    problems: list[str] = []
+    for item in map(str, inputs):
+        if Path(item).is_dir():
+            found = sorted(p for p in Path(item).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{item}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif Path(item).exists():
+            paths.append(Path(item))
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                problems.append(f"{item}: pattern matches no files")
+            paths += found
+        else:
+            problems.append(f"{item}: no such file or folder")
+    unique = list(dict.fromkeys(paths))  # the same file named twice is predicted once
+    return unique, problems
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a uint8 RGB image (3, H, W), got {image.dtype} {tuple(image.shape)}")
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+class _InferenceMode:
+    """Model in eval mode on ``device`` under ``torch.inference_mode``; the training flag is restored after."""
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device) -> None:
+        self.model, self.device = model, torch.device(device)
+
+    def __enter__(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        self.was_training = self.model.training
+        if _device_of(self.model) != self.device:
+            self.model.to(self.device)
+        self.model.eval()
+        self.inference = torch.inference_mode()
+        self.inference.__enter__()
+        return self.forward
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        """Logits (C, h, w) on the device for a uint8 window (3, h, w)."""
+        blob = preprocess(window.to(self.device, non_blocking=True), self.model.preprocessing)
+        return self.model(blob.unsqueeze(0))[0]
+
+    def __exit__(self, *exc: object) -> None:
+        self.inference.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def _as_tiling(tile: Tiling | int | None) -> Tiling | None:
+    if tile is None or isinstance(tile, Tiling):
+        return tile
+    return Tiling(tile_size=int(tile))
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    tile: Tiling | int | None = None,
+) -> torch.Tensor:
+    """Class scores (C, H, W) for a uint8 RGB image (3, H, W), returned on the CPU.
+
+    ``tile`` (a :class:`~fcnseg.tiling.Tiling` or a tile size in px) predicts in
+    overlapping tiles: same result as whole-image inference, bounded memory per pass.
+    """
+    _check_image(image)
+    tiling = _as_tiling(tile)
+    with _InferenceMode(model, device) as forward:
+        if tiling is None:
+            return forward(image).float().cpu()
+        logits = torch.empty((model.num_classes, *image.shape[-2:]), dtype=torch.float32)
+        for tile_, core in iter_tiles(forward, image, tiling):
+            top, bottom, left, right = tile_.core
+            logits[:, top:bottom, left:right] = core.float().cpu()
+        return logits
+
+
+def predict_mask(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    *,
+    device: str | torch.device = "cpu",
+    tile: Tiling | int | None = None,
+    dtype: torch.dtype = torch.int64,
+    progress: Callable[[Iterator[Tile]], Iterator[Tile]] | None = None,
+) -> torch.Tensor:
+    """Class ids (H, W) for a uint8 RGB image (3, H, W), on the CPU.
+
+    With ``tile`` only one tile's logits exist at a time (the arg-max is taken on the
+    device); ``dtype=torch.uint8`` keeps the mask of a huge image small.
+    ``progress`` wraps the tile iterator (e.g. a tqdm bar).
+    """
+    _check_image(image)
+    tiling = _as_tiling(tile)
+    with _InferenceMode(model, device) as forward:
+        if tiling is None:
+            return forward(image).argmax(0).to("cpu", dtype)
+        mask = torch.empty(image.shape[-2:], dtype=dtype)
+        for tile_, core in iter_tiles(forward, image, tiling, progress):
+            top, bottom, left, right = tile_.core
+            mask[top:bottom, left:right] = core.argmax(0).to("cpu", dtype)
+        return mask
+
+
+def _palette_bytes(palette: Sequence[Sequence[int]]) -> list[int]:
+    flat = [int(v) for colour in palette[:256] for v in colour]
+    return flat + [0] * (768 - len(flat))
+
+
+def mask_to_image(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """A palette ("P" mode) PIL image whose pixel values are the class ids of ``mask`` (H, W)."""
+    array = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"expected a mask (H, W), got shape {array.shape}")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"class ids must be in 0..255 for a palette PNG, got {array.min()}..{array.max()}")
+    picture = Image.fromarray(array.astype(np.uint8))  # "L"; putpalette turns it into "P"
+    picture.putpalette(_palette_bytes(palette))
+    return picture
+
+
+def save_mask_png(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike[str]) -> Path:
+    """Write ``mask`` (H, W) as a palette PNG of class ids (atomically); returns the path."""
+    picture = mask_to_image(mask, palette)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
+    return Path(path)
+
+
+def overlay_image(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+) -> Image.Image:
+    """The image with each pixel blended towards its class colour: ``(1 - alpha) * image + alpha * colour``.
+
+    Pixels whose id has no palette colour (e.g. the ignore value 255) keep the image.
+    """
+    _check_image(image)
+    if mask.shape != image.shape[-2:]:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match image {tuple(image.shape[-2:])}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in 0..1, got {alpha}")
+    pixels = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    colours = np.asarray(palette, dtype=np.float32).reshape(-1, 3)
+    ids = mask.cpu().numpy().astype(np.int64)
+    known = (ids >= 0) & (ids < len(colours))
+    blended = pixels.copy()
+    blended[known] = (1 - alpha) * pixels[known] + alpha * colours[ids[known]]
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def save_image(picture: Image.Image, path: str | os.PathLike[str]) -> Path:
+    """Save a PIL image atomically, the format taken from the suffix (.png, .jpg)."""
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return path

@@ -1,0 +1,183 @@
+"""Tiled inference: predict images too large for memory, giving the whole-image result.
+
+Why tiles can reproduce whole-image inference exactly
+-----------------------------------------------------
+An FCN is translation-equivariant only up to the phase of its pooling grid:
+the five 2x2/2 ceil-mode max-pools lay a grid of period 32 on the padded
+input, anchored at the image origin (``conv1_1`` pads 100 px on every side).
+A tile whose origin is a multiple of 32 in image coordinates sees the same grid,
+so every feature map of the tile is a window of the whole image's feature map —
+except near the tile's edges, where the tile sees zero padding instead of image
+content. That difference spreads inwards by at most the receptive-field radius
+of an output pixel, so each tile is run with a *margin* of context around the
+*core* it contributes, and only the core is kept. Where a tile edge coincides
+with the image edge, tile and image see the same padding, so no margin is
+needed there.
+
+Receptive field of an output pixel (VGG16 FCN): ``fc7`` sees 404 px; the
+bilinear upsampling chain then mixes score cells up to 32 + 16 + 8 = 56 px
+away (FCN-8s; 32 for FCN-32s). The default margin is therefore
+``ceil((404 / 2 + 64) / 32) * 32 = 288`` px, which is also what the
+measurement in ``tests/test_tiling.py`` needs for bit-for-bit equal masks.
+
+Memory: one forward pass at a time on a window of at most
+``(tile + 2 * margin)^2`` pixels; the whole image stays uint8 on the host and
+the mask is written tile by tile, so the peak is bounded by the window, not
+the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from .models.vgg import FIRST_CONV_PADDING, VGG16_STAGES, scaled
+
+#: Period of the pooling grid of the VGG16 trunk (five 2x2/2 pools).
+NETWORK_STRIDE = 32
+
+
+def vgg16_receptive_field() -> int:
+    """Receptive field (px) of one ``fc7`` cell: 3x3 convs and 2x2 pools per stage, then the 7x7 ``fc6``."""
+    field, step = 1, 1
+    for stage in VGG16_STAGES:
+        field += 2 * step * len(stage)  # each 3x3 conv widens by 2 cells of the current step
+        field += step  # the 2x2 pool widens by one cell
+        step *= 2
+    return field + 6 * step  # fc6 is 7x7 on stride-32 cells
+
+
+def default_margin() -> int:
+    """Context kept around each tile's core: receptive-field radius plus upsampling reach, rounded to 32."""
+    reach = vgg16_receptive_field() / 2 + 2 * NETWORK_STRIDE
+    return int(math.ceil(reach / NETWORK_STRIDE) * NETWORK_STRIDE)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return max(multiple, int(math.ceil(value / multiple) * multiple))
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Options of tiled inference.
+
+    Args:
+        tile_size: side of each tile's core in pixels (rounded up to a multiple of 32).
+        margin: context around the core (rounded up to a multiple of 32); ``None`` uses
+            :func:`default_margin`, which reproduces whole-image inference.
+    """
+
+    tile_size: int = 512
+    margin: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1, got {self.tile_size}")
+        if self.margin is not None and self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        object.__setattr__(self, "tile_size", _round_up(self.tile_size, NETWORK_STRIDE))
+        margin = default_margin() if self.margin is None else self.margin
+        object.__setattr__(self, "margin", 0 if margin == 0 else _round_up(margin, NETWORK_STRIDE))
+
+    @property
+    def window_size(self) -> int:
+        """Largest side of the window one forward pass sees."""
+        return self.tile_size + 2 * int(self.margin or 0)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One forward pass: the ``window`` fed to the network and the ``core`` kept from it.
+
+    Both are ``(top, bottom, left, right)`` in image coordinates (end-exclusive).
+    """
+
+    core: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+    def core_in_window(self) -> tuple[slice, slice]:
+        """Slices that cut the core out of the window's output."""
+        top, bottom, left, right = self.core
+        wtop, _, wleft, _ = self.window
+        return slice(top - wtop, bottom - wtop), slice(left - wleft, right - wleft)
+
+
+def _spans(length: int, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
+    spans = []
+    for start in range(0, length, tile):
+        end = min(start + tile, length)
+        spans.append((start, end, max(0, start - margin), min(length, end + margin)))
+    return spans
+
+
+def plan_tiles(height: int, width: int, tiling: Tiling) -> list[Tile]:
+    """Tiles covering an image once: cores start at multiples of the tile size (a multiple of 32)."""
+    margin = int(tiling.margin or 0)
+    return [
+        Tile(core=(top, bottom, left, right), window=(wtop, wbottom, wleft, wright))
+        for top, bottom, wtop, wbottom in _spans(height, tiling.tile_size, margin)
+        for left, right, wleft, wright in _spans(width, tiling.tile_size, margin)
+    ]
+
+
+def estimate_forward_bytes(model: torch.nn.Module, height: int, width: int) -> int:
+    """Rough peak memory (bytes) of one inference forward pass of ``model`` on an H x W image.
+
+    Dominated by the first stage: ``conv1_1``/``conv1_2`` keep two maps of the padded
+    size (H + 198) x (W + 198) alive at once; the logits before the final crop add
+    ``num_classes`` maps of about the same size. A factor of 1.5 covers convolution
+    workspace. Calibrated against measured peak RSS (see the report in the README).
+    """
+    conv1 = getattr(getattr(model, "backbone", None), "conv1_1", None)
+    channels = conv1.out_channels if conv1 is not None else scaled(VGG16_STAGES[0][0], 1.0)
+    num_classes = int(getattr(model, "num_classes", 21))
+    padded = (height + 2 * FIRST_CONV_PADDING) * (width + 2 * FIRST_CONV_PADDING)
+    floats = padded * (2 * channels + 3 + 2 * num_classes)
+    return int(1.5 * 4 * floats)
+
+
+def tiling_for_budget(model: torch.nn.Module, budget_bytes: int, margin: int | None = None) -> Tiling:
+    """The largest tiling whose window fits ``budget_bytes`` by :func:`estimate_forward_bytes`."""
+    tiling = Tiling(tile_size=NETWORK_STRIDE, margin=margin)
+    smallest = estimate_forward_bytes(model, tiling.window_size, tiling.window_size)
+    if smallest > budget_bytes:
+        raise ValueError(
+            f"a memory budget of {budget_bytes / 2**20:.0f} MiB is too small: the smallest tile "
+            f"({tiling.window_size} px window) needs about {smallest / 2**20:.0f} MiB"
+        )
+    low, high = NETWORK_STRIDE, 1 << 20
+    while high - low > NETWORK_STRIDE:  # binary search on the core size, in steps of 32
+        mid = _round_up((low + high) // 2, NETWORK_STRIDE)
+        window = Tiling(mid, margin).window_size
+        if estimate_forward_bytes(model, window, window) <= budget_bytes:
+            low = mid
+        else:
+            high = mid
+    return Tiling(tile_size=low, margin=margin)
+
+
+def needs_tiling(model: torch.nn.Module, height: int, width: int, budget_bytes: int) -> bool:
+    """Whether a whole-image forward pass on H x W would exceed ``budget_bytes``."""
+    return estimate_forward_bytes(model, height, width) > budget_bytes
+
+
+def iter_tiles(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tiling: Tiling,
+    progress: Callable[[Iterator[Tile]], Iterator[Tile]] | None = None,
+) -> Iterator[tuple[Tile, torch.Tensor]]:
+    """Yield ``(tile, result of the core)`` for every tile of a uint8 image (3, H, W).
+
+    ``run`` maps a uint8 window (3, h, w) to a per-pixel result (..., h, w), e.g. logits;
+    the core is cut from it before it is yielded.
+    """
+    tiles = plan_tiles(image.shape[-2], image.shape[-1], tiling)
+    for tile in progress(iter(tiles)) if progress else tiles:
+        top, bottom, left, right = tile.window
+        result = run(image[:, top:bottom, left:right])
+        rows, cols = tile.core_in_window()
+        yield tile, result[..., rows, cols]
