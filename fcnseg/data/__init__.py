@@ -13,9 +13,15 @@ from typing import Any, Callable
 from .base import SegmentationDataset, Transform
 from .collate import PadCollate
 from .errors import DatasetError
+from .folder import FolderDataset
+from .paired import PairedFileDataset
 from .palette import default_palette, voc_palette
+from .readers import read_image_file, read_mask_file
+from .sbd import SBDDataset
+from .statistics import ClassStatistics, class_pixel_counts, class_statistics, median_frequency_weights
 from .synthetic import SHAPE_CLASSES, SyntheticShapes
 from .transforms import EvalTransform, TrainTransform
+from .voc import VOC_CLASSES, VOCDataset
 
 
 def _open_synthetic(root: str | os.PathLike[str] | None, split: str, **options: Any) -> SegmentationDataset:
@@ -24,7 +30,19 @@ def _open_synthetic(root: str | os.PathLike[str] | None, split: str, **options: 
     return SyntheticShapes(split, **options)
 
 
+def _needs_root(kind: str, cls: Callable[..., SegmentationDataset]) -> Callable[..., SegmentationDataset]:
+    def opener(root: str | os.PathLike[str] | None, split: str, **options: Any) -> SegmentationDataset:
+        if root is None:
+            raise DatasetError(f"dataset kind {kind!r} needs a root folder")
+        return cls(root, split, **options)
+
+    return opener
+
+
 _OPENERS: dict[str, Callable[..., SegmentationDataset]] = {
+    "voc": _needs_root("voc", VOCDataset),
+    "sbd": _needs_root("sbd", SBDDataset),
+    "folder": _needs_root("folder", FolderDataset),
     "synthetic": _open_synthetic,
 }
 
@@ -41,9 +59,15 @@ def open_dataset(
 ) -> SegmentationDataset:
     """Open a dataset of ``kind`` at ``root`` for ``split``.
 
-    ``options`` go to the kind's class (e.g. ``num_images``, ``size``, ``seed`` for
-    "synthetic"; ``ignore_index``, ``skip_bad`` for all). Raises :class:`DatasetError`
-    for an unknown kind or anything wrong with the files.
+    Kinds and their options (all take ``ignore_index`` and ``skip_bad``):
+
+    - "voc": :class:`VOCDataset` (``year``, ``sbd_root`` and ``voc2011_val`` for seg11valid)
+    - "sbd": :class:`SBDDataset` (``voc_root`` for train_aug)
+    - "folder": :class:`FolderDataset` (``classes``, ``num_classes``, ``palette``, ...)
+    - "synthetic": :class:`SyntheticShapes` (root None; ``num_images``, ``size``, ``seed``,
+      ``num_classes``/``classes``, ...)
+
+    Raises :class:`DatasetError` for an unknown kind or anything wrong with the files.
     """
     opener = _OPENERS.get(kind)
     if opener is None:
@@ -53,14 +77,25 @@ def open_dataset(
 
 __all__ = [
     "DATASET_KINDS",
+    "ClassStatistics",
     "DatasetError",
     "EvalTransform",
+    "FolderDataset",
     "PadCollate",
+    "PairedFileDataset",
+    "SBDDataset",
     "SHAPE_CLASSES",
     "SegmentationDataset",
     "SyntheticShapes",
     "TrainTransform",
+    "VOCDataset",
+    "VOC_CLASSES",
+    "class_pixel_counts",
+    "class_statistics",
     "default_palette",
+    "median_frequency_weights",
     "open_dataset",
+    "read_image_file",
+    "read_mask_file",
     "voc_palette",
 ]
