@@ -1,0 +1,44 @@
+"""Initialising FCN weights: torchvision VGG16, the paper's Caffe files, and FCN -> FCN surgery.
+
+Every function checks shapes and raises :class:`WeightsError` naming the file
+and the layer. The state-dict functions are pure; the ``load_*`` /
+``transfer_*`` functions apply them to a model in place and return the
+reference names of the layers they loaded.
+"""
+
+from .caffe import load_caffe_weights
+from .caffemodel import CaffeLayer, read_caffemodel
+from .checks import WeightsError, assign_reference_weights, reference_tensors
+from .surgery import (
+    change_num_classes_state,
+    class_index_map,
+    transfer_fcn,
+    transfer_fcn_state,
+    with_num_classes,
+)
+from .torchvision_vgg import (
+    download_vgg16_state,
+    load_vgg16_torchvision,
+    read_state_dict_file,
+    torchvision_cache_path,
+    vgg16_from_torchvision,
+)
+
+__all__ = [
+    "CaffeLayer",
+    "WeightsError",
+    "assign_reference_weights",
+    "change_num_classes_state",
+    "class_index_map",
+    "download_vgg16_state",
+    "load_caffe_weights",
+    "load_vgg16_torchvision",
+    "read_caffemodel",
+    "read_state_dict_file",
+    "reference_tensors",
+    "torchvision_cache_path",
+    "transfer_fcn",
+    "transfer_fcn_state",
+    "vgg16_from_torchvision",
+    "with_num_classes",
+]
