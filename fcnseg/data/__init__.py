@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from .base import SegmentationDataset, Transform
+from .base import InMemoryDataset, SegmentationDataset, Transform
 from .collate import PadCollate
 from .errors import DatasetError
 from .folder import FolderDataset
@@ -81,6 +81,7 @@ __all__ = [
     "DatasetError",
     "EvalTransform",
     "FolderDataset",
+    "InMemoryDataset",
     "PadCollate",
     "PairedFileDataset",
     "SBDDataset",

@@ -152,3 +152,43 @@ class SegmentationDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} items, {self.num_classes} classes)"
+
+
+class InMemoryDataset(SegmentationDataset):
+    """Items held in memory: ``images[i]`` uint8 (3, H, W) and ``masks[i]`` int64 (H, W).
+
+    For tests and for small sets built in code; the same checks apply as for files.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        *,
+        classes: Sequence[str],
+        ids: Sequence[str] | None = None,
+        palette: Sequence[Colour] | None = None,
+        ignore_index: int = 255,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
+        if len(images) != len(masks):
+            raise DatasetError(f"{len(images)} images but {len(masks)} masks")
+        if not images:
+            raise DatasetError("an in-memory dataset needs at least one item")
+        self.images = list(images)
+        self.masks = list(masks)
+        super().__init__(
+            classes=classes,
+            ids=ids if ids is not None else [f"item_{index}" for index in range(len(images))],
+            palette=palette,
+            ignore_index=ignore_index,
+            transform=transform,
+            skip_bad=skip_bad,
+        )
+
+    def load_image(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+    def load_mask(self, index: int) -> torch.Tensor:
+        return self.masks[index].long()

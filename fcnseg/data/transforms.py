@@ -49,26 +49,28 @@ class RandomScale:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
         self.scale_range = (low, high)
 
-    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         low, high = self.scale_range
         scale = low + (high - low) * float(torch.rand(()))
         height, width = image.shape[-2:]
-        size = [max(1, round(height * scale)), max(1, round(width * scale))]
-        if size == [height, width]:
-            return image, mask
-        image = F.resize(image, size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
-        mask = F.resize(mask, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        return _resize_typed(image, mask, size)
+
+
+def _resize_typed(image: torch.Tensor, mask: torch.Tensor, size: Sequence[int]) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    image = image if isinstance(image, tv_tensors.Image) else tv_tensors.Image(image)
+    mask = mask if isinstance(mask, tv_tensors.Mask) else tv_tensors.Mask(mask)
+    if tuple(size) == tuple(image.shape[-2:]):
         return image, mask
+    image = F.resize(image, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    mask = F.resize(mask, list(size), interpolation=v2.InterpolationMode.NEAREST_EXACT)
+    return image, mask
 
 
-def resize_pair(
-    image: torch.Tensor, mask: torch.Tensor, size: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize to ``size`` (height, width): image bilinear+antialias, mask nearest (centre aligned)."""
-    size = list(size)
-    resized_image = F.resize(image, size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
-    resized_mask = F.resize(mask.unsqueeze(0), size, interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
-    return resized_image, resized_mask
+    out_image, out_mask = _resize_typed(image, mask, size)
+    return out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
 
 
 class TrainTransform:
