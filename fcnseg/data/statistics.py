@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -70,10 +71,11 @@ def class_statistics(dataset: Dataset, num_classes: int | None = None, *, progre
         mask = _mask_of(dataset, index)
         if mask is None:
             continue
-        labelled = mask[mask != ignore_index]
-        if labelled.numel() and (int(labelled.min()) < 0 or int(labelled.max()) >= num_classes):
+        labels = mask.cpu().numpy().ravel()
+        labels = labels[labels != ignore_index]
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise DatasetError(f"item {index}: labels outside 0..{num_classes - 1} (ignore value {ignore_index})")
-        counts = torch.bincount(labelled.flatten(), minlength=num_classes)
+        counts = torch.from_numpy(np.bincount(labels, minlength=num_classes).astype(np.int64))
         present = counts > 0
         pixel_counts += counts
         present_pixels += present.long() * mask.numel()
