@@ -65,7 +65,18 @@ def _crop(name: str, bottom: str, like: str, offset: int) -> str:
 
 
 def _sum(name: str, a: str, b: str) -> str:
-    return f'layer {{ name: "{name}" type: "Eltwise" bottom: "{a}" bottom: "{b}" top: "{name}" eltwise_param {{ operation: SUM }} }}\n'
+    return (
+        f'layer {{ name: "{name}" type: "Eltwise" bottom: "{a}" bottom: "{b}" top: "{name}" '
+        "eltwise_param { operation: SUM } }\n"
+    )
+
+
+def _scale(name: str, bottom: str) -> str:
+    """A fixed per-channel scale (its blob comes from the caffemodel), as in voc-fcn8s-atonce."""
+    return (
+        f'layer {{ name: "{name}" type: "Scale" bottom: "{bottom}" top: "{name}" '
+        "scale_param { bias_term: false } }\n"
+    )
 
 
 def deploy_prototxt(name: str, model: torch.nn.Module, height: int, width: int) -> str:
@@ -86,7 +97,10 @@ def deploy_prototxt(name: str, model: torch.nn.Module, height: int, width: int) 
         bottom = f"pool{stage}"
     for fc, kernel in (("fc6", 7), ("fc7", 1)):
         text += _conv(fc, bottom, layers[fc].out_channels, kernel) + _relu(f"relu{fc[2]}", fc)
-        text += f'layer {{ name: "drop{fc[2]}" type: "Dropout" bottom: "{fc}" top: "{fc}" dropout_param {{ dropout_ratio: 0.5 }} }}\n'
+        text += (
+            f'layer {{ name: "drop{fc[2]}" type: "Dropout" bottom: "{fc}" top: "{fc}" '
+            "dropout_param { dropout_ratio: 0.5 } }\n"
+        )
         bottom = fc
     c = NUM_CLASSES
     text += _conv("score_fr", "fc7", c, 1)
@@ -95,7 +109,7 @@ def deploy_prototxt(name: str, model: torch.nn.Module, height: int, width: int) 
     text += _deconv("upscore2", "score_fr", c, 4, 2)
     pool4 = "pool4"
     if name == "fcn8s_atonce":
-        text += f'layer {{ name: "scale_pool4" type: "Scale" bottom: "pool4" top: "scale_pool4" scale_param {{ bias_term: false }} }}\n'
+        text += _scale("scale_pool4", "pool4")
         pool4 = "scale_pool4"
     text += _conv("score_pool4", pool4, c, 1) + _crop("score_pool4c", "score_pool4", "upscore2", 5)
     text += _sum("fuse_pool4", "upscore2", "score_pool4c")
@@ -104,7 +118,7 @@ def deploy_prototxt(name: str, model: torch.nn.Module, height: int, width: int) 
     text += _deconv("upscore_pool4", "fuse_pool4", c, 4, 2)
     pool3 = "pool3"
     if name == "fcn8s_atonce":
-        text += f'layer {{ name: "scale_pool3" type: "Scale" bottom: "pool3" top: "scale_pool3" scale_param {{ bias_term: false }} }}\n'
+        text += _scale("scale_pool3", "pool3")
         pool3 = "scale_pool3"
     text += _conv("score_pool3", pool3, c, 1) + _crop("score_pool3c", "score_pool3", "upscore_pool4", 9)
     text += _sum("fuse_pool3", "upscore_pool4", "score_pool3c")

@@ -82,7 +82,9 @@ def _check_scale(model: nn.Module, layer: CaffeLayer, source: str) -> float:
     value = float(values.flat[0])
     expected = float(getattr(model, layer.name))
     if value != expected:
-        logger.warning("%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value, expected)
+        logger.warning(
+            "%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value, expected
+        )
     return value
 
 

@@ -46,7 +46,9 @@ def _skip_scale(state: StateDict, score_layer: str) -> float:
     return float(state[key]) if key in state else 1.0
 
 
-def transfer_fcn_state(source: StateDict, target: StateDict, source_name: str = "source FCN") -> dict[str, torch.Tensor]:
+def transfer_fcn_state(
+    source: StateDict, target: StateDict, source_name: str = "source FCN"
+) -> dict[str, torch.Tensor]:
     """Weights of ``source`` laid onto an FCN of another stride (e.g. FCN-32s -> FCN-16s -> FCN-8s).
 
     Returns a new state dict shaped like ``target``: every tensor both models
@@ -131,7 +133,7 @@ def transfer_fcn(source: nn.Module | StateDict, target: nn.Module) -> list[str]:
     source model's preprocessing is carried over.
     """
     source_state = source.state_dict() if isinstance(source, nn.Module) else source
-    name = f"{source.config.get('name', 'FCN')}" if isinstance(source, nn.Module) and hasattr(source, "config") else "source FCN"
+    name = getattr(source, "config", {}).get("name", "source FCN") if isinstance(source, nn.Module) else "source FCN"
     target_state = target.state_dict()
     target.load_state_dict(transfer_fcn_state(source_state, target_state, name))
     copied = [k for k in target_state if k in source_state and layer_of(k) not in SKIP_SCALES.values()]

@@ -34,7 +34,9 @@ CLASSIFIER_LAYERS = {0: ("fc6", 7), 3: ("fc7", 1)}
 Source = Union[None, str, os.PathLike, Mapping[str, torch.Tensor], Any]
 
 
-def vgg16_from_torchvision(state: Mapping[str, torch.Tensor], source: str = "torchvision VGG16") -> dict[str, torch.Tensor]:
+def vgg16_from_torchvision(
+    state: Mapping[str, torch.Tensor], source: str = "torchvision VGG16"
+) -> dict[str, torch.Tensor]:
     """Rename a torchvision VGG16 state dict to reference names, fc6/fc7 reshaped into convolutions.
 
     Pure: returns new tensors keyed ``"conv1_1.weight"`` ... ``"fc7.bias"``
