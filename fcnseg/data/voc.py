@@ -83,7 +83,10 @@ def _sbd_train_list(sbd_root: PathLike | None) -> Path:
     if path.is_dir():
         path = path / "dataset" / "train.txt" if (path / "dataset").is_dir() else path / "train.txt"
     if not path.is_file():
-        raise DatasetError(f"SBD train list {path} does not exist (needed for seg11valid)")
+        raise DatasetError(
+            f"SBD train list {path} does not exist (needed for seg11valid); expected sbd_root to be the SBD "
+            "'dataset' folder holding train.txt, the folder above it, or train.txt itself"
+        )
     return path
 
 
