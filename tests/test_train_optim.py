@@ -1,0 +1,108 @@
+"""Recipe parameter groups, the poly schedule against its formula, and the named recipes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import fcnseg
+from fcnseg.engine.optim import LRFactor, build_optimizer, build_scheduler, parameter_groups
+from fcnseg.engine.recipes import PAPER_LR, get_recipe
+
+
+def _model(**options):
+    return fcnseg.create_model("fcn8s", num_classes=3, width=0.0625, **options)
+
+
+def test_groups_bias_lr_x2_no_decay_and_frozen_deconvs_left_out():
+    model = _model()
+    groups = {g["name"]: g for g in parameter_groups(model, lr=0.1, weight_decay=5e-4)}
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    weights = {by_id[id(p)] for p in groups["weights"]["params"]}
+    biases = {by_id[id(p)] for p in groups["biases"]["params"]}
+    assert groups["weights"]["lr"] == 0.1 and groups["weights"]["weight_decay"] == 5e-4
+    assert groups["biases"]["lr"] == pytest.approx(0.2) and groups["biases"]["weight_decay"] == 0.0
+    assert all(name.endswith(".bias") or name == "bias" for name in biases)
+    assert all(name.endswith("weight") for name in weights)
+    # the frozen bilinear deconvolutions are in no group; every other parameter is in exactly one
+    upsampling = {name for name in by_id.values() if name.startswith(("upscore", "upscore2", "upscore_pool4"))}
+    assert upsampling and not (upsampling & (weights | biases))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert weights | biases == trainable and not weights & biases
+    assert "score_fr.bias" in biases and "backbone.conv1_1.weight" in weights
+
+
+def test_learnable_upsampling_joins_the_weights_group():
+    model = _model(learnable_upsampling=True)
+    groups = {g["name"]: g for g in parameter_groups(model, lr=1.0, weight_decay=0.0)}
+    ids = {id(p) for p in groups["weights"]["params"]}
+    assert id(model.upscore8.weight) in ids
+
+
+def test_sgd_step_applies_bias_x2_and_decay_on_weights_only():
+    # one SGD step without momentum: w -= lr * (g + wd * w); b -= 2 lr * g
+    model = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.bias.fill_(3.0)
+    optimizer = build_optimizer(model, name="sgd", lr=0.1, momentum=0.0, weight_decay=0.5)
+    model(torch.ones(1, 1, 1, 1)).sum().backward()  # d/dw = 1, d/db = 1
+    optimizer.step()
+    assert model.weight.item() == pytest.approx(2.0 - 0.1 * (1.0 + 0.5 * 2.0))
+    assert model.bias.item() == pytest.approx(3.0 - 0.2 * 1.0)
+
+
+def test_poly_schedule_matches_the_formula():
+    total, warmup, start, power, base = 50, 5, 0.01, 0.9, 0.2
+    factor = LRFactor("poly", total, warmup, warmup_start=start, power=power)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = build_scheduler(optimizer, factor)
+    seen = []
+    for _ in range(total):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    for step, lr in enumerate(seen):
+        if step < warmup:
+            expected = base * (start + (1 - start) * step / warmup)
+        else:
+            expected = base * (1 - (step - warmup) / (total - warmup)) ** power
+        assert lr == pytest.approx(expected, rel=1e-12), step
+    assert seen[warmup] == pytest.approx(base) and seen[-1] < base * 0.1
+
+
+def test_fixed_schedule_is_constant_and_bias_group_keeps_x2():
+    model = _model()
+    optimizer = build_optimizer(model, name="sgd", lr=1e-10, momentum=0.99, weight_decay=5e-4)
+    scheduler = build_scheduler(optimizer, LRFactor("fixed", 100))
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-10, 2e-10]
+
+
+def test_paper_recipe_is_design_section_3():
+    for model_name, lr in {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s_atonce": 1e-10}.items():
+        recipe = get_recipe("paper", model_name)
+        assert recipe.lr == lr == PAPER_LR[model_name]
+        assert (recipe.optimizer, recipe.momentum, recipe.weight_decay, recipe.bias_lr_mult) == ("sgd", 0.99, 5e-4, 2.0)
+        assert (recipe.schedule, recipe.loss, recipe.batch_size, recipe.crop_size, recipe.augment) == (
+            "fixed", "sum", 1, None, False)
+        assert recipe.val_every == 4000 and not recipe.bias_decay
+    assert get_recipe("paper", "fcn8s_atonce").steps == 300_000 and get_recipe("paper", "fcn8s").steps == 100_000
+
+
+def test_modern_recipe_and_json_override(tmp_path):
+    modern = get_recipe("modern", "fcn8s")
+    assert (modern.loss, modern.momentum, modern.schedule, modern.amp) == ("mean", 0.9, "poly", True)
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"base": "modern", "lr": 0.02, "batch_size": 4}))
+    mine = get_recipe(str(path), "fcn8s")
+    assert (mine.lr, mine.batch_size, mine.momentum) == (0.02, 4, 0.9)
+    path.write_text(json.dumps({"base": "modern", "learning_rate": 0.02}))
+    with pytest.raises(ValueError, match="learning_rate"):
+        get_recipe(str(path), "fcn8s")
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("fancy", "fcn8s")
