@@ -78,7 +78,7 @@ class SyntheticShapes(SegmentationDataset):
         seed: int = 0,
         num_classes: int | None = None,
         classes: Sequence[str] | None = None,
-        noise: float = 12.0,
+        noise: float = 10.0,
         transform: Transform | None = None,
         skip_bad: bool = False,
         ignore_index: int = 255,
@@ -162,7 +162,7 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 
 def render_shapes(
-    rng: np.random.Generator, height: int, width: int, classes: Sequence[str], noise: float = 12.0
+    rng: np.random.Generator, height: int, width: int, classes: Sequence[str], noise: float = 10.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its mask with ``rng``; ``classes[i]`` is the shape drawn with id ``i``."""
     ids = {name: index for index, name in enumerate(classes)}
@@ -178,7 +178,7 @@ def render_shapes(
     large = [name for name in _LARGE_SHAPES if name in ids]
     plan: list[str] = []
     if large:
-        plan += list(rng.choice(large, size=int(rng.integers(1, 4))))
+        plan += list(rng.choice(large, size=int(rng.integers(2, 5))))
     if "bar" in ids:
         plan += ["bar"] * int(rng.integers(0, 3))
     if "dot" in ids:
@@ -239,13 +239,13 @@ def _rotated(x: np.ndarray, y: np.ndarray, cx: float, cy: float, angle: float) -
 
 def _disc(rng, x, y, side, height, width):
     cx, cy = _centre(rng, height, width)
-    radius = rng.uniform(0.10, 0.18) * side
+    radius = rng.uniform(0.11, 0.19) * side
     return (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
 
 
 def _square(rng, x, y, side, height, width):
     cx, cy = _centre(rng, height, width)
-    half = rng.uniform(0.09, 0.16) * side
+    half = rng.uniform(0.10, 0.17) * side
     aspect = rng.uniform(1.0, 1.5)
     u, v = _rotated(x, y, cx, cy, rng.uniform(0, np.pi / 2))
     return (np.abs(u) <= half * aspect) & (np.abs(v) <= half)
@@ -253,7 +253,7 @@ def _square(rng, x, y, side, height, width):
 
 def _triangle(rng, x, y, side, height, width):
     cx, cy = _centre(rng, height, width)
-    radius = rng.uniform(0.12, 0.22) * side
+    radius = rng.uniform(0.15, 0.25) * side
     angles = rng.uniform(0, 2 * np.pi) + np.arange(3) * (2 * np.pi / 3) + rng.uniform(-0.2, 0.2, size=3)
     radii = radius * rng.uniform(0.85, 1.1, size=3)
     px, py = cx + radii * np.cos(angles), cy + radii * np.sin(angles)
@@ -266,7 +266,7 @@ def _triangle(rng, x, y, side, height, width):
 
 def _ring(rng, x, y, side, height, width):
     cx, cy = _centre(rng, height, width)
-    outer = rng.uniform(0.13, 0.22) * side
+    outer = rng.uniform(0.15, 0.24) * side
     inner = outer * rng.uniform(0.45, 0.65)
     squared = (x - cx) ** 2 + (y - cy) ** 2
     return (squared <= outer**2) & (squared >= inner**2)
@@ -275,14 +275,14 @@ def _ring(rng, x, y, side, height, width):
 def _bar(rng, x, y, side, height, width):
     cx, cy = _centre(rng, height, width)
     half_length = rng.uniform(0.35, 0.7) * side / 2
-    half_width = max(1.5, rng.uniform(0.02, 0.035) * side)
+    half_width = max(2.0, rng.uniform(0.025, 0.04) * side)
     u, v = _rotated(x, y, cx, cy, rng.uniform(0, np.pi))
     return (np.abs(u) <= half_length) & (np.abs(v) <= half_width)
 
 
 def _dot(rng, x, y, side, height, width):
     cx, cy = rng.uniform(0.03, 0.97) * width, rng.uniform(0.03, 0.97) * height
-    radius = max(2.0, rng.uniform(0.025, 0.045) * side)
+    radius = max(3.0, rng.uniform(0.035, 0.055) * side)
     return (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
 
 
