@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fcnseg.data import SHAPE_CLASSES, DatasetError, PadCollate, SyntheticShapes, open_dataset
+from fcnseg.data import SHAPE_CLASSES, DatasetError, PadCollate, SyntheticShapes, TrainTransform, open_dataset
 
 
 def test_items_have_the_contract_types() -> None:
@@ -66,6 +66,13 @@ def test_default_counts_and_options() -> None:
 def test_bad_options_are_clear_errors(options: dict, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
         SyntheticShapes("train", **options)
+
+
+def test_transform_is_applied() -> None:
+    transform = TrainTransform(crop_size=(24, 20), scale_range=(0.8, 1.2))
+    dataset = open_dataset("synthetic", None, "train", num_images=3, size=48, transform=transform)
+    image, mask = dataset[0]
+    assert image.shape == (3, 24, 20) and mask.shape == (24, 20) and image.dtype == torch.uint8
 
 
 def test_root_is_refused() -> None:
