@@ -19,18 +19,20 @@ Design (why each part is there):
   and its blob edges look like object edges: telling a solid thin bar or a
   small dot from a background blob needs the shape (width, extent), i.e. context.
   A solid shape's colour is redrawn until it differs from the mean colour under
-  it, so no bar or dot is invisible (its marginal colour distribution stays the same).
+  it, so no bar or dot is invisible (its colour distribution over the set stays
+  the shared one, as the tests check).
 * **Shape and size** agree with the texture (discs, rotated squares and
   rectangles, triangles, rings, thin bars, small dots), so both cues teach
   the same labels.
-* **Imbalance and small objects.** One to three large shapes, up to two thin
-  bars and up to four small dots per image (dots drawn last, on top): the
-  background covers about two thirds of the pixels, dots well under 1 %.
+* **Imbalance and small objects.** Two to four large shapes (they may overlap;
+  later ones on top), up to two thin bars and up to four small dots per image
+  (dots drawn last): the background covers about 76 % of the pixels, each
+  large shape 4-6 %, bars 3 % and dots about 1.4 %.
 
 Shapes scale with the image side, but thin parts keep a floor in pixels
-(bars at least 3 px wide, dots at least 2 px in radius) so they stay visible
-in small images. Splits draw from disjoint random streams: the stream of an
-item is ``SeedSequence([seed, split_code, index])``.
+(bars at least 4 px wide, dots at least 3 px in radius) so they stay visible
+in small images (64-128 px is the intended range). Splits draw from disjoint
+random streams: the stream of an item is ``SeedSequence([seed, split_code, index])``.
 """
 
 from __future__ import annotations
