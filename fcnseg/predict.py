@@ -14,43 +14,37 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .data import DatasetError, read_image_file
+from .data.readers import IMAGE_SUFFIXES
 from .files import atomic_path
 from .preprocessing import preprocess
 from .tiling import Tile, Tiling, iter_tiles
-
-#: File suffixes treated as images when a folder is given.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
 
 class ImageError(ValueError):
     """An image file that cannot be read (missing, truncated, not an image)."""
 
 
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Read an image file as a uint8 RGB tensor (3, H, W).
+    """Read an image file as a uint8 RGB tensor (3, H, W); :class:`ImageError` names a bad file.
 
-    Grey, palette and RGBA images are converted to RGB (alpha dropped). Pixel data is
-    used as stored (no EXIF rotation), as the datasets do, so masks line up with
-    ground truth. Large images are allowed (PIL's decompression-bomb limit is lifted:
-    this reads the user's own files). Raises :class:`ImageError` naming the file.
+    The datasets' reader (:func:`fcnseg.data.read_image_file`) does the decoding, so a
+    picture is read the same way for prediction as for evaluation: grey and palette
+    images are expanded to RGB, pixel data is used as stored (no EXIF rotation), and a
+    truncated file fails here. PIL's decompression-bomb limit is lifted for the call,
+    because prediction of huge images (in tiles) is a use case, not an attack.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such image file")
     previous_limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as picture:
-                rgb = picture.convert("RGB")  # forces a full decode: truncated files fail here
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"{path}: cannot read as an image ({error})") from None
+            return read_image_file(path)
+    except DatasetError as error:
+        raise ImageError(str(error)) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
 
 
 def list_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:

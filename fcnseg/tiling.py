@@ -124,19 +124,20 @@ def plan_tiles(height: int, width: int, tiling: Tiling) -> list[Tile]:
 
 
 def estimate_forward_bytes(model: torch.nn.Module, height: int, width: int) -> int:
-    """Rough peak memory (bytes) of one inference forward pass of ``model`` on an H x W image.
+    """Peak host memory (bytes) of one inference forward pass of ``model`` on an H x W image, a safe estimate.
 
-    Dominated by the first stage: ``conv1_1``/``conv1_2`` keep two maps of the padded
-    size (H + 198) x (W + 198) alive at once; the logits before the final crop add
-    ``num_classes`` maps of about the same size. A factor of 1.5 covers convolution
-    workspace. Calibrated against measured peak RSS (see the report in the README).
+    Everything scales with the padded area (H + 200) x (W + 200): the first stage keeps
+    ``conv1_1``/``conv1_2`` maps of that size, the logits before the final crop have
+    ``num_classes`` maps of about that size, and preprocessing makes a few float copies.
+    ``4 * area * (3 * conv1_channels + 3 * num_classes + 16)`` over-estimates the peak RSS
+    measured on the CPU by 20-35 % across widths 1/16..1 and 0.25..4 Mpx images
+    (``benchmarks/tiling_memory.py`` re-measures it).
     """
     conv1 = getattr(getattr(model, "backbone", None), "conv1_1", None)
     channels = conv1.out_channels if conv1 is not None else scaled(VGG16_STAGES[0][0], 1.0)
     num_classes = int(getattr(model, "num_classes", 21))
     padded = (height + 2 * FIRST_CONV_PADDING) * (width + 2 * FIRST_CONV_PADDING)
-    floats = padded * (2 * channels + 3 + 2 * num_classes)
-    return int(1.5 * 4 * floats)
+    return 4 * padded * (3 * channels + 3 * num_classes + 16)
 
 
 def tiling_for_budget(model: torch.nn.Module, budget_bytes: int, margin: int | None = None) -> Tiling:
