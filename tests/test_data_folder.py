@@ -171,9 +171,11 @@ def test_folder_problems(tmp_path: Path, folder: Path) -> None:
         open_dataset("folder", folder, None)
 
 
-def test_unknown_kind() -> None:
+def test_unknown_kind_and_option(folder: Path) -> None:
     with pytest.raises(DatasetError, match="unknown dataset kind 'coco'"):
         open_dataset("coco", "/x", "train")
+    with pytest.raises(DatasetError, match=r"unknown option\(s\) \['colour'\] for dataset kind 'folder'.*'num_classes'"):
+        open_dataset("folder", folder, "train", colour=3)
 
 
 def test_skip_bad_substitutes_the_next_good_item(folder: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -7,8 +7,9 @@ mask int64 (H, W))`` and exposes ``classes``, ``palette``, ``ignore_index``.
 
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Any, Callable
+from typing import Any
 
 from .base import InMemoryDataset, SegmentationDataset, Transform
 from .collate import PadCollate
@@ -24,29 +25,28 @@ from .transforms import EvalTransform, TrainTransform
 from .voc import VOC_CLASSES, VOCDataset
 
 
-def _open_synthetic(root: str | os.PathLike[str] | None, split: str, **options: Any) -> SegmentationDataset:
-    if root is not None:
-        raise DatasetError(f"the synthetic dataset is generated, it takes no root folder (got {root!r})")
-    return SyntheticShapes(split, **options)
-
-
-def _needs_root(kind: str, cls: Callable[..., SegmentationDataset]) -> Callable[..., SegmentationDataset]:
-    def opener(root: str | os.PathLike[str] | None, split: str, **options: Any) -> SegmentationDataset:
-        if root is None:
-            raise DatasetError(f"dataset kind {kind!r} needs a root folder")
-        return cls(root, split, **options)
-
-    return opener
-
-
-_OPENERS: dict[str, Callable[..., SegmentationDataset]] = {
-    "voc": _needs_root("voc", VOCDataset),
-    "sbd": _needs_root("sbd", SBDDataset),
-    "folder": _needs_root("folder", FolderDataset),
-    "synthetic": _open_synthetic,
+#: Dataset kinds and their classes; every class takes ``(root, split, **options)``
+#: except synthetic, which takes ``(split, **options)`` and no root.
+_KINDS: dict[str, type[SegmentationDataset]] = {
+    "voc": VOCDataset,
+    "sbd": SBDDataset,
+    "folder": FolderDataset,
+    "synthetic": SyntheticShapes,
 }
 
-DATASET_KINDS = tuple(_OPENERS)
+
+def _check_options(kind: str, options: dict[str, Any]) -> None:
+    accepted = [
+        name
+        for name, parameter in inspect.signature(_KINDS[kind]).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DatasetError(f"unknown option(s) {unknown} for dataset kind {kind!r}; it accepts {sorted(accepted)}")
+
+
+DATASET_KINDS = tuple(_KINDS)
 
 
 def open_dataset(
@@ -69,10 +69,16 @@ def open_dataset(
 
     Raises :class:`DatasetError` for an unknown kind or anything wrong with the files.
     """
-    opener = _OPENERS.get(kind)
-    if opener is None:
-        raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {sorted(_OPENERS)}")
-    return opener(root, split, transform=transform, **options)
+    if kind not in _KINDS:
+        raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {sorted(_KINDS)}")
+    _check_options(kind, options)
+    if kind == "synthetic":
+        if root is not None:
+            raise DatasetError(f"the synthetic dataset is generated, it takes no root folder (got {root!r})")
+        return SyntheticShapes(split, transform=transform, **options)
+    if root is None:
+        raise DatasetError(f"dataset kind {kind!r} needs a root folder")
+    return _KINDS[kind](root, split, transform=transform, **options)
 
 
 __all__ = [
