@@ -11,6 +11,7 @@ from typing import Sequence
 COMMAND_MODULES = [
     "models",
     "export",
+    "serve",
 ]
 
 
