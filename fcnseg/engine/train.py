@@ -369,10 +369,21 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
     restore_rng_state(state["rng"][run.ctx.rank])
 
 
+def json_safe(value: Any) -> Any:
+    """NaN (e.g. the IU of a class absent from ground truth and prediction) becomes null: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def _append_record(run: Run, record: dict[str, Any]) -> None:
     if run.ctx.is_main:
         with open(run.out_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
 
 
 def _truncate_records(path: Path, step: int) -> None:
@@ -409,8 +420,10 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
     checkpoints), saves the training state every ``checkpoint_every`` steps.
     """
     out_dir = Path(out_dir)
+    saved_state = None
     if resume:
         config = load_run_config(out_dir)
+        saved_state = load_train_state(out_dir / STATE_FILE)
     elif config is None:
         raise ValueError("train needs a TrainConfig unless it resumes a run")
     ctx = ctx or init_distributed(config.device)
@@ -422,8 +435,8 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
             (out_dir / METRICS_FILE).unlink(missing_ok=True)
     barrier()
     run = build_run(config, out_dir, ctx)
-    if resume:
-        restore_state(run, load_train_state(out_dir / STATE_FILE))
+    if saved_state is not None:
+        restore_state(run, saved_state)
         if ctx.is_main:
             _truncate_records(out_dir / METRICS_FILE, run.step)
     recipe = config.recipe
