@@ -10,6 +10,8 @@ from typing import Sequence
 #: Sub-command modules, in the order ``fcnseg --help`` lists them.
 COMMAND_MODULES = [
     "models",
+    "train",
+    "demo",
     "predict",
     "export",
     "serve",
