@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "models",
     "train",
     "demo",
+    "eval",
     "predict",
     "export",
     "serve",
