@@ -18,6 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the demo recipe's)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    smaller = parser.add_argument_group("a smaller demo (quick looks and smoke tests; the 0.75 mean IU needs the defaults)")
+    smaller.add_argument("--train-images", type=int, default=None, help="synthetic training images")
+    smaller.add_argument("--val-images", type=int, default=64, help="synthetic validation images")
+    smaller.add_argument("--size", type=int, default=None, help="image side in pixels")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         result = run_demo(args.out, steps=args.steps, seed=args.seed, threads=args.threads,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, train_images=args.train_images,
+                          val_images=args.val_images, size=args.size)
     except (ValueError, OSError) as error:
         print(f"fcnseg demo: error: {error}", file=sys.stderr)
         return 2

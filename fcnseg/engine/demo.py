@@ -26,7 +26,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..files import atomic_write_text
-from ..metrics import ConfusionMatrix
+from ..evaluate import evaluate
 from .recipes import get_recipe
 from .train import BEST_CHECKPOINT, CURVES_FILE, OVERLAYS_FILE, TrainConfig, json_safe, train
 
@@ -46,18 +46,22 @@ class DemoResult:
     seconds: float
     train_seconds: float
     steps: int
+    val_images: int
     out_dir: Path
 
 
 def demo_config(*, steps: int | None = None, seed: int = 0, threads: int = DEMO_THREADS, progress: bool = True,
-                train_images: int | None = None, val_images: int = DEMO_VAL_IMAGES) -> TrainConfig:
-    """The demo's run; ``steps``/``train_images``/``val_images`` shrink it (smoke tests)."""
+                train_images: int | None = None, val_images: int = DEMO_VAL_IMAGES,
+                size: int | None = None) -> TrainConfig:
+    """The demo's run; ``steps``, ``train_images``, ``val_images`` and ``size`` shrink it (smoke tests)."""
     recipe = get_recipe("demo", DEMO_MODEL)
     if steps is not None:
         recipe = recipe.replace(steps=steps, val_every=min(recipe.val_every, steps))
     data = dict(DEMO_DATA)
     if train_images is not None:
         data["num_images"] = train_images
+    if size is not None:
+        data["size"] = size
     return TrainConfig(model=DEMO_MODEL, width=DEMO_WIDTH, recipe=recipe, data="synthetic", data_options=data,
                        val_data_options={"num_images": val_images}, seed=seed, device="cpu", workers=0,
                        threads=threads, log_every=10, val_batch_size=16, overlays=6, channels_last=True,
@@ -77,20 +81,17 @@ def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
     from ..predict import overlay_image, predict_mask, save_image, save_mask_png
 
     val_set = open_dataset("synthetic", None, config.val_split, **{**config.data_options, **config.val_data_options})
-    matrix = ConfusionMatrix(len(checkpoint.classes), checkpoint.ignore_index)
-    predictions = out_dir / "predictions"
-    for index in range(len(val_set)):
-        image, mask = val_set[index]
+    metrics = evaluate(model, val_set, len(checkpoint.classes), "cpu", checkpoint.ignore_index, progress=False)
+    for index in range(min(PREDICTED_IMAGES, len(val_set))):
+        image, _ = val_set[index]
         predicted = predict_mask(model, image)
-        matrix.update(predicted, mask)
-        if index < PREDICTED_IMAGES:
-            stem = val_set.ids[index]
-            save_mask_png(predicted, checkpoint.palette, predictions / f"{stem}.png")
-            save_image(overlay_image(image, predicted, checkpoint.palette), predictions / f"{stem}_overlay.png")
-    metrics = matrix.compute()
+        stem = out_dir / "predictions" / val_set.ids[index]
+        save_mask_png(predicted, checkpoint.palette, stem.with_suffix(".png"))
+        save_image(overlay_image(image, predicted, checkpoint.palette), stem.parent / f"{stem.name}_overlay.png")
     atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
     return DemoResult(metrics=metrics, classes=checkpoint.classes, seconds=time.perf_counter() - started,
-                      train_seconds=result.seconds, steps=result.step, out_dir=out_dir)
+                      train_seconds=result.seconds, steps=result.step, val_images=len(val_set),
+                      out_dir=out_dir)
 
 
 def summary(result: DemoResult) -> str:
@@ -100,7 +101,7 @@ def summary(result: DemoResult) -> str:
         f"fcnseg demo: {DEMO_MODEL} width {DEMO_WIDTH} trained from scratch on the synthetic set "
         f"({result.steps} steps, {result.train_seconds:.0f} s of training, {result.seconds:.0f} s in all, "
         f"{torch.get_num_threads()} CPU threads)",
-        f"validation ({DEMO_VAL_IMAGES} images): mean IU {metrics['mean_iu']:.3f}  pixel acc {metrics['pixel_acc']:.3f}  "
+        f"validation ({result.val_images} images): mean IU {metrics['mean_iu']:.3f}  pixel acc {metrics['pixel_acc']:.3f}  "
         f"mean acc {metrics['mean_acc']:.3f}  fw IU {metrics['fw_iu']:.3f}",
         "per-class IU: " + "  ".join(f"{name} {iu:.2f}" for name, iu in zip(result.classes, metrics["iu"])),
         f"wrote {result.out_dir}/: {BEST_CHECKPOINT}, metrics.json, metrics.jsonl, {CURVES_FILE}, {OVERLAYS_FILE}, "

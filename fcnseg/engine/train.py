@@ -37,9 +37,10 @@ from ..checkpoint import save_checkpoint
 from ..data import PadCollate, TrainTransform, open_dataset
 from ..data.statistics import class_statistics, median_frequency_weights
 from ..files import atomic_write_text
-from ..metrics import ConfusionMatrix
+from ..evaluate import evaluate
 from ..models import create_model
 from ..preprocessing import preprocess
+from ..visualize import plot_curves, validation_overlays
 from .distributed import DistContext, all_reduce_sum, barrier, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
 from .loss import SegmentationLoss
@@ -289,33 +290,26 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
 # --- validation -------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def validate(run: Run) -> dict[str, Any]:
-    """The four metrics (and per-class IU) on the validation split, reduced over all ranks.
+    """The four metrics (and per-class IU) on the validation split, via :func:`fcnseg.evaluate.evaluate`.
 
-    Each rank evaluates every ``world_size``-th image; the confusion matrices are summed.
+    Each rank evaluates every ``world_size``-th image; the confusion matrices are summed
+    over ranks. With ``val_batch_size`` 1 images go one at a time at native size (the
+    paper); larger batches are padded to the largest image with the mean colour.
     """
     config, ctx = run.config, run.ctx
     count = len(run.val_set) if config.val_limit is None else min(config.val_limit, len(run.val_set))
-    indices = list(range(ctx.rank, count, ctx.world_size))
-    loader = DataLoader(
-        torch.utils.data.Subset(run.val_set, indices),
-        batch_size=config.val_batch_size,
-        collate_fn=PadCollate(fill=run.model.preprocessing.mean_rgb_uint8(), ignore_index=run.val_set.ignore_index),
-        num_workers=config.workers,
-        generator=torch.Generator(),
-    )
-    matrix = ConfusionMatrix(run.val_set.num_classes, run.val_set.ignore_index, device=ctx.device)
-    was_training = run.model.training
-    run.model.eval()
-    autocast = torch.autocast(ctx.device.type, dtype=run.amp_dtype) if run.amp_dtype else contextlib.nullcontext()
-    for images, masks in loader:
-        with autocast:
-            logits = run.model(_to_input(run, images))
-        matrix.update(logits.argmax(1), masks.to(ctx.device))
-    run.model.train(was_training)
-    matrix.all_reduce()
-    return matrix.compute()
+    data: Any = torch.utils.data.Subset(run.val_set, list(range(count)))
+    if config.val_batch_size > 1:
+        data = DataLoader(
+            torch.utils.data.Subset(run.val_set, list(range(ctx.rank, count, ctx.world_size))),
+            batch_size=config.val_batch_size,
+            collate_fn=PadCollate(fill=run.model.preprocessing.mean_rgb_uint8(), ignore_index=run.val_set.ignore_index),
+            num_workers=config.workers,
+            generator=torch.Generator(),
+        )
+    return evaluate(run.model, data, run.val_set.num_classes, ctx.device, run.val_set.ignore_index,
+                    amp_dtype=run.amp_dtype, num_workers=config.workers, progress=False)
 
 
 # --- saving and resuming ----------------------------------------------------------------------
@@ -396,17 +390,12 @@ def _truncate_records(path: Path, step: int) -> None:
 
 
 def _draw_pictures(run: Run) -> None:
-    """Curves and validation overlays (rank 0; skipped with a warning if plotting fails)."""
+    """Loss / metric curves and validation overlays (rank 0)."""
     if not run.ctx.is_main:
-        return
-    try:
-        from ..visualize import overlay_grid, plot_curves
-    except ImportError as error:
-        logger.warning("pictures skipped: fcnseg.visualize is not available (%s)", error)
         return
     plot_curves(run.out_dir / METRICS_FILE, run.out_dir / CURVES_FILE)
     if run.config.overlays > 0:
-        overlay_grid(run.model, run.val_set, run.out_dir / OVERLAYS_FILE, count=run.config.overlays)
+        validation_overlays(run.model, run.val_set, run.out_dir / OVERLAYS_FILE, count=run.config.overlays)
 
 
 # --- the loop ---------------------------------------------------------------------------------
