@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError) as error:
         print(f"fcnseg serve: error: {error}", file=sys.stderr)
         return 2
-    print(f"fcnseg serve: {app.state.segmenter.model_name} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    print(f"fcnseg serve: {app.state.segmenter.model_name} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

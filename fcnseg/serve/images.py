@@ -90,7 +90,7 @@ def decode_image(data: bytes, name: str) -> torch.Tensor:
         return load_image(temporary)
     except ImageError as error:
         reason = str(error).replace(temporary, f"'{name}'")
-        raise Undecodable(f"'{name}' could not be decoded: it is truncated or corrupt ({reason})") from None
+        raise Undecodable(f"'{name}' is truncated or corrupt: {reason}") from None
     finally:
         Path(temporary).unlink(missing_ok=True)
 
