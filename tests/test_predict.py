@@ -142,10 +142,13 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
     model = fcnseg.checkpoint.load_checkpoint(checkpoint_path).model
     expected = predict_mask(model, load_image(inputs / "one.png"))
     np.testing.assert_array_equal(np.array(Image.open(out / "one.png")), expected.numpy())
+    # the exact fast paths (fcnseg.models.fast) give the same masks
+    assert main(["predict", str(checkpoint_path), str(inputs / "one.png"), "--out", str(tmp_path / "fast"), "--fast"]) == 0
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "fast" / "one.png")), expected.numpy())
 
 
 def test_predict_command_tiles_when_asked_and_gives_the_same_mask(tmp_path, checkpoint_path):
-    Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 700, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 600, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
     assert main(["predict", str(checkpoint_path), str(tmp_path / "wide.png"), "--out", str(tmp_path / "whole")]) == 0
     assert main(["predict", str(checkpoint_path), str(tmp_path / "wide.png"), "--out", str(tmp_path / "tiled"),
                  "--tile-size", "192"]) == 0
@@ -160,3 +163,10 @@ def test_predict_command_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsy
     assert main(["predict", str(bogus), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "bogus.safetensors" in err and "not an fcnseg checkpoint" in err and "Traceback" not in err
+
+
+def test_predict_command_rejects_a_memory_budget_too_small_for_one_tile(tmp_path, checkpoint_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    code = main(["predict", str(checkpoint_path), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
+                 "--memory-budget-mb", "1"])
+    assert code == 2 and "too small" in capsys.readouterr().err

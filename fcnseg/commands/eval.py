@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for metrics.json and confusion_matrix.png")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--tile-size", type=int, default=None, help="evaluate in tiles (same result, bounded memory)")
+    parser.add_argument("--fast", action="store_true",
+                        help="use the exact inference fast paths (fcnseg.models.fast; logits equal to fp32 noise)")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
 
 
@@ -127,8 +129,13 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     tile = Tiling(args.tile_size) if args.tile_size else None
+    model = checkpoint.model.to(device).eval()
+    if args.fast:
+        from ..models.fast import optimize_for_inference
+
+        model = optimize_for_inference(model)
     try:
-        matrix = confusion_matrix(checkpoint.model, dataset, len(checkpoint.classes), device, checkpoint.ignore_index,
+        matrix = confusion_matrix(model, dataset, len(checkpoint.classes), device, checkpoint.ignore_index,
                                   tile=tile, num_workers=args.workers)
     except (DatasetError, ValueError) as error:  # a bad file or a label outside the classes
         return fail(str(error))

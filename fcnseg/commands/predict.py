@@ -30,6 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-size", type=int, default=None,
                         help="always predict in tiles with this core size in px (multiple of 32); same masks as whole-image")
     parser.add_argument("--margin", type=int, default=None, help="context around each tile (default: the receptive field, 288 px)")
+    parser.add_argument("--fast", action="store_true",
+                        help="use the exact inference fast paths (fcnseg.models.fast; same masks, fp32-noise logits)")
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                         help="images whose forward pass would need more are tiled to fit (default %(default)s MiB)")
 
@@ -64,7 +66,16 @@ def run(args: argparse.Namespace) -> int:
             return 2
         stems[path.stem] = path
     device = _device(args.device)
-    model, palette = checkpoint.model, checkpoint.palette
+    model, palette = checkpoint.model.to(device).eval(), checkpoint.palette
+    if args.fast:
+        from ..models.fast import optimize_for_inference
+
+        model = optimize_for_inference(model)
+    try:  # a budget too small for even one tile is a usage error, found before any work
+        tiling_for_budget(model, int(args.memory_budget_mb * 2**20), args.margin)
+    except ValueError as error:
+        print(f"fcnseg predict: error: --memory-budget-mb: {error}", file=sys.stderr)
+        return 2
     mask_dtype = torch.uint8 if model.num_classes <= 256 else torch.int64
     failed: list[str] = list(problems)
     written = 0
