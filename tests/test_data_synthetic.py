@@ -135,9 +135,11 @@ def test_class_colour_statistics_overlap() -> None:
 
 
 def test_textures_differ_in_a_neighbourhood() -> None:
-    """Discs are striped horizontally (strong vertical gradient), squares vertically; bars are solid."""
+    """Discs are striped horizontally (strong vertical gradient), squares vertically, bars both ways;
+    the background is locally solid."""
     dataset = SyntheticShapes("train", size=64, noise=0.0)
-    gradients = {name: [[], []] for name in ("disc", "square", "bar")}
+    names = ("background", "disc", "square", "bar")
+    gradients: dict[str, list[list[np.ndarray]]] = {name: [[], []] for name in names}
     for index in range(40):
         image, mask = dataset.render(index)
         grey = image.astype(np.float64).mean(-1)
@@ -145,15 +147,35 @@ def test_textures_differ_in_a_neighbourhood() -> None:
         right = np.abs(np.diff(grey, axis=1))[:-1, :]
         inner = mask[:-1, :-1]
         same = (inner == mask[1:, :-1]) & (inner == mask[:-1, 1:])  # both neighbours in the same region
-        for name in gradients:
+        for name in names:
             chosen = same & (inner == SHAPE_CLASSES.index(name))
             gradients[name][0].append(down[chosen])
             gradients[name][1].append(right[chosen])
     mean = {name: [np.concatenate(g).mean() for g in pair] for name, pair in gradients.items()}
     assert mean["disc"][0] > 4 * mean["disc"][1]
     assert mean["square"][1] > 4 * mean["square"][0]
-    # Bars are mostly solid (a few pixels differ where a later shape was drawn over them).
-    assert max(mean["bar"]) < 0.2 * min(mean["disc"][0], mean["square"][1])
+    assert 0.5 < mean["bar"][0] / mean["bar"][1] < 2 and min(mean["bar"]) > 0.3 * mean["disc"][0]
+    assert max(mean["background"]) < 0.2 * min(mean["disc"][0], mean["square"][1])
+
+
+def test_dots_have_a_rim() -> None:
+    """Noise-free, a dot's inside is one colour and its one-pixel rim another."""
+    dataset = SyntheticShapes("train", size=64, noise=0.0, classes=["background", "dot"])
+    checked = 0
+    for index in range(10):
+        image, mask = dataset.render(index)
+        dot = mask == 1
+        inner = dot.copy()
+        inner[1:, :] &= dot[:-1, :]
+        inner[:-1, :] &= dot[1:, :]
+        inner[:, 1:] &= dot[:, :-1]
+        inner[:, :-1] &= dot[:, 1:]
+        rim = np.argwhere(dot & ~inner)
+        for row, col in np.argwhere(inner)[:5]:
+            nearest = rim[np.abs(rim - (row, col)).sum(1).argmin()]
+            assert (image[row, col] != image[tuple(nearest)]).any()
+            checked += 1
+    assert checked >= 10
 
 
 def test_generation_is_fast() -> None:
