@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -21,6 +22,11 @@ from .data.readers import IMAGE_SUFFIXES
 from .files import atomic_path
 from .preprocessing import preprocess
 from .tiling import Tile, Tiling, iter_tiles
+
+
+#: Rows blended at a time by :func:`overlay_image` (bounds its float working memory).
+OVERLAY_BAND_ROWS = 256
+
 
 class ImageError(ValueError):
     """An image file that cannot be read (missing, truncated, not an image)."""
@@ -86,29 +92,31 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-class _InferenceMode:
-    """Model in eval mode on ``device`` under ``torch.inference_mode``; the training flag is restored after."""
+@contextmanager
+def _inference(
+    model: torch.nn.Module, device: str | torch.device | None
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """Yield ``forward(uint8 window (3, h, w)) -> logits (C, h, w)`` on the device.
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device) -> None:
-        self.model, self.device = model, torch.device(device)
+    The model runs in eval mode (no dropout) under ``torch.inference_mode``; it is moved
+    to ``device`` when given (``None``: where its parameters are) and its training flag
+    is restored afterwards, so a training loop can call prediction in the middle.
+    """
+    device = _device_of(model) if device is None else torch.device(device)
+    if _device_of(model) != device:
+        model.to(device)
+    was_training = model.training
+    model.eval()
 
-    def __enter__(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        self.was_training = self.model.training
-        if _device_of(self.model) != self.device:
-            self.model.to(self.device)
-        self.model.eval()
-        self.inference = torch.inference_mode()
-        self.inference.__enter__()
-        return self.forward
+    def forward(window: torch.Tensor) -> torch.Tensor:
+        blob = preprocess(window.to(device, non_blocking=True), model.preprocessing)
+        return model(blob.unsqueeze(0))[0]
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
-        """Logits (C, h, w) on the device for a uint8 window (3, h, w)."""
-        blob = preprocess(window.to(self.device, non_blocking=True), self.model.preprocessing)
-        return self.model(blob.unsqueeze(0))[0]
-
-    def __exit__(self, *exc: object) -> None:
-        self.inference.__exit__(*exc)
-        self.model.train(self.was_training)
+    try:
+        with torch.inference_mode():
+            yield forward
+    finally:
+        model.train(was_training)
 
 
 def _as_tiling(tile: Tiling | int | None) -> Tiling | None:
@@ -121,17 +129,18 @@ def predict_logits(
     model: torch.nn.Module,
     image: torch.Tensor,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     tile: Tiling | int | None = None,
 ) -> torch.Tensor:
     """Class scores (C, H, W) for a uint8 RGB image (3, H, W), returned on the CPU.
 
+    The model runs on ``device`` (moved there if needed; ``None``: where it is).
     ``tile`` (a :class:`~fcnseg.tiling.Tiling` or a tile size in px) predicts in
     overlapping tiles: same result as whole-image inference, bounded memory per pass.
     """
     _check_image(image)
     tiling = _as_tiling(tile)
-    with _InferenceMode(model, device) as forward:
+    with _inference(model, device) as forward:
         if tiling is None:
             return forward(image).float().cpu()
         logits = torch.empty((model.num_classes, *image.shape[-2:]), dtype=torch.float32)
@@ -145,20 +154,22 @@ def predict_mask(
     model: torch.nn.Module,
     image: torch.Tensor,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     tile: Tiling | int | None = None,
     dtype: torch.dtype = torch.int64,
     progress: Callable[[Iterator[Tile]], Iterator[Tile]] | None = None,
 ) -> torch.Tensor:
-    """Class ids (H, W) for a uint8 RGB image (3, H, W), on the CPU.
+    """Class ids (H, W) for a uint8 RGB image (3, H, W), on the CPU; the model runs on ``device``.
 
     With ``tile`` only one tile's logits exist at a time (the arg-max is taken on the
     device); ``dtype=torch.uint8`` keeps the mask of a huge image small.
     ``progress`` wraps the tile iterator (e.g. a tqdm bar).
     """
     _check_image(image)
+    if not dtype.is_floating_point and torch.iinfo(dtype).max < model.num_classes - 1:
+        raise ValueError(f"dtype {dtype} cannot hold the class ids of {model.num_classes} classes")
     tiling = _as_tiling(tile)
-    with _InferenceMode(model, device) as forward:
+    with _inference(model, device) as forward:
         if tiling is None:
             return forward(image).argmax(0).to("cpu", dtype)
         mask = torch.empty(image.shape[-2:], dtype=dtype)
@@ -208,13 +219,18 @@ def overlay_image(
         raise ValueError(f"mask {tuple(mask.shape)} does not match image {tuple(image.shape[-2:])}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in 0..1, got {alpha}")
-    pixels = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    rgb = image.permute(1, 2, 0).cpu().numpy()  # a view: (H, W, 3) uint8
+    ids = mask.cpu().numpy()
     colours = np.asarray(palette, dtype=np.float32).reshape(-1, 3)
-    ids = mask.cpu().numpy().astype(np.int64)
-    known = (ids >= 0) & (ids < len(colours))
-    blended = pixels.copy()
-    blended[known] = (1 - alpha) * pixels[known] + alpha * colours[ids[known]]
-    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    out = np.empty_like(rgb)
+    for top in range(0, rgb.shape[0], OVERLAY_BAND_ROWS):  # in bands: float copies of a huge image would not fit
+        band = slice(top, top + OVERLAY_BAND_ROWS)
+        pixels = rgb[band].astype(np.float32)
+        band_ids = ids[band].astype(np.int64)
+        known = (band_ids >= 0) & (band_ids < len(colours))
+        pixels[known] = (1 - alpha) * pixels[known] + alpha * colours[band_ids[known]]
+        out[band] = np.clip(np.rint(pixels), 0, 255)
+    return Image.fromarray(out)
 
 
 def save_image(picture: Image.Image, path: str | os.PathLike[str]) -> Path:

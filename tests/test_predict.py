@@ -88,6 +88,14 @@ def test_overlay_blends_towards_the_class_colour_and_keeps_ignored_pixels():
     # 0.75 * 100 + 0.25 * (200, 30, 30) = (125, 82.5, 82.5) -> rounded half to even
     assert picture[0, 0].tolist() == [125, 82, 82]
     assert picture[0, 1].tolist() == [100, 100, 100]  # 255 has no colour: the image shows through
+    # taller than one band of rows: every band blended the same way
+    image = random_image(600, 7)
+    mask = torch.randint(0, 3, (600, 7))
+    mask[::5] = 255
+    colours = np.array(PALETTE + [(0, 0, 0)] * 253, dtype=np.float64)[mask.numpy()]
+    expected = np.rint(0.6 * image.permute(1, 2, 0).numpy() + 0.4 * colours)
+    expected[::5] = image.permute(1, 2, 0).numpy()[::5]
+    np.testing.assert_array_equal(np.array(overlay_image(image, mask, PALETTE, alpha=0.4)), expected)
 
 
 def test_load_image_gives_rgb_and_names_bad_files(tmp_path):

@@ -8,6 +8,7 @@ import torch
 import fcnseg
 from fcnseg.predict import predict_logits, predict_mask
 from fcnseg.tiling import (
+    TILING_HEADROOM,
     Tiling,
     default_margin,
     estimate_forward_bytes,
@@ -95,9 +96,10 @@ def test_budget_picks_the_largest_tile_that_fits():
     budget = 200 * 2**20
     tiling = tiling_for_budget(model, budget)
     assert tiling.margin == default_margin()
-    assert estimate_forward_bytes(model, tiling.window_size, tiling.window_size) <= budget
+    share = TILING_HEADROOM * budget  # the rest is held back for caches kept across tiles
+    assert estimate_forward_bytes(model, tiling.window_size, tiling.window_size) <= share
     bigger = Tiling(tiling.tile_size + 32).window_size
-    assert estimate_forward_bytes(model, bigger, bigger) > budget
+    assert estimate_forward_bytes(model, bigger, bigger) > share
     assert tiling_for_budget(model, 4 * budget).tile_size > tiling.tile_size
     with pytest.raises(ValueError, match="too small"):
         tiling_for_budget(model, 2**20)
