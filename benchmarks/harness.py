@@ -1,0 +1,199 @@
+"""What every benchmark here shares: interleaved timing, machine facts, FLOPs, peak memory, JSON.
+
+Timings on a shared machine drift with the load, so candidates are timed in
+rounds (one call of each per round, in turn) and summarised by their median;
+every figure that matters is a ratio between candidates of the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from fcnseg.files import atomic_path, atomic_write_text  # noqa: E402,F401 (re-exported for the benchmarks)
+
+SEED_PATH = PROJECT_ROOT.parent / "shared" / "reference" / "seed_fcn8s.py"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU available (torch.cuda.is_available() is False)")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide the fp32/bf16 kernels (AVX2/AVX512/AMX/BF16)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")
+                return sorted(flag for flag in line.split(":", 1)[1].split() if flag in wanted)
+    except OSError:
+        pass
+    return []
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Machine, versions and load: enough to tell two runs apart."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "load_average_start": list(os.getloadavg()),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device if device.type == "cuda" else 0)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["gpu"] = "no GPU available"
+    return info
+
+
+def interleaved_times(
+    candidates: Mapping[str, Callable[[], Any]],
+    *,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    number: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate: ``warmup`` untimed calls each, then ``repeats`` rounds in turn.
+
+    Each round times ``number`` consecutive calls of a candidate and records their mean
+    (on a GPU, single calls are too short to time alone).
+    """
+    for name, run in candidates.items():
+        for _ in range(warmup):
+            run()
+        synchronize(device)
+        log(f"  warmed up {name}")
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_index in range(repeats):
+        for name, run in candidates.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(number):
+                run()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / number)
+        log(f"  round {round_index + 1}/{repeats}: " + ", ".join(f"{n} {t[-1]:.3f}s" for n, t in times.items()))
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def matmul_operands(device: torch.device, size: int = 4096, dtype: torch.dtype = torch.float32) -> Callable[[], Any]:
+    """A ``size`` x ``size`` matmul to time beside the models: the machine's attainable GEMM rate."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    return lambda: torch.mm(a, b)
+
+
+def matmul_flops(size: int = 4096) -> int:
+    return 2 * size**3
+
+
+def count_flops(run: Callable[[], Any]) -> int:
+    """FLOPs of one call (2 per multiply-add) as counted by ``torch.utils.flop_counter``."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    return int(counter.get_total_flops())
+
+
+def peak_rss_bytes() -> int:
+    """High-water resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_probe(script: Path, args: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """Run ``script args`` in a fresh Python process; its last stdout line is a JSON object.
+
+    A fresh process is the only clean way to read one candidate's peak RSS on the CPU.
+    """
+    command = [sys.executable, str(script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout)[-2000:]
+        return {"error": f"probe {' '.join(args)} failed (exit {done.returncode}): {tail}"}
+    return json.loads(lines[-1])
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    print(f"wrote {path}")
+
+
+def gib(n_bytes: float) -> float:
+    return round(n_bytes / 2**30, 3)
+
+
+def format_table(rows: list[list[Any]], header: list[str]) -> str:
+    """A GitHub-markdown table (prints well in a terminal too)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
