@@ -88,7 +88,8 @@ def confusion_matrix(
             for images, masks in tqdm(batches, desc="evaluate", unit="batch", disable=hide_bar):
                 masks = masks.to(device, non_blocking=True)
                 if tile is not None:
-                    preds = torch.stack([predict_mask(net, image, device=device, tile=tile) for image in images]).to(device)
+                    preds = [predict_mask(net, image, device=device, tile=tile) for image in images]
+                    preds = torch.stack(preds).to(device)
                 else:
                     blob = preprocess(images.to(device, non_blocking=True), net.preprocessing)
                     preds = net(blob).argmax(1)

@@ -196,7 +196,9 @@ def mask_to_image(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[in
     return picture
 
 
-def save_mask_png(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike[str]) -> Path:
+def save_mask_png(
+    mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike[str]
+) -> Path:
     """Write ``mask`` (H, W) as a palette PNG of class ids (atomically); returns the path."""
     picture = mask_to_image(mask, palette)
     with atomic_path(path) as tmp:

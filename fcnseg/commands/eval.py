@@ -90,10 +90,12 @@ def report(matrix: ConfusionMatrix, classes: list[str]) -> dict[str, Any]:
     metrics = matrix.compute()
     counts = matrix.matrix.cpu().to(torch.float64)
     totals = counts.sum(dim=1)
-    accuracy = torch.where(totals > 0, counts.diag() / totals.clamp(min=1), torch.tensor(float("nan"), dtype=torch.float64))
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    accuracy = torch.where(totals > 0, counts.diag() / totals.clamp(min=1), nan)
     per_class = {name: {"iu": iu, "acc": float(acc), "pixels": int(t)}
                  for name, iu, acc, t in zip(classes, metrics["iu"], accuracy.tolist(), totals.tolist())}
-    return {**metrics, "classes": list(classes), "per_class": per_class, "confusion_matrix": matrix.matrix.cpu().tolist()}
+    return {**metrics, "classes": list(classes), "per_class": per_class,
+            "confusion_matrix": matrix.matrix.cpu().tolist()}
 
 
 def format_report(result: dict[str, Any]) -> str:

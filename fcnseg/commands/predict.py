@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -87,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"fcnseg predict: skipped {error}", file=sys.stderr)
             continue
         tiling = _tiling_for(model, image, args)
-        tile_bar = (lambda tiles: tqdm(tiles, desc=path.name, unit="tile", leave=False, disable=None)) if tiling else None
+        tile_bar = None
+        if tiling is not None:
+            tile_bar = functools.partial(tqdm, desc=path.name, unit="tile", leave=False, disable=None)
         mask = predict_mask(model, image, device=device, tile=tiling, dtype=mask_dtype, progress=tile_bar)
         save_mask_png(mask, palette, args.out / f"{path.stem}.png")
         if args.overlay:
