@@ -95,7 +95,8 @@ def test_class_imbalance_and_every_class_present() -> None:
     share = np.bincount(masks.ravel(), minlength=7) / masks.size
     assert (share > 0).all()
     assert share[0] > 0.6  # background dominates
-    assert share[SHAPE_CLASSES.index("dot")] < 0.02  # small objects are rare
+    assert share[SHAPE_CLASSES.index("dot")] < 0.03  # small objects are rare
+    assert share.argmin() == SHAPE_CLASSES.index("dot")
     assert share[1:].max() < 0.1
 
 

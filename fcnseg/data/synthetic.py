@@ -25,10 +25,10 @@ Design (why each part is there):
 * **Imbalance and small objects.** Two to four large shapes (they may overlap;
   later ones on top), up to two thin bars and up to four small dots per image
   (dots drawn last): the background covers about 76 % of the pixels, each
-  large shape 4-6 %, bars 3 % and dots about 1.4 %.
+  large shape 4-6 %, bars 3 % and dots 2 %.
 
 Shapes scale with the image side, but thin parts keep a floor in pixels
-(bars at least 4 px wide, dots at least 3 px in radius) so they stay visible
+(bars at least 4 px wide, dots at least 3.5 px in radius) so they stay visible
 in small images (64-128 px is the intended range). Splits draw from disjoint
 random streams: the stream of an item is ``SeedSequence([seed, split_code, index])``.
 """
@@ -276,7 +276,7 @@ def _bar(rng, x, y, side, height, width):
 
 def _dot(rng, x, y, side, height, width):
     cx, cy = rng.uniform(0.03, 0.97) * width, rng.uniform(0.03, 0.97) * height
-    radius = max(3.0, rng.uniform(0.035, 0.055) * side)
+    radius = max(3.5, rng.uniform(0.045, 0.065) * side)
     return (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
 
 
