@@ -48,6 +48,7 @@ from .optim import LRFactor, build_optimizer, build_scheduler
 from .recipes import Recipe, get_recipe
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
+from .trimmed import trimmed_twin
 
 logger = logging.getLogger("fcnseg.train")
 
@@ -89,6 +90,7 @@ class TrainConfig:
     val_batch_size: int = 1  # >1 pads images of different sizes (exact when all have one size)
     overlays: int = 6  # validation images drawn in val_overlays.png (0: none)
     channels_last: bool = True
+    trim_padding: bool = True  # exact fast path (fcnseg.engine.trimmed): same gradients, ~1.5x faster steps
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +117,7 @@ class Run:
     ctx: DistContext
     out_dir: Path
     model: nn.Module  # the bare model (what gets saved)
-    network: nn.Module  # what is called: the model, or its DDP wrapper
+    network: nn.Module  # what training calls: the model or its trimmed twin (same parameters), maybe in DDP
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     loss: SegmentationLoss
@@ -201,9 +203,9 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
         if amp_dtype == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
 
-    network: nn.Module = model
+    network: nn.Module = trimmed_twin(model) if config.trim_padding else model
     if ctx.distributed:
-        network = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        network = DistributedDataParallel(network, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     # Each rank draws its own dropout masks from here on.
     torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)
     return Run(config=config, ctx=ctx, out_dir=Path(out_dir), model=model, network=network, optimizer=optimizer,
