@@ -7,7 +7,8 @@ A run directory holds::
     last.safetensors  self-describing checkpoint of the latest saved step
     best.safetensors  the checkpoint with the best validation mean IU so far
     metrics.jsonl     one JSON object per line: training loss records and validation records
-    curves.png        loss and mean-IU curves; val_overlays.png predictions on validation images
+    curves.png        loss and mean-IU curves (redrawn at every validation)
+    val_overlays.png  predictions of the final weights on validation images
 
 The global batch (``recipe.batch_size`` images per optimiser step) is split over
 processes (DDP) and micro-batches (``accumulate``); the loss normaliser is
@@ -391,12 +392,12 @@ def _truncate_records(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _draw_pictures(run: Run) -> None:
-    """Loss / metric curves and validation overlays (rank 0)."""
+def _draw_pictures(run: Run, *, overlays: bool) -> None:
+    """Loss / metric curves and, when asked, validation overlays (rank 0)."""
     if not run.ctx.is_main:
         return
     plot_curves(run.out_dir / METRICS_FILE, run.out_dir / CURVES_FILE)
-    if run.config.overlays > 0:
+    if overlays and run.config.overlays > 0:
         validation_overlays(run.model, run.val_set, run.out_dir / OVERLAYS_FILE, count=run.config.overlays)
 
 
@@ -454,16 +455,17 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
                                      "time": elapsed})
                 progress.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}")
             final = run.step == recipe.steps
+            metrics = None
             if run.step % recipe.val_every == 0 or final:
-                last_metrics = validate(run)
-                _append_record(run, {"step": run.step, "val": last_metrics, "time": time.perf_counter() - started})
-                if last_metrics["mean_iu"] > run.best_mean_iu or not (out_dir / BEST_CHECKPOINT).exists():
-                    run.best_mean_iu = max(run.best_mean_iu, last_metrics["mean_iu"])
-                    save_model(run, out_dir / BEST_CHECKPOINT, last_metrics)
-                _draw_pictures(run)
-                progress.set_postfix(loss=f"{loss:.4g}", mean_iu=f"{last_metrics['mean_iu']:.3f}")
+                metrics = last_metrics = validate(run)
+                _append_record(run, {"step": run.step, "val": metrics, "time": time.perf_counter() - started})
+                if metrics["mean_iu"] > run.best_mean_iu or not (out_dir / BEST_CHECKPOINT).exists():
+                    run.best_mean_iu = max(run.best_mean_iu, metrics["mean_iu"])
+                    save_model(run, out_dir / BEST_CHECKPOINT, metrics)
+                _draw_pictures(run, overlays=final)
+                progress.set_postfix(loss=f"{loss:.4g}", mean_iu=f"{metrics['mean_iu']:.3f}")
             if run.step % checkpoint_every == 0 or final:
-                save_model(run, out_dir / LAST_CHECKPOINT, last_metrics or None)
+                save_model(run, out_dir / LAST_CHECKPOINT, metrics)
                 save_state(run)
     finally:
         progress.close()
