@@ -102,3 +102,13 @@ def test_validate_equals_per_image_prediction(tmp_path):
     expected = reference.compute()
     for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-12), key
+
+
+def test_cached_training_set_trains_exactly_like_the_generated_one(tmp_path):
+    weights = []
+    for cached in (False, True):
+        config = tiny_config(steps=2, val_every=100, augment=True, crop_size=28)
+        config.cache_in_memory = cached
+        train(config, tmp_path / str(cached))
+        weights.append(load_file(tmp_path / str(cached) / "last.safetensors"))
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

@@ -62,10 +62,11 @@ def demo_config(*, steps: int | None = None, seed: int = 0, threads: int = DEMO_
         data["num_images"] = train_images
     if size is not None:
         data["size"] = size
-    return TrainConfig(model=DEMO_MODEL, width=DEMO_WIDTH, recipe=recipe, data="synthetic", data_options=data,
-                       val_data_options={"num_images": val_images}, seed=seed, device="cpu", workers=0,
-                       threads=threads, log_every=10, val_batch_size=16, overlays=6, channels_last=True,
-                       progress=progress)
+    return TrainConfig(
+        model=DEMO_MODEL, width=DEMO_WIDTH, recipe=recipe, data="synthetic", data_options=data,
+        val_data_options={"num_images": val_images}, seed=seed, device="cpu", workers=0, threads=threads,
+        log_every=10, val_batch_size=16, overlays=6, channels_last=True, cache_in_memory=True, progress=progress,
+    )
 
 
 def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:

@@ -35,7 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..checkpoint import save_checkpoint
-from ..data import PadCollate, TrainTransform, open_dataset
+from ..data import PadCollate, SegmentationDataset, TrainTransform, open_dataset
+from ..data.base import InMemoryDataset
 from ..data.statistics import class_statistics, median_frequency_weights
 from ..files import atomic_write_text
 from ..evaluate import evaluate
@@ -91,6 +92,7 @@ class TrainConfig:
     val_batch_size: int = 1  # >1 pads images of different sizes (exact when all have one size)
     overlays: int = 6  # validation images drawn in val_overlays.png (0: none)
     channels_last: bool = True
+    cache_in_memory: bool = False  # read the training set once and keep it in memory (small sets, the demo)
     trim_padding: bool = True  # exact fast path (fcnseg.engine.trimmed): same gradients, ~1.5x faster steps
     progress: bool = True
 
@@ -169,12 +171,23 @@ def micro_batch_size(batch_size: int, world_size: int, accumulate: int) -> int:
     return batch_size // pieces
 
 
+def in_memory(dataset: SegmentationDataset) -> InMemoryDataset:
+    """``dataset`` read once into memory (masks as uint8 when the labels fit)."""
+    items = [dataset[index] for index in range(len(dataset))]
+    small = dataset.ignore_index <= 255 and dataset.num_classes <= 255
+    return InMemoryDataset([image for image, _ in items], [mask.to(torch.uint8) if small else mask for _, mask in items],
+                           classes=dataset.classes, ids=dataset.ids, palette=dataset.palette,
+                           ignore_index=dataset.ignore_index)
+
+
 def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run:
     """Datasets, model (initialised), loss, optimiser and schedule for ``config``; step 0."""
     recipe = config.recipe
     micro = micro_batch_size(recipe.batch_size, ctx.world_size, config.accumulate)
     train_set = open_dataset(config.data, config.root, config.train_split, **config.data_options)
     val_set = open_dataset(config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options})
+    if config.cache_in_memory:
+        train_set = in_memory(train_set)
     if list(val_set.classes) != list(train_set.classes):
         raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
 
