@@ -10,6 +10,7 @@ from typing import Sequence
 #: Sub-command modules, in the order ``fcnseg --help`` lists them.
 COMMAND_MODULES = [
     "models",
+    "data",
     "train",
     "demo",
     "eval",
