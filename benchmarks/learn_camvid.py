@@ -114,13 +114,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def calibrate_steps(run: Any, batches: Any, budget_s: float, probe_steps: int = 2) -> tuple[int, float]:
-    """Steps that fit the budget, from the time of a few real steps (they count as training)."""
+def calibrate_steps(run: Any, batches: Any, budget_s: float, probe_steps: int = 2) -> tuple[int, float, list[tuple[float, float]]]:
+    """Steps that fit the budget, from the time of a few real steps (they count as training).
+
+    Returns the step count, the seconds per step and the ``(seconds, loss)`` of the probe steps.
+    """
     start = time.perf_counter()
+    losses = []
     for _ in range(probe_steps):
-        train_step(run, [next(batches) for _ in range(run.config.accumulate)])
+        loss = train_step(run, [next(batches) for _ in range(run.config.accumulate)])
+        losses.append((time.perf_counter() - start, loss))
     per_step = (time.perf_counter() - start) / probe_steps
-    return max(probe_steps + 1, int(budget_s / per_step)), per_step
+    return max(probe_steps + 1, int(budget_s / per_step)), per_step, losses
 
 
 def plot(curve: list[dict[str, Any]], losses: list[tuple[float, float]], path: Path, title: str) -> None:
@@ -139,7 +144,12 @@ def plot(curve: list[dict[str, Any]], losses: list[tuple[float, float]], path: P
     left.grid(alpha=0.3)
     left.legend()
     if losses:
-        right.plot([t / 60 for t, _ in losses], [value for _, value in losses], linewidth=0.8)
+        times, values = [t / 60 for t, _ in losses], [value for _, value in losses]
+        right.plot(times, values, linewidth=0.6, alpha=0.4, label="per step")
+        window = max(1, len(values) // 30)
+        smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        right.plot(times, smooth, linewidth=1.5, label=f"mean of {window}")
+        right.legend()
     right.set_xlabel("training wall time (min)")
     right.set_ylabel("training loss")
     right.grid(alpha=0.3)
@@ -186,17 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     batches = train_loader(run)
 
     # The poly schedule needs its length up front: time two steps, fit the rest into the budget.
+    losses: list[tuple[float, float]] = []
     if args.steps is None:
-        steps, per_step = calibrate_steps(run, batches, budget_s)
+        steps, per_step, losses = calibrate_steps(run, batches, budget_s)
         run.config = dataclasses.replace(run.config, recipe=run.config.recipe.replace(steps=steps))
         run.scheduler = _rescheduled(run, steps)
-        trained = per_step * run.step
+        trained = losses[-1][0]
         print(f"~{per_step:.2f} s/step -> schedule of {steps} steps for {args.minutes} min")
     else:
         steps, trained = args.steps, 0.0
     eval_times = [budget_s * (i + 1) / args.evals for i in range(args.evals)]
     curve: list[dict[str, Any]] = []
-    losses: list[tuple[float, float]] = []
     images = run.step * recipe.batch_size
     val_seconds = 0.0
 
