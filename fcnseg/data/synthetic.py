@@ -121,7 +121,8 @@ class SyntheticShapes(SegmentationDataset):
 
     def read_item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.render(index)
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask).long()
+        # Layout changes in numpy: torch's parallel copy is slower on a busy CPU for these sizes.
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(mask.astype(np.int64))
 
     def load_image(self, index: int) -> torch.Tensor:
         return self.read_item(index)[0]
