@@ -152,19 +152,28 @@ def count_flops(run: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def peak_rss_bytes() -> int:
-    """High-water resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def current_rss_bytes() -> int:
+def _proc_status_bytes(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """High-water resident memory of this process.
+
+    ``VmHWM`` from /proc (Linux): it starts afresh at ``exec``, unlike ``ru_maxrss``, which a
+    child started by ``subprocess`` inherits from the parent it was forked from.
+    """
+    peak = _proc_status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    return _proc_status_bytes("VmRSS") or 0
 
 
 def run_probe(script: Path, args: list[str], timeout: float | None = None) -> dict[str, Any]:

@@ -16,9 +16,10 @@ Candidates (``--infer`` / ``--train`` choose them):
   ``fcn8s_plain_compiled``: ``torch.compile`` of the plain module (inductor freezing).
 * ``fcn8s_nchw``, ``fcn8s_untrimmed``, ``fcn8s_conv_classifier``, ``fcn8s_full_deconv``
   (``--ablations``): ``fcn8s`` with one fast path switched off (see ``ABLATIONS``).
-* Training: ``fcn8s`` is the module as the engine trains it (module and batch in
-  channels-last, ``TrainConfig.channels_last``); ``fcn8s_plain`` the same in NCHW;
-  ``fcn8s_bf16`` adds bf16 autocast.
+* Training: ``fcn8s_channels_last`` is the module as the engine trains it (module and
+  batch in channels-last, ``TrainConfig.channels_last``); ``fcn8s`` adds
+  ``enable_fast_training`` (exact: same gradients); ``fcn8s_plain`` is NCHW;
+  ``fcn8s_bf16`` is ``fcn8s`` under bf16 autocast.
 * ``tv_fcn_resnet50``: ``torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None)``.
 
 Ratios in the JSON are time ratios (lower is better): ``fcn8s_infer_vs_seed`` =
@@ -45,7 +46,7 @@ import harness
 from harness import PROJECT_ROOT, SEED_PATH, gib, median
 
 import fcnseg
-from fcnseg.models.fast import optimize_for_inference
+from fcnseg.models.fast import enable_fast_training, optimize_for_inference
 
 NUM_CLASSES = 21
 #: ``--ablations``: fcn8s with one fast path of optimize_for_inference switched off.
@@ -60,8 +61,8 @@ DEFAULT_INFER = {
     "cuda": ["seed", "seed_bf16", "fcn8s_plain", "fcn8s_plain_bf16", "fcn8s", "fcn8s_bf16", "tv_fcn_resnet50"],
 }
 DEFAULT_TRAIN = {
-    "cpu": ["seed", "fcn8s_plain", "fcn8s", "tv_fcn_resnet50"],
-    "cuda": ["seed", "seed_bf16", "fcn8s_plain", "fcn8s", "fcn8s_bf16", "tv_fcn_resnet50"],
+    "cpu": ["seed", "fcn8s_plain", "fcn8s_channels_last", "fcn8s", "tv_fcn_resnet50"],
+    "cuda": ["seed", "seed_bf16", "fcn8s_plain", "fcn8s_channels_last", "fcn8s", "fcn8s_bf16", "tv_fcn_resnet50"],
 }
 DEFAULT_BATCHES = {"cpu": [1, 2], "cuda": [1, 8]}
 
@@ -150,6 +151,8 @@ def inference_callable(name: str, width: float, device: torch.device) -> tuple[C
 def train_step_callable(name: str, width: float, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One SGD step (forward, summed cross-entropy, backward, update) of a training candidate."""
     model = build_module(name, width, device, "train").train()
+    if name in ("fcn8s", "fcn8s_bf16"):
+        enable_fast_training(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=1e-10, momentum=0.99, weight_decay=5e-4)
     is_tv = base_name(name) == "tv_fcn_resnet50"
@@ -285,13 +288,13 @@ def run_phase(mode: str, names: list[str], batch: int, args: argparse.Namespace,
 # --------------------------------------------------------------------------- report
 def ratios_and_rates(records: list[dict[str, Any]], nominal_gflop: dict[str, float]) -> dict[str, Any]:
     """Time ratios (lower is better) and the fraction of the matmul rate reached."""
-    by_key = {(r["candidate"], r["mode"], r["batch"]): r for r in records}
+    by_key = {(r["candidate"], r["mode"], r["batch"]): r for r in records if "median_s" in r}
     summary: dict[str, Any] = {}
     for (name, mode, batch), record in by_key.items():
         if name.startswith("matmul"):
             continue
         suffix = "" if batch == 1 else f"_b{batch}"
-        for baseline in ("seed", "seed_channels_last", "tv_fcn_resnet50", "fcn8s_plain"):
+        for baseline in ("seed", "seed_channels_last", "tv_fcn_resnet50", "fcn8s_plain", "fcn8s_channels_last"):
             other = by_key.get((baseline, mode, batch))
             if other is not None and baseline != name and name.startswith("fcn8s"):
                 summary[f"{name}_{mode}_vs_{baseline}{suffix}"] = round(record["median_s"] / other["median_s"], 3)
@@ -318,7 +321,7 @@ def table(records: list[dict[str, Any]]) -> str:
         memory = r.get("peak_rss_gib", r.get("peak_cuda_allocated_gib", ""))
         rows.append(
             [
-                r["candidate"], r["mode"], r["batch"], r["median_s"], r.get("images_per_s", ""), r.get("vs_seed", ""),
+                r["candidate"], r["mode"], r["batch"], r.get("median_s", ""), r.get("images_per_s", ""), r.get("vs_seed", ""),
                 r.get("gflop", ""), r.get("gflops", ""), r.get("fraction_of_matmul", ""), memory,
             ]
         )  # fmt: skip
@@ -356,6 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="add torch.compile candidates (compile time is reported)")
     parser.add_argument("--ablations", action="store_true", help="add fcn8s with each fast path switched off")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-candidate peak-memory processes")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory processes, no timing")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra call per candidate)")
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -397,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         train = [n for n in train if base_name(n) != "seed"]
     if args.quick:
         args.no_memory = True
+    if args.memory_only:
+        args.no_flops, args.no_memory = True, False
     info = harness.machine_info(device)
     print(f"machine: {info['cpu']} ({info['usable_cpus']} usable CPUs, {info['torch_threads']} threads), "
           f"torch {info['torch']}, GPU: {info['gpu']}, load {info['load_average_start']}")  # fmt: skip
@@ -417,21 +423,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fcn8s FLOPs at {height}x{width}: " + ", ".join(f"{m} {g:.1f} GFLOP" for m, g in nominal.items()))
 
     records: list[dict[str, Any]] = []
-    for batch in batches:
-        records += run_phase("infer", infer, batch, args, device)
-    for batch in train_batches:
-        if train:
-            records += run_phase("train", train, batch, args, device)
+    if args.memory_only:  # no timing: one record per candidate for the memory probes below
+        records = [{"candidate": n, "mode": "infer", "batch": batches[0]} for n in infer]
+        records += [{"candidate": n, "mode": "train", "batch": train_batches[0]} for n in train]
+    else:
+        for batch in batches:
+            records += run_phase("infer", infer, batch, args, device)
+        for batch in train_batches:
+            if train:
+                records += run_phase("train", train, batch, args, device)
     if not args.no_memory and device.type == "cpu":
         print("\npeak memory, one fresh process per candidate (batch %d)" % batches[0])
         for record in records:
-            if record["batch"] == batches[0] and not record["candidate"].startswith("matmul"):
+            if record["batch"] in (batches[0], train_batches[0]) and not record["candidate"].startswith("matmul"):
                 record.update(memory_of(record["candidate"], record["mode"], record["batch"], args, device))
                 print(f"  {record['candidate']}/{record['mode']}: {record.get('peak_rss_gib', '?')} GiB")
     summary = ratios_and_rates(records, nominal)
     for record in records:
         seed = next((r for r in records if r["candidate"] == "seed" and r["mode"] == record["mode"] and r["batch"] == record["batch"]), None)
-        if seed and not record["candidate"].startswith("matmul"):
+        if seed and "median_s" in seed and "median_s" in record and not record["candidate"].startswith("matmul"):
             record["vs_seed"] = round(record["median_s"] / seed["median_s"], 3)
     info["load_average_end"] = list(__import__("os").getloadavg())
     result = {

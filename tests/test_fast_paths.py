@@ -102,6 +102,9 @@ def test_conv_as_matmul_equals_conv2d_in_slabs(monkeypatch):
     weight, bias = torch.randn(10, 6, 7, 7), torch.randn(10)
     monkeypatch.setattr(fast, "UNFOLD_BUDGET_BYTES", 6 * 49 * 7 * 4 * 3)  # three output rows per slab
     torch.testing.assert_close(conv_as_matmul(x, weight, bias), F.conv2d(x, weight, bias), rtol=1e-5, atol=1e-4)
+    nhwc = weight.contiguous(memory_format=torch.channels_last)  # viewed in (kh, kw, C) order, not copied
+    assert fast._weight_matrix(nhwc)[1]
+    torch.testing.assert_close(conv_as_matmul(x, nhwc, bias), F.conv2d(x, weight, bias), rtol=1e-5, atol=1e-4)
     one = torch.randn(10, 6, 1, 1)
     torch.testing.assert_close(conv_as_matmul(x, one, None), F.conv2d(x, one), rtol=1e-5, atol=1e-5)
 
@@ -150,3 +153,42 @@ def test_compiled_twin_matches_faithful():
     x = torch.randn(1, 3, 48, 48)
     with torch.inference_mode():
         assert_same_logits(optimize_for_inference(model, compile=True)(x), model(x))
+
+
+def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), target, reduction="sum")
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_training_gives_the_faithful_gradients(channels_last):
+    model = random_model(dropout=0.0).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # as the training engine keeps it
+    x = torch.randn(2, 3, 75, 58)
+    target = torch.randint(0, model.num_classes, (2, 75, 58))
+    expected_loss, expected = _loss_and_grads(model, x, target)
+    keys = set(model.state_dict())
+    fast.enable_fast_training(model)
+    loss, grads = _loss_and_grads(model, x, target)
+    assert set(model.state_dict()) == keys  # nothing added to checkpoints
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert grads.keys() == expected.keys() and "backbone.conv1_1.weight" in grads
+    for name, grad in expected.items():
+        scale = grad.abs().max().item()
+        assert (grads[name] - grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
+
+
+def test_fast_training_keeps_dropout_and_can_be_undone():
+    model = random_model(dropout=0.5)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        faithful_eval = model.eval()(x)
+        fast.enable_fast_training(model)
+        assert_same_logits(model(x), faithful_eval)  # eval: no dropout, same logits
+        model.train()
+        assert not torch.allclose(model(x), faithful_eval)  # train: dropout acts
+        model.backbone.fast_forward = None
+        assert torch.equal(model.eval()(x), faithful_eval)

@@ -33,6 +33,9 @@ Summation order differs from the faithful model (other kernels), so logits
 agree to fp32 reassociation noise: relative error around 1e-6, asserted in
 ``tests/test_fast_paths.py`` as ``max|fast - faithful| <= 1e-4 * max|faithful|``.
 
+:func:`enable_fast_training` puts ``trim_padding`` and ``matmul_classifier`` into the
+model itself, for training: the same function of the weights, hence the same gradients.
+
 The twin shares the head's modules and the fc weights with the model but keeps
 channels-last copies of the conv weights: build it after the weights are final
 (e.g. once per evaluation), use it under ``torch.inference_mode()``, and keep
@@ -44,7 +47,7 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -211,14 +214,30 @@ def _apply_inserts(x: torch.Tensor, inserts: tuple, dim: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- matmul classifier
+def _weight_matrix(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``weight`` (O, C, kh, kw) as an (O, K) matrix without copying it, and whether K is ordered (kh, kw, C).
+
+    A channels-last weight (as the training engine keeps it) is viewed in its own (kh, kw, C)
+    order: reshaping it to (C, kh, kw) order would copy the 411 MB fc6 weight on every call.
+    """
+    out_channels = weight.shape[0]
+    if weight.shape[-2:] != (1, 1) and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+        return weight.permute(0, 2, 3, 1).reshape(out_channels, -1), True
+    return weight.reshape(out_channels, -1), False
+
+
 def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Unpadded, stride-1 convolution as ``weight (O, C*k*k) @ unfold(x)``, in row slabs; NCHW output."""
+    """Unpadded, stride-1 convolution as ``weight (O, C*k*k) @ unfold(x)``, in row slabs; NCHW output.
+
+    Differentiable (``unfold`` and ``addmm`` have their backward), so training may use it too.
+    """
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
     out_h, out_w = height - kh + 1, width - kw + 1
     if out_h < 1 or out_w < 1:
         raise RuntimeError(f"input {height}x{width} is smaller than the {kh}x{kw} kernel")
-    matrix = weight.reshape(out_channels, -1)
+    matrix, spatial_first = _weight_matrix(weight)
+    matrix = matrix.to(x.dtype)
     x = x.contiguous()
     out = x.new_empty(batch, out_channels, out_h, out_w)
     bias_column = None if bias is None else bias.to(x.dtype)[:, None]
@@ -231,9 +250,58 @@ def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                 cols = x[n, :, top : top + rows].reshape(channels, -1)
             else:
                 cols = F.unfold(x[n : n + 1, :, top : top + rows + kh - 1], (kh, kw))[0]
-            result = matrix.to(x.dtype) @ cols if bias_column is None else torch.addmm(bias_column, matrix.to(x.dtype), cols)
+                if spatial_first:  # (C, kh*kw, L) -> (kh*kw, C, L), the weight's order
+                    cols = cols.view(channels, kh * kw, -1).transpose(0, 1).reshape(channels * kh * kw, -1)
+            result = matrix @ cols if bias_column is None else torch.addmm(bias_column, matrix, cols)
             out[n, :, top : top + rows] = result.view(out_channels, rows, out_w)
     return out
+
+
+# --------------------------------------------------------------------------- the features
+#: ``layer(name) -> (weight, bias, padding)`` for conv1_1 ... conv5_3, fc6, fc7.
+LayerLookup = Callable[[str], tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]]
+
+
+def vgg16_features(
+    x: torch.Tensor,
+    conv_names: list[list[str]],
+    layer: LayerLookup,
+    *,
+    geometry: tuple[int, tuple] | None,
+    channels_last: bool,
+    matmul_classifier: bool,
+    dropout: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[int, torch.Tensor]:
+    """:meth:`VGG16Backbone.forward`'s features by the fast paths (shared by inference and training).
+
+    ``geometry`` (from :func:`trim_geometry`, or None for no trim) enables the padding trim;
+    ``dropout(name, x)`` is applied after the fc6/fc7 ReLUs when given.
+    """
+    plan = None if geometry is None else _padding_plan(geometry, x.shape[-2], x.shape[-1])
+    if plan is not None:
+        rows, cols = plan
+        x = F.pad(x, (cols.pad_start, cols.pad_end, rows.pad_start, rows.pad_end))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    features: dict[int, torch.Tensor] = {}
+    for stage, names in enumerate(conv_names, start=1):
+        for name in names:
+            weight, bias, padding = layer(name)
+            if plan is not None and name == "conv1_1":
+                padding = 0  # padded explicitly above
+            x = F.relu_(F.conv2d(x, weight, bias, padding=padding))
+        x = F.max_pool2d(x, kernel_size=POOL_KERNEL, stride=POOL_STRIDE, ceil_mode=True)
+        if stage == TRIM_LAST_STAGE and plan is not None:
+            x = _apply_inserts(_apply_inserts(x, plan[0].inserts, 2), plan[1].inserts, 3)
+        if stage in (3, 4):
+            features[2**stage] = x
+    for name in ("fc6", "fc7"):
+        weight, bias, _ = layer(name)
+        x = F.relu_(conv_as_matmul(x, weight, bias) if matmul_classifier else F.conv2d(x, weight, bias))
+        if dropout is not None:
+            x = dropout(name, x)
+    features[32] = x
+    return features
 
 
 # --------------------------------------------------------------------------- modules
@@ -271,30 +339,12 @@ class FastVGG16Backbone(nn.Module):
             raise RuntimeError("the fast twin is inference-only; train the original model")
         return super().train(False)
 
+    def _layer(self, name: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        return getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"), self.paddings[name]
+
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        plan = None if self.trim_geometry is None else _padding_plan(self.trim_geometry, x.shape[-2], x.shape[-1])
-        if plan is not None:
-            rows, cols = plan
-            x = F.pad(x, (cols.pad_start, cols.pad_end, rows.pad_start, rows.pad_end))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        features: dict[int, torch.Tensor] = {}
-        for stage, names in enumerate(self.conv_names, start=1):
-            for name in names:
-                padding = 0 if (plan is not None and name == "conv1_1") else self.paddings[name]
-                x = F.conv2d(x, getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"), padding=padding)
-                x = F.relu_(x)
-            x = F.max_pool2d(x, kernel_size=POOL_KERNEL, stride=POOL_STRIDE, ceil_mode=True)
-            if stage == TRIM_LAST_STAGE and plan is not None:
-                x = _apply_inserts(_apply_inserts(x, plan[0].inserts, 2), plan[1].inserts, 3)
-            if stage in (3, 4):
-                features[2**stage] = x
-        for name in ("fc6", "fc7"):  # dropout is the identity at inference
-            weight, bias = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
-            x = conv_as_matmul(x, weight, bias) if self.matmul_classifier else F.conv2d(x, weight, bias)
-            x = F.relu_(x)
-        features[32] = x
-        return features
+        return vgg16_features(x, self.conv_names, self._layer, geometry=self.trim_geometry,
+                              channels_last=self.channels_last, matmul_classifier=self.matmul_classifier)  # fmt: skip
 
 
 class DepthwiseBilinearUpsampling(nn.Module):
@@ -311,6 +361,7 @@ class DepthwiseBilinearUpsampling(nn.Module):
         self.groups = layer.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's depthwise kernel is 3x faster on NHWC
         return F.conv_transpose2d(
             x, self.weight.to(x.dtype), None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
         )
@@ -342,6 +393,38 @@ class _BFloat16Autocast(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.model, name)  # preprocessing, num_classes, config, ...
+
+
+# --------------------------------------------------------------------------- training
+def _live_forward(backbone: VGG16Backbone, x: torch.Tensor, *, trim_padding: bool, matmul_classifier: bool) -> dict[int, torch.Tensor]:
+    """The backbone's features from its own (trainable) layers by the exact fast paths, dropout included."""
+
+    def layer(name: str) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        conv = getattr(backbone, name)
+        return conv.weight, conv.bias, tuple(conv.padding)
+
+    drops = {"fc6": backbone.drop6, "fc7": backbone.drop7}
+    return vgg16_features(
+        x, backbone.conv_names, layer, geometry=trim_geometry(backbone) if trim_padding else None,
+        channels_last=backbone.conv1_2.weight.is_contiguous(memory_format=torch.channels_last),
+        matmul_classifier=matmul_classifier, dropout=lambda name, t: drops[name](t),
+    )  # fmt: skip
+
+
+def enable_fast_training(model: FCN, *, trim_padding: bool = True, matmul_classifier: bool = True) -> FCN:
+    """Make ``model``'s backbone compute its features by the exact fast paths, in training too.
+
+    The padding trim and the matmul ``fc6``/``fc7`` compute the same function of the weights
+    (the trimmed band rows are identical for every weight value), so losses and gradients
+    equal the faithful ones to fp32 summation-order noise. The layers, parameters,
+    ``state_dict`` and dropout are the model's own; the memory format follows the model's
+    (channels-last when its weights are, as ``TrainConfig.channels_last`` makes them).
+    Undo with ``model.backbone.fast_forward = None``. Returns ``model``.
+    """
+    if not isinstance(model, FCN) or not isinstance(model.backbone, VGG16Backbone):
+        raise TypeError(f"enable_fast_training expects an fcnseg FCN on VGG16, got {type(model).__name__}")
+    model.backbone.fast_forward = functools.partial(_live_forward, trim_padding=trim_padding, matmul_classifier=matmul_classifier)
+    return model
 
 
 # --------------------------------------------------------------------------- entry point
