@@ -25,15 +25,15 @@ from typing import Any
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..files import atomic_write_text
 from ..evaluate import evaluate
+from ..files import atomic_write_text
 from .recipes import get_recipe
 from .train import BEST_CHECKPOINT, CURVES_FILE, OVERLAYS_FILE, TrainConfig, json_safe, train
 
 #: The demo's model and data (the recipe is :func:`fcnseg.engine.recipes.demo_recipe`).
 DEMO_MODEL = "fcn8s"
 DEMO_WIDTH = 0.125
-DEMO_DATA = {"size": 64, "num_images": 512}
+DEMO_DATA = {"size": 128, "num_images": 512}
 DEMO_VAL_IMAGES = 64
 DEMO_THREADS = 2
 PREDICTED_IMAGES = 4
@@ -66,6 +66,7 @@ def demo_config(*, steps: int | None = None, seed: int = 0, threads: int = DEMO_
         model=DEMO_MODEL, width=DEMO_WIDTH, recipe=recipe, data="synthetic", data_options=data,
         val_data_options={"num_images": val_images}, seed=seed, device="cpu", workers=0, threads=threads,
         log_every=10, val_batch_size=16, overlays=6, channels_last=True, cache_in_memory=True, progress=progress,
+        class_weights="median-frequency",
     )
 
 
@@ -74,6 +75,7 @@ def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     config = demo_config(**options)
+    torch.set_num_threads(config.threads)  # evaluation and prediction too, not only training
     result = train(config, out_dir)
     checkpoint = load_checkpoint(out_dir / BEST_CHECKPOINT)
     model = checkpoint.model.eval()

@@ -103,26 +103,28 @@ def modern_recipe(model_name: str) -> Recipe:
 def demo_recipe(model_name: str) -> Recipe:
     """The CPU demo: a light net from scratch on small synthetic images in about two minutes.
 
-    AdamW with a high learning rate and a short warm-up, then poly decay; no dropout
-    (the net is small and the steps are few); learnable upsampling so the head can
-    sharpen the x8 output of a tiny net.
+    Measured on the synthetic set (fcn8s width 0.125, 128 px): AdamW learns it several
+    times faster than SGD from scratch, and 4e-3 beats 1e-3 and 2e-3; batches of 4
+    large images use the CPU better than many small ones (the 100-px margin of conv1_1
+    costs the same for every image). No dropout (small net, few steps); learnable
+    upsampling lets the head sharpen the x8 output of a tiny net.
     """
     return Recipe(
         name="demo",
         optimizer="adamw",
-        lr=2e-3,
+        lr=4e-3,
         momentum=0.9,
         weight_decay=1e-4,
         schedule="poly",
         warmup_fraction=0.05,
         loss="mean",
-        batch_size=8,
+        batch_size=4,
         crop_size=None,
         augment=False,
         hflip=False,
         color_jitter=0.0,
-        steps=600,
-        val_every=100,
+        steps=800,
+        val_every=200,
         amp=False,
         model_options={"dropout": 0.0, "learnable_upsampling": True},
     )

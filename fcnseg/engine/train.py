@@ -150,15 +150,25 @@ class TrainResult:
 # --- building ---------------------------------------------------------------------------------
 
 
-def configure_determinism(threads: int | None, device: torch.device) -> None:
+@contextlib.contextmanager
+def determinism(threads: int | None, device: torch.device) -> Iterator[None]:
     """On the CPU: a fixed thread count and deterministic kernels, so a resumed run computes bit for bit
-    the same. On a GPU speed wins (cuDNN autotuning); a resumed run matches only to rounding there."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.backends.cudnn.benchmark = True
+    the same. On a GPU speed wins (cuDNN autotuning); a resumed run matches only to rounding there.
+    The process's previous settings come back afterwards."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
 
 
 def micro_batch_size(batch_size: int, world_size: int, accumulate: int) -> int:
@@ -400,8 +410,13 @@ def _truncate_records(path: Path, step: int) -> None:
     """Drop log records written after ``step`` by a run that was killed before saving them."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line torn by the kill
+            continue
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -432,7 +447,13 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
     elif config is None:
         raise ValueError("train needs a TrainConfig unless it resumes a run")
     ctx = ctx or init_distributed(config.device)
-    configure_determinism(config.threads, ctx.device)
+    with determinism(config.threads, ctx.device):
+        return _train(config, out_dir, ctx, saved_state)
+
+
+def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: dict[str, Any] | None) -> TrainResult:
+    """The body of :func:`train`, under the run's determinism settings."""
+    resume = saved_state is not None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
