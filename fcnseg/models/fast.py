@@ -226,10 +226,22 @@ def _weight_matrix(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return weight.reshape(out_channels, -1), False
 
 
-def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Unpadded, stride-1 convolution as ``weight (O, C*k*k) @ unfold(x)``, in row slabs; NCHW output.
+def _columns(x: torch.Tensor, kh: int, kw: int, spatial_first: bool) -> torch.Tensor:
+    """``unfold`` of an NCHW blob, (N, C*kh*kw, L), its rows in the weight matrix's order."""
+    batch, channels = x.shape[:2]
+    if kh == kw == 1:
+        return x.reshape(batch, channels, -1)
+    cols = F.unfold(x, (kh, kw))
+    if spatial_first:  # (C, kh*kw) -> (kh*kw, C), the order of a channels-last weight
+        cols = cols.view(batch, channels, kh * kw, -1).transpose(1, 2).reshape(batch, channels * kh * kw, -1)
+    return cols
 
-    Differentiable (``unfold`` and ``addmm`` have their backward), so training may use it too.
+
+def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Unpadded, stride-1 convolution as ``weight (O, C*k*k) @ unfold(x)``; NCHW output.
+
+    One batched product when the unfolded input fits ``UNFOLD_BUDGET_BYTES`` (differentiable,
+    so training uses it too); otherwise, for huge inputs, image by image in row slabs.
     """
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
@@ -239,19 +251,21 @@ def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     matrix, spatial_first = _weight_matrix(weight)
     matrix = matrix.to(x.dtype)
     x = x.contiguous()
-    out = x.new_empty(batch, out_channels, out_h, out_w)
     bias_column = None if bias is None else bias.to(x.dtype)[:, None]
     row_bytes = channels * kh * kw * out_w * x.element_size()
+    if batch * out_h * row_bytes <= UNFOLD_BUDGET_BYTES:
+        # One GEMM (O, K) @ (K, N*L): the batch joins the columns, so the weight gradient is one GEMM too.
+        cols = _columns(x, kh, kw, spatial_first)
+        cols = cols[0] if batch == 1 else cols.transpose(0, 1).reshape(cols.shape[1], -1)
+        out = matrix @ cols if bias_column is None else torch.addmm(bias_column, matrix, cols)
+        out = out.view(out_channels, batch, out_h * out_w).transpose(0, 1)
+        return out.reshape(batch, out_channels, out_h, out_w)
+    out = x.new_empty(batch, out_channels, out_h, out_w)
     slab = max(1, UNFOLD_BUDGET_BYTES // row_bytes)
     for n in range(batch):
         for top in range(0, out_h, slab):
             rows = min(slab, out_h - top)
-            if kh == kw == 1:
-                cols = x[n, :, top : top + rows].reshape(channels, -1)
-            else:
-                cols = F.unfold(x[n : n + 1, :, top : top + rows + kh - 1], (kh, kw))[0]
-                if spatial_first:  # (C, kh*kw, L) -> (kh*kw, C, L), the weight's order
-                    cols = cols.view(channels, kh * kw, -1).transpose(0, 1).reshape(channels * kh * kw, -1)
+            cols = _columns(x[n : n + 1, :, top : top + rows + kh - 1], kh, kw, spatial_first)[0]
             result = matrix @ cols if bias_column is None else torch.addmm(bias_column, matrix, cols)
             out[n, :, top : top + rows] = result.view(out_channels, rows, out_w)
     return out
