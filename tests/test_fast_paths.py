@@ -133,6 +133,7 @@ def test_twin_leaves_the_model_alone_and_cannot_train():
     assert twin.preprocessing == model.preprocessing and twin.num_classes == model.num_classes
     with pytest.raises(RuntimeError, match="inference-only"):
         twin.backbone.train()
+    assert optimize_for_inference(twin) is twin  # optimising a twin again is a no-op
     with pytest.raises(TypeError, match="FCN"):
         optimize_for_inference(torch.nn.Conv2d(3, 3, 1))
 

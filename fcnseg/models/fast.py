@@ -468,6 +468,8 @@ def optimize_for_inference(
     """
     if not isinstance(model, FCN):
         raise TypeError(f"optimize_for_inference expects an fcnseg FCN model, got {type(model).__name__}")
+    if isinstance(model.backbone, FastVGG16Backbone):
+        return model  # already a twin: callers may optimise once and pass the twin on
     twin = copy.copy(model)  # shallow: shares parameters, buffers and the head's layers
     twin._modules = dict(model._modules)  # own module table, so swapping a layer leaves the model alone
     twin.training = False
