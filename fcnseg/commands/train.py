@@ -43,8 +43,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(NAME, help=HELP, description=HELP + ".",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = subparsers.add_parser(NAME, help=HELP, description=HELP + ".")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="RUN_DIR", help="new run directory (checkpoints, metrics.jsonl, pictures)")
     where.add_argument("--resume", metavar="RUN_DIR",
@@ -52,8 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "the other options are ignored)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="fcn8s", help="fcn32s, fcn16s, fcn8s or fcn8s_atonce")
-    model.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's net)")
+    model.add_argument("--model", default="fcn8s", help="fcn32s, fcn16s, fcn8s or fcn8s_atonce (default %(default)s)")
+    model.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0, the paper's net)")
     model.add_argument("--learnable-upsampling", action="store_true", default=None,
                        help="train the bilinear deconvolutions (frozen in the paper)")
     model.add_argument("--dropout", type=float, default=None, help="dropout after fc6/fc7 (recipe default)")
@@ -62,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "(staged 32s->16s->8s) or scratch")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data", default="synthetic", metavar="KIND", help="dataset kind: synthetic, voc, sbd, folder")
+    data.add_argument("--data", default="synthetic", metavar="KIND", help="dataset kind: synthetic (default), voc, sbd, folder")
     data.add_argument("--root", default=None, metavar="PATH", help="dataset folder (none for synthetic)")
     data.add_argument("--train-split", default="train")
     data.add_argument("--val-split", default="val")
@@ -70,11 +69,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="dataset option for both splits, e.g. size=64 or num_images=256 (JSON values)")
     data.add_argument("--val-limit", type=int, default=None, metavar="N", help="validate on the first N images only")
     data.add_argument("--val-batch-size", type=int, default=1,
-                      help="validation batch; >1 pads images of different sizes with the mean colour")
-    data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+                      help="validation batch (default 1: native size); >1 pads images of different sizes with the mean colour")
+    data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default %(default)s)")
 
     recipe = parser.add_argument_group("recipe (defaults come from --recipe)")
-    recipe.add_argument("--recipe", default="modern", help="paper, modern, demo, or a JSON file {\"base\": ..., field: value}")
+    recipe.add_argument("--recipe", default="modern", help="paper, modern (default), demo, or a JSON file {\"base\": ..., field: value}")
     recipe.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
     recipe.add_argument("--lr", type=float, default=None, help="base learning rate (biases x2)")
     recipe.add_argument("--momentum", type=float, default=None)
@@ -87,17 +86,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--no-augment", action="store_true", help="no random scale, flip or colour jitter")
     recipe.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
     recipe.add_argument("--val-every", type=int, default=None, help="validate every N steps")
-    recipe.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (gradient accumulation)")
+    recipe.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (gradient accumulation; default 1)")
     recipe.add_argument("--class-weights", choices=["none", "median-frequency"], default="none",
-                        help="class-weighted loss")
+                        help="class-weighted loss (default none)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--checkpoint-every", type=int, default=None, help="save state every N steps (default: --val-every)")
-    run.add_argument("--log-every", type=int, default=10)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    run.add_argument("--log-every", type=int, default=10, help="log the loss every N steps (default %(default)s)")
+    run.add_argument("--seed", type=int, default=0, help="data order, augmentation and initial weights (default 0)")
+    run.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded for resume)")
-    run.add_argument("--overlays", type=int, default=6, help="validation images in val_overlays.png")
+    run.add_argument("--overlays", type=int, default=6, help="validation images in val_overlays.png (default %(default)s)")
     run.add_argument("--no-trim-padding", action="store_true",
                      help="compute conv1-conv3 on the whole 100-px margin (the trimmed fast path gives the same "
                           "gradients up to fp32 rounding)")
