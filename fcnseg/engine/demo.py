@@ -27,6 +27,7 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..evaluate import evaluate
 from ..files import atomic_write_text
+from ..models.fast import optimize_for_inference
 from .recipes import get_recipe
 from .train import BEST_CHECKPOINT, CURVES_FILE, OVERLAYS_FILE, TrainConfig, json_safe, train
 
@@ -78,7 +79,7 @@ def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
     torch.set_num_threads(config.threads)  # evaluation and prediction too, not only training
     result = train(config, out_dir)
     checkpoint = load_checkpoint(out_dir / BEST_CHECKPOINT)
-    model = checkpoint.model.eval()
+    model = optimize_for_inference(checkpoint.model.eval())  # the exact inference fast paths
 
     from ..data import open_dataset
     from ..predict import overlay_image, predict_mask, save_image, save_mask_png

@@ -334,7 +334,8 @@ def validate(run: Run) -> dict[str, Any]:
             num_workers=config.workers,
             generator=torch.Generator(),
         )
-    return evaluate(run.model, data, run.val_set.num_classes, ctx.device, run.val_set.ignore_index,
+    # run.network: the trimmed twin (exact, faster); evaluate unwraps DDP and restores the training flag
+    return evaluate(run.network, data, run.val_set.num_classes, ctx.device, run.val_set.ignore_index,
                     amp_dtype=run.amp_dtype, num_workers=config.workers, progress=False)
 
 
