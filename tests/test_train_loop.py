@@ -112,3 +112,18 @@ def test_cached_training_set_trains_exactly_like_the_generated_one(tmp_path):
         train(config, tmp_path / str(cached))
         weights.append(load_file(tmp_path / str(cached) / "last.safetensors"))
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_cpu_bf16_trains_under_autocast_where_the_cpu_has_bf16(tmp_path):
+    from fcnseg.engine.train import cpu_has_native_bf16
+
+    config = tiny_config(steps=2, val_every=2)
+    config.cpu_bf16 = True
+    run = build_run(config, tmp_path, DistContext())
+    assert run.amp_dtype == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    config.cpu_bf16 = False
+    assert build_run(config, tmp_path, DistContext()).amp_dtype is None
+    config.cpu_bf16 = True
+    result = train(config, tmp_path / "run")
+    losses = [r["loss"] for r in _records(tmp_path / "run") if "loss" in r]
+    assert losses[0] == pytest.approx(math.log(7), rel=1e-2) and math.isfinite(result.last_metrics["mean_iu"])
