@@ -92,7 +92,7 @@ class TrainConfig:
     val_batch_size: int = 1  # >1 pads images of different sizes (exact when all have one size)
     overlays: int = 6  # validation images drawn in val_overlays.png (0: none)
     channels_last: bool = True
-    cache_in_memory: bool = False  # read the training set once and keep it in memory (small sets, the demo)
+    cache_in_memory: bool = False  # read both splits once and keep them in memory (small sets, the demo)
     cpu_bf16: bool = False  # bf16 autocast on CPUs that compute bf16 natively (faster; numerics change)
     trim_padding: bool = True  # exact fast path (fcnseg.engine.trimmed): same gradients, ~1.5x faster steps
     progress: bool = True
@@ -205,7 +205,7 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
     train_set = open_dataset(config.data, config.root, config.train_split, **config.data_options)
     val_set = open_dataset(config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options})
     if config.cache_in_memory:
-        train_set = in_memory(train_set)
+        train_set, val_set = in_memory(train_set), in_memory(val_set)
     if list(val_set.classes) != list(train_set.classes):
         raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
 
