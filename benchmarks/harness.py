@@ -176,13 +176,17 @@ def current_rss_bytes() -> int:
     return _proc_status_bytes("VmRSS") or 0
 
 
-def run_probe(script: Path, args: list[str], timeout: float | None = None) -> dict[str, Any]:
+def run_probe(
+    script: Path, args: list[str], timeout: float | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Run ``script args`` in a fresh Python process; its last stdout line is a JSON object.
 
     A fresh process is the only clean way to read one candidate's peak RSS on the CPU.
+    ``env`` adds environment variables for the child.
     """
     command = [sys.executable, str(script), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
+    child_env = {**os.environ, **(env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT, env=child_env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr or done.stdout)[-2000:]
