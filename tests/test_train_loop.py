@@ -127,3 +127,18 @@ def test_cpu_bf16_trains_under_autocast_where_the_cpu_has_bf16(tmp_path):
     result = train(config, tmp_path / "run")
     losses = [r["loss"] for r in _records(tmp_path / "run") if "loss" in r]
     assert losses[0] == pytest.approx(math.log(7), rel=1e-2) and math.isfinite(result.last_metrics["mean_iu"])
+
+
+def test_fast_paths_train_the_same_weights_as_the_plain_forward(tmp_path):
+    weights = []
+    for fast in (False, True):
+        config = tiny_config(steps=3, val_every=100, optimizer="sgd", lr=0.05, momentum=0.9)
+        config.fast_paths = fast
+        run = build_run(config, tmp_path / f"probe{fast}", DistContext())
+        assert (run.model.backbone.fast_forward is not None) == fast
+        train(config, tmp_path / str(fast))
+        weights.append(load_file(tmp_path / str(fast) / "last.safetensors"))
+    plain, fast = weights
+    for key in plain:
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-3, atol=1e-5, msg=key)
+    assert plain["score_fr.weight"].abs().sum() > 0

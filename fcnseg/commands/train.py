@@ -97,9 +97,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded for resume)")
     run.add_argument("--overlays", type=int, default=6, help="validation images in val_overlays.png (default %(default)s)")
-    run.add_argument("--no-trim-padding", action="store_true",
-                     help="compute conv1-conv3 on the whole 100-px margin (the trimmed fast path gives the same "
-                          "gradients up to fp32 rounding)")
+    run.add_argument("--no-fast-paths", action="store_true",
+                     help="train through the plain layer-by-layer forward (the default exact fast paths, padding "
+                          "trim and matmul fc6/fc7, give the same gradients up to fp32 rounding)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -129,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         accumulate=args.accumulate, class_weights=None if args.class_weights == "none" else args.class_weights,
         seed=args.seed, device=args.device, workers=args.workers, threads=args.threads or _default_threads(),
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, val_limit=args.val_limit,
-        val_batch_size=args.val_batch_size, overlays=args.overlays, trim_padding=not args.no_trim_padding,
+        val_batch_size=args.val_batch_size, overlays=args.overlays, fast_paths=not args.no_fast_paths,
         progress=not args.no_progress,
     )
 

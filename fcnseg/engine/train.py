@@ -40,7 +40,8 @@ from ..data.base import InMemoryDataset
 from ..data.statistics import class_statistics, median_frequency_weights
 from ..files import atomic_write_text
 from ..evaluate import evaluate
-from ..models import create_model
+from ..models import FCN, VGG16Backbone, create_model
+from ..models.fast import enable_fast_training
 from ..preprocessing import preprocess
 from ..visualize import plot_curves, validation_overlays
 from .distributed import DistContext, all_reduce_sum, barrier, gather_objects, init_distributed
@@ -50,7 +51,6 @@ from .optim import LRFactor, build_optimizer, build_scheduler
 from .recipes import Recipe, get_recipe
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
-from .trimmed import trimmed_twin
 
 logger = logging.getLogger("fcnseg.train")
 
@@ -94,7 +94,7 @@ class TrainConfig:
     channels_last: bool = True
     cache_in_memory: bool = False  # read both splits once and keep them in memory (small sets, the demo)
     cpu_bf16: bool = False  # bf16 autocast on CPUs that compute bf16 natively (faster; numerics change)
-    trim_padding: bool = True  # exact fast path (fcnseg.engine.trimmed): same gradients, ~1.5x faster steps
+    fast_paths: bool = True  # exact (fcnseg.models.fast.enable_fast_training): same gradients, ~1.4x faster steps
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +121,7 @@ class Run:
     ctx: DistContext
     out_dir: Path
     model: nn.Module  # the bare model (what gets saved)
-    network: nn.Module  # what training calls: the model or its trimmed twin (same parameters), maybe in DDP
+    network: nn.Module  # what training calls: the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     loss: SegmentationLoss
@@ -237,7 +237,9 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
     elif config.cpu_bf16 and ctx.device.type == "cpu" and cpu_has_native_bf16():
         amp_dtype = torch.bfloat16
 
-    network: nn.Module = trimmed_twin(model) if config.trim_padding else model
+    if config.fast_paths and isinstance(model, FCN) and isinstance(model.backbone, VGG16Backbone):
+        enable_fast_training(model)  # padding trim + matmul fc6/fc7: the same function, computed faster
+    network: nn.Module = model
     if ctx.distributed:
         network = DistributedDataParallel(network, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     # Each rank draws its own dropout masks from here on.
@@ -344,8 +346,7 @@ def validate(run: Run) -> dict[str, Any]:
             num_workers=config.workers,
             generator=torch.Generator(),
         )
-    # run.network: the trimmed twin (exact, faster); evaluate unwraps DDP and restores the training flag
-    return evaluate(run.network, data, run.val_set.num_classes, ctx.device, run.val_set.ignore_index,
+    return evaluate(run.model, data, run.val_set.num_classes, ctx.device, run.val_set.ignore_index,
                     amp_dtype=run.amp_dtype, num_workers=config.workers, progress=False)
 
 
