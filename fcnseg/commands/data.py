@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+
+from .arguments import key_value
 
 NAME = "data"
 HELP = "check a dataset and print its class frequencies and median-frequency weights"
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a plain string such as a path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="synthetic", metavar="KIND", help="dataset kind: synthetic, voc, sbd, folder")
     parser.add_argument("--root", default=None, metavar="PATH", help="dataset folder (none for synthetic)")
     parser.add_argument("--split", default="train", help="split name or path to an id list (default train)")
-    parser.add_argument("--data-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="dataset option, e.g. num_classes=11, ignore_index=0, sbd_root=PATH (JSON values)")
     parser.add_argument("--no-check", action="store_true", help="skip decoding every image (counts masks only)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -6,11 +6,12 @@ Works the same under ``torchrun --nproc-per-node N`` (DDP: gloo on the CPU, NCCL
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from typing import Any
+
+from .arguments import key_value
 
 NAME = "train"
 HELP = "train an FCN (recipes: paper, modern, demo); --resume RUN_DIR continues a killed run"
@@ -30,16 +31,6 @@ def _crop_size(text: str) -> int | None:
     if value < 1:
         raise argparse.ArgumentTypeError(f"crop size must be a positive integer or 'native', got {text}")
     return value
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--root", default=None, metavar="PATH", help="dataset folder (none for synthetic)")
     data.add_argument("--train-split", default="train")
     data.add_argument("--val-split", default="val")
-    data.add_argument("--data-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    data.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                       help="dataset option for both splits, e.g. size=64 or num_images=256 (JSON values)")
     data.add_argument("--val-limit", type=int, default=None, metavar="N", help="validate on the first N images only")
     data.add_argument("--val-batch-size", type=int, default=1,
