@@ -18,6 +18,16 @@ def _deterministic_torch():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread: two OpenMP threads on a busy 2-core machine spin against
+    each other (a tiny forward pass 20-50x slower), which made the export/serve tests crawl."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def camvid_root() -> Path:
     """../shared/data/camvid, or a skip that says why."""
     root = SHARED_DATA / "camvid"

@@ -25,13 +25,7 @@ PALETTE = [(0, 0, 0), (128, 64, 128), (64, 0, 128), (128, 128, 128)]
 TEST_SHAPES = [(1, 3, 1, 1), (1, 3, 33, 97), (2, 3, 50, 31)]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Two OpenMP threads on a busy 2-core machine spin against each other (1.5 s instead of 0.03 s a pass)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(name: str, preprocessing: fcnseg.Preprocessing = fcnseg.TORCHVISION) -> torch.nn.Module:

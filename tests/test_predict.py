@@ -150,9 +150,26 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
     model = fcnseg.checkpoint.load_checkpoint(checkpoint_path).model
     expected = predict_mask(model, load_image(inputs / "one.png"))
     np.testing.assert_array_equal(np.array(Image.open(out / "one.png")), expected.numpy())
-    # the exact fast paths (fcnseg.models.fast) give the same masks
-    assert main(["predict", str(checkpoint_path), str(inputs / "one.png"), "--out", str(tmp_path / "fast"), "--fast"]) == 0
-    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "fast" / "one.png")), expected.numpy())
+    # the plain module (no exact fast paths) gives the same masks
+    assert main(["predict", str(checkpoint_path), str(inputs / "one.png"), "--out", str(tmp_path / "plain"),
+                 "--no-fast-paths"]) == 0
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "plain" / "one.png")), expected.numpy())
+
+
+def test_predict_command_runs_the_fast_twin_unless_told_not_to(tmp_path, checkpoint_path, monkeypatch):
+    import fcnseg.commands.predict as command
+
+    twins = []
+    original = command.optimize_for_inference
+    monkeypatch.setattr(command, "optimize_for_inference", lambda model: twins.append(original(model)) or twins[-1])
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", str(checkpoint_path), str(tmp_path / "a.png"), "--out", str(tmp_path / "fast")]) == 0
+    assert len(twins) == 1 and type(twins[0].backbone).__name__ == "FastVGG16Backbone"
+    assert main(["predict", str(checkpoint_path), str(tmp_path / "a.png"), "--out", str(tmp_path / "plain"),
+                 "--no-fast-paths"]) == 0
+    assert len(twins) == 1
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "fast" / "a.png")),
+                                  np.array(Image.open(tmp_path / "plain" / "a.png")))
 
 
 def test_predict_command_tiles_when_asked_and_gives_the_same_mask(tmp_path, checkpoint_path):

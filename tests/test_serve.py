@@ -30,13 +30,7 @@ MAX_UPLOAD = 64 * 1024
 MAX_PIXELS = 160 * 160
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Two OpenMP threads on a busy 2-core machine spin against each other; one is 20x faster there."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def content_dependent_model() -> torch.nn.Module:
@@ -130,6 +124,16 @@ def test_segment_returns_the_palette_png_of_predict_mask(app, checkpoint_path, t
     np.testing.assert_array_equal(served, expected)
     with Image.open(io.BytesIO(response.content)) as picture:
         assert picture.getpalette()[: 3 * len(PALETTE)] == [v for colour in PALETTE for v in colour]
+
+
+def test_service_runs_the_fast_twin_by_default_and_the_plain_model_when_asked(checkpoint_path, tmp_path):
+    fast, plain = create_app(checkpoint_path), create_app(checkpoint_path, fast_paths=False)
+    assert type(fast.state.segmenter.model.backbone).__name__ == "FastVGG16Backbone"
+    assert type(plain.state.segmenter.model.backbone).__name__ == "VGG16Backbone"
+    data = encode(scene(64, 80, seed=9))
+    masks = [png_ids(call(app, "POST", "/segment", **upload(data, "s.png", "image/png")).content) for app in (fast, plain)]
+    assert len(np.unique(masks[1])) > 1
+    np.testing.assert_array_equal(masks[0], masks[1])
 
 
 def test_segment_equals_the_fcnseg_predict_command(app, checkpoint_path, tmp_path):

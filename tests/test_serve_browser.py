@@ -37,22 +37,17 @@ CAMVID_PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 CLASSES = ["background", "sky", "road", "tree", "car"]
 PALETTE = [(0, 0, 0), (70, 130, 180), (128, 64, 128), (60, 160, 60), (220, 30, 60)]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    ),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is not installed")
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'fcnseg[serve]')")
 
 from fcnseg.serve import create_app  # noqa: E402
 from fcnseg.serve.background import background_server  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def photo_file(folder: Path) -> Path:

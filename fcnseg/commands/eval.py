@@ -14,6 +14,7 @@ import torch
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ..files import atomic_write_text
 from ..metrics import ConfusionMatrix
+from ..models.fast import optimize_for_inference
 from ..tiling import Tiling
 
 NAME = "eval"
@@ -35,8 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for metrics.json and confusion_matrix.png")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--tile-size", type=int, default=None, help="evaluate in tiles (same result, bounded memory)")
-    parser.add_argument("--fast", action="store_true",
-                        help="use the exact inference fast paths (fcnseg.models.fast; logits equal to fp32 noise)")
+    parser.add_argument("--no-fast-paths", action="store_true",
+                        help="run the plain layer-by-layer model instead of its exact inference twin "
+                             "(fcnseg.models.fast: same geometry, logits equal to fp32 rounding, ~30%% faster on the CPU)")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
 
 
@@ -132,9 +134,7 @@ def run(args: argparse.Namespace) -> int:
                           "cpu" if args.device == "auto" else args.device)
     tile = Tiling(args.tile_size) if args.tile_size else None
     model = checkpoint.model.to(device).eval()
-    if args.fast:
-        from ..models.fast import optimize_for_inference
-
+    if not args.no_fast_paths:
         model = optimize_for_inference(model)
     try:
         matrix = confusion_matrix(model, dataset, len(checkpoint.classes), device, checkpoint.ignore_index,

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..models.fast import optimize_for_inference
 from ..predict import ImageError, list_images, load_image, overlay_image, predict_mask, save_image, save_mask_png
 from ..tiling import Tiling, needs_tiling, tiling_for_budget
 
@@ -31,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-size", type=int, default=None,
                         help="always predict in tiles with this core size in px (multiple of 32); same masks as whole-image")
     parser.add_argument("--margin", type=int, default=None, help="context around each tile (default: the receptive field, 288 px)")
-    parser.add_argument("--fast", action="store_true",
-                        help="use the exact inference fast paths (fcnseg.models.fast; same masks, fp32-noise logits)")
+    parser.add_argument("--no-fast-paths", action="store_true",
+                        help="run the plain layer-by-layer model instead of its exact inference twin "
+                             "(fcnseg.models.fast: same geometry, logits equal to fp32 rounding, ~30%% faster on the CPU)")
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                         help="images whose forward pass would need more are tiled to fit (default %(default)s MiB)")
 
@@ -68,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
         stems[path.stem] = path
     device = _device(args.device)
     model, palette = checkpoint.model.to(device).eval(), checkpoint.palette
-    if args.fast:
-        from ..models.fast import optimize_for_inference
-
+    if not args.no_fast_paths:
         model = optimize_for_inference(model)
     try:  # a budget too small for even one tile is a usage error, found before any work
         tiling_for_budget(model, int(args.memory_budget_mb * 2**20), args.margin)

@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=2048,
         help="forward passes needing more memory run in tiles, same mask (default 2048)",
     )
+    parser.add_argument("--no-fast-paths", action="store_true",
+                        help="run the plain layer-by-layer model instead of its exact inference twin (same masks)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             memory_budget_bytes=int(args.memory_budget_mb * 2**20),
         )
-        app = create_app(args.checkpoint, limits=limits, device=args.device)
+        app = create_app(args.checkpoint, limits=limits, device=args.device, fast_paths=not args.no_fast_paths)
     except (CheckpointError, ValueError) as error:
         print(f"fcnseg serve: error: {error}", file=sys.stderr)
         return 2

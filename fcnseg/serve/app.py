@@ -106,17 +106,21 @@ def create_app(
     *,
     limits: ServeLimits | None = None,
     device: str | torch.device = "cpu",
+    fast_paths: bool = True,
 ) -> FastAPI:
     """A FastAPI app that segments uploaded images with ``checkpoint`` (a path or a loaded one).
 
     ``app.state.segmenter`` is the :class:`~fcnseg.serve.segmenter.Segmenter`,
-    ``app.state.limits`` the :class:`ServeLimits`. Run it with uvicorn
+    ``app.state.limits`` the :class:`ServeLimits`. ``fast_paths=False`` runs the
+    plain model instead of its exact inference twin. Run it with uvicorn
     (``fcnseg serve`` does).
     """
     limits = limits or ServeLimits()
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
-    segmenter = Segmenter(checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes)
+    segmenter = Segmenter(
+        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths
+    )
     page = _page()
 
     app = FastAPI(

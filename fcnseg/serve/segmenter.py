@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import Checkpoint
+from ..models.fast import optimize_for_inference
 from ..predict import predict_mask
 from ..tiling import needs_tiling, tiling_for_budget
 
@@ -35,12 +36,18 @@ class Segmenter:
     :func:`~fcnseg.predict.predict_mask` switches to eval mode and moves to the
     device). Images whose forward pass would need more than
     ``memory_budget_bytes`` are predicted in tiles, exactly as ``fcnseg predict``
-    decides, which gives the same mask as a whole-image pass.
+    decides, which gives the same mask as a whole-image pass. ``fast_paths``
+    (default on, as in ``fcnseg predict``) runs the model's exact inference twin
+    (:func:`fcnseg.models.fast.optimize_for_inference`).
     """
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", memory_budget_bytes: int) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", memory_budget_bytes: int, fast_paths: bool = True
+    ) -> None:
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval().to(device)
+        if fast_paths:  # the exact inference twin, as fcnseg predict uses by default
+            self.model = optimize_for_inference(self.model)
         self.device = torch.device(device)
         self.memory_budget_bytes = int(memory_budget_bytes)
         self.mask_dtype = torch.uint8 if self.model.num_classes <= 256 else torch.int64
