@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-size", type=int, default=None, help="evaluate in tiles (same result, bounded memory)")
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run the plain layer-by-layer model instead of its exact inference twin "
-                             "(fcnseg.models.fast: same geometry, logits equal to fp32 rounding, ~30%% faster on the CPU)")
+                             "(fcnseg.models.fast: same geometry, logits equal to fp32 rounding, ~0.7x the time on the CPU)")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
 
 

@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--margin", type=int, default=None, help="context around each tile (default: the receptive field, 288 px)")
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run the plain layer-by-layer model instead of its exact inference twin "
-                             "(fcnseg.models.fast: same geometry, logits equal to fp32 rounding, ~30%% faster on the CPU)")
+                             "(fcnseg.models.fast: same geometry, logits equal to fp32 rounding, ~0.7x the time on the CPU)")
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                         help="images whose forward pass would need more are tiled to fit (default %(default)s MiB)")
 
