@@ -109,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--faithful-train", action="store_true", help="train the plain module (default: enable_fast_training, same gradients)"
     )
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="bf16 autocast on a CPU with native bf16 (TrainConfig.cpu_bf16; default fp32)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/learn_camvid_<device>)")
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(model="fcn8s", width=width, recipe=recipe, init=args.init,
                          data="folder", root=str(root), class_weights=None if args.class_weights == "none" else args.class_weights,
                          seed=args.seed, device=str(device), threads=args.threads, val_limit=args.val_limit, overlays=0,
-                         progress=False, channels_last=True)  # fmt: skip
+                         progress=False, channels_last=True, cpu_bf16=args.cpu_bf16)  # fmt: skip
     info = harness.machine_info(device)
     print(f"machine: {info['cpu']}, GPU: {info['gpu']}, load {info['load_average_start']}")
     torch.manual_seed(args.seed)
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                    "minutes": args.minutes, "recipe": recipe.replace(steps=run.step).to_dict(), "class_weights": args.class_weights,
                    "schedule": f"{recipe.schedule} over the {args.minutes} min budget" if clock else f"{steps} steps",
                    "init": args.init or "scratch", "val_images": args.val_limit or len(run.val_set),
-                   "fast_training": not args.faithful_train,
+                   "fast_training": not args.faithful_train, "cpu_bf16": args.cpu_bf16 and run.amp_dtype is not None,
                    "train_images": len(run.train_set), "quick": args.quick},  # fmt: skip
         "final": {m: final[m] for m in METRICS} | {"train_minutes": round(trained / 60, 2), "steps": run.step,
                                                     "images": images, "train_images_per_s": round(images / trained, 3),

@@ -129,6 +129,18 @@ def test_cpu_bf16_trains_under_autocast_where_the_cpu_has_bf16(tmp_path):
     assert losses[0] == pytest.approx(math.log(7), rel=1e-2) and math.isfinite(result.last_metrics["mean_iu"])
 
 
+def test_train_command_passes_cpu_bf16_to_the_config(tmp_path):
+    import argparse
+
+    from fcnseg.commands import train as command
+
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers(dest="command"))
+    plain = command.config_from_args(parser.parse_args(["train", "--out", str(tmp_path / "a")]))
+    bf16 = command.config_from_args(parser.parse_args(["train", "--out", str(tmp_path / "b"), "--cpu-bf16"]))
+    assert (plain.cpu_bf16, bf16.cpu_bf16) == (False, True)
+
+
 def test_fast_paths_train_the_same_weights_as_the_plain_forward(tmp_path):
     weights = []
     for fast in (False, True):
