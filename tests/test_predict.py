@@ -161,7 +161,12 @@ def test_predict_command_runs_the_fast_twin_unless_told_not_to(tmp_path, checkpo
 
     twins = []
     original = command.optimize_for_inference
-    monkeypatch.setattr(command, "optimize_for_inference", lambda model: twins.append(original(model)) or twins[-1])
+
+    def recording(model):
+        twins.append(original(model))
+        return twins[-1]
+
+    monkeypatch.setattr(command, "optimize_for_inference", recording)
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", str(checkpoint_path), str(tmp_path / "a.png"), "--out", str(tmp_path / "fast")]) == 0
     assert len(twins) == 1 and type(twins[0].backbone).__name__ == "FastVGG16Backbone"
