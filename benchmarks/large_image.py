@@ -10,8 +10,8 @@ forward pass is estimated to fit the budget. The statement checked is
 i.e. inference itself stays within the budget, whatever the image size; the
 whole-image run shows what it costs without tiling.
 
-Modes: ``whole`` and ``tiled`` use what prediction uses (``optimize_for_inference``);
-``whole_plain`` and ``tiled_plain`` the plain module.
+Modes: ``whole`` and ``tiled`` use what prediction uses (the model's exact fast paths);
+``whole_plain`` and ``tiled_plain`` the plain forward (``fast_paths=False``).
 
     .venv/bin/python benchmarks/large_image.py                      # 3000x4000, width 1.0 (~11 GB whole-image)
     .venv/bin/python benchmarks/large_image.py --quick              # 3000x4000, width 0.125
@@ -39,9 +39,8 @@ import harness
 from harness import PROJECT_ROOT, gib
 
 import fcnseg
-from fcnseg.models.fast import optimize_for_inference
-from fcnseg.predict import predict_mask
-from fcnseg.tiling import Tiling, estimate_forward_bytes, tiling_for_budget
+from fcnseg.inference import Predictor
+from fcnseg.tiling import Tiling, tiling_for_budget
 
 NUM_CLASSES = 21
 MODES = ("whole", "tiled", "whole_plain", "tiled_plain")
@@ -70,13 +69,13 @@ def child(args: argparse.Namespace) -> int:
     """One mode in this process: prints peak memory and time as JSON, saves the mask."""
     height, width = args.image_size
     model = build_model(args.width)
-    tiling = tiling_for_budget(model, int(args.budget_gib * 2**30)) if args.tile is None else Tiling(tile_size=args.tile)
-    runner = model if args.child.endswith("_plain") else optimize_for_inference(model)
+    tiling = tiling_for_budget(model, int(args.budget_gib * 2**30)) if args.tile is None else Tiling(args.tile).for_model(model)
+    tile = tiling if args.child.startswith("tiled") else None
+    predictor = Predictor(model, fast_paths=not args.child.endswith("_plain"), tile=tile)
     image = make_image(height, width)
     built = harness.current_rss_bytes()
     start = time.perf_counter()
-    tile = tiling if args.child.startswith("tiled") else None
-    mask = predict_mask(runner, image, tile=tile, dtype=torch.uint8)
+    mask = predictor.mask(image)
     seconds = time.perf_counter() - start
     np.save(args.mask_out, mask.numpy())
     print(json.dumps({"seconds": seconds, "peak_rss": harness.peak_rss_bytes(), "rss_after_build": built,
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     height, width = args.image_size
     info = harness.machine_info(torch.device("cpu"))
     model = build_model(args.width)
-    estimate = estimate_forward_bytes(model, height, width)
+    estimate = model.estimate_forward_bytes(height, width)
     tiling = tiling_for_budget(model, int(args.budget_gib * 2**30)) if args.tile is None else Tiling(tile_size=args.tile)
     print(f"{height}x{width} image, fcn8s width {args.width}: whole-image forward estimated {gib(estimate)} GiB; "
           f"budget {args.budget_gib} GiB -> tiles of {tiling.tile_size} px + {tiling.margin} px margin")  # fmt: skip

@@ -10,16 +10,11 @@ Candidates (``--infer`` / ``--train`` choose them):
 
 * ``seed``: ``../shared/reference/seed_fcn8s.py`` as written (NCHW, fp32);
   ``seed_channels_last``: the same in channels-last; ``seed_bf16``: under bf16 autocast.
-* ``fcn8s_plain``: ``fcnseg.create_model("fcn8s")`` called directly (the faithful module).
-* ``fcn8s``: what prediction uses, ``optimize_for_inference(model)`` (exact fast paths);
-  ``fcn8s_bf16``: the same with ``bfloat16=True``; ``fcn8s_compiled``: with ``compile=True``;
-  ``fcn8s_plain_compiled``: ``torch.compile`` of the plain module (inductor freezing).
-* ``fcn8s_nchw``, ``fcn8s_untrimmed``, ``fcn8s_conv_classifier``, ``fcn8s_full_deconv``
-  (``--ablations``): ``fcn8s`` with one fast path switched off (see ``ABLATIONS``).
-* Training: ``fcn8s_channels_last`` is the module as the engine trains it (module and
-  batch in channels-last, ``TrainConfig.channels_last``); ``fcn8s`` adds
-  ``enable_fast_training`` (exact: same gradients); ``fcn8s_plain`` is NCHW;
-  ``fcn8s_bf16`` is ``fcn8s`` under bf16 autocast.
+* ``fcn8s_plain``: ``fcnseg.create_model("fcn8s", fast_paths=False)``: every layer as written.
+* ``fcn8s``: ``fcnseg.create_model("fcn8s")``, the model with its exact fast paths, as
+  prediction and training run it; ``fcn8s_bf16``: the same under bf16 autocast;
+  ``fcn8s_compiled`` / ``fcn8s_plain_compiled``: ``torch.compile`` of either (inductor freezing).
+* Training: the same names, one SGD step each (the engine trains ``fcn8s``).
 * ``tv_fcn_resnet50``: ``torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None)``.
 
 Ratios in the JSON are time ratios (lower is better): ``fcn8s_infer_vs_seed`` =
@@ -46,23 +41,15 @@ import harness
 from harness import PROJECT_ROOT, SEED_PATH, gib, median
 
 import fcnseg
-from fcnseg.models.fast import enable_fast_training, optimize_for_inference
 
 NUM_CLASSES = 21
-#: ``--ablations``: fcn8s with one fast path of optimize_for_inference switched off.
-ABLATIONS = {
-    "fcn8s_nchw": "channels_last",
-    "fcn8s_untrimmed": "trim_padding",
-    "fcn8s_conv_classifier": "matmul_classifier",
-    "fcn8s_full_deconv": "depthwise_upsampling",
-}
 DEFAULT_INFER = {
     "cpu": ["seed", "seed_channels_last", "fcn8s_plain", "fcn8s", "fcn8s_bf16", "tv_fcn_resnet50"],
     "cuda": ["seed", "seed_bf16", "fcn8s_plain", "fcn8s_plain_bf16", "fcn8s", "fcn8s_bf16", "tv_fcn_resnet50"],
 }
 DEFAULT_TRAIN = {
-    "cpu": ["seed", "fcn8s_plain", "fcn8s_channels_last", "fcn8s", "tv_fcn_resnet50"],
-    "cuda": ["seed", "seed_bf16", "fcn8s_plain", "fcn8s_channels_last", "fcn8s", "fcn8s_bf16", "tv_fcn_resnet50"],
+    "cpu": ["seed", "fcn8s_plain", "fcn8s", "tv_fcn_resnet50"],
+    "cuda": ["seed", "seed_bf16", "fcn8s_plain", "fcn8s", "fcn8s_bf16", "tv_fcn_resnet50"],
 }
 DEFAULT_BATCHES = {"cpu": [1, 2], "cuda": [1, 8]}
 
@@ -84,8 +71,8 @@ def base_name(name: str) -> str:
 
 
 def channels_last(name: str, mode: str) -> bool:
-    """Whether a candidate's module and input are channels-last (the engine trains fcn8s so)."""
-    return name.endswith("_channels_last") or (mode == "train" and base_name(name) == "fcn8s")
+    """Whether a candidate's module and input are made channels-last here (fcnseg's fast paths do it themselves)."""
+    return name.endswith("_channels_last")
 
 
 def build_module(name: str, width: float, device: torch.device, mode: str = "infer") -> nn.Module:
@@ -97,8 +84,8 @@ def build_module(name: str, width: float, device: torch.device, mode: str = "inf
         if seed is None:
             raise FileNotFoundError(f"seed code not found at {SEED_PATH}")
         model = seed.FCN(n_class=NUM_CLASSES)
-    elif family.startswith("fcn8s"):  # fcn8s, fcn8s_plain and the ablations
-        model = fcnseg.create_model("fcn8s", num_classes=NUM_CLASSES, width=width)
+    elif family in ("fcn8s", "fcn8s_plain"):
+        model = fcnseg.create_model("fcn8s", num_classes=NUM_CLASSES, width=width, fast_paths=family == "fcn8s")
         with torch.no_grad():  # non-zero score layers, so no path is skipped by a zero shortcut
             for layer in ("score_fr", "score_pool4", "score_pool3"):
                 nn.init.normal_(getattr(model, layer).weight, std=1e-3)
@@ -121,18 +108,10 @@ def inference_callable(name: str, width: float, device: torch.device) -> tuple[C
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     family = base_name(name)
-    if family == "fcn8s" or family in ABLATIONS:
-        options = {ABLATIONS[family]: False} if family in ABLATIONS else {}
-        if name.endswith("_compiled"):
-            import torch._inductor.config as inductor_config
-
-            inductor_config.freezing = True  # prepack weights, fuse conv + ReLU (inference only)
-        model = optimize_for_inference(model, bfloat16=name.endswith("_bf16"), compile=name.endswith("_compiled"), **options)
-        forward = model
-    elif name.endswith("_compiled"):
+    if name.endswith("_compiled"):
         import torch._inductor.config as inductor_config
 
-        inductor_config.freezing = True
+        inductor_config.freezing = True  # prepack weights, fuse conv + ReLU (inference only)
         forward = torch.compile(model, dynamic=False)
     elif name.endswith("_bf16"):
 
@@ -151,8 +130,6 @@ def inference_callable(name: str, width: float, device: torch.device) -> tuple[C
 def train_step_callable(name: str, width: float, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One SGD step (forward, summed cross-entropy, backward, update) of a training candidate."""
     model = build_module(name, width, device, "train").train()
-    if name in ("fcn8s", "fcn8s_bf16"):
-        enable_fast_training(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=1e-10, momentum=0.99, weight_decay=5e-4)
     is_tv = base_name(name) == "tv_fcn_resnet50"
@@ -294,7 +271,7 @@ def ratios_and_rates(records: list[dict[str, Any]], nominal_gflop: dict[str, flo
         if name.startswith("matmul"):
             continue
         suffix = "" if batch == 1 else f"_b{batch}"
-        for baseline in ("seed", "seed_channels_last", "tv_fcn_resnet50", "fcn8s_plain", "fcn8s_channels_last"):
+        for baseline in ("seed", "seed_channels_last", "tv_fcn_resnet50", "fcn8s_plain"):
             other = by_key.get((baseline, mode, batch))
             if other is not None and baseline != name and name.startswith("fcn8s"):
                 summary[f"{name}_{mode}_vs_{baseline}{suffix}"] = round(record["median_s"] / other["median_s"], 3)
@@ -357,7 +334,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-batch-sizes", type=lambda s: [int(b) for b in s.split(",")], default=None, help="default CPU 1; GPU 1,8"
     )
     parser.add_argument("--compile", action="store_true", help="add torch.compile candidates (compile time is reported)")
-    parser.add_argument("--ablations", action="store_true", help="add fcn8s with each fast path switched off")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-candidate peak-memory processes")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory processes, no timing")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra call per candidate)")
@@ -393,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     train = args.train if args.train is not None else list(DEFAULT_TRAIN[kind])
     if args.compile:
         infer += [n for n in ("fcn8s_plain_compiled", "fcn8s_compiled") if n not in infer]
-    if args.ablations:
-        infer += [name for name in ABLATIONS if name not in infer]
     if load_seed_module() is None:
         print(f"note: seed code not found at {SEED_PATH}; seed candidates are skipped")
         infer = [n for n in infer if base_name(n) != "seed"]

@@ -60,12 +60,12 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` and its description to ``path`` atomically; returns the path.
 
-    ``model`` must come from :func:`fcnseg.create_model` (it carries ``config``).
+    ``model`` is any fcnseg model (its ``config`` says how to build it again).
     ``extra`` is free JSON for the caller (e.g. the step and the best mean IU).
     """
     config = getattr(model, "config", None)
     if not config:
-        raise CheckpointError("model has no config: build it with fcnseg.create_model")
+        raise CheckpointError(f"{type(model).__name__} has no config: only fcnseg models can be checkpointed")
     if len(classes) != config["num_classes"]:
         raise CheckpointError(f"{len(classes)} class names for a model with {config['num_classes']} classes")
     if len(palette) < len(classes):
@@ -109,12 +109,16 @@ def read_description(path: str | os.PathLike[str]) -> dict[str, Any]:
     return description
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild the model described by a checkpoint and load its weights (no pickle involved)."""
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
+                    fast_paths: bool = True) -> Checkpoint:
+    """Rebuild the model described by a checkpoint and load its weights (no pickle involved).
+
+    ``fast_paths`` as for :func:`fcnseg.create_model` (the exact fast paths, on by default).
+    """
     description = read_description(path)
     config = dict(description["config"])
     name = config.pop("name")
-    model = create_model(name, **config)
+    model = create_model(name, fast_paths=fast_paths, **config)
     state = load_file(str(path), device=str(map_location))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -11,16 +11,14 @@ and the matrices are summed, so every image counts exactly once.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from .inference import Predictor
 from .metrics import ConfusionMatrix
-from .preprocessing import preprocess
-from .tiling import Tiling
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -29,12 +27,6 @@ def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    # A DistributedDataParallel wrapper would broadcast buffers at every forward, a collective
-    # that hangs when ranks hold different numbers of images; evaluation needs the bare model.
-    return getattr(model, "module", model)
 
 
 def _batches(data: Dataset | Iterable, num_workers: int) -> Iterable:
@@ -51,65 +43,50 @@ def _one_item_batch(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[tor
     return image.unsqueeze(0), mask.unsqueeze(0)
 
 
+def as_predictor(model: torch.nn.Module | Predictor, device: str | torch.device | None = None, **options: Any) -> Predictor:
+    """``model`` itself when it is a :class:`Predictor`, else a Predictor for it (``options`` as Predictor's)."""
+    return model if isinstance(model, Predictor) else Predictor(model, device=device, **options)
+
+
 def confusion_matrix(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Predictor,
     data: Dataset | Iterable,
     num_classes: int,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     ignore_index: int = 255,
     *,
-    tile: Tiling | None = None,
-    amp_dtype: torch.dtype | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    **predictor_options: Any,
 ) -> ConfusionMatrix:
-    """The confusion matrix of ``model`` over ``data``, summed over all distributed ranks.
+    """The confusion matrix of a model (or :class:`Predictor`) over ``data``, summed over all distributed ranks.
 
     ``data`` is a dataset of ``(image uint8 (3,H,W), mask (H,W))`` items (evaluated one image
     at a time, each rank a share) or an iterable of batches ``(images (N,3,H,W), masks (N,H,W))``
     such as a DataLoader with :class:`fcnseg.data.PadCollate` (its sampler must not repeat
-    images across ranks). ``tile`` evaluates in tiles (images larger than memory);
-    ``amp_dtype`` runs the forward pass under autocast (e.g. ``torch.bfloat16`` on a GPU).
-    The model's training flag is restored afterwards.
+    images across ranks). A bare model is run by ``Predictor(model, device=device,
+    **predictor_options)`` (e.g. ``tile=``, ``dtype=``, ``memory_budget_bytes=``).
     """
-    from .predict import predict_mask  # predict imports the data package; keep this module light
-
-    device = torch.device(device)
-    net = _unwrap(model)
-    matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
-    was_training = net.training
-    net.eval()
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    predictor = as_predictor(model, device, **predictor_options)
+    matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)
     rank, _ = _rank_and_world()
     hide_bar = None if progress and rank == 0 else True  # tqdm: None shows a bar only on a terminal
-    batches = _batches(data, num_workers)
-    try:
-        with torch.inference_mode(), autocast:
-            for images, masks in tqdm(batches, desc="evaluate", unit="batch", disable=hide_bar):
-                masks = masks.to(device, non_blocking=True)
-                if tile is not None:
-                    preds = [predict_mask(net, image, device=device, tile=tile) for image in images]
-                    preds = torch.stack(preds).to(device)
-                else:
-                    blob = preprocess(images.to(device, non_blocking=True), net.preprocessing)
-                    preds = net(blob).argmax(1)
-                matrix.update(preds, masks)
-    finally:
-        net.train(was_training)
+    for images, masks in tqdm(_batches(data, num_workers), desc="evaluate", unit="batch", disable=hide_bar):
+        matrix.update(predictor.masks(images), masks.to(predictor.device, non_blocking=True))
     matrix.all_reduce()
     return matrix
 
 
 def evaluate(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Predictor,
     data: Dataset | Iterable,
     num_classes: int,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     ignore_index: int = 255,
-    **options,
+    **options: Any,
 ) -> dict[str, float | list[float]]:
-    """``ConfusionMatrix.compute()`` of ``model`` over ``data``: pixel_acc, mean_acc, mean_iu, fw_iu, iu.
+    """``ConfusionMatrix.compute()`` of ``model`` over ``data``: pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc.
 
-    Options as for :func:`confusion_matrix` (``tile``, ``amp_dtype``, ``num_workers``, ``progress``).
+    Options as for :func:`confusion_matrix`.
     """
     return confusion_matrix(model, data, num_classes, device, ignore_index, **options).compute()

@@ -166,7 +166,12 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _export_proto(model: torch.nn.Module, example: torch.Tensor, exporter: str, opset: int | None) -> Any:
-    """The model as an in-memory ONNX ``ModelProto`` with dynamic batch, height and width."""
+    """The model as an in-memory ONNX ``ModelProto`` with dynamic batch, height and width.
+
+    The plain forward is exported: the fast paths' padding trim is planned per input size
+    in Python, which a graph with dynamic height and width cannot hold.
+    """
+    model.set_fast_paths(False)
     onnx, _ = _require_onnx()
     if exporter == "dynamo":
         try:
@@ -292,7 +297,7 @@ def export_onnx(
     if not check_shapes:
         raise ExportError("at least one check shape is needed: an unverified export is never reported as a success")
     if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
+        checkpoint = load_checkpoint(checkpoint, fast_paths=False)
     model = checkpoint.model.eval().to("cpu")
     example = preprocess(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), model.preprocessing)
     try:

@@ -62,3 +62,13 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def sweep_temporary_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove what interrupted atomic writes left in ``folder`` and below (``.NAME.*.tmp``); returns them."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

@@ -17,6 +17,7 @@ where ``t_i = sum_j n_ij`` is the number of ground-truth pixels of class i.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -41,8 +42,8 @@ class ConfusionMatrix:
         self.matrix = torch.zeros_like(self.matrix)
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: ``pred`` and ``target`` are integer class maps of the same shape.
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> "ConfusionMatrix":
+        """Add a batch: ``pred`` and ``target`` are integer class maps of the same shape; returns ``self``.
 
         Target pixels equal to ``ignore_index`` are dropped (whatever was predicted there).
         A target or prediction outside ``0..num_classes-1`` (other than the ignore value
@@ -66,6 +67,7 @@ class ConfusionMatrix:
         _check_range(target, n, "ground-truth label", self.ignore_index)
         _check_range(pred, n, "predicted class", None)
         self.matrix += torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
+        return self
 
     def all_reduce(self) -> None:
         """Sum the matrix over all torch.distributed ranks (a no-op when not distributed)."""
@@ -75,9 +77,10 @@ class ConfusionMatrix:
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 
     def compute(self) -> dict[str, float | list[float]]:
-        """``{"pixel_acc", "mean_acc", "mean_iu", "fw_iu": float in 0..1, "iu": per-class list}``.
+        """``{"pixel_acc", "mean_acc", "mean_iu", "fw_iu": float in 0..1, "iu", "acc": per-class lists}``.
 
-        With no pixels counted at all, every value is NaN.
+        A class's ``acc`` is NaN when it has no ground-truth pixels. With no pixels counted
+        at all, every value is NaN.
         """
         hist = self.matrix.detach().to("cpu", torch.float64)
         correct = hist.diag()
@@ -88,16 +91,57 @@ class ConfusionMatrix:
         iu = torch.where(union > 0, correct / union.clamp(min=1), nan)
         in_gt = gt_total > 0
         total = gt_total.sum()
+        acc = torch.where(in_gt, correct / gt_total.clamp(min=1), nan)
         if total == 0:
             return {"pixel_acc": math.nan, "mean_acc": math.nan, "mean_iu": math.nan, "fw_iu": math.nan,
-                    "iu": [math.nan] * self.num_classes}
+                    "iu": [math.nan] * self.num_classes, "acc": [math.nan] * self.num_classes}
         return {
             "pixel_acc": float(correct.sum() / total),
             "mean_acc": float((correct[in_gt] / gt_total[in_gt]).mean()),
             "mean_iu": float(iu.nanmean()),
             "fw_iu": float((gt_total[in_gt] / total * iu[in_gt]).sum()),
             "iu": [float(v) for v in iu],
+            "acc": [float(v) for v in acc],
         }
+
+    def report(self, classes: list[str]) -> dict[str, Any]:
+        """:meth:`compute` plus a per-class table (IU, accuracy, ground-truth pixels) and the raw matrix."""
+        metrics = self.compute()
+        totals = self.matrix.cpu().sum(dim=1).tolist()
+        per_class = {name: {"iu": iu, "acc": acc, "pixels": int(t)}
+                     for name, iu, acc, t in zip(classes, metrics["iu"], metrics["acc"], totals)}
+        absent = [name for name, t in zip(classes, totals) if t == 0]
+        return {**metrics, "classes": list(classes), "per_class": per_class, "classes_without_ground_truth": absent,
+                "confusion_matrix": self.matrix.cpu().tolist()}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The four metrics and the per-class table of :meth:`ConfusionMatrix.report`, as ``fcnseg eval`` prints them."""
+    lines = [f"{label:<10} {report[key]:.4f}" for key, label in
+             (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"), ("fw_iu", "fw IU"))]
+    absent = report.get("classes_without_ground_truth", [])
+    if absent:
+        counted = len(report["classes"]) - sum(math.isnan(v) for v in report["iu"])
+        lines.append(f"warning: {len(absent)} class(es) have no ground-truth pixels here ({', '.join(absent)}); "
+                     f"mean IU is over {counted} of {len(report['classes'])} classes")
+    width = max(12, *(len(name) for name in report["classes"]))
+    lines += ["", f"{'class':<{width}} {'IU':>7} {'acc':>7} {'pixels':>12}"]
+    for name, row in report["per_class"].items():
+        iu = "-" if math.isnan(row["iu"]) else f"{row['iu']:.4f}"  # '-': absent from GT and prediction
+        acc = "-" if math.isnan(row["acc"]) else f"{row['acc']:.4f}"
+        lines.append(f"{name:<{width}} {iu:>7} {acc:>7} {row['pixels']:>12,}")
+    return "\n".join(lines)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (e.g. the IU of a class absent from ground truth and prediction) become null: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _check_range(values: torch.Tensor, num_classes: int, what: str, ignore_index: int | None) -> None:

@@ -1,8 +1,7 @@
-"""Inference on single images: load, predict logits or a mask, save a palette PNG, draw an overlay.
+"""Image files around prediction: read inputs, expand folders and globs, write masks and overlays.
 
-Every function takes uint8 RGB images (3, H, W) and applies the model's own
-preprocessing through :func:`fcnseg.preprocess`, so weights trained with any
-input convention are used correctly. Masks have the input's H and W.
+The prediction itself is :class:`fcnseg.inference.Predictor`'s. Images are uint8 RGB
+tensors (3, H, W); masks (H, W) of class ids have the image's H and W.
 """
 
 from __future__ import annotations
@@ -10,8 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,8 +18,7 @@ from PIL import Image
 from .data import DatasetError, read_image_file
 from .data.readers import IMAGE_SUFFIXES
 from .files import atomic_path
-from .preprocessing import preprocess
-from .tiling import Tile, Tiling, iter_tiles
+from .inference import Predictor, check_image
 
 
 #: Rows blended at a time by :func:`overlay_image` (bounds its float working memory).
@@ -82,101 +79,14 @@ def list_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], l
     return unique, problems
 
 
-def _check_image(image: torch.Tensor) -> None:
-    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a uint8 RGB image (3, H, W), got {image.dtype} {tuple(image.shape)}")
+def predict_mask(model: torch.nn.Module, image: torch.Tensor, **options) -> torch.Tensor:
+    """Class ids (H, W), int64 on the CPU, of one uint8 RGB image: ``Predictor(model, **options).mask(image)``."""
+    return Predictor(model, **options).mask(image).long()
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-@contextmanager
-def _inference(
-    model: torch.nn.Module, device: str | torch.device | None
-) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """Yield ``forward(uint8 window (3, h, w)) -> logits (C, h, w)`` on the device.
-
-    The model runs in eval mode (no dropout) under ``torch.inference_mode``; it is moved
-    to ``device`` when given (``None``: where its parameters are) and its training flag
-    is restored afterwards, so a training loop can call prediction in the middle.
-    """
-    device = _device_of(model) if device is None else torch.device(device)
-    if _device_of(model) != device:
-        model.to(device)
-    was_training = model.training
-    model.eval()
-
-    def forward(window: torch.Tensor) -> torch.Tensor:
-        blob = preprocess(window.to(device, non_blocking=True), model.preprocessing)
-        return model(blob.unsqueeze(0))[0]
-
-    try:
-        with torch.inference_mode():
-            yield forward
-    finally:
-        model.train(was_training)
-
-
-def _as_tiling(tile: Tiling | int | None) -> Tiling | None:
-    if tile is None or isinstance(tile, Tiling):
-        return tile
-    return Tiling(tile_size=int(tile))
-
-
-def predict_logits(
-    model: torch.nn.Module,
-    image: torch.Tensor,
-    *,
-    device: str | torch.device | None = None,
-    tile: Tiling | int | None = None,
-) -> torch.Tensor:
-    """Class scores (C, H, W) for a uint8 RGB image (3, H, W), returned on the CPU.
-
-    The model runs on ``device`` (moved there if needed; ``None``: where it is).
-    ``tile`` (a :class:`~fcnseg.tiling.Tiling` or a tile size in px) predicts in
-    overlapping tiles: same result as whole-image inference, bounded memory per pass.
-    """
-    _check_image(image)
-    tiling = _as_tiling(tile)
-    with _inference(model, device) as forward:
-        if tiling is None:
-            return forward(image).float().cpu()
-        logits = torch.empty((model.num_classes, *image.shape[-2:]), dtype=torch.float32)
-        for tile_, core in iter_tiles(forward, image, tiling):
-            top, bottom, left, right = tile_.core
-            logits[:, top:bottom, left:right] = core.float().cpu()
-        return logits
-
-
-def predict_mask(
-    model: torch.nn.Module,
-    image: torch.Tensor,
-    *,
-    device: str | torch.device | None = None,
-    tile: Tiling | int | None = None,
-    dtype: torch.dtype = torch.int64,
-    progress: Callable[[Iterator[Tile]], Iterator[Tile]] | None = None,
-) -> torch.Tensor:
-    """Class ids (H, W) for a uint8 RGB image (3, H, W), on the CPU; the model runs on ``device``.
-
-    With ``tile`` only one tile's logits exist at a time (the arg-max is taken on the
-    device); ``dtype=torch.uint8`` keeps the mask of a huge image small.
-    ``progress`` wraps the tile iterator (e.g. a tqdm bar).
-    """
-    _check_image(image)
-    if not dtype.is_floating_point and torch.iinfo(dtype).max < model.num_classes - 1:
-        raise ValueError(f"dtype {dtype} cannot hold the class ids of {model.num_classes} classes")
-    tiling = _as_tiling(tile)
-    with _inference(model, device) as forward:
-        if tiling is None:
-            return forward(image).argmax(0).to("cpu", dtype)
-        mask = torch.empty(image.shape[-2:], dtype=dtype)
-        for tile_, core in iter_tiles(forward, image, tiling, progress):
-            top, bottom, left, right = tile_.core
-            mask[top:bottom, left:right] = core.argmax(0).to("cpu", dtype)
-        return mask
+def predict_logits(model: torch.nn.Module, image: torch.Tensor, **options) -> torch.Tensor:
+    """Class scores (C, H, W) of one uint8 RGB image: ``Predictor(model, **options).logits(image)``."""
+    return Predictor(model, **options).logits(image)
 
 
 def _palette_bytes(palette: Sequence[Sequence[int]]) -> list[int]:
@@ -216,7 +126,7 @@ def overlay_image(
 
     Pixels whose id has no palette colour (e.g. the ignore value 255) keep the image.
     """
-    _check_image(image)
+    check_image(image)
     if mask.shape != image.shape[-2:]:
         raise ValueError(f"mask {tuple(mask.shape)} does not match image {tuple(image.shape[-2:])}")
     if not 0.0 <= alpha <= 1.0:

@@ -14,14 +14,12 @@ of an output pixel, so each tile is run with a *margin* of context around the
 with the image edge, tile and image see the same padding, so no margin is
 needed there.
 
-Receptive field of an output pixel (VGG16 FCN): ``fc7`` sees 404 px; the
-bilinear upsampling chain then mixes score cells less than 32 + 16 + 8 = 56 px
-away (FCN-8s; 32 for FCN-32s), so no output pixel depends on input more than
-202 + 56 = 258 px away. The default margin rounds that bound up with room to
-spare: ``ceil((404 / 2 + 64) / 32) * 32 = 288`` px. Measured (flip one input
-column, see which output columns change): the reach is at most ~230 px, and
-tiles with a 224-px margin already matched whole-image logits to fp32 noise;
-with 192 px they differed by 0.05, with 96 px by 2.2 (logits of std ~8).
+The margin comes from the model (:meth:`fcnseg.models.FCN.context_margin`): the
+receptive-field radius of its backbone plus the reach of its upsampling chain, rounded
+up to the grid. For VGG16 that is 288 px (fc7 sees 404 px). Measured (flip one input
+column, see which output columns change): the reach is at most ~230 px, and tiles
+with a 224-px margin already matched whole-image logits to fp32 noise; with 192 px
+they differed by 0.05, with 96 px by 2.2 (logits of std ~8).
 
 Tolerance reached with the default margin: logits equal to fp32 summation
 noise (max abs difference ~6e-6 for logits of magnitude ~10, i.e. ~1e-6
@@ -42,27 +40,6 @@ from typing import Callable, Iterator
 
 import torch
 
-from .models.vgg import FIRST_CONV_PADDING, VGG16_STAGES, scaled
-
-#: Period of the pooling grid of the VGG16 trunk (five 2x2/2 pools).
-NETWORK_STRIDE = 32
-
-
-def vgg16_receptive_field() -> int:
-    """Receptive field (px) of one ``fc7`` cell: 3x3 convs and 2x2 pools per stage, then the 7x7 ``fc6``."""
-    field, step = 1, 1
-    for stage in VGG16_STAGES:
-        field += 2 * step * len(stage)  # each 3x3 conv widens by 2 cells of the current step
-        field += step  # the 2x2 pool widens by one cell
-        step *= 2
-    return field + 6 * step  # fc6 is 7x7 on stride-32 cells
-
-
-def default_margin() -> int:
-    """Context kept around each tile's core: receptive-field radius plus upsampling reach, rounded to 32."""
-    reach = vgg16_receptive_field() / 2 + 2 * NETWORK_STRIDE
-    return int(math.ceil(reach / NETWORK_STRIDE) * NETWORK_STRIDE)
-
 
 def _round_up(value: int, multiple: int) -> int:
     return max(multiple, int(math.ceil(value / multiple) * multiple))
@@ -73,9 +50,9 @@ class Tiling:
     """Options of tiled inference.
 
     Args:
-        tile_size: side of each tile's core in pixels (rounded up to a multiple of 32).
-        margin: context around the core (rounded up to a multiple of 32); ``None`` uses
-            :func:`default_margin`, which reproduces whole-image inference.
+        tile_size: side of each tile's core in pixels (rounded up to a multiple of the model's grid).
+        margin: context around the core (rounded up likewise); ``None`` uses the model's
+            :meth:`~fcnseg.models.FCN.context_margin`, which reproduces whole-image inference.
     """
 
     tile_size: int = 512
@@ -86,13 +63,16 @@ class Tiling:
             raise ValueError(f"tile_size must be >= 1, got {self.tile_size}")
         if self.margin is not None and self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
-        object.__setattr__(self, "tile_size", _round_up(self.tile_size, NETWORK_STRIDE))
-        margin = default_margin() if self.margin is None else self.margin
-        object.__setattr__(self, "margin", 0 if margin == 0 else _round_up(margin, NETWORK_STRIDE))
+
+    def for_model(self, model: torch.nn.Module) -> "Tiling":
+        """This tiling with sizes on ``model``'s grid and the margin resolved."""
+        grid = model.grid
+        margin = model.context_margin() if self.margin is None else self.margin
+        return Tiling(_round_up(self.tile_size, grid), 0 if margin == 0 else _round_up(margin, grid))
 
     @property
     def window_size(self) -> int:
-        """Largest side of the window one forward pass sees."""
+        """Largest side of the window one forward pass sees (after :meth:`for_model`)."""
         return self.tile_size + 2 * int(self.margin or 0)
 
 
@@ -122,43 +102,13 @@ def _spans(length: int, tile: int, margin: int) -> list[tuple[int, int, int, int
 
 
 def plan_tiles(height: int, width: int, tiling: Tiling) -> list[Tile]:
-    """Tiles covering an image once: cores start at multiples of the tile size (a multiple of 32)."""
+    """Tiles covering an image once: cores start at multiples of the tile size (a multiple of the grid)."""
     margin = int(tiling.margin or 0)
     return [
         Tile(core=(top, bottom, left, right), window=(wtop, wbottom, wleft, wright))
         for top, bottom, wtop, wbottom in _spans(height, tiling.tile_size, margin)
         for left, right, wleft, wright in _spans(width, tiling.tile_size, margin)
     ]
-
-
-def _first_conv_channels(model: torch.nn.Module) -> int:
-    """``conv1_1``'s output channels of an FCN or its inference twin (full width if neither)."""
-    backbone = getattr(model, "backbone", None)
-    conv = getattr(backbone, "conv1_1", None)
-    if conv is not None:
-        return int(conv.out_channels)
-    weight = getattr(backbone, "conv1_1_weight", None)  # fcnseg.models.fast keeps the weight as a buffer
-    if weight is not None:
-        return int(weight.shape[0])
-    return scaled(VGG16_STAGES[0][0], 1.0)
-
-
-def estimate_forward_bytes(model: torch.nn.Module, height: int, width: int) -> int:
-    """Peak host memory (bytes) of one inference forward pass of ``model`` on an H x W image, a safe estimate.
-
-    Everything scales with the padded area (H + 200) x (W + 200): the first stage keeps
-    ``conv1_1``/``conv1_2`` maps of that size, the logits before the final crop have
-    ``num_classes`` maps of about that size, and preprocessing makes a few float copies.
-    ``4 * area * (3 * conv1_channels + 3 * num_classes + 16)`` over-estimates the peak RSS
-    measured on the CPU by 20-35 % across widths 1/16..1 and 0.25..4 Mpx images for the plain
-    module; with ``optimize_for_inference`` (which trims the padding) it over-estimates by about 2x,
-    which keeps tiles smaller than needed but never over the budget. ``benchmarks/large_image.py``
-    reports the measured peak against the budget.
-    """
-    channels = _first_conv_channels(model)
-    num_classes = int(getattr(model, "num_classes", 21))
-    padded = (height + 2 * FIRST_CONV_PADDING) * (width + 2 * FIRST_CONV_PADDING)
-    return 4 * padded * (3 * channels + 3 * num_classes + 16)
 
 
 #: Share of a memory budget given to one tile's forward pass. Over a run of many tiles the
@@ -168,29 +118,28 @@ TILING_HEADROOM = 0.8
 
 
 def tiling_for_budget(model: torch.nn.Module, budget_bytes: int, margin: int | None = None) -> Tiling:
-    """The largest tiling whose window's forward pass fits ``TILING_HEADROOM * budget_bytes``."""
+    """The largest tiling whose window's forward pass fits ``TILING_HEADROOM * budget_bytes``.
+
+    ``model`` is an FCN (it gives its grid, margin and :meth:`estimate_forward_bytes`).
+    """
     budget_bytes = int(budget_bytes * TILING_HEADROOM)
-    tiling = Tiling(tile_size=NETWORK_STRIDE, margin=margin)
-    smallest = estimate_forward_bytes(model, tiling.window_size, tiling.window_size)
+    grid = model.grid
+    tiling = Tiling(grid, margin).for_model(model)
+    smallest = model.estimate_forward_bytes(tiling.window_size, tiling.window_size)
     if smallest > budget_bytes:
         raise ValueError(
             f"a memory budget of {budget_bytes / TILING_HEADROOM / 2**20:.0f} MiB is too small: the smallest tile "
             f"({tiling.window_size} px window) needs about {smallest / 2**20:.0f} MiB"
         )
-    low, high = NETWORK_STRIDE, 1 << 20
-    while high - low > NETWORK_STRIDE:  # binary search on the core size, in steps of 32
-        mid = _round_up((low + high) // 2, NETWORK_STRIDE)
-        window = Tiling(mid, margin).window_size
-        if estimate_forward_bytes(model, window, window) <= budget_bytes:
+    low, high = grid, 1 << 20
+    while high - low > grid:  # binary search on the core size, in steps of the grid
+        mid = _round_up((low + high) // 2, grid)
+        window = Tiling(mid, margin).for_model(model).window_size
+        if model.estimate_forward_bytes(window, window) <= budget_bytes:
             low = mid
         else:
             high = mid
-    return Tiling(tile_size=low, margin=margin)
-
-
-def needs_tiling(model: torch.nn.Module, height: int, width: int, budget_bytes: int) -> bool:
-    """Whether a whole-image forward pass on H x W would exceed ``budget_bytes``."""
-    return estimate_forward_bytes(model, height, width) > budget_bytes
+    return Tiling(low, margin).for_model(model)
 
 
 def iter_tiles(
@@ -204,7 +153,7 @@ def iter_tiles(
     ``run`` maps a uint8 window (3, h, w) to a per-pixel result (..., h, w), e.g. logits;
     the core is cut from it before it is yielded.
     """
-    tiles = plan_tiles(image.shape[-2], image.shape[-1], tiling)
+    tiles = plan_tiles(image.shape[-2], image.shape[-1], tiling)  # ``tiling`` resolved by Tiling.for_model
     for tile in progress(iter(tiles)) if progress else tiles:
         top, bottom, left, right = tile.window
         result = run(image[:, top:bottom, left:right])

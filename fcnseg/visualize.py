@@ -150,21 +150,15 @@ def overlay_grid(
 
 
 def validation_overlays(
-    model: torch.nn.Module,
+    predictor: Any,
     dataset: Any,
     png: str | os.PathLike[str],
     *,
     count: int = 6,
     palette: Sequence[Colour] | None = None,
-    device: str | torch.device | None = None,
 ) -> Path:
-    """Predict ``count`` images spread over ``dataset`` and draw them with :func:`overlay_grid`."""
-    from .predict import predict_mask
-
-    net = getattr(model, "module", model)  # a DistributedDataParallel wrapper predicts through its module
-    if device is None:
-        parameter = next(net.parameters(), None)
-        device = parameter.device if parameter is not None else "cpu"
+    """Predict ``count`` images spread over ``dataset`` with a :class:`~fcnseg.inference.Predictor`
+    and draw them with :func:`overlay_grid`."""
     count = max(1, min(count, len(dataset)))
     indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
     images, gts, preds, titles = [], [], [], []
@@ -172,7 +166,7 @@ def validation_overlays(
         image, mask = dataset[index]
         images.append(image)
         gts.append(mask)
-        preds.append(predict_mask(net, image, device=device))
+        preds.append(predictor.mask(image))
         describe = getattr(dataset, "describe", None)
         titles.append(Path(describe(index)).stem if describe else str(index))
     return overlay_grid(images, preds, gts, palette if palette is not None else dataset.palette, png, titles=titles)

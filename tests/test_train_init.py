@@ -10,8 +10,8 @@ from fcnseg.checkpoint import save_checkpoint
 from fcnseg.data import open_dataset
 from fcnseg.engine.distributed import DistContext
 from fcnseg.engine.initial_weights import apply_initial_weights
-from fcnseg.engine.train import TrainConfig, build_run
-from fcnseg.engine.recipes import get_recipe
+from fcnseg.engine import build_config
+from fcnseg.engine.train import build_run
 
 
 def test_staged_init_from_a_coarser_checkpoint(tmp_path):
@@ -49,8 +49,8 @@ def test_checkpoint_with_other_classes_is_refused(tmp_path):
 
 def test_median_frequency_class_weights_reach_the_loss(tmp_path):
     data = {"size": 24, "num_images": 6}
-    config = TrainConfig(model="fcn8s", width=0.0625, recipe=get_recipe("demo", "fcn8s"), data_options=data,
-                         class_weights="median-frequency", threads=1, progress=False)
+    config = build_config("demo", settings=[("model.width", 0.0625), ("data_options", data), ("threads", 1),
+                                            ("progress", False), ("class_weights", "median-frequency")])
     run = build_run(config, tmp_path, DistContext())
     # independent computation: freq_c = pixels of c / pixels of the images where c occurs; w_c = median / freq_c
     dataset = open_dataset("synthetic", None, "train", **data)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.data import open_dataset
-from fcnseg.engine import TrainConfig, TrainingDiverged, get_recipe, train
+from fcnseg.engine import TrainConfig, TrainingDiverged, build_config, train
 from fcnseg.engine.loss import segmentation_loss
 from fcnseg.engine.state import load_train_state
 from fcnseg.engine.train import validate, build_run
@@ -23,10 +23,15 @@ from fcnseg.preprocessing import preprocess
 DATA = {"size": 32, "num_images": 16}
 
 
+#: The demo recipe's optimisation on a tiny net and tiny images, without its extras (class weights, bf16, cache).
+TINY = {"model.width": 0.0625, "data_options": DATA, "val_data_options": {"num_images": 4}, "threads": 1, "log_every": 1,
+        "progress": False, "overlays": 0, "class_weights": None, "cpu_bf16": False, "cache_in_memory": False,
+        "val_batch_size": 1, "device": "auto", "recipe.steps": 6, "recipe.val_every": 3, "recipe.batch_size": 4}
+
+
 def tiny_config(**recipe_changes) -> TrainConfig:
-    recipe = get_recipe("demo", "fcn8s").replace(**{"steps": 6, "val_every": 3, "batch_size": 4, **recipe_changes})
-    return TrainConfig(model="fcn8s", width=0.0625, recipe=recipe, data_options=dict(DATA),
-                       val_data_options={"num_images": 4}, threads=1, log_every=1, progress=False, overlays=0)
+    changes = {**TINY, **{f"recipe.{key}": value for key, value in recipe_changes.items()}}
+    return build_config("demo", settings=list(changes.items()))
 
 
 def _fixed_batch():
@@ -70,12 +75,12 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
-@pytest.mark.parametrize("loss, lr", [("mean", 0.05), ("sum", 5e-5)])
-def test_gradient_accumulation_equals_the_batch_in_one_piece(tmp_path, loss, lr):
+@pytest.mark.parametrize("reduction, lr", [("mean", 0.05), ("sum", 5e-5)])
+def test_gradient_accumulation_equals_the_batch_in_one_piece(tmp_path, reduction, lr):
     weights = []
     for accumulate in (1, 2):
         # random down-scaling pads with the ignore value: pieces hold different numbers of valid pixels
-        config = tiny_config(steps=3, val_every=100, optimizer="sgd", lr=lr, loss=loss, momentum=0.9,
+        config = tiny_config(steps=3, val_every=100, optimizer="sgd", lr=lr, reduction=reduction, momentum=0.9,
                              augment=True, crop_size=32, scale_range=(0.4, 1.2))
         config.accumulate = accumulate
         train(config, tmp_path / f"acc{accumulate}")
@@ -136,9 +141,11 @@ def test_train_command_passes_cpu_bf16_to_the_config(tmp_path):
 
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers(dest="command"))
-    plain = command.config_from_args(parser.parse_args(["train", "--out", str(tmp_path / "a")]))
-    bf16 = command.config_from_args(parser.parse_args(["train", "--out", str(tmp_path / "b"), "--cpu-bf16"]))
-    assert (plain.cpu_bf16, bf16.cpu_bf16) == (False, True)
+
+    def config(*flags: str) -> TrainConfig:
+        return build_config("modern", settings=command.settings_from_args(parser.parse_args(["train", "--out", "x", *flags])))
+
+    assert (config().cpu_bf16, config("--cpu-bf16").cpu_bf16) == (False, True)
 
 
 def test_fast_paths_train_the_same_weights_as_the_plain_forward(tmp_path):
@@ -147,7 +154,7 @@ def test_fast_paths_train_the_same_weights_as_the_plain_forward(tmp_path):
         config = tiny_config(steps=3, val_every=100, optimizer="sgd", lr=0.05, momentum=0.9)
         config.fast_paths = fast
         run = build_run(config, tmp_path / f"probe{fast}", DistContext())
-        assert (run.model.backbone.fast_forward is not None) == fast
+        assert run.model.fast_paths == fast
         train(config, tmp_path / str(fast))
         weights.append(load_file(tmp_path / str(fast) / "last.safetensors"))
     plain, fast = weights

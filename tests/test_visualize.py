@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import fcnseg
+from fcnseg.inference import Predictor
 from fcnseg.visualize import confusion_matrix_figure, overlay_grid, plot_curves, read_jsonl, validation_overlays
 
 PALETTE = [(0, 0, 0), (220, 20, 60), (30, 144, 255)]
@@ -58,7 +59,7 @@ def test_validation_overlays_predict_a_few_items(tmp_path):
         palette = PALETTE
 
     model = fcnseg.create_model("fcn32s", num_classes=3, width=0.0625)
-    _png_size(validation_overlays(model, Items(items), tmp_path / "val.png", count=3))
+    _png_size(validation_overlays(Predictor(model), Items(items), tmp_path / "val.png", count=3))
 
 
 def test_confusion_matrix_picture(tmp_path):

@@ -18,9 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the demo recipe's)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    smaller = parser.add_argument_group("a smaller demo (quick looks and smoke tests; the 0.75 mean IU needs the defaults)")
+    smaller = parser.add_argument_group("a smaller demo (quick looks and smoke tests; the README's figures need the defaults)")
     smaller.add_argument("--train-images", type=int, default=None, help="synthetic training images")
-    smaller.add_argument("--val-images", type=int, default=64, help="synthetic validation images")
+    smaller.add_argument("--val-images", type=int, default=None, help="synthetic validation images (default 64)")
     smaller.add_argument("--size", type=int, default=None, help="image side in pixels")
 
 

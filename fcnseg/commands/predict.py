@@ -7,13 +7,11 @@ import functools
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..models.fast import optimize_for_inference
-from ..predict import ImageError, list_images, load_image, overlay_image, predict_mask, save_image, save_mask_png
-from ..tiling import Tiling, needs_tiling, tiling_for_budget
+from ..checkpoint import CheckpointError
+from ..predict import ImageError, list_images, load_image, overlay_image, save_image, save_mask_png
+from ..tiling import Tiling
 
 NAME = "predict"
 HELP = "predict class masks for images (palette PNGs, optional overlays)"
@@ -28,36 +26,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.<format>: the image blended with the mask")
     parser.add_argument("--overlay-format", choices=("png", "jpg"), default="png", help="overlay file format (default png)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--tile-size", type=int, default=None,
                         help="always predict in tiles with this core size in px (multiple of 32); same masks as whole-image")
     parser.add_argument("--margin", type=int, default=None, help="context around each tile (default: the receptive field, 288 px)")
     parser.add_argument("--no-fast-paths", action="store_true",
-                        help="run the plain layer-by-layer model instead of its exact inference twin "
-                             "(fcnseg.models.fast: same geometry, logits equal to fp32 rounding, ~0.7x the time on the CPU)")
+                        help="run every layer as written instead of the model's exact fast paths "
+                             "(same masks; the fast paths take ~0.7x the time on the CPU)")
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                         help="images whose forward pass would need more are tiled to fit (default %(default)s MiB)")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _tiling_for(model: torch.nn.Module, image: torch.Tensor, args: argparse.Namespace) -> Tiling | None:
-    if args.tile_size is not None:
-        return Tiling(args.tile_size, args.margin)
-    budget = int(args.memory_budget_mb * 2**20)
-    if needs_tiling(model, image.shape[-2], image.shape[-1], budget):
-        return tiling_for_budget(model, budget, args.margin)
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..inference import load_predictor
+
     try:
-        checkpoint = load_checkpoint(args.checkpoint)
-    except CheckpointError as error:
+        predictor, checkpoint = load_predictor(
+            args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
+            memory_budget_bytes=int(args.memory_budget_mb * 2**20), margin=args.margin,
+            tile=None if args.tile_size is None else Tiling(args.tile_size, args.margin),
+        )  # fmt: skip
+    except (CheckpointError, ValueError) as error:  # also a budget too small for even one tile
         print(f"fcnseg predict: error: {error}", file=sys.stderr)
         return 2
     paths, problems = list_images(args.inputs)
@@ -68,16 +57,7 @@ def run(args: argparse.Namespace) -> int:
                   "predict them into different --out folders", file=sys.stderr)
             return 2
         stems[path.stem] = path
-    device = _device(args.device)
-    model, palette = checkpoint.model.to(device).eval(), checkpoint.palette
-    if not args.no_fast_paths:
-        model = optimize_for_inference(model)
-    try:  # a budget too small for even one tile is a usage error, found before any work
-        tiling_for_budget(model, int(args.memory_budget_mb * 2**20), args.margin)
-    except ValueError as error:
-        print(f"fcnseg predict: error: --memory-budget-mb: {error}", file=sys.stderr)
-        return 2
-    mask_dtype = torch.uint8 if model.num_classes <= 256 else torch.int64
+    palette = checkpoint.palette
     failed: list[str] = list(problems)
     written = 0
     for path in tqdm(paths, desc="predict", unit="image", disable=None):
@@ -87,11 +67,8 @@ def run(args: argparse.Namespace) -> int:
             failed.append(str(error))
             tqdm.write(f"fcnseg predict: skipped {error}", file=sys.stderr)
             continue
-        tiling = _tiling_for(model, image, args)
-        tile_bar = None
-        if tiling is not None:
-            tile_bar = functools.partial(tqdm, desc=path.name, unit="tile", leave=False, disable=None)
-        mask = predict_mask(model, image, device=device, tile=tiling, dtype=mask_dtype, progress=tile_bar)
+        tile_bar = functools.partial(tqdm, desc=path.name, unit="tile", leave=False, disable=None)
+        mask = predictor.mask(image, progress=tile_bar)
         save_mask_png(mask, palette, args.out / f"{path.stem}.png")
         if args.overlay:
             picture = overlay_image(image, mask, palette, alpha=args.alpha)

@@ -1,4 +1,4 @@
-"""``fcnseg train``: train an FCN on a dataset with a named recipe; ``--resume`` continues a run.
+"""``fcnseg train``: train an FCN from a recipe, a config file, flags and ``--set key=value``.
 
 Works the same under ``torchrun --nproc-per-node N`` (DDP: gloo on the CPU, NCCL on GPUs).
 """
@@ -9,145 +9,133 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
 
 from .arguments import key_value
 
 NAME = "train"
-HELP = "train an FCN (recipes: paper, modern, demo); --resume RUN_DIR continues a killed run"
+HELP = "train an FCN (a recipe preset, a config file, flags, --set key=value); --resume RUN_DIR continues a run"
 
-#: CLI option -> Recipe field, for the options that override the recipe.
-RECIPE_OVERRIDES = {
-    "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "steps": "steps",
-    "batch_size": "batch_size", "val_every": "val_every", "optimizer": "optimizer", "loss": "loss",
-    "schedule": "schedule",
-}
+#: The common flags: (flag, dotted setting it sets, help). Each value goes through the one typed
+#: conversion of :func:`fcnseg.engine.config.set_value`; anything else is ``--set key=value``.
+FLAGS = [
+    ("--model", "model.name", "model name (fcnseg models lists them)"),
+    ("--width", "model.width", "channel multiplier (1.0 is the paper's net)"),
+    ("--dropout", "model.dropout", "dropout after fc6/fc7"),
+    ("--init", "init", "initial weights: vgg16-torchvision[:PATH], caffe:PATH.caffemodel, checkpoint:PATH or scratch"),
+    ("--data", "data", "dataset kind: synthetic, voc, sbd, folder"),
+    ("--root", "root", "dataset folder (none for synthetic)"),
+    ("--train-split", "train_split", "training split name or id-list file"),
+    ("--val-split", "val_split", "validation split name or id-list file"),
+    ("--val-limit", "val_limit", "validate on the first N images only"),
+    ("--val-batch-size", "val_batch_size", "validation batch (1: native size; more pads with the mean colour)"),
+    ("--workers", "workers", "DataLoader worker processes"),
+    ("--optimizer", "recipe.optimizer", "sgd or adamw"),
+    ("--lr", "recipe.lr", "base learning rate (biases x2)"),
+    ("--momentum", "recipe.momentum", "SGD momentum or AdamW beta1"),
+    ("--weight-decay", "recipe.weight_decay", "weight decay on weights"),
+    ("--schedule", "recipe.schedule", "fixed or poly (with warm-up)"),
+    ("--reduction", "recipe.reduction", "loss over each image: sum (the paper) or mean over pixels"),
+    ("--steps", "recipe.steps", "optimiser steps (with --resume: extend the run to N steps)"),
+    ("--minutes", "recipe.minutes", "train to the clock: the schedule spans N minutes of training (with --resume: extend)"),
+    ("--batch-size", "recipe.batch_size", "images per optimiser step, over all processes"),
+    ("--crop-size", "recipe.crop_size", "crop side in px, or native"),
+    ("--val-every", "recipe.val_every", "validate every N steps (step-based runs)"),
+    ("--evals", "recipe.evals", "validations evenly spaced over the clock (--minutes runs)"),
+    ("--accumulate", "accumulate", "micro-batches per step (gradient accumulation)"),
+    ("--class-weights", "class_weights", "none or median-frequency"),
+    ("--checkpoint-every", "checkpoint_every", "save the state every N steps (default: --val-every)"),
+    ("--checkpoint-minutes", "checkpoint_minutes", "... and at least every N minutes of training"),
+    ("--log-every", "log_every", "log the loss every N steps"),
+    ("--seed", "seed", "data order, augmentation and initial weights"),
+    ("--device", "device", "auto (CUDA when present), cpu, cuda, cuda:N"),
+    ("--threads", "threads", "torch CPU threads (recorded for resume)"),
+    ("--overlays", "overlays", "validation images drawn in val_overlays.png"),
+]
+#: Switches: (flag, setting, value it sets, help).
+SWITCHES = [
+    ("--learnable-upsampling", "model.learnable_upsampling", True, "train the bilinear deconvolutions (frozen in the paper)"),
+    ("--no-augment", "recipe.augment", False, "no random scale, flip or colour jitter"),
+    ("--no-amp", "recipe.amp", False, "no mixed precision on the GPU"),
+    ("--cpu-bf16", "cpu_bf16", True, "bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX): faster, bf16 numerics"),
+    ("--no-fast-paths", "fast_paths", False, "every layer as written (the exact fast paths give the same gradients)"),
+    ("--no-progress", "progress", False, "no progress bar"),
+]
+#: Settings a resumed run may change (its length and its bookkeeping, not its numerics).
+RESUMABLE = {"recipe.steps", "recipe.minutes", "recipe.evals", "recipe.val_every", "checkpoint_every",
+             "checkpoint_minutes", "log_every", "progress", "workers", "val_limit", "overlays"}
 
 
-def _crop_size(text: str) -> int | None:
-    if text == "native":
-        return None
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"crop size must be a positive integer or 'native', got {text}")
-    return value
+def _destination(key: str) -> str:
+    return "setting:" + key
+
+
+def _raw_pair(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` with VALUE kept as text: the setting's own type decides how it is read."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(NAME, help=HELP, description=HELP + ".")
+    from ..engine.recipes import list_presets
+
+    presets = "\n".join(f"  {name:<8} {text}" for name, text in list_presets().items())
+    parser = subparsers.add_parser(
+        NAME, help=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP + ".\n\nSettings are layered: the recipe preset, then --config, then the flags, then --set "
+        "(in order).\nEvery setting has a dotted key (seed, model.width, recipe.lr, data_options.size); the flags below "
+        f"are the common ones.\n\nrecipes (--recipe NAME, or a .json/.yaml file with an optional \"base\"):\n{presets}")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="RUN_DIR", help="new run directory (checkpoints, metrics.jsonl, pictures)")
-    where.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR exactly where it stopped (its run.json is used; "
-                            "the other options are ignored)")
-
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default="fcn8s", help="fcn32s, fcn16s, fcn8s or fcn8s_atonce (default %(default)s)")
-    model.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0, the paper's net)")
-    model.add_argument("--learnable-upsampling", action="store_true", default=None,
-                       help="train the bilinear deconvolutions (frozen in the paper)")
-    model.add_argument("--dropout", type=float, default=None, help="dropout after fc6/fc7 (recipe default)")
-    model.add_argument("--init", default=None, metavar="SPEC",
-                       help="initial weights: vgg16-torchvision[:PATH], caffe:PATH.caffemodel, checkpoint:PATH "
-                            "(staged 32s->16s->8s) or scratch")
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", default="synthetic", metavar="KIND", help="dataset kind: synthetic (default), voc, sbd, folder")
-    data.add_argument("--root", default=None, metavar="PATH", help="dataset folder (none for synthetic)")
-    data.add_argument("--train-split", default="train")
-    data.add_argument("--val-split", default="val")
-    data.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                      help="dataset option for both splits, e.g. size=64 or num_images=256 (JSON values)")
-    data.add_argument("--val-limit", type=int, default=None, metavar="N", help="validate on the first N images only")
-    data.add_argument("--val-batch-size", type=int, default=1,
-                      help="validation batch (default 1: native size); >1 pads images of different sizes with the mean colour")
-    data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default %(default)s)")
-
-    recipe = parser.add_argument_group("recipe (defaults come from --recipe)")
-    recipe.add_argument("--recipe", default="modern", help="paper, modern (default), demo, or a JSON file {\"base\": ..., field: value}")
-    recipe.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
-    recipe.add_argument("--lr", type=float, default=None, help="base learning rate (biases x2)")
-    recipe.add_argument("--momentum", type=float, default=None)
-    recipe.add_argument("--weight-decay", type=float, default=None)
-    recipe.add_argument("--schedule", choices=["fixed", "poly"], default=None)
-    recipe.add_argument("--loss", choices=["sum", "mean"], default=None, help="sum over each image (paper) or mean")
-    recipe.add_argument("--steps", type=int, default=None, help="optimiser steps")
-    recipe.add_argument("--batch-size", type=int, default=None, help="images per optimiser step, over all processes")
-    recipe.add_argument("--crop-size", type=_crop_size, default=argparse.SUPPRESS, help="crop side, or 'native'")
-    recipe.add_argument("--no-augment", action="store_true", help="no random scale, flip or colour jitter")
-    recipe.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
-    recipe.add_argument("--val-every", type=int, default=None, help="validate every N steps")
-    recipe.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (gradient accumulation; default 1)")
-    recipe.add_argument("--class-weights", choices=["none", "median-frequency"], default="none",
-                        help="class-weighted loss (default none)")
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--checkpoint-every", type=int, default=None, help="save state every N steps (default: --val-every)")
-    run.add_argument("--log-every", type=int, default=10, help="log the loss every N steps (default %(default)s)")
-    run.add_argument("--seed", type=int, default=0, help="data order, augmentation and initial weights (default 0)")
-    run.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded for resume)")
-    run.add_argument("--overlays", type=int, default=6, help="validation images in val_overlays.png (default %(default)s)")
-    run.add_argument("--cpu-bf16", action="store_true",
-                     help="bf16 autocast when training on a CPU that computes bf16 natively (AVX512-BF16 or AMX): "
-                          "faster steps, bf16 numerics; plain fp32 on other CPUs (the GPU uses the recipe's amp)")
-    run.add_argument("--no-fast-paths", action="store_true",
-                     help="train through the plain layer-by-layer forward (the default exact fast paths, padding "
-                          "trim and matmul fc6/fc7, give the same gradients up to fp32 rounding)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped (its run.json); "
+                       f"only {', '.join(sorted(RESUMABLE))} may change")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--recipe", default="modern", help="recipe preset or file (default modern)")
+    parser.add_argument("--config", metavar="FILE", help="a run.json or YAML file of settings, over the recipe")
+    parser.add_argument("--set", dest="settings", type=_raw_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="any setting by its dotted key, e.g. recipe.poly_power=1.0 (typed and checked; repeatable)")
+    parser.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="dataset option for both splits (data_options.KEY), e.g. size=64 (JSON values)")
+    flags = parser.add_argument_group("common settings (defaults from the recipe)")
+    for flag, key, text in FLAGS:
+        flags.add_argument(flag, dest=_destination(key), default=None, metavar=flag[2:].upper().replace("-", "_"),
+                           help=f"{text} [{key}]")
+    for flag, key, value, text in SWITCHES:
+        flags.add_argument(flag, dest=_destination(key), action="store_const", const=value, default=None,
+                           help=f"{text} [{key}]")
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~fcnseg.engine.TrainConfig` the options describe."""
-    from ..engine import TrainConfig, get_recipe
-
-    recipe = get_recipe(args.recipe, args.model)
-    changes: dict[str, Any] = {field: getattr(args, option) for option, field in RECIPE_OVERRIDES.items()
-                               if getattr(args, option) is not None}
-    if hasattr(args, "crop_size"):
-        changes["crop_size"] = args.crop_size
-    if args.no_augment:
-        changes["augment"] = False
-    if args.no_amp:
-        changes["amp"] = False
-    model_options = dict(recipe.model_options)
-    if args.learnable_upsampling is not None:
-        model_options["learnable_upsampling"] = True
-    if args.dropout is not None:
-        model_options["dropout"] = args.dropout
-    changes["model_options"] = model_options
-    recipe = recipe.replace(**changes)
-    return TrainConfig(
-        model=args.model, width=args.width, recipe=recipe, init=args.init, data=args.data, root=args.root,
-        train_split=args.train_split, val_split=args.val_split, data_options=dict(args.data_option),
-        accumulate=args.accumulate, class_weights=None if args.class_weights == "none" else args.class_weights,
-        seed=args.seed, device=args.device, workers=args.workers, threads=args.threads or _default_threads(),
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, val_limit=args.val_limit,
-        val_batch_size=args.val_batch_size, overlays=args.overlays, fast_paths=not args.no_fast_paths,
-        progress=not args.no_progress, cpu_bf16=args.cpu_bf16,
-    )
-
-
-def _default_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
+def settings_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The (dotted key, value) pairs the command line gives, in the order they apply."""
+    pairs = [(f"data_options.{key}", value) for key, value in args.data_option]
+    pairs += [(name[len("setting:"):], value) for name, value in vars(args).items()
+              if name.startswith("setting:") and value is not None]
+    return pairs + list(args.settings)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import TrainingDiverged, train
+    from ..engine import TrainingDiverged, TrainingInterrupted, build_config, train
     from ..engine.distributed import shutdown_distributed
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:
+        settings = settings_from_args(args)
         if args.resume:
-            result = train(None, args.resume, resume=True)
+            refused = sorted({key for key, _ in settings} - RESUMABLE)
+            if refused:
+                raise ValueError(f"--resume keeps the run's settings; {', '.join(refused)} cannot change "
+                                 f"(these can: {', '.join(sorted(RESUMABLE))})")
+            result = train(None, args.resume, resume=True, changes=settings)
         else:
-            result = train(config_from_args(args), args.out)
+            result = train(build_config(args.recipe, args.config, settings), args.out, overwrite=args.overwrite)
     except TrainingDiverged as error:
         print(f"fcnseg train: stopped: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as error:
+        print(f"fcnseg train: {error}", file=sys.stderr)
+        return error.exit_code
     except (ValueError, NotImplementedError, OSError) as error:
         print(f"fcnseg train: error: {error}", file=sys.stderr)
         return 2

@@ -67,18 +67,27 @@ def open_dataset(
     - "synthetic": :class:`SyntheticShapes` (root None; ``num_images``, ``size``, ``seed``,
       ``num_classes``/``classes``, ...)
 
+    Every kind also takes ``resize=[H, W]``: items resized (images Lanczos, masks nearest).
+
     Raises :class:`DatasetError` for an unknown kind or anything wrong with the files.
     """
     if kind not in _KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {sorted(_KINDS)}")
+    resize = options.pop("resize", None)
+    if resize is not None and not (isinstance(resize, (list, tuple)) and len(resize) == 2
+                                   and all(isinstance(v, int) and v > 0 for v in resize)):
+        raise DatasetError(f"resize must be [height, width] in pixels, got {resize!r}")
     _check_options(kind, options)
     if kind == "synthetic":
         if root is not None:
             raise DatasetError(f"the synthetic dataset is generated, it takes no root folder (got {root!r})")
-        return SyntheticShapes(split, transform=transform, **options)
-    if root is None:
+        dataset = SyntheticShapes(split, transform=transform, **options)
+    elif root is None:
         raise DatasetError(f"dataset kind {kind!r} needs a root folder")
-    return _KINDS[kind](root, split, transform=transform, **options)
+    else:
+        dataset = _KINDS[kind](root, split, transform=transform, **options)
+    dataset.resize = None if resize is None else (int(resize[0]), int(resize[1]))
+    return dataset
 
 
 __all__ = [

@@ -17,6 +17,17 @@ logger = logging.getLogger("fcnseg.data")
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def resize_item(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` resized to ``size`` (H, W) with a Lanczos filter, ``mask`` by nearest neighbour (ids stay ids)."""
+    from PIL import Image
+
+    height, width = size
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((width, height), Image.Resampling.LANCZOS)
+    ids = Image.fromarray(mask.numpy().astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(
+        np.asarray(ids).astype(np.int64))
+
+
 class SegmentationDataset(Dataset):
     """Images with per-pixel class ids.
 
@@ -34,7 +45,12 @@ class SegmentationDataset(Dataset):
     Subclasses set ``ids`` and implement :meth:`load_image`, :meth:`load_mask`
     and :meth:`describe`; they hold only plain data so that DataLoader workers
     can pickle them.
+
+    ``resize`` (H, W), when set (``open_dataset(..., resize=[H, W])``), resizes every
+    checked item with :func:`resize_item`: training and evaluating at a lower resolution.
     """
+
+    resize: tuple[int, int] | None = None
 
     def __init__(
         self,
@@ -106,6 +122,8 @@ class SegmentationDataset(Dataset):
                 f"{mask.shape[-1]}x{mask.shape[-2]}; expected the same size"
             )
         self.check_labels(mask, index)
+        if self.resize is not None:
+            image, mask = resize_item(image, mask, self.resize)
         return image, mask
 
     def check_labels(self, mask: torch.Tensor, index: int) -> None:

@@ -5,25 +5,29 @@ Plain functions over plain data (no trainer object): :func:`train` runs a
 are thin layers over it.
 """
 
+from .config import TrainConfig, build_config, known_keys, set_value
 from .loss import SegmentationLoss, segmentation_loss
-from .optim import LRFactor, build_optimizer, build_scheduler, parameter_groups
-from .recipes import RECIPES, Recipe, get_recipe
-from .train import TrainConfig, TrainingDiverged, TrainResult, load_run_config, train, validate
+from .optim import LRFactor, build_optimizer, parameter_groups
+from .recipes import Recipe, list_presets, load_preset
+from .train import TrainingDiverged, TrainingInterrupted, TrainResult, load_run_config, train, validate
 
 __all__ = [
     "LRFactor",
-    "RECIPES",
     "Recipe",
     "SegmentationLoss",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "TrainingInterrupted",
+    "build_config",
     "build_optimizer",
-    "build_scheduler",
-    "get_recipe",
+    "known_keys",
+    "list_presets",
+    "load_preset",
     "load_run_config",
     "parameter_groups",
     "segmentation_loss",
+    "set_value",
     "train",
     "validate",
 ]

@@ -1,6 +1,7 @@
 """The demo: a light FCN-8s trained from scratch on the synthetic set, on the CPU, in about two minutes.
 
-It is an ordinary run of :func:`fcnseg.engine.train` with the ``demo`` recipe,
+It is an ordinary run of :func:`fcnseg.engine.train` with the ``demo`` recipe
+(``fcnseg/recipes/demo.json``: model, data and optimisation),
 followed by an evaluation of the best checkpoint on the whole validation split
 and predictions for a few validation images. Everything lands in one folder::
 
@@ -26,18 +27,15 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_checkpoint
+from ..data import open_dataset
 from ..evaluate import evaluate
 from ..files import atomic_write_text
-from ..models.fast import optimize_for_inference
-from .recipes import get_recipe
-from .train import BEST_CHECKPOINT, CURVES_FILE, OVERLAYS_FILE, TrainConfig, json_safe, train
+from ..inference import load_predictor
+from ..metrics import json_safe
+from ..predict import overlay_image, save_image, save_mask_png
+from .config import TrainConfig, build_config
+from .train import BEST_CHECKPOINT, CURVES_FILE, OVERLAYS_FILE, train
 
-#: The demo's model and data (the recipe is :func:`fcnseg.engine.recipes.demo_recipe`).
-DEMO_MODEL = "fcn8s"
-DEMO_WIDTH = 0.125
-DEMO_DATA = {"size": 192, "num_images": 512}
-DEMO_VAL_IMAGES = 64
 DEMO_THREADS = 2
 PREDICTED_IMAGES = 4
 
@@ -46,6 +44,7 @@ PREDICTED_IMAGES = 4
 class DemoResult:
     metrics: dict[str, Any]
     classes: list[str]
+    config: TrainConfig
     seconds: float
     train_seconds: float
     steps: int
@@ -54,23 +53,15 @@ class DemoResult:
 
 
 def demo_config(*, steps: int | None = None, seed: int = 0, threads: int = DEMO_THREADS, progress: bool = True,
-                train_images: int | None = None, val_images: int = DEMO_VAL_IMAGES,
+                train_images: int | None = None, val_images: int | None = None,
                 size: int | None = None) -> TrainConfig:
-    """The demo's run; ``steps``, ``train_images``, ``val_images`` and ``size`` shrink it (smoke tests)."""
-    recipe = get_recipe("demo", DEMO_MODEL)
+    """The ``demo`` recipe's run; ``steps``, ``train_images``, ``val_images`` and ``size`` shrink it (smoke tests)."""
+    settings: list[tuple[str, Any]] = [("seed", seed), ("threads", threads), ("progress", progress), ("device", "cpu")]
     if steps is not None:
-        recipe = recipe.replace(steps=steps, val_every=min(recipe.val_every, steps))
-    data = dict(DEMO_DATA)
-    if train_images is not None:
-        data["num_images"] = train_images
-    if size is not None:
-        data["size"] = size
-    return TrainConfig(
-        model=DEMO_MODEL, width=DEMO_WIDTH, recipe=recipe, data="synthetic", data_options=data,
-        val_data_options={"num_images": val_images}, seed=seed, device="cpu", workers=0, threads=threads,
-        log_every=10, val_batch_size=16, overlays=6, channels_last=True, cache_in_memory=True, progress=progress,
-        class_weights="median-frequency", cpu_bf16=True,
-    )
+        settings += [("recipe.steps", steps), ("recipe.val_every", min(250, steps))]
+    optional = {"data_options.num_images": train_images, "val_data_options.num_images": val_images, "data_options.size": size}
+    settings += [(key, value) for key, value in optional.items() if value is not None]
+    return build_config("demo", settings=settings)
 
 
 def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
@@ -79,32 +70,26 @@ def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
     out_dir = Path(out_dir)
     config = demo_config(**options)
     torch.set_num_threads(config.threads)  # evaluation and prediction too, not only training
-    result = train(config, out_dir)
-    checkpoint = load_checkpoint(out_dir / BEST_CHECKPOINT)
-    model = optimize_for_inference(checkpoint.model.eval())  # the exact inference fast paths
-
-    from ..data import open_dataset
-    from ..predict import overlay_image, predict_mask, save_image, save_mask_png
-
-    val_set = open_dataset("synthetic", None, config.val_split, **{**config.data_options, **config.val_data_options})
-    metrics = evaluate(model, val_set, len(checkpoint.classes), "cpu", checkpoint.ignore_index, progress=False)
+    result = train(config, out_dir, overwrite=True)
+    predictor, checkpoint = load_predictor(out_dir / BEST_CHECKPOINT, device="cpu")
+    val_set = open_dataset(config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options})
+    metrics = evaluate(predictor, val_set, len(checkpoint.classes), ignore_index=checkpoint.ignore_index, progress=False)
     for index in range(min(PREDICTED_IMAGES, len(val_set))):
         image, _ = val_set[index]
-        predicted = predict_mask(model, image)
+        predicted = predictor.mask(image)
         stem = out_dir / "predictions" / val_set.ids[index]
         save_mask_png(predicted, checkpoint.palette, stem.with_suffix(".png"))
         save_image(overlay_image(image, predicted, checkpoint.palette), stem.parent / f"{stem.name}_overlay.png")
     atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
-    return DemoResult(metrics=metrics, classes=checkpoint.classes, seconds=time.perf_counter() - started,
-                      train_seconds=result.seconds, steps=result.step, val_images=len(val_set),
-                      out_dir=out_dir)
+    return DemoResult(metrics=metrics, classes=checkpoint.classes, config=config, seconds=time.perf_counter() - started,
+                      train_seconds=result.seconds, steps=result.step, val_images=len(val_set), out_dir=out_dir)
 
 
 def summary(result: DemoResult) -> str:
     """The short text the demo prints."""
-    metrics = result.metrics
+    metrics, model = result.metrics, result.config.model
     lines = [
-        f"fcnseg demo: {DEMO_MODEL} width {DEMO_WIDTH} trained from scratch on the synthetic set "
+        f"fcnseg demo: {model['name']} width {model['width']} trained from scratch on the synthetic set "
         f"({result.steps} steps, {result.train_seconds:.0f} s of training, {result.seconds:.0f} s in all, "
         f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() != 1 else ''})",
         f"validation ({result.val_images} images): mean IU {metrics['mean_iu']:.3f}  pixel acc {metrics['pixel_acc']:.3f}  "

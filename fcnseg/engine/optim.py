@@ -64,12 +64,14 @@ def build_optimizer(
 
 @dataclass
 class LRFactor:
-    """Multiplier of the base learning rate at a step (0-based), for ``LambdaLR``.
+    """Multiplier of the base learning rate at a step (0-based).
 
     ``"fixed"``: 1 throughout (the paper). ``"poly"``: a linear warm-up from
     ``warmup_start`` to 1 over ``warmup_steps`` steps, then
     ``(1 - (step - warmup_steps) / (total_steps - warmup_steps)) ** power``.
-    A plain dataclass of numbers, so the scheduler's state saves without pickling code.
+    The training loop sets ``lr = initial_lr * factor(step)`` before every step; a run
+    trained to the clock evaluates it at the share of the clock spent instead (see
+    :func:`fcnseg.engine.train.schedule_for`).
     """
 
     schedule: str = "fixed"
@@ -93,8 +95,3 @@ class LRFactor:
             return self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup_steps
         progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
         return max(0.0, 1.0 - progress) ** self.power
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, factor: LRFactor) -> torch.optim.lr_scheduler.LambdaLR:
-    """``LambdaLR`` with the same :class:`LRFactor` for every group (so bias lr stays x2)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * len(optimizer.param_groups))

@@ -3,12 +3,19 @@
 A run directory holds::
 
     run.json          the TrainConfig (what to rebuild on --resume)
-    train_state.pt    weights, optimiser, scheduler, step, best mean IU, RNG states (weights_only)
+    train_state.pt    weights, optimiser, step, training seconds, best mean IU, RNG states (weights_only)
     last.safetensors  self-describing checkpoint of the latest saved step
     best.safetensors  the checkpoint with the best validation mean IU so far
     metrics.jsonl     one JSON object per line: training loss records and validation records
     curves.png        loss and mean-IU curves (redrawn at every validation)
     val_overlays.png  predictions of the final weights on validation images
+
+A run trains for ``recipe.steps`` optimiser steps, or, with ``recipe.minutes``, to the
+clock: the learning-rate schedule then spans that many minutes of training (validation
+time excluded), validations fall at ``recipe.evals`` evenly spaced moments, and
+``--resume`` continues the clock where it stopped. The state is saved every
+``checkpoint_every`` steps, at least every ``checkpoint_minutes`` of training, at the
+end, and when SIGINT (Ctrl-C) or SIGTERM stops the run.
 
 The global batch (``recipe.batch_size`` images per optimiser step) is split over
 processes (DDP) and micro-batches (``accumulate``); the loss normaliser is
@@ -20,14 +27,16 @@ batch is split (see :mod:`fcnseg.engine.loss`). The data order is a function of
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
+import shutil
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -38,17 +47,18 @@ from ..checkpoint import save_checkpoint
 from ..data import PadCollate, SegmentationDataset, TrainTransform, open_dataset
 from ..data.base import InMemoryDataset
 from ..data.statistics import class_statistics, median_frequency_weights
-from ..files import atomic_write_text
 from ..evaluate import evaluate
-from ..models import FCN, VGG16Backbone, create_model
-from ..models.fast import enable_fast_training
+from ..files import atomic_write_text, sweep_temporary_files
+from ..inference import Predictor
+from ..metrics import json_safe
+from ..models import create_model
 from ..preprocessing import preprocess
 from ..visualize import plot_curves, validation_overlays
-from .distributed import DistContext, all_reduce_sum, barrier, gather_objects, init_distributed
+from .config import TrainConfig, set_value
+from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
 from .loss import SegmentationLoss
-from .optim import LRFactor, build_optimizer, build_scheduler
-from .recipes import Recipe, get_recipe
+from .optim import LRFactor, build_optimizer
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
 
@@ -60,57 +70,22 @@ LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT = "best.safetensors"
 CURVES_FILE = "curves.png"
 OVERLAYS_FILE = "val_overlays.png"
+#: A clock-based schedule is evaluated at this many evenly spaced moments of the budget.
+CLOCK_RESOLUTION = 10_000
+#: Exit codes of a run stopped by a signal (128 + the signal number, as shells report them).
+SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving the bad weights."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a run (saved as ``run.json``; ``--resume`` rebuilds the run from it)."""
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after it saved its state; ``exit_code`` is 130 or 143."""
 
-    model: str = "fcn8s"
-    width: float = 1.0
-    recipe: Recipe = field(default_factory=lambda: get_recipe("modern", "fcn8s"))
-    init: str | None = None
-    data: str = "synthetic"
-    root: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    data_options: dict[str, Any] = field(default_factory=dict)  # to open_dataset, both splits
-    val_data_options: dict[str, Any] = field(default_factory=dict)  # val only, over data_options
-    accumulate: int = 1  # micro-batches per optimiser step
-    class_weights: str | None = None  # None or "median-frequency"
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    threads: int | None = None  # torch CPU threads; recorded so a resumed run computes identically
-    checkpoint_every: int | None = None  # default: the recipe's val_every
-    log_every: int = 10
-    val_limit: int | None = None  # validate on the first N images only
-    val_batch_size: int = 1  # >1 pads images of different sizes (exact when all have one size)
-    overlays: int = 6  # validation images drawn in val_overlays.png (0: none)
-    channels_last: bool = True
-    cache_in_memory: bool = False  # read both splits once and keep them in memory (small sets, the demo)
-    cpu_bf16: bool = False  # bf16 autocast on CPUs that compute bf16 natively (faster; numerics change)
-    fast_paths: bool = True  # exact (fcnseg.models.fast.enable_fast_training): same gradients, ~1.4x faster steps
-    progress: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["recipe"] = self.recipe.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = dict(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown run settings {sorted(unknown)}")
-        data["recipe"] = Recipe.from_dict(data["recipe"])
-        return cls(**data)
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -123,7 +98,7 @@ class Run:
     model: nn.Module  # the bare model (what gets saved)
     network: nn.Module  # what training calls: the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    lr_factor: LRFactor  # over steps, or over CLOCK_RESOLUTION moments of the clock
     loss: SegmentationLoss
     train_set: Any
     val_set: Any
@@ -131,8 +106,20 @@ class Run:
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
     step: int = 0
+    train_seconds: float = 0.0  # training time so far (validation excluded), carried over by resume
     best_mean_iu: float = -math.inf
     init_description: str = ""
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """The training clock's budget, or None for a step-based run."""
+        minutes = self.config.recipe.minutes
+        return None if minutes is None else 60.0 * minutes
+
+    @property
+    def finished(self) -> bool:
+        budget = self.budget_seconds
+        return self.step >= self.config.recipe.steps if budget is None else self.train_seconds >= budget
 
     @property
     def classes(self) -> list[str]:
@@ -210,24 +197,24 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
         raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = create_model(config.model, num_classes=train_set.num_classes, width=config.width, **recipe.model_options)
+    options = {key: value for key, value in config.model.items() if key != "name"}
+    model = create_model(config.model["name"], num_classes=train_set.num_classes, fast_paths=config.fast_paths, **options)
     init_description = apply_initial_weights(model, config.init)
     model.to(ctx.device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
 
     weight = None
     if config.class_weights == "median-frequency":
         weight = median_frequency_weights(class_statistics(train_set, train_set.num_classes))
     elif config.class_weights not in (None, "none"):
         raise ValueError(f"unknown class weighting {config.class_weights!r}; expected 'median-frequency' or none")
-    loss = SegmentationLoss(recipe.loss, ignore_index=train_set.ignore_index, weight=weight)
+    loss = SegmentationLoss(recipe.reduction, ignore_index=train_set.ignore_index, weight=weight)
 
     optimizer = build_optimizer(model, name=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, bias_lr_mult=recipe.bias_lr_mult,
                                 bias_decay=recipe.bias_decay)
-    warmup = int(round(recipe.warmup_fraction * recipe.steps)) if recipe.schedule == "poly" else 0
-    scheduler = build_scheduler(optimizer, LRFactor(recipe.schedule, recipe.steps, warmup, power=recipe.poly_power))
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]  # the factor of the schedule multiplies this
+    lr_factor = schedule_for(recipe)
 
     amp_dtype, scaler = None, None
     if recipe.amp and ctx.device.type == "cuda":
@@ -237,16 +224,29 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
     elif config.cpu_bf16 and ctx.device.type == "cpu" and cpu_has_native_bf16():
         amp_dtype = torch.bfloat16
 
-    if config.fast_paths and isinstance(model, FCN) and isinstance(model.backbone, VGG16Backbone):
-        enable_fast_training(model)  # padding trim + matmul fc6/fc7: the same function, computed faster
     network: nn.Module = model
     if ctx.distributed:
         network = DistributedDataParallel(network, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     # Each rank draws its own dropout masks from here on.
     torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)
     return Run(config=config, ctx=ctx, out_dir=Path(out_dir), model=model, network=network, optimizer=optimizer,
-               scheduler=scheduler, loss=loss, train_set=train_set, val_set=val_set, micro_batch=micro,
+               lr_factor=lr_factor, loss=loss, train_set=train_set, val_set=val_set, micro_batch=micro,
                amp_dtype=amp_dtype, scaler=scaler, init_description=init_description)
+
+
+def schedule_for(recipe: Any) -> LRFactor:
+    """The recipe's learning-rate factor over its steps, or over ``CLOCK_RESOLUTION`` moments of its clock."""
+    total = recipe.steps if recipe.minutes is None else CLOCK_RESOLUTION
+    warmup = int(round(recipe.warmup_fraction * total)) if recipe.schedule == "poly" else 0
+    return LRFactor(recipe.schedule, total, warmup, power=recipe.poly_power)
+
+
+def _apply_lr(run: Run) -> None:
+    """Set every group's learning rate for the coming step: by step, or by the share of the clock spent."""
+    budget = run.budget_seconds
+    moment = run.step if budget is None else min(CLOCK_RESOLUTION - 1, int(run.train_seconds / budget * CLOCK_RESOLUTION))
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * run.lr_factor(moment)
 
 
 def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -281,8 +281,7 @@ def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _to_input(run: Run, images: torch.Tensor) -> torch.Tensor:
-    blob = preprocess(images.to(run.ctx.device, non_blocking=True), run.model.preprocessing)
-    return blob.contiguous(memory_format=torch.channels_last) if run.config.channels_last else blob
+    return preprocess(images.to(run.ctx.device, non_blocking=True), run.model.preprocessing)
 
 
 def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -290,6 +289,7 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
 
     Raises :class:`TrainingDiverged` (before touching the weights) if the loss is not finite.
     """
+    _apply_lr(run)
     device, world = run.ctx.device, run.ctx.world_size
     masks = [m.to(device, non_blocking=True) for _, m in batches]
     normalizer = all_reduce_sum(sum(run.loss.normalizer(m) for m in masks).reshape(1).float())
@@ -311,8 +311,8 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
     if not math.isfinite(value):
         run.optimizer.zero_grad(set_to_none=True)
         raise TrainingDiverged(
-            f"loss is {value} at step {run.step + 1} (lr {run.optimizer.param_groups[0]['lr']:.3g}): training stopped; "
-            f"the last good checkpoint in {run.out_dir} is kept (lower the learning rate or check the data)"
+            f"loss is {value} at step {run.step + 1} (lr {run.optimizer.param_groups[0]['lr']:.3g}): training stopped "
+            f"without saving these weights; {_kept(run)} (lower the learning rate or check the data)"
         )
     if run.scaler:
         run.scaler.step(run.optimizer)
@@ -320,9 +320,21 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
     else:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
     run.step += 1
     return value
+
+
+def _kept(run: Run) -> str:
+    last = run.out_dir / LAST_CHECKPOINT
+    return f"the last good checkpoint {last} (step {_saved_step(run)}) is kept" if last.is_file() else "no checkpoint was saved yet"
+
+
+def _saved_step(run: Run) -> Any:
+    state = run.out_dir / STATE_FILE
+    try:
+        return int(load_train_state(state)["step"]) if state.is_file() else "?"
+    except Exception:  # a damaged state: say what is known
+        return "?"
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -346,16 +358,18 @@ def validate(run: Run) -> dict[str, Any]:
             num_workers=config.workers,
             generator=torch.Generator(),
         )
-    return evaluate(run.model, data, run.val_set.num_classes, ctx.device, run.val_set.ignore_index,
-                    amp_dtype=run.amp_dtype, num_workers=config.workers, progress=False)
+    predictor = Predictor(run.model, dtype=run.amp_dtype)
+    return evaluate(predictor, data, run.val_set.num_classes, ignore_index=run.val_set.ignore_index,
+                    num_workers=config.workers, progress=config.progress and ctx.is_main)
 
 
 # --- saving and resuming ----------------------------------------------------------------------
 
 
 def _checkpoint_extra(run: Run, metrics: dict[str, Any] | None) -> dict[str, Any]:
-    extra: dict[str, Any] = {"step": run.step, "init": run.init_description, "data": run.config.data,
-                             "seed": run.config.seed}
+    config = run.config  # the data: `fcnseg eval CKPT` evaluates on it by default, with the validation options
+    data = {"kind": config.data, "root": config.root, "options": {**config.data_options, **config.val_data_options}}
+    extra: dict[str, Any] = {"step": run.step, "init": run.init_description, "data": data, "seed": config.seed}
     if metrics:
         extra["val"] = {k: v for k, v in metrics.items() if k != "iu"}
     return extra
@@ -378,7 +392,7 @@ def save_state(run: Run) -> None:
             "best_mean_iu": run.best_mean_iu,
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
+            "train_seconds": run.train_seconds,
             "scaler": run.scaler.state_dict() if run.scaler else {},
             "rng": rng,
             "world_size": run.ctx.world_size,
@@ -393,23 +407,12 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
                          f"(this one has {run.ctx.world_size})")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.step = int(state["step"])
     run.best_mean_iu = float(state["best_mean_iu"])
+    run.train_seconds = float(state.get("train_seconds", 0.0))
     restore_rng_state(state["rng"][run.ctx.rank])
-
-
-def json_safe(value: Any) -> Any:
-    """NaN (e.g. the IU of a class absent from ground truth and prediction) becomes null: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def _append_record(run: Run, record: dict[str, Any]) -> None:
@@ -438,38 +441,81 @@ def _draw_pictures(run: Run, *, overlays: bool) -> None:
         return
     plot_curves(run.out_dir / METRICS_FILE, run.out_dir / CURVES_FILE)
     if overlays and run.config.overlays > 0:
-        validation_overlays(run.model, run.val_set, run.out_dir / OVERLAYS_FILE, count=run.config.overlays)
+        predictor = Predictor(run.model, dtype=run.amp_dtype)
+        validation_overlays(predictor, run.val_set, run.out_dir / OVERLAYS_FILE, count=run.config.overlays)
 
 
 # --- the loop ---------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = False,
-          ctx: DistContext | None = None) -> TrainResult:
+def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          changes: Sequence[tuple[str, Any]] = (), ctx: DistContext | None = None) -> TrainResult:
     """Train ``config`` into ``out_dir``, or, with ``resume``, continue the run saved there (``config`` unused).
 
-    Validates every ``recipe.val_every`` steps and at the end (best and last
-    checkpoints), saves the training state every ``checkpoint_every`` steps.
+    A new run refuses an ``out_dir`` that already holds a run unless ``overwrite``.
+    ``changes`` (dotted key, value) apply to a resumed run's settings, e.g.
+    ``[("recipe.steps", 40000)]`` extends it (the schedule is recomputed for the new length).
+    Raises :class:`TrainingInterrupted` after saving when SIGINT or SIGTERM stops the run.
     """
     out_dir = Path(out_dir)
     saved_state = None
     if resume:
         config = load_run_config(out_dir)
+        if changes:
+            data = config.to_dict()
+            for key, value in changes:
+                set_value(data, key, value)
+            config = TrainConfig.from_dict(data)
         saved_state = load_train_state(out_dir / STATE_FILE)
     elif config is None:
         raise ValueError("train needs a TrainConfig unless it resumes a run")
+    elif (out_dir / RUN_FILE).exists() and not overwrite:
+        raise ValueError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, "
+                         "or replace it with --overwrite")
     ctx = ctx or init_distributed(config.device)
-    with determinism(config.threads, ctx.device):
-        return _train(config, out_dir, ctx, saved_state)
+    created = not out_dir.exists()
+    try:
+        with determinism(config.threads, ctx.device), _stop_signals() as stop:
+            return _train(config, out_dir, ctx, saved_state, stop, list(changes))
+    except BaseException as error:
+        # A run that failed before saving anything leaves no half-made folder behind.
+        if created and ctx.is_main and not (out_dir / STATE_FILE).exists() and not isinstance(error, TrainingInterrupted):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
-def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: dict[str, Any] | None) -> TrainResult:
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[dict[str, Any]]:
+    """Turn the first SIGINT/SIGTERM into a request to stop after the current step; a second one stops at once."""
+    stop: dict[str, Any] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be set from the main thread
+        return
+
+    def request(number: int, frame: Any) -> None:
+        stop["signal"] = signal.Signals(number)
+        for sig in SIGNAL_EXIT_CODES:  # the next one acts at once
+            signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
+
+    previous = {sig: signal.signal(sig, request) for sig in SIGNAL_EXIT_CODES}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: dict[str, Any] | None,
+           stop: dict[str, Any], changes: list[tuple[str, Any]]) -> TrainResult:
     """The body of :func:`train`, under the run's determinism settings."""
     resume = saved_state is not None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        for tmp in sweep_temporary_files(out_dir):
+            logger.info("removed %s, left by an interrupted write", tmp)
+        if not resume or changes:
             atomic_write_text(out_dir / RUN_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+        if not resume:
             (out_dir / METRICS_FILE).unlink(missing_ok=True)
     barrier()
     run = build_run(config, out_dir, ctx)
@@ -478,41 +524,65 @@ def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: di
         if ctx.is_main:
             _truncate_records(out_dir / METRICS_FILE, run.step)
     recipe = config.recipe
-    checkpoint_every = config.checkpoint_every or recipe.val_every
+    budget = run.budget_seconds
     if ctx.is_main:
-        logger.info("%s %s width %g, %d classes, init %s; recipe %s; %d steps of %d images (%d process(es) x %d x %d)",
-                    "resuming" if resume else "training", config.model, config.width, run.model.num_classes,
-                    run.init_description, recipe.name, recipe.steps, recipe.batch_size, ctx.world_size,
+        length = f"{recipe.steps} steps" if budget is None else f"{recipe.minutes:g} minutes of training"
+        where = f"resuming at step {run.step} ({run.train_seconds / 60:.1f} min trained)" if resume else "training"
+        logger.info("%s %s width %g, %d classes, init %s; recipe %s; %s of %d images (%d process(es) x %d x %d)",
+                    where, config.model["name"], config.model.get("width", 1.0), run.model.num_classes,
+                    run.init_description, recipe.name, length, recipe.batch_size, ctx.world_size,
                     config.accumulate, run.micro_batch)
+        if changes:
+            logger.info("changed on resume: %s (schedule recomputed for the new length)",
+                        ", ".join(f"{key}={value}" for key, value in changes))
+    checkpoint_every = config.checkpoint_every or recipe.val_every
+    eval_moments = [] if budget is None else [budget * (i + 1) / recipe.evals for i in range(recipe.evals)]
+    eval_moments = [moment for moment in eval_moments if moment > run.train_seconds]
     batches = train_loader(run)
     started, images_seen, last_metrics = time.perf_counter(), 0, {}
-    progress = _progress(run, recipe.steps)
+    saved_at = run.train_seconds
+    progress = _progress(run)
     run.network.train()
     try:
-        while run.step < recipe.steps:
+        while not run.finished:
+            step_started = time.perf_counter()
             step_batches = [next(batches) for _ in range(config.accumulate)]
-            lr = run.optimizer.param_groups[0]["lr"]
             loss = train_step(run, step_batches)
+            lr = run.optimizer.param_groups[0]["lr"]
+            step_seconds = time.perf_counter() - step_started
+            if budget is not None:  # every rank follows rank 0's clock, so all decide alike
+                step_seconds = float(broadcast_object(step_seconds))
+            run.train_seconds += step_seconds
             images_seen += recipe.batch_size
-            progress.update(1)
-            if run.step % config.log_every == 0 or run.step == recipe.steps:
+            progress.update(1 if budget is None else step_seconds)
+            final = run.finished
+            if run.step % config.log_every == 0 or final:
                 elapsed = time.perf_counter() - started
                 _append_record(run, {"step": run.step, "loss": loss, "lr": lr, "images_per_s": images_seen / elapsed,
-                                     "time": elapsed})
+                                     "time": elapsed, "train_seconds": round(run.train_seconds, 3)})
                 progress.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}")
-            final = run.step == recipe.steps
+            due = run.step % recipe.val_every == 0 if budget is None else bool(eval_moments) and run.train_seconds >= eval_moments[0]
             metrics = None
-            if run.step % recipe.val_every == 0 or final:
+            if due or final:
+                eval_moments = [moment for moment in eval_moments if moment > run.train_seconds]
                 metrics = last_metrics = validate(run)
-                _append_record(run, {"step": run.step, "val": metrics, "time": time.perf_counter() - started})
+                _append_record(run, {"step": run.step, "val": metrics, "time": time.perf_counter() - started,
+                                     "train_seconds": round(run.train_seconds, 3)})
                 if metrics["mean_iu"] > run.best_mean_iu or not (out_dir / BEST_CHECKPOINT).exists():
                     run.best_mean_iu = max(run.best_mean_iu, metrics["mean_iu"])
                     save_model(run, out_dir / BEST_CHECKPOINT, metrics)
                 _draw_pictures(run, overlays=final)
                 progress.set_postfix(loss=f"{loss:.4g}", mean_iu=f"{metrics['mean_iu']:.3f}")
-            if run.step % checkpoint_every == 0 or final:
+            stopping = broadcast_object(stop["signal"])
+            by_clock = run.train_seconds - saved_at >= 60.0 * config.checkpoint_minutes
+            if run.step % checkpoint_every == 0 or by_clock or final or stopping:
                 save_model(run, out_dir / LAST_CHECKPOINT, metrics)
                 save_state(run)
+                saved_at = run.train_seconds
+            if stopping and not final:
+                raise TrainingInterrupted(
+                    f"stopped by {stopping.name} at step {run.step}; the state is saved in {out_dir}: continue with "
+                    f"fcnseg train --resume {out_dir}", SIGNAL_EXIT_CODES[stopping])
     finally:
         progress.close()
     return TrainResult(step=run.step, best_mean_iu=run.best_mean_iu, last_metrics=last_metrics, out_dir=out_dir,
@@ -530,8 +600,12 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
         raise ValueError(f"{path}: not a valid run configuration ({error})") from None
 
 
-def _progress(run: Run, total: int) -> Any:
+def _progress(run: Run) -> Any:
+    """A bar over the steps, or over the seconds of the clock."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=run.step, desc="train", unit="step", dynamic_ncols=True,
+    budget = run.budget_seconds
+    total, initial, unit = (run.config.recipe.steps, run.step, "step") if budget is None else (
+        round(budget), round(run.train_seconds), "s")
+    return tqdm(total=total, initial=initial, desc="train", unit=unit, dynamic_ncols=True,
                 disable=not (run.config.progress and run.ctx.is_main))

@@ -8,6 +8,7 @@ out as the reference numbers (skips 5 and 9; final 19, 27 or 31).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -48,9 +49,13 @@ class FCN(nn.Module):
         atonce: scale the pool4/pool3 features by the fixed 0.01/0.0001 of FCN-8s at-once.
         learnable_upsampling: train the bilinear deconvolutions (frozen in the paper's models).
         dropout: element-wise dropout probability after fc6 and fc7.
+        fast_paths: run the exact fast paths of the backbone and the upsampling (same
+            logits and gradients to fp32 rounding, faster); False runs every layer as written.
 
     ``forward`` takes a preprocessed blob (N, 3, H, W) and returns logits
     (N, C, H, W) aligned pixel for pixel to the input, for every H, W >= 1.
+    ``config`` is everything :func:`fcnseg.create_model` needs to build it again
+    (what checkpoints store); ``preprocessing`` is what its weights expect.
     """
 
     def __init__(
@@ -61,12 +66,15 @@ class FCN(nn.Module):
         atonce: bool = False,
         learnable_upsampling: bool = False,
         dropout: float = 0.5,
+        fast_paths: bool = True,
     ) -> None:
         super().__init__()
         if stride not in FINAL_UPSAMPLING:
             raise ValueError(f"stride must be one of {sorted(FINAL_UPSAMPLING)}, got {stride}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        if not 0.0 <= dropout < 1.0:  # also refuses NaN
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if atonce and stride != 8:
             raise ValueError("the at-once skip scaling is defined for stride 8 only")
         self.num_classes = num_classes
@@ -96,7 +104,41 @@ class FCN(nn.Module):
             # The paper starts every score layer at zero.
             nn.init.zeros_(getattr(self, name).weight)
             nn.init.zeros_(getattr(self, name).bias)
-        self.config: dict[str, Any] = {}
+        name = f"fcn{stride}s" + ("_atonce" if atonce else "")
+        self.config: dict[str, Any] = {"name": name, "num_classes": num_classes, "width": width,
+                                       "learnable_upsampling": learnable_upsampling, "dropout": dropout}
+        self.set_fast_paths(fast_paths)
+
+    @property
+    def fast_paths(self) -> bool:
+        return self.backbone.fast_paths
+
+    def set_fast_paths(self, enabled: bool) -> "FCN":
+        """Switch the exact fast paths of every layer on or off (see the ``fast_paths`` argument)."""
+        self.backbone.set_fast_paths(enabled)
+        for module in self.modules():
+            if isinstance(module, BilinearUpsampling):
+                module.fast_paths = bool(enabled)
+        return self
+
+    @property
+    def grid(self) -> int:
+        """Period (px) of the backbone's pooling grid: tiles that start on it see the whole image's grid."""
+        return self.backbone.grid
+
+    def context_margin(self) -> int:
+        """Context (px, a multiple of :attr:`grid`) around a tile that makes tiled logits equal whole-image ones.
+
+        No output pixel depends on input farther than the backbone's receptive-field radius
+        plus the reach of the upsampling chain (less than 32 + 16 + 8 px for FCN-8s); two
+        grid periods bound the latter. For VGG16: ceil((404 / 2 + 64) / 32) * 32 = 288 px.
+        """
+        reach = self.backbone.receptive_field / 2 + 2 * self.grid
+        return int(math.ceil(reach / self.grid) * self.grid)
+
+    def estimate_forward_bytes(self, height: int, width: int) -> int:
+        """A safe bound on the host memory of one inference pass on an H x W image (see the backbone's)."""
+        return self.backbone.estimate_forward_bytes(height, width, self.num_classes)
 
     def reference_layers(self) -> dict[str, nn.Module]:
         """Every layer with weights, under its reference Caffe name."""

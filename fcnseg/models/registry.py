@@ -39,19 +39,21 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
 
 
-def create_model(name: str, *, num_classes: int, width: float = 1.0, **options: Any) -> nn.Module:
+def create_model(name: str, *, num_classes: int, width: float = 1.0, fast_paths: bool = True, **options: Any) -> nn.Module:
     """Build a registered model.
 
     Args:
         name: one of :func:`list_models`, e.g. ``"fcn8s"``.
         num_classes: number of output classes.
         width: channel multiplier (1.0 = the paper's network; 0.25 is a light variant).
+        fast_paths: the model's exact fast paths (default); False runs every layer as written.
         **options: model options, e.g. ``learnable_upsampling=True`` or ``dropout=0.0``.
 
     The returned model carries ``model.config`` (everything needed to build it
     again, as stored in checkpoints) and ``model.preprocessing``.
     """
     _check_name(name)
-    model = _BUILDERS[name](num_classes=num_classes, width=width, **options)
-    model.config = {"name": name, "num_classes": num_classes, "width": width, **options}
-    return model
+    try:
+        return _BUILDERS[name](num_classes=num_classes, width=width, fast_paths=fast_paths, **options)
+    except TypeError as error:  # an option the model does not take
+        raise ValueError(f"model {name!r}: {error}") from None

@@ -9,9 +9,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import Checkpoint
-from ..models.fast import optimize_for_inference
-from ..predict import predict_mask
-from ..tiling import needs_tiling, tiling_for_budget
+from ..inference import Predictor
 
 
 @dataclass(frozen=True)
@@ -32,25 +30,20 @@ class Segmenter:
     """Predicts masks with a checkpoint's model, one request at a time.
 
     Inference is CPU-bound and already uses every core through torch's own
-    threads, so requests queue on a lock instead of sharing the model (which
-    :func:`~fcnseg.predict.predict_mask` switches to eval mode and moves to the
-    device). Images whose forward pass would need more than
-    ``memory_budget_bytes`` are predicted in tiles, exactly as ``fcnseg predict``
-    decides, which gives the same mask as a whole-image pass. ``fast_paths``
-    (default on, as in ``fcnseg predict``) runs the model's exact inference twin
-    (:func:`fcnseg.models.fast.optimize_for_inference`).
+    threads, so requests queue on a lock instead of sharing the model. The
+    :class:`~fcnseg.inference.Predictor` is the one ``fcnseg predict`` uses: images
+    whose forward pass would need more than ``memory_budget_bytes`` are predicted in
+    tiles (the same mask as a whole-image pass); ``fast_paths`` (default on) are the
+    model's exact fast paths.
     """
 
     def __init__(
         self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", memory_budget_bytes: int, fast_paths: bool = True
     ) -> None:
         self.checkpoint = checkpoint
-        self.model = checkpoint.model.eval().to(device)
-        if fast_paths:  # the exact inference twin, as fcnseg predict uses by default
-            self.model = optimize_for_inference(self.model)
-        self.device = torch.device(device)
-        self.memory_budget_bytes = int(memory_budget_bytes)
-        self.mask_dtype = torch.uint8 if self.model.num_classes <= 256 else torch.int64
+        self.predictor = Predictor(checkpoint.model, device=device, fast_paths=fast_paths,
+                                   memory_budget_bytes=int(memory_budget_bytes))
+        self.model = self.predictor.model
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self.in_flight = 0
@@ -76,10 +69,7 @@ class Segmenter:
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             with self._lock:
-                tiling = None
-                if needs_tiling(self.model, image.shape[-2], image.shape[-1], self.memory_budget_bytes):
-                    tiling = tiling_for_budget(self.model, self.memory_budget_bytes)
-                return predict_mask(self.model, image, device=self.device, tile=tiling, dtype=self.mask_dtype)
+                return self.predictor.mask(image)
         finally:
             with self._counter_lock:
                 self.in_flight -= 1

@@ -154,10 +154,10 @@ def with_num_classes(model: nn.Module, num_classes: int, keep: Mapping[int, int]
     """
     config = dict(getattr(model, "config", None) or {})
     if "name" not in config:
-        raise WeightsError("model has no config: build it with fcnseg.create_model")
+        raise WeightsError(f"{type(model).__name__} has no config: only fcnseg models can change their classes")
     name = config.pop("name")
     config["num_classes"] = num_classes
-    fresh = create_model(name, **config)
+    fresh = create_model(name, fast_paths=getattr(model, "fast_paths", True), **config)
     fresh.load_state_dict(change_num_classes_state(model.state_dict(), num_classes, keep))
     fresh.preprocessing = model.preprocessing
     device = next(model.parameters()).device

@@ -1,0 +1,113 @@
+"""Training settings: layers (recipe, file, flags, --set), typed and checked values, the clock, --out safety."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fcnseg.cli import main
+from fcnseg.engine import build_config, load_run_config, train
+from fcnseg.engine.distributed import DistContext
+from fcnseg.engine.train import CLOCK_RESOLUTION, _apply_lr, build_run
+
+TINY = [("model.width", 0.0625), ("data_options", {"size": 32, "num_images": 8}), ("val_data_options", {"num_images": 2}),
+        ("threads", 1), ("progress", False), ("overlays", 0), ("class_weights", None), ("cpu_bf16", False),
+        ("recipe.batch_size", 2), ("log_every", 1)]
+
+
+def test_set_converts_to_each_settings_type():
+    config = build_config("modern", settings=[
+        ("recipe.steps", "12"), ("recipe.lr", "2e-3"), ("recipe.hflip", "no"), ("recipe.crop_size", "native"),
+        ("recipe.scale_range", "[0.75, 1.25]"), ("seed", "7"), ("threads", "none"), ("model.dropout", "0.1"),
+        ("data_options.size", "48"), ("init", "caffe:x.caffemodel"), ("lr", "0.5")])  # fmt: skip
+    recipe = config.recipe
+    assert (recipe.steps, recipe.hflip, recipe.crop_size, recipe.scale_range) == (12, False, None, (0.75, 1.25))
+    assert recipe.lr == 0.5  # "lr" names recipe.lr, the only setting of that name; the last one wins
+    assert (config.seed, config.threads, config.model["dropout"], config.data_options["size"]) == (7, None, 0.1, 48)
+    assert config.init == "caffe:x.caffemodel"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("recipe.lrr", "1", "did you mean recipe.lr"),
+    ("seeds", "1", "did you mean seed"),
+    ("recipe.steps", "1.5", "recipe.steps: expected int"),
+    ("recipe.steps", "many", "recipe.steps: expected int"),
+    ("recipe.hflip", "maybe", "expected bool"),
+    ("recipe.scale_range", "[1, 2, 3]", "expects 2 values"),
+    ("recipe.optimizer", "adam", "must be one of sgd, adamw"),
+    ("recipe.lr", "-1", "recipe.lr must be > 0"),
+    ("recipe", "{}", "unknown setting"),
+])  # fmt: skip
+def test_bad_settings_are_one_clear_line(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_config("modern", settings=[(key, value)])
+
+
+def test_layers_apply_in_order_recipe_file_flags_set(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 5\nmodel:\n  width: 0.5\nrecipe:\n  lr: 0.02\n  steps: 9\n")
+    config = build_config("camvid", str(path), [("recipe.steps", 11)])
+    assert (config.seed, config.model["width"], config.model["name"]) == (5, 0.5, "fcn8s")  # file over the recipe
+    assert (config.recipe.lr, config.recipe.steps, config.recipe.minutes) == (0.02, 11, 30)
+    assert config.data_options == {"resize": [180, 240]}  # from the recipe, untouched
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = capsys.readouterr().out
+    assert "camvid" in shown and "paper" in shown and "[recipe.lr]" in shown
+
+
+def test_clock_schedule_follows_the_training_seconds(tmp_path):
+    config = build_config("demo", settings=TINY + [("recipe.minutes", 10), ("recipe.warmup_fraction", 0.0)])
+    run = build_run(config, tmp_path, DistContext())
+    base = [group["initial_lr"] for group in run.optimizer.param_groups]
+    for spent, factor in ((0.0, 1.0), (300.0, 0.5**0.9), (599.99, (1 / CLOCK_RESOLUTION) ** 0.9)):
+        run.train_seconds = spent
+        _apply_lr(run)
+        got = [group["lr"] for group in run.optimizer.param_groups]
+        assert got == pytest.approx([b * factor for b in base], rel=1e-3), spent
+
+
+def test_a_run_to_the_clock_validates_evenly_and_resumes_the_clock(tmp_path):
+    out = tmp_path / "run"
+    result = train(build_config("demo", settings=TINY + [("recipe.minutes", 0.05), ("recipe.evals", 3)]), out)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in records if "val" in r]
+    assert 3 <= len(vals) <= 4 and result.step == records[-1]["step"]  # 3 moments, and the end if it is not one
+    assert records[-1]["train_seconds"] >= 3.0
+    first = vals[0]["train_seconds"]
+    assert 1.0 <= first < 2.0 + 1.0  # the first moment is a third of the 3 s budget (plus one step)
+    assert main(["train", "--resume", str(out), "--minutes", "0.08"]) == 0
+    assert load_run_config(out).recipe.minutes == 0.08
+    later = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert later[-1]["train_seconds"] >= 4.8 and later[-1]["step"] > result.step
+
+
+def test_out_onto_a_run_refuses_without_overwrite_and_resume_cannot_change_numerics(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "demo", "--out", str(out), "--steps", "1", "--width", "0.0625", "--set", "threads=1",
+            "--data-option", "size=32", "--data-option", "num_images=4", "--set", "val_data_options.num_images=2",
+            "--no-progress", "--overlays", "0", "--batch-size", "2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert main(["train", "--resume", str(out), "--lr", "0.1"]) == 2
+    assert "recipe.lr cannot change" in capsys.readouterr().err
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "new"
+    assert main(["train", "--out", str(out), "--data", "folder", "--root", str(tmp_path / "missing"), "--width", "0.0625"]) == 2
+    assert "fcnseg train: error:" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_old_run_files_are_read(tmp_path):
+    from fcnseg.engine.config import TrainConfig
+
+    old = {"model": "fcn16s", "width": 0.25, "channels_last": True,
+           "recipe": {"name": "modern", "loss": "sum", "model_options": {"dropout": 0.0}}}
+    config = TrainConfig.from_dict(old)
+    assert config.model == {"name": "fcn16s", "width": 0.25, "dropout": 0.0} and config.recipe.reduction == "sum"
