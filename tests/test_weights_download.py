@@ -24,10 +24,8 @@ def entry(*urls: str, checksum: Checksum | None = None, size: int | None = None)
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("FCNSEG_WEIGHTS_MIRROR", raising=False)
-    return tmp_path / "home"
+def home(fcnseg_home) -> Path:
+    return fcnseg_home
 
 
 def cached_files(home: Path) -> list[str]:

@@ -40,6 +40,7 @@ def format_comparison(metrics: dict, published: tuple) -> str:
             row += f" {value:>7.1f} {measured - value:>+7.2f}" if value is not None else f" {'-':>7} {'-':>7}"
         lines.append(row)
     lines += [f"[{i}] {reference.source}" for i, reference in enumerate(published, start=1)]
+    lines.append("(percent; diff = measured - published, in points)")
     return "\n".join(lines)
 
 

@@ -75,9 +75,11 @@ def _voc_fcn(name: str, filename: str, model: str, mean_iu: float, approx_mb: in
                         approx_mb=approx_mb, published=(Published(_README, {"mean_iu": mean_iu}), *extra))
 
 
-def _not_yet(name: str, filename: str, classes: str, reason: str) -> KnownWeights:
-    return KnownWeights(name, filename, (_CAFFE_DL + filename,), None, None, classes, "caffe",
-                        f"{name.split('-')[0].upper()} on {classes}", unsupported=reason)
+def _not_yet(variant: str, dataset: str, stream: str, reason: str) -> KnownWeights:
+    """A published FCN fcnseg cannot use yet; ``variant`` is the architecture ("fcn32s") the file holds."""
+    filename = f"{dataset}-{variant}-{stream + '-' if stream else ''}heavy.caffemodel"
+    return KnownWeights(f"{variant}-{dataset}{'-' + stream if stream else ''}", filename, (_CAFFE_DL + filename,), None,
+                        variant, dataset, "caffe", f"FCN-{variant[3:]} {dataset} {stream}".rstrip(), unsupported=reason)
 
 
 _CONTEXT = "PASCAL-Context has no dataset or class list in fcnseg yet (59 classes + background)"
@@ -101,15 +103,11 @@ _ENTRIES = (
     KnownWeights("vgg16-torchvision", "vgg16-397923af.pth", ("https://download.pytorch.org/models/vgg16-397923af.pth",),
                  Checksum("sha256", "397923af"), None, "imagenet (1000 classes; fc8 unused)", "torchvision",
                  "torchvision VGG16 IMAGENET1K_V1 (train --init vgg16-torchvision:PATH)", approx_mb=553),
-    *(_not_yet(f"fcn{s}-pascalcontext", f"pascalcontext-fcn{s}-heavy.caffemodel", "pascalcontext", _CONTEXT)
-      for s in ("32s", "16s", "8s")),
-    *(_not_yet(f"fcn{s}-siftflow", f"siftflow-fcn{s}-heavy.caffemodel", "siftflow", _SIFTFLOW)
-      for s in ("32s", "16s", "8s")),
-    _not_yet("fcn32s-nyud-color", "nyud-fcn32s-color-heavy.caffemodel", "nyud",
-             "NYUDv2 (40 classes, its own BGR mean) has no dataset in fcnseg yet"),
-    _not_yet("fcn32s-nyud-hha", "nyud-fcn32s-hha-heavy.caffemodel", "nyud", "HHA depth-image input, not RGB"),
-    _not_yet("fcn32s-nyud-color-hha", "nyud-fcn32s-color-hha-heavy.caffemodel", "nyud",
-             "two-stream late fusion of colour and HHA inputs"),
+    *(_not_yet(f"fcn{s}", "pascalcontext", "", _CONTEXT) for s in ("32s", "16s", "8s")),
+    *(_not_yet(f"fcn{s}", "siftflow", "", _SIFTFLOW) for s in ("32s", "16s", "8s")),
+    _not_yet("fcn32s", "nyud", "color", "NYUDv2 (40 classes, its own BGR mean) has no dataset in fcnseg yet"),
+    _not_yet("fcn32s", "nyud", "hha", "HHA depth-image input, not RGB"),
+    _not_yet("fcn32s", "nyud", "color-hha", "two-stream late fusion of colour and HHA inputs"),
 )
 
 #: Registry name -> entry. Tests swap in their own table (monkeypatch this attribute).
