@@ -66,6 +66,24 @@ def test_server_without_range_support_restarts_instead_of_appending(home):
         assert fetch(entry(server.url + "/" + FILENAME), progress=False).read_bytes() == DATA
 
 
+def test_partial_file_longer_than_the_served_file_starts_over(home):
+    part = home / "downloads" / (FILENAME + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(DATA + b"junk")  # the server answers 416 (range not satisfiable)
+    with FileServer({"/" + FILENAME: DATA}) as server:
+        assert fetch(entry(server.url + "/" + FILENAME), progress=False).read_bytes() == DATA
+        assert server.log == [("/" + FILENAME, f"bytes={len(DATA) + 4}-"), ("/" + FILENAME, None)]
+
+
+def test_a_wrong_byte_range_is_not_appended(home):
+    part = home / "downloads" / (FILENAME + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(DATA[:1000])
+    with FileServer({"/" + FILENAME: DATA}, range_shift=10) as server:  # answers bytes=1000- with 990-
+        assert fetch(entry(server.url + "/" + FILENAME), progress=False).read_bytes() == DATA
+        assert server.log == [("/" + FILENAME, "bytes=1000-"), ("/" + FILENAME, None)]  # started over
+
+
 def test_checksum_mismatch_is_refused_and_nothing_stays_in_the_cache(home):
     wrong = Checksum("sha1", hashlib.sha1(b"another file").hexdigest())
     with FileServer({"/" + FILENAME: DATA}) as server:

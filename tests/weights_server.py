@@ -13,11 +13,12 @@ class FileServer:
 
     ``cut[path] = n`` makes the next ``n`` responses for ``path`` announce the full length but
     send only half of the body before closing the connection. ``ranges=False`` ignores Range
-    headers (a server without resume support). ``log`` records (path, Range header) per GET.
+    headers (a server without resume support); ``range_shift=n`` answers a Range request with
+    the bytes from n before the asked start (a broken server). ``log`` records (path, Range header).
     """
 
-    def __init__(self, files: dict[str, bytes], *, ranges: bool = True) -> None:
-        self.files, self.ranges = dict(files), ranges
+    def __init__(self, files: dict[str, bytes], *, ranges: bool = True, range_shift: int = 0) -> None:
+        self.files, self.ranges, self.range_shift = dict(files), ranges, range_shift
         self.cut: dict[str, int] = {}
         self.log: list[tuple[str, str | None]] = []
         server = self
@@ -38,7 +39,7 @@ class FileServer:
                 start = 0
                 match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
                 if server.ranges and match:
-                    start = int(match.group(1))
+                    start = max(0, int(match.group(1)) - server.range_shift)
                     if start >= len(data):
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(data)}")

@@ -114,9 +114,11 @@ def _download(url: str, part: Path, progress: bool) -> None:
         request = urllib.request.Request(url, headers={"User-Agent": "fcnseg", **({"Range": f"bytes={offset}-"} if offset else {})})
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                if offset and not (response.status == 206 and
-                                   response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")):
+                if offset and response.status != 206:
                     offset = 0  # the server sent the whole file (no Range support): start over
+                elif offset and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                    part.unlink()
+                    raise ConnectionError(f"asked for bytes from {offset:,}, got {response.headers.get('Content-Range')}")
                 length = response.headers.get("Content-Length")
                 total = offset + int(length) if length is not None else None
                 with open(part, "ab" if offset else "wb") as out, tqdm(
