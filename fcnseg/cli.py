@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "predict",
     "export",
     "serve",
+    "weights",
+    "reproduce",
 ]
 
 

@@ -25,13 +25,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        _fsync_directory(target.parent)
+        replace_durably(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """fsync the finished file ``source`` and rename it onto ``target`` (same folder): all or nothing.
+
+    For writers that cannot use :func:`atomic_path`, such as a resumable download
+    whose partial file keeps a fixed name.
+    """
+    with open(source, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(source, target)
+    _fsync_directory(Path(target).parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

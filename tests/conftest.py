@@ -43,3 +43,11 @@ def voc_mini_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not present: {root} (the shared data folder sits beside the project)")
     return root
+
+
+@pytest.fixture
+def fcnseg_home(tmp_path, monkeypatch) -> Path:
+    """An empty weights cache ($FCNSEG_HOME) for the test, and no mirror from the environment."""
+    monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "fcnseg_home"))
+    monkeypatch.delenv("FCNSEG_WEIGHTS_MIRROR", raising=False)
+    return tmp_path / "fcnseg_home"

@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     defaults = ParityTolerance()
     parser = subparsers.add_parser(NAME, help=HELP, description=HELP)
-    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors)")
+    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors) or a published weights name (fcnseg weights list)")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
     parser.add_argument("--out", required=True, help="output file, e.g. model.onnx (written atomically, only if verified)")
     parser.add_argument(
@@ -55,18 +55,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..export import DEFAULT_CHECK_SHAPES, ExportError, ParityTolerance, export_onnx
+    from ..weights import WeightsError, resolve_checkpoint
 
     tolerance = ParityTolerance(rtol=args.rtol, atol=args.atol, min_mask_agreement=args.min_mask_agreement)
     try:
         report = export_onnx(
-            args.checkpoint,
+            resolve_checkpoint(args.checkpoint),
             args.out,
             exporter=args.exporter,
             opset=args.opset,
             check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
             tolerance=tolerance,
         )
-    except (ExportError, CheckpointError) as error:
+    except (ExportError, CheckpointError, WeightsError) as error:
         print(f"fcnseg export: error: {error}", file=sys.stderr)
         return 1
     print(f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * max|logit| + {tolerance.atol:g}):")

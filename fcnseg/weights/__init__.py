@@ -4,11 +4,17 @@ Every function checks shapes and raises :class:`WeightsError` naming the file
 and the layer. The state-dict functions are pure; the ``load_*`` /
 ``transfer_*`` functions apply them to a model in place and return the
 reference names of the layers they loaded.
+
+Published weights by name: :data:`KNOWN_WEIGHTS` (the registry), :func:`fetch` (download
+into the cache, verified), :func:`resolve_checkpoint` (a name or a path -> a checkpoint file).
 """
 
 from .caffe import load_caffe_weights
 from .caffemodel import CaffeLayer, read_caffemodel
 from .checks import WeightsError, assign_reference_weights, reference_tensors
+from .convert import convert_caffemodel, resolve_checkpoint
+from .download import cache_dir, fetch
+from .registry import KNOWN_WEIGHTS, KnownWeights, known_weights
 from .surgery import (
     change_num_classes_state,
     class_index_map,
@@ -25,17 +31,24 @@ from .torchvision_vgg import (
 )
 
 __all__ = [
+    "KNOWN_WEIGHTS",
     "CaffeLayer",
+    "KnownWeights",
     "WeightsError",
     "assign_reference_weights",
+    "cache_dir",
     "change_num_classes_state",
     "class_index_map",
+    "convert_caffemodel",
     "download_vgg16_state",
+    "fetch",
+    "known_weights",
     "load_caffe_weights",
     "load_vgg16_torchvision",
     "read_caffemodel",
     "read_state_dict_file",
     "reference_tensors",
+    "resolve_checkpoint",
     "torchvision_cache_path",
     "transfer_fcn",
     "transfer_fcn_state",

@@ -88,7 +88,7 @@ def _check_scale(model: nn.Module, layer: CaffeLayer, source: str) -> float:
     return value
 
 
-def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
+def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, complete: bool = False) -> list[str]:
     """Load a ``.caffemodel`` into ``model``; returns the names of the layers loaded, in file order.
 
     Works for the VGG16 ILSVRC file (V1 ``layers``, InnerProduct fc6/fc7) and
@@ -96,6 +96,11 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[s
     model lacks (e.g. fc8) are skipped and logged; at-once ``scale_pool4/3``
     blobs are checked and loaded into the model's fixed scales. Sets
     ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the mean).
+
+    ``complete=True`` (converting a trained FCN) also refuses a file that is not
+    exactly this model's: one with reference layers the model lacks (an FCN-8s
+    file into an FCN-32s), or without a layer the model has (scores, at-once
+    scales; the bilinear ``upscore*`` may be absent).
 
     Raises :class:`~fcnseg.weights.WeightsError` (nothing loaded) for a file
     that is not a caffemodel, or a blob whose shape does not fit, naming the
@@ -127,6 +132,8 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[s
         for index, (kind, param) in enumerate(params):
             weights[f"{layer.name}.{kind}"] = _fit_blob(layer, index, kind, tuple(param.shape), source)
         loaded.append(layer.name)
+    if complete:
+        _require_same_layers(model, source, loaded, skipped)
     assign_reference_weights(model, weights, source)
     with torch.no_grad():
         for name, value in scales.items():
@@ -134,6 +141,18 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[s
     model.preprocessing = CAFFE
     _report(source, skipped, [name for name in targets if name not in loaded])
     return loaded
+
+
+def _require_same_layers(model: nn.Module, source: str, loaded: list[str], skipped: list[str]) -> None:
+    extra = [name for name in skipped if name in REFERENCE_NAMES]
+    wanted = list(model.reference_layers()) + [name for name in SCALE_LAYERS if hasattr(model, name)]
+    missing = [name for name in wanted if name not in loaded and not name.startswith("upscore")]
+    if extra or missing:
+        name = getattr(model, "config", {}).get("name", type(model).__name__)
+        raise WeightsError(f"{source}: not the weights of a trained {name}: "
+                           + "; ".join(f"{what} {names}" for what, names in
+                                       (("the file has layers the model lacks:", extra),
+                                        ("the model has layers the file lacks:", missing)) if names))
 
 
 def _report(source: str, skipped: list[str], missing: list[str]) -> None:

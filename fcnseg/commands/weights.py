@@ -1,0 +1,80 @@
+"""``fcnseg weights list | fetch NAME | convert FILE.caffemodel``: published weights by name."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "weights"
+HELP = "list, download (verified, resumable) and convert the published FCN and VGG16 weights"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(NAME, help=HELP, description=HELP + ". Cache: $FCNSEG_HOME, else ~/.cache/fcnseg; "
+                                   "$FCNSEG_WEIGHTS_MIRROR=<base URL> is tried before the published links.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="the known weights: model, classes, preprocessing, size, checksum, URL, status")
+    fetch = actions.add_parser("fetch", help="download NAME into the cache (and convert it to a checkpoint)")
+    fetch.add_argument("name", help="a name from 'fcnseg weights list', e.g. fcn8s-voc")
+    convert = actions.add_parser("convert", help="a PASCAL VOC FCN .caffemodel to an fcnseg checkpoint (21 VOC classes)")
+    convert.add_argument("caffemodel", type=Path, help="e.g. fcn8s-heavy-pascal.caffemodel")
+    convert.add_argument("--model", required=True, help="the fcnseg model the file holds: fcn32s, fcn16s, fcn8s, fcn8s_atonce")
+    convert.add_argument("--out", required=True, type=Path, help="checkpoint to write (.safetensors, atomically)")
+    convert.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (default 1.0)")
+
+
+def _status(entry) -> str:
+    from ..models import list_models
+    from ..weights.convert import checkpoint_path
+    from ..weights.download import download_path
+
+    if entry.unsupported:
+        return f"not supported yet: {entry.unsupported}"
+    if entry.model and entry.model not in list_models():
+        return f"needs the model {entry.model!r} (not in this fcnseg yet)"
+    found = [label for label, path in (("downloaded", download_path(entry)), ("converted", checkpoint_path(entry)))
+             if path.is_file()]
+    return ", ".join(found) or "not downloaded"
+
+
+def _list() -> int:
+    from ..weights import registry
+    from ..weights.download import cache_dir
+
+    print(f"cache: {cache_dir()}")
+    print(f"{'name':<22} {'model':<13} {'classes':<14} {'input':<12} {'size':>8}  checksum / status")
+    for entry in registry.KNOWN_WEIGHTS.values():
+        size = f"{entry.size_bytes / 1e6:.0f} MB" if entry.size_bytes else f"~{entry.approx_mb} MB" if entry.approx_mb else "?"
+        print(f"{entry.name:<22} {entry.model or 'backbone':<13} {entry.classes.split(' ')[0]:<14} "
+              f"{entry.preprocessing:<12} {size:>8}  {entry.checksum or 'no checksum published'}")
+        print(f"{'':<22} {entry.description}; {_status(entry)}")
+        for url in entry.urls:
+            print(f"{'':<22} {url}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import CheckpointError
+    from ..weights import WeightsError, convert_caffemodel, fetch, known_weights
+    from ..weights.convert import convert_known
+
+    try:
+        if args.action == "list":
+            return _list()
+        if args.action == "convert":
+            out = convert_caffemodel(args.caffemodel, args.model, args.out, width=args.width)
+            print(f"wrote {out} ({args.model}, 21 VOC classes, Caffe preprocessing)")
+            return 0
+        entry = known_weights(args.name)
+        if entry.is_backbone:
+            path = fetch(entry)
+            init = "caffe" if entry.preprocessing == "caffe" else "vgg16-torchvision"
+            print(f"{path}\n(initial weights for training: fcnseg train --init {init}:{path} ...)")
+        else:
+            checkpoint = convert_known(entry)
+            print(f"{checkpoint}\n(a checkpoint; commands that take one also take the name {entry.name})")
+        return 0
+    except (WeightsError, CheckpointError) as error:
+        print(f"fcnseg weights: error: {error}", file=sys.stderr)
+        return 1
