@@ -143,12 +143,13 @@ class Predictor:
 
 
 def load_predictor(checkpoint: str | os.PathLike[str], **options) -> tuple[Predictor, "Checkpoint"]:  # noqa: F821
-    """A :class:`Predictor` for a checkpoint file, and the checkpoint (classes, palette, ...).
+    """A :class:`Predictor` for a checkpoint file or a registry name (``fcnseg weights list``), and the checkpoint.
 
     ``options`` go to :class:`Predictor` (``device`` defaults to ``auto``).
     """
     from .checkpoint import load_checkpoint
+    from .weights import resolve_checkpoint
 
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     options.setdefault("device", "auto")
     return Predictor(loaded.model, **options), loaded

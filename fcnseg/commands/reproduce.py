@@ -47,10 +47,10 @@ def format_comparison(metrics: dict, published: tuple) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint import CheckpointError, load_checkpoint
+    from ..checkpoint import CheckpointError
     from ..data import DatasetError, open_dataset
     from ..evaluate import evaluate
-    from ..models.fast import optimize_for_inference
+    from ..inference import load_predictor
     from ..weights import WeightsError, known_weights
     from ..weights.convert import convert_known
 
@@ -59,17 +59,16 @@ def run(args: argparse.Namespace) -> int:
         if not entry.published:
             raise WeightsError(f"{entry.name}: no published seg11valid figures to compare with")
         dataset = open_dataset("voc", args.voc, "seg11valid", sbd_root=args.sbd, voc2011_val=args.voc2011_val)
-        checkpoint = load_checkpoint(convert_known(entry))
-    except (WeightsError, CheckpointError, DatasetError) as error:
+        predictor, checkpoint = load_predictor(convert_known(entry), device=args.device)
+    except (WeightsError, CheckpointError, DatasetError, ValueError) as error:
         print(f"fcnseg reproduce: error: {error}", file=sys.stderr)
         return 1
     total = len(dataset)
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, total)))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
-    model = optimize_for_inference(checkpoint.model.to(device).eval())
+    device = predictor.device
     try:
-        metrics = evaluate(model, dataset, len(checkpoint.classes), device, checkpoint.ignore_index)
+        metrics = evaluate(predictor, dataset, len(checkpoint.classes), ignore_index=checkpoint.ignore_index)
     except (DatasetError, ValueError) as error:
         print(f"fcnseg reproduce: error: {error}", file=sys.stderr)
         return 1

@@ -117,7 +117,9 @@ def create_app(
     """
     limits = limits or ServeLimits()
     if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
+        from ..weights import resolve_checkpoint
+
+        checkpoint = load_checkpoint(resolve_checkpoint(checkpoint))
     segmenter = Segmenter(
         checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths
     )
