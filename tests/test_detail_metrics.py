@@ -19,12 +19,12 @@ IGNORE = 255
 # ---------------------------------------------------------------- IU by object size
 
 def _size_case() -> tuple[torch.Tensor, torch.Tensor]:
-    """Two 10x10 images. Image 0, class 1 segments: A = 1 px at (0, 0); a diagonal chain of 4 px
-    (0,6)-(3,9) (one segment with 8-connectivity, four with 4); C = 5x4 block at rows 5-9, cols 0-3;
-    D = 2x2 block at rows 6-7, cols 6-7; (9, 9) ignored; the rest class 0 (70 px). Image 1: all class 0,
-    with class-2 blobs of 3 px and 5 px predicted where there is none."""
+    """Two 10x10 images. Image 0, class 1 segments: A = 1 px at (0, 0); E = 1 px at (2, 1); a diagonal
+    chain of 4 px (0,6)-(3,9) (one segment with 8-connectivity, four with 4); C = 5x4 block at rows 5-9,
+    cols 0-3; D = 2x2 block at rows 6-7, cols 6-7; (9, 9) ignored; the rest class 0 (69 px). Image 1: all
+    class 0, with class-2 blobs of 3 px and 5 px predicted where there is none."""
     target = torch.zeros(2, 10, 10, dtype=torch.int64)
-    target[0, 0, 0] = 1
+    target[0, 0, 0] = target[0, 2, 1] = 1
     for i in range(4):
         target[0, i, 6 + i] = 1
     target[0, 5:10, 0:4] = 1
@@ -32,6 +32,9 @@ def _size_case() -> tuple[torch.Tensor, torch.Tensor]:
     target[0, 9, 9] = IGNORE
     pred = torch.zeros_like(target)
     pred[0, 0, 6] = pred[0, 1, 7] = 1  # half the chain found, A missed
+    # E found inside a 3x3 blob; its 8 false positives are nearest to A or E (small), though the blob
+    # joins C's predicted component below (a large one)
+    pred[0, 1:4, 0:3] = 1
     pred[0, 4:10, 0:4] = 1  # C found, plus 4 false positives on row 4 (nearest segment: C)
     pred[0, 6:8, 6:9] = 1  # D found, plus 2 false positives in column 8 (nearest segment: D)
     pred[0, 9, 9] = 1  # on the ignored pixel: counted nowhere
@@ -45,16 +48,17 @@ def test_size_bins_of_hand_made_segments_with_8_connectivity():
     metric = SizeIU(3, edges=(4, 16))  # small < 4 px, medium 4..15, large >= 16
     metric.update(pred, target)
     counts = {key: value.tolist() for key, value in metric.counts.items()}
-    # class 1: small = A; medium = chain + D; large = C
-    assert counts["segments"][1] == [1, 2, 1]
-    assert counts["gt"][1] == [1, 8, 20]
-    assert counts["tp"][1] == [0, 2 + 4, 20]
-    assert counts["fp"][1] == [0, 2, 4]
-    # class 0: one background segment of 70 px per image (the chain does not cut it with 8-connectivity);
-    # image 0 misses 6 of its pixels and calls A and two chain pixels background; image 1 loses 8 to class 2
+    # class 1: small = A, E; medium = chain + D; large = C
+    assert counts["segments"][1] == [2, 2, 1]
+    assert counts["gt"][1] == [2, 8, 20]
+    assert counts["tp"][1] == [1, 2 + 4, 20]
+    assert counts["fp"][1] == [8, 2, 4]
+    # class 0: one background segment per image, 69 and 100 px (the chain does not cut it with
+    # 8-connectivity); image 0 misses 14 of its pixels and calls A and two chain pixels background;
+    # image 1 loses 8 to class 2
     assert counts["segments"][0] == [0, 0, 2]
-    assert counts["gt"][0] == [0, 0, 170]
-    assert counts["tp"][0] == [0, 0, 64 + 92]
+    assert counts["gt"][0] == [0, 0, 169]
+    assert counts["tp"][0] == [0, 0, 55 + 92]
     assert counts["fp"][0] == [0, 0, 3]
     # class 2 exists only as hallucinated blobs, judged by their own size
     assert counts["gt"][2] == [0, 0, 0] and counts["fp"][2] == [3, 5, 0]
@@ -63,10 +67,11 @@ def test_size_bins_of_hand_made_segments_with_8_connectivity():
     small, medium, large = result["bins"]
     assert [b["name"] for b in result["bins"]] == ["<4", "4-15", ">=16"] and result["connectivity"] == 8
     assert medium["acc"][1] == pytest.approx(6 / 8) and medium["iu"][1] == pytest.approx(6 / 10)
-    assert large["iu"][1] == pytest.approx(20 / 24) and large["iu"][0] == pytest.approx(156 / 173)
-    assert small["iu"][1] == 0 and small["iu"][2] == 0 and math.isnan(large["iu"][2]) and math.isnan(small["acc"][2])
-    assert small["mean_iu"] == 0.0 and math.isnan(small["iu"][0])
-    assert large["pixel_acc"] == pytest.approx((20 + 156) / 190)
+    assert large["iu"][1] == pytest.approx(20 / 24) and large["iu"][0] == pytest.approx(147 / 172)
+    assert small["iu"][1] == pytest.approx(1 / 10) and small["iu"][2] == 0
+    assert math.isnan(large["iu"][2]) and math.isnan(small["acc"][2])
+    assert small["mean_iu"] == pytest.approx(0.05) and math.isnan(small["iu"][0])
+    assert large["pixel_acc"] == pytest.approx((20 + 147) / 189)
     assert (small["min_area"], small["max_area"], large["max_area"]) == (0, 4, None)
     assert medium["segments"] == 2 and medium["pixels"] == 8
 
@@ -75,10 +80,10 @@ def test_4_connectivity_splits_the_diagonal_chain():
     pred, target = _size_case()
     metric = SizeIU(3, edges=(4, 16), connectivity=4)
     metric.update(pred[:1], target[:1])
-    assert metric.counts["segments"][1].tolist() == [1 + 4, 1, 1]
-    assert metric.counts["gt"][1].tolist() == [5, 4, 20]
-    assert metric.counts["tp"][1].tolist() == [2, 4, 20]
-    assert metric.counts["fp"][1].tolist() == [0, 2, 4]
+    assert metric.counts["segments"][1].tolist() == [2 + 4, 1, 1]
+    assert metric.counts["gt"][1].tolist() == [6, 4, 20]
+    assert metric.counts["tp"][1].tolist() == [1 + 2, 4, 20]
+    assert metric.counts["fp"][1].tolist() == [8, 2, 4]
 
 
 def test_default_bins_are_coco_sizes():
