@@ -63,7 +63,8 @@ SIZE_EDGES = (32 * 32, 96 * 96)
 SIZE_NAMES = ("small", "medium", "large")
 
 
-def _class_maps(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _class_maps(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``pred`` and ``target`` as checked (N, H, W) int64 tensors on the target's device."""
     if pred.shape != target.shape or pred.dim() not in (2, 3):
         raise ValueError(f"expected a prediction and a target of one shape, (N, H, W) or (H, W), "
@@ -104,7 +105,8 @@ class CountAccumulator:
         """Add the counts of ``other`` (an accumulator of the same kind and settings)."""
         if type(other) is not type(self) or {k: v.shape for k, v in other.counts.items()} != {
                 k: v.shape for k, v in self.counts.items()}:
-            raise ValueError(f"cannot merge a {type(other).__name__} with different settings into this {type(self).__name__}")
+            raise ValueError(f"cannot merge a {type(other).__name__} with different settings "
+                             f"into this {type(self).__name__}")
         for name, value in other.counts.items():
             self.counts[name] += value
 
@@ -114,7 +116,8 @@ class CountAccumulator:
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        nccl = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         for name, value in self.counts.items():
             shared = value.to(device)
             dist.all_reduce(shared, op=dist.ReduceOp.SUM)
@@ -158,7 +161,9 @@ class SizeIU(CountAccumulator):
 
     def _add_image(self, pred: np.ndarray, target: np.ndarray) -> None:
         valid = target != self.ignore_index
-        for c in np.unique(np.concatenate([target[valid], pred[valid]])):
+        present = np.bincount(target[valid], minlength=self.num_classes) + \
+            np.bincount(pred[valid], minlength=self.num_classes)
+        for c in np.flatnonzero(present):
             truth, predicted = target == c, pred == c
             false_positive = predicted & valid & ~truth
             if truth.any():
@@ -194,21 +199,30 @@ def boundary_width(height: int, width: int, ratio: float = 0.02) -> int:
     return max(1, int(round(ratio * math.hypot(height, width))))
 
 
+def _window(x: torch.Tensor, size: int, dim: int, op) -> torch.Tensor:
+    """``op`` (torch.maximum or torch.minimum) over every run of ``size`` values along ``dim``
+    (output length n - size + 1), by doubling windows: about log2(size) element-wise ops."""
+    span = 1
+    while span < size:
+        step = min(span, size - span)  # windows of span and step overlap into one of span + step
+        n = x.size(dim) - step
+        x = op(x.narrow(dim, 0, n), x.narrow(dim, step, n))
+        span += step
+    return x
+
+
 def boundary_regions(labels: torch.Tensor, d: int) -> torch.Tensor:
     """Bool (N, H, W): pixels whose class's mask has a contour within chessboard distance ``d``.
 
     A pixel of label c is in the boundary region of the class-c mask exactly when its
     (2d+1)^2 window holds another label or reaches outside the image, i.e. when the
-    window's largest and smallest label differ once the outside is labelled -1. Two
-    separable max-pools give that for every class at once.
+    window's largest and smallest label differ once the outside is labelled -1: one
+    sliding maximum and one minimum give that for every class at once.
     """
-    padded = F.pad(labels.unsqueeze(1).float(), (d, d, d, d), value=-1.0)
+    padded = F.pad(labels, (d, d, d, d), value=-1)
     size = 2 * d + 1
-
-    def window_max(x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(F.max_pool2d(x, (size, 1), stride=1), (1, size), stride=1)
-
-    return (window_max(padded) != -window_max(-padded)).squeeze(1)
+    largest, smallest = (_window(_window(padded, size, -1, op), size, -2, op) for op in (torch.maximum, torch.minimum))
+    return largest != smallest
 
 
 class BoundaryIoU(CountAccumulator):

@@ -238,8 +238,8 @@ def worst_images_figure(
     if k < 1:
         raise ValueError(f"worst_images_figure: k must be at least 1, got {k}")
     if not len(images) == len(targets) == len(preds) == len(values) or (ids is not None and len(ids) != len(values)):
-        raise ValueError(f"worst_images_figure needs one target, prediction, score (and id) per image, got {len(images)} "
-                         f"images, {len(targets)} targets, {len(preds)} predictions, {len(values)} scores")
+        raise ValueError(f"worst_images_figure needs one target, prediction, score (and id) per image, "
+                         f"got {len(images)} images, {len(targets)} targets, {len(preds)} predictions, {len(values)} scores")
     order = [int(i) for i in np.argsort(values, kind="stable") if not math.isnan(values[i])][:k]
     if not order:
         raise ValueError("worst_images_figure: no image has a score (all NaN or none given)")

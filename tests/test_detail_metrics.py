@@ -208,7 +208,8 @@ def test_shifted_square_by_hand():
     assert metric.compute()["boundary_iou"][1] == pytest.approx((18 + 36) / (54 + 36))
 
 
-@pytest.mark.parametrize("shape, ratio", [((3, 37, 53), 0.02), ((2, 40, 30), 0.05), ((1, 9, 11), 0.02)])
+@pytest.mark.parametrize("shape, ratio", [((3, 37, 53), 0.02), ((2, 40, 30), 0.05), ((1, 60, 80), 0.05),
+                                          ((1, 9, 11), 0.02), ((1, 9, 11), 0.9)])
 def test_random_maps_against_a_distance_transform_reference(shape, ratio):
     generator = np.random.default_rng(sum(shape))
     n, h, w = shape

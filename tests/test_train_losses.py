@@ -87,6 +87,13 @@ def test_focal_against_the_direct_formula(alpha):
     assert loss.summed(logits, target).item() == pytest.approx(total, rel=1e-5)
 
 
+def test_focal_gradient_is_finite_for_a_certain_pixel_and_gamma_below_1():
+    logits = torch.tensor([[[[40.0, 0.0]], [[0.0, 1.0]]]], requires_grad=True)  # pixel 0: p_t == 1 in float32
+    target = torch.tensor([[[0, 0]]])
+    FocalLoss("sum", gamma=0.5)(logits, target).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[..., 1].abs().sum() > 0
+
+
 def test_focal_pieces_add_up_to_the_whole_batch():
     logits, target = _batch(n=4)
     loss = FocalLoss("mean", gamma=2.0)

@@ -80,7 +80,8 @@ def segmentation_loss(
     return SegmentationLoss(reduction, ignore_index=ignore_index, weight=weight)(logits, target)
 
 
-def _pixel_log_probability(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pixel_log_probability(logits: torch.Tensor, target: torch.Tensor,
+                           ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p of the true class (N, H, W), valid-pixel mask, target with ignored pixels set to class 0)."""
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target))
@@ -107,7 +108,8 @@ class FocalLoss(SegmentationLoss):
 
     def summed(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p, valid, safe_target = _pixel_log_probability(logits, target, self.ignore_index)
-        loss = -(1 - log_p.exp()).pow(self.gamma) * log_p
+        # 1 - p_t as -expm1(log p_t): exact near p_t = 1; clamped so a gamma below 1 has a finite gradient there
+        loss = -(-torch.expm1(log_p)).clamp(min=torch.finfo(torch.float32).tiny).pow(self.gamma) * log_p
         for factor in (self.weight, self.alpha):
             if factor is not None:
                 factor = factor.to(loss.device)
@@ -164,7 +166,8 @@ def _lovasz_softmax(probability: torch.Tensor, label: torch.Tensor, weight: torc
         errors, order = (foreground - probability[:, c]).abs().sort(descending=True)
         foreground = foreground[order]
         # Jaccard loss of the set of the i largest errors: i / |foreground U that set|
-        jaccard = torch.arange(1, len(order) + 1, device=errors.device) / (foreground.sum() + (1 - foreground).cumsum(0))
+        union = foreground.sum() + (1 - foreground).cumsum(0)
+        jaccard = torch.arange(1, len(order) + 1, device=errors.device) / union
         losses.append(errors @ torch.diff(jaccard, prepend=jaccard.new_zeros(1)))
     weights = torch.ones(len(classes), device=probability.device) if weight is None else weight[classes]
     return (torch.stack(losses) * weights).sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
