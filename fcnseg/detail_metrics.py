@@ -35,10 +35,12 @@ Boundary IoU (:class:`BoundaryIoU`, Cheng et al., CVPR 2021)
     The boundary region of a mask is its pixels within distance d of its contour:
     chessboard distance (the authors' reference erodes with a 3x3 square d times) to a
     pixel outside the mask, the outside of the image counting as outside (so a mask cut
-    by the image frame has a boundary there, as in the reference), with
-    d = max(1, round(0.02 x image diagonal)) (Python's round). Per class, the ground-truth and predicted
-    regions of the class's masks are intersected and united over non-ignored pixels;
-    intersections and unions are summed over the dataset and divided at the end.
+    by the image frame has a boundary there, as in the reference; an ignored pixel is
+    outside every ground-truth mask too), with d = max(1, round(ratio x image diagonal)),
+    ratio 0.02 by default and Python's round (half to even, as the reference: 12.5 -> 12).
+    Per class, the ground-truth and predicted regions of the class's masks are
+    intersected and united over non-ignored pixels; intersections and unions are summed
+    over the dataset and divided at the end.
 
 Dice / F1 (:func:`dice_scores`, :class:`DiceScore`)
     Dice_c = 2 n_cc / (t_c + p_c) from the dataset's confusion matrix (= per-class F1).
