@@ -209,3 +209,34 @@ def confusion_matrix_figure(
                             fontsize=7, color="white" if value > 0.5 else "black")
     ax.set_title(title or "confusion matrix (% of each ground-truth row)", fontsize=10)
     return _save(figure, png)
+
+
+def worst_images_figure(
+    images: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    preds: Sequence[torch.Tensor],
+    scores: Sequence[float],
+    palette: Sequence[Colour],
+    path: str | os.PathLike[str],
+    k: int = 8,
+    *,
+    ids: Sequence[Any] | None = None,
+) -> Path:
+    """The ``k`` images with the lowest ``scores`` (e.g. per-image mean IU), worst first, drawn
+    by :func:`overlay_grid` (image, ground truth, prediction) with each one's id and score.
+
+    Images whose score is NaN (nothing to score) are left out. Only the chosen items of
+    ``images``, ``targets`` and ``preds`` are indexed, so lazy sequences work.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    if k < 1:
+        raise ValueError(f"worst_images_figure: k must be at least 1, got {k}")
+    if not len(images) == len(targets) == len(preds) == len(values) or (ids is not None and len(ids) != len(values)):
+        raise ValueError(f"worst_images_figure needs one target, prediction, score (and id) per image, "
+                         f"got {len(images)} images, {len(targets)} targets, {len(preds)} predictions, {len(values)} scores")
+    order = [int(i) for i in np.argsort(values, kind="stable") if not math.isnan(values[i])][:k]
+    if not order:
+        raise ValueError("worst_images_figure: no image has a score (all NaN or none given)")
+    titles = [f"{ids[i] if ids is not None else i}: {values[i]:.3f}" for i in order]
+    return overlay_grid([images[i] for i in order], [preds[i] for i in order], [targets[i] for i in order],
+                        palette, path, titles=titles)

@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 import fcnseg
+from fcnseg import visualize
 from fcnseg.inference import Predictor
-from fcnseg.visualize import confusion_matrix_figure, overlay_grid, plot_curves, read_jsonl, validation_overlays
+from fcnseg.visualize import (confusion_matrix_figure, overlay_grid, plot_curves, read_jsonl, validation_overlays,
+                              worst_images_figure)
 
 PALETTE = [(0, 0, 0), (220, 20, 60), (30, 144, 255)]
 
@@ -68,3 +70,29 @@ def test_confusion_matrix_picture(tmp_path):
     assert width > 300 and height > 300
     with pytest.raises(ValueError, match="3 classes"):
         confusion_matrix_figure(torch.zeros(2, 2), ["bg", "cat", "dog"], tmp_path / "bad.png")
+
+
+def test_worst_images_figure_draws_the_lowest_scores_worst_first(tmp_path, monkeypatch):
+    images = [torch.full((3, 16, 16), 10 * i, dtype=torch.uint8) for i in range(5)]
+    targets = [torch.full((16, 16), i % 3) for i in range(5)]
+    preds = [torch.zeros(16, 16, dtype=torch.long) for _ in range(5)]
+    scores = [0.9, 0.2, float("nan"), 0.5, 0.1]  # image 2 has nothing to score
+    drawn = {}
+    real = visualize.overlay_grid
+
+    def spy(images_k, preds_k, targets_k, palette, path, *, titles):
+        drawn.update(images=images_k, targets=targets_k, titles=titles)
+        return real(images_k, preds_k, targets_k, palette, path, titles=titles)
+
+    monkeypatch.setattr(visualize, "overlay_grid", spy)
+    ids = ["a", "b", "c", "d", "e"]
+    _png_size(worst_images_figure(images, targets, preds, scores, PALETTE, tmp_path / "worst.png", 3, ids=ids))
+    assert drawn["titles"] == ["e: 0.100", "b: 0.200", "d: 0.500"]
+    assert [int(image[0, 0, 0]) for image in drawn["images"]] == [40, 10, 30]
+    assert [int(t[0, 0]) for t in drawn["targets"]] == [1, 1, 0]
+    worst_images_figure(images, targets, preds, scores, PALETTE, tmp_path / "all.png", 10)
+    assert drawn["titles"] == ["4: 0.100", "1: 0.200", "3: 0.500", "0: 0.900"]  # NaN left out; index as id
+    with pytest.raises(ValueError, match="no image has a score"):
+        worst_images_figure(images[:1], targets[:1], preds[:1], [float("nan")], PALETTE, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="one target, prediction, score"):
+        worst_images_figure(images, targets, preds, scores[:2], PALETTE, tmp_path / "x.png")

@@ -6,12 +6,13 @@ are thin layers over it.
 """
 
 from .config import TrainConfig, build_config, known_keys, set_value
-from .loss import SegmentationLoss, segmentation_loss
+from .loss import LOSSES, SegmentationLoss, build_loss, effective_number_weights, segmentation_loss
 from .optim import LRFactor, build_optimizer, parameter_groups
 from .recipes import Recipe, list_presets, load_preset
 from .train import TrainingDiverged, TrainingInterrupted, TrainResult, load_run_config, train, validate
 
 __all__ = [
+    "LOSSES",
     "LRFactor",
     "Recipe",
     "SegmentationLoss",
@@ -20,7 +21,9 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "build_config",
+    "build_loss",
     "build_optimizer",
+    "effective_number_weights",
     "known_keys",
     "list_presets",
     "load_preset",
