@@ -123,7 +123,7 @@ def test_truncated_image_is_an_error(folder: Path) -> None:
     path = folder / "images" / "d.png"
     path.write_bytes(path.read_bytes()[:-200])
     dataset = open_dataset("folder", folder, None)
-    with pytest.raises(DatasetError, match=r"image .*images/d\.png cannot be decoded"):
+    with pytest.raises(DatasetError, match=r"image .*images/d\.png is truncated"):
         dataset[3]
 
 
