@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     for line in fixed:
         print(line)
     if errors and not args.fix:
-        print(f"{errors} problems make items unusable (open with skip_bad=true to skip them, or write a fixed copy with --fix OUT)")
+        print("the errors above make items unusable (open with skip_bad=true to skip them, or write a fixed copy with --fix OUT)")
     if rows:
         print(f"{'id':>3} {'class':<16} {'pixels':>12} {'share':>7} {'images':>7} {'freq':>7} {'weight':>8}")
         for row in rows:

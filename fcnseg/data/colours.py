@@ -124,16 +124,17 @@ def propose_colour_table(colours: dict[Colour, int] | set[Colour], ignore_index:
     """A table for the colours found in masks, or None if there are too many to be labels.
 
     Greys (R = G = B) map to their value (ids stored as grey RGB); VOC palette
-    colours to their VOC ids (the void colour to ``ignore_index``); any other set
-    of colours to ids 0, 1, ... in RGB order, which the user should check.
+    colours to their VOC ids; any other set of colours to ids 0, 1, ... in RGB
+    order, which the user should check. The VOC void colour always maps to
+    ``ignore_index``.
     """
     found = sorted(colours)
     if len(found) > MAX_TABLE_COLOURS:
         return None
-    voc = {colour: index for index, colour in enumerate(voc_palette(256)) if index < 255}
-    voc[VOC_VOID_COLOUR] = ignore_index
     if all(r == g == b for r, g, b in found):
         return ColourTable({colour: colour[0] for colour in found})
-    if all(colour in voc for colour in found):
-        return ColourTable({colour: voc[colour] for colour in found})
-    return ColourTable({colour: index for index, colour in enumerate(found)})
+    voc = {colour: index for index, colour in enumerate(voc_palette(255))}
+    others = [colour for colour in found if colour != VOC_VOID_COLOUR]
+    entries = {colour: voc[colour] for colour in others} if all(c in voc for c in others) else {
+        colour: index for index, colour in enumerate(others)}  # fmt: skip
+    return ColourTable({**entries, **({VOC_VOID_COLOUR: ignore_index} if VOC_VOID_COLOUR in found else {})})

@@ -168,8 +168,8 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             "unrotated pixels; --fix OUT writes them rotated the same way")))
     if train.looks_binary:
         found.append(Finding("warning", "binary-masks", (
-            f"masks hold only the values 0 and 255, and 255 is the ignore value ({dataset.ignore_index} here) or no "
-            "class: the foreground is never trained and every score reads perfect; open with --data-option "
+            f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if dataset.ignore_index == 255 else 'no class'}"
+            ": the foreground is never trained and every score reads perfect; open with --data-option "
             "binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks")))
     readable = checked - len(train.bad) - len(train.colour_items) - len(train.lossy_items) - len(train.rotated_items)
     other_pixels = other.class_pixels if other is not None else None
@@ -183,7 +183,7 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
         absent = np.flatnonzero(other_pixels == 0)
         if len(absent) and len(absent) < dataset.num_classes:
             found.append(Finding("info", "class-not-in-other", (
-                f"{len(absent)} classes never occur in the other split ({len(other.indices)} masks checked): "
+                f"classes absent from the other split ({len(other.indices)} masks checked): "
                 f"{_class_list(dataset, absent, None)}; their IU is not measured, mean IU averages the rest")))
         same = [(train.digests[d], i) for d, i in other.digests.items() if d in train.digests]
         if same:
