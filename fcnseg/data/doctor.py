@@ -152,7 +152,7 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
         else:
             message += ("; open with --data-option colors=FILE, FILE holding the colour table below (check the ids), "
                         "or let --fix OUT convert them with it")  # fmt: skip
-            top = max(i for i in table.entries.values() if i != dataset.ignore_index) if table.entries else -1
+            top = len(table.class_names(dataset.ignore_index)) - 1
             if top >= dataset.num_classes:
                 message += f"; its ids go up to {top} but the dataset has {dataset.num_classes} classes: edit the ids"
             detail = table.text()

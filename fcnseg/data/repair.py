@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .colours import ColourTable
 from .doctor import Survey, colour_table_for, survey
 from .errors import DatasetError
 from .folder import FolderDataset
-from .palette import default_palette, flat_palette
+from .palette import Colour, default_palette, flat_palette
 from .readers import EXIF_TRANSPOSE, read_colour_mask, read_image_header
 
 
@@ -33,7 +34,7 @@ def _link_or_copy(source: str, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _save_mask(mask: torch.Tensor, palette: list, ignore_index: int, path: Path) -> None:
+def _save_mask(mask: torch.Tensor, palette: list[Colour], ignore_index: int, path: Path) -> None:
     array = mask.numpy()
     if array.min() >= 0 and array.max() <= 255:
         picture = Image.fromarray(array.astype(np.uint8), mode="L")
@@ -43,7 +44,9 @@ def _save_mask(mask: torch.Tensor, palette: list, ignore_index: int, path: Path)
     picture.save(path)
 
 
-def _fixed_mask(dataset: FolderDataset, found: Survey, index: int, table, binary: bool) -> torch.Tensor:
+def _fixed_mask(
+    dataset: FolderDataset, found: Survey, index: int, table: ColourTable | None, binary: bool
+) -> torch.Tensor:
     """The item's mask with every fix applied, checked against its image; DatasetError if it stays bad."""
     path = dataset.mask_paths[index]
     if index in found.colour_items:
@@ -82,7 +85,7 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
     classes = ["background", "foreground"] if binary and first.num_classes != 2 else first.classes
     palette = table.palette(len(classes)) if table is not None and first.colour_table is None else first.palette
     palette = palette if classes is first.classes else default_palette(len(classes))
-    top = max((i for i in table.entries.values() if i != first.ignore_index), default=-1) if table else -1
+    top = len(table.class_names(first.ignore_index)) - 1 if table is not None else -1
     if top >= len(classes):
         raise DatasetError(
             f"the colour table maps colours to ids up to {top} but the dataset has {len(classes)} classes; expected "
