@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def test_binary_masks_warn_and_binary_true_makes_255_the_foreground(binary_folde
     assert class_statistics(plain).pixel_counts[1] == 0  # what went wrong before: the foreground is ignored
     assert run(["--data", "folder", "--root", str(binary_folder)]) == 0
     assert "warning: masks hold only the values 0 and 255" in capsys.readouterr().out
+    assert run(["--data", "folder", "--root", str(binary_folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "binary-masks" in [f["code"] for f in report["findings"]] and report["split"]["source"] == "automatic"
 
     dataset = open_dataset("folder", binary_folder, "train", binary=True)
     raw = np.array(Image.open(binary_folder / "masks" / f"{dataset.ids[0]}.png"))

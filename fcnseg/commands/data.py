@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="train", help="split name or path to an id list (default train)")
     parser.add_argument("--val-split", default=None, metavar="SPLIT",
                         help="split checked against --split (classes only in one, identical files); "
-                             "default val when it opens, none to skip")
+                             "default val for --split train (when it opens), none to skip")
     parser.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="dataset option, e.g. num_classes=11, binary=true, colors=FILE (JSON values; see below)")
     parser.add_argument("--no-check", action="store_true", help="read masks only (no image decoding, size or EXIF checks)")
@@ -51,7 +51,9 @@ def _open_other(args: argparse.Namespace, options: dict):
     """The split to check against --split, or None (an unavailable default val split is skipped quietly)."""
     from ..data import NO_SPLIT, DatasetError, open_dataset
 
-    name = args.val_split if args.val_split is not None else "val"
+    if args.val_split is None and args.split != "train":
+        return None
+    name = args.val_split or "val"
     if name in (NO_SPLIT, args.split):
         return None
     try:

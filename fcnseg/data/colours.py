@@ -24,7 +24,7 @@ import torch
 
 from .errors import DatasetError
 from .palette import VOC_VOID_COLOUR, Colour, default_palette, voc_palette
-from .readers import check_regular_file
+from .readers import read_text_lines
 
 #: More distinct colours than this in the masks means they are not label images (e.g. photos, JPEG).
 MAX_TABLE_COLOURS = 256
@@ -84,11 +84,7 @@ class ColourTable:
 def read_colour_table(path: str | os.PathLike[str]) -> ColourTable:
     """Read a colour table file (format in the module docstring); errors name the file and line."""
     path = Path(path)
-    check_regular_file(path, "colour table")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"colour table {path} cannot be read as UTF-8 text ({error})") from None
+    lines = read_text_lines(path, "colour table")
     entries: dict[Colour, int] = {}
     names: dict[int, str] = {}
     for number, line in enumerate(lines, 1):

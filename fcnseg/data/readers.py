@@ -90,12 +90,12 @@ def _check_jpeg_length(image: Image.Image, path: PathLike) -> None:
 
 
 def _open_decoded(path: PathLike, what: str, max_pixels: int | None = None) -> Image.Image:
-    """Open and fully decode an image file (a truncated file fails here, not later)."""
+    """Open and fully decode an image file (a truncated file fails here, not later; closed on failure)."""
     check_regular_file(path, what)
+    image = None
     try:
         image = Image.open(path)
         if max_pixels is not None and image.width * image.height > max_pixels:
-            image.close()
             raise ImageTooLargeError(
                 f"{what} {path} is {image.width}x{image.height} = {image.width * image.height:,} pixels; "
                 f"expected at most {max_pixels:,} (refused before decoding)"
@@ -104,12 +104,14 @@ def _open_decoded(path: PathLike, what: str, max_pixels: int | None = None) -> I
             _check_jpeg_length(image, path)
         image.load()
         return image
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"{what} {path} has too many pixels to decode safely ({error})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, DatasetError):
+    except BaseException as error:
+        if image is not None:
+            image.close()
+        if isinstance(error, Image.DecompressionBombError):
+            raise ImageTooLargeError(f"{what} {path} has too many pixels to decode safely ({error})") from None
+        if isinstance(error, DatasetError) or not isinstance(error, (OSError, SyntaxError, ValueError)):
             raise
-        problem = "is truncated" if "truncated" in str(error) else "cannot be decoded"
+        problem = "is truncated" if "truncated" in str(error) else "cannot be decoded"  # UnidentifiedImageError is an OSError
         raise DatasetError(
             f"{what} {path} {problem} ({type(error).__name__}: {error}); expected a complete image file"
         ) from None
@@ -189,10 +191,9 @@ def read_colour_mask(path: PathLike) -> np.ndarray:
 
 def read_mat_mask(path: PathLike) -> torch.Tensor:
     """An SBD class label: ``loadmat(path)['GTcls'][0]['Segmentation'][0]`` as int64 (H, W)."""
+    check_regular_file(path, "mask")
     try:
         content = scipy.io.loadmat(path)
-    except FileNotFoundError:
-        raise DatasetError(f"mask {path} does not exist") from None
     except Exception as error:  # scipy raises several types (ValueError, MatReadError, OSError, ...)
         raise DatasetError(f"mask {path} cannot be read as a .mat file ({type(error).__name__}: {error})") from None
     try:
@@ -210,7 +211,8 @@ def read_mat_mask(path: PathLike) -> torch.Tensor:
     return torch.from_numpy(label.astype(np.int64))
 
 
-def _read_text_lines(path: Path, what: str) -> list[str]:
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (a regular file without NUL bytes); errors name ``what`` and the file."""
     check_regular_file(path, what)
     try:
         text = path.read_text(encoding="utf-8")
@@ -227,7 +229,7 @@ def read_id_list(path: PathLike, what: str = "split file") -> list[str]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{what} {path} does not exist; expected a text file with one id per line")
-    lines = _read_text_lines(path, what)
+    lines = read_text_lines(path, what)
     ids = [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not ids:
         raise DatasetError(f"{what} {path} is empty; expected one id per line")
@@ -237,7 +239,7 @@ def read_id_list(path: PathLike, what: str = "split file") -> list[str]:
 def read_class_names(path: PathLike) -> list[str]:
     """Class names from a text file: line i is the name of id i (blank lines and repeated names are errors)."""
     path = Path(path)
-    lines = _read_text_lines(path, "classes file")
+    lines = read_text_lines(path, "classes file")
     while lines and not lines[-1].strip():
         lines.pop()
     names = [line.strip() for line in lines]
