@@ -153,6 +153,8 @@ def test_jpeg_masks_are_refused_with_the_reason(tmp_path: Path, capsys) -> None:
     assert codes(diagnose(dataset)) == ["jpeg-masks"]
     assert run(["--data", "folder", "--root", str(root), "--split", "all", "--data-option", "num_classes=3"]) == 1
     assert "2 masks are JPEG files" in capsys.readouterr().out
+    Image.fromarray(ids_mask(0)).save(root / "masks" / "a.png")  # a PNG beside the JPEG is taken as the mask
+    assert open_dataset("folder", root, None, num_classes=3).mask_paths[0].endswith("a.png")
 
 
 def test_mask_drawn_on_the_unrotated_image_is_found_and_fixed(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="dataset option, e.g. num_classes=11, binary=true, colors=FILE (JSON values; see below)")
     parser.add_argument("--no-check", action="store_true", help="read masks only (no image decoding, size or EXIF checks)")
     parser.add_argument("--fix", default=None, metavar="OUT",
-                        help="write a corrected copy (folder datasets) to the new folder OUT; the original is not touched")
+                        help="write a corrected copy of the items of --split and --val-split (folder datasets) to "
+                             "the new folder OUT; the original is not touched")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 

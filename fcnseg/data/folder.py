@@ -44,6 +44,10 @@ def _files_by_stem(directory: Path, suffixes: Sequence[str], what: str) -> dict[
         if path.suffix.lower() not in suffixes or path.is_dir():
             continue
         if path.stem in found:
+            lossy = [p.suffix.lower() in (".jpg", ".jpeg") for p in (found[path.stem], path)]
+            if what == "mask" and lossy[0] != lossy[1]:  # a JPEG beside the mask (a preview?): the lossless one is it
+                found[path.stem] = path if lossy[0] else found[path.stem]
+                continue
             raise DatasetError(f"two {what} files share the stem {path.stem!r}: {found[path.stem]} and {path}")
         found[path.stem] = path
     return found
