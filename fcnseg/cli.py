@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # File names that are not valid UTF-8 reach messages as lone surrogates; print them as
+    # \udcXX escapes instead of dying with UnicodeEncodeError on a strict UTF-8 terminal.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     module = importlib.import_module(f"fcnseg.commands.{args.command}")
     return int(module.run(args) or 0)

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+import os
+
+#: ../shared/data beside the checkout; FCNSEG_SHARED_DATA points elsewhere (e.g. from a git worktree).
+SHARED_DATA = Path(os.environ.get("FCNSEG_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)

@@ -123,7 +123,7 @@ def test_truncated_image_is_an_error(folder: Path) -> None:
     path = folder / "images" / "d.png"
     path.write_bytes(path.read_bytes()[:-200])
     dataset = open_dataset("folder", folder, None)
-    with pytest.raises(DatasetError, match=r"image .*images/d\.png cannot be decoded"):
+    with pytest.raises(DatasetError, match=r"image .*images/d\.png is truncated"):
         dataset[3]
 
 
@@ -213,3 +213,46 @@ def test_camvid_folder(camvid_root: Path) -> None:
     assert labels == set(range(11)) | {255}
     image, mask = train[0]
     assert image.shape == (3, 360, 480) and image.dtype == torch.uint8 and mask.shape == (360, 480)
+
+
+# --- automatic split, "none", the layout options -----------------------------------------------
+
+
+def test_automatic_split_is_seeded_disjoint_and_complete(tmp_path: Path) -> None:
+    import hashlib
+
+    stems = [f"img{index:02d}" for index in range(20)]
+    for stem in stems:
+        write_pair(tmp_path, stem, np.zeros((2, 2)))
+    train = open_dataset("folder", tmp_path, "train", num_classes=1)
+    val = open_dataset("folder", tmp_path, "val", num_classes=1)
+    assert (len(train), len(val)) == (16, 4) and sorted(train.ids + val.ids) == stems
+    # the documented rule, written out: val = the 4 stems ranked first by sha256("0\0<stem>")
+    ranked = sorted(stems, key=lambda s: hashlib.sha256(f"0\0{s}".encode()).digest())
+    assert val.ids == sorted(ranked[:4])
+    assert val.split_info == {"split": "val", "source": "automatic", "val_fraction": 0.2, "seed": 0, "items": 4, "of": 20}
+    assert open_dataset("folder", tmp_path, "val", num_classes=1).ids == val.ids  # deterministic
+    other = open_dataset("folder", tmp_path, "val", num_classes=1, split_seed=1, val_fraction=0.5)
+    assert other.ids == sorted(sorted(stems, key=lambda s: hashlib.sha256(f"1\0{s}".encode()).digest())[:10])
+    with pytest.raises(DatasetError, match=r"val_fraction=1.5; expected a number between 0 and 1"):
+        open_dataset("folder", tmp_path, "val", num_classes=1, val_fraction=1.5)
+    (tmp_path / "train.txt").write_text("img00\n")  # with a train.txt, val.txt is needed too
+    with pytest.raises(DatasetError, match=r"split file .*val\.txt does not exist.*split automatically only when neither"):
+        open_dataset("folder", tmp_path, "val", num_classes=1)
+
+
+def test_split_none_means_no_split_and_reads_no_file(folder: Path) -> None:
+    (folder / "none.txt").write_text("a\n")
+    with pytest.raises(DatasetError, match="split 'none' means no split"):
+        open_dataset("folder", folder, "none")
+
+
+def test_images_dir_and_masks_dir_options(tmp_path: Path) -> None:
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.zeros((3, 5, 3), np.uint8)).save(tmp_path / "rgb" / "a.png")
+    Image.fromarray(np.ones((3, 5), np.uint8)).save(tmp_path / "labels" / "a.png")
+    dataset = open_dataset("folder", tmp_path, None, num_classes=2, images_dir="rgb", masks_dir="labels")
+    assert dataset[0][1].tolist() == [[1] * 5] * 3
+    with pytest.raises(DatasetError, match=r"image folder .*images does not exist"):
+        open_dataset("folder", tmp_path, None, num_classes=2)

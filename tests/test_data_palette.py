@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fcnseg.data import default_palette, voc_palette
@@ -20,7 +21,35 @@ def test_voc_palette_matches_the_published_colours() -> None:
         voc_palette(300)
 
 
-def test_default_palette_and_flat_form() -> None:
-    assert default_palette(3) == [(0, 0, 0), (128, 0, 0), (0, 128, 0)]
-    flat = flat_palette(default_palette(3), ignore_index=255)
+def test_default_palette_is_distinct_and_never_black() -> None:
+    palette = default_palette(256)
+    assert len(set(palette)) == 256
+    assert all(sum(colour) >= 150 for colour in palette)  # black reads as "unlabelled"
+    assert (224, 224, 192) not in palette  # nor the void colour
+    first = np.array(default_palette(12), float)
+    distances = np.sqrt(((first[:, None] - first[None]) ** 2).sum(-1)) + np.eye(12) * 1e9
+    assert distances.min() > 40  # neighbouring ids are told apart at a glance
+    assert default_palette(3) == palette[:3]
+
+
+def test_flat_form() -> None:
+    flat = flat_palette(voc_palette(3), ignore_index=255)
     assert len(flat) == 768 and flat[3:6] == [128, 0, 0] and flat[765:768] == [224, 224, 192]
+
+
+def test_palettes_of_the_dataset_kinds(tmp_path) -> None:
+    """VOC-like kinds keep VOC's palette; folders get the distinct one unless a palette is given."""
+    from PIL import Image
+
+    from fcnseg.data import DatasetError, open_dataset
+
+    assert open_dataset("synthetic", None, "val", num_images=1, size=8).palette[:3] == voc_palette(3)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks" / "a.png")
+    assert open_dataset("folder", tmp_path, None, num_classes=3).palette == default_palette(3)
+    given = [[1, 2, 3], [4, 5, 6]]
+    assert open_dataset("folder", tmp_path, None, num_classes=2, palette=given).palette == [(1, 2, 3), (4, 5, 6)]
+    with pytest.raises(DatasetError, match=r"palette entry \[1, 2\] is not a colour"):
+        open_dataset("folder", tmp_path, None, num_classes=2, palette=[[1, 2], [3, 4, 5]])

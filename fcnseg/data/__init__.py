@@ -2,7 +2,9 @@
 
 ``open_dataset(kind, root, split, **options)`` opens any of the kinds in
 :data:`DATASET_KINDS`; every dataset yields ``(image uint8 (3, H, W) RGB,
-mask int64 (H, W))`` and exposes ``classes``, ``palette``, ``ignore_index``.
+mask int64 (H, W))`` and exposes ``classes``, ``palette``, ``ignore_index`` (and ``split_info``: how the
+items were chosen). :func:`diagnose` checks a dataset for what makes training
+silently wrong (0/255 masks, colour or JPEG masks, missing classes, ...).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from typing import Any
 
 from .base import InMemoryDataset, SegmentationDataset, Transform
 from .collate import PadCollate
-from .errors import DatasetError
-from .folder import FolderDataset
+from .colours import ColourTable, read_colour_table
+from .doctor import Finding, diagnose
+from .errors import ColourMaskError, DatasetError, ImageTooLargeError, LossyMaskError
+from .folder import FolderDataset, auto_split
 from .paired import PairedFileDataset
 from .palette import default_palette, voc_palette
 from .readers import read_image_file, read_mask_file
+from .repair import write_fixed_copy
 from .sbd import SBDDataset
 from .statistics import ClassStatistics, class_pixel_counts, class_statistics, median_frequency_weights
 from .synthetic import SHAPE_CLASSES, SyntheticShapes
@@ -48,6 +53,9 @@ def _check_options(kind: str, options: dict[str, Any]) -> None:
 
 DATASET_KINDS = tuple(_KINDS)
 
+#: The split name that means "no split" (``--val-split none``: train without validation); never a file name.
+NO_SPLIT = "none"
+
 
 def open_dataset(
     kind: str,
@@ -63,14 +71,19 @@ def open_dataset(
 
     - "voc": :class:`VOCDataset` (``year``, ``sbd_root`` and ``voc2011_val`` for seg11valid)
     - "sbd": :class:`SBDDataset` (``voc_root`` for train_aug)
-    - "folder": :class:`FolderDataset` (``classes``, ``num_classes``, ``palette``, ...)
+    - "folder": :class:`FolderDataset` (``classes``, ``num_classes``, ``palette``, ``images_dir``,
+      ``masks_dir``, ``binary``, ``colors``, ``val_fraction``, ``split_seed``; ``fcnseg data --help``)
     - "synthetic": :class:`SyntheticShapes` (root None; ``num_images``, ``size``, ``seed``,
       ``num_classes``/``classes``, ...)
 
     Every kind also takes ``resize=[H, W]``: items resized (images Lanczos, masks nearest).
 
-    Raises :class:`DatasetError` for an unknown kind or anything wrong with the files.
+    Raises :class:`DatasetError` for an unknown kind, for the split :data:`NO_SPLIT`
+    (the caller decides what "no split" means; no ``none.txt`` is looked for) or
+    anything wrong with the files.
     """
+    if split is not None and str(split) == NO_SPLIT:
+        raise DatasetError(f"split {NO_SPLIT!r} means no split (e.g. --val-split none: no validation); there is nothing to open")
     if kind not in _KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {sorted(_KINDS)}")
     resize = options.pop("resize", None)
@@ -92,11 +105,17 @@ def open_dataset(
 
 __all__ = [
     "DATASET_KINDS",
+    "NO_SPLIT",
     "ClassStatistics",
+    "ColourMaskError",
+    "ColourTable",
     "DatasetError",
     "EvalTransform",
+    "Finding",
     "FolderDataset",
+    "ImageTooLargeError",
     "InMemoryDataset",
+    "LossyMaskError",
     "PadCollate",
     "PairedFileDataset",
     "SBDDataset",
@@ -106,12 +125,16 @@ __all__ = [
     "TrainTransform",
     "VOCDataset",
     "VOC_CLASSES",
+    "auto_split",
     "class_pixel_counts",
     "class_statistics",
     "default_palette",
+    "diagnose",
     "median_frequency_weights",
     "open_dataset",
+    "read_colour_table",
     "read_image_file",
     "read_mask_file",
     "voc_palette",
+    "write_fixed_copy",
 ]

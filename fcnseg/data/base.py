@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,9 +74,12 @@ class SegmentationDataset(Dataset):
         palette = list(palette) if palette is not None else default_palette(len(self.classes))
         if len(palette) < len(self.classes):
             raise DatasetError(f"palette has {len(palette)} colours for {len(self.classes)} classes")
-        self.palette = [tuple(int(v) for v in colour) for colour in palette[: len(self.classes)]]
+        self.palette = [_colour(colour) for colour in palette[: len(self.classes)]]
         self.transform = transform
         self.skip_bad = bool(skip_bad)
+
+    #: How the items were chosen, for run records, e.g. ``{"split": "train", "source": ".../train.txt"}``.
+    split_info: dict[str, Any] | None = None
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -116,15 +119,19 @@ class SegmentationDataset(Dataset):
         """Image and mask of item ``index``, checked, before the transform."""
         image = self.load_image(index)
         mask = self.load_mask(index)
+        self.check_size(image, mask, index)
+        self.check_labels(mask, index)
+        if self.resize is not None:
+            image, mask = resize_item(image, mask, self.resize)
+        return image, mask
+
+    def check_size(self, image: torch.Tensor, mask: torch.Tensor, index: int) -> None:
+        """Raise :class:`DatasetError` if image (3, H, W) and mask (H, W) differ in size."""
         if image.shape[-2:] != mask.shape[-2:]:
             raise DatasetError(
                 f"{self.describe(index)}: image is {image.shape[-1]}x{image.shape[-2]} (WxH) but mask is "
                 f"{mask.shape[-1]}x{mask.shape[-2]}; expected the same size"
             )
-        self.check_labels(mask, index)
-        if self.resize is not None:
-            image, mask = resize_item(image, mask, self.resize)
-        return image, mask
 
     def check_labels(self, mask: torch.Tensor, index: int) -> None:
         """Raise :class:`DatasetError` if ``mask`` holds a label that is no class id and not ignore."""
@@ -175,6 +182,16 @@ class SegmentationDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} items, {self.num_classes} classes)"
+
+
+def _colour(value: Any) -> Colour:
+    try:
+        colour = tuple(int(v) for v in value)
+        if len(colour) == 3 and all(0 <= v <= 255 for v in colour):
+            return colour  # type: ignore[return-value]
+    except (TypeError, ValueError):
+        pass
+    raise DatasetError(f"palette entry {value!r} is not a colour; expected [R, G, B] with values 0..255")
 
 
 class InMemoryDataset(SegmentationDataset):

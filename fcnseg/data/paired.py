@@ -41,9 +41,10 @@ class PairedFileDataset(SegmentationDataset):
         kept_ids, kept_images, kept_masks = [], [], []
         for item_id, image_path, mask_path in zip(ids, image_paths, mask_paths):
             problem = None
-            if not Path(image_path).is_file():
+            # exists(), not is_file(): a FIFO or device is kept, and reading it says what it is.
+            if not Path(image_path).exists():
                 problem = f"{name}: image {image_path} for id {item_id!r} does not exist"
-            elif not Path(mask_path).is_file():
+            elif not Path(mask_path).exists():
                 problem = f"{name}: mask {mask_path} for image {image_path} does not exist; expected its mask there"
             if problem is not None:
                 if not skip_bad:

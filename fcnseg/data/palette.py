@@ -1,12 +1,15 @@
 """Colour palettes for class ids.
 
 The PASCAL VOC palette spreads the bits of a class id over the top bits of R,
-G and B (id 1 = (128, 0, 0), 2 = (0, 128, 0), 3 = (128, 128, 0), ...). It is
-also the default palette of datasets that bring none: its first colours are
-well separated and id 0 is black.
+G and B (id 1 = (128, 0, 0), 2 = (0, 128, 0), 3 = (128, 128, 0), ...); VOC,
+SBD and the synthetic set use it. Other datasets that bring no palette get
+:func:`default_palette`, in which no class is black (black reads as
+"unlabelled" in every other tool).
 """
 
 from __future__ import annotations
+
+import colorsys
 
 Colour = tuple[int, int, int]
 
@@ -32,10 +35,17 @@ def voc_palette(n: int = 256) -> list[Colour]:
 
 
 def default_palette(num_classes: int) -> list[Colour]:
-    """Palette for a dataset without its own: the VOC colours (so id 0 is black)."""
-    if num_classes > 256:
-        raise ValueError(f"default palette covers up to 256 classes; got {num_classes}")
-    return voc_palette(num_classes)
+    """Palette for a dataset without its own: distinct, bright enough colours, none black.
+
+    Hues step by the golden ratio (neighbouring ids get far-apart hues) and saturation
+    and brightness cycle, so the first 256 colours are all different.
+    """
+    palette = []
+    for index in range(num_classes):
+        hue = (index * 0.618033988749895) % 1.0
+        saturation, value = (0.95, 0.6, 0.8)[index % 3], (0.95, 0.75, 0.55)[index // 3 % 3]
+        palette.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value)))
+    return palette
 
 
 def flat_palette(palette: list[Colour], ignore_index: int | None = 255) -> list[int]:

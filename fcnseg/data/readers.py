@@ -2,13 +2,22 @@
 
 Masks are read as class ids, never through colours: a palette ("P") PNG keeps
 its palette indices (``np.array`` of a P image is the index plane), a grey
-("L") PNG its values. Colour masks are refused, because turning colours back
-into ids silently mislabels any colour not in the palette.
+("L") PNG its values. Colour masks are refused here (:class:`ColourMaskError`),
+because turning colours back into ids silently mislabels any colour not in a
+table; the folder dataset's ``colors`` option reads them through an explicit
+table (:mod:`fcnseg.data.colours`). JPEG masks are refused: lossy compression
+changes the ids along every edge.
+
+Images are turned upright by their EXIF orientation, as every viewer shows
+them; masks are used as stored. Special files (FIFOs, devices) are refused
+before they are opened, so a read never blocks.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -16,61 +25,175 @@ import scipy.io
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DatasetError
+from .errors import ColourMaskError, DatasetError, ImageTooLargeError, LossyMaskError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
-MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".mat")
+#: JPEG is listed so that a JPEG mask is found and refused with the reason, not reported missing.
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".mat", ".jpg", ".jpeg")
 _MASK_MODES = ("L", "P", "I", "I;16", "1")
+_COLOUR_MODES = ("RGB", "RGBA", "P", "L")
+
+#: EXIF orientation tag value -> the transpose that shows the picture upright (EXIF 2.3, tag 0x0112).
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+_EXIF_ORIENTATION_TAG = 0x0112
+#: Start-of-frame markers of arithmetic-coded JPEGs (no lower bound on their data size).
+_ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 PathLike = str | os.PathLike[str]
 
 
-def _open_decoded(path: PathLike, what: str) -> Image.Image:
-    """Open and fully decode an image file (a truncated file fails here, not later)."""
+def check_regular_file(path: PathLike, what: str) -> None:
+    """Raise :class:`DatasetError` unless ``path`` is an existing regular file (checked without opening it)."""
     try:
-        image = Image.open(path)
-        image.load()
-        return image
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise DatasetError(f"{what} {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except OSError as error:
+        raise DatasetError(f"{what} {path} cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")  # fmt: skip
+        raise DatasetError(f"{what} {path} is {kind}, not a regular file; expected a file")
+
+
+def _jpeg_is_arithmetic(path: PathLike) -> bool:
+    """Whether the JPEG's frame header (markers walked up to the first SOF) says arithmetic coding."""
+    with open(path, "rb") as handle:
+        handle.seek(2)
+        while len(marker := handle.read(4)) == 4 and marker[0] == 0xFF:
+            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT/JPG/DAC
+                return marker[1] in _ARITHMETIC_SOF
+            handle.seek(int.from_bytes(marker[2:], "big") - 2, os.SEEK_CUR)
+    return False
+
+
+def _check_jpeg_length(image: Image.Image, path: PathLike) -> None:
+    """Refuse a JPEG holding less data than its header's size needs.
+
+    libjpeg fills a scan that ends early with grey and reports success, so PIL
+    accepts e.g. 16x16 pixels of data behind a 2000x2000 header. Every 8x8 block
+    of the full-resolution component costs at least one bit in a Huffman-coded
+    JPEG (the code of its DC coefficient), so a file of fewer bits than blocks is
+    truncated.
+    """
+    blocks = math.ceil(image.width / 8) * math.ceil(image.height / 8)
+    size = os.path.getsize(path)
+    if 8 * size < blocks and not _jpeg_is_arithmetic(path):
         raise DatasetError(
-            f"{what} {path} cannot be decoded ({type(error).__name__}: {error}); expected a complete image file"
+            f"image {path} is truncated: its header says {image.width}x{image.height} but its {size:,} bytes "
+            f"cannot hold that many pixels (at least {math.ceil(blocks / 8):,} bytes); expected a complete image file"
+        )
+
+
+def _open_decoded(path: PathLike, what: str, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image file (a truncated file fails here, not later; closed on failure)."""
+    check_regular_file(path, what)
+    image = None
+    try:
+        image = Image.open(path)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageTooLargeError(
+                f"{what} {path} is {image.width}x{image.height} = {image.width * image.height:,} pixels; "
+                f"expected at most {max_pixels:,} (refused before decoding)"
+            )
+        if image.format == "JPEG":
+            _check_jpeg_length(image, path)
+        image.load()
+        return image
+    except BaseException as error:
+        if image is not None:
+            image.close()
+        if isinstance(error, Image.DecompressionBombError):
+            raise ImageTooLargeError(f"{what} {path} has too many pixels to decode safely ({error})") from None
+        if isinstance(error, DatasetError) or not isinstance(error, (OSError, SyntaxError, ValueError)):
+            raise
+        problem = "is truncated" if "truncated" in str(error) else "cannot be decoded"  # UnidentifiedImageError is an OSError
+        raise DatasetError(
+            f"{what} {path} {problem} ({type(error).__name__}: {error}); expected a complete image file"
         ) from None
 
 
-def read_image_file(path: PathLike) -> torch.Tensor:
-    """An image file as a uint8 tensor (3, H, W) in RGB (grey or palette images are expanded)."""
-    with _open_decoded(path, "image") as image:
-        array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1 = upright, also when there is no or a broken tag)."""
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # a damaged EXIF block must not make the picture unreadable
+        return 1
+    return value if value in EXIF_TRANSPOSE else 1
+
+
+def read_image_header(path: PathLike) -> tuple[int, int, int]:
+    """``(width, height, orientation)`` of an image file as stored, from its header (nothing decoded)."""
+    check_regular_file(path, "image")
+    try:
+        with Image.open(path) as image:
+            return image.width, image.height, exif_orientation(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"image {path} cannot be opened ({type(error).__name__}: {error})") from None
+
+
+def read_image_file(path: PathLike, *, max_pixels: int | None = None) -> torch.Tensor:
+    """An image file as a uint8 tensor (3, H, W) in RGB, turned upright by its EXIF orientation.
+
+    Grey or palette images are expanded to RGB. ``max_pixels`` refuses a larger
+    image from its header, before decoding (:class:`ImageTooLargeError`); PIL's own
+    decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) still applies when opening.
+    """
+    with _open_decoded(path, "image", max_pixels) as image:
+        orientation = exif_orientation(image)
+        upright = image.transpose(EXIF_TRANSPOSE[orientation]) if orientation != 1 else image
+        array = np.asarray(upright.convert("RGB") if upright.mode != "RGB" else upright)
     # (3, H, W) made in numpy: torch's parallel copy is slower on a busy CPU for these sizes.
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _refuse_jpeg_mask(image: Image.Image, path: PathLike) -> None:
+    if image.format == "JPEG":
+        raise LossyMaskError(
+            f"mask {path} is a JPEG; expected a lossless PNG: JPEG compression changes the class ids along "
+            "every edge, so the ids cannot be trusted (re-export the masks as PNG from their source)"
+        )
 
 
 def read_mask_file(path: PathLike) -> torch.Tensor:
     """A mask file of class ids as an int64 tensor (H, W).
 
     PNG/BMP/TIFF/GIF/PGM in mode L, P (palette indices), I, I;16 or 1; or an SBD
-    ``.mat`` file (see :func:`read_mat_mask`).
+    ``.mat`` file (see :func:`read_mat_mask`). JPEG masks raise :class:`LossyMaskError`,
+    colour masks :class:`ColourMaskError`.
     """
     if Path(path).suffix.lower() == ".mat":
         return read_mat_mask(path)
     with _open_decoded(path, "mask") as image:
+        _refuse_jpeg_mask(image, path)
         if image.mode not in _MASK_MODES:
-            raise DatasetError(
+            error = ColourMaskError if image.mode in ("RGB", "RGBA") else DatasetError
+            raise error(
                 f"mask {path} is a {image.mode} image; expected one channel of class ids "
-                f"(mode {', '.join(_MASK_MODES)}), e.g. a grey or palette PNG"
+                f"(mode {', '.join(_MASK_MODES)}), e.g. a grey or palette PNG (colour masks: the colors option)"
             )
         array = np.array(image)  # P mode: the palette indices themselves, no colour lookup
     return torch.from_numpy(array.astype(np.int64))
 
 
+def read_colour_mask(path: PathLike) -> np.ndarray:
+    """A mask file as its colours: uint8 (H, W, 3) RGB (alpha dropped; palette and grey images expanded)."""
+    with _open_decoded(path, "mask") as image:
+        _refuse_jpeg_mask(image, path)
+        if image.mode not in _COLOUR_MODES:
+            raise DatasetError(f"mask {path} is a {image.mode} image; expected colours (mode {', '.join(_COLOUR_MODES)})")
+        return np.asarray(image.convert("RGB"))
+
+
 def read_mat_mask(path: PathLike) -> torch.Tensor:
     """An SBD class label: ``loadmat(path)['GTcls'][0]['Segmentation'][0]`` as int64 (H, W)."""
+    check_regular_file(path, "mask")
     try:
         content = scipy.io.loadmat(path)
-    except FileNotFoundError:
-        raise DatasetError(f"mask {path} does not exist") from None
     except Exception as error:  # scipy raises several types (ValueError, MatReadError, OSError, ...)
         raise DatasetError(f"mask {path} cannot be read as a .mat file ({type(error).__name__}: {error})") from None
     try:
@@ -88,15 +211,25 @@ def read_mat_mask(path: PathLike) -> torch.Tensor:
     return torch.from_numpy(label.astype(np.int64))
 
 
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (a regular file without NUL bytes); errors name ``what`` and the file."""
+    check_regular_file(path, what)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{what} {path} cannot be read as UTF-8 text ({error})") from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise DatasetError(f"{what} {path} holds a NUL byte (line {line}); expected plain text")
+    return text.splitlines()
+
+
 def read_id_list(path: PathLike, what: str = "split file") -> list[str]:
     """Ids from a text file, one per line (first token of each line; blank lines and # comments skipped)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(f"{what} {path} does not exist; expected a text file with one id per line")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{what} {path} cannot be read as UTF-8 text ({error})") from None
+    lines = read_text_lines(path, what)
     ids = [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not ids:
         raise DatasetError(f"{what} {path} is empty; expected one id per line")
@@ -104,15 +237,15 @@ def read_id_list(path: PathLike, what: str = "split file") -> list[str]:
 
 
 def read_class_names(path: PathLike) -> list[str]:
-    """Class names from a text file: line i is the name of id i (blank lines are an error)."""
+    """Class names from a text file: line i is the name of id i (blank lines and repeated names are errors)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"classes file {path} cannot be read ({error})") from None
+    lines = read_text_lines(path, "classes file")
     while lines and not lines[-1].strip():
         lines.pop()
     names = [line.strip() for line in lines]
     if not names or any(not name for name in names):
         raise DatasetError(f"classes file {path} needs one non-empty class name per line (line i = id i)")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DatasetError(f"classes file {path} names {repeated} more than once; expected one line per class")
     return names

@@ -1,0 +1,217 @@
+"""The dataset doctor: what in a dataset makes training fail or silently learn the wrong thing.
+
+:func:`diagnose` reads the masks (and images) of a split, and optionally of the
+other split, and returns :class:`Finding` s, each with its remedy:
+
+- masks holding only 0 and 255 (binary masks whose foreground is the ignore value)
+- RGB colour masks (a colour -> id table is proposed), JPEG masks (refused: lossy)
+- masks the size of their image as stored while the image is read EXIF-rotated
+- unreadable items (missing, truncated, bad labels, size mismatch)
+- classes that never occur in train, or only in val; identical image files in both splits
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .base import SegmentationDataset
+from .colours import ColourTable, count_colours, propose_colour_table
+from .errors import ColourMaskError, DatasetError, LossyMaskError
+from .readers import check_regular_file, read_colour_mask, read_image_header
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: ``severity`` "error" (items unusable), "warning" (training would be wrong) or "info"."""
+
+    severity: str
+    code: str
+    message: str
+    detail: str = ""  # further lines, e.g. a proposed colour table
+
+
+@dataclass
+class Survey:
+    """What one pass over (some) items of a split found; :func:`survey` makes it."""
+
+    dataset: SegmentationDataset
+    indices: list[int]
+    bad: list[tuple[int, str]] = field(default_factory=list)
+    colour_items: list[int] = field(default_factory=list)
+    colours: Counter = field(default_factory=Counter)
+    lossy_items: list[int] = field(default_factory=list)
+    rotated_items: list[int] = field(default_factory=list)  # masks that match the image as stored, not upright
+    values: set[int] = field(default_factory=set)  # raw mask values seen
+    class_pixels: np.ndarray | None = None
+    digests: dict[bytes, int] = field(default_factory=dict)  # image file SHA-256 -> index
+
+    @property
+    def looks_binary(self) -> bool:
+        """Masks hold 0 and 255 and nothing else: a 0/255 binary mask whose foreground is the ignore value."""
+        return self.values == {0, 255} and not getattr(self.dataset, "binary", False)
+
+
+def _sample(length: int, max_items: int | None) -> list[int]:
+    if max_items is None or max_items >= length:
+        return list(range(length))
+    return sorted({int(i) for i in np.linspace(0, length - 1, max_items)})
+
+
+def _digest(path: str) -> bytes | None:
+    try:
+        check_regular_file(path, "image")  # never open a FIFO
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        return digest.digest()
+    except (DatasetError, OSError):
+        return None  # reported by the item check
+
+
+def _mask_drawn_on_stored_pixels(dataset: SegmentationDataset, index: int, mask_shape: tuple[int, ...]) -> bool:
+    """Whether the image is EXIF-rotated and the mask has its size as stored (a fixable mismatch)."""
+    width, height, orientation = read_image_header(dataset.image_paths[index])  # type: ignore[attr-defined]
+    return orientation != 1 and tuple(mask_shape) == (height, width)
+
+
+def survey(
+    dataset: SegmentationDataset, *, max_items: int | None = None, decode_images: bool = True
+) -> Survey:
+    """Read each (sampled) item's mask, and image if ``decode_images``; collect what :func:`diagnose` reports."""
+    result = Survey(dataset, _sample(len(dataset), max_items))
+    result.class_pixels = np.zeros(dataset.num_classes, np.int64)
+    has_files = hasattr(dataset, "image_paths")
+    for index in result.indices:
+        if has_files and (digest := _digest(dataset.image_paths[index])) is not None:  # type: ignore[attr-defined]
+            result.digests.setdefault(digest, index)
+        try:
+            mask = dataset.load_mask(index)
+            values, counts = np.unique(mask.numpy(), return_counts=True)
+            result.values.update(values.tolist())
+            if decode_images:
+                image = dataset.load_image(index)
+                if image.shape[-2:] != mask.shape and has_files and _mask_drawn_on_stored_pixels(dataset, index, mask.shape):
+                    result.rotated_items.append(index)
+                    continue
+                dataset.check_size(image, mask, index)
+            dataset.check_labels(mask, index)
+            keep = values != dataset.ignore_index
+            np.add.at(result.class_pixels, values[keep], counts[keep])
+        except ColourMaskError:
+            try:
+                result.colours.update(count_colours(read_colour_mask(dataset.mask_paths[index])))  # type: ignore[attr-defined]
+                result.colour_items.append(index)
+            except DatasetError as error:
+                result.bad.append((index, str(error)))
+        except LossyMaskError:
+            result.lossy_items.append(index)
+        except DatasetError as error:
+            result.bad.append((index, str(error)))
+    return result
+
+
+def colour_table_for(surveys: Sequence[Survey]) -> ColourTable | None:
+    """The dataset's own colour table, else one proposed from the colours of the surveyed colour masks."""
+    own = getattr(surveys[0].dataset, "colour_table", None)
+    colours: Counter = sum((s.colours for s in surveys), Counter())
+    return own or (propose_colour_table(colours, surveys[0].dataset.ignore_index) if colours else None)
+
+
+def _examples(dataset: SegmentationDataset, indices: list[int], count: int = 2) -> str:
+    paths = getattr(dataset, "mask_paths", dataset.ids)
+    return ", ".join(str(paths[i]) for i in indices[:count]) + (", ..." if len(indices) > count else "")
+
+
+def _class_list(dataset: SegmentationDataset, ids: np.ndarray, other_pixels: np.ndarray | None) -> str:
+    def one(c: int) -> str:
+        extra = f"; {int(other_pixels[c]):,} pixels in the other split" if other_pixels is not None and other_pixels[c] else ""
+        return f"{dataset.classes[c]} (id {c}{extra})"
+    return ", ".join(one(int(c)) for c in ids[:12]) + (", ..." if len(ids) > 12 else "")
+
+
+def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
+    """Findings from a survey of a split and, for the cross-split checks, one of the other split."""
+    dataset, found = train.dataset, []
+    checked = len(train.indices)
+    if checked < len(dataset):
+        found.append(Finding("info", "sampled", f"checked {checked} of {len(dataset)} items (evenly spaced)"))
+    found += [Finding("error", "bad-item", f"bad item {index}: {message}") for index, message in train.bad]
+    if train.colour_items:
+        table = colour_table_for([train] + ([other] if other else []))
+        message = (f"{len(train.colour_items)} masks are RGB colour images ({_examples(dataset, train.colour_items)}), "
+                   f"{len(train.colours)} colours in all; expected class ids")  # fmt: skip
+        detail = ""
+        if table is None:
+            message += ": too many colours to be labels (JPEG-compressed or photos?)"
+        else:
+            message += ("; open with --data-option colors=FILE, FILE holding the colour table below (check the ids), "
+                        "or let --fix OUT convert them with it")  # fmt: skip
+            top = len(table.class_names(dataset.ignore_index)) - 1
+            if top >= dataset.num_classes:
+                message += f"; its ids go up to {top} but the dataset has {dataset.num_classes} classes: edit the ids"
+            detail = table.text()
+        found.append(Finding("error", "colour-masks", message, detail))
+    if train.lossy_items:
+        found.append(Finding("error", "jpeg-masks", (
+            f"{len(train.lossy_items)} masks are JPEG files ({_examples(dataset, train.lossy_items)}); expected lossless "
+            "PNG: JPEG compression changes class ids along every edge, so they are refused (export the masks as PNG)")))
+    if train.rotated_items:
+        found.append(Finding("error", "exif-rotation", (
+            f"{len(train.rotated_items)} masks have the size of their image as stored, but the image carries an EXIF "
+            f"rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were drawn on the "
+            "unrotated pixels; --fix OUT writes them rotated the same way")))
+    if train.looks_binary:
+        found.append(Finding("warning", "binary-masks", (
+            f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if dataset.ignore_index == 255 else 'no class'}"
+            ": the foreground is never trained and every score reads perfect; open with --data-option "
+            "binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks")))
+    readable = checked - len(train.bad) - len(train.colour_items) - len(train.lossy_items) - len(train.rotated_items)
+    other_pixels = other.class_pixels if other is not None else None
+    if readable and train.class_pixels is not None:
+        missing = np.flatnonzero(train.class_pixels == 0)
+        if len(missing):
+            found.append(Finding("warning", "class-missing", (
+                f"{len(missing)} of {dataset.num_classes} classes never occur in the {readable} readable train masks "
+                f"checked: {_class_list(dataset, missing, other_pixels)}; the model cannot learn them")))
+    if other is not None and other_pixels is not None and other.dataset.num_classes == dataset.num_classes:
+        absent = np.flatnonzero(other_pixels == 0)
+        if len(absent) and len(absent) < dataset.num_classes:
+            found.append(Finding("info", "class-not-in-other", (
+                f"classes absent from the other split ({len(other.indices)} masks checked): "
+                f"{_class_list(dataset, absent, None)}; their IU is not measured, mean IU averages the rest")))
+        same = [(train.digests[d], i) for d, i in other.digests.items() if d in train.digests]
+        if same:
+            pairs = ", ".join(f"{dataset.ids[a]} = {other.dataset.ids[b]}" for a, b in same[:3])
+            found.append(Finding("warning", "duplicates", (
+                f"{len(same)} image files of the other split are identical to images of this split ({pairs}"
+                f"{', ...' if len(same) > 3 else ''}): scores on them measure memory, not generalisation")))
+        if other.bad or other.colour_items or other.lossy_items or other.rotated_items:
+            found.append(Finding("info", "other-unreadable", (
+                "some items of the other split cannot be read; check that split itself (fcnseg data --split ...)")))
+    return found
+
+
+def diagnose(
+    dataset: SegmentationDataset,
+    other_split: SegmentationDataset | None = None,
+    *,
+    max_items: int | None = None,
+    decode_images: bool = True,
+) -> list[Finding]:
+    """Check ``dataset`` (and, against it, ``other_split``, e.g. train and val); errors first.
+
+    ``max_items`` bounds the items read per split (evenly spaced; for a quick check
+    at the start of training); ``decode_images=False`` reads masks only (no size or
+    EXIF checks; image files are still hashed). Nothing is raised for bad items:
+    they are findings.
+    """
+    train = survey(dataset, max_items=max_items, decode_images=decode_images)
+    other = survey(other_split, max_items=max_items, decode_images=False) if other_split is not None else None
+    order = {"error": 0, "warning": 1, "info": 2}
+    return sorted(findings_of(train, other), key=lambda finding: order[finding.severity])
