@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from fcnseg.cli import main
 from fcnseg.engine import build_config, load_run_config, train
@@ -111,3 +112,20 @@ def test_old_run_files_are_read(tmp_path):
            "recipe": {"name": "modern", "loss": "sum", "model_options": {"dropout": 0.0}}}
     config = TrainConfig.from_dict(old)
     assert config.model == {"name": "fcn16s", "width": 0.25, "dropout": 0.0} and config.recipe.reduction == "sum"
+
+
+def test_loss_and_class_weighting_are_settings(tmp_path):
+    from fcnseg.data import class_statistics
+    from fcnseg.engine.loss import FocalLoss
+
+    settings = TINY + [("recipe.loss", "focal"), ("recipe.loss_options.gamma", "1.5"), ("class_weights", "effective-number")]
+    run = build_run(build_config("demo", settings=settings), tmp_path, DistContext())
+    assert isinstance(run.loss, FocalLoss) and run.loss.gamma == 1.5
+    counts = class_statistics(run.train_set, 7).pixel_counts.double()
+    beta = 1 - 1 / counts[counts > 0].median()  # the default: the median count of the classes present
+    expected = torch.where(counts > 0, (1 - beta) / (1 - beta**counts), torch.zeros_like(counts))
+    expected = expected / expected.sum() * (counts > 0).sum()
+    torch.testing.assert_close(run.loss.weight.double(), expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="takes no option"):
+        build_run(build_config("demo", settings=TINY + [("recipe.loss", "ohem"), ("recipe.loss_options.gamma", 2)]),
+                  tmp_path, DistContext())

@@ -19,9 +19,6 @@ from typing import Any
 
 from .recipes import Recipe, load_preset, merge, read_config_file, resolve_by_model
 
-#: Fields holding free-form objects: any sub-key may be set (``model.dropout``, ``data_options.size``).
-OPEN_FIELDS = ("model", "data_options", "val_data_options")
-
 
 @dataclass
 class TrainConfig:
@@ -37,7 +34,8 @@ class TrainConfig:
     data_options: dict[str, Any] = field(default_factory=dict)  # to open_dataset, both splits
     val_data_options: dict[str, Any] = field(default_factory=dict)  # val only, over data_options
     accumulate: int = 1  # micro-batches per optimiser step
-    class_weights: str | None = None  # None or "median-frequency"
+    class_weights: str | None = None  # None, "median-frequency" or "effective-number"
+    class_weight_beta: float | None = None  # effective number's beta (None: 1 - 1 / median class pixel count)
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -59,8 +57,8 @@ class TrainConfig:
         for name in ("accumulate", "log_every", "val_batch_size"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.class_weights not in (None, "median-frequency"):
-            raise ValueError(f"class_weights must be none or median-frequency, got {self.class_weights!r}")
+        if self.class_weights not in (None, "median-frequency", "effective-number"):
+            raise ValueError(f"class_weights must be none, median-frequency or effective-number, got {self.class_weights!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -98,23 +96,25 @@ def _suggest(key: str, known: typing.Iterable[str]) -> str:
 
 
 def known_keys() -> list[str]:
-    """Every settable dotted key (open fields take any sub-key as well)."""
-    recipe = [f"recipe.{f.name}" for f in dataclasses.fields(Recipe)]
-    return sorted([name for name in _FIELDS if name != "recipe"] + recipe + [f"{name}.KEY" for name in OPEN_FIELDS])
+    """Every settable dotted key (``.KEY`` marks an object whose sub-keys are free)."""
+    keys = []
+    for prefix, cls in (("", TrainConfig), ("recipe.", Recipe)):
+        for name, hint in typing.get_type_hints(cls).items():
+            if name != "recipe" or cls is not TrainConfig:
+                keys.append(f"{prefix}{name}" + (".KEY" if typing.get_origin(hint) is dict else ""))
+    return sorted(keys)
 
 
 def _key_type(key: str) -> Any:
-    """The declared type of a dotted key (``Any`` below an open field); ValueError for an unknown key."""
-    head, _, rest = key.partition(".")
-    if head == "recipe" and rest:
-        hints = typing.get_type_hints(Recipe)
-        if rest in hints:
-            return hints[rest]
-    elif head in _FIELDS and head != "recipe":
-        if not rest:
-            return typing.get_type_hints(TrainConfig)[head]
-        if head in OPEN_FIELDS and "." not in rest:
-            return Any
+    """The declared type of a dotted key (``Any`` below an object field); ValueError for an unknown key."""
+    parts, cls = key.split("."), TrainConfig
+    if parts[0] == "recipe" and len(parts) > 1:
+        parts, cls = parts[1:], Recipe
+    hint = None if (cls is TrainConfig and parts[0] == "recipe") else typing.get_type_hints(cls).get(parts[0])
+    if hint is not None and len(parts) == 1:
+        return hint
+    if hint is not None and len(parts) == 2 and typing.get_origin(hint) is dict:
+        return Any
     leaf = [k for k in known_keys() if k.split(".")[-1] == key]
     hint = f"; did you mean {leaf[0]}?" if len(leaf) == 1 else _suggest(key, known_keys())
     raise ValueError(f"unknown setting {key!r}{hint} (fcnseg train --help lists them)")
@@ -164,12 +164,11 @@ def set_value(settings: dict[str, Any], key: str, value: Any) -> None:
         matches = [k for k in known_keys() if k.split(".")[-1] == key]
         key = matches[0] if len(matches) == 1 else key  # "lr" is recipe.lr
     typed = convert(value, _key_type(key), key)
-    head, _, rest = key.partition(".")
-    if rest:
-        settings.setdefault(head, {})
-        settings[head] = {**settings[head], rest: typed}
-    else:
-        settings[head] = typed
+    *path, last = key.split(".")
+    for part in path:  # copies on the way down: a preset's nested objects are never changed in place
+        settings[part] = dict(settings.get(part) or {})
+        settings = settings[part]
+    settings[last] = typed
 
 
 def build_config(preset: str | None = None, config_file: str | None = None,

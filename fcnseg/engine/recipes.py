@@ -34,6 +34,8 @@ class Recipe:
     schedule: str = "poly"  # "fixed" or "poly" (with linear warm-up)
     warmup_fraction: float = 0.05  # of the steps (or of the clock), for "poly"
     poly_power: float = 0.9
+    loss: str = "ce"  # a name of fcnseg.engine.loss.LOSSES: ce (the paper's), focal, ohem, lovasz
+    loss_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {"gamma": 2} for focal
     reduction: str = "mean"  # "sum" (over each image, the paper) or "mean" (over valid pixels)
     batch_size: int = 8  # images per optimiser step, over all processes
     crop_size: int | None = 320  # None = native size (images padded to the largest in the batch)
@@ -62,6 +64,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["scale_range"] = list(self.scale_range)
+        data["loss_options"] = dict(self.loss_options)
         return data
 
     @classmethod

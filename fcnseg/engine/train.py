@@ -57,7 +57,7 @@ from ..visualize import plot_curves, validation_overlays
 from .config import TrainConfig, set_value
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
-from .loss import SegmentationLoss
+from .loss import SegmentationLoss, build_loss, effective_number_weights
 from .optim import LRFactor, build_optimizer
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
@@ -203,11 +203,12 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
     model.to(ctx.device)
 
     weight = None
-    if config.class_weights == "median-frequency":
-        weight = median_frequency_weights(class_statistics(train_set, train_set.num_classes))
-    elif config.class_weights not in (None, "none"):
-        raise ValueError(f"unknown class weighting {config.class_weights!r}; expected 'median-frequency' or none")
-    loss = SegmentationLoss(recipe.reduction, ignore_index=train_set.ignore_index, weight=weight)
+    if config.class_weights is not None:
+        statistics = class_statistics(train_set, train_set.num_classes)
+        weight = median_frequency_weights(statistics) if config.class_weights == "median-frequency" else \
+            effective_number_weights(statistics, _beta(config.class_weight_beta, statistics.pixel_counts))
+    loss = build_loss(recipe.loss, reduction=recipe.reduction, ignore_index=train_set.ignore_index, weight=weight,
+                      **recipe.loss_options)
 
     optimizer = build_optimizer(model, name=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, bias_lr_mult=recipe.bias_lr_mult,
@@ -232,6 +233,15 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
     return Run(config=config, ctx=ctx, out_dir=Path(out_dir), model=model, network=network, optimizer=optimizer,
                lr_factor=lr_factor, loss=loss, train_set=train_set, val_set=val_set, micro_batch=micro,
                amp_dtype=amp_dtype, scaler=scaler, init_description=init_description)
+
+
+def _beta(beta: float | None, pixel_counts: Any) -> float:
+    """The effective number's beta: as given, or 1 - 1/n for the median pixel count n of the classes that occur,
+    so that weights differ across the classes' range of counts (with pixel counts, 0.9999 would make them equal)."""
+    if beta is not None:
+        return beta
+    present = torch.as_tensor(pixel_counts, dtype=torch.float64)
+    return 1.0 - 1.0 / float(present[present > 0].median().clamp(min=2))
 
 
 def schedule_for(recipe: Any) -> LRFactor:
