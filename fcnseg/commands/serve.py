@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="forward passes needing more memory run in tiles, same mask (default 2048)",
     )
     parser.add_argument("--no-fast-paths", action="store_true",
-                        help="run the plain layer-by-layer model instead of its exact inference twin (same masks)")
+                        help="run every layer as written instead of the model's exact fast paths (same masks)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 

@@ -7,7 +7,7 @@ each with ReLU and element-wise dropout. Module names are the reference Caffe
 layer names, so weights map one to one.
 
 Exact fast paths (``fast_paths=True``; each proven equal in ``tests/test_fast_paths.py``,
-each measured by ``benchmarks/speed.py --ablations``):
+their speed measured by ``benchmarks/speed.py``, fcn8s against fcn8s_plain):
 
 * channels-last convolutions with channels-last weights;
 * the padding trim (:mod:`fcnseg.models.padding_trim`): conv1-conv3 skip the band of the

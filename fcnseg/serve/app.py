@@ -112,7 +112,7 @@ def create_app(
 
     ``app.state.segmenter`` is the :class:`~fcnseg.serve.segmenter.Segmenter`,
     ``app.state.limits`` the :class:`ServeLimits`. ``fast_paths=False`` runs the
-    plain model instead of its exact inference twin. Run it with uvicorn
+    plain forward instead of the model's exact fast paths. Run it with uvicorn
     (``fcnseg serve`` does).
     """
     limits = limits or ServeLimits()

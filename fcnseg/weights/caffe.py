@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 #: Fixed skip scales of FCN-8s at-once: scale layer -> the skip score layer it feeds.
 SCALE_LAYERS = {"scale_pool4": "score_pool4", "scale_pool3": "score_pool3"}
-#: Every reference layer name of the FCN family (DESIGN §1).
+#: Every reference layer name of the FCN family (the layer names of the reference Caffe prototxts).
 REFERENCE_NAMES = frozenset(
     [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
     + ["fc6", "fc7", "score_fr", "score_pool4", "score_pool3"]

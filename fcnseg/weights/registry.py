@@ -7,13 +7,13 @@ Facts and their sources (no checksum is made up: ``checksum=None`` means none is
   publishes no checksums or sizes.
 - fcn8s-heavy-pascal sha1: OpenCV's model list, opencv/opencv_extra testdata/dnn/download_models.py.
 - VGG_ILSVRC_16_layers URL: ``caffemodel_url`` of the VGG team's gist ksimonyan/211839e770f7b538e2d8;
-  md5 and size: as quoted by ry/tensorflow-vgg16's README (md5) and issue 15 (md5, 553,432,081 bytes).
+  md5 and size: as quoted by ry/tensorflow-vgg16's README (md5) and the project's weights issue (553,432,081 bytes).
 - torchvision VGG16: ``torchvision.models.VGG16_Weights.IMAGENET1K_V1.url``; torch.hub's
   ``check_hash`` convention puts the first hex digits of the file's sha256 in its name.
-- FCN-8s paper Table 2 (CVPR 2015, the earlier non-"heavy" FCN-8s): ../shared/DESIGN.md §6.
+- FCN-8s paper Table 2 (Long, Shelhamer, Darrell, CVPR 2015: the earlier, non-"heavy" FCN-8s).
 
 ``approx_mb`` of the FCN files is an estimate, not a published size: float32 parameters x 4 bytes
-(counts in DESIGN §1; AlexNet counted from voc-fcn-alexnet/net.py).
+(the counts ``fcnseg models`` prints; AlexNet counted from voc-fcn-alexnet/net.py).
 """
 
 from __future__ import annotations
