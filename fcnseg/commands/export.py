@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
             check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
             tolerance=tolerance,
         )
-    except (ExportError, CheckpointError, WeightsError) as error:
+    except (CheckpointError, WeightsError) as error:
+        print(f"fcnseg export: error: {error}", file=sys.stderr)
+        return 2
+    except ExportError as error:
         print(f"fcnseg export: error: {error}", file=sys.stderr)
         return 1
     print(f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * max|logit| + {tolerance.atol:g}):")
