@@ -42,7 +42,8 @@ class ReliabilityBins(CountAccumulator):
         if num_bins < 1:
             raise ValueError(f"num_bins must be >= 1, got {num_bins}")
         self.num_bins, self.ignore_index = int(num_bins), int(ignore_index)
-        self.counts = {"pixels": torch.zeros(num_bins, dtype=torch.int64), "correct": torch.zeros(num_bins, dtype=torch.int64),
+        self.counts = {"pixels": torch.zeros(num_bins, dtype=torch.int64),
+                       "correct": torch.zeros(num_bins, dtype=torch.int64),
                        "confidence": torch.zeros(num_bins, dtype=torch.float64)}
 
     @torch.no_grad()

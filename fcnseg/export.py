@@ -21,7 +21,8 @@ but deprecated by PyTorch since 2.9. Both are verified the same way.
 Verification (:func:`check_onnx_parity`): random uint8 images of several sizes,
 odd ones included, go through :func:`fcnseg.preprocess`, PyTorch and ONNX Runtime;
 the export fails unless, at every size, ``max|onnx - torch| <= rtol * max|torch| +
-atol`` (torch: the logits, or their softmax over C for a probabilities export) and the arg-max masks agree on at least ``min_mask_agreement`` of the pixels.
+atol`` (torch: the logits, or their softmax over C for a probabilities export) and the
+arg-max masks agree on at least ``min_mask_agreement`` of the pixels.
 The file is written atomically: when verification fails nothing is left at the
 output path.
 """

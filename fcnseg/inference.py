@@ -39,6 +39,8 @@ from .device import resolve_device
 from .preprocessing import preprocess
 from .tiling import Tile, Tiling, iter_tiles, tiling_for_budget
 
+#: The base class of nn.Dropout, Dropout2d, AlphaDropout, ...: the layers MC-dropout keeps on.
+_DROPOUT = torch.nn.modules.dropout._DropoutNd
 #: Autocast dtypes by name (``float32`` runs without autocast).
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -122,7 +124,7 @@ class Predictor:
 
     def dropout_rates(self) -> list[float]:
         """The rates of the model's dropout layers: the ones MC-dropout keeps on."""
-        return [float(m.p) for m in self.model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+        return [float(m.p) for m in self.model.modules() if isinstance(m, _DROPOUT)]
 
     @contextlib.contextmanager
     def _running(self, mc_dropout_seed: int | None = None) -> Iterator[None]:
@@ -139,7 +141,7 @@ class Predictor:
                     stack.enter_context(torch.random.fork_rng(devices=cuda))
                     torch.manual_seed(mc_dropout_seed)
                     for module in self.model.modules():
-                        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                        if isinstance(module, _DROPOUT):
                             module.train()
                 yield
         finally:

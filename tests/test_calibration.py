@@ -48,8 +48,9 @@ def test_ece_of_a_hand_computed_case():
 def test_bins_are_right_closed_equal_width_intervals():
     # Reference in exact rational arithmetic: bin b holds b/15 < p <= (b+1)/15.
     edges = [np.float32(b / 15) for b in range(1, 15)]
-    values = np.array([*edges, *(np.nextafter(e, np.float32(0)) for e in edges), *(np.nextafter(e, np.float32(1)) for e in edges),
-                       np.float32(1.0), np.float32(1e-7), *np.random.default_rng(0).random(200).astype(np.float32)])
+    below, above = (np.nextafter(e, np.float32(0)) for e in edges), (np.nextafter(e, np.float32(1)) for e in edges)
+    values = np.array([*edges, *below, *above, np.float32(1.0), np.float32(1e-7),
+                       *np.random.default_rng(0).random(200).astype(np.float32)])
     bins = ReliabilityBins(15).update(torch.from_numpy(values), torch.zeros(len(values)), torch.zeros(len(values)))
     expected = [next(b for b in range(15) if Fraction(b, 15) < Fraction(float(p)) <= Fraction(b + 1, 15)) for p in values]
     assert bins.counts["pixels"].tolist() == np.bincount(expected, minlength=15).tolist()
@@ -57,9 +58,11 @@ def test_bins_are_right_closed_equal_width_intervals():
 
 def test_merge_adds_and_refuses_other_settings():
     rng = np.random.default_rng(1)
-    top1, pred, target = torch.from_numpy(rng.random(100).astype(np.float32)), torch.zeros(100), torch.from_numpy(rng.integers(0, 2, 100))
+    top1, target = torch.from_numpy(rng.random(100).astype(np.float32)), torch.from_numpy(rng.integers(0, 2, 100))
+    pred = torch.zeros(100)
     whole = ReliabilityBins().update(top1, pred, target)
-    first, second = ReliabilityBins().update(top1[:40], pred[:40], target[:40]), ReliabilityBins().update(top1[40:], pred[40:], target[40:])
+    first = ReliabilityBins().update(top1[:40], pred[:40], target[:40])
+    second = ReliabilityBins().update(top1[40:], pred[40:], target[40:])
     first.merge(second)
     assert all(torch.equal(first.counts[k], whole.counts[k]) for k in ("pixels", "correct"))
     torch.testing.assert_close(first.counts["confidence"], whole.counts["confidence"])

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
                                 title=f"{Path(args.checkpoint).name} on {kind} {args.split}: mean IU {result['mean_iu']:.3f}")
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion_matrix.png'}")
         if args.calibration:
-            reliability_diagram(bins, args.out / "reliability_diagram.png", title=f"{Path(args.checkpoint).name} on {kind} {args.split}")
+            reliability_diagram(bins, args.out / "reliability_diagram.png",
+                                title=f"{Path(args.checkpoint).name} on {kind} {args.split}")
             print(f"wrote {args.out / 'reliability_diagram.png'}")
     return 0
