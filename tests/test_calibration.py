@@ -45,15 +45,17 @@ def test_ece_of_a_hand_computed_case():
     assert result["bins"][7]["accuracy"] == pytest.approx(2 / 3) and np.isnan(result["bins"][0]["accuracy"])
 
 
-def test_bins_are_right_closed_equal_width_intervals():
-    # Reference in exact rational arithmetic: bin b holds b/15 < p <= (b+1)/15.
-    edges = [np.float32(b / 15) for b in range(1, 15)]
+@pytest.mark.parametrize("count", [15, 16])  # 16: every edge b/16 is a float32 value, so the closed side matters
+def test_bins_are_right_closed_equal_width_intervals(count):
+    # Reference in exact rational arithmetic: bin b holds b/B < p <= (b+1)/B.
+    edges = [np.float32(b / count) for b in range(1, count)]
     below, above = (np.nextafter(e, np.float32(0)) for e in edges), (np.nextafter(e, np.float32(1)) for e in edges)
     values = np.array([*edges, *below, *above, np.float32(1.0), np.float32(1e-7),
                        *np.random.default_rng(0).random(200).astype(np.float32)])
-    bins = ReliabilityBins(15).update(torch.from_numpy(values), torch.zeros(len(values)), torch.zeros(len(values)))
-    expected = [next(b for b in range(15) if Fraction(b, 15) < Fraction(float(p)) <= Fraction(b + 1, 15)) for p in values]
-    assert bins.counts["pixels"].tolist() == np.bincount(expected, minlength=15).tolist()
+    bins = ReliabilityBins(count).update(torch.from_numpy(values), torch.zeros(len(values)), torch.zeros(len(values)))
+    expected = [next(b for b in range(count) if Fraction(b, count) < Fraction(float(p)) <= Fraction(b + 1, count))
+                for p in values]
+    assert bins.counts["pixels"].tolist() == np.bincount(expected, minlength=count).tolist()
 
 
 def test_merge_adds_and_refuses_other_settings():
