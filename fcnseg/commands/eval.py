@@ -39,6 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run every layer as written instead of the model's exact fast paths (same masks)")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    parser.add_argument("--calibration", action="store_true",
+                        help="also report the expected calibration error of the top-1 probability: ECE = sum_b (n_b/N) "
+                             "|acc_b - conf_b| over 15 equal-width bins (b/15, (b+1)/15] of all non-ignored pixels; "
+                             "with --out, also reliability_diagram.png")
 
 
 def data_spec(args: argparse.Namespace, checkpoint: Checkpoint) -> tuple[str, str | None, dict[str, Any]]:
@@ -70,6 +74,7 @@ def check_classes(checkpoint_classes: list[str], data_classes: list[str], checkp
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..calibration import calibrate, reliability_diagram
     from ..data import DatasetError, open_dataset
     from ..evaluate import confusion_matrix
     from ..inference import load_predictor
@@ -90,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     try:
-        matrix = confusion_matrix(predictor, dataset, len(checkpoint.classes), ignore_index=checkpoint.ignore_index,
-                                  num_workers=args.workers)
+        if args.calibration:  # one pass gives both: the masks are the arg-max of the probabilities binned
+            matrix, bins = calibrate(predictor, dataset, len(checkpoint.classes), checkpoint.ignore_index,
+                                     num_workers=args.workers)
+        else:
+            matrix = confusion_matrix(predictor, dataset, len(checkpoint.classes), ignore_index=checkpoint.ignore_index,
+                                      num_workers=args.workers)
     except (DatasetError, ValueError) as error:  # a bad file or a label outside the classes
         return fail(str(error))
     result = matrix.report(checkpoint.classes)
@@ -100,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.checkpoint} ({name}, {len(checkpoint.classes)} classes) on {kind} {args.split}"
           f"{' ' + json.dumps(shown_options) if shown_options else ''}: {len(dataset)} images")
     print(format_report(result))
+    if args.calibration:
+        result["calibration"] = calibration = bins.compute()
+        print(f"calibration: ECE {calibration['ece']:.4f}, MCE {calibration['mce']:.4f} ({bins.num_bins} bins, "
+              f"{calibration['pixels']:,} pixels; accuracy {calibration['accuracy']:.4f}, "
+              f"mean top-1 probability {calibration['mean_confidence']:.4f})")
     document = json_safe({"checkpoint": str(args.checkpoint), "data": {"kind": kind, "root": root, "options": options,
                           "split": args.split, "images": len(dataset)}, **result})
     text = json.dumps(document, indent=2) + "\n"
@@ -111,4 +125,8 @@ def run(args: argparse.Namespace) -> int:
         confusion_matrix_figure(matrix.matrix, checkpoint.classes, args.out / "confusion_matrix.png",
                                 title=f"{Path(args.checkpoint).name} on {kind} {args.split}: mean IU {result['mean_iu']:.3f}")
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion_matrix.png'}")
+        if args.calibration:
+            reliability_diagram(bins, args.out / "reliability_diagram.png",
+                                title=f"{Path(args.checkpoint).name} on {kind} {args.split}")
+            print(f"wrote {args.out / 'reliability_diagram.png'}")
     return 0

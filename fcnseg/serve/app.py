@@ -6,7 +6,8 @@ Endpoints:
 - ``POST /segment`` (multipart field ``file``): the palette PNG of class ids
   (``image/png``, the same mask ``fcnseg predict`` writes); with ``?format=json``:
   class names, per-class pixel counts, the classes present, and the mask and an
-  overlay as base64 PNGs.
+  overlay as base64 PNGs; ``&confidence=true`` adds ``confidence``: ``mean_top1`` (the
+  mean top-1 probability) and ``top1_png`` (base64 16-bit PNG, see :mod:`fcnseg.confidence_maps`).
 - ``GET /``: a page to upload a photo and see the overlay with a legend.
 
 Errors are JSON ``{"detail": message}``: 413 for an upload or image over the
@@ -32,6 +33,7 @@ except ImportError as error:  # the serve extra is optional
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..confidence_maps import png16_bytes
 from ..predict import mask_to_image, overlay_image
 from .images import UploadError, decode_image, png_bytes, probe_image
 from .segmenter import Segmenter
@@ -151,11 +153,13 @@ def create_app(
             "limits": asdict(limits),
         }
 
-    def process(data: bytes, name: str, output_format: str, alpha: float) -> Response:
+    def process(data: bytes, name: str, output_format: str, alpha: float, confidence: bool = False) -> Response:
         probe_image(data, name, limits.max_pixels)
         image = decode_image(data, name)
         start = time.perf_counter()
-        mask = segmenter.segment(image)
+        confidence = confidence and output_format == "json"
+        result = segmenter.segment(image, confidence=confidence)  # a Confidence (mask and maps) or the mask
+        mask = result.mask if confidence else result
         seconds = time.perf_counter() - start  # includes waiting for earlier requests to leave the model
         mask_png = png_bytes(mask_to_image(mask, segmenter.palette))
         headers = {"X-Segment-Seconds": f"{seconds:.4f}"}
@@ -175,6 +179,9 @@ def create_app(
             "overlay_png": base64.b64encode(overlay_png).decode("ascii"),
             "segment_seconds": seconds,
         }
+        if confidence:
+            body["confidence"] = {"mean_top1": float(result.top1.mean()),
+                                  "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii")}
         return JSONResponse(body, headers=headers)
 
     @app.post("/segment", responses={413: {}, 415: {}, 422: {}})
@@ -182,6 +189,7 @@ def create_app(
         file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
         output_format: Literal["png", "json"] = Query("png", alias="format", description="png: the mask; json: counts, mask and overlay"),
         alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours (json)"),
+        confidence: bool = Query(False, description="json: add the mean top-1 probability and its map as a 16-bit PNG"),
     ) -> Response:
         """Segment one image: a palette PNG of class ids, or JSON with counts, mask and overlay."""
         data = await file.read()
@@ -190,7 +198,7 @@ def create_app(
         name = os.path.basename(file.filename or "") or "upload"
         try:
             # Decoding, inference and encoding are CPU-bound: off the event loop.
-            return await run_in_threadpool(process, data, name, output_format, alpha)
+            return await run_in_threadpool(process, data, name, output_format, alpha, confidence)
         except UploadError as error:
             raise HTTPException(status_code=error.status, detail=str(error)) from None
 
