@@ -7,8 +7,9 @@ a consumer needs travels in the model's ``metadata_props`` as JSON values (read
 them with :func:`read_onnx_metadata`, or with onnxruntime alone through
 ``session.get_modelmeta().custom_metadata_map``): ``preprocessing`` (to turn
 uint8 RGB pixels into the blob, see :mod:`fcnseg.preprocessing`), ``classes``,
-``palette``, ``ignore_index``, ``model`` (the model config) and ``output`` (the output's
-name, ``logits`` or ``probabilities``; absent in files exported before it existed: logits).
+``palette``, ``ignore_index``, ``model`` (the model config), ``output`` (the output's
+name, ``logits`` or ``probabilities``; absent in files exported before it existed: logits)
+and ``tiling`` (what tiled inference needs without the model: :func:`tiling_metadata`).
 
 Exporters: ``"dynamo"`` (``torch.onnx.export(dynamo=True)``, the default) traces
 with ``torch.export`` and symbolic H and W, so the crops (slices whose bounds
@@ -149,6 +150,22 @@ class WithSoftmax(torch.nn.Module):
         return torch.softmax(self.model(blob), dim=1)
 
 
+def tiling_metadata(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's pooling ``grid``, ``context_margin`` and memory estimate, for a runtime that has only the file.
+
+    ``forward_bytes`` holds the coefficients of ``estimate_forward_bytes(H, W) = hw*H*W + h*H + w*W + one``:
+    every backbone's estimate is that bilinear form (a constant times the padded area), so four
+    samples give it exactly.
+    """
+    a, b = 256, 512
+    f_aa, f_ba, f_ab, f_bb = (model.estimate_forward_bytes(h, w) for h, w in ((a, a), (b, a), (a, b), (b, b)))
+    hw = (f_bb - f_ba - f_ab + f_aa) / (b - a) ** 2
+    h, w = (f_ba - f_aa) / (b - a) - hw * a, (f_ab - f_aa) / (b - a) - hw * a
+    one = f_aa - hw * a * a - (h + w) * a
+    return {"grid": int(model.grid), "context_margin": int(model.context_margin()),
+            "forward_bytes": {"hw": hw, "h": h, "w": w, "one": one}}
+
+
 def onnx_metadata(checkpoint: Checkpoint, output: str = OUTPUT_NAME) -> dict[str, str]:
     """The ``metadata_props`` entries of an export with output ``output``: name -> JSON text."""
     model = checkpoint.model
@@ -161,6 +178,7 @@ def onnx_metadata(checkpoint: Checkpoint, output: str = OUTPUT_NAME) -> dict[str
         "ignore_index": json.dumps(int(checkpoint.ignore_index)),
         "preprocessing": json.dumps(model.preprocessing.to_dict()),
         "output": json.dumps(output),
+        "tiling": json.dumps(tiling_metadata(model)),
         "input": json.dumps(
             f"'{INPUT_NAME}': float32 (N, 3, H, W) = fcnseg.preprocess(uint8 RGB images, preprocessing); "
             f"'{output}': float32 (N, C, H, W) {meaning}, class = argmax over C"

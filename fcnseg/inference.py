@@ -77,7 +77,8 @@ class Predictor:
     """Runs an FCN on uint8 RGB images (3, H, W) and returns logits or masks of the same H, W.
 
     Args:
-        model: an FCN (a DDP wrapper is unwrapped). Not copied: a training loop may
+        model: an FCN (a DDP wrapper is unwrapped), or an ONNX export in a runtime
+            (:class:`fcnseg.runtimes.OnnxModel`). Not copied: a training loop may
             validate its live model; its training flag is restored after every call.
         device: ``auto``, ``cpu``, ``cuda[:N]`` (see :func:`fcnseg.device.resolve_device`);
             None keeps the model where it is. The model is moved there.
@@ -264,14 +265,23 @@ class Predictor:
             return self._logits(images).argmax(1)
 
 
-def load_predictor(checkpoint: str | os.PathLike[str], **options) -> tuple[Predictor, "Checkpoint"]:  # noqa: F821
+def load_predictor(checkpoint: str | os.PathLike[str], runtime: str | None = None,
+                   **options) -> tuple[Predictor, "Checkpoint"]:  # noqa: F821
     """A :class:`Predictor` for a checkpoint file or a registry name (``fcnseg weights list``), and the checkpoint.
 
-    ``options`` go to :class:`Predictor` (``device`` defaults to ``auto``).
+    ``options`` go to :class:`Predictor` (``device`` defaults to ``auto``). An ``.onnx`` export
+    runs in ``runtime`` (``onnxruntime`` or ``openvino``, default :data:`fcnseg.runtimes.DEFAULT_ONNX_RUNTIME`;
+    ``dtype`` goes to the runtime) through the same Predictor: :mod:`fcnseg.runtimes`.
     """
     from .checkpoint import load_checkpoint
+    from .runtimes import load_onnx_checkpoint, resolve_runtime
     from .weights import resolve_checkpoint
 
+    runtime = resolve_runtime(checkpoint, runtime)
+    if runtime != "torch":
+        loaded = load_onnx_checkpoint(checkpoint, runtime, dtype=options.pop("dtype", "float32"),
+                                      device=options.pop("device", None))
+        return Predictor(loaded.model, **options), loaded
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     options.setdefault("device", "auto")
     return Predictor(loaded.model, **options), loaded
