@@ -17,7 +17,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
-	$(PY) -m pip install -q -e ".[test,export,serve]"
+	$(PY) -m pip install -q -e ".[test,export,serve,runtimes,int8]"
 	touch $@
 
 install: $(VENV)/.core

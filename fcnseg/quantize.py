@@ -58,11 +58,12 @@ class QuantizationError(ExportError):
 
 @dataclass
 class CalibrationSet:
-    """uint8 RGB images (3, H, W) to calibrate and verify on, with their label masks (H, W) if known."""
+    """uint8 RGB images (3, H, W) to calibrate and verify on, with their label masks (H, W) and class names if known."""
 
     images: list[torch.Tensor]
     masks: list[torch.Tensor] | None
     source: str
+    classes: list[str] | None = None
 
 
 def _spread(count: int, limit: int | None) -> list[int]:
@@ -91,7 +92,8 @@ def calibration_split(kind: str, root: str | None, split: str, limit: int | None
 
     dataset = open_dataset(kind, root, split, **options)
     items = [dataset[i] for i in _spread(len(dataset), limit)]
-    return CalibrationSet([image for image, _ in items], [mask for _, mask in items], f"{kind} {root or ''} {split}".strip())
+    return CalibrationSet([image for image, _ in items], [mask for _, mask in items],
+                          f"{kind} {root or ''} {split}".replace("  ", " "), list(dataset.classes))
 
 
 @dataclass(frozen=True)

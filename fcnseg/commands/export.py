@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
+    from ..export import ParityTolerance
 
 NAME = "export"
 HELP = "export a checkpoint to ONNX (dynamic batch/height/width), verified with ONNX Runtime"
@@ -53,14 +58,96 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.min_mask_agreement,
         help=f"fraction of pixels whose arg-max must agree (default {defaults.min_mask_agreement:g})",
     )
+    add_int8_arguments(parser)
+
+
+def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MIN_AGREEMENT, METHODS, QUANTIZERS
+    from .arguments import key_value
+
+    group = parser.add_argument_group("int8 (post-training static quantization, calibrated on your images)")
+    group.add_argument("--int8", action="store_true",
+                       help="write an int8 QDQ model instead of fp32, kept only if its masks agree with fp32's on the "
+                            "calibration images (run it with fcnseg predict --runtime openvino)")
+    group.add_argument("--calibrate", metavar="DIR_OR_SPLIT",
+                       help="a folder of images, or with --calibrate-data the split of a dataset (labelled: mean IU reported)")
+    group.add_argument("--calibrate-data", metavar="KIND", help="dataset kind of --calibrate (e.g. folder, voc)")
+    group.add_argument("--calibrate-root", metavar="PATH", help="dataset folder of --calibrate-data")
+    group.add_argument("--calibrate-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                       help="dataset option, e.g. resize=[180,240] (repeatable)")
+    group.add_argument("--calibrate-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                       help="use N images spread over the folder or split (default %(default)s; 0: all)")
+    group.add_argument("--quantizer", choices=QUANTIZERS, default=QUANTIZERS[0], help="default %(default)s")
+    group.add_argument("--method", default=None,
+                       help="; ".join(f"{q}: {', '.join(m)}" for q, m in METHODS.items()) + " (default: the first)")
+    group.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                       help="share of calibration pixels whose int8 class must equal fp32's (default %(default)s)")
+
+
+def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tolerance: ParityTolerance) -> int:
+    """The ``--int8`` path of :func:`run`; errors are one line (or the per-runtime verdicts) and exit 1 or 2."""
+    from ..data import DatasetError
+    from ..export import DEFAULT_CHECK_SHAPES, ExportError
+    from ..quantize import METHODS, calibration_folder, calibration_split, export_int8
+    from .eval import check_classes
+
+    if args.probabilities:
+        print("fcnseg export: error: --int8 exports logits; --probabilities is for fp32 exports", file=sys.stderr)
+        return 2
+    if not args.calibrate:
+        print("fcnseg export: error: --int8 needs --calibrate DIR (images like yours) or a split with --calibrate-data",
+              file=sys.stderr)
+        return 2
+    if args.method is not None and args.method not in METHODS[args.quantizer]:
+        print(f"fcnseg export: error: --method: the {args.quantizer} quantizer has methods "
+              f"{', '.join(METHODS[args.quantizer])}, not {args.method!r}", file=sys.stderr)
+        return 2
+    if args.calibrate_images < 0:
+        print(f"fcnseg export: error: --calibrate-images must be >= 0 (0: all), got {args.calibrate_images}", file=sys.stderr)
+        return 2
+    limit = args.calibrate_images or None
+    try:
+        if args.calibrate_data:
+            options = {"ignore_index": checkpoint.ignore_index, **dict(args.calibrate_option)}
+            calibration = calibration_split(args.calibrate_data, args.calibrate_root, args.calibrate, limit, **options)
+            check_classes(checkpoint.classes, calibration.classes, args.checkpoint)
+        else:
+            calibration = calibration_folder(args.calibrate, limit)
+    except (DatasetError, ValueError) as error:  # CheckpointError too: classes that differ
+        print(f"fcnseg export: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        report = export_int8(checkpoint, args.out, calibration, quantizer=args.quantizer, method=args.method,
+                             min_agreement=args.min_agreement, exporter=args.exporter, opset=args.opset,
+                             check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
+                             tolerance=tolerance)
+    except ExportError as error:
+        print(f"fcnseg export: error: {error}", file=sys.stderr)
+        return 1
+    print(f"int8 ({report.quantizer} {report.method}) calibrated on {report.images} images of {calibration.source}, "
+          f"{report.seconds:.0f} s; verified against fp32 on them:")
+    for agreement in report.agreements:
+        print(f"  {agreement.describe(report.min_agreement)}")
+    print(f"wrote {report.path}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError, load_checkpoint
     from ..export import DEFAULT_CHECK_SHAPES, ExportError, ParityTolerance, export_onnx
     from ..weights import WeightsError, resolve_checkpoint
 
     tolerance = ParityTolerance(rtol=args.rtol, atol=args.atol, min_mask_agreement=args.min_mask_agreement)
+    if args.calibrate and not args.int8:
+        print("fcnseg export: error: --calibrate is for --int8 exports", file=sys.stderr)
+        return 2
+    if args.int8:
+        try:
+            checkpoint = load_checkpoint(resolve_checkpoint(args.checkpoint), fast_paths=False)
+        except (CheckpointError, WeightsError) as error:
+            print(f"fcnseg export: error: {error}", file=sys.stderr)
+            return 2
+        return export_int8_from_args(args, checkpoint, tolerance)
     try:
         report = export_onnx(
             resolve_checkpoint(args.checkpoint),
