@@ -27,7 +27,9 @@ if str(PROJECT_ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a 
 
 from fcnseg.files import atomic_path, atomic_write_text  # noqa: E402,F401 (re-exported for the benchmarks)
 
-SEED_PATH = PROJECT_ROOT.parent / "shared" / "reference" / "seed_fcn8s.py"
+#: ../shared beside the checkout; FCNSEG_SHARED points elsewhere (e.g. from a git worktree).
+SHARED = Path(os.environ.get("FCNSEG_SHARED", PROJECT_ROOT.parent / "shared"))
+SEED_PATH = SHARED / "reference" / "seed_fcn8s.py"
 
 
 def resolve_device(name: str) -> torch.device:

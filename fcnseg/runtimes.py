@@ -87,8 +87,8 @@ def _openvino_model(path: Path, dtype: str, threads: int) -> Callable[[np.ndarra
         raise RuntimeBackendError(f"openvino runs {' or '.join(_OPENVINO_PRECISION)} here, not {dtype}")
     config = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[dtype], "INFERENCE_NUM_THREADS": threads,
               "PERFORMANCE_HINT": "LATENCY"}
-    # Dynamic H and W: one compiled model for every size. A model reshaped to each size runs
-    # ~10 % faster but holds its own copy of the weights per size (benchmarks/runtimes.py).
+    # Dynamic H and W: one compiled model for every size. A model reshaped to one size was no faster
+    # in benchmarks/runtimes.py, and each compiled size holds its own copy of the weights.
     compiled = ov.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     return lambda blob: request.infer({0: blob})[0].copy()  # the request reuses its output buffer

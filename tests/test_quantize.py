@@ -185,7 +185,7 @@ def test_cli_int8_errors_are_one_line(tmp_path, checkpoint_path, capsys, monkeyp
         ([str(checkpoint_path), "--out", out, "--int8", "--calibrate", "val", "--calibrate-data", "synthetic",
           "--calibrate-option", "num_images=2", "--calibrate-option", "num_classes=3"], 2, "predicts 4 classes but the dataset has 3"),
         ([str(checkpoint_path), "--out", out, "--int8", "--calibrate", "val", "--calibrate-data", "synthetic",
-          "--method", "entropy"], 2, "the nncf quantizer has methods performance, mixed, not 'entropy'"),
+          "--method", "percentile"], 2, "the nncf quantizer has methods performance, mixed, not 'percentile'"),
     ]
     for argv, expected_code, message in cases:
         assert run_cli(argv) == expected_code
@@ -200,12 +200,24 @@ def test_cli_int8_errors_are_one_line(tmp_path, checkpoint_path, capsys, monkeyp
     assert not (tmp_path / "int8.onnx").exists()
 
 
-@pytest.mark.parametrize("method", ["entropy", "percentile"])
-def test_onnxruntime_calibration_methods(tmp_path, checkpoint_path, calibration, method):
-    report = export_int8(checkpoint_path, tmp_path / "int8.onnx", calibration, quantizer="onnxruntime", method=method,
-                         exporter="torchscript", min_agreement=0.9)
-    assert report.ok and report.method == method
-    assert read_onnx_metadata(tmp_path / "int8.onnx")["quantization"]["method"] == method
+def activation_scales(path) -> dict[str, float]:
+    graph = onnx.load(str(path)).graph
+    values = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    return {node.input[0]: float(values[node.input[1]]) for node in graph.node
+            if node.op_type == "QuantizeLinear" and values[node.input[1]].size == 1}
+
+
+def test_onnxruntime_percentile_calibration_clips_ranges_that_minmax_keeps(tmp_path, checkpoint_path, calibration):
+    scales = {}
+    for method in ("minmax", "percentile"):
+        report = export_int8(checkpoint_path, tmp_path / f"{method}.onnx", calibration, quantizer="onnxruntime",
+                             method=method, exporter="torchscript", min_agreement=0.9)
+        assert report.ok and read_onnx_metadata(tmp_path / f"{method}.onnx")["quantization"]["method"] == method
+        scales[method] = activation_scales(tmp_path / f"{method}.onnx")
+    assert scales["minmax"].keys() == scales["percentile"].keys()
+    # A percentile range lies inside the min-max range: never a larger scale, and smaller somewhere.
+    assert all(scales["percentile"][k] <= scales["minmax"][k] * (1 + 1e-6) for k in scales["minmax"])
+    assert any(scales["percentile"][k] < scales["minmax"][k] * 0.99 for k in scales["minmax"])
 
 
 def test_camvid_calibration_split_with_resize(camvid_root):
