@@ -46,8 +46,8 @@ from fcnseg.commands.arguments import key_value  # noqa: E402
 from fcnseg.export import export_onnx  # noqa: E402
 from fcnseg.inference import Predictor  # noqa: E402
 from fcnseg.metrics import ConfusionMatrix  # noqa: E402
-from fcnseg.quantize import CalibrationSet, calibration_split, export_int8, installed_runtimes  # noqa: E402
-from fcnseg.runtimes import OnnxModel  # noqa: E402
+from fcnseg.quantize import CalibrationSet, calibration_split, export_int8  # noqa: E402
+from fcnseg.runtimes import OnnxModel, installed_runtimes  # noqa: E402
 
 ALL_QUANTIZERS = ["nncf:performance", "nncf:mixed", "onnxruntime:minmax", "onnxruntime:percentile"]
 CAMVID = harness.SHARED / "data" / "camvid"

@@ -270,7 +270,7 @@ def load_predictor(checkpoint: str | os.PathLike[str], runtime: str | None = Non
     """A :class:`Predictor` for a checkpoint file or a registry name (``fcnseg weights list``), and the checkpoint.
 
     ``options`` go to :class:`Predictor` (``device`` defaults to ``auto``). An ``.onnx`` export
-    runs in ``runtime`` (``onnxruntime`` or ``openvino``, default :data:`fcnseg.runtimes.DEFAULT_ONNX_RUNTIME`;
+    runs in ``runtime`` (``onnxruntime`` or ``openvino``; None: :func:`fcnseg.runtimes.resolve_runtime`;
     ``dtype`` goes to the runtime) through the same Predictor: :mod:`fcnseg.runtimes`.
     """
     from .checkpoint import load_checkpoint

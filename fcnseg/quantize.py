@@ -46,6 +46,7 @@ from .files import atomic_path
 from .inference import Predictor
 from .metrics import ConfusionMatrix
 from .preprocessing import preprocess
+from .runtimes import installed_runtimes
 
 METHODS: dict[str, tuple[str, ...]] = {"nncf": ("performance", "mixed"),
                                        "onnxruntime": ("minmax", "percentile")}
@@ -132,13 +133,6 @@ class Int8Report:
     @property
     def ok(self) -> bool:
         return bool(self.agreements) and all(a.pixels >= self.min_agreement for a in self.agreements)
-
-
-def installed_runtimes() -> list[str]:
-    """The ONNX runtimes importable here (the int8 file is verified in each)."""
-    import importlib.util
-
-    return [name for name in ("openvino", "onnxruntime") if importlib.util.find_spec(name)]
 
 
 def _quantize_nncf(fp32: Path, blobs: list, method: str) -> Any:

@@ -28,7 +28,8 @@ import torch
 from .checkpoint import Checkpoint
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
-#: The runtime an .onnx file runs in when none is named: the fastest measured (benchmarks/runtimes.py).
+#: The runtime an .onnx file runs in when none is named, if installed (else onnxruntime): the fastest
+#: measured for int8 and as fast as onnxruntime for fp32 (benchmarks/runtimes.py).
 DEFAULT_ONNX_RUNTIME = "openvino"
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 _OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
@@ -42,18 +43,32 @@ def is_onnx_file(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(".onnx")
 
 
+def installed_runtimes() -> list[str]:
+    """The ONNX runtimes importable here, the default first."""
+    import importlib.util
+
+    def found(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ValueError:  # a module set to None in sys.modules: not importable
+            return False
+
+    return [name for name in sorted(_PACKAGES, key=lambda name: name != DEFAULT_ONNX_RUNTIME) if found(_PACKAGES[name])]
+
+
 def resolve_runtime(path: str | os.PathLike[str], runtime: str | None = None) -> str:
     """The runtime that runs ``path``: ``torch`` for a checkpoint, an ONNX runtime for an ``.onnx`` file.
 
-    ``runtime`` None picks ``torch`` or :data:`DEFAULT_ONNX_RUNTIME` by the file; a runtime
-    that cannot run the file is refused in one line.
+    ``runtime`` None picks ``torch`` or the first of :func:`installed_runtimes` by the file
+    (``onnxruntime`` when none is installed, so the error names it); a runtime that cannot
+    run the file is refused in one line.
     """
     if runtime is not None and runtime not in RUNTIMES:
         raise RuntimeBackendError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
     if is_onnx_file(path):
         if runtime == "torch":
             raise RuntimeBackendError(f"{path} is an ONNX export: run it with onnxruntime or openvino, not torch")
-        return runtime or DEFAULT_ONNX_RUNTIME
+        return runtime or (installed_runtimes() or ["onnxruntime"])[0]
     if runtime not in (None, "torch"):
         raise RuntimeBackendError(f"the {runtime} runtime runs an ONNX export and {path} is not an .onnx file; "
                                   f"export it first: fcnseg export {path} --out model.onnx")
@@ -158,12 +173,13 @@ def load_onnx_checkpoint(path: str | os.PathLike[str], runtime: str | None = Non
                          device: str | torch.device | None = None, threads: int | None = None) -> Checkpoint:
     """A :class:`~fcnseg.checkpoint.Checkpoint` whose model is an :class:`OnnxModel` (classes, palette from the file).
 
-    ``runtime`` None is :data:`DEFAULT_ONNX_RUNTIME`. The runtimes run on the CPU: a ``device``
+    ``runtime`` None is chosen by :func:`resolve_runtime`. The runtimes run on the CPU: a ``device``
     other than ``cpu`` or ``auto`` is refused.
     """
+    runtime = resolve_runtime(path, runtime)
     if device is not None and str(device) not in ("cpu", "auto"):
-        raise RuntimeBackendError(f"the {runtime or DEFAULT_ONNX_RUNTIME} runtime runs on the CPU, not on {device}; "
+        raise RuntimeBackendError(f"the {runtime} runtime runs on the CPU, not on {device}; "
                                   "use the torch runtime with a checkpoint for a GPU")
-    model = OnnxModel(path, runtime or DEFAULT_ONNX_RUNTIME, dtype=dtype, threads=threads)
+    model = OnnxModel(path, runtime, dtype=dtype, threads=threads)
     return Checkpoint(model=model, classes=list(model.metadata["classes"]), palette=list(model.metadata["palette"]),
                       ignore_index=int(model.metadata["ignore_index"]), extra={"onnx": str(path), "runtime": model.runtime})

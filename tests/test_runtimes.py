@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -21,7 +22,7 @@ from fcnseg.runtimes import OnnxModel, RuntimeBackendError, resolve_runtime  # n
 CLASSES = ["background", "road", "car", "sky"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (64, 0, 128), (128, 128, 128)]
 RUNTIMES = ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
-    __import__("importlib").util.find_spec("openvino") is None, reason="openvino is not installed (fcnseg[runtimes])"))]
+    importlib.util.find_spec("openvino") is None, reason="openvino is not installed (fcnseg[runtimes])"))]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,6 +121,7 @@ def test_probabilities_export_gives_the_same_masks_and_probabilities(tmp_path):
 def test_runtime_choice_is_checked_in_one_line(exported):
     checkpoint_path, onnx_path = exported
     assert resolve_runtime(checkpoint_path) == "torch"
+    assert resolve_runtime(onnx_path) == ("openvino" if importlib.util.find_spec("openvino") else "onnxruntime")
     assert resolve_runtime(onnx_path, "onnxruntime") == "onnxruntime"
     cases = [
         (lambda: load_predictor(onnx_path, runtime="torch"), "ONNX export: run it with onnxruntime or openvino"),
@@ -141,6 +143,8 @@ def test_runtime_choice_is_checked_in_one_line(exported):
 
 def test_a_missing_runtime_extra_is_one_clear_line(exported, monkeypatch):
     _, onnx_path = exported
+    monkeypatch.setitem(sys.modules, "openvino", None)  # the default runtime missing: onnxruntime runs the file
+    assert load_predictor(onnx_path)[0].model.runtime == "onnxruntime"
     for runtime in ("openvino", "onnxruntime"):
         monkeypatch.setitem(sys.modules, runtime, None)  # import fails as if not installed
         with pytest.raises(RuntimeBackendError) as caught:
@@ -148,7 +152,7 @@ def test_a_missing_runtime_extra_is_one_clear_line(exported, monkeypatch):
         assert str(caught.value) == f"the {runtime} runtime is not installed: pip install 'fcnseg[runtimes]'"
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="openvino is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
 def test_openvino_bfloat16_is_a_named_option_that_changes_numerics_slightly(exported):
     checkpoint_path, onnx_path = exported
     image = torch.randint(0, 256, (3, 45, 71), dtype=torch.uint8)
