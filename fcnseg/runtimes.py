@@ -28,10 +28,9 @@ import torch
 from .checkpoint import Checkpoint
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
-#: The runtime an .onnx file runs in when none is named, if installed (else onnxruntime): the fastest
-#: measured for int8 and as fast as onnxruntime for fp32 (benchmarks/runtimes.py).
-DEFAULT_ONNX_RUNTIME = "openvino"
-_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+#: The runtimes of an .onnx file, the default first: OpenVINO ran int8 fastest and fp32 as fast as
+#: ONNX Runtime (benchmarks/runtimes.py).
+ONNX_RUNTIMES: tuple[str, ...] = ("openvino", "onnxruntime")
 _OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 
 
@@ -53,7 +52,7 @@ def installed_runtimes() -> list[str]:
         except ValueError:  # a module set to None in sys.modules: not importable
             return False
 
-    return [name for name in sorted(_PACKAGES, key=lambda name: name != DEFAULT_ONNX_RUNTIME) if found(_PACKAGES[name])]
+    return [name for name in ONNX_RUNTIMES if found(name)]
 
 
 def resolve_runtime(path: str | os.PathLike[str], runtime: str | None = None) -> str:
@@ -77,10 +76,10 @@ def resolve_runtime(path: str | os.PathLike[str], runtime: str | None = None) ->
 
 def require(runtime: str) -> Any:
     """The runtime's Python module, or one clear line naming the extra to install."""
-    if runtime not in _PACKAGES:
+    if runtime not in ONNX_RUNTIMES:
         raise RuntimeBackendError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
     try:
-        return __import__(_PACKAGES[runtime])
+        return __import__(runtime)
     except ImportError:
         raise RuntimeBackendError(f"the {runtime} runtime is not installed: pip install 'fcnseg[runtimes]'") from None
 
@@ -120,16 +119,18 @@ class OnnxModel(torch.nn.Module):
         runtime: ``onnxruntime`` or ``openvino``.
         dtype: ``float32``, or ``bfloat16`` (OpenVINO only; changes numerics).
         threads: runtime threads (None: ``torch.get_num_threads()``).
+
+    One call at a time (OpenVINO's single infer request), as ``fcnseg serve`` runs a model.
     """
 
-    def __init__(self, path: str | os.PathLike[str], runtime: str = DEFAULT_ONNX_RUNTIME, *,
+    def __init__(self, path: str | os.PathLike[str], runtime: str = ONNX_RUNTIMES[0], *,
                  dtype: str = "float32", threads: int | None = None) -> None:
         super().__init__()
         from .export import ExportError, read_onnx_metadata, tiling_metadata
         from .models import create_model
 
-        if runtime not in _SESSIONS:
-            raise RuntimeBackendError(f"an ONNX file runs in {' or '.join(_SESSIONS)}, not {runtime!r}")
+        if runtime not in ONNX_RUNTIMES:
+            raise RuntimeBackendError(f"an ONNX file runs in {' or '.join(ONNX_RUNTIMES)}, not {runtime!r}")
         require(runtime)  # before reading the file: a missing runtime is the first thing to say
         self.path, self.runtime, self.dtype = Path(path), runtime, dtype
         try:
