@@ -18,6 +18,7 @@ logits up to a per-pixel constant: the same masks, softmax and confidence).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -95,15 +96,20 @@ def _onnxruntime_session(path: Path, dtype: str, threads: int) -> Callable[[np.n
     return lambda blob: session.run(None, {name: blob})[0]
 
 
+@functools.lru_cache(maxsize=None)
+def _openvino_core() -> Any:
+    """One OpenVINO Core per process, as OpenVINO advises (each holds plugins and their thread pools)."""
+    return require("openvino").Core()
+
+
 def _openvino_model(path: Path, dtype: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    ov = require("openvino")
     if dtype not in _OPENVINO_PRECISION:
         raise RuntimeBackendError(f"openvino runs {' or '.join(_OPENVINO_PRECISION)} here, not {dtype}")
     config = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[dtype], "INFERENCE_NUM_THREADS": threads,
               "PERFORMANCE_HINT": "LATENCY"}
     # Dynamic H and W: one compiled model for every size. A model reshaped to one size was no faster
     # in benchmarks/runtimes.py, and each compiled size holds its own copy of the weights.
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    compiled = _openvino_core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     return lambda blob: request.infer({0: blob})[0].copy()  # the request reuses its output buffer
 

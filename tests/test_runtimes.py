@@ -162,3 +162,4 @@ def test_openvino_bfloat16_is_a_named_option_that_changes_numerics_slightly(expo
     # bf16 keeps 8 bits of mantissa: close to fp32, but not to the export's fp32 tolerance on a CPU that has it.
     assert difference <= 0.05 * float(expected.abs().max())
     assert float((bf16.mask(image) == expected.argmax(0)).float().mean()) >= 0.95
+
