@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointError
 from ..confidence_maps import normalised_entropy, save_float16_npy, save_unit_png16
-from ..predict import ImageError, list_images, load_image, overlay_image, save_image, save_mask_png
+from ..predict import ImageError, list_images, load_image, max_pixels_for, overlay_image, save_image, save_mask_png
 from ..tiling import Tiling
 
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="run every layer as written instead of the model's exact fast paths "
                              "(same masks; the fast paths take ~0.7x the time on the CPU)")
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
-                        help="images whose forward pass would need more are tiled to fit (default %(default)s MiB)")
+                        help="images whose forward pass would need more are tiled to fit; images too large to hold "
+                             "decoded within it (budget / 12 bytes per pixel) are refused from their header "
+                             "(default %(default)s MiB)")
     parser.add_argument("--confidence", action="store_true",
                         help="also write <stem>_confidence and <stem>_entropy maps (encodings below)")
     parser.add_argument("--confidence-format", choices=("png", "npy"), default="png",
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mc_dropout and not any(rates):
         print(f"fcnseg predict: note: {args.checkpoint} has dropout rate 0: every MC-dropout pass is the same",
               file=sys.stderr)
-    paths, problems = list_images(args.inputs)
+    paths, problems, skipped = list_images(args.inputs)
     writers: dict[str, Path] = {}
     for path in paths:
         for name in output_names(path.stem, args):
@@ -96,9 +98,13 @@ def run(args: argparse.Namespace) -> int:
     palette = checkpoint.palette
     failed: list[str] = list(problems)
     written = 0
-    for path in tqdm(paths, desc="predict", unit="image", disable=None):
+    max_pixels = max_pixels_for(int(args.memory_budget_mb * 2**20))
+    terminal = sys.stderr.isatty()
+    for number, path in enumerate(tqdm(paths, desc="predict", unit="image", disable=None), start=1):
+        if not terminal:  # a log file gets a plain line per image instead of a bar
+            print(f"predict {number}/{len(paths)}: {path}", file=sys.stderr, flush=True)
         try:
-            image = load_image(path)
+            image = load_image(path, max_pixels=max_pixels)
         except ImageError as error:
             failed.append(str(error))
             tqdm.write(f"fcnseg predict: skipped {error}", file=sys.stderr)
@@ -111,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
             save_image(picture, args.out / f"{path.stem}_overlay.{args.overlay_format}")
         written += 1
     print(f"wrote {written} mask(s) to {args.out}")
+    if skipped:
+        print(f"fcnseg predict: left out {len(skipped)} folder entr{'y' if len(skipped) == 1 else 'ies'} that are not "
+              "images:", file=sys.stderr)
+        for reason in skipped[:20] + ([f"... and {len(skipped) - 20} more"] if len(skipped) > 20 else []):
+            print(f"  {reason}", file=sys.stderr)
     if failed:
         print(f"fcnseg predict: {len(failed)} input(s) failed:", file=sys.stderr)
         for problem in failed:
