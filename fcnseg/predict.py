@@ -168,6 +168,24 @@ def overlay_image(
     return Image.fromarray(out)
 
 
+def with_legend(picture: Image.Image, mask: torch.Tensor, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> Image.Image:
+    """``picture`` with a band below naming the colour of every class present in ``mask``."""
+    from PIL import ImageDraw
+
+    present = [c for c in torch.as_tensor(mask).unique().tolist() if 0 <= c < len(classes)]
+    row_height, swatch = 16, 12
+    per_row = max(1, picture.width // 140)
+    rows = -(-len(present) // per_row)
+    out = Image.new("RGB", (picture.width, picture.height + rows * row_height + 4), (255, 255, 255))
+    out.paste(picture.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    for number, class_id in enumerate(present):
+        x, y = 4 + (number % per_row) * 140, picture.height + 4 + (number // per_row) * row_height
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(palette[class_id]), outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y), str(classes[class_id])[:18], fill=(0, 0, 0))
+    return out
+
+
 def save_image(picture: Image.Image, path: str | os.PathLike[str]) -> Path:
     """Save a PIL image atomically, the format taken from the suffix (.png, .jpg)."""
     path = Path(path)

@@ -186,8 +186,13 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
         with Image.open(out / f"{stem}.png") as mask:
             assert mask.mode == "P" and mask.size == size
             assert int(np.array(mask).max()) < len(CLASSES)
-        with Image.open(out / f"{stem}_overlay.png") as overlay:
-            assert overlay.mode == "RGB" and overlay.size == size
+        with Image.open(out / f"{stem}_overlay.png") as overlay, Image.open(inputs / f"{stem}.{'png' if stem == 'one' else 'jpg'}") as source:
+            # the overlay of the image, and below it a legend band naming the classes present
+            assert overlay.mode == "RGB" and overlay.width == size[0] and overlay.height > size[1]
+            present = np.unique(np.array(Image.open(out / f"{stem}.png")))
+            legend = np.array(overlay)[size[1]:]
+            for class_id in present:  # every class present has its colour swatch in the band
+                assert (legend == PALETTE[class_id]).all(axis=-1).any(), class_id
     assert not (out / "broken.png").exists()
     # the mask equals the library's prediction for the same file
     model = fcnseg.checkpoint.load_checkpoint(checkpoint_path).model

@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointError
 from ..confidence_maps import normalised_entropy, save_float16_npy, save_unit_png16
-from ..predict import ImageError, list_images, load_image, max_pixels_for, overlay_image, save_image, save_mask_png
+from ..predict import (ImageError, list_images, load_image, max_pixels_for, overlay_image, save_image, save_mask_png,
+                       with_legend)
 from ..tiling import Tiling
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         mask = write_predictions(predictor, image, args, args.out / path.stem, tile_bar)
         save_mask_png(mask, palette, args.out / f"{path.stem}.png")
         if args.overlay:
-            picture = overlay_image(image, mask, palette, alpha=args.alpha)
+            picture = with_legend(overlay_image(image, mask, palette, alpha=args.alpha), mask, checkpoint.classes, palette)
             save_image(picture, args.out / f"{path.stem}_overlay.{args.overlay_format}")
         written += 1
     print(f"wrote {written} mask(s) to {args.out}")
