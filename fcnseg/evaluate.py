@@ -11,7 +11,7 @@ and the matrices are summed, so every image counts exactly once.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -57,6 +57,7 @@ def confusion_matrix(
     *,
     num_workers: int = 0,
     progress: bool = True,
+    accumulators: Sequence[Any] = (),
     **predictor_options: Any,
 ) -> ConfusionMatrix:
     """The confusion matrix of a model (or :class:`Predictor`) over ``data``, summed over all distributed ranks.
@@ -66,14 +67,20 @@ def confusion_matrix(
     such as a DataLoader with :class:`fcnseg.data.PadCollate` (its sampler must not repeat
     images across ranks). A bare model is run by ``Predictor(model, device=device,
     **predictor_options)`` (e.g. ``tile=``, ``dtype=``, ``memory_budget_bytes=``).
+    ``accumulators`` (e.g. :mod:`fcnseg.detail_metrics`' ones) get every batch's
+    ``update(pred, target)`` too, and are summed over ranks at the end.
     """
     predictor = as_predictor(model, device, **predictor_options)
     matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)
     rank, _ = _rank_and_world()
     hide_bar = None if progress and rank == 0 else True  # tqdm: None shows a bar only on a terminal
     for images, masks in tqdm(_batches(data, num_workers), desc="evaluate", unit="batch", disable=hide_bar):
-        matrix.update(predictor.masks(images), masks.to(predictor.device, non_blocking=True))
-    matrix.all_reduce()
+        preds, masks = predictor.masks(images), masks.to(predictor.device, non_blocking=True)
+        matrix.update(preds, masks)  # first: it checks the labels' range
+        for accumulator in accumulators:
+            accumulator.update(preds, masks)
+    for accumulator in [matrix, *accumulators]:
+        accumulator.all_reduce()
     return matrix
 
 
