@@ -144,3 +144,11 @@ def test_fcnseg_data_reads_the_colour_hha_items(nyud, capsys):
                              "--data-option", "modality=color_hha"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["items"] == 2 and report["classes"][0]["pixels"] == 2 * 60 * 160
+
+
+def test_colour_hha_items_resize_three_channels_at_a_time(nyud):
+    full = open_dataset("nyud", nyud, "train", modality="color_hha", intrinsics=list(INTRINSICS))[0][0]
+    small = open_dataset("nyud", nyud, "train", modality="color_hha", resize=[60, 80])[0][0]
+    hha = Image.fromarray(full[3:].permute(1, 2, 0).numpy()).resize((80, 60), Image.Resampling.LANCZOS)
+    assert small.shape == (6, 60, 80) and (small[:3] == 70).all()
+    assert np.array_equal(small[3:].permute(1, 2, 0).numpy(), np.asarray(hha))

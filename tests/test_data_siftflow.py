@@ -11,7 +11,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from fcnseg.data import DatasetError, PadCollate, open_dataset
+from fcnseg.data import DatasetError, PadCollate, TrainTransform, open_dataset
 from fcnseg.data.siftflow import GEOMETRIC_CLASSES, SEMANTIC_CLASSES
 from test_data_command import run as run_data_command
 
@@ -92,3 +92,16 @@ def test_fcnseg_data_checks_every_item_and_counts_both_heads(siftflow, capsys):
     pixels = {row["class"]: row["pixels"] for row in report["classes"]}
     assert report["items"] == 2 and pixels["sky"] == 2 and pixels["road"] == 0
     assert [pixels[name] for name in GEOMETRIC_CLASSES] == [2 * 2, 2, 2]
+
+
+def test_resize_and_augmentation_move_both_rows_together(siftflow):
+    image, mask = open_dataset("siftflow", siftflow, "trainval", resize=[4, 6])[0]
+    expected = np.stack([SEMANTIC_IDS, BOTH_GEOMETRIC_IDS]).repeat(2, axis=1).repeat(2, axis=2)  # nearest, x2
+    assert image.shape == (3, 4, 6) and mask.tolist() == expected.tolist()
+    semantic = torch.arange(9 * 11).reshape(9, 11) % 33
+    paired = torch.stack([semantic, 33 + semantic % 3])  # row 1 is a function of row 0, pixel by pixel
+    torch.manual_seed(3)
+    _, out = TrainTransform(crop_size=(6, 7), scale_range=(0.5, 2.0))(torch.zeros(3, 9, 11, dtype=torch.uint8), paired)
+    labelled = (out[0] != 255) & (out[1] != 255)
+    assert out.shape == (2, 6, 7) and labelled.any() and ((out[0] == 255) == (out[1] == 255)).all()
+    assert torch.equal(out[1][labelled], 33 + out[0][labelled] % 3)
