@@ -150,3 +150,14 @@ def test_colour_hha_preprocessing_subtracts_each_streams_mean():
     assert blob[:, 0, 0].tolist() == pytest.approx([-116.190, -97.203, 200 - 92.318, -132.431, -94.076, 100 - 118.477])
     with pytest.raises(ValueError, match=r"colour \+ HHA images"):
         preprocess_color_hha(images[:3], model)
+
+
+def test_each_stream_takes_a_vgg16_file_under_the_plain_names(tmp_path):
+    """Initialising the streams as the reference did (both from VGG16): each stream answers to conv1_1 ... fc7."""
+    source = random_model("fcn32s", seed=9)
+    path = tmp_path / "vgg.caffemodel"
+    path.write_bytes(fcn_caffemodel(source))
+    model = fcnseg.create_model("nyud_fcn32s_color_hha", num_classes=NUM_CLASSES, width=WIDTH)
+    for stream in (model.color, model.hha):
+        assert "conv1_1" in fcnseg.load_caffe_weights(stream, path)
+        assert torch.equal(stream.backbone.fc7.weight, source.backbone.fc7.weight)
