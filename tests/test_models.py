@@ -299,8 +299,9 @@ def test_plain_fcn8s_does_not_scale_the_skips():
 # --- registry and config ----------------------------------------------------------------------
 
 
-def test_registry_lists_the_four_models():
-    assert fcnseg.list_models() == sorted(MODELS)
+def test_registry_lists_the_voc_models_and_the_other_datasets_nets():
+    others = ["nyud_fcn32s_color_hha", "siftflow_fcn16s", "siftflow_fcn32s", "siftflow_fcn8s"]
+    assert fcnseg.list_models() == sorted(MODELS + others)
     with pytest.raises(ValueError, match="unknown model"):
         fcnseg.create_model("fcn4s", num_classes=2)
 

@@ -189,13 +189,18 @@ def read_colour_mask(path: PathLike) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def load_mat_file(path: PathLike, what: str = "mask") -> dict:
+    """The variables of a MATLAB .mat file; :class:`DatasetError` naming the file when it cannot be read."""
+    check_regular_file(path, what)
+    try:
+        return scipy.io.loadmat(path)
+    except Exception as error:  # scipy raises several types (ValueError, MatReadError, OSError, ...)
+        raise DatasetError(f"{what} {path} cannot be read as a .mat file ({type(error).__name__}: {error})") from None
+
+
 def read_mat_mask(path: PathLike) -> torch.Tensor:
     """An SBD class label: ``loadmat(path)['GTcls'][0]['Segmentation'][0]`` as int64 (H, W)."""
-    check_regular_file(path, "mask")
-    try:
-        content = scipy.io.loadmat(path)
-    except Exception as error:  # scipy raises several types (ValueError, MatReadError, OSError, ...)
-        raise DatasetError(f"mask {path} cannot be read as a .mat file ({type(error).__name__}: {error})") from None
+    content = load_mat_file(path)
     try:
         label = content["GTcls"][0]["Segmentation"][0]
     except (KeyError, IndexError, ValueError, TypeError):
@@ -209,6 +214,24 @@ def read_mat_mask(path: PathLike) -> torch.Tensor:
             f"mask {path}: GTcls.Segmentation is {label.dtype} with shape {label.shape}; expected a 2-D integer array"
         )
     return torch.from_numpy(label.astype(np.int64))
+
+
+def read_mat_label(path: PathLike, variable: str, expected: str) -> np.ndarray:
+    """The 2-D label array stored as ``variable`` in a .mat file, as int64 (whole-valued floats accepted).
+
+    ``expected`` says what the file should be, for the error message (e.g. "a SIFT Flow SemanticLabels file").
+    """
+    content = load_mat_file(path)
+    if variable not in content:
+        raise DatasetError(f"mask {path} has no variable {variable!r}; expected {expected} "
+                           f"(found variables: {sorted(k for k in content if not k.startswith('__'))})")
+    label = np.asarray(content[variable])
+    whole = np.issubdtype(label.dtype, np.integer) or (
+        np.issubdtype(label.dtype, np.floating) and bool(np.all(np.isfinite(label) & (label == np.round(label)))))
+    if label.ndim != 2 or not whole:
+        raise DatasetError(f"mask {path}: {variable} is {label.dtype} with shape {label.shape}; "
+                           f"expected a 2-D array of whole numbers ({expected})")
+    return label.astype(np.int64)
 
 
 def read_text_lines(path: Path, what: str) -> list[str]:
@@ -234,6 +257,12 @@ def read_id_list(path: PathLike, what: str = "split file") -> list[str]:
     if not ids:
         raise DatasetError(f"{what} {path} is empty; expected one id per line")
     return ids
+
+
+def split_file(split: PathLike, folder: Path) -> Path:
+    """The id list of ``split``: a path as given (it has a slash or ends in .txt), else ``folder/<split>.txt``."""
+    text = os.fspath(split)
+    return Path(text) if os.sep in text or "/" in text or text.endswith(".txt") else folder / f"{text}.txt"
 
 
 def read_class_names(path: PathLike) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .fcn import FCN
+from .latefusion import LateFusionFCN, preprocess_color_hha
 from .registry import create_model, describe_model, list_models, register_model
 from .upsampling import BilinearUpsampling, bilinear_kernel
 from .vgg import VGG16Backbone
@@ -30,13 +31,18 @@ def fcn8s_atonce(*, num_classes: int, width: float = 1.0, **options: Any) -> FCN
     return FCN(num_classes, stride=8, width=width, atonce=True, **options)
 
 
+from . import siftflow  # noqa: E402  (registers siftflow_fcn32s/16s/8s; imports the registry above)
+
+
 __all__ = [
     "FCN",
     "BilinearUpsampling",
+    "LateFusionFCN",
     "VGG16Backbone",
     "bilinear_kernel",
     "create_model",
     "describe_model",
     "list_models",
+    "preprocess_color_hha",
     "register_model",
 ]

@@ -9,7 +9,7 @@ out as the reference numbers (skips 5 and 9; final 19, 27 or 31).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -51,6 +51,11 @@ class FCN(nn.Module):
         dropout: element-wise dropout probability after fc6 and fc7.
         fast_paths: run the exact fast paths of the backbone and the upsampling (same
             logits and gradients to fp32 rounding, faster); False runs every layer as written.
+        heads: several score heads on the one trunk, as ``(name, classes)`` pairs whose classes
+            sum to ``num_classes`` (the paper's SIFT Flow net: ``(("sem", 33), ("geo", 3))``).
+            Each head has its own score, skip and upsampling layers, named with the suffix
+            ``_<name>`` as in the reference nets (``score_fr_sem``, ``upscore2_geo``); their
+            logits are concatenated along the channels in this order. None: one head.
 
     ``forward`` takes a preprocessed blob (N, 3, H, W) and returns logits
     (N, C, H, W) aligned pixel for pixel to the input, for every H, W >= 1.
@@ -67,6 +72,7 @@ class FCN(nn.Module):
         learnable_upsampling: bool = False,
         dropout: float = 0.5,
         fast_paths: bool = True,
+        heads: Sequence[tuple[str, int]] | None = None,
     ) -> None:
         super().__init__()
         if stride not in FINAL_UPSAMPLING:
@@ -77,6 +83,7 @@ class FCN(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if atonce and stride != 8:
             raise ValueError("the at-once skip scaling is defined for stride 8 only")
+        self.heads = None if heads is None else _checked_heads(heads, num_classes)
         self.num_classes = num_classes
         self.stride = stride
         self.atonce = atonce
@@ -84,30 +91,37 @@ class FCN(nn.Module):
         self.backbone = VGG16Backbone(width=width, dropout=dropout)
         channels, maps = self.backbone.channels, self.backbone.coord_maps
 
-        self.score_fr = nn.Conv2d(channels[32], num_classes, 1)
+        # The crops depend on the geometry only, so every head shares them.
         score_map = maps[32]
         self.skip_names: list[tuple[int, str, str, str]] = [s for s in SKIPS if s[0] >= stride]
         self.skip_offsets: list[int] = []
-        for skip_stride, score_name, scale_name, up_name in self.skip_names:
-            self.add_module(up_name, BilinearUpsampling(num_classes, 2, learnable_upsampling))
-            self.add_module(score_name, nn.Conv2d(channels[skip_stride], num_classes, 1))
+        for skip_stride, _, scale_name, _ in self.skip_names:
             score_map = score_map.then(deconv_map(4, 2))
             self.skip_offsets.append(crop_offset(maps[skip_stride], score_map))
             if atonce:
                 self.register_buffer(scale_name, torch.tensor(ATONCE_SCALES[scale_name]))
         self.final_name = FINAL_UPSAMPLING[stride]
-        self.add_module(self.final_name, BilinearUpsampling(num_classes, stride, learnable_upsampling))
-        score_map = score_map.then(deconv_map(2 * stride, stride))
-        self.final_offset = crop_offset(score_map, IDENTITY)
-
-        for name in ["score_fr"] + [s[1] for s in self.skip_names]:
-            # The paper starts every score layer at zero.
-            nn.init.zeros_(getattr(self, name).weight)
-            nn.init.zeros_(getattr(self, name).bias)
+        self.final_offset = crop_offset(score_map.then(deconv_map(2 * stride, stride)), IDENTITY)
+        for suffix, classes in self.head_layers():
+            self.add_module("score_fr" + suffix, nn.Conv2d(channels[32], classes, 1))
+            for skip_stride, score_name, _, up_name in self.skip_names:
+                self.add_module(up_name + suffix, BilinearUpsampling(classes, 2, learnable_upsampling))
+                self.add_module(score_name + suffix, nn.Conv2d(channels[skip_stride], classes, 1))
+            self.add_module(self.final_name + suffix, BilinearUpsampling(classes, stride, learnable_upsampling))
+            for name in ["score_fr"] + [s[1] for s in self.skip_names]:
+                # The paper starts every score layer at zero.
+                nn.init.zeros_(getattr(self, name + suffix).weight)
+                nn.init.zeros_(getattr(self, name + suffix).bias)
         name = f"fcn{stride}s" + ("_atonce" if atonce else "")
         self.config: dict[str, Any] = {"name": name, "num_classes": num_classes, "width": width,
                                        "learnable_upsampling": learnable_upsampling, "dropout": dropout}
+        if self.heads is not None:
+            self.config["heads"] = [list(head) for head in self.heads]
         self.set_fast_paths(fast_paths)
+
+    def head_layers(self) -> list[tuple[str, int]]:
+        """``(layer-name suffix, classes)`` of each head: ``[("", C)]`` for one head, else ``("_sem", 33), ...``."""
+        return [("", self.num_classes)] if self.heads is None else [(f"_{name}", n) for name, n in self.heads]
 
     @property
     def fast_paths(self) -> bool:
@@ -144,7 +158,7 @@ class FCN(nn.Module):
         """Every layer with weights, under its reference Caffe name."""
         layers = self.backbone.reference_layers()
         names = ["score_fr"] + [n for s in self.skip_names for n in (s[1], s[3])] + [self.final_name]
-        layers.update({name: getattr(self, name) for name in names})
+        layers.update({name + suffix: getattr(self, name + suffix) for suffix, _ in self.head_layers() for name in names})
         return layers
 
     def crop_offsets(self) -> dict[str, int]:
@@ -156,13 +170,28 @@ class FCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         features = self.backbone(x)
-        score = self.score_fr(features[32])
+        scores = [self._head(features, suffix, height, width) for suffix, _ in self.head_layers()]
+        return scores[0] if len(scores) == 1 else torch.cat(scores, 1)
+
+    def _head(self, features: dict[int, torch.Tensor], suffix: str, height: int, width: int) -> torch.Tensor:
+        """One head's logits: score, fuse the skips from coarse to fine, upsample, crop onto the input."""
+        score = getattr(self, "score_fr" + suffix)(features[32])
         for (skip_stride, score_name, scale_name, up_name), offset in zip(self.skip_names, self.skip_offsets):
-            score = getattr(self, up_name)(score)
+            score = getattr(self, up_name + suffix)(score)
             skip = features[skip_stride]
             if self.atonce:
                 skip = skip * getattr(self, scale_name)
-            skip = getattr(self, score_name)(skip)
+            skip = getattr(self, score_name + suffix)(skip)
             score = score + crop_like(skip, offset, score.shape[-2], score.shape[-1])
-        score = getattr(self, self.final_name)(score)
+        score = getattr(self, self.final_name + suffix)(score)
         return crop_like(score, self.final_offset, height, width)
+
+
+def _checked_heads(heads: Sequence[tuple[str, int]], num_classes: int) -> tuple[tuple[str, int], ...]:
+    checked = tuple((str(name), int(classes)) for name, classes in heads)
+    names = [name for name, _ in checked]
+    if not checked or any(not name.isidentifier() for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"heads must be (name, classes) pairs with distinct identifier names, got {heads!r}")
+    if any(classes < 1 for _, classes in checked) or sum(c for _, c in checked) != num_classes:
+        raise ValueError(f"the heads' classes {[c for _, c in checked]} must be >= 1 and sum to num_classes={num_classes}")
+    return checked
