@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import torch
 
 from .device import resolve_device
-from .preprocessing import preprocess
+from .preprocessing import model_input
 from .tiling import Tile, Tiling, iter_tiles, tiling_for_budget
 
 #: The base class of nn.Dropout, Dropout2d, AlphaDropout, ...: the layers MC-dropout keeps on.
@@ -45,9 +45,9 @@ _DROPOUT = torch.nn.modules.dropout._DropoutNd
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_image(image: torch.Tensor) -> None:
-    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a uint8 RGB image (3, H, W), got {image.dtype} {tuple(image.shape)}")
+def check_image(image: torch.Tensor, channels: int = 3) -> None:
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != channels:
+        raise ValueError(f"expected a uint8 image ({channels}, H, W), got {image.dtype} {tuple(image.shape)}")
 
 
 def _entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -120,6 +120,7 @@ class Predictor:
             tiling_for_budget(self.model, memory_budget_bytes, margin)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.model, dynamic=False) if compile else self.model
         self.num_classes = int(self.model.num_classes)
+        self.in_channels = int(getattr(self.model, "in_channels", 3))  # 6 for colour + HHA
         self.mask_dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
 
     def dropout_rates(self) -> list[float]:
@@ -149,7 +150,7 @@ class Predictor:
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W) on the device for uint8 images (N, 3, H, W); call inside :meth:`_running`."""
-        blob = preprocess(images.to(self.device, non_blocking=True), self.model.preprocessing)
+        blob = model_input(images.to(self.device, non_blocking=True), self.model)
         return self.forward(blob)
 
     def tiling_for(self, height: int, width: int) -> Tiling | None:
@@ -196,7 +197,7 @@ class Predictor:
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores (C, H, W), float32 on the CPU, for a uint8 RGB image (3, H, W)."""
-        check_image(image)
+        check_image(image, self.in_channels)
         logits = torch.empty((self.num_classes, *image.shape[-2:]), dtype=torch.float32)
         with self._running():
             for tile, core in self._per_tile(image, None):
@@ -210,7 +211,7 @@ class Predictor:
         Only one tile's logits exist at a time (the arg-max is taken on the device).
         ``progress`` wraps the tile iterator of a tiled image (e.g. a tqdm bar).
         """
-        check_image(image)
+        check_image(image, self.in_channels)
         mask = torch.empty(image.shape[-2:], dtype=self.mask_dtype)
         with self._running():
             for tile, core in self._per_tile(image, progress):
@@ -233,7 +234,7 @@ class Predictor:
         asks for the whole (C, H, W) softmax as well. ``mc_samples`` and ``seed`` as for
         :meth:`probabilities`; ``progress`` as for :meth:`mask`.
         """
-        check_image(image)
+        check_image(image, self.in_channels)
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 0:
             raise ValueError(f"mc_samples must be an integer >= 0 (0: no MC-dropout), got {mc_samples!r}")
         if mc_samples and not self.dropout_rates():

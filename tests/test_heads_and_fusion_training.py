@@ -47,3 +47,27 @@ def test_late_fusion_net_takes_the_colour_hha_items(nyud):  # noqa: F811
     assert logits.shape == (2, 40, 120, 160) and torch.isfinite(value)
     assert np.isclose(value.item(), np.log(40), rtol=1e-5)  # score layers start at zero: uniform over 40 classes
     assert model.hha.score_fr.bias.grad.abs().sum() > 0 and model.color.score_fr.bias.grad.abs().sum() > 0
+
+
+def test_fcnseg_train_and_eval_run_the_two_headed_net(siftflow, tmp_path, capsys):  # noqa: F811
+    from fcnseg.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "demo", "--out", str(out), "--model", "siftflow_fcn32s", "--width", "0.0625",
+                 "--data", "siftflow", "--root", str(siftflow), "--train-split", "trainval", "--val-split", "trainval",
+                 "--set", "data_options={}", "--set", "val_data_options={}", "--set", "class_weights=none",
+                 "--steps", "2", "--batch-size", "2", "--no-progress", "--overlays", "0"]) == 0
+    assert main(["eval", str(out / "best.safetensors"), "--split", "trainval", "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "head sem (33 classes)" in printed and "head geo (3 classes)" in printed
+
+
+def test_the_engine_trains_the_late_fusion_net_on_colour_hha_items(nyud, tmp_path):  # noqa: F811
+    from fcnseg.engine import build_config, train
+
+    settings = [("model.name", "nyud_fcn32s_color_hha"), ("model.width", 0.0625), ("data", "nyud"), ("root", str(nyud)),
+                ("data_options", {"modality": "color_hha", "intrinsics": [150.0, 150.0, 79.5, 59.5]}),
+                ("val_split", "train"), ("recipe.steps", 1), ("recipe.batch_size", 2), ("threads", 1),
+                ("progress", False), ("overlays", 0), ("recipe.lr", 1e-10)]  # the paper recipe knows the VOC nets' rates
+    result = train(build_config("paper", settings=settings), tmp_path / "run")
+    assert result.step == 1 and 0 <= result.last_metrics["mean_iu"] <= 1

@@ -97,6 +97,25 @@ def _image_id(dataset: Any, index: int) -> str:
     return str(ids[getattr(dataset, "indices", range(len(dataset)))[index]]) if ids is not None else str(index)
 
 
+def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint, dataset: Any) -> int:
+    """``fcnseg eval`` of a model with several heads: the four metrics and the class table of each head."""
+    from ..evaluate import head_confusion_matrices
+
+    matrices = head_confusion_matrices(predictor, dataset, ignore_index=checkpoint.ignore_index, num_workers=args.workers)
+    reports, start = {}, 0
+    for name, matrix in matrices.items():
+        classes = checkpoint.classes[start:start + matrix.num_classes]
+        start += matrix.num_classes
+        reports[name] = matrix.report(classes)
+        print(f"head {name} ({len(classes)} classes):\n{format_report(reports[name])}\n")
+    text = json.dumps(json_safe({"checkpoint": str(args.checkpoint), "heads": reports}), indent=2) + "\n"
+    for path in [args.json] + ([args.out / "metrics.json"] if args.out else []):
+        if path:
+            atomic_write_text(path, text)
+            print(f"wrote {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..calibration import calibrate, reliability_diagram
     from ..data import DatasetError, open_dataset
@@ -120,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     n, ignore = len(checkpoint.classes), checkpoint.ignore_index
+    if getattr(checkpoint.model, "heads", None):  # e.g. SIFT Flow: one report per head
+        return _run_heads(args, predictor, checkpoint, dataset)
     detail = {"size": SizeIU(n, ignore), "boundary": BoundaryIoU(n, ignore), "dice": DiceScore(n, ignore),
               "per_image": PerImageIU(n, ignore)} if args.detail else {}
     try:

@@ -54,12 +54,12 @@ from ..files import atomic_write_text, sweep_temporary_files
 from ..inference import Predictor
 from ..metrics import json_safe
 from ..models import create_model
-from ..preprocessing import preprocess
+from ..preprocessing import model_input
 from ..visualize import plot_curves, validation_overlays
 from .config import TrainConfig, set_value
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
-from .loss import SegmentationLoss, build_loss, effective_number_weights
+from .loss import SegmentationLoss, build_loss, effective_number_weights, loss_for_model
 from .optim import LRFactor, build_optimizer
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
@@ -220,8 +220,8 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
         statistics = class_statistics(train_set, train_set.num_classes)
         weight = median_frequency_weights(statistics) if config.class_weights == "median-frequency" else \
             effective_number_weights(statistics, _beta(config.class_weight_beta, statistics.pixel_counts))
-    loss = build_loss(recipe.loss, reduction=recipe.reduction, ignore_index=train_set.ignore_index, weight=weight,
-                      **recipe.loss_options)
+    loss = loss_for_model(build_loss(recipe.loss, reduction=recipe.reduction, ignore_index=train_set.ignore_index,
+                                     weight=weight, **recipe.loss_options), model)  # one loss per head of a multi-head net
 
     optimizer = build_optimizer(model, name=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, bias_lr_mult=recipe.bias_lr_mult,
@@ -287,6 +287,8 @@ def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless micro-batches for this rank, starting where ``run.step`` is."""
     recipe, config = run.config.recipe, run.config
     fill = run.model.preprocessing.mean_rgb_uint8()
+    if getattr(run.model, "hha_preprocessing", None) is not None:  # colour + HHA: six channels to pad
+        fill = fill + run.model.hha_preprocessing.mean_rgb_uint8()
     transform = None
     if recipe.augment or recipe.crop_size is not None:
         transform = TrainTransform(
@@ -315,7 +317,7 @@ def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _to_input(run: Run, images: torch.Tensor) -> torch.Tensor:
-    return preprocess(images.to(run.ctx.device, non_blocking=True), run.model.preprocessing)
+    return model_input(images.to(run.ctx.device, non_blocking=True), run.model)
 
 
 def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:

@@ -85,6 +85,10 @@ class LateFusionFCN(nn.Module):
                                        "learnable_upsampling": learnable_upsampling, "dropout": dropout}
         self.set_fast_paths(fast_paths)
 
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The 6-channel blob of uint8 colour + HHA images (see :func:`preprocess_color_hha`)."""
+        return preprocess_color_hha(images, self)
+
     @property
     def fast_paths(self) -> bool:
         return self.color.backbone.fast_paths
