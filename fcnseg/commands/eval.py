@@ -13,7 +13,7 @@ import torch
 from ..checkpoint import Checkpoint, CheckpointError
 from ..files import atomic_write_text
 from ..metrics import format_report, json_safe
-from .arguments import key_value
+from .arguments import add_tta_arguments, key_value
 
 NAME = "eval"
 HELP = "evaluate a checkpoint on a dataset split (pixel acc, mean acc, mean IU, fw IU, per-class IU)"
@@ -38,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-size", type=int, default=None, help="evaluate in tiles (same result, bounded memory)")
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run every layer as written instead of the model's exact fast paths (same masks)")
+    add_tta_arguments(parser)
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     parser.add_argument("--detail", action="store_true",
                         help="also IU by object size (segments < 32x32, 32x32-96x96, > 96x96 px), boundary IoU (band 2%% of "
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         predictor, checkpoint = load_predictor(args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
-                                               tile=args.tile_size)
+                                               tile=args.tile_size, tta_scales=args.tta_scales, tta_flip=args.tta_flip)
         kind, root, options = data_spec(args, checkpoint)
         dataset = open_dataset(kind, root, args.split, **options)
         check_classes(checkpoint.classes, list(dataset.classes), args.checkpoint)

@@ -15,6 +15,7 @@ from ..confidence_maps import normalised_entropy, save_float16_npy, save_unit_pn
 from ..predict import (ImageError, list_images, load_image, max_pixels_for, overlay_image, save_image, save_mask_png,
                        with_legend)
 from ..tiling import Tiling
+from .arguments import add_tta_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run every layer as written instead of the model's exact fast paths "
                              "(same masks; the fast paths take ~0.7x the time on the CPU)")
+    add_tta_arguments(parser)
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                         help="images whose forward pass would need more are tiled to fit; images too large to hold "
                              "decoded within it (budget / 12 bytes per pixel) are refused from their header "
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
             memory_budget_bytes=int(args.memory_budget_mb * 2**20), margin=args.margin,
             tile=None if args.tile_size is None else Tiling(args.tile_size, args.margin),
+            tta_scales=args.tta_scales, tta_flip=args.tta_flip,
         )  # fmt: skip
     except (CheckpointError, ValueError) as error:  # also a budget too small for even one tile
         print(f"fcnseg predict: error: {error}", file=sys.stderr)
