@@ -1,0 +1,237 @@
+"""Resident memory of ``fcnseg serve`` under a long mixed load: does it stay flat?
+
+Starts the real service (``python -m fcnseg serve``, uvicorn on 127.0.0.1) with a
+small FCN-8s checkpoint, sends ``--requests`` requests from ``--clients``
+threads (images of many sizes, PNG and JPEG, mask and JSON answers, and some
+refused uploads: not an image, truncated, over the pixel limit), reads the
+server's ``VmRSS`` every ``--sample-every`` requests and fits a line to the
+samples after ``--warmup`` requests: the slope, in MiB per 1,000 requests, is
+the figure (0 = flat).
+
+Each candidate is a fresh server started with its own extra environment
+variables, so candidates of one run are compared under the same load, e.g.
+
+    .venv/bin/python benchmarks/serve_memory.py                     # the service as shipped
+    .venv/bin/python benchmarks/serve_memory.py --candidate untuned:FCNSEG_MALLOC_TUNING=0 --candidate shipped:
+    .venv/bin/python benchmarks/serve_memory.py --requests 400 --quick   # smoke run
+
+``NAME:VAR=VALUE,VAR=VALUE`` (``NAME:`` for no variables). Every client request
+has a 120 s timeout; any answer other than the expected status is counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import harness
+from harness import PROJECT_ROOT
+
+import fcnseg
+from fcnseg.checkpoint import save_checkpoint
+from fcnseg.data.palette import default_palette
+
+httpx = __import__("httpx")  # the test extra; a clear ImportError when absent
+
+MAX_PIXELS = 1_000_000  # the server's --max-pixels: a few images of the mix are above it
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+    mime: str
+    query: str
+    expected: int
+
+
+def _picture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    rows, cols = np.mgrid[0:height, 0:width]
+    picture = np.stack(
+        [180 * (cols > width * rng.uniform(0.2, 0.8)), 120 + 90 * np.sin(rows / rng.uniform(3, 20)), 255 * (rows < height / 2)],
+        axis=-1,
+    ) + rng.normal(0, 15, (height, width, 3))
+    return np.clip(picture, 0, 255).astype(np.uint8)
+
+
+def _encode(picture: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format=fmt, **({"quality": 88} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def request_pool(seed: int, distinct: int) -> list[Upload]:
+    """``distinct`` uploads of many sizes (16x16 to ~1 MP), plus refused ones, in the mix's proportions."""
+    rng = np.random.default_rng(seed)
+    pool: list[Upload] = []
+    for index in range(distinct):
+        pixels = float(np.exp(rng.uniform(np.log(256), np.log(MAX_PIXELS))))  # log-uniform: many small, some big
+        aspect = rng.uniform(0.5, 2.0)
+        height, width = max(16, int((pixels / aspect) ** 0.5)), max(16, int((pixels * aspect) ** 0.5))
+        height, width = min(height, MAX_PIXELS // width), width
+        fmt = "JPEG" if index % 3 else "PNG"
+        query = "?format=json" if index % 4 == 0 else ""
+        pool.append(Upload(f"img{index}.{fmt.lower()}", _encode(_picture(height, width, rng), fmt), f"image/{fmt.lower()}", query, 200))
+    complete = _encode(_picture(300, 400, rng), "JPEG")
+    pool.append(Upload("cut.jpg", complete[: len(complete) // 2], "image/jpeg", "", 422))
+    pool.append(Upload("notes.txt", b"not an image\n" * 200, "text/plain", "", 415))
+    pool.append(Upload("wide.png", _encode(np.zeros((600, 2000, 3), np.uint8), "PNG"), "image/png", "", 413))
+    return pool
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "fcnseg", "serve", str(checkpoint), "--port", str(port),
+               "--max-pixels", str(MAX_PIXELS), "--log-level", "warning", *extra_args]
+    child_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **env}
+    server = subprocess.Popen(command, env=child_env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}: {' '.join(command)}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("the server did not answer /health within 120 s")
+
+
+def slope_per_1000(samples: list[tuple[int, float]], warmup: int) -> float:
+    """Least-squares slope of RSS (MiB) against requests done, per 1,000 requests, after ``warmup``."""
+    points = np.array([(n, rss) for n, rss in samples if n >= warmup], dtype=np.float64)
+    if len(points) < 2:
+        return float("nan")
+    return float(np.polyfit(points[:, 0], points[:, 1], 1)[0] * 1000)
+
+
+def run_candidate(name: str, env: dict[str, str], args: argparse.Namespace, checkpoint: Path, pool: list[Upload]) -> dict[str, Any]:
+    port = free_port()
+    server = start_server(checkpoint, port, env, args.server_args)
+    order = random.Random(args.seed).choices(range(len(pool)), k=args.requests)
+    samples: list[tuple[int, float]] = [(0, rss_mib(server.pid))]
+    unexpected: list[str] = []
+    done = 0
+    lock = threading.Lock()
+    start = time.perf_counter()
+    local = threading.local()
+
+    def send(index: int) -> None:
+        nonlocal done
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+        upload = pool[index]
+        response = local.client.post("/segment" + upload.query, files={"file": (upload.name, upload.data, upload.mime)})
+        with lock:
+            if response.status_code != upload.expected:
+                unexpected.append(f"{upload.name}: {response.status_code} {response.text[:120]}")
+            done += 1
+            if done % args.sample_every == 0:
+                samples.append((done, rss_mib(server.pid)))
+                print(f"  {name}: {done:5d} requests, RSS {samples[-1][1]:7.1f} MiB, {time.perf_counter() - start:6.1f} s", flush=True)
+
+    try:
+        with ThreadPoolExecutor(args.clients) as clients:
+            list(clients.map(send, order))
+    finally:
+        server.terminate()
+        server.wait(30)
+    after = [rss for n, rss in samples if n >= args.warmup]
+    return {
+        "name": name,
+        "env": env,
+        "seconds": round(time.perf_counter() - start, 1),
+        "samples": samples,
+        "slope_mib_per_1000": round(slope_per_1000(samples, args.warmup), 2),
+        "rss_at_warmup_mib": round(after[0], 1) if after else None,
+        "rss_end_mib": round(samples[-1][1], 1),
+        "rss_max_mib": round(max(rss for _, rss in samples), 1),
+        "unexpected_answers": len(unexpected),
+        "unexpected_examples": unexpected[:5],
+    }
+
+
+def parse_candidate(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+    return name or "shipped", env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--sample-every", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=500, help="requests before the slope is fitted")
+    parser.add_argument("--clients", type=int, default=4, help="client threads sending at once")
+    parser.add_argument("--distinct", type=int, default=60, help="distinct images in the mix")
+    parser.add_argument("--width", type=float, default=0.0625, help="FCN-8s width of the checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidate", action="append", default=[], metavar="NAME:VAR=VALUE,...",
+                        help="a server to measure, with extra environment variables (repeatable; default: the service as shipped)")
+    parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra fcnseg serve options (last)")
+    parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serve_memory.json")
+    parser.add_argument("--quick", action="store_true", help="write *_quick.json (a smoke run never overwrites a real one)")
+    args = parser.parse_args()
+    if args.quick:
+        args.json = args.json.with_name(args.json.stem + "_quick.json")
+    candidates = [parse_candidate(text) for text in args.candidate] or [("shipped", {})]
+
+    torch.manual_seed(0)
+    model = fcnseg.create_model("fcn8s", num_classes=11, width=args.width).eval()
+    pool = request_pool(args.seed, args.distinct)
+    print(f"{len(pool)} distinct uploads, {sum(len(u.data) for u in pool) / 2**20:.1f} MiB in all; "
+          f"{args.requests} requests per candidate from {args.clients} clients")
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = save_checkpoint(Path(folder) / "fcn8s.safetensors", model, classes=[f"c{i}" for i in range(11)], palette=default_palette(11))
+        for name, env in candidates:
+            print(f"candidate {name} {env or ''}", flush=True)
+            results.append(run_candidate(name, env, args, checkpoint, pool))
+            result = results[-1]
+            print(f"  {name}: slope after {args.warmup} requests {result['slope_mib_per_1000']:+.2f} MiB / 1,000 requests, "
+                  f"RSS {result['rss_at_warmup_mib']} -> {result['rss_end_mib']} MiB (max {result['rss_max_mib']}), "
+                  f"{result['unexpected_answers']} unexpected answers, {result['seconds']} s", flush=True)
+    print(harness.format_table(
+        [[r["name"], json.dumps(r["env"]), r["slope_mib_per_1000"], r["rss_at_warmup_mib"], r["rss_end_mib"], r["rss_max_mib"], r["unexpected_answers"]] for r in results],
+        ["candidate", "env", "slope MiB/1000 req", "RSS at warm-up", "RSS end", "RSS max", "unexpected"],
+    ))
+    harness.write_json(args.json, {
+        "machine": harness.machine_info(torch.device("cpu")),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"max_pixels": MAX_PIXELS},
+        "candidates": results,
+    })
+
+
+if __name__ == "__main__":
+    main()
