@@ -8,24 +8,35 @@ server's ``VmRSS`` every ``--sample-every`` requests and fits a line to the
 samples after ``--warmup`` requests: the slope, in MiB per 1,000 requests, is
 the figure (0 = flat).
 
-Each candidate is a fresh server started with its own extra environment
-variables, so candidates of one run are compared under the same load, e.g.
+To tell a leak from allocator fragmentation, the server process also reports
+glibc's own count of the bytes it has handed out and not had back
+(``mallinfo2``: ``uordblks + hblkhd``) and Python's count of allocated blocks; at the end
+the parent asks it to ``malloc_trim(0)`` and reads RSS again. RSS that grows
+while the bytes in use stay flat, and falls back after the trim, is memory the
+allocator holds free, not a leak.
+
+Each candidate is a fresh server with its own extra options and environment
+variables, so the candidates of one run meet the same load, e.g.
 
     .venv/bin/python benchmarks/serve_memory.py                     # the service as shipped
-    .venv/bin/python benchmarks/serve_memory.py --candidate untuned:FCNSEG_MALLOC_TUNING=0 --candidate shipped:
-    .venv/bin/python benchmarks/serve_memory.py --requests 400 --quick   # smoke run
+    .venv/bin/python benchmarks/serve_memory.py --candidate glibc-default:--malloc-mmap-threshold-mib=0 \
+        --candidate arena2:--malloc-mmap-threshold-mib=0,MALLOC_ARENA_MAX=2 --candidate shipped:
+    .venv/bin/python benchmarks/serve_memory.py --requests 400 --warmup 100 --quick   # smoke run
 
-``NAME:VAR=VALUE,VAR=VALUE`` (``NAME:`` for no variables). Every client request
-has a 120 s timeout; any answer other than the expected status is counted.
+A candidate is ``NAME:ITEM,ITEM`` where an item is an ``fcnseg serve`` option
+(``--x=y``) or an environment variable (``VAR=VALUE``); ``NAME:`` has neither.
+Every request has a 120 s timeout; answers other than the expected status are counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import io
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -96,21 +107,54 @@ def request_pool(seed: int, distinct: int) -> list[Upload]:
     return pool
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def server_child(stats_path: Path, serve_args: list[str]) -> int:
+    """Run ``fcnseg serve`` in this process, writing allocator statistics to ``stats_path`` every second.
+
+    SIGUSR1 makes it ``malloc_trim(0)`` (give every free page back) before the next statistics.
+    """
+    from fcnseg.cli import main as fcnseg_main
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    signal.signal(signal.SIGUSR1, lambda *_: libc.malloc_trim(0))
+
+    def report() -> None:
+        while True:
+            info = libc.mallinfo2()
+            stats = {"malloc_in_use_mib": (info.uordblks + info.hblkhd) / 2**20, "malloc_mapped_mib": info.hblkhd / 2**20,
+                     "malloc_heap_free_mib": info.fordblks / 2**20,
+                     "python_blocks_k": sys.getallocatedblocks() / 1000}  # (gc.get_objects() from a thread is unsafe)
+            harness.atomic_write_text(stats_path, json.dumps(stats))
+            time.sleep(1.0)
+
+    threading.Thread(target=report, daemon=True).start()
+    return fcnseg_main(["serve", *serve_args])
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+def memory_sample(pid: int, stats_path: Path) -> dict[str, float]:
+    """The server's RSS (all, and anonymous: not the mapped library files) and its last allocator statistics, in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    sample = {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "rss_anon_mib": int(fields["RssAnon"].split()[0]) / 1024}
+    try:
+        sample |= json.loads(stats_path.read_text())
+    except (OSError, ValueError):
+        pass
+    return {key: round(value, 1) for key, value in sample.items()}
 
 
-def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "fcnseg", "serve", str(checkpoint), "--port", str(port),
+def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: list[str], stats_path: Path) -> subprocess.Popen:
+    command = [sys.executable, str(Path(__file__).resolve()), "--server-child", str(stats_path), str(checkpoint), "--port", str(port),
                "--max-pixels", str(MAX_PIXELS), "--log-level", "warning", *extra_args]
     child_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **env}
     server = subprocess.Popen(command, env=child_env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
@@ -127,19 +171,23 @@ def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: l
     raise SystemExit("the server did not answer /health within 120 s")
 
 
-def slope_per_1000(samples: list[tuple[int, float]], warmup: int) -> float:
-    """Least-squares slope of RSS (MiB) against requests done, per 1,000 requests, after ``warmup``."""
-    points = np.array([(n, rss) for n, rss in samples if n >= warmup], dtype=np.float64)
+def slope_per_1000(samples: list[dict[str, float]], warmup: int, key: str = "rss_mib") -> float:
+    """Least-squares slope of ``key`` (MiB) against requests done, per 1,000 requests, after ``warmup``."""
+    points = np.array([(s["requests"], s[key]) for s in samples if s["requests"] >= warmup and key in s], dtype=np.float64)
     if len(points) < 2:
         return float("nan")
     return float(np.polyfit(points[:, 0], points[:, 1], 1)[0] * 1000)
 
 
-def run_candidate(name: str, env: dict[str, str], args: argparse.Namespace, checkpoint: Path, pool: list[Upload]) -> dict[str, Any]:
+def run_candidate(name: str, items: list[str], args: argparse.Namespace, checkpoint: Path, pool: list[Upload]) -> dict[str, Any]:
+    env = dict(item.split("=", 1) for item in items if not item.startswith("--"))
+    options = [item for item in items if item.startswith("--")] + args.server_args
     port = free_port()
-    server = start_server(checkpoint, port, env, args.server_args)
+    stats_path = checkpoint.with_name(f"stats-{name}.json")
+    server = start_server(checkpoint, port, env, options, stats_path)
     order = random.Random(args.seed).choices(range(len(pool)), k=args.requests)
-    samples: list[tuple[int, float]] = [(0, rss_mib(server.pid))]
+    time.sleep(1.5)  # one statistics report
+    samples = [{"requests": 0, **memory_sample(server.pid, stats_path)}]
     unexpected: list[str] = []
     done = 0
     lock = threading.Lock()
@@ -157,37 +205,47 @@ def run_candidate(name: str, env: dict[str, str], args: argparse.Namespace, chec
                 unexpected.append(f"{upload.name}: {response.status_code} {response.text[:120]}")
             done += 1
             if done % args.sample_every == 0:
-                samples.append((done, rss_mib(server.pid)))
-                print(f"  {name}: {done:5d} requests, RSS {samples[-1][1]:7.1f} MiB, {time.perf_counter() - start:6.1f} s", flush=True)
+                samples.append({"requests": done, **memory_sample(server.pid, stats_path)})
+                print(f"  {name}: {done:5d} requests, {time.perf_counter() - start:6.1f} s, "
+                      + ", ".join(f"{k} {v}" for k, v in samples[-1].items() if k != "requests"), flush=True)
 
     try:
         with ThreadPoolExecutor(args.clients) as clients:
             list(clients.map(send, order))
+        seconds = time.perf_counter() - start
+        server.send_signal(signal.SIGUSR1)  # malloc_trim(0): what RSS is left is memory in use
+        time.sleep(2.5)
+        trimmed = memory_sample(server.pid, stats_path)
     finally:
         server.terminate()
         server.wait(30)
-    after = [rss for n, rss in samples if n >= args.warmup]
+    after = [s for s in samples if s["requests"] >= args.warmup]
     return {
         "name": name,
+        "server_options": options,
         "env": env,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
         "samples": samples,
         "slope_mib_per_1000": round(slope_per_1000(samples, args.warmup), 2),
-        "rss_at_warmup_mib": round(after[0], 1) if after else None,
-        "rss_end_mib": round(samples[-1][1], 1),
-        "rss_max_mib": round(max(rss for _, rss in samples), 1),
+        "slope_in_use_mib_per_1000": round(slope_per_1000(samples, args.warmup, "malloc_in_use_mib"), 2),
+        "rss_start_mib": samples[0]["rss_mib"],
+        "rss_at_warmup_mib": after[0]["rss_mib"] if after else None,
+        "rss_end_mib": samples[-1]["rss_mib"],
+        "rss_max_mib": max(s["rss_mib"] for s in samples),
+        "after_malloc_trim": trimmed,
         "unexpected_answers": len(unexpected),
         "unexpected_examples": unexpected[:5],
     }
 
 
-def parse_candidate(text: str) -> tuple[str, dict[str, str]]:
-    name, _, assignments = text.partition(":")
-    env = dict(item.split("=", 1) for item in assignments.split(",") if item)
-    return name or "shipped", env
+def parse_candidate(text: str) -> tuple[str, list[str]]:
+    name, _, items = text.partition(":")
+    return name or "shipped", [item for item in items.split(",") if item]
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--server-child":
+        sys.exit(server_child(Path(sys.argv[2]), sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--sample-every", type=int, default=100)
@@ -197,7 +255,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.0625, help="FCN-8s width of the checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME:VAR=VALUE,...",
-                        help="a server to measure, with extra environment variables (repeatable; default: the service as shipped)")
+                        help="a server to measure, with extra options and environment variables (repeatable; default: the service as shipped)")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra fcnseg serve options (last)")
     parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serve_memory.json")
     parser.add_argument("--quick", action="store_true", help="write *_quick.json (a smoke run never overwrites a real one)")
@@ -214,16 +272,20 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = save_checkpoint(Path(folder) / "fcn8s.safetensors", model, classes=[f"c{i}" for i in range(11)], palette=default_palette(11))
-        for name, env in candidates:
-            print(f"candidate {name} {env or ''}", flush=True)
-            results.append(run_candidate(name, env, args, checkpoint, pool))
+        for name, items in candidates:
+            print(f"candidate {name} {' '.join(items)}", flush=True)
+            results.append(run_candidate(name, items, args, checkpoint, pool))
             result = results[-1]
-            print(f"  {name}: slope after {args.warmup} requests {result['slope_mib_per_1000']:+.2f} MiB / 1,000 requests, "
-                  f"RSS {result['rss_at_warmup_mib']} -> {result['rss_end_mib']} MiB (max {result['rss_max_mib']}), "
+            print(f"  {name}: slope after {args.warmup} requests {result['slope_mib_per_1000']:+.2f} MiB / 1,000 requests "
+                  f"(malloc in use {result['slope_in_use_mib_per_1000']:+.2f}), RSS {result['rss_at_warmup_mib']} -> "
+                  f"{result['rss_end_mib']} MiB (max {result['rss_max_mib']}, after malloc_trim {result['after_malloc_trim']['rss_mib']}), "
                   f"{result['unexpected_answers']} unexpected answers, {result['seconds']} s", flush=True)
     print(harness.format_table(
-        [[r["name"], json.dumps(r["env"]), r["slope_mib_per_1000"], r["rss_at_warmup_mib"], r["rss_end_mib"], r["rss_max_mib"], r["unexpected_answers"]] for r in results],
-        ["candidate", "env", "slope MiB/1000 req", "RSS at warm-up", "RSS end", "RSS max", "unexpected"],
+        [[r["name"], " ".join(r["server_options"] + [f"{k}={v}" for k, v in r["env"].items()]), r["slope_mib_per_1000"],
+          r["slope_in_use_mib_per_1000"], r["rss_start_mib"], r["rss_at_warmup_mib"], r["rss_end_mib"], r["rss_max_mib"],
+          r["after_malloc_trim"]["rss_mib"], r["unexpected_answers"]] for r in results],
+        ["candidate", "options", "RSS slope MiB/1000 req", "in-use slope", "RSS start", "RSS at warm-up", "RSS end",
+         "RSS max", "RSS after trim", "unexpected"],
     ))
     harness.write_json(args.json, {
         "machine": harness.machine_info(torch.device("cpu")),
