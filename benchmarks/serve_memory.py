@@ -153,6 +153,12 @@ def memory_sample(pid: int, stats_path: Path) -> dict[str, float]:
     return {key: round(value, 1) for key, value in sample.items()}
 
 
+def cpu_and_faults(pid: int) -> tuple[float, int]:
+    """The server's CPU seconds (user + system) and minor page faults so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
+
+
 def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: list[str], stats_path: Path) -> subprocess.Popen:
     command = [sys.executable, str(Path(__file__).resolve()), "--server-child", str(stats_path), str(checkpoint), "--port", str(port),
                "--max-pixels", str(MAX_PIXELS), "--log-level", "warning", *extra_args]
@@ -188,6 +194,7 @@ def run_candidate(name: str, items: list[str], args: argparse.Namespace, checkpo
     order = random.Random(args.seed).choices(range(len(pool)), k=args.requests)
     time.sleep(1.5)  # one statistics report
     samples = [{"requests": 0, **memory_sample(server.pid, stats_path)}]
+    cpu_start, faults_start = cpu_and_faults(server.pid)
     unexpected: list[str] = []
     done = 0
     lock = threading.Lock()
@@ -213,6 +220,7 @@ def run_candidate(name: str, items: list[str], args: argparse.Namespace, checkpo
         with ThreadPoolExecutor(args.clients) as clients:
             list(clients.map(send, order))
         seconds = time.perf_counter() - start
+        cpu_end, faults_end = cpu_and_faults(server.pid)
         server.send_signal(signal.SIGUSR1)  # malloc_trim(0): what RSS is left is memory in use
         time.sleep(2.5)
         trimmed = memory_sample(server.pid, stats_path)
@@ -225,6 +233,9 @@ def run_candidate(name: str, items: list[str], args: argparse.Namespace, checkpo
         "server_options": options,
         "env": env,
         "seconds": round(seconds, 1),
+        # CPU time and page faults count the server's own work: less disturbed by a busy machine than seconds.
+        "server_cpu_ms_per_request": round(1000 * (cpu_end - cpu_start) / args.requests, 1),
+        "minor_faults_per_request": round((faults_end - faults_start) / args.requests),
         "samples": samples,
         "slope_mib_per_1000": round(slope_per_1000(samples, args.warmup), 2),
         "slope_in_use_mib_per_1000": round(slope_per_1000(samples, args.warmup, "malloc_in_use_mib"), 2),
@@ -283,9 +294,10 @@ def main() -> None:
     print(harness.format_table(
         [[r["name"], " ".join(r["server_options"] + [f"{k}={v}" for k, v in r["env"].items()]), r["slope_mib_per_1000"],
           r["slope_in_use_mib_per_1000"], r["rss_start_mib"], r["rss_at_warmup_mib"], r["rss_end_mib"], r["rss_max_mib"],
-          r["after_malloc_trim"]["rss_mib"], r["unexpected_answers"]] for r in results],
+          r["after_malloc_trim"]["rss_mib"], r["server_cpu_ms_per_request"], r["minor_faults_per_request"],
+          r["unexpected_answers"]] for r in results],
         ["candidate", "options", "RSS slope MiB/1000 req", "in-use slope", "RSS start", "RSS at warm-up", "RSS end",
-         "RSS max", "RSS after trim", "unexpected"],
+         "RSS max", "RSS after trim", "CPU ms/req", "faults/req", "unexpected"],
     ))
     harness.write_json(args.json, {
         "machine": harness.machine_info(torch.device("cpu")),
