@@ -61,7 +61,6 @@ from fcnseg.data.palette import default_palette
 
 httpx = __import__("httpx")  # the test extra; a clear ImportError when absent
 
-MAX_PIXELS = 1_000_000  # the server's --max-pixels: a few images of the mix are above it
 
 
 @dataclass(frozen=True)
@@ -88,22 +87,23 @@ def _encode(picture: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def request_pool(seed: int, distinct: int) -> list[Upload]:
-    """``distinct`` uploads of many sizes (16x16 to ~1 MP), plus refused ones, in the mix's proportions."""
+def request_pool(seed: int, distinct: int, max_pixels: int) -> list[Upload]:
+    """``distinct`` uploads of many sizes (16x16 to ``max_pixels``), plus refused ones, in the mix's proportions."""
     rng = np.random.default_rng(seed)
     pool: list[Upload] = []
     for index in range(distinct):
-        pixels = float(np.exp(rng.uniform(np.log(256), np.log(MAX_PIXELS))))  # log-uniform: many small, some big
+        pixels = float(np.exp(rng.uniform(np.log(256), np.log(max_pixels))))  # log-uniform: many small, some big
         aspect = rng.uniform(0.5, 2.0)
         height, width = max(16, int((pixels / aspect) ** 0.5)), max(16, int((pixels * aspect) ** 0.5))
-        height, width = min(height, MAX_PIXELS // width), width
+        height, width = min(height, max_pixels // width), width
         fmt = "JPEG" if index % 3 else "PNG"
         query = "?format=json" if index % 4 == 0 else ""
         pool.append(Upload(f"img{index}.{fmt.lower()}", _encode(_picture(height, width, rng), fmt), f"image/{fmt.lower()}", query, 200))
     complete = _encode(_picture(300, 400, rng), "JPEG")
     pool.append(Upload("cut.jpg", complete[: len(complete) // 2], "image/jpeg", "", 422))
     pool.append(Upload("notes.txt", b"not an image\n" * 200, "text/plain", "", 415))
-    pool.append(Upload("wide.png", _encode(np.zeros((600, 2000, 3), np.uint8), "PNG"), "image/png", "", 413))
+    too_wide = np.zeros((600, max_pixels // 600 + 100, 3), np.uint8)  # over the server's --max-pixels
+    pool.append(Upload("wide.png", _encode(too_wide, "PNG"), "image/png", "", 413))
     return pool
 
 
@@ -160,8 +160,8 @@ def cpu_and_faults(pid: int) -> tuple[float, int]:
 
 
 def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: list[str], stats_path: Path) -> subprocess.Popen:
-    command = [sys.executable, str(Path(__file__).resolve()), "--server-child", str(stats_path), str(checkpoint), "--port", str(port),
-               "--max-pixels", str(MAX_PIXELS), "--log-level", "warning", *extra_args]
+    command = [sys.executable, str(Path(__file__).resolve()), "--server-child", str(stats_path), str(checkpoint),
+               "--port", str(port), "--log-level", "warning", *extra_args]
     child_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **env}
     server = subprocess.Popen(command, env=child_env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -187,7 +187,7 @@ def slope_per_1000(samples: list[dict[str, float]], warmup: int, key: str = "rss
 
 def run_candidate(name: str, items: list[str], args: argparse.Namespace, checkpoint: Path, pool: list[Upload]) -> dict[str, Any]:
     env = dict(item.split("=", 1) for item in items if not item.startswith("--"))
-    options = [item for item in items if item.startswith("--")] + args.server_args
+    options = [f"--max-pixels={args.max_pixels}"] + [item for item in items if item.startswith("--")] + args.server_args
     port = free_port()
     stats_path = checkpoint.with_name(f"stats-{name}.json")
     server = start_server(checkpoint, port, env, options, stats_path)
@@ -264,6 +264,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client threads sending at once")
     parser.add_argument("--distinct", type=int, default=60, help="distinct images in the mix")
     parser.add_argument("--width", type=float, default=0.0625, help="FCN-8s width of the checkpoint")
+    parser.add_argument("--max-pixels", type=int, default=1_000_000, help="largest image of the mix, and the server's limit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME:VAR=VALUE,...",
                         help="a server to measure, with extra options and environment variables (repeatable; default: the service as shipped)")
@@ -277,7 +278,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = fcnseg.create_model("fcn8s", num_classes=11, width=args.width).eval()
-    pool = request_pool(args.seed, args.distinct)
+    pool = request_pool(args.seed, args.distinct, args.max_pixels)
     print(f"{len(pool)} distinct uploads, {sum(len(u.data) for u in pool) / 2**20:.1f} MiB in all; "
           f"{args.requests} requests per candidate from {args.clients} clients")
     results = []
@@ -302,7 +303,7 @@ def main() -> None:
     harness.write_json(args.json, {
         "machine": harness.machine_info(torch.device("cpu")),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"max_pixels": MAX_PIXELS},
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "candidates": results,
     })
 

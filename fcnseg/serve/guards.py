@@ -7,7 +7,6 @@ raises the ``HTTPException`` that FastAPI turns into that answer).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Any, Awaitable, Callable
 
@@ -126,15 +125,15 @@ class BodyDeadline:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
         deadline: float | None = None
 
         async def timed_receive() -> dict:
             nonlocal deadline
-            deadline = deadline or loop.time() + self.timeout
+            deadline = deadline or anyio.current_time() + self.timeout
             try:
-                return await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    return await receive()
+            except TimeoutError:
                 raise HTTPException(
                     status_code=408,
                     detail=f"the request body did not arrive within {self.timeout:g} s; send it faster or in a smaller file",
