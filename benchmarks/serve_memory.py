@@ -98,7 +98,8 @@ def request_pool(seed: int, distinct: int, max_pixels: int) -> list[Upload]:
         height, width = min(height, max_pixels // width), width
         fmt = "JPEG" if index % 3 else "PNG"
         query = "?format=json" if index % 4 == 0 else ""
-        pool.append(Upload(f"img{index}.{fmt.lower()}", _encode(_picture(height, width, rng), fmt), f"image/{fmt.lower()}", query, 200))
+        data = _encode(_picture(height, width, rng), fmt)
+        pool.append(Upload(f"img{index}.{fmt.lower()}", data, f"image/{fmt.lower()}", query, 200))
     complete = _encode(_picture(300, 400, rng), "JPEG")
     pool.append(Upload("cut.jpg", complete[: len(complete) // 2], "image/jpeg", "", 422))
     pool.append(Upload("notes.txt", b"not an image\n" * 200, "text/plain", "", 415))
@@ -267,7 +268,8 @@ def main() -> None:
     parser.add_argument("--max-pixels", type=int, default=1_000_000, help="largest image of the mix, and the server's limit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME:VAR=VALUE,...",
-                        help="a server to measure, with extra options and environment variables (repeatable; default: the service as shipped)")
+                        help="a server to measure, with extra options and environment variables "
+                        "(repeatable; default: the service as shipped)")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra fcnseg serve options (last)")
     parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serve_memory.json")
     parser.add_argument("--quick", action="store_true", help="write *_quick.json (a smoke run never overwrites a real one)")
@@ -283,14 +285,16 @@ def main() -> None:
           f"{args.requests} requests per candidate from {args.clients} clients")
     results = []
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = save_checkpoint(Path(folder) / "fcn8s.safetensors", model, classes=[f"c{i}" for i in range(11)], palette=default_palette(11))
+        classes = [f"c{i}" for i in range(11)]
+        checkpoint = save_checkpoint(Path(folder) / "fcn8s.safetensors", model, classes=classes, palette=default_palette(11))
         for name, items in candidates:
             print(f"candidate {name} {' '.join(items)}", flush=True)
             results.append(run_candidate(name, items, args, checkpoint, pool))
             result = results[-1]
             print(f"  {name}: slope after {args.warmup} requests {result['slope_mib_per_1000']:+.2f} MiB / 1,000 requests "
                   f"(malloc in use {result['slope_in_use_mib_per_1000']:+.2f}), RSS {result['rss_at_warmup_mib']} -> "
-                  f"{result['rss_end_mib']} MiB (max {result['rss_max_mib']}, after malloc_trim {result['after_malloc_trim']['rss_mib']}), "
+                  f"{result['rss_end_mib']} MiB (max {result['rss_max_mib']}, "
+                  f"after malloc_trim {result['after_malloc_trim']['rss_mib']}), "
                   f"{result['unexpected_answers']} unexpected answers, {result['seconds']} s", flush=True)
     print(harness.format_table(
         [[r["name"], " ".join(r["server_options"] + [f"{k}={v}" for k, v in r["env"].items()]), r["slope_mib_per_1000"],

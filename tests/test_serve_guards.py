@@ -227,15 +227,17 @@ def test_serve_command_takes_the_key_from_the_environment_and_the_new_limits(che
     command.add_parser(parser.add_subparsers(dest="command"))
     monkeypatch.setenv("FCNSEG_API_KEY", KEY)
     args = parser.parse_args(["serve", str(checkpoint_path), "--max-concurrent-uploads", "2", "--queue-timeout", "7",
-                              "--body-timeout", "9", "--header-timeout", "3", "--cors-origin", ALLOWED, "--cors-origin", "http://x.test"])
+                              "--body-timeout", "9", "--header-timeout", "3",
+                              "--cors-origin", ALLOWED, "--cors-origin", "http://x.test"])
     assert command.run(args) == 0
     app, served = seen["app"], capsys.readouterr().out
     assert "API key required" in served
-    limits_ = app.state.limits
-    assert (limits_.max_concurrent_uploads, limits_.queue_timeout_s, limits_.body_timeout_s, limits_.header_timeout_s) == (2, 7, 9, 3)
+    given = app.state.limits
+    assert (given.max_concurrent_uploads, given.queue_timeout_s, given.body_timeout_s, given.header_timeout_s) == (2, 7, 9, 3)
     assert seen["http"].head_timeout == 3
     assert call(app, "POST", "/segment", **upload(b"x", "a.png")).status_code == 401
-    assert call(app, "GET", "/health", headers={"Origin": "http://x.test"}).headers["access-control-allow-origin"] == "http://x.test"
+    second_origin = call(app, "GET", "/health", headers={"Origin": "http://x.test"})
+    assert second_origin.headers["access-control-allow-origin"] == "http://x.test"
 
     monkeypatch.setenv("FCNSEG_API_KEY", "")
     assert command.run(parser.parse_args(["serve", str(checkpoint_path)])) == 2

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fcnseg serve: error: {error}", file=sys.stderr)
         return 2
     access = "API key required" if api_key else "no API key"
-    print(f"fcnseg serve: {app.state.segmenter.model_name} on http://{args.host}:{args.port}/ ({access}; Ctrl-C stops)", flush=True)
+    model = app.state.segmenter.model_name
+    print(f"fcnseg serve: {model} on http://{args.host}:{args.port}/ ({access}; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, **uvicorn_options(app))
     return 0

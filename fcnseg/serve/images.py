@@ -141,7 +141,8 @@ def decode_image(data: bytes, name: str) -> torch.Tensor:
                 _exif_upright(picture)
                 array = np.asarray(picture.convert("RGB") if picture.mode != "RGB" else picture)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise Undecodable(f"'{name}' is truncated or corrupt ({type(error).__name__}: {error}); send a complete image file") from None
+        reason = f"{type(error).__name__}: {error}"
+        raise Undecodable(f"'{name}' is truncated or corrupt ({reason}); send a complete image file") from None
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
