@@ -23,7 +23,7 @@ from test_serve import CLASSES, PALETTE, call, content_dependent_model, encode, 
 
 from fcnseg.serve import ServeLimits, create_app  # noqa: E402
 from fcnseg.serve.background import background_server  # noqa: E402
-from fcnseg.serve.images import jpeg_data_shortfall  # noqa: E402
+from fcnseg.data.readers import jpeg_data_shortfall  # noqa: E402
 from fcnseg.serve.server import set_mmap_threshold  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -122,7 +122,7 @@ def test_the_head_deadline_ends_with_the_head_and_restarts_for_the_next_request(
     """Processing longer than the head timeout is fine, and so is a second request on the same connection."""
     app = create_app(checkpoint_path, limits=limits(header_timeout_s=0.5))
     segment = app.state.segmenter.segment
-    app.state.segmenter.segment = lambda image: (time.sleep(1.0), segment(image))[1]  # slower than the head timeout
+    app.state.segmenter.segment = lambda image, **options: (time.sleep(1.0), segment(image, **options))[1]  # slower than the head timeout
     data = encode(scene(40, 48, seed=2))
     with background_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         first = client.post("/segment", files={"file": ("a.png", data, "image/png")})

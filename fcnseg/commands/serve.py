@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from .arguments import add_tta_arguments
+
 NAME = "serve"
 HELP = "serve a checkpoint over HTTP: GET /health, POST /segment, and a web page at /"
 API_KEY_VARIABLE = "FCNSEG_API_KEY"
@@ -66,6 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="glibc: allocations from this size on are mapped alone and returned to the system when "
                         "freed, which keeps memory flat under images of many sizes (default 1; 0 keeps glibc's "
                         "sliding threshold; MALLOC_MMAP_THRESHOLD_ in the environment wins)")
+    add_tta_arguments(parser)
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run every layer as written instead of the model's exact fast paths (same masks)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{source} is empty; give a non-empty key, or none to serve without one")
         app = create_app(
             args.checkpoint, limits=limits, device=args.device, fast_paths=not args.no_fast_paths,
-            api_key=api_key, cors_origins=args.cors_origin,
+            api_key=api_key, cors_origins=args.cors_origin, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
         )
     except (CheckpointError, ValueError) as error:
         print(f"fcnseg serve: error: {error}", file=sys.stderr)

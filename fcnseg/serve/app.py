@@ -93,6 +93,7 @@ def create_app(
     fast_paths: bool = True,
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
+    **predictor_options: Any,
 ) -> FastAPI:
     """A FastAPI app that segments uploaded images with ``checkpoint`` (a path or a loaded one).
 
@@ -112,8 +113,8 @@ def create_app(
 
         checkpoint = load_checkpoint(resolve_checkpoint(checkpoint))
     segmenter = Segmenter(
-        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths
-    )
+        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths, **predictor_options
+    )  # predictor_options: e.g. tta_scales, tta_flip
     segmenter.segment(torch.zeros((3, 32, 32), dtype=torch.uint8))  # warm-up: the model runs on this device
     uploads = UploadQueue(limits.max_concurrent_uploads, limits.queue_timeout_s)
     page = _page()
