@@ -87,3 +87,16 @@ def test_fast_paths_equal_the_plain_forward(name, size):
     assert scale > 0.1, "the test model must produce non-trivial logits"
     assert (got - expected).abs().max().item() <= 1e-4 * scale  # fp32 summation order, not arithmetic
     assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.parametrize("name", fcnseg.list_models())
+def test_tiles_on_the_models_grid_with_its_margin_give_the_whole_image_logits(name):
+    from fcnseg.inference import Predictor
+    from fcnseg.tiling import Tiling
+
+    model = random_model(name).eval()
+    channels = getattr(model, "in_channels", 3)
+    image = torch.randint(0, 256, (channels, 40, 700), dtype=torch.uint8)
+    whole = Predictor(model).logits(image)
+    tiled = Predictor(model, tile=Tiling(96)).logits(image)  # several tiles with interior edges
+    assert (tiled - whole).abs().max() <= 1e-4 * whole.abs().max() + 1e-5
