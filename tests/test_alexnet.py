@@ -166,21 +166,31 @@ def test_fcn_alexnet_matches_the_caffe_semantics_forward(tmp_path, opencv, monke
 
 
 def test_published_layout_loads_and_matches_opencv(tmp_path, opencv):
-    """The fcn-alexnet-pascal.caffemodel layout (V1 layers, legacy 4-D blob shapes) and the
-    ImageNet AlexNet's (fc6/fc7 as InnerProduct 4096 x 256*6*6) both load into fcn_alexnet."""
+    """The fcn-alexnet-pascal.caffemodel layout (here V1 layers with legacy 4-D blob shapes) loads
+    into fcn_alexnet, and the loaded model matches OpenCV's forward of the same file."""
     forward, relative_error = opencv
     source = random_alexnet(seed=3)
+    path = tmp_path / "fcn-alexnet.caffemodel"
+    path.write_bytes(fcn_caffemodel(source, version="v1", shape="legacy"))
+    loaded = fcnseg.create_model("fcn_alexnet", num_classes=NUM_CLASSES, width=WIDTH).eval()
+    names = fcnseg.load_caffe_weights(loaded, path, complete=True)
+    assert names == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "score_fr", "upscore"]
+    assert loaded.preprocessing == fcnseg.CAFFE
     image = np.random.default_rng(2).standard_normal((1, 3, 29, 31)).astype(np.float32) * INPUT_SCALE
-    for options in ({"version": "v1", "shape": "legacy"}, {"inner_product": True}):
-        path = tmp_path / "fcn-alexnet.caffemodel"
-        path.write_bytes(fcn_caffemodel(source, **options))
-        loaded = fcnseg.create_model("fcn_alexnet", num_classes=NUM_CLASSES, width=WIDTH).eval()
-        names = fcnseg.load_caffe_weights(loaded, path, complete=True)
-        assert names == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "score_fr", "upscore"]
-        assert loaded.preprocessing == fcnseg.CAFFE
-        reference = forward(deploy_prototxt(loaded, 29, 31), path.read_bytes(), image, tmp_path)
-        with torch.no_grad():
-            assert relative_error(loaded(torch.from_numpy(image)).numpy(), reference) < TOLERANCE
+    reference = forward(deploy_prototxt(loaded, 29, 31), path.read_bytes(), image, tmp_path)
+    with torch.no_grad():
+        assert relative_error(loaded(torch.from_numpy(image)).numpy(), reference) < TOLERANCE
+
+
+def test_imagenet_alexnet_layout_loads_fc6_as_a_6x6_convolution(tmp_path):
+    """The ImageNet AlexNet caffemodel stores fc6/fc7 as InnerProduct (4096 x 256*6*6, 4096 x 4096)."""
+    source = random_alexnet(seed=4)
+    path = tmp_path / "alexnet.caffemodel"
+    path.write_bytes(fcn_caffemodel(source, inner_product=True))
+    loaded = fcnseg.create_model("fcn_alexnet", num_classes=NUM_CLASSES, width=WIDTH)
+    fcnseg.load_caffe_weights(loaded, path)
+    for name, layer in source.reference_layers().items():
+        assert torch.equal(loaded.reference_layers()[name].weight, layer.weight), name
 
 
 def test_wrong_model_files_are_refused(tmp_path):

@@ -299,8 +299,11 @@ def test_plain_fcn8s_does_not_scale_the_skips():
 # --- registry and config ----------------------------------------------------------------------
 
 
-def test_registry_lists_the_four_models():
-    assert fcnseg.list_models() == sorted(MODELS)
+def test_registry_lists_the_paper_models_and_the_other_backbones():
+    torchvision_heads = {"resnet18": "32 16 8", "resnet34": "8", "resnet50": "32 16 8", "resnet101": "8",
+                         "mobilenet_v3_large": "32 16 8"}
+    others = ["fcn_alexnet"] + [f"fcn{s}s_{arch}" for arch, strides in torchvision_heads.items() for s in strides.split()]
+    assert fcnseg.list_models() == sorted(MODELS + others)
     with pytest.raises(ValueError, match="unknown model"):
         fcnseg.create_model("fcn4s", num_classes=2)
 

@@ -117,7 +117,11 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
     scales: dict[str, float] = {}
     loaded: list[str] = []
     skipped: list[str] = []
-    for layer in read_caffemodel(path):
+    layers = list(read_caffemodel(path))
+    if complete:  # the wrong model is named as such, before any blob shape could differ
+        known = [layer.name for layer in layers if layer.name in targets or layer.name in SCALE_LAYERS]
+        _require_same_layers(model, source, known, [layer.name for layer in layers if layer.name not in known])
+    for layer in layers:
         if layer.name in SCALE_LAYERS:
             scales[layer.name] = _check_scale(model, layer, source)
             loaded.append(layer.name)
@@ -135,8 +139,6 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
         for index, (kind, param) in enumerate(params):
             weights[f"{layer.name}.{kind}"] = _fit_blob(layer, index, kind, tuple(param.shape), source)
         loaded.append(layer.name)
-    if complete:
-        _require_same_layers(model, source, loaded, skipped)
     assign_reference_weights(model, weights, source)
     with torch.no_grad():
         for name, value in scales.items():
