@@ -321,3 +321,12 @@ def test_two_gloo_processes_with_frozen_bn_match_one_process(tmp_path):
     assert not torch.equal(a["score_fr.weight"], torch.zeros_like(a["score_fr.weight"]))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=f"{key} differs")
+
+
+def test_models_command_lists_every_model_and_says_which_widths_do_not_apply(capsys):
+    from fcnseg.cli import main
+
+    assert main(["models", "--width", "0.25"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert sorted(rows) == fcnseg.list_models()
+    assert rows["fcn8s_resnet50"].split()[1:] == ["-", "-", "-", "resnet50:", "width", "must", "be", "1.0"]
