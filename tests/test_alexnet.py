@@ -15,6 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fcnseg
 from caffe_encoder import fcn_caffemodel
@@ -93,6 +94,25 @@ def test_lrn_is_caffes_formula():
 
     got = torch.nn.functional.local_response_norm(torch.from_numpy(x), **LRN).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_pooling_is_caffes_ceil_mode_at_every_size():
+    from fcnseg.models.alexnet import caffe_pool
+
+    for height in range(3, 41):
+        x = torch.randn(1, 2, height, 43 - height)
+        torch.testing.assert_close(caffe_pool(x), F.max_pool2d(x, 3, 2, ceil_mode=True), rtol=0, atol=0)
+
+
+@pytest.mark.slow  # torch.export and ONNX Runtime: ~10 s
+def test_fcn_alexnet_exports_to_onnx_with_the_default_exporter(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fcnseg.checkpoint import save_checkpoint
+    from fcnseg.export import export_onnx
+
+    path = save_checkpoint(tmp_path / "alexnet.safetensors", random_alexnet(), classes=[f"c{i}" for i in range(NUM_CLASSES)],
+                           palette=[(i, i, i) for i in range(NUM_CLASSES)])
+    assert export_onnx(path, tmp_path / "alexnet.onnx").ok
 
 
 def test_width_keeps_the_groups_even_and_odd_widths_work():

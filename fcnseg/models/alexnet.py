@@ -47,6 +47,16 @@ def _scaled_even(channels: int, width: float) -> int:
     return GROUPS * max(1, int(round(channels * width / GROUPS)))
 
 
+def caffe_pool(x: torch.Tensor) -> torch.Tensor:
+    """Caffe's 3x3 stride-2 max-pooling (ceil mode), as floor mode after one ``-inf`` row and column at the end.
+
+    For kernel 3 and stride 2 the ceil mode adds a last window, partial by one, exactly when the
+    size is even: the padded floor-mode pooling has the same windows. Written this way because
+    ``torch.export`` (the ONNX exporter) cannot solve the shape guards of ceil mode after stride 4.
+    """
+    return F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float("-inf")), kernel_size=3, stride=2)
+
+
 class AlexNetBackbone(Backbone):
     """The FCN-AlexNet trunk: conv1-conv5 with LRN and groups, fc6/fc7 as convolutions; stride-32 features."""
 
@@ -114,7 +124,7 @@ class AlexNetBackbone(Backbone):
             x = x.contiguous(memory_format=torch.channels_last)
         for step in STEPS:
             if step == "pool":
-                x = F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)  # Caffe pooling rounds up
+                x = caffe_pool(x)
             elif step == "norm":
                 x = F.local_response_norm(x, **LRN)
             else:
