@@ -116,7 +116,8 @@ class FCN(nn.Module):
 
         self.score_fr = nn.Conv2d(channels[coarsest], num_classes, 1)
         score_map, score_stride = maps[coarsest], coarsest
-        self.skip_names: list[tuple[int, str, str, str]] = [s for s in SKIPS if stride <= s[0] < coarsest]
+        self.skip_names: list[tuple[int, str, str, str]] = [
+            s for s in SKIPS if stride <= s[0] < coarsest and s[0] in channels]
         self.skip_offsets: list[int] = []
         for skip_stride, score_name, scale_name, up_name in self.skip_names:
             upsampling = self._upsampling(score_stride // skip_stride, learnable_upsampling)
@@ -135,7 +136,8 @@ class FCN(nn.Module):
             # The paper starts every score layer at zero.
             nn.init.zeros_(getattr(self, layer).weight)
             nn.init.zeros_(getattr(self, layer).bias)
-        default_name = f"fcn{stride}s" + ("_atonce" if atonce else "") + ("" if backbone_name == "vgg16" else f"_{backbone_name}")
+        default_name = f"fcn{stride}s" + ("_atonce" if atonce else "")
+        default_name += "" if backbone_name == "vgg16" else f"_{backbone_name}"
         self.config: dict[str, Any] = {"name": name or default_name,
                                        "num_classes": num_classes, "width": width,
                                        "learnable_upsampling": learnable_upsampling, "dropout": dropout,
