@@ -16,6 +16,7 @@ loaded as ``benchmarks/speed.py`` does) as the time baseline.
 
     .venv/bin/python benchmarks/models_table.py            # 500x500, 5 rounds (quiet machine: ~10 min)
     .venv/bin/python benchmarks/models_table.py --quick    # smoke run: 192x192, 2 rounds
+    .venv/bin/python benchmarks/models_table.py --plain --no-memory   # + each model without its fast paths
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def build(label: str, seed_path: Path = SEED_PATH) -> nn.Module:
     torch.manual_seed(0)
     if label == "seed":
         return load_seed_module(seed_path).FCN(n_class=NUM_CLASSES).eval()
-    name, width = CANDIDATES[label]
-    model = fcnseg.create_model(name, num_classes=NUM_CLASSES, width=width).eval()
+    name, width = CANDIDATES[label.removesuffix("_plain")]
+    model = fcnseg.create_model(name, num_classes=NUM_CLASSES, width=width, fast_paths=not label.endswith("_plain"))
+    model.eval()
     with torch.no_grad():
         for key, parameter in model.named_parameters():
             if key.startswith("score"):
@@ -87,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=None, help="square input side (default 500; --quick 192)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--plain", action="store_true", help="add each model without its fast paths (<name>_plain)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-candidate peak-memory processes")
     parser.add_argument("--quick", action="store_true", help="smoke run: 192 px, 2 rounds")
     parser.add_argument("--json", type=Path, default=None, help="output (default benchmarks/results/models_table[_quick].json)")
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['cpu']} ({info['usable_cpus']} usable CPUs, {info['torch_threads']} threads), "
           f"torch {info['torch']}, load {info['load_average_start']}; {size}x{size}, {repeats} rounds")
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    labels = ["seed", *CANDIDATES]
+    labels = ["seed", *CANDIDATES, *([f"{label}_plain" for label in CANDIDATES] if args.plain else [])]
     models = {label: build(label, args.seed) for label in labels}
     runs: dict[str, Callable[[], Any]] = {label: (lambda m=model: m(x)) for label, model in models.items()}
     with torch.inference_mode():
