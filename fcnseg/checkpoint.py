@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from .files import atomic_path
 from .models import create_model
 from .preprocessing import Preprocessing
+from .weights.checks import WeightsError, check_finite
 
 FORMAT = "fcnseg-checkpoint"
 VERSION = 1
@@ -88,7 +89,7 @@ def save_checkpoint(
 
 
 def read_description(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON description of a checkpoint, without loading its weights."""
+    """The JSON description of a checkpoint, checked (:func:`check_description`), without loading its weights."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -101,11 +102,54 @@ def read_description(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not an fcnseg checkpoint (not a safetensors file: {error})") from None
     if _METADATA_KEY not in metadata:
         raise CheckpointError(f"{path}: a safetensors file, but not an fcnseg checkpoint (no '{_METADATA_KEY}' metadata)")
-    description = json.loads(metadata[_METADATA_KEY])
+    try:
+        description = json.loads(metadata[_METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: the '{_METADATA_KEY}' metadata is not valid JSON ({error})") from None
+    return check_description(description, path)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_description(description: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``description`` if it is a well-formed checkpoint description; else :class:`CheckpointError` naming the field."""
+
+    def fail(field: str, expected: str, value: Any) -> None:
+        shown = repr(value) if len(repr(value)) < 80 else repr(value)[:77] + "..."
+        raise CheckpointError(f"{path}: checkpoint field {field} is {shown}; expected {expected}")
+
+    if not isinstance(description, dict):
+        fail("(the description)", "a JSON object", description)
     if description.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {description.get('format')!r}")
-    if description.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {description['version']} is newer than this fcnseg reads ({VERSION})")
+        fail("format", repr(FORMAT), description.get("format"))
+    version = description.get("version")
+    if not _is_int(version) or not 1 <= version <= VERSION:
+        fail("version", f"an integer from 1 to {VERSION} (a newer fcnseg wrote it?)", version)
+    config = description.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        fail("config", "an object with the model's 'name'", config)
+    classes = description.get("classes")
+    num_classes = config.get("num_classes")
+    if not _is_int(num_classes) or num_classes < 1:
+        fail("config.num_classes", "an integer >= 1", num_classes)
+    if not isinstance(classes, list) or len(classes) != num_classes or not all(isinstance(c, str) and c for c in classes):
+        fail("classes", f"a list of {num_classes} non-empty names", classes)
+    palette = description.get("palette")
+    colours_ok = isinstance(palette, list) and all(
+        isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in palette)
+    if not colours_ok or len(palette) < num_classes:
+        fail("palette", f"at least {num_classes} [R, G, B] colours of integers 0..255", palette)
+    if not _is_int(description.get("ignore_index", 255)) or not 0 <= description.get("ignore_index", 255) <= 65535:
+        fail("ignore_index", "an integer 0..65535", description.get("ignore_index"))
+    for field in ("recipe", "extra"):
+        if not isinstance(description.get(field, {}), dict):
+            fail(field, "a JSON object", description.get(field))
+    try:
+        Preprocessing.from_dict(description.get("preprocessing"))
+    except (TypeError, ValueError, AttributeError) as error:
+        fail("preprocessing", f"channel_order, scale, mean and std ({error})", description.get("preprocessing"))
     return description
 
 
@@ -113,16 +157,34 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                     fast_paths: bool = True) -> Checkpoint:
     """Rebuild the model described by a checkpoint and load its weights (no pickle involved).
 
-    ``fast_paths`` as for :func:`fcnseg.create_model` (the exact fast paths, on by default).
+    Every field is checked (:func:`check_description`), and every tensor against the model the
+    config builds: names, shapes, float32, finite values. ``fast_paths`` as for
+    :func:`fcnseg.create_model` (the exact fast paths, on by default).
     """
     description = read_description(path)
     config = dict(description["config"])
     name = config.pop("name")
-    model = create_model(name, fast_paths=fast_paths, **config)
-    state = load_file(str(path), device=str(map_location))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        model = create_model(name, fast_paths=fast_paths, **config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: checkpoint field config does not build a model: {error}") from None
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: the weights cannot be read ({error})") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, tensor in state.items():
+        if tensor.dtype != expected[key].dtype or tensor.shape != expected[key].shape:
+            raise CheckpointError(f"{path}: tensor {key} is {tensor.dtype} {tuple(tensor.shape)}; {name} expects "
+                                  f"{expected[key].dtype} {tuple(expected[key].shape)}")
+        try:
+            check_finite(key, tensor, str(path))
+        except WeightsError as error:
+            raise CheckpointError(str(error)) from None
+    model.load_state_dict(state)
     model.preprocessing = Preprocessing.from_dict(description["preprocessing"])
     return Checkpoint(
         model=model,

@@ -22,8 +22,19 @@ COMMAND_MODULES = [
 ]
 
 
+#: What every command's exit status means (``fcnseg --help`` prints it).
+EXIT_CODES = """exit status, the same in every command:
+  0    done
+  1    the job ran but did not succeed in full: some inputs could not be predicted, training diverged,
+       an export failed its verification, a download failed
+  2    bad input, found before any work: arguments, settings, a file that is not a valid checkpoint,
+       a dataset error, a device that is not there (one line on stderr names the file or value)
+  130  training stopped by Ctrl-C (SIGINT) after saving its state; 143 the same for SIGTERM"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation.")
+    parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(f"fcnseg.commands.{module_name}")

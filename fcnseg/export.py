@@ -1,12 +1,14 @@
 """Export a checkpoint to ONNX, kept only once ONNX Runtime reproduces PyTorch.
 
 The ONNX graph takes the *preprocessed* float32 blob ``(N, 3, H, W)`` and returns
-logits ``(N, C, H, W)``; batch, height and width are all dynamic. Everything else
+logits ``(N, C, H, W)`` (or, exported with ``probabilities=True``, a Softmax over C
+appended: output ``probabilities``); batch, height and width are all dynamic. Everything else
 a consumer needs travels in the model's ``metadata_props`` as JSON values (read
 them with :func:`read_onnx_metadata`, or with onnxruntime alone through
 ``session.get_modelmeta().custom_metadata_map``): ``preprocessing`` (to turn
 uint8 RGB pixels into the blob, see :mod:`fcnseg.preprocessing`), ``classes``,
-``palette``, ``ignore_index`` and ``model`` (the model config).
+``palette``, ``ignore_index``, ``model`` (the model config) and ``output`` (the output's
+name, ``logits`` or ``probabilities``; absent in files exported before it existed: logits).
 
 Exporters: ``"dynamo"`` (``torch.onnx.export(dynamo=True)``, the default) traces
 with ``torch.export`` and symbolic H and W, so the crops (slices whose bounds
@@ -19,7 +21,8 @@ but deprecated by PyTorch since 2.9. Both are verified the same way.
 Verification (:func:`check_onnx_parity`): random uint8 images of several sizes,
 odd ones included, go through :func:`fcnseg.preprocess`, PyTorch and ONNX Runtime;
 the export fails unless, at every size, ``max|onnx - torch| <= rtol * max|torch| +
-atol`` and the arg-max masks agree on at least ``min_mask_agreement`` of the pixels.
+atol`` (torch: the logits, or their softmax over C for a probabilities export) and the
+arg-max masks agree on at least ``min_mask_agreement`` of the pixels.
 The file is written atomically: when verification fails nothing is left at the
 output path.
 """
@@ -50,6 +53,7 @@ DEFAULT_CHECK_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 37, 53), (
 #: Value of the ``format`` metadata entry; bumped if the layout of the metadata changes.
 METADATA_FORMAT = "fcnseg-onnx/1"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+PROBABILITIES_NAME = "probabilities"
 _DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 #: ONNX protobuf files cannot exceed 2 GiB (weights would need an external data file).
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -86,6 +90,7 @@ class ParityResult:
     allowed_diff: float
     mask_agreement: float
     min_mask_agreement: float
+    output: str = OUTPUT_NAME
 
     @property
     def ok(self) -> bool:
@@ -100,7 +105,7 @@ class ParityResult:
         shape = "x".join(map(str, self.shape))
         verdict = "ok" if self.ok else "MISMATCH"
         return (
-            f"{shape}: max|diff| {self.max_abs_diff:.3g} (allowed {self.allowed_diff:.3g}, max|logit| "
+            f"{shape}: max|diff| {self.max_abs_diff:.3g} (allowed {self.allowed_diff:.3g}, max|{self.output}| "
             f"{self.max_abs_logit:.3g}), masks agree on {100 * self.mask_agreement:.3f}% "
             f"(need {100 * self.min_mask_agreement:.1f}%), output {'x'.join(map(str, self.output_shape))} -> {verdict}"
         )
@@ -129,9 +134,25 @@ def _require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:
-    """The ``metadata_props`` entries of an export: name -> JSON text."""
+class WithSoftmax(torch.nn.Module):
+    """``model`` followed by a softmax over the classes: (N, C, H, W) probabilities."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.preprocessing = model, model.preprocessing
+
+    def set_fast_paths(self, enabled: bool) -> "WithSoftmax":
+        self.model.set_fast_paths(enabled)
+        return self
+
+    def forward(self, blob: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(blob), dim=1)
+
+
+def onnx_metadata(checkpoint: Checkpoint, output: str = OUTPUT_NAME) -> dict[str, str]:
+    """The ``metadata_props`` entries of an export with output ``output``: name -> JSON text."""
     model = checkpoint.model
+    meaning = "class probabilities (softmax over C)" if output == PROBABILITIES_NAME else "class scores"
     return {
         "format": json.dumps(METADATA_FORMAT),
         "model": json.dumps(getattr(model, "config", {})),
@@ -139,9 +160,10 @@ def onnx_metadata(checkpoint: Checkpoint) -> dict[str, str]:
         "palette": json.dumps([list(map(int, colour)) for colour in checkpoint.palette]),
         "ignore_index": json.dumps(int(checkpoint.ignore_index)),
         "preprocessing": json.dumps(model.preprocessing.to_dict()),
+        "output": json.dumps(output),
         "input": json.dumps(
             f"'{INPUT_NAME}': float32 (N, 3, H, W) = fcnseg.preprocess(uint8 RGB images, preprocessing); "
-            f"'{OUTPUT_NAME}': float32 (N, C, H, W), class = argmax over C"
+            f"'{output}': float32 (N, C, H, W) {meaning}, class = argmax over C"
         ),
     }
 
@@ -162,10 +184,12 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     decoded = {key: json.loads(value) for key, value in props.items()}
     decoded["preprocessing"] = Preprocessing.from_dict(decoded["preprocessing"])
     decoded["palette"] = [tuple(colour) for colour in decoded["palette"]]
+    decoded.setdefault("output", OUTPUT_NAME)  # files written before the entry existed output logits
     return decoded
 
 
-def _export_proto(model: torch.nn.Module, example: torch.Tensor, exporter: str, opset: int | None) -> Any:
+def _export_proto(model: torch.nn.Module, example: torch.Tensor, exporter: str, opset: int | None,
+                  output: str = OUTPUT_NAME) -> Any:
     """The model as an in-memory ONNX ``ModelProto`` with dynamic batch, height and width.
 
     The plain forward is exported: the fast paths' padding trim is planned per input size
@@ -188,14 +212,14 @@ def _export_proto(model: torch.nn.Module, example: torch.Tensor, exporter: str, 
             dynamo=True,
             dynamic_shapes=({**dims},),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[output],
             opset_version=opset,
             verbose=False,
         )
         return program.model_proto
     if exporter == "torchscript":
         buffer = io.BytesIO()
-        axes = {INPUT_NAME: _DYNAMIC_AXES, OUTPUT_NAME: _DYNAMIC_AXES}
+        axes = {INPUT_NAME: _DYNAMIC_AXES, output: _DYNAMIC_AXES}
         with warnings.catch_warnings():
             # The deprecation notice, and the tracer's note that the model's crop-size check
             # becomes a constant: the crop itself is traced from Shape ops and stays dynamic.
@@ -207,7 +231,7 @@ def _export_proto(model: torch.nn.Module, example: torch.Tensor, exporter: str, 
                 buffer,
                 dynamo=False,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[output],
                 dynamic_axes=axes,
                 opset_version=opset or 17,
             )
@@ -239,11 +263,13 @@ def check_onnx_parity(
     """Run PyTorch and ONNX Runtime on random images of each shape (N, 3, H, W) and compare.
 
     Inputs are random uint8 RGB images passed through the model's own
-    preprocessing, so the blob has the range the network sees in use.
+    preprocessing, so the blob has the range the network sees in use. The graph's
+    first output is compared with ``model``'s (a :class:`WithSoftmax` for probabilities).
     """
     _, onnxruntime = _require_onnx()
     source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
     session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    output = session.get_outputs()[0].name
     generator = torch.Generator().manual_seed(seed)
     model = model.eval().to("cpu")
     results = []
@@ -255,7 +281,7 @@ def check_onnx_parity(
         blob = preprocess(images, model.preprocessing)
         with torch.inference_mode():
             expected = model(blob).numpy()
-        actual = session.run([OUTPUT_NAME], {INPUT_NAME: blob.numpy()})[0]
+        actual = session.run([output], {INPUT_NAME: blob.numpy()})[0]
         max_logit = float(np.abs(expected).max())
         if actual.shape == expected.shape:
             diff = float(np.abs(actual - expected).max())
@@ -271,6 +297,7 @@ def check_onnx_parity(
                 allowed_diff=tolerance.rtol * max_logit + tolerance.atol,
                 mask_agreement=agreement,
                 min_mask_agreement=tolerance.min_mask_agreement,
+                output=output,
             )
         )
     return results
@@ -284,8 +311,12 @@ def export_onnx(
     opset: int | None = None,
     check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
     tolerance: ParityTolerance = ParityTolerance(),
+    probabilities: bool = False,
 ) -> ExportReport:
     """Export a checkpoint (or a loaded :class:`Checkpoint`) to ``out`` as verified ONNX.
+
+    ``probabilities=True`` appends a Softmax over the classes: the graph's output is
+    ``probabilities`` instead of ``logits`` (metadata ``output`` says which).
 
     Raises :class:`ExportError` when exporting fails or when ONNX Runtime does not
     reproduce PyTorch within ``tolerance`` at every ``check_shapes``; then ``out``
@@ -299,18 +330,21 @@ def export_onnx(
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, fast_paths=False)
     model = checkpoint.model.eval().to("cpu")
+    output = PROBABILITIES_NAME if probabilities else OUTPUT_NAME
+    if probabilities:
+        model = WithSoftmax(model).eval()
     example = preprocess(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), model.preprocessing)
     try:
-        proto = _export_proto(model, example, exporter, opset)
+        proto = _export_proto(model, example, exporter, opset, output)
     except ExportError:
         raise
     except Exception as error:
         raise ExportError(f"torch.onnx.export ({exporter}) failed: {type(error).__name__}: {error}") from error
     _name_dynamic_dims(proto)
-    for key, value in onnx_metadata(checkpoint).items():
+    for key, value in onnx_metadata(checkpoint, output).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = f"fcnseg {model.config.get('name', 'FCN')} ({len(checkpoint.classes)} classes); see metadata 'input'"
+    proto.doc_string = f"fcnseg {checkpoint.model.config.get('name', 'FCN')} ({len(checkpoint.classes)} classes); see metadata 'input'"
     data = proto.SerializeToString()
     if len(data) > _PROTOBUF_LIMIT:
         raise ExportError(f"the model is {len(data) / 2**30:.1f} GiB: over the 2 GiB limit of a single ONNX file")

@@ -13,6 +13,7 @@ would then pad with ``-mean`` instead of zero.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -47,6 +48,10 @@ class Preprocessing:
             object.__setattr__(self, field_name, tuple(float(v) for v in values))
         if any(s == 0 for s in self.std):
             raise ValueError(f"std must be non-zero, got {self.std!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale < float("inf"):
+            raise ValueError(f"scale must be a positive number, got {self.scale!r}")
+        if not all(math.isfinite(v) for v in self.mean + self.std):
+            raise ValueError(f"mean and std must be finite, got {self.mean!r} and {self.std!r}")
 
     def mean_rgb_uint8(self) -> tuple[int, int, int]:
         """The mean as an RGB uint8 colour: padding an image with it gives ~0 after :func:`preprocess`."""
@@ -59,10 +64,10 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Preprocessing":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = set(data) - {"channel_order", "scale", "mean", "std"}
-        if unknown:
-            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        """Inverse of :meth:`to_dict`; unknown or missing keys are an error."""
+        keys = {"channel_order", "scale", "mean", "std"}
+        if not isinstance(data, Mapping) or set(data) != keys:
+            raise ValueError(f"expected exactly the keys {sorted(keys)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -84,3 +89,10 @@ def preprocess(images: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     mean = torch.tensor(spec.mean, dtype=blob.dtype, device=blob.device).view(3, 1, 1)
     std = torch.tensor(spec.std, dtype=blob.dtype, device=blob.device).view(3, 1, 1)
     return (blob * spec.scale - mean) / std
+
+
+def model_input(images: torch.Tensor, model: Any) -> torch.Tensor:
+    """The blob ``model`` takes for uint8 images: its own ``prepare_input`` when it has one (colour + HHA
+    models take six channels), else :func:`preprocess` with ``model.preprocessing``."""
+    prepare = getattr(model, "prepare_input", None)
+    return prepare(images) if prepare is not None else preprocess(images, model.preprocessing)

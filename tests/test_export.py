@@ -167,7 +167,7 @@ def test_cli_fails_on_impossible_tolerance_and_bad_input(tmp_path, capsys):
 
     not_a_checkpoint = tmp_path / "notes.safetensors"
     not_a_checkpoint.write_text("hello")
-    assert main(["export", str(not_a_checkpoint), "--out", str(out)]) == 1
+    assert main(["export", str(not_a_checkpoint), "--out", str(out)]) == 2
     assert "not an fcnseg checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(checkpoint), "--out", str(out), "--check-shape", "1x1x5x5"])

@@ -105,10 +105,10 @@ def test_reproduce_limit_scores_a_subset_and_says_so(layout, served_entry, capsy
 
 def test_reproduce_errors_are_one_line(layout, served_entry, tmp_path, capsys):
     voc, _ = layout
-    assert main(["reproduce", served_entry.name, "--voc", str(voc), "--sbd", str(tmp_path / "nowhere")]) == 1
+    assert main(["reproduce", served_entry.name, "--voc", str(voc), "--sbd", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "SBD train list" in err and "nowhere" in err and len(err.strip().splitlines()) == 1
-    assert main(["reproduce", "no-figures", "--voc", str(voc), "--sbd", str(tmp_path)]) == 1
+    assert main(["reproduce", "no-figures", "--voc", str(voc), "--sbd", str(tmp_path)]) == 2
     assert "no-figures: no published seg11valid figures" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["reproduce", served_entry.name, "--voc", str(voc), "--sbd", str(tmp_path), "--limit", "0"])

@@ -177,5 +177,5 @@ def test_export_takes_a_registry_name(served, tmp_path, capsys, one_torch_thread
     out = tmp_path / "tiny.onnx"
     code = main(["export", entry.name, "--out", str(out), "--exporter", "torchscript", "--check-shape", "1x3x19x23"])
     assert code == 0 and out.is_file(), capsys.readouterr().err
-    assert main(["export", "fcn8z-voc", "--out", str(out)]) == 1
+    assert main(["export", "fcn8z-voc", "--out", str(out)]) == 2
     assert "neither a checkpoint file nor a known weights name" in capsys.readouterr().err

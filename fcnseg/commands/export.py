@@ -33,6 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="dynamo",
         help="torch.onnx exporter: dynamo (default, torch.export based) or torchscript (legacy, faster, deprecated by PyTorch)",
     )
+    parser.add_argument("--probabilities", action="store_true",
+                        help="append a Softmax over the classes: the graph outputs 'probabilities' (N, C, H, W) instead of "
+                             "'logits' (metadata 'output' says which); verified against torch.softmax of the logits")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's own)")
     parser.add_argument(
         "--check-shape",
@@ -66,11 +69,16 @@ def run(args: argparse.Namespace) -> int:
             opset=args.opset,
             check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
             tolerance=tolerance,
+            probabilities=args.probabilities,
         )
-    except (ExportError, CheckpointError, WeightsError) as error:
+    except (CheckpointError, WeightsError) as error:
+        print(f"fcnseg export: error: {error}", file=sys.stderr)
+        return 2
+    except ExportError as error:
         print(f"fcnseg export: error: {error}", file=sys.stderr)
         return 1
-    print(f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * max|logit| + {tolerance.atol:g}):")
+    output = "probability" if args.probabilities else "logit"
+    print(f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * max|{output}| + {tolerance.atol:g}):")
     for result in report.results:
         print(f"  {result.describe()}")
     print(f"wrote {report.path}")

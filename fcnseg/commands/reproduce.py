@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         predictor, checkpoint = load_predictor(convert_known(entry), device=args.device)
     except (WeightsError, CheckpointError, DatasetError, ValueError) as error:
         print(f"fcnseg reproduce: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     total = len(dataset)
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, total)))
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate(predictor, dataset, len(checkpoint.classes), ignore_index=checkpoint.ignore_index)
     except (DatasetError, ValueError) as error:
         print(f"fcnseg reproduce: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{entry.name} ({entry.model}) on seg11valid: {len(dataset)} of {total} images, {device}")
     if len(dataset) < total:
         print("(a subset: not comparable with the published figures, which are over the whole set)")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_path
+from ..weights.checks import WeightsError, load_without_code
 
 STATE_FILE = "train_state.pt"
 STATE_VERSION = 1
@@ -69,9 +70,9 @@ def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise TrainStateError(f"{path}: no training state to resume from (a run directory holds {STATE_FILE})")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a damaged or foreign file
-        raise TrainStateError(f"{path}: not a readable training state ({type(error).__name__}: {error})") from None
+        state = load_without_code(path, "training state")
+    except WeightsError as error:
+        raise TrainStateError(str(error)) from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise TrainStateError(f"{path}: not an fcnseg training state (version {STATE_VERSION} expected)")
     return state

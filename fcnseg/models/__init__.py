@@ -6,6 +6,7 @@ from typing import Any
 
 from .alexnet import AlexNetBackbone
 from .fcn import BACKBONES, FCN
+from .latefusion import LateFusionFCN, preprocess_color_hha
 from .registry import create_model, describe_model, list_models, register_model
 from .torchvision_trunks import ARCHITECTURES, TorchvisionBackbone
 from .upsampling import BilinearUpsampling, bilinear_kernel
@@ -54,6 +55,9 @@ for _arch, _strides in TORCHVISION_HEADS.items():
         _register_torchvision(_arch, _stride)
 
 
+from . import siftflow  # noqa: E402  (registers siftflow_fcn32s/16s/8s; imports the registry above)
+
+
 __all__ = [
     "ARCHITECTURES",
     "AlexNetBackbone",
@@ -61,10 +65,12 @@ __all__ = [
     "FCN",
     "TorchvisionBackbone",
     "BilinearUpsampling",
+    "LateFusionFCN",
     "VGG16Backbone",
     "bilinear_kernel",
     "create_model",
     "describe_model",
     "list_models",
+    "preprocess_color_hha",
     "register_model",
 ]

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import CoordMap, deconv_map
 from .kernels import is_diagonal
 
 
@@ -60,10 +59,6 @@ class BilinearUpsampling(nn.ConvTranspose2d):
         self.weight.requires_grad_(learnable)
         self.fast_paths = False
         self._diagonal: tuple[tuple[int, int], bool] | None = None  # ((data_ptr, version), verdict)
-
-    def coord_map(self) -> CoordMap:
-        """Where its output pixels sit in its input (see :mod:`fcnseg.models.geometry`)."""
-        return deconv_map(self.kernel_size[0], self.stride[0], self.padding[0])
 
     def reset_parameters(self) -> None:
         with torch.no_grad():

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import Checkpoint
-from ..inference import Predictor
+from ..inference import Confidence, Predictor
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,12 @@ class Segmenter:
     """
 
     def __init__(
-        self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", memory_budget_bytes: int, fast_paths: bool = True
+        self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", memory_budget_bytes: int, fast_paths: bool = True,
+        **predictor_options: Any,
     ) -> None:
         self.checkpoint = checkpoint
         self.predictor = Predictor(checkpoint.model, device=device, fast_paths=fast_paths,
-                                   memory_budget_bytes=int(memory_budget_bytes))
+                                   memory_budget_bytes=int(memory_budget_bytes), **predictor_options)
         self.model = self.predictor.model
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()
@@ -62,14 +63,14 @@ class Segmenter:
     def model_name(self) -> str:
         return str(getattr(self.model, "config", {}).get("name", type(self.model).__name__))
 
-    def segment(self, image: torch.Tensor) -> torch.Tensor:
-        """Class ids (H, W) for a uint8 RGB image (3, H, W)."""
+    def segment(self, image: torch.Tensor, *, confidence: bool = False) -> torch.Tensor | Confidence:
+        """Class ids (H, W) for a uint8 RGB image (3, H, W); with ``confidence``, the Predictor's Confidence."""
         with self._counter_lock:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             with self._lock:
-                return self.predictor.mask(image)
+                return self.predictor.confidence(image) if confidence else self.predictor.mask(image)
         finally:
             with self._counter_lock:
                 self.in_flight -= 1

@@ -98,7 +98,9 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
     ``fcn_alexnet``, whose grouped blobs are (out, in/2, k, k) as in PyTorch). Layers the
     model lacks (e.g. fc8) are skipped and logged; at-once ``scale_pool4/3``
     blobs are checked and loaded into the model's fixed scales. Sets
-    ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the mean).
+    ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the mean), or to the
+    model's ``caffe_preprocessing`` where its published weights were trained with another mean
+    (the SIFT Flow and NYUDv2 nets subtract their datasets' means).
 
     ``complete=True`` (converting a trained FCN) also refuses a file that is not
     exactly this model's: one with reference layers the model lacks (an FCN-8s
@@ -143,7 +145,7 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
     with torch.no_grad():
         for name, value in scales.items():
             getattr(model, name).fill_(value)
-    model.preprocessing = CAFFE
+    model.preprocessing = getattr(model, "caffe_preprocessing", CAFFE)
     _report(source, skipped, [name for name in targets if name not in loaded])
     return loaded
 

@@ -1,8 +1,11 @@
-"""The one error type of weight loading, and the shape-checked copy every loader uses."""
+"""The one error type of weight loading, and the checks every loader uses (shapes, finite values, no code)."""
 
 from __future__ import annotations
 
-from typing import Mapping
+import os
+import pickle
+import warnings
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -39,6 +42,7 @@ def assign_reference_weights(model: nn.Module, weights: Mapping[str, torch.Tenso
     if unknown:
         raise WeightsError(f"{source}: the model has no tensor {unknown[0]!r} (it has {', '.join(targets)})")
     for key, value in weights.items():
+        check_finite(key, value, source)
         if tuple(value.shape) != tuple(targets[key].shape):
             raise WeightsError(
                 f"{source}: layer {key.rsplit('.', 1)[0]!r}: {key} has shape {tuple(value.shape)} "
@@ -56,3 +60,28 @@ def check_same_shape(key: str, value: torch.Tensor, expected: torch.Tensor, sour
         raise WeightsError(
             f"{source}: {key} has shape {tuple(value.shape)} but the target expects {tuple(expected.shape)}"
         )
+
+
+def check_finite(key: str, value: torch.Tensor, source: str) -> None:
+    """Raise :class:`WeightsError` if ``value`` holds NaN or infinite numbers (a damaged or diverged file)."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise WeightsError(f"{source}: {key} holds {bad} NaN or infinite value(s); refusing weights that cannot be used")
+
+
+def load_without_code(path: str | os.PathLike[str], what: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.
+
+    A file holding anything else is refused with this project's own message (torch's would
+    suggest turning the safety off); other damage is one line naming ``what`` was expected.
+    """
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise WeightsError(f"{path}: refused: it holds Python objects other than tensors and plain containers, and "
+                           f"loading those could run code from the file; fcnseg loads {what} without running any code") from None
+    except Exception as error:  # torch raises RuntimeError, EOFError, ... for damaged files
+        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise WeightsError(f"{path}: not a readable {what} ({type(error).__name__}: {first_line})") from None

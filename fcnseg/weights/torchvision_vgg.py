@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..preprocessing import TORCHVISION
-from .checks import WeightsError, assign_reference_weights
+from .checks import WeightsError, assign_reference_weights, load_without_code
 
 #: Reference names of the 13 VGG16 convolutions, in order.
 VGG16_CONV_NAMES = tuple(
@@ -104,12 +104,7 @@ def read_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
             raise WeightsError(f"{path}: not a readable safetensors file ({error})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise WeightsError(
-            f"{path}: not a state dict that loads with torch.load(weights_only=True) ({type(error).__name__}: {error})"
-        ) from None
+    state = load_without_code(path, "state dict")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
     return dict(state)
