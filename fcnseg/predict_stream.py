@@ -203,8 +203,8 @@ class Progress:
         before, self.done = self.done, self.done + count
         if self.show and not self.terminal and (self.done // self.every > before // self.every or self.done == self.total):
             rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            eta = (self.total - self.done) / rate
-            print(f"predict {self.done}/{self.total} images, {rate:.1f} images/s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s",
+            minutes, seconds = divmod(round((self.total - self.done) / rate), 60)
+            print(f"predict {self.done}/{self.total} images, {rate:.1f} images/s, ETA {minutes}m{seconds:02d}s",
                   file=sys.stderr, flush=True)
 
     def tiles(self, name: str) -> Callable | None:
@@ -292,8 +292,10 @@ class _Run:
         return self.options.per_image_maps or self.predictor.augments or self.predictor.tiling_for(*image.shape[-2:]) is not None
 
     def _batch_limit(self, image: torch.Tensor) -> int:
-        """``batch_size``, or fewer if the memory budget cannot hold the batch's forward pass."""
+        """``batch_size`` (1 with ``no_stream``), or fewer if the memory budget cannot hold the batch's forward pass."""
         size = tuple(image.shape[-2:])
+        if self.options.no_stream:
+            return 1
         if size not in self.batch_limits:
             budget = self.predictor.memory_budget_bytes
             each = self.predictor.model.estimate_forward_bytes(*size)
