@@ -3,11 +3,11 @@
 Each process appends one JSON line per finished input to ``<out>/.fcnseg-predict/manifest-rank<r>.jsonl``
 after the input's output files are written (each atomically) and flushes it: the input's absolute path,
 its size and modification time, a fingerprint of the settings that shape the outputs, and every output
-file's name, size and SHA-256. A later run skips an input when one of its lines still holds: same
-settings, the input unchanged, every output present with the recorded size and hash. A kill loses at most
-the lines of inputs whose outputs were being written (they are predicted again) and may tear the last
-line (ignored; the next line starts on a fresh one). Every process reads all ranks' files, so a run
-resumed with another number of processes still finds what was done.
+file's path in the output folder, size and SHA-256. A later run skips an input when one of its lines
+still holds: same settings, the input unchanged, every output present with the recorded size and hash.
+A kill loses at most the lines of inputs whose outputs were being written (they are predicted again) and
+may tear the last line (ignored; the next line starts on a fresh one). Every process reads all ranks'
+files, so a run resumed with another number of processes still finds what was done.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Manifest:
 
     def record(self, path: str | os.PathLike[str], state: list[int], outputs: Iterable[Path]) -> None:
         """Append the line of a finished input (its ``state`` as read) and flush it."""
-        files = {Path(file).name: [Path(file).stat().st_size, file_sha256(file)] for file in outputs}
+        files = {os.path.relpath(file, self.out): [Path(file).stat().st_size, file_sha256(file)] for file in outputs}
         line = {"input": os.path.abspath(path), "state": state, "settings": self.settings, "outputs": files}
         self.handle.write(json.dumps(line).encode() + b"\n")
         self.handle.flush()

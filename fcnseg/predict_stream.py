@@ -38,6 +38,7 @@ from .inference import Predictor
 from .mosaic import WINDOWED_SUFFIXES, MosaicError, predict_mosaic, reads_by_windows
 from .predict import ImageError, ImageTooLarge, load_image, overlay_image, save_image, save_mask_png, with_legend
 from .predict_manifest import Manifest, input_state
+from .video import VideoError, is_video, predict_video
 
 TOO_LARGE_HINT = ("raise --memory-budget-mb (the decoded image takes 12 bytes per pixel; --tile-size bounds only the "
                   "forward pass), or convert it to a tiled GeoTIFF (gdal_translate -co TILED=YES) and install the geo "
@@ -87,6 +88,8 @@ def output_names(path: Path, options: PredictOptions) -> list[str]:
     names += [f"{stem}_probs.npy"] if options.probabilities else []
     if path.suffix.lower() in WINDOWED_SUFFIXES:
         names += [f"{stem}.tif"] + ([f"{stem}_overlay.tif"] if options.overlay else [])
+    if is_video(path):  # a folder of frame masks, and the overlay video
+        names = [stem] + ([f"{stem}_overlay.mp4"] if options.overlay else [])
     return list(dict.fromkeys(names))
 
 
@@ -96,13 +99,13 @@ def shard(paths: Sequence[Path], rank: int, world_size: int) -> list[Path]:
 
 
 class Loaded(NamedTuple):
-    """One input as a worker read it: the image, or why not, or that it is read by windows."""
+    """One input as a worker read it: the image, or why not, or that it is a mosaic or a video (read later)."""
 
     index: int
     state: list[int] | None = None  # the input's size and mtime when it was read (for the manifest)
     image: torch.Tensor | None = None
     error: str | None = None
-    windowed: bool = False
+    kind: str = "image"  # or "mosaic" (read by windows) or "video" (read frame by frame)
 
 
 class ImageFiles(Dataset):
@@ -121,8 +124,8 @@ class ImageFiles(Dataset):
         except OSError:
             state = None  # load_image names the problem
         try:
-            if reads_by_windows(path, self.max_pixels):
-                return Loaded(index, state, windowed=True)
+            if is_video(path) or reads_by_windows(path, self.max_pixels):
+                return Loaded(index, state, kind="video" if is_video(path) else "mosaic")
             return Loaded(index, state, image=load_image(path, max_pixels=self.max_pixels))
         except ImageTooLarge as error:
             return Loaded(index, error=f"{error}: {TOO_LARGE_HINT}")
@@ -237,11 +240,13 @@ def predict_files(predictor: Predictor, classes: Sequence[str], palette: Sequenc
     return summary
 
 
-def _sweep_temporaries(out: Path, names: set[str]) -> None:
-    """Remove what a killed run's atomic writes of these outputs left (``.NAME.XXXX.tmp``), not another process's."""
+def _sweep_temporaries(out: Path, names: set[str] | None = None) -> None:
+    """Remove what a killed run's atomic writes of these outputs (None: all) left (``.NAME.XXXX.tmp``), not another
+    process's."""
     if out.is_dir():
         for entry in os.scandir(out):
-            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.name[1:-4].rpartition(".")[0] in names:
+            name = entry.name[1:-4].rpartition(".")[0]
+            if entry.name.startswith(".") and entry.name.endswith(".tmp") and (names is None or name in names):
                 Path(entry.path).unlink(missing_ok=True)
 
 
@@ -265,25 +270,24 @@ class _Run:
         # Threads start after the workers are forked.
         self.writer = Writer(self.manifest, self.summary, self.report, background=not self.options.no_stream)
         self.progress = Progress(len(todo), self.show)
-        pending: list[Loaded] = []
+        self.todo, self.pending = todo, []
         try:
             for item in loader:
                 path = todo[item.index]
                 if item.error is not None:
                     self.report(item.error)
-                    self.progress.update()
+                elif item.kind != "image" or self._alone(item.image):
+                    self._flush()
+                    {"mosaic": self._mosaic, "video": self._video}.get(item.kind, self._single)(path, item)
+                else:
+                    if self.pending and self.pending[0].image.shape != item.image.shape:
+                        self._flush()
+                    self.pending.append(item)
+                    if len(self.pending) >= self._batch_limit(item.image):
+                        self._flush()
                     continue
-                if item.windowed or self._alone(item.image):
-                    self._batch(pending, todo)
-                    pending = []
-                    self._mosaic(path, item) if item.windowed else self._single(path, item)
-                    self.progress.update()
-                    continue
-                if pending and (pending[0].image.shape != item.image.shape or len(pending) >= self._batch_limit(item.image)):
-                    self._batch(pending, todo)
-                    pending = []
-                pending.append(item)
-            self._batch(pending, todo)
+                self.progress.update()
+            self._flush()
         finally:
             self.writer.close()
             self.progress.close()
@@ -293,21 +297,24 @@ class _Run:
 
     def _batch_limit(self, image: torch.Tensor) -> int:
         """``batch_size`` (1 with ``no_stream``), or fewer if the memory budget cannot hold the batch's forward pass."""
-        size = tuple(image.shape[-2:])
         if self.options.no_stream:
             return 1
+        size = tuple(image.shape[-2:])
         if size not in self.batch_limits:
             budget = self.predictor.memory_budget_bytes
             each = self.predictor.model.estimate_forward_bytes(*size)
             self.batch_limits[size] = max(1, min(self.options.batch_size, budget // each if budget else self.options.batch_size))
         return self.batch_limits[size]
 
-    def _batch(self, batch: list[Loaded], todo: list[Path]) -> None:
+    def _flush(self) -> None:
+        """Predict the pending images (one size) as one batch and hand their files to the writer."""
+        batch, self.pending = self.pending, []
         if not batch:
             return
         masks = self.predictor.masks(torch.stack([item.image for item in batch])).to("cpu", self.predictor.mask_dtype)
-        self.writer.put([Finished(todo[item.index], item.state, self._saves(todo[item.index].stem, item.image, mask))
-                         for item, mask in zip(batch, masks)])
+        paths = [self.todo[item.index] for item in batch]
+        self.writer.put([Finished(path, item.state, self._saves(path.stem, item.image, mask))
+                         for path, item, mask in zip(paths, batch, masks)])
         self.progress.update(len(batch))
 
     def _saves(self, stem: str, image: torch.Tensor, mask: torch.Tensor) -> list[tuple[Path, Callable[[Path], object]]]:
@@ -346,6 +353,19 @@ class _Run:
             written = predict_mosaic(self.predictor, path, self.out, self.palette,
                                      self.options.alpha if self.options.overlay else None, self.progress.tiles(path.name))
         except MosaicError as error:
+            return self.report(str(error))
+        self.writer.put([Finished(path, item.state, [], written)])
+
+    def _video(self, path: Path, item: Loaded) -> None:
+        """A video, frame by frame (:mod:`fcnseg.video`): a mask per frame (and an overlay video)."""
+        if self.options.per_image_maps:
+            return self.report(f"{path}: is a video, where --confidence, --probabilities and --mc-dropout are not available")
+        frames = functools.partial(tqdm, desc=path.name, unit="frame", leave=False) if self.progress.terminal else None
+        _sweep_temporaries(self.out / path.stem)  # what a killed run left among this video's frames
+        try:
+            written = predict_video(self.predictor, path, self.out, self.palette, self._batch_limit,
+                                    self.options.alpha if self.options.overlay else None, frames)
+        except VideoError as error:
             return self.report(str(error))
         self.writer.put([Finished(path, item.state, [], written)])
 

@@ -274,3 +274,29 @@ def test_windowed_rasters_refuse_what_they_cannot_read(tmp_path, checkpoint, cap
     assert reads_by_windows(tmp_path / "plain.tif", max_pixels=599)
     assert predict(checkpoint, tmp_path / "deep.tif", tmp_path / "x", "--confidence") == 1
     assert "not available" in capsys.readouterr().err
+
+
+def test_a_video_gives_a_mask_per_frame_and_an_overlay_video(tmp_path, checkpoint):
+    av = pytest.importorskip("av", reason="the video extra is not installed (pip install 'fcnseg[video]')")
+    rng = np.random.default_rng(6)
+    with av.open(str(tmp_path / "drive.mp4"), "w") as container:  # 7 frames of 48 x 62 (even sizes: 4:2:0)
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 62, 48, "yuv420p"
+        for _ in range(7):
+            frame = rng.integers(0, 256, (48, 62, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    out = tmp_path / "out"
+    assert predict(checkpoint, tmp_path / "drive.mp4", out, "--overlay", "--batch-size", "3") == 0
+    with av.open(str(tmp_path / "drive.mp4")) as container:  # the frames as the decoder gives them
+        frames = [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous() for f in container.decode(video=0)]
+    predictor = Predictor(tiny_model_from(checkpoint))
+    assert sorted(p.name for p in (out / "drive").iterdir()) == [f"{n:06d}.png" for n in range(7)]
+    for number, frame in enumerate(frames):
+        np.testing.assert_array_equal(np.array(Image.open(out / "drive" / f"{number:06d}.png")), predictor.mask(frame).numpy())
+    with av.open(str(out / "drive_overlay.mp4")) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 7 and decoded[0].shape == (48, 62, 3)
+    assert len(records(out)) == 1 and len(records(out)[0]["outputs"]) == 8  # one input: 7 masks and the video
+    assert predict(checkpoint, tmp_path / "drive.mp4", out, "--overlay") == 0  # done: nothing again
+    assert len(records(out)) == 1
