@@ -5,6 +5,7 @@ in a temporary folder, removed afterwards) is predicted by fcn8s width 0.25 with
 classes), each mode a fresh ``fcnseg predict`` process into a fresh output folder:
 
     no_stream       --no-stream: read, predict, write each image in turn (today's loop), 2 torch threads
+    stream_batch1   --workers W --batch-size 1: decoded ahead, written behind (the overlap alone), 2 threads
     stream          --workers W --batch-size B: decoded ahead, batched, written behind, 2 torch threads
     torchrun_2x1    the streamed command under torchrun --nproc-per-node 2, 1 torch thread each
 
@@ -13,12 +14,13 @@ input list to its last file), so interpreter start and model loading are left ou
 process is kept too. Modes run in turn, ``--rounds`` times (medians); every claim is a ratio of two modes of
 the same run: ``stream / no_stream`` and ``torchrun_2x1 / stream``.
 
-``--mosaic N`` instead writes an N x N GeoTIFF (tiled, deflate; needs rasterio) and predicts it by windows
-in a fresh process, reporting its peak RSS against the decoded image's size (N * N * 3 bytes).
+``--mosaic N`` instead writes an N/4 x N/4 and an N x N GeoTIFF (tiled, deflate; needs rasterio) and predicts
+each by windows in a fresh process: their peak RSS against each other (16x the pixels) and against the
+decoded image's size (N * N * 3 bytes).
 
     .venv/bin/python benchmarks/predict_stream.py                     # 2,000 images, 1 round (~30-60 min, 2 CPUs)
     .venv/bin/python benchmarks/predict_stream.py --images 200        # a smaller folder
-    .venv/bin/python benchmarks/predict_stream.py --mosaic 40000      # 40,000 x 40,000 GeoTIFF, peak RSS
+    .venv/bin/python benchmarks/predict_stream.py --mosaic 40000      # 10,000^2 and 40,000^2 GeoTIFFs, peak RSS
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from fcnseg.checkpoint import save_checkpoint
 
 CLASSES = [f"class{i}" for i in range(11)]  # CamVid's 11
 PALETTE = [((37 * i) % 256, (91 * i) % 256, (53 * i) % 256) for i in range(11)]
-MODES = ("no_stream", "stream", "torchrun_2x1")
+MODES = ("no_stream", "stream_batch1", "stream", "torchrun_2x1")
 
 
 def write_checkpoint(path: Path, width: float) -> Path:
@@ -80,6 +82,7 @@ def run_mode(mode: str, checkpoint: Path, folder: Path, out: Path, args: argpars
     command, threads = {
         "no_stream": ([sys.executable, *predict, "--no-stream"], 2),
         "stream": ([sys.executable, *predict, *stream], 2),
+        "stream_batch1": ([sys.executable, *predict, "--workers", str(args.workers), "--batch-size", "1"], 2),
         "torchrun_2x1": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           *predict, *stream], 1),
     }[mode]
@@ -110,7 +113,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     medians = {mode: harness.median([r["images_per_s"] for r in runs]) for mode, runs in results.items()
                if runs and all("images_per_s" in r for r in runs)}
     summary = {f"{mode}_images_per_s": round(rate, 3) for mode, rate in medians.items()}
-    for faster, slower in (("stream", "no_stream"), ("torchrun_2x1", "stream"), ("torchrun_2x1", "no_stream")):
+    for faster, slower in (("stream", "no_stream"), ("stream_batch1", "no_stream"), ("stream", "stream_batch1"),
+                           ("torchrun_2x1", "stream"), ("torchrun_2x1", "no_stream")):
         if faster in medians and slower in medians:
             summary[f"{faster}_vs_{slower}"] = round(medians[faster] / medians[slower], 3)
     config = {"images": args.images, "image_size": [height, width], "model": f"fcn8s width {args.width}, random weights",
@@ -147,23 +151,32 @@ def mosaic_child(args: argparse.Namespace) -> int:
 
 
 def mosaic(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        print(f"writing a {args.mosaic} x {args.mosaic} GeoTIFF ...", flush=True)
-        write_mosaic(root / "mosaic.tif", args.mosaic)
-        checkpoint = write_checkpoint(root / "model.safetensors", args.mosaic_width)
-        child = ["--child-mosaic", "--checkpoint", str(checkpoint), "--mosaic-file", str(root / "mosaic.tif"),
-                 "--out", str(root / "out"), "--budget-mb", str(args.budget_mb)]
-        result = harness.run_probe(Path(__file__), child, timeout=args.timeout,
-                                   env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
-        mask_bytes = (root / "out" / "mosaic.tif").stat().st_size if (root / "out" / "mosaic.tif").exists() else None
-    decoded = 3 * args.mosaic**2
-    if "error" not in result:
-        result.update(peak_rss_gib=gib(result.pop("peak_rss")), rss_before_gib=gib(result.pop("rss_before")),
-                      decoded_image_gib=gib(decoded), mask_file_bytes=mask_bytes)
-        result["peak_rss_vs_decoded_image"] = round(result["peak_rss_gib"] / result["decoded_image_gib"], 4)
+    """Peak RSS of predicting an N/4 x N/4 and an N x N GeoTIFF: bounded memory keeps the two alike (16x the pixels)."""
+    results: dict[str, Any] = {}
+    for size in (args.mosaic // 4, args.mosaic):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            print(f"writing a {size} x {size} GeoTIFF ...", flush=True)
+            write_mosaic(root / "mosaic.tif", size)
+            checkpoint = write_checkpoint(root / "model.safetensors", args.mosaic_width)
+            child = ["--child-mosaic", "--checkpoint", str(checkpoint), "--mosaic-file", str(root / "mosaic.tif"),
+                     "--out", str(root / "out"), "--budget-mb", str(args.budget_mb)]
+            result = harness.run_probe(Path(__file__), child, timeout=args.timeout,
+                                       env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
+            mask = root / "out" / "mosaic.tif"
+            if "error" not in result:
+                result.update(peak_rss_gib=gib(result.pop("peak_rss")), rss_before_gib=gib(result.pop("rss_before")),
+                              decoded_image_gib=gib(3 * size**2), mask_file_mib=round(mask.stat().st_size / 2**20, 2),
+                              megapixels_per_s=round(size**2 / 1e6 / result["seconds"], 3))
+            results[f"{size}x{size}"] = result
+            print(f"  {size}x{size}: {result}", flush=True)
+    small, large = results.values()
+    summary = {"budget_mb": args.budget_mb}
+    if "peak_rss_gib" in small and "peak_rss_gib" in large:
+        summary.update(large_peak_rss_gib=large["peak_rss_gib"], large_decoded_image_gib=large["decoded_image_gib"],
+                       peak_rss_large_vs_small=round(large["peak_rss_gib"] / small["peak_rss_gib"], 3), pixels_large_vs_small=16)
     config = {"mosaic": args.mosaic, "model": f"fcn8s width {args.mosaic_width}, random weights", "budget_mb": args.budget_mb}
-    return {"config": config, "summary": result, "results": {"mosaic": result}}
+    return {"config": config, "summary": summary, "results": results}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,7 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES), help=",".join(MODES))
     parser.add_argument("--mosaic", type=int, default=None, help="instead: predict an N x N GeoTIFF by windows")
     parser.add_argument("--mosaic-width", type=float, default=0.0625, help="channel multiplier for --mosaic")
-    parser.add_argument("--budget-mb", type=float, default=1024, help="--memory-budget-mb for --mosaic (default 1024)")
+    parser.add_argument("--budget-mb", type=float, default=512, help="--memory-budget-mb for --mosaic (default 512)")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per run")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/predict_stream[_mosaic].json")
     parser.add_argument("--child-mosaic", action="store_true", help=argparse.SUPPRESS)

@@ -6,12 +6,12 @@ The pipeline of ``fcnseg predict`` (:func:`predict_files`):
   the decode budget (``max_pixels``, refused from the header when larger);
 - consecutive images of one size go through :meth:`Predictor.masks` ``batch_size`` at a time (fewer when the
   memory budget cannot hold the batch's forward pass); an image that needs tiles, test-time augmentation or
-  the confidence outputs goes alone (:meth:`Predictor.mask` / :meth:`Predictor.confidence`), and a mosaic by
-  windows (:mod:`fcnseg.mosaic`);
+  the confidence outputs goes alone (:meth:`Predictor.mask` / :meth:`Predictor.confidence`), a mosaic by
+  windows (:mod:`fcnseg.mosaic`), a video frame by frame (:mod:`fcnseg.video`);
 - a writer thread saves a batch's files while the model runs the next one, then records each input in the
   manifest (:mod:`fcnseg.predict_manifest`). The model hands over a batch only once the writer has finished
-  the previous one, so at most one predicted batch is unrecorded at any moment: a kill repeats that batch
-  (and the one in the model), nothing more.
+  the previous one, so a kill loses the batch being written and the one in the model; only when writing is
+  the slower side (a fast GPU) can a second finished batch be waiting, never more.
 
 Under torchrun every process takes every world-th input of the sorted list from its rank on (the same split
 on every run, whatever is already done), and writes only those inputs' outputs and its own manifest file.
@@ -156,7 +156,7 @@ class Writer:
     def put(self, batch: list[Finished]) -> None:
         if self.thread is None:
             return self._write(batch)
-        self.queue.join()  # the previous batch is saved and recorded: one batch at most awaits the disk
+        self.queue.join()  # the previous batch is saved and recorded: what a kill loses stays bounded
         self._raise()
         self.queue.put(batch)
 

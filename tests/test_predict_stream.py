@@ -173,8 +173,10 @@ def test_kill_9_at_random_moments_then_the_same_command_finishes_the_job(tmp_pat
     kills = 0
     for attempt in range(8):
         recorded = len(records(out)) if out.exists() else 0
-        run = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               start_new_session=True)
+        log = tmp_path / f"stderr{attempt}.txt"
+        with open(log, "w") as stderr:
+            run = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   start_new_session=True)
         # kill -9 once the manifest has grown by a random number of inputs (a random moment of the work)
         target = recorded + chooser.randint(1, 6) if kills < 3 else total + 1  # three kills, then to the end
         while run.poll() is None and (len(records(out)) if out.exists() else 0) < target:
@@ -183,7 +185,10 @@ def test_kill_9_at_random_moments_then_the_same_command_finishes_the_job(tmp_pat
             os.killpg(run.pid, signal.SIGKILL)  # the process and its decoding workers, as a preemption would
             run.wait()
             kills += 1
-            # written but not recorded when it died: at most the batch the writer held
+            # predicted (handed to the writer: the progress lines) but not recorded: at most the batch being written
+            handed = [int(n) for n in re.findall(r"^predict (\d+)/\d+ images", log.read_text(), flags=re.M)]
+            assert (handed[-1] if handed else 0) - (len(records(out)) - recorded) <= batch
+            # written but not recorded: at most that batch
             unrecorded = {p.stem.removesuffix("_overlay") for p in out.glob("img*")} - {Path(r["input"]).stem for r in records(out)}
             assert len(unrecorded) <= batch, unrecorded
             continue
