@@ -71,3 +71,17 @@ def test_the_engine_trains_the_late_fusion_net_on_colour_hha_items(nyud, tmp_pat
                 ("progress", False), ("overlays", 0), ("recipe.lr", 1e-10)]  # the paper recipe knows the VOC nets' rates
     result = train(build_config("paper", settings=settings), tmp_path / "run")
     assert result.step == 1 and 0 <= result.last_metrics["mean_iu"] <= 1
+
+
+def test_staged_training_carries_the_heads_from_32s_to_16s():
+    from fcnseg.weights import transfer_fcn
+
+    coarse = fcnseg.create_model("siftflow_fcn32s", num_classes=36, width=0.0625)
+    with torch.no_grad():
+        for parameter in coarse.parameters():
+            parameter.normal_()
+    fine = fcnseg.create_model("siftflow_fcn16s", num_classes=36, width=0.0625)
+    transfer_fcn(coarse, fine)
+    for head in ("sem", "geo"):
+        assert torch.equal(getattr(fine, f"score_fr_{head}").weight, getattr(coarse, f"score_fr_{head}").weight)
+        assert not getattr(fine, f"score_pool4_{head}").weight.any()  # the new skip starts at zero

@@ -299,8 +299,11 @@ def test_plain_fcn8s_does_not_scale_the_skips():
 # --- registry and config ----------------------------------------------------------------------
 
 
-def test_registry_lists_the_voc_models_and_the_other_datasets_nets():
-    others = ["nyud_fcn32s_color_hha", "siftflow_fcn16s", "siftflow_fcn32s", "siftflow_fcn8s"]
+def test_registry_lists_the_voc_models_the_other_datasets_nets_and_the_other_backbones():
+    torchvision_heads = {"resnet18": "32 16 8", "resnet34": "8", "resnet50": "32 16 8", "resnet101": "8",
+                         "mobilenet_v3_large": "32 16 8"}
+    others = ["nyud_fcn32s_color_hha", "siftflow_fcn16s", "siftflow_fcn32s", "siftflow_fcn8s", "fcn_alexnet"]
+    others += [f"fcn{s}s_{arch}" for arch, strides in torchvision_heads.items() for s in strides.split()]
     assert fcnseg.list_models() == sorted(MODELS + others)
     with pytest.raises(ValueError, match="unknown model"):
         fcnseg.create_model("fcn4s", num_classes=2)

@@ -240,6 +240,8 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
 
     network: nn.Module = model
     if ctx.distributed:
+        if ctx.device.type == "cuda":  # one set of BatchNorm statistics over all GPUs (gloo CPU runs keep their own)
+            network = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter tensors: the optimiser still holds them
         network = DistributedDataParallel(network, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     # Each rank draws its own dropout masks from here on.
     torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)

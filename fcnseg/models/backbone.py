@@ -12,6 +12,9 @@ A backbone is an ``nn.Module`` with:
 * ``estimate_forward_bytes(height, width, num_classes)``: a safe bound on the memory of one
   inference pass of the whole FCN on an ``height`` x ``width`` image (tiling plans with it);
 * ``reference_layers()``: its layers under their reference (Caffe) names, for weight loading;
+* ``upsampling(factor)``: the ``(kernel, padding)`` of the head's bilinear upsampling by ``factor``
+  onto these features: the paper's ``(2 * factor, 0)`` unless the backbone's grid needs another;
+* ``options``: the backbone's own constructor options (JSON), stored in the model's config;
 * ``fast_paths``: whether ``forward`` takes the backbone's exact fast paths, set through
   :meth:`Backbone.set_fast_paths`. A backbone without fast paths ignores the flag and runs
   its plain forward.
@@ -36,6 +39,7 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fast_paths = False
+        self.options: dict = {}
 
     def set_fast_paths(self, enabled: bool) -> None:
         """Switch the exact fast paths on or off; convolution weights follow (channels-last when on).
@@ -54,6 +58,10 @@ class Backbone(nn.Module):
 
     def reference_layers(self) -> dict[str, nn.Module]:
         raise NotImplementedError
+
+    def upsampling(self, factor: int) -> tuple[int, int]:
+        """``(kernel, padding)`` of the head's bilinear upsampling by ``factor`` (the paper's: ``(2 * factor, 0)``)."""
+        return 2 * factor, 0
 
     def estimate_forward_bytes(self, height: int, width: int, num_classes: int) -> int:
         raise NotImplementedError
