@@ -18,6 +18,8 @@ from ..tiling import Tiling
 from .arguments import add_tta_arguments
 
 if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
+    from ..engine.distributed import DistContext
     from ..inference import Predictor
 
 NAME = "predict"
@@ -92,7 +94,7 @@ GATHER_TIMEOUT = timedelta(hours=24)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.distributed import gather_objects, init_distributed, shutdown_distributed
+    from ..engine.distributed import init_distributed, shutdown_distributed
     from ..inference import load_predictor
 
     for name, value, least, what in (("--mc-dropout", args.mc_dropout, 0, "passes"), ("--workers", args.workers, 0, "processes"),
@@ -113,12 +115,14 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed()
         return 2
     try:
-        return _predict(args, predictor, checkpoint, context, gather_objects)
+        return _predict(args, predictor, checkpoint, context)
     finally:
         shutdown_distributed()
 
 
-def _predict(args: argparse.Namespace, predictor: Predictor, checkpoint, context, gather_objects) -> int:
+def _predict(args: argparse.Namespace, predictor: Predictor, checkpoint: Checkpoint, context: DistContext) -> int:
+    from ..engine.distributed import gather_objects
+
     main = context.is_main
     say = print if main else (lambda *_, **__: None)
     rates = predictor.dropout_rates()
@@ -155,7 +159,7 @@ def _settings(args: argparse.Namespace) -> dict:
     settings = {key: value for key, value in vars(args).items() if key not in RUNTIME_ONLY}
     if Path(args.checkpoint).is_file():
         status = Path(args.checkpoint).stat()
-        settings["checkpoint_file"] = [status.st_size, status.st_mtime_ns]
+        settings["checkpoint"] = [str(Path(args.checkpoint).resolve()), status.st_size, status.st_mtime_ns]
     return settings
 
 
