@@ -154,6 +154,15 @@ def test_failures_are_listed_in_a_file_and_on_stderr(tmp_path, checkpoint, capsy
     assert "--workers must be a number of processes >= 0, got -1" in capsys.readouterr().err
 
 
+def test_a_mask_that_would_overwrite_an_input_is_refused_before_any_work(tmp_path, checkpoint, capsys):
+    write_images(tmp_path / "in", [(16, 16)] * 2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()}
+    assert predict(checkpoint, tmp_path / "in", tmp_path / "in") == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the input" in err and "img000.png" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
+
+
 def test_an_image_too_large_to_decode_is_refused_with_what_to_do(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "big.png")
     item = ImageFiles([tmp_path / "big.png"], max_pixels=1000)[0]
