@@ -124,6 +124,8 @@ class Predictor:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
         self.memory_budget_bytes, self.margin = memory_budget_bytes, margin
         self.tiling = None if tile is None else (tile if isinstance(tile, Tiling) else Tiling(int(tile), margin)).for_model(self.model)
+        if self.tiling is not None:
+            self._refuse_inexact_tiling("tiling was asked for")
         if memory_budget_bytes is not None:  # a budget too small for one tile is an error now, not per image
             tiling_for_budget(self.model, memory_budget_bytes, margin)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.model, dynamic=False) if compile else self.model
@@ -170,8 +172,15 @@ class Predictor:
             return self.tiling
         budget = self.memory_budget_bytes
         if budget is not None and self.model.estimate_forward_bytes(height, width) > budget:
+            self._refuse_inexact_tiling(f"a {height}x{width} image needs tiles under the memory budget")
             return tiling_for_budget(self.model, budget, self.margin)
         return None
+
+    def _refuse_inexact_tiling(self, why: str) -> None:
+        if not getattr(self.model, "exact_tiling", True):
+            name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)
+            raise ValueError(f"{why}, but {name} has a layer that sees the whole image (squeeze-and-excitation): tiles "
+                             "would change its logits; give a larger memory budget, or a smaller image")
 
     @property
     def augments(self) -> bool:

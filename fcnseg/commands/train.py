@@ -21,7 +21,8 @@ FLAGS = [
     ("--model", "model.name", "model name (fcnseg models lists them)"),
     ("--width", "model.width", "channel multiplier (1.0 is the paper's net)"),
     ("--dropout", "model.dropout", "dropout after fc6/fc7"),
-    ("--init", "init", "initial weights: vgg16-torchvision[:PATH], caffe:PATH.caffemodel, checkpoint:PATH or scratch"),
+    ("--init", "init", "initial weights: imagenet[:NAME|PATH] (torchvision, any backbone but AlexNet), "
+                       "vgg16-torchvision[:PATH], caffe:PATH.caffemodel, checkpoint:PATH or scratch"),
     ("--data", "data", "dataset kind: synthetic, voc, sbd, folder, coco, pascal_context, siftflow, nyud"),
     ("--root", "root", "dataset folder (none for synthetic)"),
     ("--train-split", "train_split", "training split name or id-list file"),

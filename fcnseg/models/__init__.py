@@ -33,6 +33,16 @@ def fcn8s_atonce(*, num_classes: int, width: float = 1.0, **options: Any) -> FCN
     return FCN(num_classes, stride=8, width=width, atonce=True, **options)
 
 
+@register_model("fcn4s", "FCN-4s on VGG16: the skips carried on to pool2, upsampled x4 (staged from fcn8s)")
+def fcn4s(*, num_classes: int, width: float = 1.0, **options: Any) -> FCN:
+    return FCN(num_classes, stride=4, width=width, **options)
+
+
+@register_model("fcn2s", "FCN-2s on VGG16: the skips carried on to pool2 and pool1, upsampled x2 (staged from fcn4s)")
+def fcn2s(*, num_classes: int, width: float = 1.0, **options: Any) -> FCN:
+    return FCN(num_classes, stride=2, width=width, **options)
+
+
 @register_model("fcn_alexnet", "FCN-AlexNet (paper Table 1): LRN, grouped convs, fc6 6x6, upscore k63 (crop 18)")
 def fcn_alexnet(*, num_classes: int, width: float = 1.0, **options: Any) -> FCN:
     return FCN(num_classes, stride=32, width=width, backbone="alexnet", name="fcn_alexnet", **options)

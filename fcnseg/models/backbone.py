@@ -9,6 +9,7 @@ A backbone is an ``nn.Module`` with:
   back to the input image, from which the head computes its crops;
 * ``grid``: the period in input pixels of its pooling grid (tiles start on it);
 * ``receptive_field``: the receptive field in input pixels of one stride-32 feature;
+* ``exact_tiling``: whether tiles with the context margin reproduce whole-image logits;
 * ``estimate_forward_bytes(height, width, num_classes)``: a safe bound on the memory of one
   inference pass of the whole FCN on an ``height`` x ``width`` image (tiling plans with it);
 * ``reference_layers()``: its layers under their reference (Caffe) names, for weight loading;
@@ -35,6 +36,9 @@ class Backbone(nn.Module):
     coord_maps: dict[int, CoordMap]
     grid: int = 32
     receptive_field: int
+    #: False where a layer sees the whole image (e.g. squeeze-and-excitation's global average):
+    #: then no tiling reproduces whole-image logits, and inference refuses to tile.
+    exact_tiling: bool = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -32,9 +32,10 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 }
 #: Reference layer names of each skip, from the coarsest inwards:
 #: (backbone stride, score layer, fixed at-once scale, upsampling that precedes the fusion).
-SKIPS = ((16, "score_pool4", "scale_pool4", "upscore2"), (8, "score_pool3", "scale_pool3", "upscore_pool4"))
-#: Name of the final upsampling layer for each output stride.
-FINAL_UPSAMPLING = {32: "upscore", 16: "upscore16", 8: "upscore8"}
+SKIPS = ((16, "score_pool4", "scale_pool4", "upscore2"), (8, "score_pool3", "scale_pool3", "upscore_pool4"),
+         (4, "score_pool2", "scale_pool2", "upscore_pool3"), (2, "score_pool1", "scale_pool1", "upscore_pool2"))
+#: Name of the final upsampling layer for each output stride (4 and 2: the skip architecture carried on, FCN-4s/2s).
+FINAL_UPSAMPLING = {32: "upscore", 16: "upscore16", 8: "upscore8", 4: "upscore4", 2: "upscore2s"}
 #: Fixed skip scales of the at-once model (reference ``scale_pool4``/``scale_pool3``).
 ATONCE_SCALES = {"scale_pool4": 0.01, "scale_pool3": 0.0001}
 
@@ -55,8 +56,9 @@ class FCN(nn.Module):
 
     Args:
         num_classes: number of output classes C.
-        stride: output stride of the head, 32, 16 or 8: the score of the backbone's coarsest
-            features is fused with those of every finer stride down to this one.
+        stride: output stride of the head, 32, 16, 8, or 4 and 2 (FCN-4s/2s: the paper's skips
+            carried on to pool2 and pool1): the score of the backbone's coarsest features is
+            fused with those of every finer stride down to this one.
         width: channel multiplier of the backbone (fc6/fc7 included); 1.0 is the paper's net.
         atonce: scale the pool4/pool3 features by the fixed 0.01/0.0001 of FCN-8s at-once.
         learnable_upsampling: train the bilinear deconvolutions (frozen in the paper's models).
@@ -132,6 +134,8 @@ class FCN(nn.Module):
             self.skip_offsets.append(crop_offset(maps[skip_stride], score_map))
             if atonce:
                 self.register_buffer(scale_name, torch.tensor(ATONCE_SCALES[scale_name]))
+        if hasattr(backbone, "finest_stride"):  # a backbone that computes less when no finer features are fused
+            backbone.finest_stride = min([coarsest] + [s[0] for s in self.skip_names])
         self.final_name = FINAL_UPSAMPLING[stride]
         self.final_offset = crop_offset(score_map.then(self._upsampling_map(stride)), IDENTITY)
         for suffix, classes in self.head_layers():
@@ -177,6 +181,11 @@ class FCN(nn.Module):
             if isinstance(module, BilinearUpsampling):
                 module.fast_paths = bool(enabled)
         return self
+
+    @property
+    def exact_tiling(self) -> bool:
+        """Whether tiles reproduce whole-image logits (see the backbone contract)."""
+        return self.backbone.exact_tiling
 
     @property
     def grid(self) -> int:

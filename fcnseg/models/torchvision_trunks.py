@@ -29,7 +29,8 @@ with dilation ``d`` and padding ``d`` maps ``y -> y``, so the geometry stays exa
 keeps every BatchNorm in eval mode while training (its statistics frozen, its scale and shift
 still learnt), for batch-1 training. ``width`` scales MobileNetV3 (torchvision's ``width_mult``);
 ResNets have fixed widths. MobileNetV3's squeeze-and-excitation averages over the whole image,
-so tiled inference only approximates whole-image logits for it.
+so no tiling reproduces whole-image logits for it: ``exact_tiling`` is False and inference
+refuses to tile it.
 
 Fast path (``fast_paths=True``): channels-last convolutions with channels-last weights (exact).
 """
@@ -131,6 +132,7 @@ class TorchvisionBackbone(Backbone):
         if not width > 0:  # also refuses NaN
             raise ValueError(f"width must be a number > 0, got {width}")
         self.arch, self.frozen_bn = arch, bool(frozen_bn)
+        self.exact_tiling = not arch.startswith("mobilenet")  # squeeze-and-excitation pools the whole image
         self.options = {"output_stride": output_stride, "frozen_bn": self.frozen_bn}
         self.body, stages = _torchvision_trunk(arch, width, output_stride)
         paths = [main_path(stage) for stage in stages]

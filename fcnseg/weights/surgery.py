@@ -24,7 +24,7 @@ from .checks import WeightsError, check_same_shape
 
 logger = logging.getLogger(__name__)
 
-SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3")
+SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3", "score_pool2", "score_pool1")
 #: Skip score layer -> the fixed at-once scale applied to its input.
 SKIP_SCALES = {"score_pool4": "scale_pool4", "score_pool3": "scale_pool3"}
 
