@@ -80,6 +80,9 @@ def predict_mosaic(predictor: Predictor, path: str | os.PathLike[str], out: str 
     from .predict import overlay_image
 
     path, stem = Path(path), Path(out) / Path(path).stem
+    if not getattr(predictor.model, "exact_tiling", True):
+        raise MosaicError(f"image {path} is predicted by windows, but this model has a layer that sees the whole image "
+                          "(squeeze-and-excitation): windows would change its logits")
     whole = Predictor(predictor.model, dtype=predictor.amp_dtype)  # runs each window as one pass
     targets = [stem.with_name(stem.name + ".tif")] + ([stem.with_name(stem.name + "_overlay.tif")] if overlay_alpha is not None else [])
     try:

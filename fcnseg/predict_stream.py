@@ -274,9 +274,13 @@ class _Run:
         try:
             for item in loader:
                 path = todo[item.index]
+                try:
+                    alone = item.error is None and (item.kind != "image" or self._alone(item.image))
+                except ValueError as error:  # it needs tiles, and this model's tiles would change its logits
+                    item, alone = item._replace(error=f"{path}: {error}"), False
                 if item.error is not None:
                     self.report(item.error)
-                elif item.kind != "image" or self._alone(item.image):
+                elif alone:
                     self._flush()
                     {"mosaic": self._mosaic, "video": self._video}.get(item.kind, self._single)(path, item)
                 else:

@@ -163,6 +163,19 @@ def test_a_mask_that_would_overwrite_an_input_is_refused_before_any_work(tmp_pat
     assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
 
 
+def test_a_model_whose_tiles_are_not_exact_fails_only_the_images_that_need_tiles(tmp_path, checkpoint, capsys, monkeypatch):
+    from fcnseg.models.vgg import VGG16Backbone
+
+    monkeypatch.setattr(VGG16Backbone, "exact_tiling", False)  # as a squeeze-and-excitation trunk says
+    write_images(tmp_path / "in", [(24, 24), (24, 900)])
+    write_geotiff(tmp_path / "in" / "scene.tif", np.zeros((3, 24, 24), np.uint8))
+    # a 24 x 900 image's forward pass is over the budget: it would need tiles
+    assert predict(checkpoint, tmp_path / "in", tmp_path / "out", "--memory-budget-mb", "30", "--margin", "32") == 1
+    err = capsys.readouterr().err
+    assert "img001.png" in err and "squeeze-and-excitation" in err and "scene.tif" in err and "Traceback" not in err
+    assert (tmp_path / "out" / "img000.png").exists() and not (tmp_path / "out" / "img001.png").exists()
+
+
 def test_an_image_too_large_to_decode_is_refused_with_what_to_do(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "big.png")
     item = ImageFiles([tmp_path / "big.png"], max_pixels=1000)[0]
