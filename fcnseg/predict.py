@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .data import DatasetError, read_image_file
+from .data.errors import ImageTooLargeError
 from .data.readers import IMAGE_SUFFIXES
 from .files import atomic_path
 from .inference import Predictor, check_image
@@ -27,6 +28,10 @@ OVERLAY_BAND_ROWS = 256
 
 class ImageError(ValueError):
     """An image file that cannot be read (missing, truncated, not an image)."""
+
+
+class ImageTooLarge(ImageError):
+    """An image with more pixels than the decode budget allows (refused from its header)."""
 
 
 #: Bytes held per pixel of an image predicted in tiles: PIL's 4-byte decode buffer, the uint8 RGB tensor,
@@ -56,7 +61,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> t
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return read_image_file(path, max_pixels=max_pixels)
     except DatasetError as error:
-        raise ImageError(str(error)) from None
+        raise (ImageTooLarge if isinstance(error, ImageTooLargeError) else ImageError)(str(error)) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
 
