@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from datetime import timedelta
@@ -79,7 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mc-dropout", type=int, default=0, metavar="N",
                         help="MC-dropout: average N passes with fc6/fc7 dropout on (N forward passes per image; default 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks, per image (default 0)")
-    parser.add_argument("--workers", type=int, default=2, help="processes that decode images ahead of the model (default 2)")
+    parser.add_argument("--workers", type=int, default=max(0, min(4, (os.cpu_count() or 1) - 1)),
+                        help="processes that decode images ahead of the model (default: one core fewer than the "
+                             "machine has, at most 4: %(default)s here)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="images of one size predicted together (default 8; fewer when the memory budget needs it)")
     parser.add_argument("--overwrite", action="store_true", help="predict every input again, whatever the manifest records")
