@@ -33,13 +33,13 @@ SEED_PATH = SHARED / "reference" / "seed_fcn8s.py"
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no GPU available (torch.cuda.is_available() is False)")
-    return device
+    """The package's one device resolution; a missing CUDA ends the benchmark with its one-line message."""
+    from fcnseg.device import resolve_device as resolve
+
+    try:
+        return resolve(name)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def synchronize(device: torch.device) -> None:

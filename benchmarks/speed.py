@@ -55,10 +55,10 @@ DEFAULT_BATCHES = {"cpu": [1, 2], "cuda": [1, 8]}
 
 
 # --------------------------------------------------------------------------- models
-def load_seed_module() -> Any | None:
-    if not SEED_PATH.is_file():
+def load_seed_module(path: Path = SEED_PATH) -> Any | None:
+    if not path.is_file():
         return None
-    spec = importlib.util.spec_from_file_location("seed_fcn8s", SEED_PATH)
+    spec = importlib.util.spec_from_file_location("seed_fcn8s", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -91,6 +91,7 @@ def calibrate(
     num_bins: int = DEFAULT_BINS,
     num_workers: int = 0,
     progress: bool = True,
+    accumulators: Sequence[Any] = (),
 ) -> tuple[ConfusionMatrix, ReliabilityBins]:
     """One pass over ``data`` (as :func:`fcnseg.evaluate.confusion_matrix` takes it): the confusion matrix of the
     arg-max masks and the reliability bins of their top-1 probabilities, both summed over distributed ranks."""
@@ -103,8 +104,10 @@ def calibrate(
             result = predictor.confidence(image)
             matrix.update(result.mask, target)  # first: it checks the labels' range
             bins.update(result.top1, result.mask, target)
-    matrix.all_reduce()
-    bins.all_reduce()
+            for accumulator in accumulators:
+                accumulator.update(result.mask, target)
+    for accumulator in [matrix, bins, *accumulators]:
+        accumulator.all_reduce()
     return matrix, bins
 
 

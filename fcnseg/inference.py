@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from .device import resolve_device
-from .preprocessing import preprocess
+from .preprocessing import model_input
 from .tiling import Tile, Tiling, iter_tiles, tiling_for_budget
 
 #: The base class of nn.Dropout, Dropout2d, AlphaDropout, ...: the layers MC-dropout keeps on.
@@ -45,9 +46,9 @@ _DROPOUT = torch.nn.modules.dropout._DropoutNd
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_image(image: torch.Tensor) -> None:
-    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a uint8 RGB image (3, H, W), got {image.dtype} {tuple(image.shape)}")
+def check_image(image: torch.Tensor, channels: int = 3) -> None:
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != channels:
+        raise ValueError(f"expected a uint8 image ({channels}, H, W), got {image.dtype} {tuple(image.shape)}")
 
 
 def _entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -88,6 +89,11 @@ class Predictor:
         tile: always predict in tiles (a :class:`~fcnseg.tiling.Tiling` or a core size in px).
         margin: context around each tile (None: the model's, which gives the whole-image result).
         compile: run the model through ``torch.compile`` (one graph per input size).
+        tta_scales, tta_flip: test-time augmentation (off by default): the image is predicted at
+            each scale (resized, bilinear) and, with ``tta_flip``, mirrored too; each result's
+            logits are turned back (mirrored, resized bilinearly to the input) and averaged. Each
+            pass may be tiled as usual (tiling stays exact per pass); the averaged logits of the
+            whole image are held (C x H x W float32).
     """
 
     def __init__(
@@ -101,6 +107,8 @@ class Predictor:
         tile: Tiling | int | None = None,
         margin: int | None = None,
         compile: bool = False,
+        tta_scales: tuple[float, ...] = (1.0,),
+        tta_flip: bool = False,
     ) -> None:
         self.model = getattr(model, "module", model)  # DDP would sync buffers at every forward
         if device is not None:
@@ -117,11 +125,17 @@ class Predictor:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
         self.memory_budget_bytes, self.margin = memory_budget_bytes, margin
         self.tiling = None if tile is None else (tile if isinstance(tile, Tiling) else Tiling(int(tile), margin)).for_model(self.model)
+        if self.tiling is not None:
+            self._refuse_inexact_tiling("tiling was asked for")
         if memory_budget_bytes is not None:  # a budget too small for one tile is an error now, not per image
             tiling_for_budget(self.model, memory_budget_bytes, margin)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.model, dynamic=False) if compile else self.model
         self.num_classes = int(self.model.num_classes)
+        self.in_channels = int(getattr(self.model, "in_channels", 3))  # 6 for colour + HHA
         self.mask_dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
+        if not tta_scales or any(not 0 < s <= 8 for s in tta_scales):
+            raise ValueError(f"test-time scales must be numbers in (0, 8], got {tta_scales!r}")
+        self.tta_scales, self.tta_flip = tuple(float(s) for s in tta_scales), bool(tta_flip)
 
     def dropout_rates(self) -> list[float]:
         """The rates of the model's dropout layers: the ones MC-dropout keeps on."""
@@ -150,7 +164,7 @@ class Predictor:
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W) on the device for uint8 images (N, 3, H, W); call inside :meth:`_running`."""
-        blob = preprocess(images.to(self.device, non_blocking=True), self.model.preprocessing)
+        blob = model_input(images.to(self.device, non_blocking=True), self.model)
         return self.forward(blob)
 
     def tiling_for(self, height: int, width: int) -> Tiling | None:
@@ -159,12 +173,53 @@ class Predictor:
             return self.tiling
         budget = self.memory_budget_bytes
         if budget is not None and self.model.estimate_forward_bytes(height, width) > budget:
+            self._refuse_inexact_tiling(f"a {height}x{width} image needs tiles under the memory budget")
             return tiling_for_budget(self.model, budget, self.margin)
         return None
 
+    def _refuse_inexact_tiling(self, why: str) -> None:
+        if not getattr(self.model, "exact_tiling", True):
+            name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)
+            raise ValueError(f"{why}, but {name} has a layer that sees the whole image (squeeze-and-excitation): tiles "
+                             "would change its logits; give a larger memory budget, or a smaller image")
+
+    @property
+    def augments(self) -> bool:
+        """Whether test-time augmentation is on."""
+        return self.tta_flip or self.tta_scales != (1.0,)
+
+    def _augmented_logits(self, image: torch.Tensor, progress: Callable | None) -> torch.Tensor:
+        """The mean of the logits (C, H, W) over the test-time scales and flips, on the device."""
+        height, width = image.shape[-2:]
+        total, passes = None, 0
+        for scale in self.tta_scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            scaled = image if size == (height, width) else F.interpolate(
+                image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0].round().clamp(
+                0, 255).to(torch.uint8)
+            for flip in (False, True) if self.tta_flip else (False,):
+                logits = torch.empty((self.num_classes, *size), dtype=torch.float32, device=self.device)
+                for tile, core in self._per_tile(scaled.flip(-1) if flip else scaled, progress, augment=False):
+                    top, bottom, left, right = tile.core
+                    logits[:, top:bottom, left:right] = core.float()
+                logits = logits.flip(-1) if flip else logits
+                if size != (height, width):
+                    logits = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+                total = logits if total is None else total.add_(logits)
+                passes += 1
+        return total / passes
+
     def _per_tile(self, image: torch.Tensor, progress: Callable | None,
-                  run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[tuple[Tile, torch.Tensor]]:
-        """``(tile, run(window) cut to the core)`` per tile; ``run`` defaults to the logits (C, h, w)."""
+                  run: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  augment: bool = True) -> Iterator[tuple[Tile, torch.Tensor]]:
+        """``(tile, run(window) cut to the core)`` per tile; ``run`` defaults to the logits (C, h, w).
+
+        With test-time augmentation (and the default ``run``), one tile: the whole image's averaged logits.
+        """
+        if augment and run is None and self.augments:
+            full = (0, image.shape[-2], 0, image.shape[-1])
+            yield Tile(full, full), self._augmented_logits(image, progress)
+            return
         run = run or (lambda window: self._logits(window[None])[0])
         tiling = self.tiling_for(*image.shape[-2:])
         if tiling is None:
@@ -197,7 +252,7 @@ class Predictor:
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores (C, H, W), float32 on the CPU, for a uint8 RGB image (3, H, W)."""
-        check_image(image)
+        check_image(image, self.in_channels)
         logits = torch.empty((self.num_classes, *image.shape[-2:]), dtype=torch.float32)
         with self._running():
             for tile, core in self._per_tile(image, None):
@@ -211,7 +266,7 @@ class Predictor:
         Only one tile's logits exist at a time (the arg-max is taken on the device).
         ``progress`` wraps the tile iterator of a tiled image (e.g. a tqdm bar).
         """
-        check_image(image)
+        check_image(image, self.in_channels)
         mask = torch.empty(image.shape[-2:], dtype=self.mask_dtype)
         with self._running():
             for tile, core in self._per_tile(image, progress):
@@ -234,9 +289,11 @@ class Predictor:
         asks for the whole (C, H, W) softmax as well. ``mc_samples`` and ``seed`` as for
         :meth:`probabilities`; ``progress`` as for :meth:`mask`.
         """
-        check_image(image)
+        check_image(image, self.in_channels)
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 0:
             raise ValueError(f"mc_samples must be an integer >= 0 (0: no MC-dropout), got {mc_samples!r}")
+        if mc_samples and self.augments:
+            raise ValueError("MC-dropout and test-time augmentation cannot be combined; choose one")
         if mc_samples and not self.dropout_rates():
             raise ValueError(f"MC-dropout needs dropout layers, and this {type(self.model).__name__} has none")
         size = image.shape[-2:]
@@ -259,7 +316,7 @@ class Predictor:
 
     def masks(self, images: torch.Tensor) -> torch.Tensor:
         """Class ids (N, H, W) on the device for a batch of uint8 images (N, 3, H, W) of one size."""
-        if self.tiling_for(*images.shape[-2:]) is not None:
+        if self.augments or self.tiling_for(*images.shape[-2:]) is not None:
             return torch.stack([self.mask(image) for image in images]).to(self.device)
         with self._running():
             return self._logits(images).argmax(1)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .data import DatasetError, read_image_file
+from .data.errors import ImageTooLargeError
 from .data.readers import IMAGE_SUFFIXES
 from .files import atomic_path
 from .inference import Predictor, check_image
@@ -29,43 +30,70 @@ class ImageError(ValueError):
     """An image file that cannot be read (missing, truncated, not an image)."""
 
 
-def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+class ImageTooLarge(ImageError):
+    """An image with more pixels than the decode budget allows (refused from its header)."""
+
+
+#: Bytes held per pixel of an image predicted in tiles: PIL's 4-byte decode buffer, the uint8 RGB tensor,
+#: the uint8 mask and a uint8 overlay, plus slack for PNG encoding (measured ~10; rounded up).
+BYTES_PER_IMAGE_PIXEL = 12
+
+
+def max_pixels_for(budget_bytes: int) -> int:
+    """The largest image (in pixels) whose decoded copies fit ``budget_bytes`` while it is predicted in tiles."""
+    return max(1, int(budget_bytes) // BYTES_PER_IMAGE_PIXEL)
+
+
+def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> torch.Tensor:
     """Read an image file as a uint8 RGB tensor (3, H, W); :class:`ImageError` names a bad file.
 
     The datasets' reader (:func:`fcnseg.data.read_image_file`) does the decoding, so a
-    picture is read the same way for prediction as for evaluation: grey and palette
-    images are expanded to RGB, pixel data is used as stored (no EXIF rotation), and a
-    truncated file fails here. PIL's decompression-bomb limit is lifted for the call,
-    because prediction of huge images (in tiles) is a use case, not an attack.
+    picture is read the same way for prediction as for evaluation: upright by its EXIF
+    orientation, grey and palette images expanded to RGB, truncated files refused, special
+    files (FIFOs, devices) refused without being opened. PIL's decompression-bomb limit is
+    replaced by ``max_pixels`` (see :func:`max_pixels_for`), checked from the header before
+    decoding: prediction of huge images in tiles is a use case, an unbounded decode is not.
     """
     previous_limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return read_image_file(path)
+            return read_image_file(path, max_pixels=max_pixels)
     except DatasetError as error:
-        raise ImageError(str(error)) from None
+        raise (ImageTooLarge if isinstance(error, ImageTooLargeError) else ImageError)(str(error)) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
 
 
-def list_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+def list_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[str], list[str]]:
     """Expand files, folders (their image files, sorted) and glob patterns into image paths.
 
-    Returns ``(paths, problems)``: ``problems`` names each input that matched nothing.
+    Returns ``(paths, problems, skipped)``: ``problems`` names each input that matched nothing
+    and each image-named entry of a folder that cannot be an image (a folder, a dangling link,
+    a FIFO or device); ``skipped`` each other entry of a folder, with why it was left out.
     Files given explicitly are kept whatever their suffix (a bad one is reported when read).
     """
     import glob
+    import stat
 
     paths: list[Path] = []
     problems: list[str] = []
+    skipped: list[str] = []
     for item in map(str, inputs):
         if Path(item).is_dir():
-            found = sorted(p for p in Path(item).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
+            before = len(paths)
+            for entry in sorted(Path(item).iterdir()):
+                if entry.suffix.lower() not in IMAGE_SUFFIXES:
+                    skipped.append(f"{entry}: not an image file name ({', '.join(IMAGE_SUFFIXES)})")
+                elif not entry.exists():
+                    problems.append(f"{entry}: a link to nothing")
+                elif not stat.S_ISREG(entry.stat().st_mode):
+                    problems.append(f"{entry}: {'a folder' if entry.is_dir() else 'not a regular file'}, not an image")
+                else:
+                    paths.append(entry)
+            if len(paths) == before:
                 problems.append(f"{item}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-            paths += found
         elif Path(item).exists():
             paths.append(Path(item))
         elif glob.has_magic(item):
@@ -76,7 +104,7 @@ def list_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], l
         else:
             problems.append(f"{item}: no such file or folder")
     unique = list(dict.fromkeys(paths))  # the same file named twice is predicted once
-    return unique, problems
+    return unique, problems, skipped
 
 
 def predict_mask(model: torch.nn.Module, image: torch.Tensor, **options) -> torch.Tensor:
@@ -143,6 +171,24 @@ def overlay_image(
         pixels[known] = (1 - alpha) * pixels[known] + alpha * colours[band_ids[known]]
         out[band] = np.clip(np.rint(pixels), 0, 255)
     return Image.fromarray(out)
+
+
+def with_legend(picture: Image.Image, mask: torch.Tensor, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> Image.Image:
+    """``picture`` with a band below naming the colour of every class present in ``mask``."""
+    from PIL import ImageDraw
+
+    present = [c for c in torch.as_tensor(mask).unique().tolist() if 0 <= c < len(classes)]
+    row_height, swatch = 16, 12
+    per_row = max(1, picture.width // 140)
+    rows = -(-len(present) // per_row)
+    out = Image.new("RGB", (picture.width, picture.height + rows * row_height + 4), (255, 255, 255))
+    out.paste(picture.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    for number, class_id in enumerate(present):
+        x, y = 4 + (number % per_row) * 140, picture.height + 4 + (number // per_row) * row_height
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(palette[class_id]), outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y), str(classes[class_id])[:18], fill=(0, 0, 0))
+    return out
 
 
 def save_image(picture: Image.Image, path: str | os.PathLike[str]) -> Path:

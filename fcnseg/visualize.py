@@ -115,11 +115,13 @@ def overlay_grid(
     *,
     titles: Sequence[str] | None = None,
     alpha: float = 0.5,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """One row per image: the image, the ground truth over it (if given), the prediction over it.
 
     Images are uint8 RGB (3, H, W); masks are class ids (H, W); ids without a palette
-    colour (the ignore value) leave the image visible.
+    colour (the ignore value) leave the image visible. With ``classes``, a legend names
+    the colour of every class present in the masks.
     """
     from .predict import overlay_image
 
@@ -146,6 +148,14 @@ def overlay_grid(
         if titles is not None:
             axes[row, 0].set_ylabel(titles[row], fontsize=8)
     figure.subplots_adjust(wspace=0.03, hspace=0.08)
+    if classes is not None:
+        from matplotlib.patches import Patch
+
+        shown = sorted({int(v) for m in [*masks_pred, *(masks_gt or [])] for v in torch.as_tensor(m).unique().tolist()
+                        if 0 <= int(v) < len(classes)})  # fmt: skip
+        handles = [Patch(color=np.asarray(palette[c]) / 255, label=classes[c]) for c in shown]
+        figure.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=8, frameon=False)
+        figure.subplots_adjust(bottom=0.04 + 0.25 / max(1, len(images)))
     return _save(figure, png)
 
 
@@ -169,7 +179,8 @@ def validation_overlays(
         preds.append(predictor.mask(image))
         describe = getattr(dataset, "describe", None)
         titles.append(Path(describe(index)).stem if describe else str(index))
-    return overlay_grid(images, preds, gts, palette if palette is not None else dataset.palette, png, titles=titles)
+    return overlay_grid(images, preds, gts, palette if palette is not None else dataset.palette, png, titles=titles,
+                        classes=getattr(dataset, "classes", None))
 
 
 def confusion_matrix_figure(

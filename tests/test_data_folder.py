@@ -172,8 +172,8 @@ def test_folder_problems(tmp_path: Path, folder: Path) -> None:
 
 
 def test_unknown_kind_and_option(folder: Path) -> None:
-    with pytest.raises(DatasetError, match="unknown dataset kind 'coco'"):
-        open_dataset("coco", "/x", "train")
+    with pytest.raises(DatasetError, match="unknown dataset kind 'ade20k'"):
+        open_dataset("ade20k", "/x", "train")
     with pytest.raises(DatasetError, match=r"unknown option\(s\) \['colour'\] for dataset kind 'folder'.*'num_classes'"):
         open_dataset("folder", folder, "train", colour=3)
 

@@ -179,3 +179,25 @@ def test_eval_reports_a_label_outside_the_classes(tmp_path, zero_checkpoint, cap
     code = main(["eval", str(zero_checkpoint), "--data", "folder", "--root", str(tmp_path / "data"), "--split", "val"])
     err = capsys.readouterr().err
     assert code == 2 and "img1" in err and "7" in err and "Traceback" not in err
+
+
+def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(tmp_path, capsys):
+    from fcnseg.detail_metrics import dice_scores
+
+    from fcnseg.data import SHAPE_CLASSES
+
+    model = random_score_model(len(SHAPE_CLASSES))
+    path = save_checkpoint(tmp_path / "m.safetensors", model, classes=SHAPE_CLASSES,
+                           palette=[(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))])
+    out = tmp_path / "eval"
+    assert main(["eval", str(path), "--data", "synthetic", "--data-option", "size=48", "--data-option", "num_images=5",
+                 "--detail", "--worst", "2", "--out", str(out), "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "by object size" in printed and "small" in printed and "mean boundary IoU" in printed and "worst:" in printed
+    document = json.loads((tmp_path / "m.json").read_text())
+    detail = document["detail"]
+    assert len(detail["per_image"]["mean_iu"]) == 5 and len(detail["boundary"]["boundary_iou"]) == 7
+    matrix = torch.tensor(document["confusion_matrix"], dtype=torch.float64)
+    expected = [None if v != v else round(v, 9) for v in dice_scores(matrix).tolist()]  # same matrix, same Dice
+    assert [None if v is None else round(v, 9) for v in detail["dice"]["dice"]] == expected
+    assert (out / "worst_images.png").is_file()

@@ -299,10 +299,14 @@ def test_plain_fcn8s_does_not_scale_the_skips():
 # --- registry and config ----------------------------------------------------------------------
 
 
-def test_registry_lists_the_four_models():
-    assert fcnseg.list_models() == sorted(MODELS)
+def test_registry_lists_the_voc_models_the_other_datasets_nets_and_the_other_backbones():
+    torchvision_heads = {"resnet18": "32 16 8", "resnet34": "8", "resnet50": "32 16 8", "resnet101": "8",
+                         "mobilenet_v3_large": "32 16 8"}
+    others = ["nyud_fcn32s_color_hha", "siftflow_fcn16s", "siftflow_fcn32s", "siftflow_fcn8s", "fcn_alexnet", "fcn4s", "fcn2s"]
+    others += [f"fcn{s}s_{arch}" for arch, strides in torchvision_heads.items() for s in strides.split()]
+    assert fcnseg.list_models() == sorted(MODELS + others)
     with pytest.raises(ValueError, match="unknown model"):
-        fcnseg.create_model("fcn4s", num_classes=2)
+        fcnseg.create_model("fcn1s", num_classes=2)
 
 
 def test_config_describes_the_model_built_directly():
@@ -318,3 +322,31 @@ def test_reference_layer_names():
     names = list(tiny("fcn8s").reference_layers())
     assert names[:13] == [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
     assert set(names[13:]) == {"fc6", "fc7", "score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4", "upscore8"}
+
+
+def test_fcn4s_and_fcn2s_crops_by_hand():
+    # pool2 sits at 4y - 97.5 and pool1 at 2y - 98.5 in the image (conv1_1 pads 100, each 2x2 pool adds 0.5 of
+    # its input step); after upscore_pool4 the score is at 8y - 23.5, after upscore_pool3 (k4 s2) at 4y - 29.5,
+    # after upscore_pool2 at 2y - 32.5: pool2 crops (97.5 - 29.5) / 4 = 17, pool1 (98.5 - 32.5) / 2 = 33; the
+    # final k8 s4 upsampling leaves y - 33, the final k4 s2 one y - 34.
+    assert tiny("fcn4s").crop_offsets() == {"score_pool4": 5, "score_pool3": 9, "score_pool2": 17, "final": 33}
+    assert tiny("fcn2s").crop_offsets() == {"score_pool4": 5, "score_pool3": 9, "score_pool2": 17, "score_pool1": 33,
+                                            "final": 34}
+
+
+def test_fcn4s_starts_from_fcn8s_as_the_paper_stages_its_nets():
+    from fcnseg.weights import transfer_fcn
+
+    coarse = tiny("fcn8s")
+    with torch.no_grad():
+        for parameter in coarse.parameters():
+            if parameter.requires_grad:  # trained weights; the upsampling stays bilinear
+                parameter.normal_(std=0.1)
+    fine = tiny("fcn4s")
+    transfer_fcn(coarse, fine)
+    assert not fine.score_pool2.weight.any()  # the new skip starts at zero ...
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():  # ... so FCN-4s starts out close to FCN-8s (bilinear x2 then x4 is nearly bilinear x8)
+        got, expected = fine(x), coarse(x)
+    assert (got - expected).abs().mean() < 0.1 * expected.abs().mean()
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pathlib import Path
 import torch
 from PIL import Image
 
@@ -118,9 +119,51 @@ def test_list_images_expands_folders_and_globs(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.png").write_bytes(b"x")
-    paths, problems = list_images([tmp_path, str(tmp_path / "sub" / "*.png"), tmp_path / "a.jpg", "nowhere/*.png"])
+    paths, problems, skipped = list_images([tmp_path, str(tmp_path / "sub" / "*.png"), tmp_path / "a.jpg", "nowhere/*.png"])
     assert [p.name for p in paths] == ["a.jpg", "b.png", "c.png"]  # folder sorted, glob, duplicate dropped
     assert len(problems) == 1 and "nowhere/*.png" in problems[0]
+    assert sorted(reason.split(":")[0].rsplit("/", 1)[-1] for reason in skipped) == ["notes.txt", "sub"]
+
+
+def test_a_folder_scan_names_every_entry_it_does_not_predict(tmp_path):
+    import os
+
+    (tmp_path / "good.png").write_bytes(b"x")
+    (tmp_path / "anim.gif").write_bytes(b"GIF89a")
+    (tmp_path / "x.jpg").mkdir()
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    paths, problems, skipped = list_images([tmp_path])
+    assert [p.name for p in paths] == ["good.png"]
+    reasons = {Path(r.split(": ")[0]).name: r.split(": ", 1)[1] for r in problems + skipped}
+    assert reasons == {"anim.gif": reasons["anim.gif"], "x.jpg": "a folder, not an image", "gone.png": "a link to nothing",
+                       "pipe.png": "not a regular file, not an image"}
+    assert "not an image file name" in reasons["anim.gif"]
+
+
+def test_predict_refuses_a_decompression_bomb_from_its_header(tmp_path, checkpoint_path, capsys):
+    import resource
+    import subprocess
+    import sys
+
+    # A 65000x65000 JPEG header over almost no data: 48 KB that would decode to 12.7 GB.
+    from PIL import Image as PILImage
+
+    small = tmp_path / "small.jpg"
+    PILImage.new("RGB", (16, 16)).save(small, quality=50)
+    data = bytearray(small.read_bytes())
+    marker = data.index(b"\xff\xc0")  # SOF0: [marker 2][length 2][precision 1][height 2][width 2]
+    data[marker + 5 : marker + 9] = (65000).to_bytes(2, "big") * 2
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(bytes(data))
+    code = (f"import resource, sys; from fcnseg.cli import main; "
+            f"rc = main(['predict', {str(checkpoint_path)!r}, {str(bomb)!r}, '--out', {str(tmp_path / 'out')!r}]); "
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "bomb.jpg" in done.stderr and "65000x65000" in done.stderr.replace(" x ", "x")
+    peak_kib = int(done.stdout.strip().splitlines()[-1])
+    assert peak_kib < 2 * 2**20, f"peak RSS {peak_kib / 2**20:.1f} GiB"  # refused from the header, never decoded
 
 
 @pytest.fixture
@@ -143,8 +186,13 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
         with Image.open(out / f"{stem}.png") as mask:
             assert mask.mode == "P" and mask.size == size
             assert int(np.array(mask).max()) < len(CLASSES)
-        with Image.open(out / f"{stem}_overlay.png") as overlay:
-            assert overlay.mode == "RGB" and overlay.size == size
+        with Image.open(out / f"{stem}_overlay.png") as overlay, Image.open(inputs / f"{stem}.{'png' if stem == 'one' else 'jpg'}") as source:
+            # the overlay of the image, and below it a legend band naming the classes present
+            assert overlay.mode == "RGB" and overlay.width == size[0] and overlay.height > size[1]
+            present = np.unique(np.array(Image.open(out / f"{stem}.png")))
+            legend = np.array(overlay)[size[1]:]
+            for class_id in present:  # every class present has its colour swatch in the band
+                assert (legend == PALETTE[class_id]).all(axis=-1).any(), class_id
     assert not (out / "broken.png").exists()
     # the mask equals the library's prediction for the same file
     model = fcnseg.checkpoint.load_checkpoint(checkpoint_path).model

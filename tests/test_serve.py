@@ -265,7 +265,7 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(checkpoint_path, monkeypa
 
     assert "serve" in COMMAND_MODULES
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: seen.update(app=app, host=host, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level, **options: seen.update(app=app, host=host, port=port, **options))
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", str(checkpoint_path), "--port", "8123", "--max-upload-mb", "2", "--max-pixels", "1000"])

@@ -114,3 +114,25 @@ def test_page_uploads_a_photo_and_shows_overlay_and_legend(tmp_path):
         shutil.copy(screenshot, target / screenshot.name)
     # The failed upload above makes the browser log its 415 response; nothing else may go wrong.
     assert [p for p in problems if "415" not in p] == []
+
+
+def test_page_asks_for_the_api_key_when_the_server_needs_one(tmp_path):
+    model = fcnseg.create_model("fcn8s", num_classes=len(CLASSES), width=0.0625).eval()
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", model, classes=CLASSES, palette=PALETTE)
+    photo = photo_file(tmp_path)
+    with background_server(create_app(checkpoint, api_key="k-123")) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            sync_api.expect(page.locator("#apikey")).to_be_visible()
+            page.set_input_files("#file", str(photo))  # no key yet: the server's 401 is shown
+            page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=30_000)
+            assert "401" in page.inner_text("#error") and "needs an API key" in page.inner_text("#error")
+            page.fill("#apikey", "k-123")
+            page.set_input_files("#file", [])
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector('#results[data-state="done"]', timeout=60_000)
+            assert page.locator("#overlay").is_visible()
+        finally:
+            browser.close()

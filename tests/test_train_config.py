@@ -129,3 +129,75 @@ def test_loss_and_class_weighting_are_settings(tmp_path):
     with pytest.raises(ValueError, match="takes no option"):
         build_run(build_config("demo", settings=TINY + [("recipe.loss", "ohem"), ("recipe.loss_options.gamma", 2)]),
                   tmp_path, DistContext())
+
+
+def test_without_a_recipe_a_cpu_trains_the_light_net_to_a_clock_and_says_so(caplog):
+    import argparse
+    import logging
+
+    from fcnseg.commands import train as command
+
+    with caplog.at_level(logging.INFO, logger="fcnseg.train"):
+        name = command.default_recipe([("device", "cpu")])
+    assert name == "cpu" and "no GPU" in caplog.text and "10 minutes" in caplog.text
+    config = build_config(name)
+    assert config.model["width"] == 0.25 and config.recipe.minutes == 10
+
+
+def test_a_run_without_validation_saves_its_final_weights_as_best(tmp_path):
+    out = tmp_path / "run"
+    result = train(build_config("demo", settings=TINY + [("val_split", "none"), ("recipe.steps", 2)]), out)
+    assert result.last_metrics == {} and (out / "best.safetensors").is_file() and (out / "last.safetensors").is_file()
+    assert not any("val" in json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+    assert json.loads((out / "run.json").read_text())["splits"]["val"] is None
+
+
+def _binary_folder(root, rgb: bool = False):
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / "images" / f"{index}.png")
+        mask = np.zeros((24, 24), np.uint8)
+        mask[4:12, 4:12] = 255
+        picture = Image.fromarray(np.stack([mask, mask * 0, mask * 0], -1) if rgb else mask)
+        picture.save(root / "masks" / f"{index}.png")
+    (root / "classes.txt").write_text("background\nthing\n")
+
+
+def test_the_data_check_at_the_start_warns_or_stops(tmp_path, caplog, capsys):
+    import logging
+
+    _binary_folder(tmp_path / "binary")
+    settings = [("model.width", 0.0625), ("threads", 1), ("progress", False), ("recipe.steps", 1), ("recipe.batch_size", 2),
+                ("data", "folder"), ("root", str(tmp_path / "binary")), ("recipe.crop_size", None)]
+    with caplog.at_level(logging.WARNING, logger="fcnseg.train"):
+        train(build_config("cpu", settings=settings + [("recipe.minutes", None)]), tmp_path / "run")
+    assert "binary=true" in caplog.text and "data check" in caplog.text  # 0/255 masks: warned, not silent
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["splits"]["train"]
+    assert record is not None and "seed" in json.dumps(record)  # the automatic split is recorded
+    _binary_folder(tmp_path / "rgb", rgb=True)
+    code = main(["train", "--out", str(tmp_path / "rgbrun"), "--data", "folder", "--root", str(tmp_path / "rgb"),
+                 "--width", "0.0625", "--steps", "1", "--set", "recipe.minutes=none", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "colour" in err.lower() and not (tmp_path / "rgbrun").exists()
+
+
+def test_the_paper_recipe_from_scratch_is_warned_about(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="fcnseg.train"):
+        build_run(build_config("paper", settings=TINY), tmp_path, DistContext())
+    assert "assume ImageNet" in caplog.text
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, monkeypatch):
+    from fcnseg.engine.train import _LogProgress
+
+    monkeypatch.setattr(_LogProgress.__init__, "__defaults__", (0.0,))  # a line at every update
+    train(build_config("demo", settings=TINY + [("recipe.steps", 2), ("progress", True)]), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "train: 1/2 step" in err and "\r" not in err

@@ -32,7 +32,7 @@ def test_staged_init_from_a_coarser_checkpoint(tmp_path):
     ("caffe", "needs a file"),
     ("caffe:/nonexistent/x.caffemodel", "no such file"),
     ("checkpoint:/nonexistent/best.safetensors", "no such file"),
-    ("imagenet", "unknown --init"),
+    ("vgg19-torchvision", "unknown --init"),
 ])
 def test_bad_init_specs_are_clear_errors(spec, message):
     model = fcnseg.create_model("fcn8s", num_classes=3, width=0.0625)

@@ -59,6 +59,7 @@ def test_validation_overlays_predict_a_few_items(tmp_path):
 
     class Items(list):
         palette = PALETTE
+        classes = ["bg", "cat", "dog"]
 
     model = fcnseg.create_model("fcn32s", num_classes=3, width=0.0625)
     _png_size(validation_overlays(Predictor(model), Items(items), tmp_path / "val.png", count=3))

@@ -16,3 +16,22 @@ def key_value(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tta-scales`` and ``--tta-flip``: test-time augmentation of the Predictor (off by default)."""
+    parser.add_argument("--tta-scales", type=scales, default=(1.0,), metavar="S,S,...",
+                        help="test-time augmentation: predict at these scales (e.g. 0.75,1,1.25) and average the logits "
+                             "resized to the input (default 1: off)")
+    parser.add_argument("--tta-flip", action="store_true", help="test-time augmentation: average with the mirrored image")
+
+
+def scales(text: str) -> tuple[float, ...]:
+    """Comma-separated positive numbers."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated scales like 0.75,1,1.25, got {text!r}") from None
+    if not values or any(not 0 < v <= 8 for v in values):
+        raise argparse.ArgumentTypeError(f"scales must be in (0, 8], got {text!r}")
+    return values

@@ -31,9 +31,11 @@ The split "none" means no split (train --val-split none: no validation); no none
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..data import DATASET_KINDS
+
     parser = subparsers.add_parser(NAME, help=HELP, description=HELP, epilog=FOLDER_OPTIONS_HELP,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="synthetic", metavar="KIND", help="dataset kind: synthetic, voc, sbd, folder")
+    parser.add_argument("--data", default="synthetic", metavar="KIND", help="dataset kind: " + ", ".join(DATASET_KINDS))
     parser.add_argument("--root", default=None, metavar="PATH", help="dataset folder (none for synthetic)")
     parser.add_argument("--split", default="train", help="split name or path to an id list (default train)")
     parser.add_argument("--val-split", default=None, metavar="SPLIT",

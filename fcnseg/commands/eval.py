@@ -13,7 +13,7 @@ import torch
 from ..checkpoint import Checkpoint, CheckpointError
 from ..files import atomic_write_text
 from ..metrics import format_report, json_safe
-from .arguments import key_value
+from .arguments import add_tta_arguments, key_value
 
 NAME = "eval"
 HELP = "evaluate a checkpoint on a dataset split (pixel acc, mean acc, mean IU, fw IU, per-class IU)"
@@ -38,7 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-size", type=int, default=None, help="evaluate in tiles (same result, bounded memory)")
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run every layer as written instead of the model's exact fast paths (same masks)")
+    add_tta_arguments(parser)
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    parser.add_argument("--detail", action="store_true",
+                        help="also IU by object size (segments < 32x32, 32x32-96x96, > 96x96 px), boundary IoU (band 2%% of "
+                             "the diagonal), Dice/F1 per class and per-image mean IU; with --out, worst_images.png")
+    parser.add_argument("--worst", type=int, default=6, metavar="K", help="images in worst_images.png (default 6)")
     parser.add_argument("--calibration", action="store_true",
                         help="also report the expected calibration error of the top-1 probability: ECE = sum_b (n_b/N) "
                              "|acc_b - conf_b| over 15 equal-width bins (b/15, (b+1)/15] of all non-ignored pixels; "
@@ -73,12 +78,52 @@ def check_classes(checkpoint_classes: list[str], data_classes: list[str], checkp
         raise CheckpointError(f"{checkpoint_path}: class names differ from the dataset's ({shown})")
 
 
+def format_detail(detail: dict[str, Any], dataset: Any) -> str:
+    """The small-object figures of ``--detail``, as printed."""
+    lines = ["", "by object size (ground-truth segments): " + "  ".join(
+        f"{b['name']} {b['segments']:,} segments, pixel acc {b['pixel_acc']:.4f}, mean IU {b['mean_iu']:.4f}"
+        for b in detail["size"]["bins"])]
+    lines.append(f"mean boundary IoU {detail['boundary']['mean_boundary_iou']:.4f} (band "
+                 f"{detail['boundary']['ratio']:.0%} of the diagonal); mean Dice {detail['dice']['mean_dice']:.4f}")
+    per_image = detail["per_image"]
+    order = sorted((v, i) for i, v in enumerate(per_image["mean_iu"]) if v == v)[:5]  # v == v: not NaN
+    lines.append(f"per-image mean IU: mean {per_image['mean']:.4f}; worst: "
+                 + ", ".join(f"{_image_id(dataset, i)} {v:.3f}" for v, i in order))
+    return "\n".join(lines)
+
+
+def _image_id(dataset: Any, index: int) -> str:
+    base = getattr(dataset, "dataset", dataset)  # a Subset (--limit) keeps the ids of its dataset
+    ids = getattr(base, "ids", None)
+    return str(ids[getattr(dataset, "indices", range(len(dataset)))[index]]) if ids is not None else str(index)
+
+
+def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint, dataset: Any) -> int:
+    """``fcnseg eval`` of a model with several heads: the four metrics and the class table of each head."""
+    from ..evaluate import head_confusion_matrices
+
+    matrices = head_confusion_matrices(predictor, dataset, ignore_index=checkpoint.ignore_index, num_workers=args.workers)
+    reports, start = {}, 0
+    for name, matrix in matrices.items():
+        classes = checkpoint.classes[start:start + matrix.num_classes]
+        start += matrix.num_classes
+        reports[name] = matrix.report(classes)
+        print(f"head {name} ({len(classes)} classes):\n{format_report(reports[name])}\n")
+    text = json.dumps(json_safe({"checkpoint": str(args.checkpoint), "heads": reports}), indent=2) + "\n"
+    for path in [args.json] + ([args.out / "metrics.json"] if args.out else []):
+        if path:
+            atomic_write_text(path, text)
+            print(f"wrote {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..calibration import calibrate, reliability_diagram
     from ..data import DatasetError, open_dataset
     from ..evaluate import confusion_matrix
     from ..inference import load_predictor
-    from ..visualize import confusion_matrix_figure
+    from ..detail_metrics import BoundaryIoU, DiceScore, PerImageIU, SizeIU
+    from ..visualize import confusion_matrix_figure, worst_images_figure
 
     def fail(message: str) -> int:
         print(f"fcnseg eval: error: {message}", file=sys.stderr)
@@ -86,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         predictor, checkpoint = load_predictor(args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
-                                               tile=args.tile_size)
+                                               tile=args.tile_size, tta_scales=args.tta_scales, tta_flip=args.tta_flip)
         kind, root, options = data_spec(args, checkpoint)
         dataset = open_dataset(kind, root, args.split, **options)
         check_classes(checkpoint.classes, list(dataset.classes), args.checkpoint)
@@ -94,13 +139,18 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(error))
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    n, ignore = len(checkpoint.classes), checkpoint.ignore_index
+    if getattr(checkpoint.model, "heads", None):  # e.g. SIFT Flow: one report per head
+        return _run_heads(args, predictor, checkpoint, dataset)
+    detail = {"size": SizeIU(n, ignore), "boundary": BoundaryIoU(n, ignore), "dice": DiceScore(n, ignore),
+              "per_image": PerImageIU(n, ignore)} if args.detail else {}
     try:
         if args.calibration:  # one pass gives both: the masks are the arg-max of the probabilities binned
-            matrix, bins = calibrate(predictor, dataset, len(checkpoint.classes), checkpoint.ignore_index,
-                                     num_workers=args.workers)
+            matrix, bins = calibrate(predictor, dataset, n, ignore, num_workers=args.workers,
+                                     accumulators=list(detail.values()))
         else:
-            matrix = confusion_matrix(predictor, dataset, len(checkpoint.classes), ignore_index=checkpoint.ignore_index,
-                                      num_workers=args.workers)
+            matrix = confusion_matrix(predictor, dataset, n, ignore_index=ignore, num_workers=args.workers,
+                                      accumulators=list(detail.values()))
     except (DatasetError, ValueError) as error:  # a bad file or a label outside the classes
         return fail(str(error))
     result = matrix.report(checkpoint.classes)
@@ -114,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"calibration: ECE {calibration['ece']:.4f}, MCE {calibration['mce']:.4f} ({bins.num_bins} bins, "
               f"{calibration['pixels']:,} pixels; accuracy {calibration['accuracy']:.4f}, "
               f"mean top-1 probability {calibration['mean_confidence']:.4f})")
+    if detail:
+        result["detail"] = {name: accumulator.compute() for name, accumulator in detail.items()}
+        print(format_detail(result["detail"], dataset))
     document = json_safe({"checkpoint": str(args.checkpoint), "data": {"kind": kind, "root": root, "options": options,
                           "split": args.split, "images": len(dataset)}, **result})
     text = json.dumps(document, indent=2) + "\n"
@@ -125,6 +178,15 @@ def run(args: argparse.Namespace) -> int:
         confusion_matrix_figure(matrix.matrix, checkpoint.classes, args.out / "confusion_matrix.png",
                                 title=f"{Path(args.checkpoint).name} on {kind} {args.split}: mean IU {result['mean_iu']:.3f}")
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion_matrix.png'}")
+        if detail:
+            scores = result["detail"]["per_image"]["mean_iu"]
+            worst = sorted((i for i, v in enumerate(scores) if v == v), key=lambda i: scores[i])[: args.worst]
+            items = [dataset[i] for i in worst]  # predicted again: only these k masks are kept
+            worst_images_figure([image for image, _ in items], [mask for _, mask in items],
+                                [predictor.mask(image) for image, _ in items], [scores[i] for i in worst],
+                                checkpoint.palette, args.out / "worst_images.png", args.worst,
+                                ids=[_image_id(dataset, i) for i in worst])
+            print(f"wrote {args.out / 'worst_images.png'}")
         if args.calibration:
             reliability_diagram(bins, args.out / "reliability_diagram.png",
                                 title=f"{Path(args.checkpoint).name} on {kind} {args.split}")

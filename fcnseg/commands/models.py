@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from ..models import create_model, describe_model, list_models
 
 NAME = "models"
@@ -17,10 +19,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"{'model':<14} {'parameters':>14} {'learnable':>14} {'frozen':>10}  description")
-    for name in list_models():
-        model = create_model(name, num_classes=args.num_classes, width=args.width)
+    names = list_models()
+    column = max(map(len, names))
+    print(f"{'model':<{column}} {'parameters':>12} {'learnable':>12} {'frozen':>10}  description")
+    for name in names:
+        try:
+            with torch.device("meta"):  # shapes only: counting needs no memory or initialisation
+                model = create_model(name, num_classes=args.num_classes, width=args.width)
+        except ValueError as error:  # e.g. a fixed-width ResNet asked for another width
+            print(f"{name:<{column}} {'-':>12} {'-':>12} {'-':>10}  {str(error).split(' (')[0]}")
+            continue
         total = sum(p.numel() for p in model.parameters())
         learnable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"{name:<14} {total:>14,} {learnable:>14,} {total - learnable:>10,}  {describe_model(name)}")
+        print(f"{name:<{column}} {total:>12,} {learnable:>12,} {total - learnable:>10,}  {describe_model(name)}")
     return 0

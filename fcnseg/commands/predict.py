@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import functools
+import os
 import sys
+from dataclasses import fields
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from ..checkpoint import CheckpointError
-from ..confidence_maps import normalised_entropy, save_float16_npy, save_unit_png16
-from ..predict import ImageError, list_images, load_image, overlay_image, save_image, save_mask_png
+from ..files import atomic_write_text
+from ..predict import list_images, max_pixels_for
+from ..predict_manifest import MANIFEST_FOLDER, settings_fingerprint
+from ..predict_stream import PredictOptions, Summary, output_names, predict_files
 from ..tiling import Tiling
+from .arguments import add_tta_arguments
 
 if TYPE_CHECKING:
-    import torch
-
+    from ..checkpoint import Checkpoint
+    from ..engine.distributed import DistContext
     from ..inference import Predictor
 
 NAME = "predict"
 HELP = "predict class masks for images (palette PNGs, optional overlays, confidence and probabilities)"
 DEFAULT_BUDGET_MB = 4096
+FAILED_LIST = "failed.txt"
 EPILOG = """confidence files (--confidence):
   <stem>_confidence.png  top-1 class probability p_max, in [1/C, 1]
   <stem>_entropy.png     entropy -sum_c p_c ln p_c divided by ln C, in [0, 1] (0: certain, 1: uniform)
@@ -31,7 +35,20 @@ EPILOG = """confidence files (--confidence):
   with --confidence-format npy the same maps as float16 .npy (H, W) instead.
 --probabilities writes <stem>_probs.npy: the softmax over the classes, float16 (C, H, W).
 --mc-dropout N: fc6/fc7 dropout stays on, N passes are averaged in probability space; mask,
-  confidence, entropy and probabilities are those of the mean; seeded (--seed) per image."""
+  confidence, entropy and probabilities are those of the mean; seeded (--seed) per image.
+
+streaming, resuming, torchrun:
+  Worker processes (--workers) decode ahead, images of one size are predicted --batch-size at a time, a
+  thread writes the files. Each finished input is recorded in <out>/.fcnseg-predict/manifest-rank<r>.jsonl
+  (the input's size and time, each output's size and SHA-256): the same command started again predicts only
+  inputs without a record, changed inputs, and inputs whose outputs are missing or damaged (--overwrite: all).
+  Failures are listed in <out>/failed.txt. Under torchrun each process predicts every world-th input of the
+  sorted list; rank 0 prints the summary of all.
+mosaics (with the geo extra, rasterio):
+  A GeoTIFF, or a TIFF with more pixels than the budget holds decoded, is read and predicted window by window
+  (the same tiles as --tile-size/--memory-budget-mb give) into <stem>.tif: a palette GeoTIFF with the input's
+  transform and CRS (and <stem>_overlay.tif with --overlay). PNG/JPEG are decoded whole (Pillow cannot read
+  them by windows), so one larger than the budget holds is refused from its header."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,8 +67,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run every layer as written instead of the model's exact fast paths "
                              "(same masks; the fast paths take ~0.7x the time on the CPU)")
+    add_tta_arguments(parser)
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
-                        help="images whose forward pass would need more are tiled to fit (default %(default)s MiB)")
+                        help="images whose forward pass would need more are tiled to fit; images too large to hold "
+                             "decoded within it (budget / 12 bytes per pixel) are refused from their header "
+                             "(default %(default)s MiB)")
     parser.add_argument("--confidence", action="store_true",
                         help="also write <stem>_confidence and <stem>_entropy maps (encodings below)")
     parser.add_argument("--confidence-format", choices=("png", "npy"), default="png",
@@ -60,90 +80,109 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mc-dropout", type=int, default=0, metavar="N",
                         help="MC-dropout: average N passes with fc6/fc7 dropout on (N forward passes per image; default 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks, per image (default 0)")
+    parser.add_argument("--workers", type=int, default=max(0, min(4, (os.cpu_count() or 1) - 1)),
+                        help="processes that decode images ahead of the model (default: one core fewer than the "
+                             "machine has, at most 4: %(default)s here)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images of one size predicted together (default 8; fewer when the memory budget needs it)")
+    parser.add_argument("--overwrite", action="store_true", help="predict every input again, whatever the manifest records")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="the one-at-a-time loop: read, predict and write each image in turn, in one thread")
+
+
+#: Arguments that do not change what is written: a run resumed with other values reuses the manifest.
+RUNTIME_ONLY = {"command", "inputs", "out", "device", "workers", "batch_size", "no_stream", "overwrite"}
+#: How long a process waits for the others at the end (the slowest shard may hold hours more work).
+GATHER_TIMEOUT = timedelta(hours=24)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.distributed import init_distributed, shutdown_distributed
     from ..inference import load_predictor
 
-    if args.mc_dropout < 0:
-        print(f"fcnseg predict: error: --mc-dropout must be a number of passes >= 0, got {args.mc_dropout}", file=sys.stderr)
-        return 2
+    for name, value, least, what in (("--mc-dropout", args.mc_dropout, 0, "passes"), ("--workers", args.workers, 0, "processes"),
+                                     ("--batch-size", args.batch_size, 1, "images")):
+        if value < least:
+            print(f"fcnseg predict: error: {name} must be a number of {what} >= {least}, got {value}", file=sys.stderr)
+            return 2
     try:
+        context = init_distributed(args.device, timeout=GATHER_TIMEOUT)
         predictor, checkpoint = load_predictor(
-            args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
+            args.checkpoint, device=context.device, fast_paths=not args.no_fast_paths,
             memory_budget_bytes=int(args.memory_budget_mb * 2**20), margin=args.margin,
             tile=None if args.tile_size is None else Tiling(args.tile_size, args.margin),
+            tta_scales=args.tta_scales, tta_flip=args.tta_flip,
         )  # fmt: skip
-    except (CheckpointError, ValueError) as error:  # also a budget too small for even one tile
+    except (CheckpointError, ValueError) as error:  # also a budget too small for even one tile, a missing GPU
         print(f"fcnseg predict: error: {error}", file=sys.stderr)
+        shutdown_distributed()
         return 2
+    try:
+        return _predict(args, predictor, checkpoint, context)
+    finally:
+        shutdown_distributed()
+
+
+def _predict(args: argparse.Namespace, predictor: Predictor, checkpoint: Checkpoint, context: DistContext) -> int:
+    from ..engine.distributed import gather_objects
+
+    main = context.is_main
+    say = print if main else (lambda *_, **__: None)
     rates = predictor.dropout_rates()
     if args.mc_dropout and not rates:
-        print(f"fcnseg predict: error: --mc-dropout: {args.checkpoint} has no dropout layers", file=sys.stderr)
+        say(f"fcnseg predict: error: --mc-dropout: {args.checkpoint} has no dropout layers", file=sys.stderr)
         return 2
     if args.mc_dropout and not any(rates):
-        print(f"fcnseg predict: note: {args.checkpoint} has dropout rate 0: every MC-dropout pass is the same",
-              file=sys.stderr)
-    paths, problems = list_images(args.inputs)
+        say(f"fcnseg predict: note: {args.checkpoint} has dropout rate 0: every MC-dropout pass is the same", file=sys.stderr)
+    options = PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions) if f.name != "max_pixels"},
+                             max_pixels=max_pixels_for(int(args.memory_budget_mb * 2**20)))
+    paths, problems, skipped = list_images(args.inputs)
     writers: dict[str, Path] = {}
+    inputs = {path.resolve() for path in paths}
+    out = args.out.resolve()
     for path in paths:
-        for name in output_names(path.stem, args):
-            if name in writers:
-                print(f"fcnseg predict: error: {writers[name]} and {path} would both write {args.out / name}; "
-                      "predict them into different --out folders", file=sys.stderr)
+        for name in output_names(path, options):
+            if name in writers or out / name in inputs:
+                problem = (f"{writers[name]} and {path} would both write {args.out / name}" if name in writers else
+                           f"predicting {path} would overwrite the input {args.out / name}")
+                say(f"fcnseg predict: error: {problem}; predict them into different --out folders", file=sys.stderr)
                 return 2
             writers[name] = path
-    palette = checkpoint.palette
-    failed: list[str] = list(problems)
-    written = 0
-    for path in tqdm(paths, desc="predict", unit="image", disable=None):
-        try:
-            image = load_image(path)
-        except ImageError as error:
-            failed.append(str(error))
-            tqdm.write(f"fcnseg predict: skipped {error}", file=sys.stderr)
-            continue
-        tile_bar = functools.partial(tqdm, desc=path.name, unit="tile", leave=False, disable=None)
-        mask = write_predictions(predictor, image, args, args.out / path.stem, tile_bar)
-        save_mask_png(mask, palette, args.out / f"{path.stem}.png")
-        if args.overlay:
-            picture = overlay_image(image, mask, palette, alpha=args.alpha)
-            save_image(picture, args.out / f"{path.stem}_overlay.{args.overlay_format}")
-        written += 1
-    print(f"wrote {written} mask(s) to {args.out}")
+    summary = predict_files(predictor, checkpoint.classes, checkpoint.palette, paths, args.out, options,
+                            settings_fingerprint(_settings(args)), context.rank, context.world_size)
+    summaries = gather_objects(summary)
+    failed = list(problems) + [line for each in summaries for line in each.failed]
+    if main:
+        _report(args, summaries, failed, skipped)
+    return 1 if failed else 0
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The arguments that shape the outputs, and the checkpoint file's identity (a changed file is a new model)."""
+    settings = {key: value for key, value in vars(args).items() if key not in RUNTIME_ONLY}
+    if Path(args.checkpoint).is_file():
+        status = Path(args.checkpoint).stat()
+        settings["checkpoint"] = [str(Path(args.checkpoint).resolve()), status.st_size, status.st_mtime_ns]
+    return settings
+
+
+def _report(args: argparse.Namespace, summaries: list[Summary], failed: list[str], skipped: list[str]) -> None:
+    predicted = sum(each.predicted for each in summaries)
+    done = sum(each.already_done for each in summaries)
+    seconds = max(each.seconds for each in summaries)
+    kept = f"; {done} found done in {args.out / MANIFEST_FOLDER} and kept" if done else ""
+    processes = f" by {len(summaries)} processes" if len(summaries) > 1 else ""
+    print(f"wrote {predicted} mask(s) to {args.out}{kept}; {seconds:.1f} s{processes}, {predicted / max(seconds, 1e-9):.2f} images/s")
+    if skipped:
+        print(f"fcnseg predict: left out {len(skipped)} folder entr{'y' if len(skipped) == 1 else 'ies'} that are not "
+              "images:", file=sys.stderr)
+        for reason in skipped[:20] + ([f"... and {len(skipped) - 20} more"] if len(skipped) > 20 else []):
+            print(f"  {reason}", file=sys.stderr)
+    failures = args.out / FAILED_LIST
     if failed:
-        print(f"fcnseg predict: {len(failed)} input(s) failed:", file=sys.stderr)
+        atomic_write_text(failures, "".join(f"{problem}\n" for problem in failed))
+        print(f"fcnseg predict: {len(failed)} input(s) failed (listed in {failures}):", file=sys.stderr)
         for problem in failed:
             print(f"  {problem}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def output_names(stem: str, args: argparse.Namespace) -> list[str]:
-    """The files ``fcnseg predict`` writes for an image named ``stem``."""
-    names = [f"{stem}.png"] + ([f"{stem}_overlay.{args.overlay_format}"] if args.overlay else [])
-    if args.confidence:
-        maps = ["confidence", "entropy"] + (["mutual_info"] if args.mc_dropout else [])
-        names += [f"{stem}_{name}.{args.confidence_format}" for name in maps]
-    return names + ([f"{stem}_probs.npy"] if args.probabilities else [])
-
-
-def write_predictions(predictor: Predictor, image: torch.Tensor, args: argparse.Namespace, stem: Path,
-                      progress: Callable | None) -> torch.Tensor:
-    """Predict ``image`` and write the confidence maps and probabilities ``args`` asks for beside ``stem``; the mask."""
-    if not (args.confidence or args.probabilities or args.mc_dropout):
-        return predictor.mask(image, progress)
-    result = predictor.confidence(image, progress, mc_samples=args.mc_dropout, seed=args.seed,
-                                  keep_probabilities=args.probabilities)
-    if args.probabilities:
-        save_float16_npy(result.probabilities, f"{stem}_probs.npy")
-    if args.confidence:
-        maps = {"confidence": result.top1, "entropy": normalised_entropy(result.entropy, predictor.num_classes)}
-        if result.mutual_information is not None:
-            maps["mutual_info"] = normalised_entropy(result.mutual_information, predictor.num_classes)
-        for name, values in maps.items():
-            if args.confidence_format == "png":
-                save_unit_png16(values, f"{stem}_{name}.png")
-            else:
-                save_float16_npy(values, f"{stem}_{name}.npy")
-    return result.mask
+    else:
+        failures.unlink(missing_ok=True)  # a list left by an earlier run no longer holds

@@ -21,8 +21,9 @@ FLAGS = [
     ("--model", "model.name", "model name (fcnseg models lists them)"),
     ("--width", "model.width", "channel multiplier (1.0 is the paper's net)"),
     ("--dropout", "model.dropout", "dropout after fc6/fc7"),
-    ("--init", "init", "initial weights: vgg16-torchvision[:PATH], caffe:PATH.caffemodel, checkpoint:PATH or scratch"),
-    ("--data", "data", "dataset kind: synthetic, voc, sbd, folder"),
+    ("--init", "init", "initial weights: imagenet[:NAME|PATH] (torchvision, any backbone but AlexNet), "
+                       "vgg16-torchvision[:PATH], caffe:PATH.caffemodel, checkpoint:PATH or scratch"),
+    ("--data", "data", "dataset kind: synthetic, voc, sbd, folder, coco, pascal_context, siftflow, nyud"),
     ("--root", "root", "dataset folder (none for synthetic)"),
     ("--train-split", "train_split", "training split name or id-list file"),
     ("--val-split", "val_split", "validation split name or id-list file"),
@@ -92,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped (its run.json); "
                        f"only {', '.join(sorted(RESUMABLE))} may change")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    parser.add_argument("--recipe", default="modern", help="recipe preset or file (default modern)")
+    parser.add_argument("--recipe", default=None, help="recipe preset or file (default: modern with a GPU, cpu without)")
     parser.add_argument("--config", metavar="FILE", help="a run.json or YAML file of settings, over the recipe")
     parser.add_argument("--set", dest="settings", type=_raw_pair, action="append", default=[], metavar="KEY=VALUE",
                         help="any setting by its dotted key, e.g. recipe.poly_power=1.0 (typed and checked; repeatable)")
@@ -115,6 +116,19 @@ def settings_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
     return pairs + list(args.settings)
 
 
+def default_recipe(settings: list[tuple[str, object]]) -> str:
+    """``modern`` where training runs on a GPU, else ``cpu`` (a light net on a clock: minutes, not days); said in one line."""
+    import torch
+
+    device = dict(settings).get("device", "auto")
+    gpu = str(device).startswith(("cuda", "gpu")) or (device == "auto" and torch.cuda.is_available())
+    if not gpu:
+        logging.getLogger("fcnseg.train").info(
+            "no --recipe and no GPU: the 'cpu' recipe (fcn8s width 0.25, 10 minutes of training plus validation); "
+            "--recipe modern trains the full-width net for 20,000 steps")
+    return "modern" if gpu else "cpu"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine import TrainingDiverged, TrainingInterrupted, build_config, train
     from ..engine.distributed import shutdown_distributed
@@ -130,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
                                  f"(these can: {', '.join(sorted(RESUMABLE))})")
             result = train(None, args.resume, resume=True, changes=settings)
         else:
-            result = train(build_config(args.recipe, args.config, settings), args.out, overwrite=args.overwrite)
+            result = train(build_config(args.recipe or default_recipe(settings), args.config, settings), args.out,
+                           overwrite=args.overwrite)
     except TrainingDiverged as error:
         print(f"fcnseg train: stopped: {error}", file=sys.stderr)
         return 1

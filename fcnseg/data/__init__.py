@@ -14,16 +14,21 @@ import os
 from typing import Any
 
 from .base import InMemoryDataset, SegmentationDataset, Transform
+from .coco import COCODataset
 from .collate import PadCollate
 from .colours import ColourTable, read_colour_table
 from .doctor import Finding, diagnose
 from .errors import ColourMaskError, DatasetError, ImageTooLargeError, LossyMaskError
 from .folder import FolderDataset, auto_split
+from .hha import hha_from_depth
+from .nyud import NYUD_CLASSES, NYUDDataset
 from .paired import PairedFileDataset
 from .palette import default_palette, voc_palette
+from .pascal_context import PascalContextDataset
 from .readers import read_image_file, read_mask_file
 from .repair import write_fixed_copy
 from .sbd import SBDDataset
+from .siftflow import SIFTFlowDataset
 from .statistics import ClassStatistics, class_pixel_counts, class_statistics, median_frequency_weights
 from .synthetic import SHAPE_CLASSES, SyntheticShapes
 from .transforms import EvalTransform, TrainTransform
@@ -37,6 +42,10 @@ _KINDS: dict[str, type[SegmentationDataset]] = {
     "sbd": SBDDataset,
     "folder": FolderDataset,
     "synthetic": SyntheticShapes,
+    "coco": COCODataset,
+    "pascal_context": PascalContextDataset,
+    "siftflow": SIFTFlowDataset,
+    "nyud": NYUDDataset,
 }
 
 
@@ -75,6 +84,10 @@ def open_dataset(
       ``masks_dir``, ``binary``, ``colors``, ``val_fraction``, ``split_seed``; ``fcnseg data --help``)
     - "synthetic": :class:`SyntheticShapes` (root None; ``num_images``, ``size``, ``seed``,
       ``num_classes``/``classes``, ...)
+    - "coco": :class:`COCODataset` (``categories`` all/voc, ``keep_empty``; needs pycocotools)
+    - "pascal_context": :class:`PascalContextDataset` (``voc_root``: the VOC2010 images)
+    - "siftflow": :class:`SIFTFlowDataset` (``labels`` semantic/geometric/both: masks (2, H, W))
+    - "nyud": :class:`NYUDDataset` (``modality`` color/hha/color_hha, ``hha_dir``, ``intrinsics``)
 
     Every kind also takes ``resize=[H, W]``: items resized (images Lanczos, masks nearest).
 
@@ -106,6 +119,7 @@ def open_dataset(
 __all__ = [
     "DATASET_KINDS",
     "NO_SPLIT",
+    "COCODataset",
     "ClassStatistics",
     "ColourMaskError",
     "ColourTable",
@@ -116,10 +130,14 @@ __all__ = [
     "ImageTooLargeError",
     "InMemoryDataset",
     "LossyMaskError",
+    "NYUDDataset",
+    "NYUD_CLASSES",
     "PadCollate",
     "PairedFileDataset",
+    "PascalContextDataset",
     "SBDDataset",
     "SHAPE_CLASSES",
+    "SIFTFlowDataset",
     "SegmentationDataset",
     "SyntheticShapes",
     "TrainTransform",
@@ -130,6 +148,7 @@ __all__ = [
     "class_statistics",
     "default_palette",
     "diagnose",
+    "hha_from_depth",
     "median_frequency_weights",
     "open_dataset",
     "read_colour_table",

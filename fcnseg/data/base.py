@@ -18,14 +18,21 @@ Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Ten
 
 
 def resize_item(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image`` resized to ``size`` (H, W) with a Lanczos filter, ``mask`` by nearest neighbour (ids stay ids)."""
+    """``image`` resized to ``size`` (H, W) with a Lanczos filter, ``mask`` by nearest neighbour (ids stay ids).
+
+    Images of 3k channels (colour + HHA) are resized 3 channels at a time, masks of several
+    rows (one per head) row by row.
+    """
     from PIL import Image
 
     height, width = size
-    picture = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((width, height), Image.Resampling.LANCZOS)
-    ids = Image.fromarray(mask.numpy().astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(
-        np.asarray(ids).astype(np.int64))
+    pictures = [Image.fromarray(part.permute(1, 2, 0).numpy()).resize((width, height), Image.Resampling.LANCZOS)
+                for part in image.split(3)]
+    rows = [Image.fromarray(row.numpy().astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
+            for row in mask.reshape(-1, *mask.shape[-2:])]
+    resized = np.concatenate([np.asarray(picture) for picture in pictures], axis=2)
+    ids = np.stack([np.asarray(row) for row in rows]).reshape(*mask.shape[:-2], height, width)
+    return torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(ids.astype(np.int64))
 
 
 class SegmentationDataset(Dataset):
@@ -46,11 +53,18 @@ class SegmentationDataset(Dataset):
     and :meth:`describe`; they hold only plain data so that DataLoader workers
     can pickle them.
 
+    A dataset with several label maps per image (SIFT Flow's semantic and geometric
+    labels) sets ``heads`` to ``((name, classes), ...)``: its masks are (K, H, W), row k
+    holding head k's ids, numbered in ``classes`` (head k's classes follow head k-1's), so
+    counting pixels per class works unchanged; each row is checked against its own range.
+
     ``resize`` (H, W), when set (``open_dataset(..., resize=[H, W])``), resizes every
     checked item with :func:`resize_item`: training and evaluating at a lower resolution.
     """
 
     resize: tuple[int, int] | None = None
+    #: ``((name, classes), ...)`` of a dataset whose masks have one row per head; None: masks (H, W).
+    heads: tuple[tuple[str, int], ...] | None = None
 
     def __init__(
         self,
@@ -137,15 +151,27 @@ class SegmentationDataset(Dataset):
         """Raise :class:`DatasetError` if ``mask`` holds a label that is no class id and not ignore."""
         # numpy, not torch: single-threaded and fast even when every core is busy.
         labels = mask.cpu().numpy()
-        if labels.size == 0 or (labels.min() >= 0 and labels.max() < self.num_classes):
+        if self.heads is None:
+            self._check_range(labels, 0, self.num_classes, index, "")
             return
-        bad = ((labels < 0) | (labels >= self.num_classes)) & (labels != self.ignore_index)
+        if labels.ndim != 3 or labels.shape[0] != len(self.heads):
+            raise DatasetError(f"{self.describe(index)}: mask has shape {labels.shape}; expected one row per head "
+                               f"{[name for name, _ in self.heads]} ({len(self.heads)}, H, W)")
+        start = 0
+        for row, (name, count) in zip(labels, self.heads):
+            self._check_range(row, start, start + count, index, f" ({name} labels)")
+            start += count
+
+    def _check_range(self, labels: np.ndarray, low: int, high: int, index: int, what: str) -> None:
+        if labels.size == 0 or (labels.min() >= low and labels.max() < high):
+            return
+        bad = ((labels < low) | (labels >= high)) & (labels != self.ignore_index)
         if bad.any():
             position = tuple(int(v) for v in np.argwhere(bad)[0])
             values = np.unique(labels[bad])[:8].tolist()
             raise DatasetError(
-                f"{self.describe(index)}: mask has label {labels[position]} at (row, col) {position} "
-                f"(bad labels: {values}); expected 0..{self.num_classes - 1} or the ignore value {self.ignore_index}"
+                f"{self.describe(index)}: mask{what} has label {labels[position]} at (row, col) {position} "
+                f"(bad labels: {values}); expected {low}..{high - 1} or the ignore value {self.ignore_index}"
             )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

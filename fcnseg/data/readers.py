@@ -41,7 +41,6 @@ EXIF_TRANSPOSE = {
 }  # fmt: skip
 _EXIF_ORIENTATION_TAG = 0x0112
 #: Start-of-frame markers of arithmetic-coded JPEGs (no lower bound on their data size).
-_ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 PathLike = str | os.PathLike[str]
 
@@ -60,32 +59,60 @@ def check_regular_file(path: PathLike, what: str) -> None:
         raise DatasetError(f"{what} {path} is {kind}, not a regular file; expected a file")
 
 
-def _jpeg_is_arithmetic(path: PathLike) -> bool:
-    """Whether the JPEG's frame header (markers walked up to the first SOF) says arithmetic coding."""
-    with open(path, "rb") as handle:
-        handle.seek(2)
-        while len(marker := handle.read(4)) == 4 and marker[0] == 0xFF:
-            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT/JPG/DAC
-                return marker[1] in _ARITHMETIC_SOF
-            handle.seek(int.from_bytes(marker[2:], "big") - 2, os.SEEK_CUR)
-    return False
+#: Huffman-coded JPEG frames (SOF0 baseline, SOF1 extended, SOF2 progressive) and the fewest bits
+#: that every 8x8 block costs in them: a DC difference and an end-of-block code in sequential
+#: frames, a DC difference in the first scan of a progressive one. (Arithmetic-coded and lossless
+#: frames have no such floor and are left to the decoder.)
+_MIN_BITS_PER_BLOCK = {0xC0: 2, 0xC1: 2, 0xC2: 1}
+_FRAME_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn; C4/C8/CC are DHT, JPG, DAC
+
+
+def jpeg_data_shortfall(data: bytes) -> tuple[int, int] | None:
+    """``(bytes held, fewest bytes needed)`` when a JPEG's coded data is too short for its header's size, else None.
+
+    The decoder does not notice this lie: a JPEG whose header claims 2000x2000 but whose data
+    (ending in a proper end marker) covers 16x16 decodes as 2000x2000, the rest filled grey.
+    The check is a lower bound, so it never refuses a complete image.
+    """
+    position, frame = 2, None
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:  # start of scan: the coded data follows
+            break
+        if marker in _FRAME_MARKERS:
+            frame = (marker, data[position + 4 : position + 2 + length])
+        position += 2 + length
+    else:
+        return None
+    if frame is None or frame[0] not in _MIN_BITS_PER_BLOCK:
+        return None
+    marker, header = frame
+    height, width, count = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5:6]
+    if not count or len(header) < 6 + 3 * count[0] or height == 0:  # height 0: given later (DNL), not checked
+        return None
+    sampling = [(header[7 + 3 * i] >> 4, header[7 + 3 * i] & 15) for i in range(count[0])]
+    h_max, v_max = max(h for h, _ in sampling) or 1, max(v for _, v in sampling) or 1
+    blocks = sum(_ceil_div(_ceil_div(width * h, h_max), 8) * _ceil_div(_ceil_div(height * v, v_max), 8) for h, v in sampling)
+    needed, held = blocks * _MIN_BITS_PER_BLOCK[marker] // 8, len(data) - position
+    return (held, needed) if held < needed else None
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _check_jpeg_length(image: Image.Image, path: PathLike) -> None:
-    """Refuse a JPEG holding less data than its header's size needs.
-
-    libjpeg fills a scan that ends early with grey and reports success, so PIL
-    accepts e.g. 16x16 pixels of data behind a 2000x2000 header. Every 8x8 block
-    of the full-resolution component costs at least one bit in a Huffman-coded
-    JPEG (the code of its DC coefficient), so a file of fewer bits than blocks is
-    truncated.
-    """
-    blocks = math.ceil(image.width / 8) * math.ceil(image.height / 8)
-    size = os.path.getsize(path)
-    if 8 * size < blocks and not _jpeg_is_arithmetic(path):
+    """Refuse a JPEG holding less data than its header's size needs (see :func:`jpeg_data_shortfall`)."""
+    shortfall = jpeg_data_shortfall(Path(path).read_bytes())
+    if shortfall is not None:
+        held, needed = shortfall
         raise DatasetError(
-            f"image {path} is truncated: its header says {image.width}x{image.height} but its {size:,} bytes "
-            f"cannot hold that many pixels (at least {math.ceil(blocks / 8):,} bytes); expected a complete image file"
+            f"image {path} is truncated: its header says {image.width}x{image.height}, which needs at least {needed:,} "
+            f"bytes of image data, but it holds {held:,}; expected a complete image file"
         )
 
 
@@ -189,13 +216,18 @@ def read_colour_mask(path: PathLike) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def load_mat_file(path: PathLike, what: str = "mask") -> dict:
+    """The variables of a MATLAB .mat file; :class:`DatasetError` naming the file when it cannot be read."""
+    check_regular_file(path, what)
+    try:
+        return scipy.io.loadmat(path)
+    except Exception as error:  # scipy raises several types (ValueError, MatReadError, OSError, ...)
+        raise DatasetError(f"{what} {path} cannot be read as a .mat file ({type(error).__name__}: {error})") from None
+
+
 def read_mat_mask(path: PathLike) -> torch.Tensor:
     """An SBD class label: ``loadmat(path)['GTcls'][0]['Segmentation'][0]`` as int64 (H, W)."""
-    check_regular_file(path, "mask")
-    try:
-        content = scipy.io.loadmat(path)
-    except Exception as error:  # scipy raises several types (ValueError, MatReadError, OSError, ...)
-        raise DatasetError(f"mask {path} cannot be read as a .mat file ({type(error).__name__}: {error})") from None
+    content = load_mat_file(path)
     try:
         label = content["GTcls"][0]["Segmentation"][0]
     except (KeyError, IndexError, ValueError, TypeError):
@@ -209,6 +241,24 @@ def read_mat_mask(path: PathLike) -> torch.Tensor:
             f"mask {path}: GTcls.Segmentation is {label.dtype} with shape {label.shape}; expected a 2-D integer array"
         )
     return torch.from_numpy(label.astype(np.int64))
+
+
+def read_mat_label(path: PathLike, variable: str, expected: str) -> np.ndarray:
+    """The 2-D label array stored as ``variable`` in a .mat file, as int64 (whole-valued floats accepted).
+
+    ``expected`` says what the file should be, for the error message (e.g. "a SIFT Flow SemanticLabels file").
+    """
+    content = load_mat_file(path)
+    if variable not in content:
+        raise DatasetError(f"mask {path} has no variable {variable!r}; expected {expected} "
+                           f"(found variables: {sorted(k for k in content if not k.startswith('__'))})")
+    label = np.asarray(content[variable])
+    whole = np.issubdtype(label.dtype, np.integer) or (
+        np.issubdtype(label.dtype, np.floating) and bool(np.all(np.isfinite(label) & (label == np.round(label)))))
+    if label.ndim != 2 or not whole:
+        raise DatasetError(f"mask {path}: {variable} is {label.dtype} with shape {label.shape}; "
+                           f"expected a 2-D array of whole numbers ({expected})")
+    return label.astype(np.int64)
 
 
 def read_text_lines(path: Path, what: str) -> list[str]:
@@ -234,6 +284,12 @@ def read_id_list(path: PathLike, what: str = "split file") -> list[str]:
     if not ids:
         raise DatasetError(f"{what} {path} is empty; expected one id per line")
     return ids
+
+
+def split_file(split: PathLike, folder: Path) -> Path:
+    """The id list of ``split``: a path as given (it has a slash or ends in .txt), else ``folder/<split>.txt``."""
+    text = os.fspath(split)
+    return Path(text) if os.sep in text or "/" in text or text.endswith(".txt") else folder / f"{text}.txt"
 
 
 def read_class_names(path: PathLike) -> list[str]:

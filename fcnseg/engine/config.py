@@ -26,7 +26,7 @@ class TrainConfig:
 
     model: dict[str, Any] = field(default_factory=lambda: {"name": "fcn8s", "width": 1.0})  # create_model's arguments
     recipe: Recipe = field(default_factory=lambda: Recipe(name="modern"))
-    init: str | None = None  # vgg16-torchvision[:PATH], caffe:PATH, checkpoint:PATH or scratch
+    init: str | None = None  # imagenet[:NAME|PATH], vgg16-torchvision[:PATH], caffe:PATH, checkpoint:PATH or scratch
     data: str = "synthetic"
     root: str | None = None
     train_split: str = "train"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -37,8 +38,11 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(device_spec: str = "auto") -> DistContext:
-    """Join the process group when launched by torchrun; otherwise a one-process context."""
+def init_distributed(device_spec: str = "auto", timeout: timedelta | None = None) -> DistContext:
+    """Join the process group when launched by torchrun; otherwise a one-process context.
+
+    ``timeout`` bounds every collective's wait (None: torch's default, 10-30 minutes).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_spec)
     if world_size <= 1:
@@ -49,7 +53,7 @@ def init_distributed(device_spec: str = "auto") -> DistContext:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None, timeout=timeout)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

@@ -1,5 +1,8 @@
 """``--init``: where a new run's weights come from.
 
+* ``imagenet`` — torchvision's ImageNet weights of the backbone (VGG16, ResNet-18/34/50/101,
+  MobileNetV3-Large; its ``DEFAULT`` weights, downloaded once through torchvision, then cached);
+  ``imagenet:NAME`` — another of its weights (``IMAGENET1K_V1``); ``imagenet:PATH`` — a local file;
 * ``vgg16-torchvision`` — torchvision's ImageNet VGG16 (downloaded once through
   torchvision, then cached); ``vgg16-torchvision:PATH`` — the same weights from a local file;
 * ``caffe:PATH.caffemodel`` — the paper's VGG16 or a published FCN (Caffe preprocessing);
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-INIT_KINDS = ("scratch", "vgg16-torchvision", "caffe", "checkpoint")
+INIT_KINDS = ("scratch", "imagenet", "vgg16-torchvision", "caffe", "checkpoint")
 
 
 def apply_initial_weights(model: nn.Module, spec: str | None) -> str:
@@ -28,6 +31,9 @@ def apply_initial_weights(model: nn.Module, spec: str | None) -> str:
         from .. import weights
     except ImportError as error:  # the models engineer's package; named so the lead can see what is missing
         raise NotImplementedError(f"--init {kind} is not available yet: fcnseg.weights cannot be imported ({error})") from None
+    if kind == "imagenet":  # a PATH that does not exist is taken as a weights name (the error lists both)
+        loaded = weights.load_imagenet(model, path or None)
+        return f"torchvision ImageNet weights ({path or 'DEFAULT'}): {', '.join(loaded)}"
     if kind == "vgg16-torchvision":
         loaded = weights.load_vgg16_torchvision(model, _existing(path, spec) if path else None)
         return f"torchvision VGG16 ({path or 'IMAGENET1K_V1'}): {len(loaded)} layers"

@@ -15,11 +15,13 @@ the gradients then equal those of the whole batch in one piece.
 ``"ohem"`` and ``"lovasz"``; each class's docstring says how it splits over
 micro-batches. :func:`effective_number_weights` gives class-balanced weights
 (Cui et al., CVPR 2019) beside the median-frequency ones of
-:mod:`fcnseg.data.statistics`.
+:mod:`fcnseg.data.statistics`. :class:`HeadsLoss` (via :func:`loss_for_model`) sums one loss per
+head for a model with several score heads (the SIFT Flow nets).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, Literal, Sequence
 
@@ -219,6 +221,63 @@ def build_loss(name: str, *, reduction: Reduction = "mean", ignore_index: int = 
         raise ValueError(f"loss {name!r} takes no option {', '.join(unknown)} "
                          f"(its options: {', '.join(sorted(accepted)) or 'none'})")
     return loss_class(reduction, ignore_index=ignore_index, weight=weight, **options)
+
+
+# --- models with several heads (the SIFT Flow nets) ------------------------------------------------
+
+
+class HeadsLoss(SegmentationLoss):
+    """One loss per head of a model with several score heads, summed (the reference SIFT Flow nets' two losses).
+
+    The logits (N, C, H, W) are the heads' concatenated along the channels, in the order of
+    ``heads`` (``(name, classes)`` pairs, a model's ``heads``); the target (N, K, H, W) has one
+    row per head holding ids numbered in the concatenated class list (the ``siftflow`` dataset's
+    ``labels="both"`` masks). Head k's loss is ``loss`` (its kind and options; class weights and
+    per-class focal ``alpha`` cut to the head's classes) on its channels and its row, the ids
+    shifted to start at 0.
+
+    The normaliser is the heads' mean normaliser: the batch's images for ``"sum"`` (then the loss
+    is exactly Caffe's two ``normalize: false`` losses added) and for Lovasz; for ``"mean"`` the
+    heads' mean count of valid pixels, which makes the loss the sum of the heads' mean losses when
+    they label the same pixels (nearly so otherwise). One scalar normaliser keeps the split over
+    micro-batches and processes exact (see the module docstring).
+    """
+
+    def __init__(self, loss: SegmentationLoss, heads: Sequence[tuple[str, int]]) -> None:
+        super().__init__(loss.reduction, ignore_index=loss.ignore_index, weight=loss.weight)
+        self.heads = tuple((str(name), int(count)) for name, count in heads)
+        self.starts = [sum(count for _, count in self.heads[:k]) for k in range(len(self.heads))]
+        total = sum(count for _, count in self.heads)
+        self.losses: list[SegmentationLoss] = []
+        for start, (_, count) in zip(self.starts, self.heads):
+            head = copy.copy(loss)
+            for name in ("weight", "alpha"):  # per-class factors follow the head's classes
+                value = getattr(head, name, None)
+                if torch.is_tensor(value) and value.numel() > 1:
+                    if value.numel() != total:
+                        raise ValueError(f"{name} has {value.numel()} values for heads of {total} classes in all")
+                    setattr(head, name, value[start:start + count])
+            self.losses.append(head)
+
+    def head_targets(self, target: torch.Tensor) -> list[torch.Tensor]:
+        """Each head's target (N, H, W) with ids from 0, ignore kept."""
+        if target.dim() != 4 or target.shape[1] != len(self.heads):
+            raise ValueError(f"a loss over heads {[name for name, _ in self.heads]} needs targets with one row per "
+                             f"head (N, {len(self.heads)}, H, W), got {tuple(target.shape)}")
+        return [torch.where(row == self.ignore_index, row, row - start) for row, start in zip(target.unbind(1), self.starts)]
+
+    def summed(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        pieces = zip(self.losses, self.starts, self.heads, self.head_targets(target))
+        return sum(loss.summed(logits[:, start:start + count], row) for loss, start, (_, count), row in pieces)
+
+    def normalizer(self, target: torch.Tensor) -> torch.Tensor:
+        return torch.stack([loss.normalizer(row) for loss, row in zip(self.losses, self.head_targets(target))]).mean()
+
+
+def loss_for_model(loss: SegmentationLoss, model: Any) -> SegmentationLoss:
+    """``loss`` as it applies to ``model``: a :class:`HeadsLoss` for a model with ``heads``, else itself."""
+    heads = getattr(getattr(model, "module", model), "heads", None)
+    return HeadsLoss(loss, heads) if heads else loss
 
 
 def effective_number_weights(counts: torch.Tensor | Any, beta: float = 0.9999) -> torch.Tensor:

@@ -32,6 +32,7 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..checkpoint import save_checkpoint
-from ..data import PadCollate, SegmentationDataset, TrainTransform, open_dataset
+from ..data import NO_SPLIT, DatasetError, PadCollate, SegmentationDataset, TrainTransform, open_dataset
+from ..data.doctor import diagnose
 from ..data.base import InMemoryDataset
 from ..data.statistics import class_statistics, median_frequency_weights
 from ..evaluate import evaluate
@@ -52,12 +54,12 @@ from ..files import atomic_write_text, sweep_temporary_files
 from ..inference import Predictor
 from ..metrics import json_safe
 from ..models import create_model
-from ..preprocessing import preprocess
+from ..preprocessing import model_input
 from ..visualize import plot_curves, validation_overlays
 from .config import TrainConfig, set_value
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
-from .loss import SegmentationLoss, build_loss, effective_number_weights
+from .loss import SegmentationLoss, build_loss, effective_number_weights, loss_for_model
 from .optim import LRFactor, build_optimizer
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
@@ -185,16 +187,27 @@ def in_memory(dataset: SegmentationDataset) -> InMemoryDataset:
                            ignore_index=dataset.ignore_index)
 
 
-def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run:
-    """Datasets, model (initialised), loss, optimiser and schedule for ``config``; step 0."""
+def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, check_data: bool = False) -> Run:
+    """Datasets, model (initialised), loss, optimiser and schedule for ``config``; step 0.
+
+    ``val_split`` ``none`` trains without validation. ``check_data`` runs the dataset doctor's
+    quick check first (:func:`check_datasets`).
+    """
     recipe = config.recipe
     micro = micro_batch_size(recipe.batch_size, ctx.world_size, config.accumulate)
     train_set = open_dataset(config.data, config.root, config.train_split, **config.data_options)
-    val_set = open_dataset(config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options})
+    val_set = None
+    if config.val_split != NO_SPLIT:
+        val_set = open_dataset(config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options})
+        if list(val_set.classes) != list(train_set.classes):
+            raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
+    if check_data and ctx.is_main:
+        check_datasets(train_set, val_set)
     if config.cache_in_memory:
-        train_set, val_set = in_memory(train_set), in_memory(val_set)
-    if list(val_set.classes) != list(train_set.classes):
-        raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
+        train_set, val_set = in_memory(train_set), val_set and in_memory(val_set)
+    if recipe.name == "paper" and config.init in (None, "", "scratch"):
+        logger.warning("warning: the paper recipe's learning rates (1e-10 ... 1e-14 on a summed loss) assume ImageNet or "
+                       "coarser-FCN weights; from scratch it will not learn (give --init vgg16-torchvision or caffe:PATH)")
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     options = {key: value for key, value in config.model.items() if key != "name"}
@@ -207,8 +220,8 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
         statistics = class_statistics(train_set, train_set.num_classes)
         weight = median_frequency_weights(statistics) if config.class_weights == "median-frequency" else \
             effective_number_weights(statistics, _beta(config.class_weight_beta, statistics.pixel_counts))
-    loss = build_loss(recipe.loss, reduction=recipe.reduction, ignore_index=train_set.ignore_index, weight=weight,
-                      **recipe.loss_options)
+    loss = loss_for_model(build_loss(recipe.loss, reduction=recipe.reduction, ignore_index=train_set.ignore_index,
+                                     weight=weight, **recipe.loss_options), model)  # one loss per head of a multi-head net
 
     optimizer = build_optimizer(model, name=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, bias_lr_mult=recipe.bias_lr_mult,
@@ -227,6 +240,8 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext) -> Run
 
     network: nn.Module = model
     if ctx.distributed:
+        if ctx.device.type == "cuda":  # one set of BatchNorm statistics over all GPUs (gloo CPU runs keep their own)
+            network = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter tensors: the optimiser still holds them
         network = DistributedDataParallel(network, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     # Each rank draws its own dropout masks from here on.
     torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)
@@ -242,6 +257,17 @@ def _beta(beta: float | None, pixel_counts: Any) -> float:
         return beta
     present = torch.as_tensor(pixel_counts, dtype=torch.float64)
     return 1.0 - 1.0 / float(present[present > 0].median().clamp(min=2))
+
+
+def check_datasets(train_set: SegmentationDataset, val_set: SegmentationDataset | None) -> None:
+    """The dataset doctor on 64 items per split: problems are logged; those that make items unusable stop the run."""
+    findings = diagnose(train_set, val_set, max_items=64, decode_images=False)
+    for finding in findings:
+        if finding.severity != "info":
+            logger.warning("data check: %s%s", finding.message, f"\n{finding.detail}" if finding.detail else "")
+    fatal = [f for f in findings if f.severity == "error" and not (f.code == "bad-item" and train_set.skip_bad)]
+    if fatal:
+        raise DatasetError(f"{fatal[0].message} (fcnseg data lists every problem; --fix writes a corrected copy)")
 
 
 def schedule_for(recipe: Any) -> LRFactor:
@@ -263,6 +289,8 @@ def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless micro-batches for this rank, starting where ``run.step`` is."""
     recipe, config = run.config.recipe, run.config
     fill = run.model.preprocessing.mean_rgb_uint8()
+    if getattr(run.model, "hha_preprocessing", None) is not None:  # colour + HHA: six channels to pad
+        fill = fill + run.model.hha_preprocessing.mean_rgb_uint8()
     transform = None
     if recipe.augment or recipe.crop_size is not None:
         transform = TrainTransform(
@@ -291,7 +319,7 @@ def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _to_input(run: Run, images: torch.Tensor) -> torch.Tensor:
-    return preprocess(images.to(run.ctx.device, non_blocking=True), run.model.preprocessing)
+    return model_input(images.to(run.ctx.device, non_blocking=True), run.model)
 
 
 def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -350,14 +378,17 @@ def _saved_step(run: Run) -> Any:
 # --- validation -------------------------------------------------------------------------------
 
 
-def validate(run: Run) -> dict[str, Any]:
-    """The four metrics (and per-class IU) on the validation split, via :func:`fcnseg.evaluate.evaluate`.
+def validate(run: Run) -> dict[str, Any] | None:
+    """The four metrics (and per-class IU) on the validation split, via :func:`fcnseg.evaluate.evaluate`;
+    None for a run without validation.
 
     Each rank evaluates every ``world_size``-th image; the confusion matrices are summed
     over ranks. With ``val_batch_size`` 1 images go one at a time at native size (the
     paper); larger batches are padded to the largest image with the mean colour.
     """
     config, ctx = run.config, run.ctx
+    if run.val_set is None:
+        return None
     count = len(run.val_set) if config.val_limit is None else min(config.val_limit, len(run.val_set))
     data: Any = torch.utils.data.Subset(run.val_set, list(range(count)))
     if config.val_batch_size > 1:
@@ -450,7 +481,7 @@ def _draw_pictures(run: Run, *, overlays: bool) -> None:
     if not run.ctx.is_main:
         return
     plot_curves(run.out_dir / METRICS_FILE, run.out_dir / CURVES_FILE)
-    if overlays and run.config.overlays > 0:
+    if overlays and run.config.overlays > 0 and run.val_set is not None:
         predictor = Predictor(run.model, dtype=run.amp_dtype)
         validation_overlays(predictor, run.val_set, run.out_dir / OVERLAYS_FILE, count=run.config.overlays)
 
@@ -528,7 +559,10 @@ def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: di
         if not resume:
             (out_dir / METRICS_FILE).unlink(missing_ok=True)
     barrier()
-    run = build_run(config, out_dir, ctx)
+    run = build_run(config, out_dir, ctx, check_data=not resume)
+    if ctx.is_main and not resume:  # how the splits were made (e.g. an automatic split): recorded beside the settings
+        splits = {"train": run.train_set.split_info, "val": run.val_set.split_info if run.val_set else None}
+        atomic_write_text(out_dir / RUN_FILE, json.dumps({**config.to_dict(), "splits": splits}, indent=2) + "\n")
     if saved_state is not None:
         restore_state(run, saved_state)
         if ctx.is_main:
@@ -575,14 +609,17 @@ def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: di
             metrics = None
             if due or final:
                 eval_moments = [moment for moment in eval_moments if moment > run.train_seconds]
-                metrics = last_metrics = validate(run)
-                _append_record(run, {"step": run.step, "val": metrics, "time": time.perf_counter() - started,
-                                     "train_seconds": round(run.train_seconds, 3)})
-                if metrics["mean_iu"] > run.best_mean_iu or not (out_dir / BEST_CHECKPOINT).exists():
-                    run.best_mean_iu = max(run.best_mean_iu, metrics["mean_iu"])
+                metrics = validate(run)
+                if metrics is not None:
+                    last_metrics = metrics
+                    _append_record(run, {"step": run.step, "val": metrics, "time": time.perf_counter() - started,
+                                         "train_seconds": round(run.train_seconds, 3)})
+                    progress.set_postfix(loss=f"{loss:.4g}", mean_iu=f"{metrics['mean_iu']:.3f}")
+                better = metrics is not None and metrics["mean_iu"] > run.best_mean_iu
+                if better or (final and not (out_dir / BEST_CHECKPOINT).exists()):  # no validation: best = final
+                    run.best_mean_iu = max(run.best_mean_iu, metrics["mean_iu"]) if metrics else run.best_mean_iu
                     save_model(run, out_dir / BEST_CHECKPOINT, metrics)
                 _draw_pictures(run, overlays=final)
-                progress.set_postfix(loss=f"{loss:.4g}", mean_iu=f"{metrics['mean_iu']:.3f}")
             stopping = broadcast_object(stop["signal"])
             by_clock = run.train_seconds - saved_at >= 60.0 * config.checkpoint_minutes
             if run.step % checkpoint_every == 0 or by_clock or final or stopping:
@@ -600,22 +637,51 @@ def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: di
 
 
 def load_run_config(out_dir: str | Path) -> TrainConfig:
-    """The :class:`TrainConfig` saved in a run directory."""
+    """The :class:`TrainConfig` saved in a run directory (the recorded ``splits`` are information only)."""
     path = Path(out_dir) / RUN_FILE
     if not path.is_file():
         raise ValueError(f"{out_dir} is not a run directory: {RUN_FILE} is missing")
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data.pop("splits", None)
+        return TrainConfig.from_dict(data)
     except (json.JSONDecodeError, TypeError, KeyError, ValueError) as error:
         raise ValueError(f"{path}: not a valid run configuration ({error})") from None
 
 
 def _progress(run: Run) -> Any:
-    """A bar over the steps, or over the seconds of the clock."""
+    """A bar over the steps (or the seconds of the clock) on a terminal; elsewhere a plain line every 30 s."""
     from tqdm.auto import tqdm
 
     budget = run.budget_seconds
     total, initial, unit = (run.config.recipe.steps, run.step, "step") if budget is None else (
         round(budget), round(run.train_seconds), "s")
-    return tqdm(total=total, initial=initial, desc="train", unit=unit, dynamic_ncols=True,
-                disable=not (run.config.progress and run.ctx.is_main))
+    show = run.config.progress and run.ctx.is_main
+    if show and not sys.stderr.isatty():  # a log file: plain lines, no carriage returns
+        return _LogProgress(total, initial, unit)
+    return tqdm(total=total, initial=initial, desc="train", unit=unit, dynamic_ncols=True, disable=not show)
+
+
+class _LogProgress:
+    """tqdm's interface for a log file: one line every ``every`` seconds with the position, ETA and postfix."""
+
+    def __init__(self, total: float, initial: float, unit: str, every: float = 30.0) -> None:
+        self.total, self.done, self.unit, self.every = total, initial, unit, every
+        self.started = self.last = time.perf_counter()
+        self.initial, self.postfix = initial, ""
+
+    def update(self, amount: float) -> None:
+        self.done += amount
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = (self.done - self.initial) / max(now - self.started, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else math.inf
+            print(f"train: {self.done:.0f}/{self.total} {self.unit}, {now - self.started:.0f} s, about {eta / 60:.1f} min "
+                  f"left; {self.postfix}", file=sys.stderr, flush=True)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
+
+    def close(self) -> None:
+        pass

@@ -9,9 +9,13 @@ A backbone is an ``nn.Module`` with:
   back to the input image, from which the head computes its crops;
 * ``grid``: the period in input pixels of its pooling grid (tiles start on it);
 * ``receptive_field``: the receptive field in input pixels of one stride-32 feature;
+* ``exact_tiling``: whether tiles with the context margin reproduce whole-image logits;
 * ``estimate_forward_bytes(height, width, num_classes)``: a safe bound on the memory of one
   inference pass of the whole FCN on an ``height`` x ``width`` image (tiling plans with it);
 * ``reference_layers()``: its layers under their reference (Caffe) names, for weight loading;
+* ``upsampling(factor)``: the ``(kernel, padding)`` of the head's bilinear upsampling by ``factor``
+  onto these features: the paper's ``(2 * factor, 0)`` unless the backbone's grid needs another;
+* ``options``: the backbone's own constructor options (JSON), stored in the model's config;
 * ``fast_paths``: whether ``forward`` takes the backbone's exact fast paths, set through
   :meth:`Backbone.set_fast_paths`. A backbone without fast paths ignores the flag and runs
   its plain forward.
@@ -32,10 +36,14 @@ class Backbone(nn.Module):
     coord_maps: dict[int, CoordMap]
     grid: int = 32
     receptive_field: int
+    #: False where a layer sees the whole image (e.g. squeeze-and-excitation's global average):
+    #: then no tiling reproduces whole-image logits, and inference refuses to tile.
+    exact_tiling: bool = True
 
     def __init__(self) -> None:
         super().__init__()
         self.fast_paths = False
+        self.options: dict = {}
 
     def set_fast_paths(self, enabled: bool) -> None:
         """Switch the exact fast paths on or off; convolution weights follow (channels-last when on).
@@ -54,6 +62,10 @@ class Backbone(nn.Module):
 
     def reference_layers(self) -> dict[str, nn.Module]:
         raise NotImplementedError
+
+    def upsampling(self, factor: int) -> tuple[int, int]:
+        """``(kernel, padding)`` of the head's bilinear upsampling by ``factor`` (the paper's: ``(2 * factor, 0)``)."""
+        return 2 * factor, 0
 
     def estimate_forward_bytes(self, height: int, width: int, num_classes: int) -> int:
         raise NotImplementedError

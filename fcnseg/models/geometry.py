@@ -65,3 +65,12 @@ def crop_offset(blob: CoordMap, reference: CoordMap) -> int:
     if offset.denominator != 1 or offset < 0:
         raise ValueError(f"cannot crop: offset {offset} is not a non-negative integer")
     return int(offset)
+
+
+def receptive_field(layers: Iterable[tuple[int, int]]) -> int:
+    """Receptive field (px) of one output cell of a chain of ``(kernel extent, stride)`` layers."""
+    field, step = 1, 1
+    for extent, stride in layers:
+        field += (extent - 1) * step
+        step *= stride
+    return field

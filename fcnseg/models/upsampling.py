@@ -35,6 +35,11 @@ def bilinear_upsampling_weight(channels: int, size: int) -> torch.Tensor:
 class BilinearUpsampling(nn.ConvTranspose2d):
     """``ConvTranspose2d`` (no bias) that upsamples by ``stride`` with a bilinear kernel.
 
+    The kernel side is ``2 * stride`` unless given (the paper's VGG nets; FCN-AlexNet's
+    ``upscore`` is 63 for stride 32). ``padding`` trims the output as a ``ConvTranspose2d``'s does:
+    kernel ``2s - 1`` with padding ``s - 1`` interpolates exactly between the input cells
+    (bilinear with aligned corners), which the torchvision trunks use.
+
     Frozen (``requires_grad=False``) unless ``learnable`` is set, as in the
     released FCN models. The full channels x channels weight is kept so that
     weights trained with learnable upsampling, and the reference Caffe blobs,
@@ -46,8 +51,10 @@ class BilinearUpsampling(nn.ConvTranspose2d):
     tensors where oneDNN's depthwise kernel is fastest. Same arithmetic, C times less work.
     """
 
-    def __init__(self, channels: int, stride: int, learnable: bool = False) -> None:
-        super().__init__(channels, channels, kernel_size=2 * stride, stride=stride, bias=False)
+    def __init__(self, channels: int, stride: int, learnable: bool = False, kernel_size: int | None = None,
+                 padding: int = 0) -> None:
+        super().__init__(channels, channels, kernel_size=kernel_size or 2 * stride, stride=stride, padding=padding,
+                         bias=False)
         self.reset_parameters()
         self.weight.requires_grad_(learnable)
         self.fast_paths = False

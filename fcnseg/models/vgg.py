@@ -74,7 +74,7 @@ class VGG16Backbone(Backbone):
             layer_maps.append(conv_map(2, 2, 0))
             if stage <= TRIM_STAGES:
                 trim_layers.append(("pool", 2, 2, 0))
-            if stage in (3, 4):
+            if stage <= 4:  # pool1 ... pool4: the skips of FCN-2s ... FCN-16s
                 self.coord_maps[2**stage] = compose(layer_maps)
         self.trim_layers = tuple(trim_layers)
         fc_channels = scaled(FC_CHANNELS, width)
@@ -84,7 +84,10 @@ class VGG16Backbone(Backbone):
         self.drop7 = nn.Dropout(dropout)
         layer_maps += [conv_map(7), conv_map(1)]
         self.coord_maps[32] = compose(layer_maps)
-        self.channels = {8: scaled(VGG16_STAGES[2][-1], width), 16: scaled(VGG16_STAGES[3][-1], width), 32: fc_channels}
+        self.channels = {2**stage: scaled(VGG16_STAGES[stage - 1][-1], width) for stage in range(1, 5)} | {32: fc_channels}
+        #: The finest stride a head fuses (set by the head): the padding trim re-inserts its band after pool3, so
+        #: it applies only when no finer features are used (FCN-32s ... FCN-8s).
+        self.finest_stride = 8
         self.receptive_field = self._receptive_field()
         self.reset_parameters()
 
@@ -133,10 +136,11 @@ class VGG16Backbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         plan = None
-        if self.fast_paths:
+        if self.fast_paths and self.finest_stride >= 2**TRIM_STAGES:
             plan = padding_plan(FIRST_CONV_PADDING, self.trim_layers, x.shape[-2], x.shape[-1])
             rows, cols = plan
             x = F.pad(x, (cols.pad_start, cols.pad_end, rows.pad_start, rows.pad_end))
+        if self.fast_paths:
             x = x.contiguous(memory_format=torch.channels_last)
         features: dict[int, torch.Tensor] = {}
         for stage, names in enumerate(self.conv_names, start=1):
@@ -147,7 +151,7 @@ class VGG16Backbone(Backbone):
             x = _pool(x)
             if plan is not None and stage == TRIM_STAGES:
                 x = apply_inserts(x, *plan)
-            if stage in (3, 4):
+            if self.finest_stride <= 2**stage <= 16:  # only what the head fuses stays alive
                 features[2**stage] = x
         x = self.drop6(F.relu(self._classifier(self.fc6, x), inplace=True))
         x = self.drop7(F.relu(self._classifier(self.fc7, x), inplace=True))

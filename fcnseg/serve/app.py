@@ -2,7 +2,9 @@
 
 Endpoints:
 
-- ``GET /health``: ``{"status": "ok", "model", "classes", "num_classes", "palette", "limits"}``.
+- ``GET /health``: ``{"status": "ok", "ready", "model", "classes", "num_classes", "palette",
+  "auth_required", "uploads", "limits"}``; ``ready`` is true once the model has
+  segmented a warm-up image and while an upload slot is free. Needs no API key.
 - ``POST /segment`` (multipart field ``file``): the palette PNG of class ids
   (``image/png``, the same mask ``fcnseg predict`` writes); with ``?format=json``:
   class names, per-class pixel counts, the classes present, and the mask and an
@@ -10,8 +12,12 @@ Endpoints:
   mean top-1 probability) and ``top1_png`` (base64 16-bit PNG, see :mod:`fcnseg.confidence_maps`).
 - ``GET /``: a page to upload a photo and see the overlay with a legend.
 
-Errors are JSON ``{"detail": message}``: 413 for an upload or image over the
-limits, 415 for a file that is not an image, 422 for a truncated or corrupt one.
+Errors are JSON ``{"detail": message}``: 401 without the API key (when one is
+set), 408 for a body that does not arrive within the body timeout, 413 for an
+upload or image over the limits, 415 for a file that is not an image, 422 for
+a truncated or corrupt one, 503 (with ``Retry-After``) when every upload slot
+stayed busy for the queue timeout. The guards are in :mod:`fcnseg.serve.guards`;
+the head timeout is the server's (:mod:`fcnseg.serve.server`).
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 try:
     from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 except ImportError as error:  # the serve extra is optional
@@ -35,6 +42,7 @@ import torch
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..confidence_maps import png16_bytes
 from ..predict import mask_to_image, overlay_image
+from .guards import ApiKeyCheck, BodyDeadline, UploadQueue, UploadSizeLimit, UploadSlots
 from .images import UploadError, decode_image, png_bytes, probe_image
 from .segmenter import Segmenter
 
@@ -52,10 +60,18 @@ class ServeLimits:
     max_pixels: int = 4_000_000
     #: Forward passes that would need more memory are run in tiles (same mask, bounded memory).
     memory_budget_bytes: int = 2 * 2**30
+    #: Uploads read and processed at once; more wait for a slot before their body is read.
+    max_concurrent_uploads: int = 4
+    #: Seconds an upload may wait for a slot before it gets 503 with Retry-After.
+    queue_timeout_s: float = 30.0
+    #: Seconds for the whole request body to arrive, from its first read (408 beyond).
+    body_timeout_s: float = 60.0
+    #: Seconds for a request head (request line and headers) to arrive (the server closes the connection beyond).
+    header_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value <= 0:
+            if not value > 0:  # also refuses NaN
                 raise ValueError(f"{name} must be positive, got {value}")
 
     def upload_message(self) -> str:
@@ -63,40 +79,6 @@ class ServeLimits:
             f"upload too large: this service accepts image files up to {self.max_upload_bytes:,} bytes "
             f"({self.max_upload_bytes / 2**20:.1f} MiB); start the server with a larger --max-upload-mb to allow more"
         )
-
-
-class _UploadSizeLimit:
-    """ASGI middleware: a request body over the limit gets 413 before it is read in full.
-
-    A declared ``Content-Length`` over the limit is refused at once; a body sent
-    without one (chunked) is counted as it arrives and refused once it passes
-    the limit. (FastAPI passes an ``HTTPException`` raised while reading the
-    body through to its exception handler.)
-    """
-
-    def __init__(self, app: Any, max_body_bytes: int, message: str) -> None:
-        self.app, self.max_body_bytes, self.message = app, max_body_bytes, message
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await JSONResponse({"detail": self.message}, status_code=413)(scope, receive, send)
-            return
-        received = 0
-
-        async def counted_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise HTTPException(status_code=413, detail=self.message)
-            return message
-
-        await self.app(scope, counted_receive, send)
 
 
 def _page() -> str:
@@ -109,22 +91,32 @@ def create_app(
     limits: ServeLimits | None = None,
     device: str | torch.device = "cpu",
     fast_paths: bool = True,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+    **predictor_options: Any,
 ) -> FastAPI:
     """A FastAPI app that segments uploaded images with ``checkpoint`` (a path or a loaded one).
 
     ``app.state.segmenter`` is the :class:`~fcnseg.serve.segmenter.Segmenter`,
-    ``app.state.limits`` the :class:`ServeLimits`. ``fast_paths=False`` runs the
-    plain forward instead of the model's exact fast paths. Run it with uvicorn
-    (``fcnseg serve`` does).
+    ``app.state.limits`` the :class:`ServeLimits`, ``app.state.uploads`` the
+    :class:`~fcnseg.serve.guards.UploadQueue`. ``fast_paths=False`` runs the
+    plain forward instead of the model's exact fast paths. With ``api_key``, every
+    path but ``/health`` and the page needs it. ``cors_origins`` are the web
+    origins whose pages may call the service (``"*"``: any). Run it with uvicorn
+    and :func:`fcnseg.serve.server.uvicorn_options` (``fcnseg serve`` does).
     """
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty; give a non-empty key, or none to serve without one")
     limits = limits or ServeLimits()
     if not isinstance(checkpoint, Checkpoint):
         from ..weights import resolve_checkpoint
 
         checkpoint = load_checkpoint(resolve_checkpoint(checkpoint))
     segmenter = Segmenter(
-        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths
-    )
+        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths, **predictor_options
+    )  # predictor_options: e.g. tta_scales, tta_flip
+    segmenter.segment(torch.zeros((3, 32, 32), dtype=torch.uint8))  # warm-up: the model runs on this device
+    uploads = UploadQueue(limits.max_concurrent_uploads, limits.queue_timeout_s)
     page = _page()
 
     app = FastAPI(
@@ -133,9 +125,24 @@ def create_app(
     )
     app.state.segmenter = segmenter
     app.state.limits = limits
+    app.state.uploads = uploads
+    # Outermost last: CORS answers preflights and labels every answer, the key is checked before
+    # anything is read, then the size, a slot, and the body's deadline.
+    app.add_middleware(BodyDeadline, timeout=limits.body_timeout_s)
+    app.add_middleware(UploadSlots, queue=uploads)
     app.add_middleware(
-        _UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + _MULTIPART_SLACK, message=limits.upload_message()
+        UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + _MULTIPART_SLACK, message=limits.upload_message()
     )
+    if api_key is not None:
+        app.add_middleware(ApiKeyCheck, key=api_key, open_paths=frozenset({"/", "/health"}))
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key"],
+            expose_headers=["X-Segment-Seconds", "Retry-After"],
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -143,13 +150,16 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        """Liveness, and what the model predicts."""
+        """Liveness, readiness (model warmed up, an upload slot free), and what the model predicts."""
         return {
             "status": "ok",
+            "ready": uploads.in_progress < uploads.slots,
             "model": segmenter.model_name,
             "classes": segmenter.classes,
             "num_classes": len(segmenter.classes),
             "palette": [list(colour) for colour in segmenter.palette],
+            "auth_required": api_key is not None,
+            "uploads": {"in_progress": uploads.in_progress, "waiting": uploads.waiting, "slots": uploads.slots},
             "limits": asdict(limits),
         }
 
@@ -184,7 +194,7 @@ def create_app(
                                   "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii")}
         return JSONResponse(body, headers=headers)
 
-    @app.post("/segment", responses={413: {}, 415: {}, 422: {}})
+    @app.post("/segment", responses={401: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})
     async def segment(
         file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
         output_format: Literal["png", "json"] = Query("png", alias="format", description="png: the mask; json: counts, mask and overlay"),

@@ -9,14 +9,17 @@ from typing import Any, Iterator
 
 import uvicorn
 
+from .server import uvicorn_options
+
 
 @contextmanager
 def background_server(app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
     """Serve ``app`` on ``host:port`` in a thread; yields the base URL (``port=0``: a free port).
 
-    The server is shut down (and the thread joined) when the block exits.
+    The server has the service's head deadline (:func:`~fcnseg.serve.server.uvicorn_options`).
+    It is shut down (and the thread joined) when the block exits.
     """
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", **uvicorn_options(app))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fcnseg-serve", daemon=True)
     thread.start()

@@ -1,24 +1,23 @@
 """Uploaded bytes to an image tensor, with the checks a public endpoint needs.
 
 Order of the checks: identify the format and read the size from the header
-only (cheap: a 100-megapixel JPEG is refused before anything is decoded), then
-decode fully with :func:`fcnseg.predict.load_image`, the same reader as
-``fcnseg predict``, so the service sees exactly the pixels the command line sees.
+only (cheap: a 100-megapixel JPEG is refused before anything is decoded; so is
+a JPEG whose header claims more pixels than its data can hold), then decode
+fully from memory, the way ``fcnseg predict``'s reader does (same pixels), and
+turn the picture upright by its EXIF orientation, as image viewers show it.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..predict import ImageError, load_image
+from ..data.readers import EXIF_TRANSPOSE, exif_orientation, jpeg_data_shortfall
 
 
 class UploadError(ValueError):
@@ -73,26 +72,36 @@ def probe_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:
             f"'{name}' is {info.width}x{info.height} = {info.pixels:,} pixels; this service accepts at most "
             f"{max_pixels:,} pixels per image (resize it, or start the server with a larger --max-pixels)"
         )
+    shortfall = jpeg_data_shortfall(data) if info.format == "JPEG" else None
+    if shortfall is not None:
+        held, needed = shortfall
+        raise Undecodable(
+            f"'{name}' is truncated: its header says {info.width}x{info.height}, which needs at least {needed:,} bytes "
+            f"of image data, but it holds {held:,}; send the complete file"
+        )
     return info
 
 
 def decode_image(data: bytes, name: str) -> torch.Tensor:
-    """Fully decode ``data`` into a uint8 RGB tensor (3, H, W) with ``fcnseg predict``'s reader.
+    """Fully decode ``data`` into a uint8 RGB tensor (3, H, W), upright by its EXIF orientation.
 
-    :class:`Undecodable` for truncated or corrupt files (the whole image is decoded
-    here, so a JPEG cut short fails instead of coming back grey at the bottom).
+    Decodes as ``fcnseg predict``'s reader does (grey and palette images expanded to
+    RGB), in memory. :class:`Undecodable` for truncated or corrupt files (the whole
+    image is decoded here, so a JPEG cut short fails instead of coming back grey at
+    the bottom). Call :func:`probe_image` first: it bounds the size.
     """
-    # load_image reads files; the format is sniffed from the bytes, so the name needs no suffix.
-    handle, temporary = tempfile.mkstemp(prefix="fcnseg-upload-")
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        return load_image(temporary)
-    except ImageError as error:
-        reason = str(error).replace(temporary, f"'{name}'")
-        raise Undecodable(f"'{name}' is truncated or corrupt: {reason}") from None
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # probe_image has bounded the size
+            with Image.open(io.BytesIO(data)) as picture:
+                picture.load()
+                orientation = exif_orientation(picture)
+                upright = picture.transpose(EXIF_TRANSPOSE[orientation]) if orientation != 1 else picture
+                array = np.asarray(upright.convert("RGB") if upright.mode != "RGB" else upright)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise Undecodable(f"'{name}' is truncated or corrupt ({reason}); send a complete image file") from None
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
 def png_bytes(picture: Image.Image) -> bytes:

@@ -38,11 +38,12 @@ class Segmenter:
     """
 
     def __init__(
-        self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", memory_budget_bytes: int, fast_paths: bool = True
+        self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", memory_budget_bytes: int, fast_paths: bool = True,
+        **predictor_options: Any,
     ) -> None:
         self.checkpoint = checkpoint
         self.predictor = Predictor(checkpoint.model, device=device, fast_paths=fast_paths,
-                                   memory_budget_bytes=int(memory_budget_bytes))
+                                   memory_budget_bytes=int(memory_budget_bytes), **predictor_options)
         self.model = self.predictor.model
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Initialising FCN weights: torchvision VGG16, the paper's Caffe files, and FCN -> FCN surgery.
+"""Initialising FCN weights: torchvision ImageNet trunks, the paper's Caffe files, and FCN -> FCN surgery.
 
 Every function checks shapes and raises :class:`WeightsError` naming the file
 and the layer. The state-dict functions are pure; the ``load_*`` /
@@ -14,6 +14,7 @@ from .caffemodel import CaffeLayer, read_caffemodel
 from .checks import WeightsError, assign_reference_weights, reference_tensors
 from .convert import convert_caffemodel, resolve_checkpoint
 from .download import cache_dir, fetch
+from .imagenet import load_imagenet, torchvision_weights, trunk_state_from_torchvision
 from .registry import KNOWN_WEIGHTS, KnownWeights, known_weights
 from .surgery import (
     change_num_classes_state,
@@ -42,6 +43,7 @@ __all__ = [
     "convert_caffemodel",
     "download_vgg16_state",
     "fetch",
+    "load_imagenet",
     "known_weights",
     "load_caffe_weights",
     "load_vgg16_torchvision",
@@ -52,6 +54,8 @@ __all__ = [
     "torchvision_cache_path",
     "transfer_fcn",
     "transfer_fcn_state",
+    "trunk_state_from_torchvision",
+    "torchvision_weights",
     "vgg16_from_torchvision",
     "with_num_classes",
 ]

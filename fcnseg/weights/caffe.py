@@ -27,9 +27,11 @@ logger = logging.getLogger(__name__)
 
 #: Fixed skip scales of FCN-8s at-once: scale layer -> the skip score layer it feeds.
 SCALE_LAYERS = {"scale_pool4": "score_pool4", "scale_pool3": "score_pool3"}
-#: Every reference layer name of the FCN family (the layer names of the reference Caffe prototxts).
+#: Every reference layer name of the FCN family (the layer names of the reference Caffe prototxts:
+#: VGG16's conv1_1 ... conv5_3 and AlexNet's conv1 ... conv5).
 REFERENCE_NAMES = frozenset(
     [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
+    + [f"conv{s}" for s in range(1, 6)]
     + ["fc6", "fc7", "score_fr", "score_pool4", "score_pool3"]
     + ["upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8"]
     + list(SCALE_LAYERS)
@@ -92,10 +94,13 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
     """Load a ``.caffemodel`` into ``model``; returns the names of the layers loaded, in file order.
 
     Works for the VGG16 ILSVRC file (V1 ``layers``, InnerProduct fc6/fc7) and
-    the published FCN files (fcn32s/16s/8s heavy, fcn8s at-once). Layers the
+    the published FCN files (fcn32s/16s/8s heavy, fcn8s at-once, fcn-alexnet-pascal into
+    ``fcn_alexnet``, whose grouped blobs are (out, in/2, k, k) as in PyTorch). Layers the
     model lacks (e.g. fc8) are skipped and logged; at-once ``scale_pool4/3``
     blobs are checked and loaded into the model's fixed scales. Sets
-    ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the mean).
+    ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the mean), or to the
+    model's ``caffe_preprocessing`` where its published weights were trained with another mean
+    (the SIFT Flow and NYUDv2 nets subtract their datasets' means).
 
     ``complete=True`` (converting a trained FCN) also refuses a file that is not
     exactly this model's: one with reference layers the model lacks (an FCN-8s
@@ -114,7 +119,11 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
     scales: dict[str, float] = {}
     loaded: list[str] = []
     skipped: list[str] = []
-    for layer in read_caffemodel(path):
+    layers = list(read_caffemodel(path))
+    if complete:  # the wrong model is named as such, before any blob shape could differ
+        known = [layer.name for layer in layers if layer.name in targets or layer.name in SCALE_LAYERS]
+        _require_same_layers(model, source, known, [layer.name for layer in layers if layer.name not in known])
+    for layer in layers:
         if layer.name in SCALE_LAYERS:
             scales[layer.name] = _check_scale(model, layer, source)
             loaded.append(layer.name)
@@ -132,13 +141,11 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
         for index, (kind, param) in enumerate(params):
             weights[f"{layer.name}.{kind}"] = _fit_blob(layer, index, kind, tuple(param.shape), source)
         loaded.append(layer.name)
-    if complete:
-        _require_same_layers(model, source, loaded, skipped)
     assign_reference_weights(model, weights, source)
     with torch.no_grad():
         for name, value in scales.items():
             getattr(model, name).fill_(value)
-    model.preprocessing = CAFFE
+    model.preprocessing = getattr(model, "caffe_preprocessing", CAFFE)
     _report(source, skipped, [name for name in targets if name not in loaded])
     return loaded
 

@@ -12,6 +12,7 @@ bilinear deconvolutions, ``scale_pool*`` the fixed skip scales of FCN-8s at-once
 from __future__ import annotations
 
 import logging
+import re
 from typing import Mapping, Sequence
 
 import torch
@@ -23,7 +24,7 @@ from .checks import WeightsError, check_same_shape
 
 logger = logging.getLogger(__name__)
 
-SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3")
+SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3", "score_pool2", "score_pool1")
 #: Skip score layer -> the fixed at-once scale applied to its input.
 SKIP_SCALES = {"score_pool4": "scale_pool4", "score_pool3": "scale_pool3"}
 
@@ -34,6 +35,12 @@ def layer_of(key: str) -> str:
     """Reference layer name of a state-dict key: ``"backbone.conv1_1.weight"`` -> ``"conv1_1"``."""
     parts = key.split(".")
     return parts[-2] if len(parts) > 1 else parts[-1]
+
+
+def _role(layer: str) -> str:
+    """A head layer's role without its head suffix (``score_pool4_sem`` -> ``score_pool4``; SIFT Flow's nets)."""
+    match = re.fullmatch(r"(score_fr|score_pool\d+|upscore\d*|upscore_pool\d+)_[a-z]+", layer)
+    return match.group(1) if match else layer
 
 
 def _is_upsampling(layer: str) -> bool:
@@ -61,7 +68,7 @@ def transfer_fcn_state(
     """
     out: dict[str, torch.Tensor] = {}
     for key, expected in target.items():
-        layer = layer_of(key)
+        layer = _role(layer_of(key))
         if layer in SKIP_SCALES.values():
             out[key] = expected.detach().clone()  # a constant of the target architecture
         elif key in source:

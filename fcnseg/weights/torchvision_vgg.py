@@ -111,11 +111,32 @@ def read_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 
 
 def torchvision_cache_path(weights: Any = None) -> Path:
-    """Where torchvision's weights API keeps (and looks for) the downloaded VGG16 file."""
+    """Where torchvision's weights API keeps (and looks for) a downloaded file (VGG16's by default)."""
     import torchvision
 
     weights = weights or torchvision.models.VGG16_Weights.IMAGENET1K_V1
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def download_torchvision_state(weights: Any, local_hint: str, progress: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict of a torchvision weights enum member, through its weights API (downloaded once, then cached).
+
+    Offline, raises :class:`WeightsError` naming the file, where to place it, and ``local_hint``
+    (how to pass a local file instead).
+    """
+    cache = torchvision_cache_path(weights)
+    try:
+        return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
+    except (urllib.error.URLError, OSError) as error:
+        raise WeightsError(
+            f"cannot download torchvision {weights} weights from {weights.url} ({error}). "
+            f"Offline, place that file at {cache} (the torch hub cache; $TORCH_HOME moves it), or {local_hint}"
+        ) from None
+    except Exception as error:  # a corrupt cached file, a hash mismatch after download
+        raise WeightsError(
+            f"torchvision {weights} weights at {cache} could not be read ({type(error).__name__}: {error}); "
+            "delete the file to download it again"
+        ) from None
 
 
 def download_vgg16_state(weights: Any = None, progress: bool = True) -> dict[str, torch.Tensor]:
@@ -127,20 +148,8 @@ def download_vgg16_state(weights: Any = None, progress: bool = True) -> dict[str
 
     weights = weights or torchvision.models.VGG16_Weights.IMAGENET1K_V1
     _refuse_feature_weights(weights)
-    cache = torchvision_cache_path(weights)
-    try:
-        return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
-    except (urllib.error.URLError, OSError) as error:
-        raise WeightsError(
-            f"cannot download torchvision VGG16 weights from {weights.url} ({error}). "
-            f"Offline, place that file at {cache} (the torch hub cache; $TORCH_HOME moves it), "
-            "or pass a local file: load_vgg16_torchvision(model, 'path/to/vgg16-397923af.pth')"
-        ) from None
-    except Exception as error:  # a corrupt cached file, a hash mismatch after download
-        raise WeightsError(
-            f"torchvision VGG16 weights at {cache} could not be read ({type(error).__name__}: {error}); "
-            "delete the file to download it again"
-        ) from None
+    hint = "pass a local file: load_vgg16_torchvision(model, 'path/to/vgg16-397923af.pth')"
+    return download_torchvision_state(weights, hint, progress)
 
 
 def _refuse_feature_weights(weights: Any) -> None:
