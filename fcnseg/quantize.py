@@ -83,7 +83,7 @@ def calibration_folder(folder: str | os.PathLike[str], limit: int | None = DEFAU
 
     if not Path(folder).is_dir():
         raise ValueError(f"--calibrate {folder}: not a folder of images (give --calibrate-data KIND for a dataset split)")
-    paths, problems = list_images([folder])
+    paths, problems, _ = list_images([folder])  # other files of the folder are skipped
     if problems:
         raise ValueError(problems[0])
     return CalibrationSet([load_image(paths[i]) for i in _spread(len(paths), limit)], None, str(folder))
