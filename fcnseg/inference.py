@@ -115,7 +115,7 @@ class Predictor:
             self.model.to(resolve_device(device))
         parameter = next(self.model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
-        if fast_paths is not None:
+        if fast_paths is not None and hasattr(self.model, "set_fast_paths"):  # an ONNX runtime model has none
             self.model.set_fast_paths(fast_paths)
         if isinstance(dtype, torch.dtype) or dtype is None:
             self.amp_dtype = None if dtype in (None, torch.float32) else dtype

@@ -163,3 +163,27 @@ def test_openvino_bfloat16_is_a_named_option_that_changes_numerics_slightly(expo
     assert difference <= 0.05 * float(expected.abs().max())
     assert float((bf16.mask(image) == expected.argmax(0)).float().mean()) >= 0.95
 
+
+
+def test_predict_and_serve_take_an_onnx_export_and_a_runtime(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.checkpoint import save_checkpoint
+    from fcnseg.cli import main
+    from fcnseg.export import export_onnx
+
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fcnseg.serve import create_app
+
+    model = fcnseg.create_model("fcn8s", num_classes=3, width=0.0625)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (7, 7, 7)])
+    export_onnx(path, tmp_path / "m.onnx", exporter="torchscript")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    assert main(["predict", str(path), str(tmp_path / "p.png"), "--out", str(tmp_path / "torch")]) == 0
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "p.png"), "--out", str(tmp_path / "ort"),
+                 "--runtime", "onnxruntime"]) == 0
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "ort" / "p.png")),
+                                  np.array(Image.open(tmp_path / "torch" / "p.png")))
+    app = create_app(tmp_path / "m.onnx", runtime="onnxruntime")
+    assert type(app.state.segmenter.model).__name__ == "OnnxModel"

@@ -35,3 +35,12 @@ def scales(text: str) -> tuple[float, ...]:
     if not values or any(not 0 < v <= 8 for v in values):
         raise argparse.ArgumentTypeError(f"scales must be in (0, 8], got {text!r}")
     return values
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--runtime`` and ``--dtype``: how a checkpoint or an ``.onnx`` export is run."""
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default=None,
+                        help="torch runs a checkpoint; an .onnx export (fp32 or int8) runs on the CPU in openvino "
+                             "(the default when installed) or onnxruntime: pip install 'fcnseg[runtimes]'")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: torch autocast, or OpenVINO bf16 inference (changes numerics; default float32)")

@@ -13,7 +13,7 @@ import torch
 from ..checkpoint import Checkpoint, CheckpointError
 from ..files import atomic_write_text
 from ..metrics import format_report, json_safe
-from .arguments import add_tta_arguments, key_value
+from .arguments import add_runtime_arguments, add_tta_arguments, key_value
 
 NAME = "eval"
 HELP = "evaluate a checkpoint on a dataset split (pixel acc, mean acc, mean IU, fw IU, per-class IU)"
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(NAME, help=HELP, description=HELP + ". Without --data, the dataset the checkpoint "
                                    "was trained on (kind, root and options, as recorded in it).")
-    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors)")
+    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)")
     parser.add_argument("--data", default=None, choices=DATASET_KINDS, help="dataset kind (default: the training data's)")
     parser.add_argument("--root", default=None, help="dataset folder (not for synthetic)")
     parser.add_argument("--split", default="val", help="split name or list file (default val)")
@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run every layer as written instead of the model's exact fast paths (same masks)")
     add_tta_arguments(parser)
+    add_runtime_arguments(parser)
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     parser.add_argument("--detail", action="store_true",
                         help="also IU by object size (segments < 32x32, 32x32-96x96, > 96x96 px), boundary IoU (band 2%% of "
@@ -131,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         predictor, checkpoint = load_predictor(args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
-                                               tile=args.tile_size, tta_scales=args.tta_scales, tta_flip=args.tta_flip)
+                                               tile=args.tile_size, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
+                                               runtime=args.runtime, dtype=args.dtype)
         kind, root, options = data_spec(args, checkpoint)
         dataset = open_dataset(kind, root, args.split, **options)
         check_classes(checkpoint.classes, list(dataset.classes), args.checkpoint)

@@ -16,7 +16,7 @@ from ..predict import list_images, max_pixels_for
 from ..predict_manifest import MANIFEST_FOLDER, settings_fingerprint
 from ..predict_stream import PredictOptions, Summary, output_names, predict_files
 from ..tiling import Tiling
-from .arguments import add_tta_arguments
+from .arguments import add_runtime_arguments, add_tta_arguments
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
@@ -54,7 +54,7 @@ mosaics (with the geo extra, rasterio):
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(NAME, help=HELP, description=HELP, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors)")
+    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or glob patterns")
     parser.add_argument("--out", required=True, type=Path, help="output folder: <stem>.png masks (class ids, palette PNG)")
     parser.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.<format>: the image blended with the mask")
@@ -68,6 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="run every layer as written instead of the model's exact fast paths "
                              "(same masks; the fast paths take ~0.7x the time on the CPU)")
     add_tta_arguments(parser)
+    add_runtime_arguments(parser)
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
                         help="images whose forward pass would need more are tiled to fit; images too large to hold "
                              "decoded within it (budget / 12 bytes per pixel) are refused from their header "
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, device=context.device, fast_paths=not args.no_fast_paths,
             memory_budget_bytes=int(args.memory_budget_mb * 2**20), margin=args.margin,
             tile=None if args.tile_size is None else Tiling(args.tile_size, args.margin),
-            tta_scales=args.tta_scales, tta_flip=args.tta_flip,
+            tta_scales=args.tta_scales, tta_flip=args.tta_flip, runtime=args.runtime, dtype=args.dtype,
         )  # fmt: skip
     except (CheckpointError, ValueError) as error:  # also a budget too small for even one tile, a missing GPU
         print(f"fcnseg predict: error: {error}", file=sys.stderr)

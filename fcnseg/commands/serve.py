@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from .arguments import add_tta_arguments
+from .arguments import add_runtime_arguments, add_tta_arguments
 
 NAME = "serve"
 HELP = "serve a checkpoint over HTTP: GET /health, POST /segment, and a web page at /"
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         NAME, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors)")
+    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
@@ -69,6 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "freed, which keeps memory flat under images of many sizes (default 1; 0 keeps glibc's "
                         "sliding threshold; MALLOC_MMAP_THRESHOLD_ in the environment wins)")
     add_tta_arguments(parser)
+    add_runtime_arguments(parser)
     parser.add_argument("--no-fast-paths", action="store_true",
                         help="run every layer as written instead of the model's exact fast paths (same masks)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(
             args.checkpoint, limits=limits, device=args.device, fast_paths=not args.no_fast_paths,
             api_key=api_key, cors_origins=args.cors_origin, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
+            runtime=args.runtime, dtype=args.dtype,
         )
     except (CheckpointError, ValueError) as error:
         print(f"fcnseg serve: error: {error}", file=sys.stderr)

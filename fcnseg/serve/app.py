@@ -93,6 +93,8 @@ def create_app(
     fast_paths: bool = True,
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
+    runtime: str | None = None,
+    dtype: str = "float32",
     **predictor_options: Any,
 ) -> FastAPI:
     """A FastAPI app that segments uploaded images with ``checkpoint`` (a path or a loaded one).
@@ -108,12 +110,18 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise ValueError("the API key is empty; give a non-empty key, or none to serve without one")
     limits = limits or ServeLimits()
-    if not isinstance(checkpoint, Checkpoint):
+    if not isinstance(checkpoint, Checkpoint):  # a file, a registry name, or an ONNX export run in a runtime
+        from ..runtimes import load_onnx_checkpoint, resolve_runtime
         from ..weights import resolve_checkpoint
 
-        checkpoint = load_checkpoint(resolve_checkpoint(checkpoint))
+        if resolve_runtime(checkpoint, runtime) == "torch":
+            checkpoint = load_checkpoint(resolve_checkpoint(checkpoint))
+        else:
+            checkpoint = load_onnx_checkpoint(checkpoint, runtime, dtype=dtype, device=device)
+            dtype = "float32"  # the runtime runs the dtype; the Predictor adds no autocast
     segmenter = Segmenter(
-        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths, **predictor_options
+        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths, dtype=dtype,
+        **predictor_options,
     )  # predictor_options: e.g. tta_scales, tta_flip
     segmenter.segment(torch.zeros((3, 32, 32), dtype=torch.uint8))  # warm-up: the model runs on this device
     uploads = UploadQueue(limits.max_concurrent_uploads, limits.queue_timeout_s)
