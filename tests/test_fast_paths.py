@@ -161,3 +161,11 @@ def test_fast_paths_keep_dropout_in_training():
         fast_eval = model.eval()(x)
         assert not torch.allclose(model.train()(x), fast_eval)  # train: dropout acts
         assert_same_logits(model.set_fast_paths(False).eval()(x), fast_eval)
+
+
+def test_a_model_built_under_inference_mode_runs_its_fast_paths():
+    with torch.inference_mode():  # its weights are inference tensors, without version counters
+        model = random_model()
+        x = torch.randn(1, 3, 40, 40)
+        fast = model(x)
+        assert_same_logits(fast, model.set_fast_paths(False)(x))

@@ -67,7 +67,8 @@ class BilinearUpsampling(nn.ConvTranspose2d):
     def _is_diagonal(self) -> bool:
         if self.weight.is_meta:  # shapes only: nothing to check, the full deconvolution has the same shape
             return False
-        key = (self.weight.data_ptr(), self.weight._version)
+        # An inference tensor (a model built under torch.inference_mode) has no version counter; it is checked once.
+        key = (self.weight.data_ptr(), -1 if self.weight.is_inference() else self.weight._version)
         if self._diagonal is None or self._diagonal[0] != key:
             self._diagonal = (key, is_diagonal(self.weight))
         return self._diagonal[1]
