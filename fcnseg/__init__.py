@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import metrics  # noqa: F401  (fcnseg.metrics.ConfusionMatrix without a second import)
 from .models import create_model, list_models
 from .preprocessing import CAFFE, TORCHVISION, Preprocessing, preprocess
 from .weights import load_caffe_weights
