@@ -9,6 +9,9 @@ and a clock would give rows different numbers of steps; the time per step of eac
     .venv/bin/python benchmarks/small_objects.py                     # every row (hours on a 2-core CPU)
     .venv/bin/python benchmarks/small_objects.py --rows baseline,focal --steps 200   # a few, shorter
 
+Two processes of one thread each (``--threads 1``, different ``--rows``) share the results file; a row that
+reuses another's run (``tta``) must follow it in the same process.
+
 Results: benchmarks/results/small_objects.json and a markdown table (benchmarks/results/small_objects.md).
 Runs are kept under runs/small_objects/<row>_s<seed>; a row whose run finished is not trained again.
 """
@@ -118,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             record = {"seconds_per_step": seconds_per_step(run), "settings": row.get("set", []), "eval_options": options,
                       "val": evaluate_row(run, "val", options, run / f"eval_val_{name}.json"),
                       "unseen": evaluate_row(run, unseen, options, run / f"eval_unseen_{name}.json")}
-            results["rows"][f"{name}_s{seed}"] = record
+            # Re-read before writing: several processes (e.g. one thread each) may share the file.
+            results = json.loads(args.json.read_text()) if args.json.is_file() else results
+            results.setdefault("rows", {})[f"{name}_s{seed}"] = record
             harness.write_json(args.json, results)
             print(f"{name} seed {seed}: val mean IU {record['val']['mean_iu']:.3f}, thin {record['val']['thin_mean_iu']:.3f}; "
                   f"unseen {record['unseen']['mean_iu']:.3f}", flush=True)

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .detail_metrics import CountAccumulator
-from .evaluate import _batches, _rank_and_world
+from .evaluate import dataset_batches, rank_and_world
 from .inference import Predictor
 from .metrics import ConfusionMatrix
 
@@ -97,8 +97,8 @@ def calibrate(
     arg-max masks and the reliability bins of their top-1 probabilities, both summed over distributed ranks."""
     matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)
     bins = ReliabilityBins(num_bins, ignore_index)
-    rank, _ = _rank_and_world()
-    for images, masks in tqdm(_batches(data, num_workers), desc="calibrate", unit="batch",
+    rank, _ = rank_and_world()
+    for images, masks in tqdm(dataset_batches(data, num_workers), desc="calibrate", unit="batch",
                               disable=None if progress and rank == 0 else True):
         for image, target in zip(images, masks):
             result = predictor.confidence(image)

@@ -25,7 +25,8 @@ from .inference import Predictor
 from .metrics import ConfusionMatrix
 
 
-def _rank_and_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process under torch.distributed; ``(0, 1)`` outside it."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -33,10 +34,10 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _batches(data: Dataset | Iterable, num_workers: int) -> Iterable:
+def dataset_batches(data: Dataset | Iterable, num_workers: int) -> Iterable:
     """Batches ``(images (N,3,H,W) uint8, masks (N,H,W))`` from a dataset (this rank's share) or a loader."""
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         share = Subset(data, list(range(rank, len(data), world))) if world > 1 else data
         return DataLoader(share, batch_size=1, num_workers=num_workers, collate_fn=_one_item_batch)
     return data
@@ -79,9 +80,9 @@ def confusion_matrix(
                          "cannot score them; use head_confusion_matrices or evaluate (which reports every head)")
     predictor = as_predictor(model, device, **predictor_options)
     matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)
-    rank, _ = _rank_and_world()
+    rank, _ = rank_and_world()
     hide_bar = None if progress and rank == 0 else True  # tqdm: None shows a bar only on a terminal
-    for images, masks in tqdm(_batches(data, num_workers), desc="evaluate", unit="batch", disable=hide_bar):
+    for images, masks in tqdm(dataset_batches(data, num_workers), desc="evaluate", unit="batch", disable=hide_bar):
         preds, masks = predictor.masks(images), masks.to(predictor.device, non_blocking=True)
         matrix.update(preds, masks)  # first: it checks the labels' range
         for accumulator in accumulators:
@@ -136,9 +137,9 @@ def head_confusion_matrices(
     predictor = as_predictor(model, device, **predictor_options)
     heads = _heads(predictor)
     matrices = {name: ConfusionMatrix(count, ignore_index, device=predictor.device) for name, count in heads}
-    rank, _ = _rank_and_world()
+    rank, _ = rank_and_world()
     hide_bar = None if progress and rank == 0 else True
-    for images, masks in tqdm(_batches(data, num_workers), desc="evaluate", unit="batch", disable=hide_bar):
+    for images, masks in tqdm(dataset_batches(data, num_workers), desc="evaluate", unit="batch", disable=hide_bar):
         for image, mask in zip(images, masks):
             logits, start = predictor.logits(image), 0
             for (name, count), row in zip(heads, mask):
