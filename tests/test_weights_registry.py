@@ -31,9 +31,10 @@ def random_fcn(name: str = "fcn8s", seed: int = 3) -> torch.nn.Module:
     return model
 
 
-def tiny_entry(url: str, data: bytes, name: str = "tiny-fcn8s-voc", model: str | None = "fcn8s", **fields) -> KnownWeights:
+def tiny_entry(url: str, data: bytes, name: str = "tiny-fcn8s-voc", model: str | None = "fcn8s", classes: str = "voc",
+               **fields) -> KnownWeights:
     return KnownWeights(name, f"{name}.caffemodel", (url,), Checksum("sha256", hashlib.sha256(data).hexdigest()),
-                        model, "voc", "caffe", "test weights", width=WIDTH, **fields)
+                        model, classes, "caffe", "test weights", width=WIDTH, **fields)
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -87,8 +88,10 @@ def test_registry_holds_the_published_links_checksums_and_scores():
         assert all(url.rsplit("/", 1)[1] == entry.filename for url in entry.urls)
         assert entry.preprocessing == ("torchvision" if entry.name == "vgg16-torchvision" else "caffe")
         supported_model = entry.model in fcnseg.list_models() or entry.model in (None, "fcn_alexnet")
-        other_dataset = entry.name.split("-")[1] in ("pascalcontext", "siftflow", "nyud")
-        assert supported_model and bool(entry.unsupported) == other_dataset
+        assert supported_model and bool(entry.unsupported) == (entry.name.split("-")[1] == "pascalcontext")
+    assert [known[f"fcn{s}-siftflow"].model for s in ("32s", "16s", "8s")] == [
+        "siftflow_fcn32s", "siftflow_fcn16s", "siftflow_fcn8s"]
+    assert known["fcn32s-nyud-color-hha"].model == "nyud_fcn32s_color_hha"
 
 
 def test_weights_list_shows_every_entry_with_its_state(fcnseg_home, capsys):
@@ -100,7 +103,7 @@ def test_weights_list_shows_every_entry_with_its_state(fcnseg_home, capsys):
     rows = {line.split()[0]: line for line in printed.splitlines() if line and not line.startswith(" ")}
     assert "sha1 c449ea74dd7d83751d1357d6a8c323fcf4038962" in rows["fcn8s-voc"]
     assert "553 MB" in rows["vgg16-caffe"] and "no checksum published" in rows["fcn32s-voc"]
-    assert "not supported yet: two output heads" in printed
+    assert "not supported yet: its 59 classes' output order" in printed
 
 
 # --- fetch, convert, resolve ----------------------------------------------------------------------------
@@ -179,3 +182,79 @@ def test_export_takes_a_registry_name(served, tmp_path, capsys, one_torch_thread
     assert code == 0 and out.is_file(), capsys.readouterr().err
     assert main(["export", "fcn8z-voc", "--out", str(out)]) == 2
     assert "neither a checkpoint file nor a known weights name" in capsys.readouterr().err
+
+
+# --- the SIFT Flow and NYUDv2 nets ----------------------------------------------------------------------
+
+#: Typed here from the datasets' documentation, independently of fcnseg.data: the HHA mean of the
+#: reference nyud_layers.py, the first and last names of SIFT Flow's 33 and NYUDv2's 40 classes.
+NYUD_HHA_MEAN = (132.431, 94.076, 118.477)
+NYUD_COLOR_MEAN_RGB = (92.318, 97.203, 116.190)
+
+
+def random_model(name: str, num_classes: int, seed: int = 5) -> torch.nn.Module:
+    model = fcnseg.create_model(name, num_classes=num_classes, width=WIDTH)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+def test_siftflow_weights_convert_with_both_heads_and_their_classes(fcnseg_home, monkeypatch, capsys):
+    source = random_model("siftflow_fcn8s", 36)
+    data = fcn_caffemodel(source)
+    with FileServer({"/sift.caffemodel": data}) as server:
+        entry = tiny_entry(server.url + "/sift.caffemodel", data, name="tiny-fcn8s-siftflow", model="siftflow_fcn8s",
+                           classes="siftflow")
+        monkeypatch.setattr(registry, "KNOWN_WEIGHTS", {entry.name: entry})
+        checkpoint = load_checkpoint(resolve_checkpoint(entry.name, progress=False))
+    assert_same_weights(source, checkpoint.model)
+    assert len(checkpoint.classes) == 36 and checkpoint.classes[0] == "awning" and checkpoint.classes[32] == "window"
+    assert checkpoint.model.config["heads"] in ([["sem", 33], ["geo", 3]], (("sem", 33), ("geo", 3)))
+    # The file's mean is SIFT Flow's, not ImageNet's (reference siftflow_layers.py: BGR 114.578, 115.294, 108.353).
+    assert checkpoint.preprocessing.channel_order == "BGR"
+    assert [round(v, 3) for v in checkpoint.preprocessing.mean] == [114.578, 115.294, 108.353]
+    image = torch.randn(1, 3, 37, 41)
+    with torch.no_grad():
+        assert torch.allclose(checkpoint.model.eval()(image), source(image), atol=1e-5)
+
+
+def test_nyud_hha_file_converts_like_its_registry_entry(tmp_path, capsys):
+    source = random_model("fcn32s", 40)
+    caffemodel = tmp_path / "nyud-fcn32s-hha-heavy.caffemodel"
+    caffemodel.write_bytes(fcn_caffemodel(source))
+    out = tmp_path / "hha.safetensors"
+    args = ["weights", "convert", str(caffemodel), "--like", "fcn32s-nyud-hha", "--width", str(WIDTH), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    checkpoint = load_checkpoint(out)
+    assert_same_weights(source, checkpoint.model)
+    assert len(checkpoint.classes) == 40 and checkpoint.classes[0] == "wall" and checkpoint.classes[-1] == "otherprop"
+    assert checkpoint.preprocessing.channel_order == "RGB"  # HHA channels as stored
+    assert [round(v, 3) for v in checkpoint.preprocessing.mean] == list(NYUD_HHA_MEAN)
+
+
+def test_nyud_color_and_late_fusion_files_take_the_nyud_colour_mean(fcnseg_home, monkeypatch):
+    for name, model_name, classes_kind in (("tiny-nyud-color", "fcn32s", "nyud-color"),
+                                           ("tiny-nyud-color-hha", "nyud_fcn32s_color_hha", "")):
+        source = random_model(model_name, 40)
+        data = fcn_caffemodel(source)
+        with FileServer({"/n.caffemodel": data}) as server:
+            entry = tiny_entry(server.url + "/n.caffemodel", data, name=name, model=model_name, classes="nyud",
+                               caffe_input=classes_kind)
+            monkeypatch.setattr(registry, "KNOWN_WEIGHTS", {entry.name: entry})
+            checkpoint = load_checkpoint(resolve_checkpoint(entry.name, progress=False))
+        assert_same_weights(source, checkpoint.model)
+        colour = checkpoint.preprocessing
+        assert colour.channel_order == "BGR", name
+        assert sorted(round(v, 3) for v in colour.mean) == sorted(NYUD_COLOR_MEAN_RGB), name
+
+
+def test_convert_refuses_pascal_context_and_a_missing_model(tmp_path, capsys):
+    caffemodel = tmp_path / "x.caffemodel"
+    caffemodel.write_bytes(fcn_caffemodel(random_fcn("fcn32s")))
+    out = tmp_path / "x.safetensors"
+    assert main(["weights", "convert", str(caffemodel), "--like", "fcn8s-pascalcontext", "--out", str(out)]) == 1
+    assert "fcn8s-pascalcontext: not supported yet: its 59 classes' output order" in capsys.readouterr().err
+    assert main(["weights", "convert", str(caffemodel), "--out", str(out)]) == 1
+    assert "--model NAME or --like NAME" in capsys.readouterr().err and not out.exists()

@@ -17,9 +17,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions.add_parser("list", help="the known weights: model, classes, preprocessing, size, checksum, URL, status")
     fetch = actions.add_parser("fetch", help="download NAME into the cache (and convert it to a checkpoint)")
     fetch.add_argument("name", help="a name from 'fcnseg weights list', e.g. fcn8s-voc")
-    convert = actions.add_parser("convert", help="a PASCAL VOC FCN .caffemodel to an fcnseg checkpoint (21 VOC classes)")
+    convert = actions.add_parser("convert", help="a published FCN .caffemodel to an fcnseg checkpoint (PASCAL VOC's "
+                                 "21 classes, or --classes / --like for SIFT Flow and NYUDv2)")
     convert.add_argument("caffemodel", type=Path, help="e.g. fcn8s-heavy-pascal.caffemodel")
-    convert.add_argument("--model", required=True, help="the fcnseg model the file holds: fcn32s, fcn16s, fcn8s, fcn8s_atonce")
+    convert.add_argument("--model", help="the fcnseg model the file holds: fcn32s, fcn16s, fcn8s, fcn8s_atonce, "
+                         "siftflow_fcn8s, ... (or --like)")
+    convert.add_argument("--like", metavar="NAME", help="take the model, classes and input of a name of "
+                         "'fcnseg weights list' (e.g. fcn32s-nyud-hha) for a copy of that file")
+    convert.add_argument("--classes", choices=("voc", "siftflow", "nyud"), default=None,
+                         help="class names and palette (default voc; with --like: that entry's)")
     convert.add_argument("--out", required=True, type=Path, help="checkpoint to write (.safetensors, atomically)")
     convert.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (default 1.0)")
 
@@ -57,14 +63,23 @@ def _list() -> int:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..weights import WeightsError, convert_caffemodel, fetch, known_weights
-    from ..weights.convert import convert_known
+    from ..weights.convert import check_convertible, convert_known
 
     try:
         if args.action == "list":
             return _list()
         if args.action == "convert":
-            out = convert_caffemodel(args.caffemodel, args.model, args.out, width=args.width)
-            print(f"wrote {out} ({args.model}, 21 VOC classes, Caffe preprocessing)")
+            like = known_weights(args.like) if args.like else None
+            if like is not None:
+                check_convertible(like)
+            model = args.model or (like.model if like else None)
+            if not model:
+                raise WeightsError("weights convert: say which model the file holds: --model NAME or --like NAME")
+            classes = args.classes or (like.classes if like else "voc")
+            out = convert_caffemodel(args.caffemodel, model, args.out, width=args.width, classes=classes,
+                                     caffe_input=like.caffe_input if like else "")
+            print(f"wrote {out} ({model}, {classes} classes, Caffe preprocessing"
+                  f"{' (' + like.caffe_input + ' mean)' if like and like.caffe_input else ''})")
             return 0
         entry = known_weights(args.name)
         if entry.is_backbone:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..models import create_model, list_models
+from ..preprocessing import Preprocessing
 from .caffe import load_caffe_weights
 from .checks import WeightsError
 from .download import cache_dir, fetch
@@ -19,23 +20,57 @@ from . import registry
 from .registry import KnownWeights
 
 
+#: Class sets a published FCN can be converted with: the names and palette fcnseg's datasets give them.
+CLASS_SETS = ("voc", "siftflow", "nyud")
+
+
+def class_set(name: str) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """The class names (in the published nets' output order) and palette of ``name`` (one of :data:`CLASS_SETS`)."""
+    from ..data import VOC_CLASSES, voc_palette
+    from ..data.nyud import NYUD_CLASSES
+    from ..data.palette import default_palette
+    from ..data.siftflow import GEOMETRIC_CLASSES, SEMANTIC_CLASSES
+
+    if name == "voc":
+        return list(VOC_CLASSES), voc_palette(len(VOC_CLASSES))
+    names = {"siftflow": SEMANTIC_CLASSES + GEOMETRIC_CLASSES, "nyud": NYUD_CLASSES}.get(name)
+    if names is None:
+        raise WeightsError(f"unknown class set {name!r}; expected one of {', '.join(CLASS_SETS)}")
+    return list(names), default_palette(len(names))
+
+
+def _caffe_input(name: str) -> Preprocessing | None:
+    """The preprocessing a published file was trained with, where the model's own Caffe one is not it."""
+    from ..models.latefusion import HHA_CAFFE, NYUD_CAFFE
+
+    inputs = {"": None, "nyud-color": NYUD_CAFFE, "nyud-hha": HHA_CAFFE}
+    if name not in inputs:
+        raise WeightsError(f"unknown Caffe input {name!r}; expected one of {', '.join(k for k in inputs if k)}")
+    return inputs[name]
+
+
 def convert_caffemodel(
     path: str | os.PathLike[str], model_name: str, out: str | os.PathLike[str], *, width: float = 1.0,
-    extra: dict | None = None,
+    extra: dict | None = None, classes: str = "voc", caffe_input: str = "",
 ) -> Path:
-    """Write a ``.caffemodel`` of the PASCAL VOC FCNs as an fcnseg checkpoint (21 VOC classes and palette).
+    """Write a published FCN ``.caffemodel`` as an fcnseg checkpoint with the names and palette of ``classes``.
 
+    ``classes`` is a class set of :data:`CLASS_SETS` (PASCAL VOC's 21 by default; "siftflow": 33 semantic
+    + 3 geometric for the two-headed nets; "nyud": NYUDv2's 40). ``caffe_input`` names the mean the file
+    was trained with where it is not the model's own Caffe preprocessing ("nyud-color", "nyud-hha").
     The file must hold exactly the model's layers (the bilinear upsampling may be absent): an
     ImageNet VGG16 (no score layers) or another FCN variant is refused with :class:`WeightsError`
     rather than saved half-initialised. The checkpoint is written atomically.
     """
-    from ..data import VOC_CLASSES, voc_palette
-
     if model_name not in list_models():
         raise WeightsError(f"{path}: model {model_name!r} is not in this fcnseg (models: {', '.join(list_models())})")
-    model = create_model(model_name, num_classes=len(VOC_CLASSES), width=width)
+    names, palette = class_set(classes)
+    model = create_model(model_name, num_classes=len(names), width=width)
+    preprocessing = _caffe_input(caffe_input)
+    if preprocessing is not None:
+        model.caffe_preprocessing = preprocessing  # load_caffe_weights sets it as the model's preprocessing
     load_caffe_weights(model, path, complete=True)
-    return save_checkpoint(out, model, classes=VOC_CLASSES, palette=voc_palette(len(VOC_CLASSES)),
+    return save_checkpoint(out, model, classes=names, palette=palette,
                            extra={"converted_from": Path(path).name, **(extra or {})})
 
 
@@ -62,8 +97,8 @@ def convert_known(entry: KnownWeights, *, progress: bool = True) -> Path:
     out = checkpoint_path(entry)
     if not out.is_file():
         source = fetch(entry, progress=progress)
-        convert_caffemodel(source, entry.model, out, width=entry.width,
-                           extra={"weights": entry.name, "url": entry.urls[0]})
+        convert_caffemodel(source, entry.model, out, width=entry.width, classes=entry.classes,
+                           caffe_input=entry.caffe_input, extra={"weights": entry.name, "url": entry.urls[0]})
     return out
 
 

@@ -55,7 +55,7 @@ class KnownWeights:
     urls: tuple[str, ...]
     checksum: Checksum | None  # None: no checksum is published for this file
     model: str | None  # the fcnseg model the weights fill; None for an ImageNet backbone
-    classes: str  # "voc" (21 classes, converted with fcnseg.data's names and palette) or a description
+    classes: str  # "voc", "siftflow", "nyud" (class names and palette from fcnseg.data) or a description
     preprocessing: str  # "caffe" (fcnseg.CAFFE) or "torchvision" (fcnseg.TORCHVISION)
     description: str
     size_bytes: int | None = None  # exact size, where published (then checked)
@@ -63,6 +63,9 @@ class KnownWeights:
     published: tuple[Published, ...] = ()
     width: float = 1.0
     unsupported: str = ""  # why fcnseg cannot use these weights yet ("" = it can)
+    #: The input the file was trained on, where it is not the model's own Caffe preprocessing:
+    #: "nyud-color" (BGR minus the NYUDv2 colour mean) or "nyud-hha" (HHA images minus the HHA mean).
+    caffe_input: str = ""
 
     @property
     def is_backbone(self) -> bool:
@@ -75,15 +78,24 @@ def _voc_fcn(name: str, filename: str, model: str, mean_iu: float, approx_mb: in
                         approx_mb=approx_mb, published=(Published(_README, {"mean_iu": mean_iu}), *extra))
 
 
-def _not_yet(variant: str, dataset: str, stream: str, reason: str) -> KnownWeights:
-    """A published FCN fcnseg cannot use yet; ``variant`` is the architecture ("fcn32s") the file holds."""
+#: float32 parameters x 4 bytes of the VGG16 FCN-32s (the 21-class count; the other class counts differ by < 1 MB).
+_FCN32S_MB = 545
+
+
+def _other_dataset(variant: str, dataset: str, stream: str = "", model: str | None = None, description: str = "",
+                   caffe_input: str = "", unsupported: str = "") -> KnownWeights:
+    """A published FCN of PASCAL-Context, SIFT Flow or NYUDv2 (the README gives no seg11valid figures for them)."""
     filename = f"{dataset}-{variant}-{stream + '-' if stream else ''}heavy.caffemodel"
     return KnownWeights(f"{variant}-{dataset}{'-' + stream if stream else ''}", filename, (_CAFFE_DL + filename,), None,
-                        variant, dataset, "caffe", f"FCN-{variant[3:]} {dataset} {stream}".rstrip(), unsupported=reason)
+                        model or variant, dataset, "caffe", description or f"FCN-{variant[3:]} {dataset}",
+                        approx_mb=_FCN32S_MB * (2 if stream == "color-hha" else 1), caffe_input=caffe_input,
+                        unsupported=unsupported)
 
 
-_CONTEXT = "PASCAL-Context has no dataset or class list in fcnseg yet (59 classes + background)"
-_SIFTFLOW = "two output heads (33 semantic + 3 geometric classes); fcnseg's FCN has one"
+#: The 59 classes' output order is that of the release's 59_labels.txt, which fcnseg does not bundle (the
+#: pascal_context dataset reads it from the user's copy); naming the outputs without it would risk a wrong order.
+_CONTEXT = ("its 59 classes' output order is that of the release's 59_labels.txt, which fcnseg does not bundle "
+            "(the pascal_context dataset reads the user's copy to train and evaluate)")
 
 _ENTRIES = (
     _voc_fcn("fcn32s-voc", "fcn32s-heavy-pascal.caffemodel", "fcn32s", 63.6, 545, "FCN-32s PASCAL VOC (heavy)"),
@@ -103,11 +115,15 @@ _ENTRIES = (
     KnownWeights("vgg16-torchvision", "vgg16-397923af.pth", ("https://download.pytorch.org/models/vgg16-397923af.pth",),
                  Checksum("sha256", "397923af"), None, "imagenet (1000 classes; fc8 unused)", "torchvision",
                  "torchvision VGG16 IMAGENET1K_V1 (train --init vgg16-torchvision:PATH)", approx_mb=553),
-    *(_not_yet(f"fcn{s}", "pascalcontext", "", _CONTEXT) for s in ("32s", "16s", "8s")),
-    *(_not_yet(f"fcn{s}", "siftflow", "", _SIFTFLOW) for s in ("32s", "16s", "8s")),
-    _not_yet("fcn32s", "nyud", "color", "NYUDv2 (40 classes, its own BGR mean) has no dataset in fcnseg yet"),
-    _not_yet("fcn32s", "nyud", "hha", "HHA depth-image input, not RGB"),
-    _not_yet("fcn32s", "nyud", "color-hha", "two-stream late fusion of colour and HHA inputs"),
+    *(_other_dataset(f"fcn{s}", "pascalcontext", unsupported=_CONTEXT) for s in ("32s", "16s", "8s")),
+    *(_other_dataset(f"fcn{s}", "siftflow", "", f"siftflow_fcn{s}",
+                     f"FCN-{s} SIFT Flow: 33 semantic + 3 geometric classes, two heads") for s in ("32s", "16s", "8s")),
+    _other_dataset("fcn32s", "nyud", "color", "fcn32s", "FCN-32s NYUDv2 colour (40 classes, NYUDv2 BGR mean)",
+                   caffe_input="nyud-color"),
+    _other_dataset("fcn32s", "nyud", "hha", "fcn32s", "FCN-32s NYUDv2 HHA: give it HHA images (fcnseg.data.hha), "
+                   "not photos", caffe_input="nyud-hha"),
+    _other_dataset("fcn32s", "nyud", "color-hha", "nyud_fcn32s_color_hha", "FCN-32s NYUDv2 colour + HHA late fusion "
+                   "(6-channel input: the nyud dataset's modality=color_hha)"),
 )
 
 #: Registry name -> entry. Tests swap in their own table (monkeypatch this attribute).
