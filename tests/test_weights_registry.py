@@ -23,12 +23,7 @@ VOC_NAMES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bu
 
 
 def random_fcn(name: str = "fcn8s", seed: int = 3) -> torch.nn.Module:
-    model = fcnseg.create_model(name, num_classes=21, width=WIDTH)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model
+    return random_model(name, 21, seed)
 
 
 def tiny_entry(url: str, data: bytes, name: str = "tiny-fcn8s-voc", model: str | None = "fcn8s", classes: str = "voc",
@@ -193,6 +188,7 @@ NYUD_COLOR_MEAN_RGB = (92.318, 97.203, 116.190)
 
 
 def random_model(name: str, num_classes: int, seed: int = 5) -> torch.nn.Module:
+    """A model of width WIDTH with every parameter drawn from N(0, 0.1^2), in eval mode."""
     model = fcnseg.create_model(name, num_classes=num_classes, width=WIDTH)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
