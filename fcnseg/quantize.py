@@ -20,6 +20,13 @@ QuantizeLinear/DequantizeLinear pairs that ONNX Runtime and OpenVINO turn into i
 Measured side by side in ``benchmarks/runtimes.py`` (README): NNCF's file agrees better with
 fp32 and runs fastest in OpenVINO.
 
+Accuracy control (``accuracy_control=True``, NNCF only): after the plain quantization NNCF ranks
+the int8 layers by how much agreement with fp32 each costs on the calibration images and puts them
+back in fp32 one at a time until the masks agree on ``min_agreement`` of the pixels (measured in
+ONNX Runtime, with a small margin for the other runtimes); the report counts the layers left in
+fp32. For models whose plain int8 file misses the bar: a from-scratch net with many near-ties
+between its two best classes.
+
 Verification: the written file runs through the one :class:`~fcnseg.inference.Predictor` in
 every installed runtime, and its masks are compared with the fp32 checkpoint's (torch) on every
 calibration image; it is kept only if, in each runtime, at least ``min_agreement`` of all their
@@ -129,13 +136,22 @@ class Int8Report:
     min_agreement: float
     agreements: list[Agreement] = field(default_factory=list)
     seconds: float = 0.0
+    accuracy_control: bool = False
+    fp32_layers: tuple[int, int] = (0, 0)  # (layers with weights left in fp32, layers with weights)
 
     @property
     def ok(self) -> bool:
         return bool(self.agreements) and all(a.pixels >= self.min_agreement for a in self.agreements)
 
 
-def _quantize_nncf(fp32: Path, blobs: list, method: str) -> Any:
+#: Agreement kept in hand by accuracy control below ``min_agreement``: the target is measured in ONNX
+#: Runtime on whole images, the verification afterwards in every installed runtime through the Predictor.
+ACCURACY_CONTROL_MARGIN = 0.001
+
+
+def _quantize_nncf(fp32: Path, blobs: list, method: str,
+                   restore_agreement: tuple[list[torch.Tensor], float] | None = None) -> Any:
+    """NNCF's quantization of ``fp32``; with ``restore_agreement`` ``(fp32 masks, min_agreement)``, its accuracy control."""
     try:
         import nncf
     except ImportError:
@@ -147,7 +163,74 @@ def _quantize_nncf(fp32: Path, blobs: list, method: str) -> Any:
     nncf.set_log_level(logging.ERROR)
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[method]
     dataset = nncf.Dataset(blobs, lambda blob: {"input": blob})
-    return nncf.quantize(onnx.load(str(fp32)), dataset, preset=preset, subset_size=len(blobs))
+    if restore_agreement is None:
+        return nncf.quantize(onnx.load(str(fp32)), dataset, preset=preset, subset_size=len(blobs))
+    masks, min_agreement = restore_agreement
+    validation = nncf.Dataset(list(zip(blobs, masks)), lambda item: {"input": item[0]})
+    max_drop = max(0.0, 1.0 - min_agreement - ACCURACY_CONTROL_MARGIN)
+    return nncf.quantize_with_accuracy_control(
+        _unshare_weights(onnx.load(str(fp32))), dataset, validation, _MaskAgreement(), max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=len(blobs))
+
+
+def _unshare_weights(proto: Any) -> Any:
+    """Each ``Identity(initializer)`` replaced by a copy of the initializer under the Identity's output name.
+
+    The torchscript exporter shares equal tensors this way (the frozen bilinear kernels of two upsampling
+    layers); NNCF can put a layer back in fp32 only when its weights are an initializer of its own.
+    """
+    onnx, _ = _require_onnx()
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+    outputs = {value.name for value in proto.graph.output}
+    for node in list(proto.graph.node):
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            proto.graph.initializer.append(copy)
+            proto.graph.node.remove(node)
+    return proto
+
+
+class _MaskAgreement:
+    """NNCF's validation function: pooled share of pixels whose class equals the fp32 mask (ONNX Runtime).
+
+    Also the share of each image (NNCF ranks the layers by them). One session per model: NNCF calls
+    this once per image while it ranks, with the same model.
+    """
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._session: Any = None
+
+    def _run(self, model: Any, blob: Any) -> Any:
+        _, onnxruntime = _require_onnx()
+        if model is not self._model:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            self._session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                                         providers=["CPUExecutionProvider"])
+            self._model = model
+        return self._session.run(None, {"input": blob})[0][0].argmax(0)
+
+    def __call__(self, model: Any, items: Any) -> tuple[float, list[float]]:
+        same = total = 0
+        shares = []
+        for blob, fp32_mask in items:
+            agree = int((torch.from_numpy(self._run(model, blob)) == fp32_mask).sum())
+            same, total = same + agree, total + fp32_mask.numel()
+            shares.append(agree / fp32_mask.numel())
+        return same / total, shares
+
+
+def count_fp32_layers(proto: Any) -> tuple[int, int]:
+    """(layers with weights whose weights are not int8-quantized, layers with weights) of a QDQ graph."""
+    produced_by = {output: node for node in proto.graph.node for output in node.output}
+    with_weights = [node for node in proto.graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+                    and len(node.input) > 1]
+    fp32 = sum(1 for node in with_weights
+               if getattr(produced_by.get(node.input[1]), "op_type", None) != "DequantizeLinear")
+    return fp32, len(with_weights)
 
 
 def _quantize_onnxruntime(fp32: Path, blobs: list, method: str, folder: Path) -> Any:
@@ -199,6 +282,7 @@ def export_int8(
     quantizer: str = "nncf",
     method: str | None = None,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    accuracy_control: bool = False,
     runtimes: Sequence[str] | None = None,
     exporter: str = "dynamo",
     opset: int | None = None,
@@ -212,6 +296,7 @@ def export_int8(
     :func:`~fcnseg.export.export_onnx`). Raises :class:`QuantizationError` when quantizing fails
     or when the int8 masks agree with fp32 on less than ``min_agreement`` of the calibration
     pixels in any of ``runtimes`` (default: every installed one); then nothing is written at ``out``.
+    ``accuracy_control`` (NNCF only) puts layers back in fp32 until ``min_agreement`` is reached.
     """
     started = time.perf_counter()
     if quantizer not in METHODS:
@@ -223,17 +308,21 @@ def export_int8(
         raise QuantizationError(f"the agreement threshold is a fraction in (0, 1], got {min_agreement}")
     if not calibration.images:
         raise QuantizationError(f"no calibration images in {calibration.source}")
+    if accuracy_control and quantizer != "nncf":
+        raise QuantizationError(f"accuracy control is NNCF's (--quantizer nncf), not the {quantizer} quantizer's")
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, fast_paths=False)
     onnx, _ = _require_onnx()
     runtimes = list(runtimes or installed_runtimes())
     blobs = [preprocess(image[None], checkpoint.model.preprocessing).numpy() for image in calibration.images]
+    predictor = Predictor(checkpoint.model, device="cpu", fast_paths=True)
+    reference = [predictor.mask(image) for image in calibration.images]
     with tempfile.TemporaryDirectory(prefix="fcnseg-int8-") as folder:
         fp32 = Path(folder) / "fp32.onnx"
         export_onnx(checkpoint, fp32, exporter=exporter, opset=opset, check_shapes=check_shapes, tolerance=tolerance)
         try:
             if quantizer == "nncf":
-                proto = _quantize_nncf(fp32, blobs, method)
+                proto = _quantize_nncf(fp32, blobs, method, (reference, min_agreement) if accuracy_control else None)
             else:
                 proto = _quantize_onnxruntime(fp32, blobs, method, Path(folder))
         except QuantizationError:
@@ -243,7 +332,7 @@ def export_int8(
         metadata = {entry.key: entry.value for entry in onnx.load(str(fp32), load_external_data=False).metadata_props}
     metadata["quantization"] = json.dumps({
         "format": "QDQ int8", "quantizer": quantizer, "method": method, "calibration": calibration.source,
-        "images": len(calibration.images), "min_agreement": min_agreement})
+        "images": len(calibration.images), "min_agreement": min_agreement, "accuracy_control": accuracy_control})
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -251,9 +340,8 @@ def export_int8(
     _name_dynamic_dims(proto)
     proto.doc_string = f"fcnseg int8 ({quantizer} {method}, {len(blobs)} calibration images); see metadata 'input'"
 
-    predictor = Predictor(checkpoint.model, device="cpu", fast_paths=True)
-    reference = [predictor.mask(image) for image in calibration.images]
-    report = Int8Report(Path(out), quantizer, method, len(blobs), min_agreement)
+    report = Int8Report(Path(out), quantizer, method, len(blobs), min_agreement, accuracy_control=accuracy_control,
+                        fp32_layers=count_fp32_layers(proto))
     with atomic_path(out) as tmp:  # renamed onto ``out`` only if every runtime agrees with fp32
         tmp.write_bytes(proto.SerializeToString())
         for runtime in runtimes:
@@ -262,5 +350,7 @@ def export_int8(
         report.seconds = time.perf_counter() - started
         if not report.ok:
             details = "\n  ".join(a.describe(min_agreement) for a in report.agreements)
-            raise QuantizationError(f"the int8 model does not agree with fp32; {out} was not written:\n  {details}")
+            hint = ("\n  (--accuracy-control keeps the layers that cost most agreement in fp32 until it is met)"
+                    if quantizer == "nncf" and not accuracy_control else "")
+            raise QuantizationError(f"the int8 model does not agree with fp32; {out} was not written:\n  {details}{hint}")
     return report

@@ -82,6 +82,9 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
                        help="; ".join(f"{q}: {', '.join(m)}" for q, m in METHODS.items()) + " (default: the first)")
     group.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
                        help="share of calibration pixels whose int8 class must equal fp32's (default %(default)s)")
+    group.add_argument("--accuracy-control", action="store_true",
+                       help="nncf: put the layers that cost most agreement back in fp32, one at a time, until "
+                            "--min-agreement is met (a slower export; for models whose plain int8 file is refused)")
 
 
 def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tolerance: ParityTolerance) -> int:
@@ -102,6 +105,10 @@ def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tole
         print(f"fcnseg export: error: --method: the {args.quantizer} quantizer has methods "
               f"{', '.join(METHODS[args.quantizer])}, not {args.method!r}", file=sys.stderr)
         return 2
+    if args.accuracy_control and args.quantizer != "nncf":
+        print(f"fcnseg export: error: --accuracy-control is NNCF's; the {args.quantizer} quantizer has none",
+              file=sys.stderr)
+        return 2
     if args.calibrate_images < 0:
         print(f"fcnseg export: error: --calibrate-images must be >= 0 (0: all), got {args.calibrate_images}", file=sys.stderr)
         return 2
@@ -118,14 +125,16 @@ def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tole
         return 2
     try:
         report = export_int8(checkpoint, args.out, calibration, quantizer=args.quantizer, method=args.method,
-                             min_agreement=args.min_agreement, exporter=args.exporter, opset=args.opset,
+                             min_agreement=args.min_agreement, accuracy_control=args.accuracy_control,
+                             exporter=args.exporter, opset=args.opset,
                              check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
                              tolerance=tolerance)
     except ExportError as error:
         print(f"fcnseg export: error: {error}", file=sys.stderr)
         return 1
     print(f"int8 ({report.quantizer} {report.method}) calibrated on {report.images} images of {calibration.source}, "
-          f"{report.seconds:.0f} s; verified against fp32 on them:")
+          f"{report.seconds:.0f} s; {report.fp32_layers[0]} of {report.fp32_layers[1]} layers with weights left in "
+          f"fp32; verified against fp32 on them:")
     for agreement in report.agreements:
         print(f"  {agreement.describe(report.min_agreement)}")
     print(f"wrote {report.path}")
