@@ -46,7 +46,7 @@ from fcnseg.commands.arguments import key_value  # noqa: E402
 from fcnseg.export import export_onnx  # noqa: E402
 from fcnseg.inference import Predictor  # noqa: E402
 from fcnseg.metrics import ConfusionMatrix  # noqa: E402
-from fcnseg.quantize import CalibrationSet, calibration_split, export_int8  # noqa: E402
+from fcnseg.quantize import CalibrationSet, QuantizationError, calibration_split, export_int8  # noqa: E402
 from fcnseg.runtimes import OnnxModel, installed_runtimes  # noqa: E402
 
 ALL_QUANTIZERS = ["nncf:performance", "nncf:mixed", "onnxruntime:minmax", "onnxruntime:percentile"]
@@ -54,17 +54,28 @@ CAMVID = harness.SHARED / "data" / "camvid"
 
 
 def int8_files(checkpoint: Any, folder: Path, calibration: CalibrationSet, quantizers: list[str],
-               exporter: str) -> dict[str, Path]:
-    """One int8 file per ``quantizer:method``, each kept whatever its agreement (the benchmark measures it)."""
+               exporter: str, control_agreement: float = 0.99) -> dict[str, Path]:
+    """One int8 file per ``quantizer:method``, each kept whatever its agreement (the benchmark measures it).
+
+    ``nncf:METHOD:control`` is NNCF with accuracy control towards ``control_agreement`` on the calibration
+    images (kept only if it gets there; the fp32 layers it needed are printed).
+    """
     files = {}
     for spec in quantizers:
-        quantizer, method = spec.split(":")
-        path = folder / f"int8_{quantizer}_{method}.onnx"
+        quantizer, method, *control = spec.split(":")
+        name = "_".join(["int8", quantizer, method, *control])
+        path = folder / f"{name}.onnx"
         start = time.perf_counter()
-        export_int8(checkpoint, path, calibration, quantizer=quantizer, method=method, min_agreement=1e-9,
-                    exporter=exporter, check_shapes=[(1, 3, 37, 53)])
-        print(f"  {spec}: quantized and verified in {time.perf_counter() - start:.0f} s")
-        files[f"int8_{quantizer}_{method}"] = path
+        try:
+            report = export_int8(checkpoint, path, calibration, quantizer=quantizer, method=method,
+                                 min_agreement=control_agreement if control else 1e-9, accuracy_control=bool(control),
+                                 exporter=exporter, check_shapes=[(1, 3, 37, 53)])
+        except QuantizationError as error:
+            print(f"  {spec}: {error}")
+            continue
+        print(f"  {spec}: quantized and verified in {time.perf_counter() - start:.0f} s; "
+              f"{report.fp32_layers[0]} of {report.fp32_layers[1]} layers with weights in fp32")
+        files[name] = path
     return files
 
 
@@ -137,7 +148,7 @@ def measure_agreement(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     print(f"\n[agreement] {args.checkpoint}: calibrated on {len(calibration.images)} images of {calibration.source}, "
           f"measured on {len(evaluation.images)} of {evaluation.source}")
     export_onnx(checkpoint, folder / "fp32.onnx", exporter=args.exporter, check_shapes=[(1, 3, 37, 53)])
-    int8 = int8_files(checkpoint, folder, calibration, args.quantizers, args.exporter)
+    int8 = int8_files(checkpoint, folder, calibration, args.quantizers, args.exporter, args.control_agreement)
     candidates = {"torch_fast": checkpoint.model, **runtime_models(folder / "fp32.onnx", int8, installed_runtimes(), None)}
     num_classes = len(checkpoint.classes)
     reference: list[torch.Tensor] = []
@@ -172,8 +183,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=float, default=1.0, help="fcnseg channel multiplier of the speed model (default 1.0)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 3)")
     parser.add_argument("--quantizers", type=lambda s: s.split(","), default=None,
-                        help=f"quantizer:method list (default {','.join(ALL_QUANTIZERS)})")
+                        help=f"quantizer:method list (default {','.join(ALL_QUANTIZERS)}; "
+                             "nncf:performance:control adds NNCF's accuracy control towards 99%%)")
     parser.add_argument("--exporter", default="torchscript", help="fp32 exporter (default torchscript: 7x faster to run)")
+    parser.add_argument("--control-agreement", type=float, default=0.99,
+                        help="agreement on the calibration images that :control asks of NNCF (default 0.99)")
     parser.add_argument("--speed-calibrate-images", type=int, default=None, help="default 8; --quick 2")
     parser.add_argument("--no-speed", action="store_true", help="only the agreement part")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained checkpoint: measure agreement and mean IU")
