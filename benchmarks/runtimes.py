@@ -54,7 +54,7 @@ CAMVID = harness.SHARED / "data" / "camvid"
 
 
 def int8_files(checkpoint: Any, folder: Path, calibration: CalibrationSet, quantizers: list[str],
-               exporter: str, control_agreement: float = 0.99) -> dict[str, Path]:
+               exporter: str, control_agreement: float) -> dict[str, Path]:
     """One int8 file per ``quantizer:method``, each kept whatever its agreement (the benchmark measures it).
 
     ``nncf:METHOD:control`` is NNCF with accuracy control towards ``control_agreement`` on the calibration
@@ -119,7 +119,7 @@ def measure_speed(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     else:
         calibration = calibration_split("synthetic", None, "train", count, size=list(args.size), num_images=count)
     calibration.masks = None  # not the speed model's classes (random weights: only its speed counts)
-    int8 = int8_files(checkpoint, folder, calibration, args.quantizers, args.exporter)
+    int8 = int8_files(checkpoint, folder, calibration, args.quantizers, args.exporter, args.control_agreement)
     runtimes = installed_runtimes()
     candidates: dict[str, Callable] = {"seed": speed.build_module("seed", 1.0, torch.device("cpu")).eval(),
                                        "torch_fast": speed.build_module("fcn8s", args.width, torch.device("cpu")).eval()}
@@ -184,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 3)")
     parser.add_argument("--quantizers", type=lambda s: s.split(","), default=None,
                         help=f"quantizer:method list (default {','.join(ALL_QUANTIZERS)}; "
-                             "nncf:performance:control adds NNCF's accuracy control towards 99%%)")
+                             "nncf:performance:control adds NNCF's accuracy control towards --control-agreement)")
     parser.add_argument("--exporter", default="torchscript", help="fp32 exporter (default torchscript: 7x faster to run)")
     parser.add_argument("--control-agreement", type=float, default=0.99,
                         help="agreement on the calibration images that :control asks of NNCF (default 0.99)")
