@@ -54,6 +54,43 @@ def test_sgd_step_applies_bias_x2_and_decay_on_weights_only():
     assert model.bias.item() == pytest.approx(3.0 - 0.2 * 1.0)
 
 
+def test_norm_decay_false_puts_batchnorm_scales_in_an_undecayed_group():
+    model = fcnseg.create_model("fcn8s_resnet18", num_classes=3)
+    bn_scales = {name + ".weight" for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)}
+    assert bn_scales
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    default = {g["name"]: {by_id[id(p)] for p in g["params"]} for g in parameter_groups(model, lr=0.1, weight_decay=5e-4)}
+    assert "norms" not in default and bn_scales <= default["weights"]  # the default keeps today's behaviour
+    groups = {g["name"]: g for g in parameter_groups(model, lr=0.1, weight_decay=5e-4, norm_decay=False)}
+    names = {key: {by_id[id(p)] for p in group["params"]} for key, group in groups.items()}
+    assert names["norms"] == bn_scales and groups["norms"]["weight_decay"] == 0.0 and groups["norms"]["lr"] == 0.1
+    assert not names["weights"] & bn_scales and "backbone.body.conv1.weight" in names["weights"]
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert names["weights"] | names["biases"] | names["norms"] == trainable
+    assert sum(len(v) for v in names.values()) == len(trainable)  # each parameter in one group only
+
+
+def test_sgd_step_without_norm_decay_leaves_the_scale_undecayed():
+    # w -= lr * (g + wd * w) for the convolution; s -= lr * g for the BatchNorm scale
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[1].weight.fill_(2.0)
+    optimizer = build_optimizer(model, name="sgd", lr=0.1, momentum=0.0, weight_decay=0.5, norm_decay=False)
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()
+    assert model[0].weight.item() == pytest.approx(2.0 - 0.1 * (1.0 + 0.5 * 2.0))
+    assert model[1].weight.item() == pytest.approx(2.0 - 0.1 * 1.0)
+
+
+def test_norm_decay_is_a_recipe_setting_old_recipes_keep_the_decay():
+    from fcnseg.engine.recipes import Recipe
+
+    assert Recipe.from_dict({"lr": 0.1}).norm_decay is True  # a checkpoint written before the field existed
+    assert build_config("camvid", settings=[("recipe.norm_decay", False)]).recipe.norm_decay is False
+
+
 def test_poly_schedule_matches_the_formula():
     total, warmup, start, power = 50, 5, 0.01, 0.9
     factor = LRFactor("poly", total, warmup, warmup_start=start, power=power)

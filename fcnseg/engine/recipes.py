@@ -31,6 +31,7 @@ class Recipe:
     weight_decay: float = 5e-4  # on weights; biases get none unless bias_decay
     bias_lr_mult: float = 2.0
     bias_decay: bool = False
+    norm_decay: bool = True  # False: normalisation-layer scales get no weight decay (BatchNorm trunks)
     schedule: str = "poly"  # "fixed" or "poly" (with linear warm-up)
     warmup_fraction: float = 0.05  # of the steps (or of the clock), for "poly"
     poly_power: float = 0.9

@@ -225,7 +225,7 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
 
     optimizer = build_optimizer(model, name=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, bias_lr_mult=recipe.bias_lr_mult,
-                                bias_decay=recipe.bias_decay)
+                                bias_decay=recipe.bias_decay, norm_decay=recipe.norm_decay)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]  # the factor of the schedule multiplies this
     lr_factor = schedule_for(recipe)
