@@ -84,6 +84,36 @@ def test_a_run_to_the_clock_validates_evenly_and_resumes_the_clock(tmp_path):
     assert later[-1]["train_seconds"] >= 4.8 and later[-1]["step"] > result.step
 
 
+def test_steps_alone_mean_steps_even_over_a_clock_recipe():
+    from fcnseg.cli import build_parser
+    from fcnseg.commands.train import settings_from_args
+
+    def length(*flags):
+        config = build_config("cpu", settings=settings_from_args(build_parser().parse_args(["train", "--out", "x", *flags])))
+        return config.recipe.steps, config.recipe.minutes
+
+    assert length() == (20_000, 10)  # the recipe's clock
+    assert length("--steps", "3") == (3, None)  # the user's 3 steps, not the recipe's 10 minutes
+    assert length("--set", "recipe.steps=3") == (3, None)
+    assert length("--steps", "3", "--minutes", "2") == (3, 2)  # both given: the clock, as asked
+
+
+def test_a_resume_with_nothing_left_to_train_is_one_line_and_keeps_run_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "demo", "--out", str(out), "--steps", "2", "--width", "0.0625", "--set", "threads=1",
+                 "--data-option", "size=32", "--data-option", "num_images=4", "--set", "val_data_options.num_images=2",
+                 "--no-progress", "--overlays", "0", "--batch-size", "2"]) == 0
+    recorded = (out / "run.json").read_text()
+    capsys.readouterr()
+    for extra in ([], ["--steps", "1"], ["--minutes", "1e-6"]):
+        assert main(["train", "--resume", str(out), *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert "nothing to train" in err and str(out) in err and "--steps N (over 2)" in err and len(err.splitlines()) == 1
+        assert (out / "run.json").read_text() == recorded  # the refused length is not recorded
+    assert main(["train", "--resume", str(out), "--steps", "3"]) == 0
+    assert load_run_config(out).recipe.steps == 3
+
+
 def test_out_onto_a_run_refuses_without_overwrite_and_resume_cannot_change_numerics(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--recipe", "demo", "--out", str(out), "--steps", "1", "--width", "0.0625", "--set", "threads=1",

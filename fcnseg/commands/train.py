@@ -37,7 +37,7 @@ FLAGS = [
     ("--schedule", "recipe.schedule", "fixed or poly (with warm-up)"),
     ("--loss", "recipe.loss", "ce (the paper's), focal, ohem or lovasz; options as --set recipe.loss_options.gamma=2"),
     ("--reduction", "recipe.reduction", "loss over each image: sum (the paper) or mean over pixels"),
-    ("--steps", "recipe.steps", "optimiser steps (with --resume: extend the run to N steps)"),
+    ("--steps", "recipe.steps", "optimiser steps, also over a clock recipe (with --resume: extend the run to N steps)"),
     ("--minutes", "recipe.minutes", "train to the clock: the schedule spans N minutes of training (with --resume: extend)"),
     ("--batch-size", "recipe.batch_size", "images per optimiser step, over all processes"),
     ("--crop-size", "recipe.crop_size", "crop side in px, or native"),
@@ -109,11 +109,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
-    """The (dotted key, value) pairs the command line gives, in the order they apply."""
+    """The (dotted key, value) pairs the command line gives, in the order they apply.
+
+    A length given as steps alone (``--steps N``) means steps, even over a recipe that
+    trains to the clock (``cpu``, ``camvid``): the run stops at N steps, not after the
+    recipe's minutes.
+    """
     pairs = [(f"data_options.{key}", value) for key, value in args.data_option]
     pairs += [(name[len("setting:"):], value) for name, value in vars(args).items()
               if name.startswith("setting:") and value is not None]
-    return pairs + list(args.settings)
+    pairs += list(args.settings)
+    keys = {key for key, _ in pairs}
+    if "recipe.steps" in keys and "recipe.minutes" not in keys:
+        pairs.append(("recipe.minutes", None))
+    return pairs
 
 
 def default_recipe(settings: list[tuple[str, object]]) -> str:

@@ -508,6 +508,7 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
                 set_value(data, key, value)
             config = TrainConfig.from_dict(data)
         saved_state = load_train_state(out_dir / STATE_FILE)
+        _refuse_a_finished_resume(config, saved_state, out_dir)
     elif config is None:
         raise ValueError("train needs a TrainConfig unless it resumes a run")
     elif (out_dir / RUN_FILE).exists() and not overwrite:
@@ -523,6 +524,18 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
         if created and ctx.is_main and not (out_dir / STATE_FILE).exists() and not isinstance(error, TrainingInterrupted):
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+
+
+def _refuse_a_finished_resume(config: TrainConfig, state: dict[str, Any], out_dir: Path) -> None:
+    """A resume with nothing left to train is a one-line error, before run.json records the new length."""
+    step, minutes = int(state.get("step", 0)), float(state.get("train_seconds", 0.0)) / 60.0
+    recipe = config.recipe
+    done = step >= recipe.steps if recipe.minutes is None else minutes >= recipe.minutes
+    if done:
+        length = f"{recipe.steps} steps" if recipe.minutes is None else f"{recipe.minutes:g} minutes of training"
+        raise ValueError(f"{out_dir} has trained {step} steps ({minutes:.1f} min), which covers {length}: nothing "
+                         f"to train; to continue, ask for more with --steps N (over {step}) or --minutes N "
+                         f"(over {minutes:.1f})")
 
 
 @contextlib.contextmanager
