@@ -172,6 +172,10 @@ def test_without_a_recipe_a_cpu_trains_the_light_net_to_a_clock_and_says_so(capl
     assert name == "cpu" and "no GPU" in caplog.text and "10 minutes" in caplog.text
     config = build_config(name)
     assert config.model["width"] == 0.25 and config.recipe.minutes == 10
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fcnseg.train"):
+        command.default_recipe([("device", "cpu"), ("recipe.steps", 3), ("recipe.minutes", None)])
+    assert "10 minutes" not in caplog.text and "the length you gave" in caplog.text  # not a length it will not train
 
 
 def test_a_run_without_validation_saves_its_final_weights_as_best(tmp_path):

@@ -132,9 +132,12 @@ def default_recipe(settings: list[tuple[str, object]]) -> str:
     device = dict(settings).get("device", "auto")
     gpu = str(device).startswith(("cuda", "gpu")) or (device == "auto" and torch.cuda.is_available())
     if not gpu:
+        keys = {key for key, _ in settings}
+        length = "the length you gave" if keys & {"recipe.steps", "recipe.minutes"} else \
+            "10 minutes of training plus validation"
         logging.getLogger("fcnseg.train").info(
-            "no --recipe and no GPU: the 'cpu' recipe (fcn8s width 0.25, 10 minutes of training plus validation); "
-            "--recipe modern trains the full-width net for 20,000 steps")
+            "no --recipe and no GPU: the 'cpu' recipe (fcn8s width 0.25, %s); "
+            "--recipe modern trains the full-width net for 20,000 steps", length)
     return "modern" if gpu else "cpu"
 
 
