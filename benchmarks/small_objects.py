@@ -47,6 +47,10 @@ ROWS: dict[str, dict[str, Any]] = {
     # the two best on the thin classes; Lovasz and TTA added less): both together, then with TTA.
     "combined": {"set": ["recipe.loss=focal", "recipe.loss_options.gamma=2", "class_weights=effective-number"]},
     "combined_tta": {"from": "combined", "eval": ["--tta-scales", "0.75,1,1.5", "--tta-flip"]},
+    # Staging, as the paper trained FCN-16s/8s from the coarser net: FCN-4s from the baseline's final FCN-8s
+    # weights (its new pool2 skip starts at zero), against the same FCN-8s trained on for the same extra steps.
+    "fcn8s_continued": {"init_from": "baseline"},
+    "fcn4s_staged": {"init_from": "baseline", "set": ["model.name=fcn4s"]},
 }
 
 
@@ -74,6 +78,11 @@ def train_row(name: str, seed: int, args: argparse.Namespace, train_split: Path)
                "--threads", str(args.threads)] + (["--cpu-bf16"] if args.cpu_bf16 else [])
     for setting in ROWS[name].get("set", []):
         command += ["--set", setting]
+    if "init_from" in ROWS[name]:
+        start = args.runs / f"{ROWS[name]['init_from']}_s{seed}" / "last.safetensors"
+        if not start.is_file():
+            raise SystemExit(f"row {name} starts from {start}: train the {ROWS[name]['init_from']} row (same seed) first")
+        command += ["--init", f"checkpoint:{start}"]
     if fcnseg(command) != 0:
         raise SystemExit(f"training row {name} failed")
     return out
@@ -116,13 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
     results.setdefault("rows", {})
     results["machine"] = harness.machine_info(harness.resolve_device("cpu"))
+    for record in results["rows"].values():  # rows written before rows carried their own length
+        record.setdefault("steps", results.get("config", {}).get("steps"))
     results["config"] = {"recipe": "camvid", "steps": args.steps, "cpu_bf16": args.cpu_bf16, "held_out": HELD_OUT}
     for name in args.rows.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             row = ROWS[name]
             run = train_row(row.get("from", name), seed, args, train_split)
             options = row.get("eval", [])
-            record = {"seconds_per_step": seconds_per_step(run), "settings": row.get("set", []), "eval_options": options,
+            record = {"seconds_per_step": seconds_per_step(run), "steps": args.steps, "init_from": row.get("init_from"),
+                      "settings": row.get("set", []), "eval_options": options,
                       "val": evaluate_row(run, "val", options, run / f"eval_val_{name}.json"),
                       "unseen": evaluate_row(run, unseen, options, run / f"eval_unseen_{name}.json")}
             # Re-read before writing: several processes (e.g. one thread each) may share the file.
@@ -137,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict[str, Any]) -> str:
     columns = ["mean_iu", "mean_acc", *[f"iu_{n}" for n in THIN], "thin_mean_iu", "small_mean_iu", "boundary_iou"]
-    header = ["row", "s/step", *[f"val {c}" for c in columns], *[f"unseen {c}" for c in ("mean_iu", "thin_mean_iu", "small_mean_iu")]]
+    header = ["row", "steps", "s/step", *[f"val {c}" for c in columns], *[f"unseen {c}" for c in ("mean_iu", "thin_mean_iu", "small_mean_iu")]]
     rows = []
     for name, record in results["rows"].items():
         value = lambda split, key: "" if record[split].get(key) is None else f"{record[split][key]:.3f}"  # noqa: E731
-        rows.append([name, f"{record['seconds_per_step'] or 0:.2f}", *[value("val", c) for c in columns],
+        steps = str(record["steps"])
+        if record.get("init_from"):
+            steps = f"+{steps} from {record['init_from']}"
+        rows.append([name, steps, f"{record['seconds_per_step'] or 0:.2f}", *[value("val", c) for c in columns],
                      *[value("unseen", c) for c in ("mean_iu", "thin_mean_iu", "small_mean_iu")]])
     return harness.format_table(rows, header)
 
