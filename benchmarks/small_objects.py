@@ -122,12 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CamVid not found at {CAMVID}", file=sys.stderr)
         return 2
     train_split, unseen = splits(args.runs / "splits")
-    results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    results.setdefault("rows", {})
-    results["machine"] = harness.machine_info(harness.resolve_device("cpu"))
-    for record in results["rows"].values():  # rows written before rows carried their own length
-        record.setdefault("steps", results.get("config", {}).get("steps"))
-    results["config"] = {"recipe": "camvid", "steps": args.steps, "cpu_bf16": args.cpu_bf16, "held_out": HELD_OUT}
+    machine = harness.machine_info(harness.resolve_device("cpu"))
+    config = {"recipe": "camvid", "steps": args.steps, "cpu_bf16": args.cpu_bf16, "held_out": HELD_OUT}
+    results = read_results(args.json)
     for name in args.rows.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             row = ROWS[name]
@@ -138,13 +135,21 @@ def main(argv: list[str] | None = None) -> int:
                       "val": evaluate_row(run, "val", options, run / f"eval_val_{name}.json"),
                       "unseen": evaluate_row(run, unseen, options, run / f"eval_unseen_{name}.json")}
             # Re-read before writing: several processes (e.g. one thread each) may share the file.
-            results = json.loads(args.json.read_text()) if args.json.is_file() else results
-            results.setdefault("rows", {})[f"{name}_s{seed}"] = record
+            results = {**read_results(args.json), "machine": machine, "config": config}
+            results["rows"][f"{name}_s{seed}"] = record
             harness.write_json(args.json, results)
             print(f"{name} seed {seed}: val mean IU {record['val']['mean_iu']:.3f}, thin {record['val']['thin_mean_iu']:.3f}; "
                   f"unseen {record['unseen']['mean_iu']:.3f}", flush=True)
     harness.atomic_write_text(args.json.with_suffix(".md"), table(results) + "\n")
     return 0
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """The results file so far; rows written before rows carried their length get the file's ``steps``."""
+    results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    for record in results.setdefault("rows", {}).values():
+        record.setdefault("steps", results.get("config", {}).get("steps"))
+    return results
 
 
 def table(results: dict[str, Any]) -> str:
