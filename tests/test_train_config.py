@@ -98,7 +98,9 @@ def test_steps_alone_mean_steps_even_over_a_clock_recipe():
     assert length("--steps", "3", "--minutes", "2") == (3, 2)  # both given: the clock, as asked
 
 
-def test_a_resume_with_nothing_left_to_train_is_one_line_and_keeps_run_json(tmp_path, capsys):
+def test_a_resume_with_nothing_left_to_train_is_one_line_and_keeps_run_json(tmp_path, capsys, caplog):
+    import logging
+
     out = tmp_path / "run"
     assert main(["train", "--recipe", "demo", "--out", str(out), "--steps", "2", "--width", "0.0625", "--set", "threads=1",
                  "--data-option", "size=32", "--data-option", "num_images=4", "--set", "val_data_options.num_images=2",
@@ -110,8 +112,11 @@ def test_a_resume_with_nothing_left_to_train_is_one_line_and_keeps_run_json(tmp_
         err = capsys.readouterr().err.strip()
         assert "nothing to train" in err and str(out) in err and "--steps N (over 2)" in err and len(err.splitlines()) == 1
         assert (out / "run.json").read_text() == recorded  # the refused length is not recorded
-    assert main(["train", "--resume", str(out), "--steps", "3"]) == 0
+    with caplog.at_level(logging.INFO, logger="fcnseg.train"):
+        assert main(["train", "--resume", str(out), "--steps", "3"]) == 0
     assert load_run_config(out).recipe.steps == 3
+    changed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("changed on resume")]
+    assert changed == ["changed on resume: recipe.steps=3 (schedule recomputed for the new length)"]  # not minutes=None
 
 
 def test_out_onto_a_run_refuses_without_overwrite_and_resume_cannot_change_numerics(tmp_path, capsys):

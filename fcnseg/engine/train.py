@@ -503,10 +503,13 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
     if resume:
         config = load_run_config(out_dir)
         if changes:
-            data = config.to_dict()
+            data, effective = config.to_dict(), []
             for key, value in changes:
+                before = _dotted_value(data, key)
                 set_value(data, key, value)
-            config = TrainConfig.from_dict(data)
+                if _dotted_value(data, key) != before:  # only what really changes is recorded and said
+                    effective.append((key, _dotted_value(data, key)))
+            config, changes = TrainConfig.from_dict(data), effective
         saved_state = load_train_state(out_dir / STATE_FILE)
         _refuse_a_finished_resume(config, saved_state, out_dir)
     elif config is None:
@@ -524,6 +527,15 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
         if created and ctx.is_main and not (out_dir / STATE_FILE).exists() and not isinstance(error, TrainingInterrupted):
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+
+
+def _dotted_value(data: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a settings dictionary (None where it is absent)."""
+    for part in key.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
 
 
 def _refuse_a_finished_resume(config: TrainConfig, state: dict[str, Any], out_dir: Path) -> None:
