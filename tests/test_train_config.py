@@ -117,6 +117,8 @@ def test_a_resume_with_nothing_left_to_train_is_one_line_and_keeps_run_json(tmp_
     assert load_run_config(out).recipe.steps == 3
     changed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("changed on resume")]
     assert changed == ["changed on resume: recipe.steps=3 (schedule recomputed for the new length)"]  # not minutes=None
+    train(None, out, resume=True, changes=[("steps", 4)])  # a short key names recipe.steps here too
+    assert load_run_config(out).recipe.steps == 4
 
 
 def test_out_onto_a_run_refuses_without_overwrite_and_resume_cannot_change_numerics(tmp_path, capsys):

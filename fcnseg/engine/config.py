@@ -158,11 +158,27 @@ def convert(text: Any, kind: Any, key: str) -> Any:
     raise ValueError(f"{key}: expected {name}, got {text!r}")
 
 
-def set_value(settings: dict[str, Any], key: str, value: Any) -> None:
-    """Set dotted ``key`` in a nested settings dict, converting ``value`` to the key's type."""
+def resolve_key(key: str) -> str:
+    """The full dotted key a setting names: an unambiguous last part stands for it ("lr" is recipe.lr)."""
     if key.split(".")[-1] == key and key not in _FIELDS:
         matches = [k for k in known_keys() if k.split(".")[-1] == key]
-        key = matches[0] if len(matches) == 1 else key  # "lr" is recipe.lr
+        key = matches[0] if len(matches) == 1 else key
+    return key
+
+
+def get_value(settings: dict[str, Any], key: str) -> Any:
+    """The value at dotted ``key`` (or its short form) of a nested settings dict; None where it is absent."""
+    value: Any = settings
+    for part in resolve_key(key).split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def set_value(settings: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in a nested settings dict, converting ``value`` to the key's type."""
+    key = resolve_key(key)
     typed = convert(value, _key_type(key), key)
     *path, last = key.split(".")
     for part in path:  # copies on the way down: a preset's nested objects are never changed in place

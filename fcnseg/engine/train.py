@@ -56,11 +56,12 @@ from ..metrics import json_safe
 from ..models import create_model
 from ..preprocessing import model_input
 from ..visualize import plot_curves, validation_overlays
-from .config import TrainConfig, set_value
+from .config import TrainConfig, get_value, resolve_key, set_value
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
 from .loss import SegmentationLoss, build_loss, effective_number_weights, loss_for_model
 from .optim import LRFactor, build_optimizer
+from .recipes import Recipe
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
 
@@ -88,6 +89,11 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def length_reached(recipe: Recipe, step: int, train_seconds: float) -> bool:
+    """Whether a run at ``step`` after ``train_seconds`` of training has trained the length ``recipe`` asks."""
+    return step >= recipe.steps if recipe.minutes is None else train_seconds >= 60.0 * recipe.minutes
 
 
 @dataclass
@@ -120,8 +126,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        budget = self.budget_seconds
-        return self.step >= self.config.recipe.steps if budget is None else self.train_seconds >= budget
+        return length_reached(self.config.recipe, self.step, self.train_seconds)
 
     @property
     def classes(self) -> list[str]:
@@ -505,10 +510,10 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
         if changes:
             data, effective = config.to_dict(), []
             for key, value in changes:
-                before = _dotted_value(data, key)
+                before = get_value(data, key)
                 set_value(data, key, value)
-                if _dotted_value(data, key) != before:  # only what really changes is recorded and said
-                    effective.append((key, _dotted_value(data, key)))
+                if get_value(data, key) != before:  # only what really changes is recorded and said
+                    effective.append((resolve_key(key), get_value(data, key)))
             config, changes = TrainConfig.from_dict(data), effective
         saved_state = load_train_state(out_dir / STATE_FILE)
         _refuse_a_finished_resume(config, saved_state, out_dir)
@@ -529,21 +534,11 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
         raise
 
 
-def _dotted_value(data: dict[str, Any], key: str) -> Any:
-    """The value at a dotted key of a settings dictionary (None where it is absent)."""
-    for part in key.split("."):
-        if not isinstance(data, dict):
-            return None
-        data = data.get(part)
-    return data
-
-
 def _refuse_a_finished_resume(config: TrainConfig, state: dict[str, Any], out_dir: Path) -> None:
     """A resume with nothing left to train is a one-line error, before run.json records the new length."""
     step, minutes = int(state.get("step", 0)), float(state.get("train_seconds", 0.0)) / 60.0
     recipe = config.recipe
-    done = step >= recipe.steps if recipe.minutes is None else minutes >= recipe.minutes
-    if done:
+    if length_reached(recipe, step, 60.0 * minutes):
         length = f"{recipe.steps} steps" if recipe.minutes is None else f"{recipe.minutes:g} minutes of training"
         raise ValueError(f"{out_dir} has trained {step} steps ({minutes:.1f} min), which covers {length}: nothing "
                          f"to train; to continue, ask for more with --steps N (over {step}) or --minutes N "
