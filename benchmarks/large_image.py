@@ -2,7 +2,7 @@
 
 Each mode runs in a fresh process (so its RSS high-water mark is its own) and
 saves its mask; the parent compares the masks. Tiling comes from
-``fcnseg.tiling.tiling_for_budget(model, budget)``: the largest tile whose
+``fcnseg.inference.tiling.tiling_for_budget(model, budget)``: the largest tile whose
 forward pass is estimated to fit the budget. The statement checked is
 
     peak RSS of the tiled run - RSS after loading the model  <=  --budget-gib
@@ -39,8 +39,8 @@ import harness
 from harness import PROJECT_ROOT, gib
 
 import fcnseg
-from fcnseg.inference import Predictor
-from fcnseg.tiling import Tiling, tiling_for_budget
+from fcnseg.inference.predictor import Predictor
+from fcnseg.inference.tiling import Tiling, tiling_for_budget
 
 NUM_CLASSES = 21
 MODES = ("whole", "tiled", "whole_plain", "tiled_plain")

@@ -6,14 +6,14 @@ speed.py) at ``--size`` (default 500x500), batch 1, and the seed FCN-8s
 medians); every figure is a time ratio within the run (to the seed, and to the torch fast path).
 Candidates: ``seed``; ``torch_fast`` (the model with its exact fast paths, as predict runs it);
 the fp32 ONNX export in ``onnxruntime_fp32``, ``openvino_fp32`` (dynamic H and W, as
-fcnseg.runtimes runs it), ``openvino_fp32_static`` (reshaped to the one input size) and
+fcnseg.inference.runtimes runs it), ``openvino_fp32_static`` (reshaped to the one input size) and
 ``openvino_bf16`` (INFERENCE_PRECISION_HINT bf16, changes numerics); and the int8 file of each
 quantizer (``--quantizers``) in each runtime, e.g. ``int8_nncf_performance@openvino``. The speed
 model's int8 files are calibrated on ``--speed-calibrate-images`` CamVid train images resized to
 the input size (synthetic images without CamVid): its weights are random, so only its speed counts.
 
 Agreement (with ``--checkpoint``, a trained model): each quantizer calibrated on the
-``--calibrate`` split (``fcnseg.quantize.export_int8``, every file kept to be measured), then on the
+``--calibrate`` split (``fcnseg.export.int8.export_int8``, every file kept to be measured), then on the
 ``--split`` split in every runtime: share of pixels whose class equals the fp32 torch model's
 (pooled, and the worst image) and mean IU against the labels, fp32 and each runtime; fp32
 runtimes and OpenVINO bf16 too.
@@ -43,11 +43,11 @@ from harness import PROJECT_ROOT, median
 import fcnseg  # noqa: E402
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from fcnseg.commands.arguments import key_value  # noqa: E402
-from fcnseg.export import export_onnx  # noqa: E402
-from fcnseg.inference import Predictor  # noqa: E402
-from fcnseg.metrics import ConfusionMatrix  # noqa: E402
-from fcnseg.quantize import CalibrationSet, QuantizationError, calibration_split, export_int8  # noqa: E402
-from fcnseg.runtimes import OnnxModel, installed_runtimes  # noqa: E402
+from fcnseg.export.onnx import export_onnx  # noqa: E402
+from fcnseg.inference.predictor import Predictor  # noqa: E402
+from fcnseg.evaluation.metrics import ConfusionMatrix  # noqa: E402
+from fcnseg.export.int8 import CalibrationSet, QuantizationError, calibration_split, export_int8  # noqa: E402
+from fcnseg.inference.runtimes import OnnxModel, installed_runtimes  # noqa: E402
 
 ALL_QUANTIZERS = ["nncf:performance", "nncf:mixed", "onnxruntime:minmax", "onnxruntime:percentile"]
 CAMVID = harness.SHARED / "data" / "camvid"

@@ -54,3 +54,19 @@ def fcnseg_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FCNSEG_HOME", str(tmp_path / "fcnseg_home"))
     monkeypatch.delenv("FCNSEG_WEIGHTS_MIRROR", raising=False)
     return tmp_path / "fcnseg_home"
+
+
+@pytest.fixture
+def nyud(tmp_path) -> Path:
+    """A two-item NYUDv2 folder (see dataset_files.write_nyud)."""
+    from dataset_files import write_nyud
+
+    return write_nyud(tmp_path)
+
+
+@pytest.fixture
+def siftflow(tmp_path) -> Path:
+    """A two-item SIFT Flow folder (see dataset_files.write_siftflow)."""
+    from dataset_files import write_siftflow
+
+    return write_siftflow(tmp_path)

@@ -12,7 +12,7 @@ import torch
 
 from ..checkpoint import Checkpoint, CheckpointError
 from ..files import atomic_write_text
-from ..metrics import format_report, json_safe
+from ..evaluation.metrics import format_report, json_safe
 from .arguments import add_runtime_arguments, add_tta_arguments, key_value
 
 NAME = "eval"
@@ -101,7 +101,7 @@ def _image_id(dataset: Any, index: int) -> str:
 
 def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint, dataset: Any) -> int:
     """``fcnseg eval`` of a model with several heads: the four metrics and the class table of each head."""
-    from ..evaluate import head_confusion_matrices
+    from ..evaluation.loop import head_confusion_matrices
 
     matrices = head_confusion_matrices(predictor, dataset, ignore_index=checkpoint.ignore_index, num_workers=args.workers)
     reports, start = {}, 0
@@ -119,12 +119,12 @@ def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint,
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibration import calibrate, reliability_diagram
+    from ..evaluation.calibration_error import calibrate, reliability_diagram
     from ..data import DatasetError, open_dataset
-    from ..evaluate import confusion_matrix
-    from ..inference import load_predictor
-    from ..detail_metrics import BoundaryIoU, DiceScore, PerImageIU, SizeIU
-    from ..visualize import confusion_matrix_figure, worst_images_figure
+    from ..evaluation.loop import confusion_matrix
+    from ..inference.predictor import load_predictor
+    from ..evaluation.detail_metrics import BoundaryIoU, DiceScore, PerImageIU, SizeIU
+    from ..evaluation.figures import confusion_matrix_figure, worst_images_figure
 
     def fail(message: str) -> int:
         print(f"fcnseg eval: error: {message}", file=sys.stderr)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
-    from ..export import ParityTolerance
+    from ..export.onnx import ParityTolerance
 
 NAME = "export"
 HELP = "export a checkpoint to ONNX (dynamic batch/height/width), verified with ONNX Runtime"
@@ -25,7 +25,7 @@ def _shape(text: str) -> tuple[int, int, int, int]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..export import DEFAULT_CHECK_SHAPES, EXPORTERS, ParityTolerance
+    from ..export.onnx import DEFAULT_CHECK_SHAPES, EXPORTERS, ParityTolerance
 
     defaults = ParityTolerance()
     parser = subparsers.add_parser(NAME, help=HELP, description=HELP)
@@ -62,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MIN_AGREEMENT, METHODS, QUANTIZERS
+    from ..export.int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MIN_AGREEMENT, METHODS, QUANTIZERS
     from .arguments import key_value
 
     group = parser.add_argument_group("int8 (post-training static quantization, calibrated on your images)")
@@ -90,8 +90,8 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
 def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tolerance: ParityTolerance) -> int:
     """The ``--int8`` path of :func:`run`; errors are one line (or the per-runtime verdicts) and exit 1 or 2."""
     from ..data import DatasetError
-    from ..export import DEFAULT_CHECK_SHAPES, ExportError
-    from ..quantize import METHODS, calibration_folder, calibration_split, export_int8
+    from ..export.onnx import DEFAULT_CHECK_SHAPES, ExportError
+    from ..export.int8 import METHODS, calibration_folder, calibration_split, export_int8
     from .eval import check_classes
 
     if args.probabilities:
@@ -143,7 +143,7 @@ def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tole
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError, load_checkpoint
-    from ..export import DEFAULT_CHECK_SHAPES, ExportError, ParityTolerance, export_onnx
+    from ..export.onnx import DEFAULT_CHECK_SHAPES, ExportError, ParityTolerance, export_onnx
     from ..weights import WeightsError, resolve_checkpoint
 
     tolerance = ParityTolerance(rtol=args.rtol, atol=args.atol, min_mask_agreement=args.min_mask_agreement)

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 
 from ..checkpoint import CheckpointError
 from ..files import atomic_write_text
-from ..predict import list_images, max_pixels_for
-from ..predict_manifest import MANIFEST_FOLDER, settings_fingerprint
-from ..predict_stream import PredictOptions, Summary, output_names, predict_files
-from ..tiling import Tiling
+from ..predict.images import list_images, max_pixels_for
+from ..predict.manifest import MANIFEST_FOLDER, settings_fingerprint
+from ..predict.stream import PredictOptions, Summary, output_names, predict_files
+from ..inference.tiling import Tiling
 from .arguments import add_runtime_arguments, add_tta_arguments
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
     from ..engine.distributed import DistContext
-    from ..inference import Predictor
+    from ..inference.predictor import Predictor
 
 NAME = "predict"
 HELP = "predict class masks for images (palette PNGs, optional overlays, confidence and probabilities)"
@@ -99,7 +99,7 @@ GATHER_TIMEOUT = timedelta(hours=24)
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed, shutdown_distributed
-    from ..inference import load_predictor
+    from ..inference.predictor import load_predictor
 
     for name, value, least, what in (("--mc-dropout", args.mc_dropout, 0, "passes"), ("--workers", args.workers, 0, "processes"),
                                      ("--batch-size", args.batch_size, 1, "images")):

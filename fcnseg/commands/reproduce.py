@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import CheckpointError
     from ..data import DatasetError, open_dataset
-    from ..evaluate import evaluate
-    from ..inference import load_predictor
+    from ..evaluation.loop import evaluate
+    from ..inference.predictor import load_predictor
     from ..weights import WeightsError, known_weights
     from ..weights.convert import convert_known
 

@@ -20,7 +20,7 @@ masks (2, H, W) — row 0 the semantic ids 0..32, row 1 the geometric ids 33..35
 ``(("sem", 33), ("geo", 3))``, the layout :class:`fcnseg.engine.loss.HeadsLoss` splits).
 
 The reference's README notes that cow, desert and moon never occur in the test split (the
-paper leaves them out of its means; :class:`fcnseg.metrics.ConfusionMatrix` leaves out a class
+paper leaves them out of its means; :class:`fcnseg.evaluation.metrics.ConfusionMatrix` leaves out a class
 absent from both ground truth and prediction) and that two images have no annotation.
 """
 

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from ..data import open_dataset
-from ..evaluate import evaluate
+from ..evaluation.loop import evaluate
 from ..files import atomic_write_text
-from ..inference import load_predictor
-from ..metrics import json_safe
-from ..predict import overlay_image, save_image, save_mask_png
+from ..inference.predictor import load_predictor
+from ..evaluation.metrics import json_safe
+from ..predict.images import overlay_image, save_image, save_mask_png
 from .config import TrainConfig, build_config
 from .train import BEST_CHECKPOINT, CURVES_FILE, OVERLAYS_FILE, train
 

@@ -49,13 +49,13 @@ from ..data import NO_SPLIT, DatasetError, PadCollate, SegmentationDataset, Trai
 from ..data.doctor import diagnose
 from ..data.base import InMemoryDataset
 from ..data.statistics import class_statistics, median_frequency_weights
-from ..evaluate import evaluate
+from ..evaluation.loop import evaluate
 from ..files import atomic_write_text, sweep_temporary_files
-from ..inference import Predictor
-from ..metrics import json_safe
+from ..inference.predictor import Predictor
+from ..evaluation.metrics import json_safe
 from ..models import create_model
 from ..preprocessing import model_input
-from ..visualize import plot_curves, validation_overlays
+from ..evaluation.figures import plot_curves, validation_overlays
 from .config import TrainConfig, get_value, resolve_key, set_value
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
@@ -384,7 +384,7 @@ def _saved_step(run: Run) -> Any:
 
 
 def validate(run: Run) -> dict[str, Any] | None:
-    """The four metrics (and per-class IU) on the validation split, via :func:`fcnseg.evaluate.evaluate`;
+    """The four metrics (and per-class IU) on the validation split, via :func:`fcnseg.evaluation.loop.evaluate`;
     None for a run without validation.
 
     Each rank evaluates every ``world_size``-th image; the confusion matrices are summed

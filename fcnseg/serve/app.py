@@ -9,7 +9,7 @@ Endpoints:
   (``image/png``, the same mask ``fcnseg predict`` writes); with ``?format=json``:
   class names, per-class pixel counts, the classes present, and the mask and an
   overlay as base64 PNGs; ``&confidence=true`` adds ``confidence``: ``mean_top1`` (the
-  mean top-1 probability) and ``top1_png`` (base64 16-bit PNG, see :mod:`fcnseg.confidence_maps`).
+  mean top-1 probability) and ``top1_png`` (base64 16-bit PNG, see :mod:`fcnseg.inference.confidence`).
 - ``GET /``: a page to upload a photo and see the overlay with a legend.
 
 Errors are JSON ``{"detail": message}``: 401 without the API key (when one is
@@ -40,8 +40,8 @@ except ImportError as error:  # the serve extra is optional
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..confidence_maps import png16_bytes
-from ..predict import mask_to_image, overlay_image
+from ..inference.confidence import png16_bytes
+from ..predict.images import mask_to_image, overlay_image
 from .guards import ApiKeyCheck, BodyDeadline, UploadQueue, UploadSizeLimit, UploadSlots
 from .images import UploadError, decode_image, png_bytes, probe_image
 from .segmenter import Segmenter
@@ -111,7 +111,7 @@ def create_app(
         raise ValueError("the API key is empty; give a non-empty key, or none to serve without one")
     limits = limits or ServeLimits()
     if not isinstance(checkpoint, Checkpoint):  # a file, a registry name, or an ONNX export run in a runtime
-        from ..runtimes import load_onnx_checkpoint, resolve_runtime
+        from ..inference.runtimes import load_onnx_checkpoint, resolve_runtime
         from ..weights import resolve_checkpoint
 
         if resolve_runtime(checkpoint, runtime) == "torch":

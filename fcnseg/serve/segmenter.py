@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import Checkpoint
-from ..inference import Confidence, Predictor
+from ..inference.predictor import Confidence, Predictor
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Segmenter:
 
     Inference is CPU-bound and already uses every core through torch's own
     threads, so requests queue on a lock instead of sharing the model. The
-    :class:`~fcnseg.inference.Predictor` is the one ``fcnseg predict`` uses: images
+    :class:`~fcnseg.inference.predictor.Predictor` is the one ``fcnseg predict`` uses: images
     whose forward pass would need more than ``memory_budget_bytes`` are predicted in
     tiles (the same mask as a whole-image pass); ``fast_paths`` (default on) are the
     model's exact fast paths.
