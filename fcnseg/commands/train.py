@@ -41,11 +41,11 @@ FLAGS = [
     ("--minutes", "recipe.minutes", "train to the clock: the schedule spans N minutes of training (with --resume: extend)"),
     ("--batch-size", "recipe.batch_size", "images per optimiser step, over all processes"),
     ("--crop-size", "recipe.crop_size", "crop side in px, or native"),
-    ("--val-every", "recipe.val_every", "validate every N steps (step-based runs)"),
-    ("--evals", "recipe.evals", "validations evenly spaced over the clock (--minutes runs)"),
+    ("--val-every", "recipe.val_every", "validate every N steps (step-based runs; over --evals)"),
+    ("--evals", "recipe.evals", "validations evenly spaced over the run, steps or clock, the last at the end"),
     ("--accumulate", "accumulate", "micro-batches per step (gradient accumulation)"),
     ("--class-weights", "class_weights", "none, median-frequency or effective-number (beta: class_weight_beta)"),
-    ("--checkpoint-every", "checkpoint_every", "save the state every N steps (default: --val-every)"),
+    ("--checkpoint-every", "checkpoint_every", "save the state every N steps (default: at every validation)"),
     ("--checkpoint-minutes", "checkpoint_minutes", "... and at least every N minutes of training"),
     ("--log-every", "log_every", "log the loss every N steps"),
     ("--seed", "seed", "data order, augmentation and initial weights"),
@@ -61,10 +61,12 @@ SWITCHES = [
     ("--cpu-bf16", "cpu_bf16", True, "bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX): faster, bf16 numerics"),
     ("--no-fast-paths", "fast_paths", False, "every layer as written (the exact fast paths give the same gradients)"),
     ("--no-progress", "progress", False, "no progress bar"),
+    ("--tensorboard", "tensorboard", True, "TensorBoard event files in RUN_DIR/tensorboard: loss, lr, validation metrics, "
+                                           "per-class IU, images (pip install 'fcnseg[tensorboard]')"),
 ]
 #: Settings a resumed run may change (its length and its bookkeeping, not its numerics).
 RESUMABLE = {"recipe.steps", "recipe.minutes", "recipe.evals", "recipe.val_every", "checkpoint_every",
-             "checkpoint_minutes", "log_every", "progress", "workers", "val_limit", "overlays"}
+             "checkpoint_minutes", "log_every", "progress", "workers", "val_limit", "overlays", "tensorboard"}
 
 
 def _destination(key: str) -> str:
@@ -113,15 +115,21 @@ def settings_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
 
     A length given as steps alone (``--steps N``) means steps, even over a recipe that
     trains to the clock (``cpu``, ``camvid``): the run stops at N steps, not after the
-    recipe's minutes.
+    recipe's minutes. Likewise ``--evals N`` alone means N validations, even over a recipe
+    that validates every so many steps (``modern``, ``paper``, ``demo``); given both,
+    ``--val-every`` wins for a step-counted run.
     """
     pairs = [(f"data_options.{key}", value) for key, value in args.data_option]
     pairs += [(name[len("setting:"):], value) for name, value in vars(args).items()
               if name.startswith("setting:") and value is not None]
     pairs += list(args.settings)
-    keys = {key for key, _ in pairs}
+    from ..engine.config import resolve_key
+
+    keys = {resolve_key(key) for key, _ in pairs}
     if "recipe.steps" in keys and "recipe.minutes" not in keys:
         pairs.append(("recipe.minutes", None))
+    if "recipe.evals" in keys and "recipe.val_every" not in keys:
+        pairs.append(("recipe.val_every", None))
     return pairs
 
 

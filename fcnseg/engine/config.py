@@ -40,7 +40,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     threads: int | None = None  # torch CPU threads; recorded so a resumed run computes identically
-    checkpoint_every: int | None = None  # steps between saved states (default: the recipe's val_every)
+    checkpoint_every: int | None = None  # steps between saved states (default: at every validation)
     checkpoint_minutes: float = 5.0  # ... and at least this often by the clock
     log_every: int = 10
     val_limit: int | None = None  # validate on the first N images only
@@ -50,6 +50,7 @@ class TrainConfig:
     cpu_bf16: bool = False  # bf16 autocast on CPUs that compute bf16 natively (faster; numerics change)
     fast_paths: bool = True  # the model's exact fast paths: same gradients to fp32 rounding, faster steps
     progress: bool = True
+    tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard (the tensorboard extra)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, dict) or not isinstance(self.model.get("name"), str):

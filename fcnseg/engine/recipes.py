@@ -46,16 +46,17 @@ class Recipe:
     augment: bool = True
     steps: int = 20_000
     minutes: float | None = None  # train to the clock: the schedule spans this many minutes of training
-    val_every: int = 1_000  # steps between validations (step-based runs)
-    evals: int = 10  # validations evenly spaced over the clock (clock-based runs)
+    val_every: int | None = None  # steps between validations of a step-counted run (None: ``evals`` of them)
+    evals: int = 10  # validations evenly spaced over the run (steps or clock), the last at its end
     amp: bool = True  # bf16 (or fp16 with loss scaling) autocast, on a GPU only
 
     def __post_init__(self) -> None:
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("reduction", REDUCTIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"recipe.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = {"lr": self.lr, "batch_size": self.batch_size, "steps": self.steps, "val_every": self.val_every,
-                    "evals": self.evals, "minutes": self.minutes if self.minutes is not None else 1}
+        positive = {"lr": self.lr, "batch_size": self.batch_size, "steps": self.steps, "evals": self.evals,
+                    "val_every": self.val_every if self.val_every is not None else 1,
+                    "minutes": self.minutes if self.minutes is not None else 1}
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"recipe.{name} must be > 0, got {value!r}")

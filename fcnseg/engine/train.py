@@ -12,10 +12,14 @@ A run directory holds::
 
 A run trains for ``recipe.steps`` optimiser steps, or, with ``recipe.minutes``, to the
 clock: the learning-rate schedule then spans that many minutes of training (validation
-time excluded), validations fall at ``recipe.evals`` evenly spaced moments, and
-``--resume`` continues the clock where it stopped. The state is saved every
-``checkpoint_every`` steps, at least every ``checkpoint_minutes`` of training, at the
-end, and when SIGINT (Ctrl-C) or SIGTERM stops the run.
+time excluded), and ``--resume`` continues the clock where it stopped. Either way
+validations fall at ``recipe.evals`` evenly spaced moments, the last at the end (a
+step-counted run with ``recipe.val_every`` validates every that many steps instead);
+:class:`~fcnseg.engine.run_length.RunLength` owns all of this. Each validation logs one
+line with its mean IU. The state is saved at every validation (or every
+``checkpoint_every`` steps), at least every ``checkpoint_minutes`` of training, at the
+end, and when SIGINT (Ctrl-C) or SIGTERM stops the run. With ``tensorboard`` the run
+also writes live curves (:mod:`fcnseg.engine.live_curves`).
 
 The global batch (``recipe.batch_size`` images per optimiser step) is split over
 processes (DDP) and micro-batches (``accumulate``); the loss normaliser is
@@ -59,9 +63,10 @@ from ..evaluation.figures import plot_curves, validation_overlays
 from .config import TrainConfig, get_value, resolve_key, set_value
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
+from .live_curves import IMAGES_SHOWN, LiveCurves, require_tensorboard
 from .loss import SegmentationLoss, build_loss, effective_number_weights, loss_for_model
 from .optim import LRFactor, build_optimizer
-from .recipes import Recipe
+from .run_length import CLOCK_RESOLUTION, Position, RunLength
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
 
@@ -73,8 +78,6 @@ LAST_CHECKPOINT = "last.safetensors"
 BEST_CHECKPOINT = "best.safetensors"
 CURVES_FILE = "curves.png"
 OVERLAYS_FILE = "val_overlays.png"
-#: A clock-based schedule is evaluated at this many evenly spaced moments of the budget.
-CLOCK_RESOLUTION = 10_000
 #: Exit codes of a run stopped by a signal (128 + the signal number, as shells report them).
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -89,11 +92,6 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def length_reached(recipe: Recipe, step: int, train_seconds: float) -> bool:
-    """Whether a run at ``step`` after ``train_seconds`` of training has trained the length ``recipe`` asks."""
-    return step >= recipe.steps if recipe.minutes is None else train_seconds >= 60.0 * recipe.minutes
 
 
 @dataclass
@@ -113,20 +111,19 @@ class Run:
     micro_batch: int
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
+    length: RunLength  # steps or clock: what finished, validation due, schedule and progress ask
     step: int = 0
     train_seconds: float = 0.0  # training time so far (validation excluded), carried over by resume
     best_mean_iu: float = -math.inf
     init_description: str = ""
 
     @property
-    def budget_seconds(self) -> float | None:
-        """The training clock's budget, or None for a step-based run."""
-        minutes = self.config.recipe.minutes
-        return None if minutes is None else 60.0 * minutes
+    def position(self) -> Position:
+        return Position(self.step, self.train_seconds)
 
     @property
     def finished(self) -> bool:
-        return length_reached(self.config.recipe, self.step, self.train_seconds)
+        return self.length.finished(self.position)
 
     @property
     def classes(self) -> list[str]:
@@ -187,9 +184,11 @@ def in_memory(dataset: SegmentationDataset) -> InMemoryDataset:
     """``dataset`` read once into memory (masks as uint8 when the labels fit)."""
     items = [dataset[index] for index in range(len(dataset))]
     small = dataset.ignore_index <= 255 and dataset.num_classes <= 255
-    return InMemoryDataset([image for image, _ in items], [mask.to(torch.uint8) if small else mask for _, mask in items],
-                           classes=dataset.classes, ids=dataset.ids, palette=dataset.palette,
-                           ignore_index=dataset.ignore_index)
+    cached = InMemoryDataset([image for image, _ in items], [mask.to(torch.uint8) if small else mask for _, mask in items],
+                             classes=dataset.classes, ids=dataset.ids, palette=dataset.palette,
+                             ignore_index=dataset.ignore_index)
+    cached.split_info = dataset.split_info  # run.json records how the split was made, cached or not
+    return cached
 
 
 def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, check_data: bool = False) -> Run:
@@ -252,7 +251,7 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
     torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)
     return Run(config=config, ctx=ctx, out_dir=Path(out_dir), model=model, network=network, optimizer=optimizer,
                lr_factor=lr_factor, loss=loss, train_set=train_set, val_set=val_set, micro_batch=micro,
-               amp_dtype=amp_dtype, scaler=scaler, init_description=init_description)
+               amp_dtype=amp_dtype, scaler=scaler, length=RunLength.of(recipe), init_description=init_description)
 
 
 def _beta(beta: float | None, pixel_counts: Any) -> float:
@@ -277,17 +276,16 @@ def check_datasets(train_set: SegmentationDataset, val_set: SegmentationDataset 
 
 def schedule_for(recipe: Any) -> LRFactor:
     """The recipe's learning-rate factor over its steps, or over ``CLOCK_RESOLUTION`` moments of its clock."""
-    total = recipe.steps if recipe.minutes is None else CLOCK_RESOLUTION
+    total = RunLength.of(recipe).schedule_steps
     warmup = int(round(recipe.warmup_fraction * total)) if recipe.schedule == "poly" else 0
     return LRFactor(recipe.schedule, total, warmup, power=recipe.poly_power)
 
 
 def _apply_lr(run: Run) -> None:
     """Set every group's learning rate for the coming step: by step, or by the share of the clock spent."""
-    budget = run.budget_seconds
-    moment = run.step if budget is None else min(CLOCK_RESOLUTION - 1, int(run.train_seconds / budget * CLOCK_RESOLUTION))
+    factor = run.lr_factor(run.length.schedule_moment(run.position))
     for group in run.optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * run.lr_factor(moment)
+        group["lr"] = group["initial_lr"] * factor
 
 
 def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -522,6 +520,8 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
     elif (out_dir / RUN_FILE).exists() and not overwrite:
         raise ValueError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, "
                          "or replace it with --overwrite")
+    if config.tensorboard:
+        require_tensorboard()
     ctx = ctx or init_distributed(config.device)
     created = not out_dir.exists()
     try:
@@ -536,13 +536,12 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
 
 def _refuse_a_finished_resume(config: TrainConfig, state: dict[str, Any], out_dir: Path) -> None:
     """A resume with nothing left to train is a one-line error, before run.json records the new length."""
-    step, minutes = int(state.get("step", 0)), float(state.get("train_seconds", 0.0)) / 60.0
-    recipe = config.recipe
-    if length_reached(recipe, step, 60.0 * minutes):
-        length = f"{recipe.steps} steps" if recipe.minutes is None else f"{recipe.minutes:g} minutes of training"
-        raise ValueError(f"{out_dir} has trained {step} steps ({minutes:.1f} min), which covers {length}: nothing "
-                         f"to train; to continue, ask for more with --steps N (over {step}) or --minutes N "
-                         f"(over {minutes:.1f})")
+    position = Position(int(state.get("step", 0)), float(state.get("train_seconds", 0.0)))
+    length, minutes = RunLength.of(config.recipe), position.seconds / 60.0
+    if length.finished(position):
+        raise ValueError(f"{out_dir} has trained {position.step} steps ({minutes:.1f} min), which covers "
+                         f"{length.describe()}: nothing to train; to continue, ask for more with --steps N "
+                         f"(over {position.step}) or --minutes N (over {minutes:.1f})")
 
 
 @contextlib.contextmanager
@@ -569,91 +568,133 @@ def _stop_signals() -> Iterator[dict[str, Any]]:
 def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: dict[str, Any] | None,
            stop: dict[str, Any], changes: list[tuple[str, Any]]) -> TrainResult:
     """The body of :func:`train`, under the run's determinism settings."""
+    run = _start(config, out_dir, ctx, saved_state, changes)
+    curves = None
+    if config.tensorboard and ctx.is_main:
+        curves = LiveCurves(out_dir, resumed_at=run.step if saved_state is not None else None)
+    progress = _progress(run)
+    try:
+        with _logs_beside(progress):
+            return _loop(run, stop, progress, curves)
+    finally:
+        progress.close()
+        if curves is not None:
+            curves.close()
+
+
+def _start(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: dict[str, Any] | None,
+           changes: list[tuple[str, Any]]) -> Run:
+    """The run folder made (or swept), the run built and, on resume, restored; run.json written; the first line said."""
     resume = saved_state is not None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for tmp in sweep_temporary_files(out_dir):
             logger.info("removed %s, left by an interrupted write", tmp)
-        if not resume or changes:
-            atomic_write_text(out_dir / RUN_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
         if not resume:
             (out_dir / METRICS_FILE).unlink(missing_ok=True)
     barrier()
     run = build_run(config, out_dir, ctx, check_data=not resume)
-    if ctx.is_main and not resume:  # how the splits were made (e.g. an automatic split): recorded beside the settings
-        splits = {"train": run.train_set.split_info, "val": run.val_set.split_info if run.val_set else None}
-        atomic_write_text(out_dir / RUN_FILE, json.dumps({**config.to_dict(), "splits": splits}, indent=2) + "\n")
+    if ctx.is_main and (not resume or changes):
+        _write_run_file(run, resume)
     if saved_state is not None:
         restore_state(run, saved_state)
         if ctx.is_main:
             _truncate_records(out_dir / METRICS_FILE, run.step)
-    recipe = config.recipe
-    budget = run.budget_seconds
     if ctx.is_main:
-        length = f"{recipe.steps} steps" if budget is None else f"{recipe.minutes:g} minutes of training"
+        recipe = config.recipe
         where = f"resuming at step {run.step} ({run.train_seconds / 60:.1f} min trained)" if resume else "training"
         logger.info("%s %s width %g, %d classes, init %s; recipe %s; %s of %d images (%d process(es) x %d x %d)",
                     where, config.model["name"], config.model.get("width", 1.0), run.model.num_classes,
-                    run.init_description, recipe.name, length, recipe.batch_size, ctx.world_size,
+                    run.init_description, recipe.name, run.length.describe(), recipe.batch_size, ctx.world_size,
                     config.accumulate, run.micro_batch)
         if changes:
             logger.info("changed on resume: %s (schedule recomputed for the new length)",
                         ", ".join(f"{key}={value}" for key, value in changes))
-    checkpoint_every = config.checkpoint_every or recipe.val_every
-    eval_moments = [] if budget is None else [budget * (i + 1) / recipe.evals for i in range(recipe.evals)]
-    eval_moments = [moment for moment in eval_moments if moment > run.train_seconds]
+    return run
+
+
+def _write_run_file(run: Run, resume: bool) -> None:
+    """run.json: the settings and how the splits were made (a resume that changes settings keeps the recorded
+    splits: it rebuilt the same ones). Written once per start, after the run was built."""
+    if resume:
+        splits = json.loads((run.out_dir / RUN_FILE).read_text(encoding="utf-8")).get("splits")
+    else:
+        splits = {"train": run.train_set.split_info, "val": run.val_set.split_info if run.val_set else None}
+    data = {**run.config.to_dict(), **({"splits": splits} if splits is not None else {})}
+    atomic_write_text(run.out_dir / RUN_FILE, json.dumps(data, indent=2) + "\n")
+
+
+def _loop(run: Run, stop: dict[str, Any], progress: Any, curves: LiveCurves | None) -> TrainResult:
+    """Steps until the run's length is trained: log, validate when due, save, stop on a signal."""
+    config, length, out_dir = run.config, run.length, run.out_dir
     batches = train_loader(run)
     started, images_seen, last_metrics = time.perf_counter(), 0, {}
     saved_at = run.train_seconds
-    progress = _progress(run)
     run.network.train()
-    try:
-        while not run.finished:
-            step_started = time.perf_counter()
-            step_batches = [next(batches) for _ in range(config.accumulate)]
-            loss = train_step(run, step_batches)
-            lr = run.optimizer.param_groups[0]["lr"]
-            step_seconds = time.perf_counter() - step_started
-            if budget is not None:  # every rank follows rank 0's clock, so all decide alike
-                step_seconds = float(broadcast_object(step_seconds))
-            run.train_seconds += step_seconds
-            images_seen += recipe.batch_size
-            progress.update(1 if budget is None else step_seconds)
-            final = run.finished
-            if run.step % config.log_every == 0 or final:
-                elapsed = time.perf_counter() - started
-                _append_record(run, {"step": run.step, "loss": loss, "lr": lr, "images_per_s": images_seen / elapsed,
-                                     "time": elapsed, "train_seconds": round(run.train_seconds, 3)})
-                progress.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}")
-            due = run.step % recipe.val_every == 0 if budget is None else bool(eval_moments) and run.train_seconds >= eval_moments[0]
-            metrics = None
-            if due or final:
-                eval_moments = [moment for moment in eval_moments if moment > run.train_seconds]
-                metrics = validate(run)
-                if metrics is not None:
-                    last_metrics = metrics
-                    _append_record(run, {"step": run.step, "val": metrics, "time": time.perf_counter() - started,
-                                         "train_seconds": round(run.train_seconds, 3)})
-                    progress.set_postfix(loss=f"{loss:.4g}", mean_iu=f"{metrics['mean_iu']:.3f}")
-                better = metrics is not None and metrics["mean_iu"] > run.best_mean_iu
-                if better or (final and not (out_dir / BEST_CHECKPOINT).exists()):  # no validation: best = final
-                    run.best_mean_iu = max(run.best_mean_iu, metrics["mean_iu"]) if metrics else run.best_mean_iu
-                    save_model(run, out_dir / BEST_CHECKPOINT, metrics)
-                _draw_pictures(run, overlays=final)
-            stopping = broadcast_object(stop["signal"])
-            by_clock = run.train_seconds - saved_at >= 60.0 * config.checkpoint_minutes
-            if run.step % checkpoint_every == 0 or by_clock or final or stopping:
-                save_model(run, out_dir / LAST_CHECKPOINT, metrics)
-                save_state(run)
-                saved_at = run.train_seconds
-            if stopping and not final:
-                raise TrainingInterrupted(
-                    f"stopped by {stopping.name} at step {run.step}; the state is saved in {out_dir}: continue with "
-                    f"fcnseg train --resume {out_dir}", SIGNAL_EXIT_CODES[stopping])
-    finally:
-        progress.close()
+    while not run.finished:
+        before = run.position
+        step_started = time.perf_counter()
+        loss = train_step(run, [next(batches) for _ in range(config.accumulate)])
+        lr = run.optimizer.param_groups[0]["lr"]
+        step_seconds = time.perf_counter() - step_started
+        if length.clocked:  # every rank follows rank 0's clock, so all decide alike
+            step_seconds = float(broadcast_object(step_seconds))
+        run.train_seconds += step_seconds
+        images_seen += config.recipe.batch_size
+        final = run.finished
+        if run.step % config.log_every == 0 or final:
+            elapsed = time.perf_counter() - started
+            _append_record(run, {"step": run.step, "loss": loss, "lr": lr, "images_per_s": images_seen / elapsed,
+                                 "time": elapsed, "train_seconds": round(run.train_seconds, 3)})
+            progress.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}")
+            if curves is not None:
+                curves.training(run.step, loss, lr)
+        progress.update(length.along(run.position) - length.along(before))
+        validating = length.validation_due(before, run.position) or final
+        metrics = None
+        if validating:
+            metrics = _validation(run, final, started, curves)
+            last_metrics = metrics or last_metrics
+            if metrics is not None:
+                progress.set_postfix(loss=f"{loss:.4g}", mean_iu=f"{metrics['mean_iu']:.3f}")
+        stopping = broadcast_object(stop["signal"])
+        by_clock = run.train_seconds - saved_at >= 60.0 * config.checkpoint_minutes
+        by_steps = run.step % config.checkpoint_every == 0 if config.checkpoint_every else validating
+        if by_steps or by_clock or final or stopping:
+            save_model(run, out_dir / LAST_CHECKPOINT, metrics)
+            save_state(run)
+            saved_at = run.train_seconds
+            if curves is not None:
+                curves.flush()  # the curves on disk reach the saved step: a resume continues from there
+        if stopping and not final:
+            raise TrainingInterrupted(
+                f"stopped by {stopping.name} at step {run.step}; the state is saved in {out_dir}: continue with "
+                f"fcnseg train --resume {out_dir}", SIGNAL_EXIT_CODES[stopping])
     return TrainResult(step=run.step, best_mean_iu=run.best_mean_iu, last_metrics=last_metrics, out_dir=out_dir,
                        seconds=time.perf_counter() - started)
+
+
+def _validation(run: Run, final: bool, started: float, curves: LiveCurves | None) -> dict[str, Any] | None:
+    """Validate (None without a validation split), record and say the result, keep the best weights, redraw."""
+    began = time.perf_counter()
+    metrics = validate(run)
+    if metrics is not None:
+        _append_record(run, {"step": run.step, "val": metrics, "time": time.perf_counter() - started,
+                             "train_seconds": round(run.train_seconds, 3)})
+    better = metrics is not None and metrics["mean_iu"] > run.best_mean_iu
+    if better or (final and not (run.out_dir / BEST_CHECKPOINT).exists()):  # no validation: best = final
+        run.best_mean_iu = max(run.best_mean_iu, metrics["mean_iu"]) if metrics else run.best_mean_iu
+        save_model(run, run.out_dir / BEST_CHECKPOINT, metrics)
+    if metrics is not None and run.ctx.is_main:
+        logger.info("val: %s, mean IU %.4f (best %.4f), pixel acc %.3f, %.1f s", run.length.where(run.position),
+                    metrics["mean_iu"], run.best_mean_iu, metrics["pixel_acc"], time.perf_counter() - began)
+        if curves is not None:
+            curves.validation(run.step, metrics, run.classes)
+            if run.config.overlays > 0:
+                curves.images(run.step, Predictor(run.model, dtype=run.amp_dtype), run.val_set,
+                              min(run.config.overlays, IMAGES_SHOWN))
+    _draw_pictures(run, overlays=final)
+    return metrics
 
 
 def load_run_config(out_dir: str | Path) -> TrainConfig:
@@ -673,13 +714,23 @@ def _progress(run: Run) -> Any:
     """A bar over the steps (or the seconds of the clock) on a terminal; elsewhere a plain line every 30 s."""
     from tqdm.auto import tqdm
 
-    budget = run.budget_seconds
-    total, initial, unit = (run.config.recipe.steps, run.step, "step") if budget is None else (
-        round(budget), round(run.train_seconds), "s")
+    length = run.length
+    total, initial = length.total, length.along(run.position)
     show = run.config.progress and run.ctx.is_main
     if show and not sys.stderr.isatty():  # a log file: plain lines, no carriage returns
-        return _LogProgress(total, initial, unit)
-    return tqdm(total=total, initial=initial, desc="train", unit=unit, dynamic_ncols=True, disable=not show)
+        return _LogProgress(total, initial, length.unit)
+    return tqdm(total=round(total), initial=round(initial), desc="train", unit=length.unit, dynamic_ncols=True,
+                disable=not show)
+
+
+@contextlib.contextmanager
+def _logs_beside(progress: Any) -> Iterator[None]:
+    """Log lines (each validation's) printed above a progress bar on a terminal, so the bar stays whole."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bar = not isinstance(progress, _LogProgress) and not getattr(progress, "disable", True)
+    with logging_redirect_tqdm() if bar else contextlib.nullcontext():
+        yield
 
 
 class _LogProgress:
@@ -695,10 +746,17 @@ class _LogProgress:
         now = time.perf_counter()
         if now - self.last >= self.every:
             self.last = now
-            rate = (self.done - self.initial) / max(now - self.started, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else math.inf
-            print(f"train: {self.done:.0f}/{self.total} {self.unit}, {now - self.started:.0f} s, about {eta / 60:.1f} min "
-                  f"left; {self.postfix}", file=sys.stderr, flush=True)
+            print(self.line(now), file=sys.stderr, flush=True)
+
+    def line(self, now: float) -> str:
+        """``train: 120/600 s, 150 s, about 8.0 min left; loss 0.51, lr 0.002`` (no postfix before the first loss)."""
+        rate = (self.done - self.initial) / max(now - self.started, 1e-9)
+        left = max(0.0, self.total - self.done)  # a last step may end past the length: nothing is left, not less
+        eta = left / rate if rate > 0 else (0.0 if left == 0 else math.inf)
+        digits = 0 if self.unit == "step" or self.total >= 10 else 1  # a budget of a few seconds still reads
+        text = (f"train: {self.done:.{digits}f}/{self.total:.{digits}f} {self.unit}, {now - self.started:.0f} s, "
+                f"about {eta / 60:.1f} min left")
+        return f"{text}; {self.postfix}" if self.postfix else text
 
     def set_postfix(self, **values: Any) -> None:
         self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
