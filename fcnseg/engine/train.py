@@ -32,7 +32,6 @@ import logging
 import math
 import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from ..inference.predictor import Predictor
 from ..evaluation.metrics import json_safe
 from ..models import create_model
 from ..preprocessing import model_input
+from ..progress import Progress
 from ..evaluation.figures import plot_curves, validation_overlays
 from .config import TrainConfig, get_value, resolve_key, set_value
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
@@ -669,39 +669,9 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
         raise ValueError(f"{path}: not a valid run configuration ({error})") from None
 
 
-def _progress(run: Run) -> Any:
+def _progress(run: Run) -> Progress:
     """A bar over the steps (or the seconds of the clock) on a terminal; elsewhere a plain line every 30 s."""
-    from tqdm.auto import tqdm
-
     budget = run.budget_seconds
     total, initial, unit = (run.config.recipe.steps, run.step, "step") if budget is None else (
         round(budget), round(run.train_seconds), "s")
-    show = run.config.progress and run.ctx.is_main
-    if show and not sys.stderr.isatty():  # a log file: plain lines, no carriage returns
-        return _LogProgress(total, initial, unit)
-    return tqdm(total=total, initial=initial, desc="train", unit=unit, dynamic_ncols=True, disable=not show)
-
-
-class _LogProgress:
-    """tqdm's interface for a log file: one line every ``every`` seconds with the position, ETA and postfix."""
-
-    def __init__(self, total: float, initial: float, unit: str, every: float = 30.0) -> None:
-        self.total, self.done, self.unit, self.every = total, initial, unit, every
-        self.started = self.last = time.perf_counter()
-        self.initial, self.postfix = initial, ""
-
-    def update(self, amount: float) -> None:
-        self.done += amount
-        now = time.perf_counter()
-        if now - self.last >= self.every:
-            self.last = now
-            rate = (self.done - self.initial) / max(now - self.started, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else math.inf
-            print(f"train: {self.done:.0f}/{self.total} {self.unit}, {now - self.started:.0f} s, about {eta / 60:.1f} min "
-                  f"left; {self.postfix}", file=sys.stderr, flush=True)
-
-    def set_postfix(self, **values: Any) -> None:
-        self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
-
-    def close(self) -> None:
-        pass
+    return Progress(total, initial=initial, label="train", unit=unit, show=run.config.progress and run.ctx.is_main)
