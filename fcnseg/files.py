@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader (or a crash) never sees half a file."""
+"""Atomic file writes: a reader (or a crash) never sees half a file.
+
+An atomic write of ``NAME`` goes through a temporary file ``.NAME.XXXXXXXX.tmp`` beside it (hidden, a random
+part, ``.tmp``); this module owns that naming (:func:`temporary_file_target`) and the sweep of what an
+interrupted write left behind (:func:`sweep_temporary_files`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
+
+_TEMPORARY_PREFIX, _TEMPORARY_SUFFIX = ".", ".tmp"
 
 
 @contextmanager
@@ -18,7 +25,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TEMPORARY_PREFIX}{target.name}.", suffix=_TEMPORARY_SUFFIX,
+                                    dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask).
@@ -73,11 +81,36 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def sweep_temporary_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Remove what interrupted atomic writes left in ``folder`` and below (``.NAME.*.tmp``); returns them."""
+def temporary_file_target(name: str) -> str | None:
+    """The file name whose atomic write uses the temporary file ``name`` (``.NAME.XXXX.tmp`` -> ``NAME``); None
+    when ``name`` is not such a temporary file."""
+    if not (name.startswith(_TEMPORARY_PREFIX) and name.endswith(_TEMPORARY_SUFFIX)):
+        return None
+    target, dot, random_part = name[len(_TEMPORARY_PREFIX):-len(_TEMPORARY_SUFFIX)].rpartition(".")
+    return target if dot and target and random_part and _is_random_part(random_part) else None
+
+
+def _is_random_part(text: str) -> bool:
+    return all(char.isascii() and (char.isalnum() or char == "_") for char in text)
+
+
+def sweep_temporary_files(folder: str | os.PathLike[str], names: Collection[str] | None = None, *,
+                          below: bool = True) -> list[Path]:
+    """Remove what interrupted atomic writes left in ``folder`` (and its sub-folders, unless ``below`` is False);
+    returns the files removed.
+
+    ``names`` limits the sweep to the temporary files of those targets (e.g. the outputs this process is about to
+    write, not another process's that may be writing beside it); None sweeps every one. Only files named as
+    :func:`atomic_path` names them are touched.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    candidates = root.rglob(f"{_TEMPORARY_PREFIX}*{_TEMPORARY_SUFFIX}") if below else root.iterdir()
     removed = []
-    for tmp in Path(folder).rglob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+    for path in candidates:
+        target = temporary_file_target(path.name)
+        if target is not None and (names is None or target in names) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed

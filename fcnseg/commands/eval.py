@@ -41,6 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_tta_arguments(parser)
     add_runtime_arguments(parser)
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (by default a bar on a terminal, elsewhere a line every 30 s)")
     parser.add_argument("--detail", action="store_true",
                         help="also IU by object size (segments < 32x32, 32x32-96x96, > 96x96 px), boundary IoU (band 2%% of "
                              "the diagonal), Dice/F1 per class and per-image mean IU; with --out, worst_images.png")
@@ -103,7 +105,8 @@ def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint,
     """``fcnseg eval`` of a model with several heads: the four metrics and the class table of each head."""
     from ..evaluation.loop import head_confusion_matrices
 
-    matrices = head_confusion_matrices(predictor, dataset, ignore_index=checkpoint.ignore_index, num_workers=args.workers)
+    matrices = head_confusion_matrices(predictor, dataset, ignore_index=checkpoint.ignore_index, num_workers=args.workers,
+                                       progress=not args.no_progress)
     reports, start = {}, 0
     for name, matrix in matrices.items():
         classes = checkpoint.classes[start:start + matrix.num_classes]
@@ -149,10 +152,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.calibration:  # one pass gives both: the masks are the arg-max of the probabilities binned
             matrix, bins = calibrate(predictor, dataset, n, ignore, num_workers=args.workers,
-                                     accumulators=list(detail.values()))
+                                     progress=not args.no_progress, accumulators=list(detail.values()))
         else:
             matrix = confusion_matrix(predictor, dataset, n, ignore_index=ignore, num_workers=args.workers,
-                                      accumulators=list(detail.values()))
+                                      progress=not args.no_progress, accumulators=list(detail.values()))
     except (DatasetError, ValueError) as error:  # a bad file or a label outside the classes
         return fail(str(error))
     result = matrix.report(checkpoint.classes)

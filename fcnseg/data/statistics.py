@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
+from ..progress import Progress
 from .base import SegmentationDataset, logger
 from .errors import DatasetError
 
@@ -67,19 +67,21 @@ def class_statistics(dataset: Dataset, num_classes: int | None = None, *, progre
     pixel_counts = torch.zeros(num_classes, dtype=torch.int64)
     present_pixels = torch.zeros(num_classes, dtype=torch.int64)
     image_counts = torch.zeros(num_classes, dtype=torch.int64)
-    for index in tqdm(range(len(dataset)), desc="class statistics", disable=not progress, unit="image"):
-        mask = _mask_of(dataset, index)
-        if mask is None:
-            continue
-        labels = mask.cpu().numpy().ravel()
-        labels = labels[labels != ignore_index]
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise DatasetError(f"item {index}: labels outside 0..{num_classes - 1} (ignore value {ignore_index})")
-        counts = torch.from_numpy(np.bincount(labels, minlength=num_classes).astype(np.int64))
-        present = counts > 0
-        pixel_counts += counts
-        present_pixels += present.long() * mask.numel()
-        image_counts += present.long()
+    with Progress(len(dataset), label="class statistics", unit="image", show=progress) as shown:
+        for index in range(len(dataset)):
+            shown.update()
+            mask = _mask_of(dataset, index)
+            if mask is None:
+                continue
+            labels = mask.cpu().numpy().ravel()
+            labels = labels[labels != ignore_index]
+            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+                raise DatasetError(f"item {index}: labels outside 0..{num_classes - 1} (ignore value {ignore_index})")
+            counts = torch.from_numpy(np.bincount(labels, minlength=num_classes).astype(np.int64))
+            present = counts > 0
+            pixel_counts += counts
+            present_pixels += present.long() * mask.numel()
+            image_counts += present.long()
     return ClassStatistics(pixel_counts, present_pixels, image_counts)
 
 

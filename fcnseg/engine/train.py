@@ -36,7 +36,6 @@ import logging
 import math
 import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from ..inference.predictor import Predictor
 from ..evaluation.metrics import json_safe
 from ..models import create_model
 from ..preprocessing import model_input
+from ..progress import Progress
 from ..evaluation.figures import plot_curves, validation_overlays
 from .config import TrainConfig, get_value, resolve_key, set_value
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
@@ -710,56 +710,17 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
         raise ValueError(f"{path}: not a valid run configuration ({error})") from None
 
 
-def _progress(run: Run) -> Any:
+def _progress(run: Run) -> Progress:
     """A bar over the steps (or the seconds of the clock) on a terminal; elsewhere a plain line every 30 s."""
-    from tqdm.auto import tqdm
-
     length = run.length
-    total, initial = length.total, length.along(run.position)
-    show = run.config.progress and run.ctx.is_main
-    if show and not sys.stderr.isatty():  # a log file: plain lines, no carriage returns
-        return _LogProgress(total, initial, length.unit)
-    return tqdm(total=round(total), initial=round(initial), desc="train", unit=length.unit, dynamic_ncols=True,
-                disable=not show)
+    return Progress(length.total, initial=length.along(run.position), label="train", unit=length.unit,
+                    show=run.config.progress and run.ctx.is_main)
 
 
 @contextlib.contextmanager
-def _logs_beside(progress: Any) -> Iterator[None]:
+def _logs_beside(progress: Progress) -> Iterator[None]:
     """Log lines (each validation's) printed above a progress bar on a terminal, so the bar stays whole."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    bar = not isinstance(progress, _LogProgress) and not getattr(progress, "disable", True)
-    with logging_redirect_tqdm() if bar else contextlib.nullcontext():
+    with logging_redirect_tqdm() if progress.bar is not None else contextlib.nullcontext():
         yield
-
-
-class _LogProgress:
-    """tqdm's interface for a log file: one line every ``every`` seconds with the position, ETA and postfix."""
-
-    def __init__(self, total: float, initial: float, unit: str, every: float = 30.0) -> None:
-        self.total, self.done, self.unit, self.every = total, initial, unit, every
-        self.started = self.last = time.perf_counter()
-        self.initial, self.postfix = initial, ""
-
-    def update(self, amount: float) -> None:
-        self.done += amount
-        now = time.perf_counter()
-        if now - self.last >= self.every:
-            self.last = now
-            print(self.line(now), file=sys.stderr, flush=True)
-
-    def line(self, now: float) -> str:
-        """``train: 120/600 s, 150 s, about 8.0 min left; loss 0.51, lr 0.002`` (no postfix before the first loss)."""
-        rate = (self.done - self.initial) / max(now - self.started, 1e-9)
-        left = max(0.0, self.total - self.done)  # a last step may end past the length: nothing is left, not less
-        eta = left / rate if rate > 0 else (0.0 if left == 0 else math.inf)
-        digits = 0 if self.unit == "step" or self.total >= 10 else 1  # a budget of a few seconds still reads
-        text = (f"train: {self.done:.{digits}f}/{self.total:.{digits}f} {self.unit}, {now - self.started:.0f} s, "
-                f"about {eta / 60:.1f} min left")
-        return f"{text}; {self.postfix}" if self.postfix else text
-
-    def set_postfix(self, **values: Any) -> None:
-        self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
-
-    def close(self) -> None:
-        pass

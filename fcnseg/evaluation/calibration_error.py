@@ -25,10 +25,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
-
 from .detail_metrics import CountAccumulator
-from .loop import dataset_batches, rank_and_world
+from .loop import batch_progress, dataset_batches
 from ..inference.predictor import Predictor
 from .metrics import ConfusionMatrix
 
@@ -97,15 +95,16 @@ def calibrate(
     arg-max masks and the reliability bins of their top-1 probabilities, both summed over distributed ranks."""
     matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)
     bins = ReliabilityBins(num_bins, ignore_index)
-    rank, _ = rank_and_world()
-    for images, masks in tqdm(dataset_batches(data, num_workers), desc="calibrate", unit="batch",
-                              disable=None if progress and rank == 0 else True):
-        for image, target in zip(images, masks):
-            result = predictor.confidence(image)
-            matrix.update(result.mask, target)  # first: it checks the labels' range
-            bins.update(result.top1, result.mask, target)
-            for accumulator in accumulators:
-                accumulator.update(result.mask, target)
+    batches = dataset_batches(data, num_workers)
+    with batch_progress(batches, "calibrate", progress) as shown:
+        for images, masks in batches:
+            for image, target in zip(images, masks):
+                result = predictor.confidence(image)
+                matrix.update(result.mask, target)  # first: it checks the labels' range
+                bins.update(result.top1, result.mask, target)
+                for accumulator in accumulators:
+                    accumulator.update(result.mask, target)
+            shown.update()
     for accumulator in [matrix, bins, *accumulators]:
         accumulator.all_reduce()
     return matrix, bins

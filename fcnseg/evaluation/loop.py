@@ -19,9 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
-
 from ..inference.predictor import Predictor
+from ..progress import Progress
 from .metrics import ConfusionMatrix
 
 
@@ -41,6 +40,13 @@ def dataset_batches(data: Dataset | Iterable, num_workers: int) -> Iterable:
         share = Subset(data, list(range(rank, len(data), world))) if world > 1 else data
         return DataLoader(share, batch_size=1, num_workers=num_workers, collate_fn=_one_item_batch)
     return data
+
+
+def batch_progress(batches: Iterable, label: str, show: bool) -> Progress:
+    """The progress reporter over ``batches`` (a bar on a terminal, lines elsewhere); only rank 0 shows it."""
+    rank, _ = rank_and_world()
+    total = len(batches) if hasattr(batches, "__len__") else None
+    return Progress(total, label=label, unit="batch", show=show and rank == 0)
 
 
 def _one_item_batch(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,13 +86,14 @@ def confusion_matrix(
                          "cannot score them; use head_confusion_matrices or evaluate (which reports every head)")
     predictor = as_predictor(model, device, **predictor_options)
     matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)
-    rank, _ = rank_and_world()
-    hide_bar = None if progress and rank == 0 else True  # tqdm: None shows a bar only on a terminal
-    for images, masks in tqdm(dataset_batches(data, num_workers), desc="evaluate", unit="batch", disable=hide_bar):
-        preds, masks = predictor.masks(images), masks.to(predictor.device, non_blocking=True)
-        matrix.update(preds, masks)  # first: it checks the labels' range
-        for accumulator in accumulators:
-            accumulator.update(preds, masks)
+    batches = dataset_batches(data, num_workers)
+    with batch_progress(batches, "evaluate", progress) as shown:
+        for images, masks in batches:
+            preds, masks = predictor.masks(images), masks.to(predictor.device, non_blocking=True)
+            matrix.update(preds, masks)  # first: it checks the labels' range
+            for accumulator in accumulators:
+                accumulator.update(preds, masks)
+            shown.update()
     for accumulator in [matrix, *accumulators]:
         accumulator.all_reduce()
     return matrix
@@ -137,15 +144,16 @@ def head_confusion_matrices(
     predictor = as_predictor(model, device, **predictor_options)
     heads = _heads(predictor)
     matrices = {name: ConfusionMatrix(count, ignore_index, device=predictor.device) for name, count in heads}
-    rank, _ = rank_and_world()
-    hide_bar = None if progress and rank == 0 else True
-    for images, masks in tqdm(dataset_batches(data, num_workers), desc="evaluate", unit="batch", disable=hide_bar):
-        for image, mask in zip(images, masks):
-            logits, start = predictor.logits(image), 0
-            for (name, count), row in zip(heads, mask):
-                target = torch.where(row == ignore_index, row, row - start)
-                matrices[name].update(logits[start:start + count].argmax(0).to(predictor.device), target)
-                start += count
+    batches = dataset_batches(data, num_workers)
+    with batch_progress(batches, "evaluate", progress) as shown:
+        for images, masks in batches:
+            for image, mask in zip(images, masks):
+                logits, start = predictor.logits(image), 0
+                for (name, count), row in zip(heads, mask):
+                    target = torch.where(row == ignore_index, row, row - start)
+                    matrices[name].update(logits[start:start + count].argmax(0).to(predictor.device), target)
+                    start += count
+            shown.update()
     for matrix in matrices.values():
         matrix.all_reduce()
     return matrices

@@ -20,9 +20,7 @@ on every run, whatever is already done), and writes only those inputs' outputs a
 from __future__ import annotations
 
 import functools
-import os
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,10 +29,11 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from ..files import sweep_temporary_files
 from ..inference.confidence import normalised_entropy, save_float16_npy, save_unit_png16
 from ..inference.predictor import Predictor
+from ..progress import Progress
 from .mosaic import WINDOWED_SUFFIXES, MosaicError, predict_mosaic, reads_by_windows
 from .images import ImageError, ImageTooLarge, load_image, overlay_image, save_image, save_mask_png, with_legend
 from .manifest import Manifest, input_state
@@ -192,32 +191,6 @@ class Writer:
             self.summary.predicted += 1
 
 
-class Progress:
-    """A bar with images/s and the ETA on a terminal; elsewhere a plain line every few images."""
-
-    def __init__(self, total: int, show: bool, label: str = "predict") -> None:
-        self.terminal = show and sys.stderr.isatty()
-        self.show, self.total, self.done, self.start = show, total, 0, time.perf_counter()
-        self.every = max(1, min(100, total // 10))
-        self.bar = tqdm(total=total, desc=label, unit="image", disable=not self.terminal, dynamic_ncols=True)
-
-    def update(self, count: int = 1) -> None:
-        self.bar.update(count)
-        before, self.done = self.done, self.done + count
-        if self.show and not self.terminal and (self.done // self.every > before // self.every or self.done == self.total):
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            minutes, seconds = divmod(round((self.total - self.done) / rate), 60)
-            print(f"predict {self.done}/{self.total} images, {rate:.1f} images/s, ETA {minutes}m{seconds:02d}s",
-                  file=sys.stderr, flush=True)
-
-    def tiles(self, name: str) -> Callable | None:
-        """A bar over the tiles of one image, on a terminal."""
-        return functools.partial(tqdm, desc=name, unit="tile", leave=False) if self.terminal else None
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def predict_files(predictor: Predictor, classes: Sequence[str], palette: Sequence[Sequence[int]], paths: Sequence[Path],
                   out: Path, options: PredictOptions, settings: str, rank: int = 0, world_size: int = 1) -> Summary:
     """Predict this process's share of ``paths`` into ``out``, skipping what the manifest says is done.
@@ -230,7 +203,8 @@ def predict_files(predictor: Predictor, classes: Sequence[str], palette: Sequenc
     mine = shard(paths, rank, world_size)
     manifest = Manifest(out, rank, settings)
     todo = mine if options.overwrite else [path for path in mine if not manifest.is_done(path)]
-    _sweep_temporaries(out, {name for path in todo for name in output_names(path, options)})
+    # what a killed run's atomic writes of these outputs left; not another process's, which may be writing beside
+    sweep_temporary_files(out, {name for path in todo for name in output_names(path, options)}, below=False)
     summary = Summary(already_done=len(mine) - len(todo))
     try:
         _Run(predictor, classes, palette, out, options, manifest, summary, rank == 0).run(todo)
@@ -238,16 +212,6 @@ def predict_files(predictor: Predictor, classes: Sequence[str], palette: Sequenc
         manifest.close()
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def _sweep_temporaries(out: Path, names: set[str] | None = None) -> None:
-    """Remove what a killed run's atomic writes of these outputs (None: all) left (``.NAME.XXXX.tmp``), not another
-    process's."""
-    if out.is_dir():
-        for entry in os.scandir(out):
-            name = entry.name[1:-4].rpartition(".")[0]
-            if entry.name.startswith(".") and entry.name.endswith(".tmp") and (names is None or name in names):
-                Path(entry.path).unlink(missing_ok=True)
 
 
 class _Run:
@@ -261,15 +225,15 @@ class _Run:
 
     def report(self, problem: str) -> None:
         self.summary.failed.append(problem)
-        tqdm.write(f"fcnseg predict: skipped {problem}", file=sys.stderr)
+        self.progress.write(f"fcnseg predict: skipped {problem}")
 
     def run(self, todo: list[Path]) -> None:
         workers = 0 if self.options.no_stream else min(self.options.workers, len(todo))
         loader = iter(DataLoader(ImageFiles(todo, self.options.max_pixels), batch_size=None, num_workers=workers))
         self.out.mkdir(parents=True, exist_ok=True)
-        # Threads start after the workers are forked.
+        # Threads (the writer's, tqdm's monitor) start after the workers are forked.
+        self.progress = Progress(len(todo), label="predict", unit="image", show=self.show)
         self.writer = Writer(self.manifest, self.summary, self.report, background=not self.options.no_stream)
-        self.progress = Progress(len(todo), self.show)
         self.todo, self.pending = todo, []
         try:
             for item in loader:
@@ -330,7 +294,7 @@ class _Run:
 
     def _single(self, path: Path, item: Loaded) -> None:
         """An image that goes alone: tiled, augmented, or with confidence maps and probabilities."""
-        options, tiles = self.options, self.progress.tiles(path.name)
+        options, tiles = self.options, self.progress.parts_bar(path.name, "tile")
         if not options.per_image_maps:
             mask = self.predictor.mask(item.image, tiles)
             return self.writer.put([Finished(path, item.state, self._saves(path.stem, item.image, mask))])
@@ -355,7 +319,8 @@ class _Run:
                                "where --confidence, --probabilities, --mc-dropout and --tta-* are not available")
         try:
             written = predict_mosaic(self.predictor, path, self.out, self.palette,
-                                     self.options.alpha if self.options.overlay else None, self.progress.tiles(path.name))
+                                     self.options.alpha if self.options.overlay else None,
+                                     self.progress.parts_bar(path.name, "tile"))
         except MosaicError as error:
             return self.report(str(error))
         self.writer.put([Finished(path, item.state, [], written)])
@@ -364,8 +329,8 @@ class _Run:
         """A video, frame by frame (:mod:`fcnseg.predict.video`): a mask per frame (and an overlay video)."""
         if self.options.per_image_maps:
             return self.report(f"{path}: is a video, where --confidence, --probabilities and --mc-dropout are not available")
-        frames = functools.partial(tqdm, desc=path.name, unit="frame", leave=False) if self.progress.terminal else None
-        _sweep_temporaries(self.out / path.stem)  # what a killed run left among this video's frames
+        frames = self.progress.parts_bar(path.name, "frame")
+        sweep_temporary_files(self.out / path.stem, below=False)  # what a killed run left among this video's frames
         try:
             written = predict_video(self.predictor, path, self.out, self.palette, self._batch_limit,
                                     self.options.alpha if self.options.overlay else None, frames)

@@ -18,9 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..files import replace_durably
+from ..progress import Progress
 from .checks import WeightsError
 from .registry import KnownWeights
 
@@ -121,9 +120,8 @@ def _download(url: str, part: Path, progress: bool) -> None:
                     raise ConnectionError(f"asked for bytes from {offset:,}, got {response.headers.get('Content-Range')}")
                 length = response.headers.get("Content-Length")
                 total = offset + int(length) if length is not None else None
-                with open(part, "ab" if offset else "wb") as out, tqdm(
-                    total=total, initial=offset, unit="B", unit_scale=True, desc=part.name[: -len(".part")],
-                    disable=None if progress else True,  # None: a bar only on a terminal
+                with open(part, "ab" if offset else "wb") as out, Progress(
+                    total, initial=offset, label=part.name[: -len(".part")], unit="B", unit_scale=True, show=progress,
                 ) as bar:
                     while chunk := response.read(_CHUNK):
                         out.write(chunk)

@@ -235,9 +235,7 @@ def test_the_paper_recipe_from_scratch_is_warned_about(tmp_path, caplog):
 
 
 def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, monkeypatch):
-    from fcnseg.engine.train import _LogProgress
-
-    monkeypatch.setattr(_LogProgress.__init__, "__defaults__", (0.0,))  # a line at every update
+    monkeypatch.setenv("FCNSEG_PROGRESS_SECONDS", "0")  # a line at every update
     train(build_config("demo", settings=TINY + [("recipe.steps", 2), ("progress", True)]), tmp_path / "run")
     err = capsys.readouterr().err
     assert "train: 1/2 step" in err and "\r" not in err

@@ -84,7 +84,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def test_batches_give_the_masks_of_one_image_at_a_time(tmp_path, checkpoint, capsys):
+def test_batches_give_the_masks_of_one_image_at_a_time(tmp_path, checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("FCNSEG_PROGRESS_SECONDS", "0")  # a progress line at every update
     # two sizes interleaved: a batch ends where the size changes
     paths = write_images(tmp_path / "in", [(40, 56)] * 3 + [(33, 47)] * 2 + [(40, 56)] * 3)
     assert predict(checkpoint, tmp_path / "in", tmp_path / "batched", "--batch-size", "3", "--workers", "2") == 0
@@ -197,8 +198,8 @@ def test_kill_9_at_random_moments_then_the_same_command_finishes_the_job(tmp_pat
         recorded = len(records(out)) if out.exists() else 0
         log = tmp_path / f"stderr{attempt}.txt"
         with open(log, "w") as stderr:
-            run = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   start_new_session=True)
+            run = subprocess.Popen(command, env={**_env(), "FCNSEG_PROGRESS_SECONDS": "0"}, stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True, start_new_session=True)
         # kill -9 once the manifest has grown by a random number of inputs (a random moment of the work)
         target = recorded + chooser.randint(1, 6) if kills < 3 else total + 1  # three kills, then to the end
         while run.poll() is None and (len(records(out)) if out.exists() else 0) < target:
@@ -208,7 +209,7 @@ def test_kill_9_at_random_moments_then_the_same_command_finishes_the_job(tmp_pat
             run.wait()
             kills += 1
             # predicted (handed to the writer: the progress lines) but not recorded: at most the batch being written
-            handed = [int(n) for n in re.findall(r"^predict (\d+)/\d+ images", log.read_text(), flags=re.M)]
+            handed = [int(n) for n in re.findall(r"^predict: (\d+)/\d+ images", log.read_text(), flags=re.M)]
             assert (handed[-1] if handed else 0) - (len(records(out)) - recorded) <= batch
             # written but not recorded: at most that batch
             unrecorded = {p.stem.removesuffix("_overlay") for p in out.glob("img*")} - {Path(r["input"]).stem for r in records(out)}
