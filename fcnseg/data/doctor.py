@@ -6,7 +6,7 @@ other split, and returns :class:`Finding` s, each with its remedy:
 - masks holding only 0 and 255 (binary masks whose foreground is the ignore value)
 - RGB colour masks (a colour -> id table is proposed), JPEG masks (refused: lossy)
 - masks the size of their image as stored while the image is read EXIF-rotated
-- unreadable items (missing, truncated, bad labels, size mismatch)
+- unreadable items (missing, truncated, bad labels, size mismatch), of both splits, all in one pass
 - classes that never occur in train, or only in val; identical image files in both splits
 """
 
@@ -42,6 +42,7 @@ class Survey:
     dataset: SegmentationDataset
     indices: list[int]
     bad: list[tuple[int, str]] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of items dropped when opened
     colour_items: list[int] = field(default_factory=list)
     colours: Counter = field(default_factory=Counter)
     lossy_items: list[int] = field(default_factory=list)
@@ -85,6 +86,7 @@ def survey(
 ) -> Survey:
     """Read each (sampled) item's mask, and image if ``decode_images``; collect what :func:`diagnose` reports."""
     result = Survey(dataset, _sample(len(dataset), max_items))
+    result.missing = list(getattr(dataset, "dropped", []))  # opened with skip_bad: a missing file is no item
     result.class_pixels = np.zeros(dataset.num_classes, np.int64)
     has_files = hasattr(dataset, "image_paths")
     for index in result.indices:
@@ -135,13 +137,23 @@ def _class_list(dataset: SegmentationDataset, ids: np.ndarray, other_pixels: np.
     return ", ".join(one(int(c)) for c in ids[:12]) + (", ..." if len(ids) > 12 else "")
 
 
+def _bad_items(found: Survey) -> list[tuple[str, str]]:
+    """``(id, reason)`` of every unusable item: those dropped when opened, then those that failed to read."""
+    return found.missing + [(str(found.dataset.ids[index]), message) for index, message in found.bad]
+
+
 def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
     """Findings from a survey of a split and, for the cross-split checks, one of the other split."""
     dataset, found = train.dataset, []
     checked = len(train.indices)
     if checked < len(dataset):
         found.append(Finding("info", "sampled", f"checked {checked} of {len(dataset)} items (evenly spaced)"))
-    found += [Finding("error", "bad-item", f"bad item {index}: {message}") for index, message in train.bad]
+    # Items by id, not index: an index shifts when items with a missing file are dropped.
+    found += [Finding("error", "bad-item", f"bad item {item}: {message}") for item, message in _bad_items(train)]
+    if other is not None:  # every problem in one pass: the other split's unusable items too
+        name = (other.dataset.split_info or {}).get("split", "other")
+        found += [Finding("error", "other-bad-item", f"bad item {item} of the other split ({name}): {message}")
+                  for item, message in _bad_items(other)]
     if train.colour_items:
         table = colour_table_for([train] + ([other] if other else []))
         message = (f"{len(train.colour_items)} masks are RGB colour images ({_examples(dataset, train.colour_items)}), "
@@ -191,9 +203,10 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             found.append(Finding("warning", "duplicates", (
                 f"{len(same)} image files of the other split are identical to images of this split ({pairs}"
                 f"{', ...' if len(same) > 3 else ''}): scores on them measure memory, not generalisation")))
-        if other.bad or other.colour_items or other.lossy_items or other.rotated_items:
+        if other.colour_items or other.lossy_items or other.rotated_items:
             found.append(Finding("info", "other-unreadable", (
-                "some items of the other split cannot be read; check that split itself (fcnseg data --split ...)")))
+                "some masks of the other split are colour, JPEG or unrotated masks; check that split itself "
+                "(fcnseg data --split ...)")))
     return found
 
 
@@ -208,10 +221,11 @@ def diagnose(
 
     ``max_items`` bounds the items read per split (evenly spaced; for a quick check
     at the start of training); ``decode_images=False`` reads masks only (no size or
-    EXIF checks; image files are still hashed). Nothing is raised for bad items:
-    they are findings.
+    EXIF checks; image files are still hashed), in both splits. Nothing is raised for
+    bad items: they are findings, those of both splits listed (a dataset opened with
+    ``skip_bad=True`` lists the items it dropped for a missing file, too).
     """
     train = survey(dataset, max_items=max_items, decode_images=decode_images)
-    other = survey(other_split, max_items=max_items, decode_images=False) if other_split is not None else None
+    other = survey(other_split, max_items=max_items, decode_images=decode_images) if other_split is not None else None
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings_of(train, other), key=lambda finding: order[finding.severity])
