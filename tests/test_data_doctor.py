@@ -68,9 +68,9 @@ def test_binary_masks_warn_and_binary_true_makes_255_the_foreground(binary_folde
     plain = open_dataset("folder", binary_folder, "train")
     assert "binary-masks" in codes(diagnose(plain))
     assert class_statistics(plain).pixel_counts[1] == 0  # what went wrong before: the foreground is ignored
-    assert run(["--data", "folder", "--root", str(binary_folder)]) == 0
-    assert "warning: masks hold only the values 0 and 255" in capsys.readouterr().out
-    assert run(["--data", "folder", "--root", str(binary_folder), "--json"]) == 0
+    assert run(["--data", "folder", "--root", str(binary_folder)]) == 2  # no trainable foreground: an error
+    assert "error: masks hold only the values 0 and 255" in capsys.readouterr().out
+    assert run(["--data", "folder", "--root", str(binary_folder), "--json"]) == 2
     report = json.loads(capsys.readouterr().out)
     assert "binary-masks" in [f["code"] for f in report["findings"]] and report["split"]["source"] == "automatic"
 

@@ -179,10 +179,13 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             f"rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were drawn on the "
             "unrotated pixels; --fix OUT writes them rotated the same way")))
     if train.looks_binary:
-        found.append(Finding("warning", "binary-masks", (
-            f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if dataset.ignore_index == 255 else 'no class'}"
-            ": the foreground is never trained and every score reads perfect; open with --data-option "
-            "binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks")))
+        # 255 ignored leaves class 0 alone to learn: a run would "succeed" with every score perfect, so it is an error.
+        ignored = dataset.ignore_index == 255
+        found.append(Finding("error" if ignored else "warning", "binary-masks", (
+            f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if ignored else 'no class'}: "
+            "there is no trainable foreground (255 is never trained nor scored: a run learns class 0 alone and every "
+            "score reads perfect); open with "
+            "--data-option binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks")))
     readable = checked - len(train.bad) - len(train.colour_items) - len(train.lossy_items) - len(train.rotated_items)
     other_pixels = other.class_pixels if other is not None else None
     if readable and train.class_pixels is not None:

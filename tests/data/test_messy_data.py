@@ -115,3 +115,50 @@ def test_data_errors_go_to_stderr_as_one_line_and_stdout_keeps_the_report(tmp_pa
     assert doctor(["--data", "folder", "--root", str(tmp_path / "ok"), "--fix", str(tmp_path / "out")]) == 2
     captured = capsys.readouterr()
     assert "error" not in captured.out and captured.err.count("\n") == 1 and "not an empty folder" in captured.err
+
+
+# --- item 1: 0/255 binary masks name binary=true at once, and a run on them does not start ---------
+
+
+@pytest.fixture
+def binary(tmp_path: Path) -> Path:
+    """Six items whose masks hold 0 (background) and 255 (the object), no classes.txt."""
+    root = tmp_path / "binary"
+    for index, stem in enumerate("abcdef"):
+        write_item(root, stem, np.where(ids_mask(index, classes=2) == 1, 255, 0).astype(np.uint8), jpeg=False)
+    return root
+
+
+def test_the_first_error_of_binary_masks_names_binary_true(binary: Path, capsys) -> None:
+    assert doctor(["--data", "folder", "--root", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert "has no classes.txt, and its masks look binary (only the values 0 and 255 in the 6 read" in err
+    assert "pass binary=true" in err and err.count("\n") == 1
+    assert doctor(["--data", "folder", "--root", str(binary), "--data-option", "binary=true"]) == 0
+
+
+def test_the_no_classes_error_stays_plain_for_masks_of_ids_and_points_colour_masks_to_a_table(tmp_path: Path) -> None:
+    from fcnseg.data import DatasetError
+
+    write_item(tmp_path / "ids", "a", ids_mask(0))
+    with pytest.raises(DatasetError, match=r"has no classes.txt; expected one \(line i") as plain:
+        open_dataset("folder", tmp_path / "ids", None)
+    assert "binary" not in str(plain.value)
+    write_item(tmp_path / "rgb", "a", np.stack([ids_mask(0) * 60] * 3, -1) + np.array([0, 5, 9], np.uint8))
+    with pytest.raises(DatasetError, match=r"its masks are RGB colour images \(1 of the 1 read.*colors=FILE"):
+        open_dataset("folder", tmp_path / "rgb", None)
+
+
+def test_a_run_on_0_255_masks_with_255_ignored_refuses_to_start(binary: Path, tmp_path: Path, capsys) -> None:
+    from fcnseg.cli import main
+
+    assert doctor(["--data", "folder", "--root", str(binary), "--data-option", "num_classes=2"]) == 2
+    assert "error: masks hold only the values 0 and 255" in capsys.readouterr().out
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), "--data", "folder", "--root", str(binary), "--data-option", "num_classes=2",
+                 "--width", "0.0625", "--steps", "1", "--set", "recipe.minutes=none", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    line = next(line for line in err.splitlines() if line.startswith("fcnseg train: error: "))
+    assert "no trainable foreground" in line and "--data-option binary=true" in line
+    assert err.count("masks hold only the values 0 and 255") == 1  # said once, as the error, not also as a warning
