@@ -27,7 +27,10 @@ and DIR/<split>.txt (one stem per line). Options, each --data-option KEY=VALUE (
   palette=[[R,G,B],...]   colour of each class (default: distinct colours, none black)
   binary=true             0/255 (0/nonzero) masks: 0 -> class 0 "background", any other value -> 1
   colors=FILE             RGB colour masks, read through a table, one line per colour:
-                          "R G B ID [name]" (ID 255 = ignore); fcnseg data proposes one
+                          "R G B ID [name]" (ID 255 = ignore); fcnseg data proposes one: ids
+                          0..K-1, and 255 for a colour that looks unlabelled (black under 10%
+                          of the pixels; with more colours than classes, black first, then the
+                          colours lying most on region borders)
   val_fraction=0.2        with neither train.txt nor val.txt, splits "train" and "val" are
   split_seed=0            automatic: val = this fraction of the images, picked by the seed
   skip_bad=true           replace unreadable items by the next good one instead of stopping

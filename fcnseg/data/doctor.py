@@ -4,7 +4,8 @@
 other split, and returns :class:`Finding` s, each with its remedy:
 
 - masks holding only 0 and 255 (binary masks whose foreground is the ignore value)
-- RGB colour masks (a colour -> id table is proposed), JPEG masks (refused: lossy)
+- RGB colour masks (a colour -> id table is proposed: ids 0..K-1, an unlabelled-looking colour -> 255),
+  JPEG masks (refused: lossy)
 - masks the size of their image as stored while the image is read EXIF-rotated
 - unreadable items (missing, truncated, bad labels, size mismatch), of both splits, all in one pass
 - classes that never occur in train, or only in val; identical image files in both splits
@@ -20,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .base import SegmentationDataset
-from .colours import ColourTable, count_colours, propose_colour_table
+from .colours import BLACK, ColourTable, count_border_colours, count_colours, propose_colour_table
 from .errors import ColourMaskError, DatasetError, LossyMaskError
 from .readers import check_regular_file, read_colour_mask, read_image_header
 
@@ -45,6 +46,7 @@ class Survey:
     missing: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of items dropped when opened
     colour_items: list[int] = field(default_factory=list)
     colours: Counter = field(default_factory=Counter)
+    colour_borders: Counter = field(default_factory=Counter)  # pixels of each colour on a region border
     lossy_items: list[int] = field(default_factory=list)
     rotated_items: list[int] = field(default_factory=list)  # masks that match the image as stored, not upright
     values: set[int] = field(default_factory=set)  # raw mask values seen
@@ -107,7 +109,9 @@ def survey(
             np.add.at(result.class_pixels, values[keep], counts[keep])
         except ColourMaskError:
             try:
-                result.colours.update(count_colours(read_colour_mask(dataset.mask_paths[index])))  # type: ignore[attr-defined]
+                rgb = read_colour_mask(dataset.mask_paths[index])  # type: ignore[attr-defined]
+                result.colours.update(count_colours(rgb))
+                result.colour_borders.update(count_border_colours(rgb))
                 result.colour_items.append(index)
             except DatasetError as error:
                 result.bad.append((index, str(error)))
@@ -120,9 +124,31 @@ def survey(
 
 def colour_table_for(surveys: Sequence[Survey]) -> ColourTable | None:
     """The dataset's own colour table, else one proposed from the colours of the surveyed colour masks."""
-    own = getattr(surveys[0].dataset, "colour_table", None)
+    dataset = surveys[0].dataset
+    own = getattr(dataset, "colour_table", None)
     colours: Counter = sum((s.colours for s in surveys), Counter())
-    return own or (propose_colour_table(colours, surveys[0].dataset.ignore_index) if colours else None)
+    borders: Counter = sum((s.colour_borders for s in surveys), Counter())
+    if own or not colours:
+        return own
+    return propose_colour_table(colours, dataset.ignore_index, num_classes=dataset.num_classes, borders=borders)
+
+
+def _proposal_text(table: ColourTable, surveys: Sequence[Survey], ignore_index: int) -> str:
+    """What the proposed table does, for the colour-masks finding: which colours are classes, which unlabelled, why."""
+    colours: Counter = sum((s.colours for s in surveys), Counter())
+    borders: Counter = sum((s.colour_borders for s in surveys), Counter())
+    total = sum(colours.values()) or 1
+    labelled = sorted((colour, index) for colour, index in table.entries.items() if index != ignore_index)
+    text = f"; proposed below: {len(labelled)} colours as class ids" if labelled else "; proposed below:"
+    if labelled and [index for _, index in labelled] == list(range(len(labelled))):  # numbered in RGB order
+        text += f" 0..{len(labelled) - 1} in RGB order, not your class order (check each against classes.txt, line i = id i)"
+    elif labelled:
+        text += " (check each against classes.txt, line i = id i)"
+    for colour in [c for c, index in table.entries.items() if index == ignore_index]:
+        why = "black" if colour == BLACK else f"{borders[colour] / max(colours[colour], 1):.0%} of its pixels on region borders"
+        text += (f", and {colour} as {ignore_index}, the ignore value (not trained, not scored): it looks unlabelled "
+                 f"({why}, {colours[colour] / total:.1%} of the pixels)")
+    return text
 
 
 def _examples(dataset: SegmentationDataset, indices: list[int], count: int = 2) -> str:
@@ -162,8 +188,10 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
         if table is None:
             message += ": too many colours to be labels (JPEG-compressed or photos?)"
         else:
-            message += ("; open with --data-option colors=FILE, FILE holding the colour table below (check the ids), "
-                        "or let --fix OUT convert them with it")  # fmt: skip
+            if table is not getattr(dataset, "colour_table", None):
+                message += _proposal_text(table, [train] + ([other] if other else []), dataset.ignore_index)
+            message += ("; save the table, edit it if needed and open with --data-option colors=FILE, or let --fix OUT "
+                        "convert the masks with it as it is")  # fmt: skip
             top = len(table.class_names(dataset.ignore_index)) - 1
             if top >= dataset.num_classes:
                 message += f"; its ids go up to {top} but the dataset has {dataset.num_classes} classes: edit the ids"
@@ -206,7 +234,10 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             found.append(Finding("warning", "duplicates", (
                 f"{len(same)} image files of the other split are identical to images of this split ({pairs}"
                 f"{', ...' if len(same) > 3 else ''}): scores on them measure memory, not generalisation")))
-        if other.colour_items or other.lossy_items or other.rotated_items:
+        # said of the other split only when this split's findings do not say it already
+        if any(theirs and not ours for theirs, ours in ((other.colour_items, train.colour_items),
+                                                        (other.lossy_items, train.lossy_items),
+                                                        (other.rotated_items, train.rotated_items))):
             found.append(Finding("info", "other-unreadable", (
                 "some masks of the other split are colour, JPEG or unrotated masks; check that split itself "
                 "(fcnseg data --split ...)")))

@@ -7,7 +7,7 @@ JPEG, wrong-size mask), 0/255 binary masks, RGB colour masks of K classes with a
 from __future__ import annotations
 
 import argparse
-import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ def write_item(root: Path, stem: str, mask: np.ndarray, *, jpeg: bool = True) ->
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
     height, width = mask.shape[:2]
-    image = np.random.default_rng(len(stem)).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = np.random.default_rng(sum(stem.encode())).integers(0, 256, (height, width, 3), dtype=np.uint8)
     Image.fromarray(image).save(root / "images" / f"{stem}.{'jpg' if jpeg else 'png'}", quality=90)
     Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
 
@@ -162,3 +162,87 @@ def test_a_run_on_0_255_masks_with_255_ignored_refuses_to_start(binary: Path, tm
     line = next(line for line in err.splitlines() if line.startswith("fcnseg train: error: "))
     assert "no trainable foreground" in line and "--data-option binary=true" in line
     assert err.count("masks hold only the values 0 and 255") == 1  # said once, as the error, not also as a warning
+
+
+# --- item 3: RGB colour masks get ids 0..K-1 and an unlabelled colour -> 255; --fix works with it ----
+
+#: CamVid's 11 class colours: every one of them is also in the 255-colour VOC palette (ids up to 38).
+CAMVID_COLOURS = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (0, 0, 192), (128, 128, 0),
+                  (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]  # fmt: skip
+
+
+def colour_folder(root: Path, colours: list[tuple[int, int, int]], outline: tuple[int, int, int] | None) -> dict:
+    """Colour masks of len(colours) classes in 16x16 blocks (every class present in each mask), ``outline``
+    drawn as 1-px lines between the blocks; classes.txt names the classes. Returns stem -> class ids (255 on
+    the outline)."""
+    ids = {}
+    lookup = np.array(colours + [outline or (0, 0, 0)], np.uint8)
+    for index, stem in enumerate("abcd"):
+        blocks = (np.arange(12).reshape(3, 4) + index) % len(colours)
+        mask = np.kron(blocks, np.ones((16, 16), np.int64))
+        if outline is not None:
+            mask[16::16, :] = mask[:, 16::16] = len(colours)
+        write_item(root, stem, lookup[mask], jpeg=False)
+        ids[stem] = np.where(mask == len(colours), 255, mask)
+    (root / "classes.txt").write_text("".join(f"class{index}\n" for index in range(len(colours))))
+    return ids
+
+
+def fixed_ids_follow_the_proposal(out: Path, ids: dict, colours: list, table_text: str) -> None:
+    """The copy --fix wrote holds, for each mask pixel, the id the printed table gives its colour."""
+    from fcnseg.data.colours import read_colour_table
+
+    assert (out / "colors.txt").read_text() == table_text
+    entries = read_colour_table(out / "colors.txt").entries
+    to_fixed = np.array([entries[colour] for colour in colours] + [255] * (256 - len(colours)))
+    assert sorted(set(entries.values()) - {255}) == list(range(len(colours)))
+    for split in ("train", "val"):
+        dataset = open_dataset("folder", out, split)
+        for index, stem in enumerate(dataset.ids):
+            assert np.array_equal(dataset[index][1].numpy(), to_fixed[ids[stem]])
+
+
+def test_colour_masks_of_k_classes_get_ids_0_to_k_minus_1_and_black_as_unlabelled(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "camvid"
+    ids = colour_folder(root, CAMVID_COLOURS, outline=(0, 0, 0))
+    assert doctor(["--data", "folder", "--root", str(root)]) == 2  # a dataset error: 2, as every other
+    out = capsys.readouterr().out
+    assert "12 colours in all" in out and "11 colours as class ids 0..10 in RGB order" in out
+    assert "(0, 0, 0) as 255, the ignore value" in out and "it looks unlabelled (black, " in out
+    assert "edit the ids" not in out and "      0   0   0  255  unlabelled" in out
+    table_text = "\n".join(line[4:] for line in out.splitlines() if line.startswith("    ")) + "\n"
+    fixed = tmp_path / "fixed"
+    assert doctor(["--data", "folder", "--root", str(root), "--fix", str(fixed)]) == 0
+    assert "train: 3 of 3 items written (3 masks converted from colours)" in capsys.readouterr().out
+    fixed_ids_follow_the_proposal(fixed, ids, CAMVID_COLOURS, table_text)
+
+
+def test_without_black_a_colour_lying_on_region_borders_is_the_unlabelled_one(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "outlined"
+    colours = [(250, 40, 40), (40, 40, 250), (40, 200, 40)]
+    ids = colour_folder(root, colours, outline=(255, 255, 0))
+    assert doctor(["--data", "folder", "--root", str(root)]) == 2
+    out = capsys.readouterr().out
+    assert "3 colours as class ids 0..2" in out
+    assert re.search(r"\(255, 255, 0\) as 255, the ignore value \(not trained, not scored\): it looks unlabelled "
+                     r"\(9\d% of its pixels on region borders, \d\.\d% of the pixels\)", out)
+    fixed = tmp_path / "fixed"
+    assert doctor(["--data", "folder", "--root", str(root), "--fix", str(fixed)]) == 0
+    capsys.readouterr()
+    table_text = "\n".join(line[4:] for line in out.splitlines() if line.startswith("    ")) + "\n"
+    fixed_ids_follow_the_proposal(fixed, ids, colours, table_text)
+
+
+def test_the_unlabelled_rule() -> None:
+    from fcnseg.data.colours import propose_colour_table, unlabelled_colours
+
+    red, blue, black, line = (250, 0, 0), (0, 0, 250), (0, 0, 0), (9, 9, 90)
+    # No surplus of colours: black is a class when it covers a large share (a background), unlabelled when small.
+    assert unlabelled_colours({black: 40, red: 30, blue: 30}, num_classes=3) == []
+    assert unlabelled_colours({black: 5, red: 50, blue: 45}, num_classes=3) == [black]
+    # A surplus: black first, then the colour most on borders, then the smallest.
+    assert unlabelled_colours({black: 40, red: 30, blue: 30}, num_classes=2) == [black]
+    counts, borders = {red: 50, blue: 40, line: 10}, {red: 10, blue: 8, line: 10}
+    assert unlabelled_colours(counts, borders, num_classes=2) == [line]
+    table = propose_colour_table(counts, num_classes=2, borders=borders)
+    assert table.entries == {red: 1, blue: 0, line: 255} and table.class_names(255) == ["class_0", "class_1"]
