@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import sys
@@ -419,7 +420,9 @@ def validate(run: Run) -> dict[str, Any] | None:
 
 def _checkpoint_extra(run: Run, metrics: dict[str, Any] | None) -> dict[str, Any]:
     config = run.config  # the data: `fcnseg eval CKPT` evaluates on it by default, with the validation options
-    data = {"kind": config.data, "root": config.root, "options": {**config.data_options, **config.val_data_options}}
+    # The root resolved: `--root a` typed in one folder must still name the data when evaluated from another.
+    root = os.path.abspath(config.root) if config.root else config.root
+    data = {"kind": config.data, "root": root, "options": {**config.data_options, **config.val_data_options}}
     extra: dict[str, Any] = {"step": run.step, "init": run.init_description, "data": data, "seed": config.seed}
     if metrics:
         extra["val"] = {k: v for k, v in metrics.items() if k != "iu"}
