@@ -7,9 +7,12 @@ import contextlib
 import json
 import logging
 import sys
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .arguments import key_value
+
+if TYPE_CHECKING:
+    from ..data import SegmentationDataset
 
 NAME = "data"
 HELP = "check a dataset (0/255, colour or JPEG masks, missing classes, ...) and print its class frequencies and weights"
@@ -69,7 +72,7 @@ def _quiet_skips() -> Iterator[None]:
         log.setLevel(level)
 
 
-def open_listing_missing(kind: str, root: str | None, split: str, options: dict[str, Any]) -> Any:
+def open_listing_missing(kind: str, root: str | None, split: str, options: dict[str, Any]) -> SegmentationDataset:
     """``open_dataset`` as the options say, except that an item with a missing file does not stop the open.
 
     The split is opened with ``skip_bad=True`` so that one missing mask does not hide the
@@ -129,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
         stats = None if errors or args.fix else class_statistics(dataset, progress=not args.json)
     except DatasetError as error:
         return _fail(str(error))
-    except OSError as error:  # --fix OUT cannot be written (no space, no permission, ...)
-        return _fail(f"cannot write the fixed copy to {args.fix}: {error}")
+    except OSError as error:  # e.g. --fix OUT cannot be written (no space, no permission, ...)
+        return _fail(f"cannot write the fixed copy to {args.fix}: {error}" if args.fix else str(error))
     # A written copy is the answer to the errors; without one, errors are a dataset error (2) like any other.
     closing = None if args.fix or not errors else (
         f"{errors} error{'s' if errors > 1 else ''} above: the dataset cannot be used as it is; --fix OUT writes a "

@@ -23,6 +23,7 @@ import numpy as np
 from .base import SegmentationDataset
 from .colours import BLACK, ColourTable, count_border_colours, count_colours, propose_colour_table
 from .errors import ColourMaskError, DatasetError, LossyMaskError
+from .palette import VOC_VOID_COLOUR
 from .readers import check_regular_file, read_colour_mask, read_image_header
 
 
@@ -145,7 +146,8 @@ def _proposal_text(table: ColourTable, surveys: Sequence[Survey], ignore_index: 
     elif labelled:
         text += " (check each against classes.txt, line i = id i)"
     for colour in [c for c, index in table.entries.items() if index == ignore_index]:
-        why = "black" if colour == BLACK else f"{borders[colour] / max(colours[colour], 1):.0%} of its pixels on region borders"
+        why = ("black" if colour == BLACK else "the VOC void colour" if colour == VOC_VOID_COLOUR else
+               f"{borders[colour] / max(colours[colour], 1):.0%} of its pixels on region borders")
         text += (f", and {colour} as {ignore_index}, the ignore value (not trained, not scored): it looks unlabelled "
                  f"({why}, {colours[colour] / total:.1%} of the pixels)")
     return text

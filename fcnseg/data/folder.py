@@ -180,7 +180,10 @@ def _masks_hint(masks_dir: Path) -> str:
     Reads up to :data:`PEEK_MASKS` masks, evenly spaced; "" when they tell nothing (class ids,
     unreadable files, no masks).
     """
-    files = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES) if masks_dir.is_dir() else []
+    try:
+        files = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+    except OSError:  # no masks folder (or unreadable): reported when the files are listed
+        return ""
     picked = sorted({files[i * len(files) // PEEK_MASKS] for i in range(PEEK_MASKS)}) if files else []
     values: set[int] = set()
     colour = []

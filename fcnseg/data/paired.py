@@ -18,8 +18,9 @@ class PairedFileDataset(SegmentationDataset):
 
     Checked when opened: the list is not empty and every image and mask file
     exists (with ``skip_bad=True`` an item with a missing file is logged and
-    dropped instead, and listed in ``dropped`` as ``(id, reason)``). Checked when read: both files decode, sizes agree, labels
-    are class ids or the ignore value (see :class:`SegmentationDataset`).
+    dropped instead, and listed in ``dropped`` as ``(id, reason)``). Checked when
+    read: both files decode, sizes agree, labels are class ids or the ignore value
+    (see :class:`SegmentationDataset`).
     """
 
     def __init__(

@@ -114,7 +114,8 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
         changes = ", ".join(f"{count} {what}" for count, what in (
             (len(checked.colour_items), "masks converted from colours"), (len(kept) * binary, "masks written 0/1"),
             (len(checked.rotated_items), "masks rotated as their image's EXIF orientation")) if count)  # fmt: skip
-        report.append(f"{split}: {len(kept)} of {len(dataset) + len(checked.missing)} items written" + (f" ({changes})" if changes else "")
+        listed = len(dataset) + len(checked.missing)  # the items the split lists, those dropped when opened too
+        report.append(f"{split}: {len(kept)} of {listed} items written" + (f" ({changes})" if changes else "")
                       + (f"; {len(left_out)} left out:" if left_out else ""))
         report += left_out
     (out / "classes.txt").write_text("".join(f"{name}\n" for name in classes), "utf-8")
