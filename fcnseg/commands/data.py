@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .arguments import key_value
+
+if TYPE_CHECKING:
+    from ..data import SegmentationDataset
 
 NAME = "data"
 HELP = "check a dataset (0/255, colour or JPEG masks, missing classes, ...) and print its class frequencies and weights"
@@ -23,7 +30,10 @@ and DIR/<split>.txt (one stem per line). Options, each --data-option KEY=VALUE (
   palette=[[R,G,B],...]   colour of each class (default: distinct colours, none black)
   binary=true             0/255 (0/nonzero) masks: 0 -> class 0 "background", any other value -> 1
   colors=FILE             RGB colour masks, read through a table, one line per colour:
-                          "R G B ID [name]" (ID 255 = ignore); fcnseg data proposes one
+                          "R G B ID [name]" (ID 255 = ignore); fcnseg data proposes one: ids
+                          0..K-1, and 255 for a colour that looks unlabelled (black under 10%
+                          of the pixels; with more colours than classes, black first, then the
+                          colours lying most on region borders)
   val_fraction=0.2        with neither train.txt nor val.txt, splits "train" and "val" are
   split_seed=0            automatic: val = this fraction of the images, picked by the seed
   skip_bad=true           replace unreadable items by the next good one instead of stopping
@@ -50,9 +60,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+@contextlib.contextmanager
+def _quiet_skips() -> Iterator[None]:
+    """Silence the "skipping: ..." log lines of an open: the doctor lists those items as findings instead."""
+    log = logging.getLogger("fcnseg.data")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def open_listing_missing(kind: str, root: str | None, split: str, options: dict[str, Any]) -> SegmentationDataset:
+    """``open_dataset`` as the options say, except that an item with a missing file does not stop the open.
+
+    The split is opened with ``skip_bad=True`` so that one missing mask does not hide the
+    other problems: the dropped items are in the dataset's ``dropped`` and become findings
+    (and items ``--fix`` leaves out). ``skip_bad`` is then set back to the user's value.
+    """
+    from ..data import open_dataset
+
+    with _quiet_skips():
+        dataset = open_dataset(kind, root, split, **{**options, "skip_bad": True})
+    dataset.skip_bad = bool(options.get("skip_bad", False))
+    return dataset
+
+
 def _open_other(args: argparse.Namespace, options: dict):
     """The split to check against --split, or None (an unavailable default val split is skipped quietly)."""
-    from ..data import NO_SPLIT, DatasetError, open_dataset
+    from ..data import NO_SPLIT, DatasetError
 
     if args.val_split is None and args.split != "train":
         return None
@@ -60,7 +97,7 @@ def _open_other(args: argparse.Namespace, options: dict):
     if name in (NO_SPLIT, args.split):
         return None
     try:
-        return open_dataset(args.data, args.root, name, **options)
+        return open_listing_missing(args.data, args.root, name, options)
     except DatasetError:
         if args.val_split is not None:
             raise
@@ -76,21 +113,32 @@ def _split_text(info: dict | None) -> str:
     return f" (from {info['source']})"
 
 
+def _fail(message: str) -> int:
+    """One line on stderr (stdout holds the report), exit status 2: the dataset is not usable as it is."""
+    print(f"fcnseg data: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..data import DatasetError, class_statistics, diagnose, open_dataset, write_fixed_copy
+    from ..data import DatasetError, class_statistics, diagnose, write_fixed_copy
 
     options = dict(args.data_option)
     try:
-        dataset = open_dataset(args.data, args.root, args.split, **options)
+        dataset = open_listing_missing(args.data, args.root, args.split, options)
         other = _open_other(args, options)
         findings = diagnose(dataset, other, decode_images=not args.no_check)
         fixed = write_fixed_copy([dataset] + ([other] if other is not None else []), args.fix) if args.fix else []
         errors = sum(finding.severity == "error" for finding in findings)
         stats = None if errors or args.fix else class_statistics(dataset, progress=not args.json)
     except DatasetError as error:
-        print(f"error: {error}")
-        return 2
-    code = 0 if args.fix or not errors else 1
+        return _fail(str(error))
+    except OSError as error:  # e.g. --fix OUT cannot be written (no space, no permission, ...)
+        return _fail(f"cannot write the fixed copy to {args.fix}: {error}" if args.fix else str(error))
+    # A written copy is the answer to the errors; without one, errors are a dataset error (2) like any other.
+    closing = None if args.fix or not errors else (
+        f"{errors} error{'s' if errors > 1 else ''} above: the dataset cannot be used as it is; --fix OUT writes a "
+        "corrected copy (converting what it can, leaving out and listing the items it cannot)")
+    items = len(dataset) + len(getattr(dataset, "dropped", ()))
     rows = [] if stats is None else [
         {"id": index, "class": name, "pixels": int(stats.pixel_counts[index]),
          "share": int(stats.pixel_counts[index]) / max(1, int(stats.pixel_counts.sum())),
@@ -99,22 +147,20 @@ def run(args: argparse.Namespace) -> int:
         for (index, name), weight in zip(enumerate(dataset.classes), stats.median_frequency_weights())
     ]  # fmt: skip
     if args.json:
-        print(json.dumps({"items": len(dataset), "ignore_index": dataset.ignore_index, "split": dataset.split_info,
+        print(json.dumps({"items": items, "ignore_index": dataset.ignore_index, "split": dataset.split_info,
                           "findings": [vars(finding) for finding in findings], "fixed": fixed, "classes": rows}))
-        return code
-    print(f"{len(dataset)} items{_split_text(dataset.split_info)}, {dataset.num_classes} classes, "
+        return _fail(closing) if closing else 0
+    print(f"{items} items{_split_text(dataset.split_info)}, {dataset.num_classes} classes, "
           f"ignore value {dataset.ignore_index}" + ("" if errors else ": all readable"))
     for finding in findings:
         print(f"{finding.severity}: {finding.message}")
         print("".join(f"    {line}\n" for line in finding.detail.splitlines()), end="")
     for line in fixed:
         print(line)
-    if errors and not args.fix:
-        print("the errors above make items unusable (open with skip_bad=true to skip them, or write a fixed copy with --fix OUT)")
     if rows:
         print(f"{'id':>3} {'class':<16} {'pixels':>12} {'share':>7} {'images':>7} {'freq':>7} {'weight':>8}")
         for row in rows:
             print(f"{row['id']:>3} {row['class']:<16} {row['pixels']:>12,} {row['share']:>7.2%} {row['images']:>7} "
                   f"{row['frequency']:>7.4f} {row['weight']:>8.4f}")
         print("weight = median(freq) / freq, freq = class pixels / pixels of the images holding the class (SegNet)")
-    return code
+    return _fail(closing) if closing else 0

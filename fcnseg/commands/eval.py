@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                    "was trained on (kind, root and options, as recorded in it).")
     parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)")
     parser.add_argument("--data", default=None, choices=DATASET_KINDS, help="dataset kind (default: the training data's)")
-    parser.add_argument("--root", default=None, help="dataset folder (not for synthetic)")
+    parser.add_argument("--root", default=None,
+                        help="dataset folder (not for synthetic); alone (no --data), it overrides the recorded root "
+                             "and keeps the recorded options: the same data, moved")
     parser.add_argument("--split", default="val", help="split name or list file (default val)")
     parser.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="dataset option, VALUE as JSON if it parses (e.g. num_images=32, sbd_root=PATH); repeatable; "
@@ -53,6 +56,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "with --out, also reliability_diagram.png")
 
 
+def _same_root(given: str | None, recorded: str | None) -> bool:
+    """Whether a root names the recorded one (``--root a`` and the absolute path of ``a`` are the same folder)."""
+    if not given or not recorded:
+        return not given and not recorded
+    return os.path.abspath(given) == os.path.abspath(recorded)
+
+
 def data_spec(args: argparse.Namespace, checkpoint: Checkpoint) -> tuple[str, str | None, dict[str, Any]]:
     """(kind, root, options) to evaluate on: the command line's, over what the checkpoint recorded of its training data."""
     recorded = checkpoint.extra.get("data")
@@ -60,8 +70,14 @@ def data_spec(args: argparse.Namespace, checkpoint: Checkpoint) -> tuple[str, st
     kind = args.data or recorded.get("kind")
     if kind is None:
         raise CheckpointError(f"{args.checkpoint} records no training data: give --data (and --root)")
-    root = args.root if args.root is not None or args.data else recorded.get("root")
-    same = kind == recorded.get("kind") and (root or None) == (recorded.get("root") or None)
+    from_checkpoint = args.root is None and not args.data
+    root = recorded.get("root") if from_checkpoint else args.root
+    if from_checkpoint and root and not Path(root).exists():
+        where = "" if Path(root).is_absolute() else " (relative to the folder training ran in)"
+        raise CheckpointError(f"dataset folder {root}{where} does not exist; it is the training data's root recorded in "
+                              f"{args.checkpoint}: give --root DIR, which overrides the recorded root")
+    # --root alone moves the training data (its options still apply); --data names other data unless it is the same.
+    same = kind == recorded.get("kind") and (not args.data or _same_root(root, recorded.get("root")))
     options = {**(recorded.get("options") or {} if same else {}), **dict(args.data_option)}
     has_names = kind == "folder" and root and (Path(root) / "classes.txt").is_file()
     if kind == "folder" and not has_names and not {"classes", "num_classes"} & set(options):

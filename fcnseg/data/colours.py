@@ -11,7 +11,8 @@ may separate the numbers; ``#`` starts a comment line)::
 Several colours may share an id. A mask pixel whose colour is not in the table
 is an error naming the mask, the colour and the table: colours are never
 guessed at read time. ``fcnseg data`` proposes a table from the colours it
-finds (:func:`propose_colour_table`).
+finds (:func:`propose_colour_table`): ids 0..K-1 for the K class colours, and 255
+(the ignore value) for the colours that look unlabelled (:func:`unlabelled_colours`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from .readers import read_text_lines
 
 #: More distinct colours than this in the masks means they are not label images (e.g. photos, JPEG).
 MAX_TABLE_COLOURS = 256
+#: Black covering less than this share of the pixels reads as "unlabelled" (void), not as a background class.
+UNLABELLED_MAX_SHARE = 0.10
+BLACK: Colour = (0, 0, 0)
 
 
 def _codes(rgb: np.ndarray) -> np.ndarray:
@@ -116,13 +120,55 @@ def count_colours(rgb: np.ndarray) -> dict[Colour, int]:
     return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(codes, counts)}
 
 
-def propose_colour_table(colours: dict[Colour, int] | set[Colour], ignore_index: int = 255) -> ColourTable | None:
+def count_border_colours(rgb: np.ndarray) -> dict[Colour, int]:
+    """Pixels per colour that lie on a region border: a 4-neighbour of another colour, or on the image's frame."""
+    codes = _codes(rgb)
+    border = np.zeros(codes.shape, bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    vertical, horizontal = codes[1:] != codes[:-1], codes[:, 1:] != codes[:, :-1]
+    border[1:] |= vertical
+    border[:-1] |= vertical
+    border[:, 1:] |= horizontal
+    border[:, :-1] |= horizontal
+    values, counts = np.unique(codes[border], return_counts=True)
+    return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(values, counts)}
+
+
+def unlabelled_colours(
+    counts: dict[Colour, int], borders: dict[Colour, int] | None = None, num_classes: int | None = None
+) -> list[Colour]:
+    """The colours of colour masks that look like "unlabelled" (to map to the ignore value), most likely first.
+
+    The rule: colours rank by how unlabelled they look: black first (the void colour of
+    CamVid, Cityscapes and most annotation tools), then by the share of their pixels on
+    region borders (thin outlines and anti-aliased edges lie all on borders; ``borders``
+    from :func:`count_border_colours`), then by fewest pixels. With more colours than the
+    ``num_classes`` classes, the surplus is taken from the top of that ranking; black is
+    also taken when it covers under :data:`UNLABELLED_MAX_SHARE` of the pixels (a void,
+    not a background class). ``counts``: pixels per colour.
+    """
+    total = sum(counts.values()) or 1
+    border = {colour: (borders or {}).get(colour, 0) / max(count, 1) for colour, count in counts.items()}
+    ranked = sorted(counts, key=lambda colour: (colour != BLACK, -border[colour], counts[colour], colour))
+    surplus = max(len(counts) - num_classes, 0) if num_classes is not None else 0
+    chosen = ranked[:surplus]
+    if BLACK in counts and BLACK not in chosen and len(counts) > 1 and counts[BLACK] / total < UNLABELLED_MAX_SHARE:
+        chosen.append(BLACK)
+    return chosen
+
+
+def propose_colour_table(
+    colours: dict[Colour, int] | set[Colour], ignore_index: int = 255, *, num_classes: int | None = None,
+    borders: dict[Colour, int] | None = None,
+) -> ColourTable | None:
     """A table for the colours found in masks, or None if there are too many to be labels.
 
     Greys (R = G = B) map to their value (ids stored as grey RGB); VOC palette
-    colours to their VOC ids; any other set of colours to ids 0, 1, ... in RGB
-    order, which the user should check. The VOC void colour always maps to
-    ``ignore_index``.
+    colours to their VOC ids when those fit ``num_classes`` (the VOC void colour to
+    ``ignore_index``); any other set of colours to ids 0, 1, ... in RGB order, except
+    the colours :func:`unlabelled_colours` picks (given pixel ``colours`` counts and
+    ``borders``), which map to ``ignore_index`` and are named "unlabelled". With
+    ``num_classes`` the ids stay below it. The user should check the ids.
     """
     found = sorted(colours)
     if len(found) > MAX_TABLE_COLOURS:
@@ -131,6 +177,13 @@ def propose_colour_table(colours: dict[Colour, int] | set[Colour], ignore_index:
         return ColourTable({colour: colour[0] for colour in found})
     voc = {colour: index for index, colour in enumerate(voc_palette(255))}
     others = [colour for colour in found if colour != VOC_VOID_COLOUR]
-    entries = {colour: voc[colour] for colour in others} if all(c in voc for c in others) else {
-        colour: index for index, colour in enumerate(others)}  # fmt: skip
-    return ColourTable({**entries, **({VOC_VOID_COLOUR: ignore_index} if VOC_VOID_COLOUR in found else {})})
+    void = {VOC_VOID_COLOUR: ignore_index} if VOC_VOID_COLOUR in found else {}
+    # The 255-colour VOC palette holds many colours of other datasets (CamVid's): its ids only where they fit.
+    if all(c in voc for c in others) and (num_classes is None or max((voc[c] for c in others), default=0) < num_classes):
+        return ColourTable({**{colour: voc[colour] for colour in others}, **void})
+    counts = {colour: (colours[colour] if isinstance(colours, dict) else 0) for colour in others}
+    unlabelled = list(void) + unlabelled_colours(counts, borders, num_classes)
+    labelled = [colour for colour in found if colour not in unlabelled]
+    entries = {colour: index for index, colour in enumerate(labelled)}
+    names = {ignore_index: "unlabelled"} if unlabelled else {}
+    return ColourTable({**entries, **dict.fromkeys(unlabelled, ignore_index)}, names)

@@ -4,9 +4,10 @@
 other split, and returns :class:`Finding` s, each with its remedy:
 
 - masks holding only 0 and 255 (binary masks whose foreground is the ignore value)
-- RGB colour masks (a colour -> id table is proposed), JPEG masks (refused: lossy)
+- RGB colour masks (a colour -> id table is proposed: ids 0..K-1, an unlabelled-looking colour -> 255),
+  JPEG masks (refused: lossy)
 - masks the size of their image as stored while the image is read EXIF-rotated
-- unreadable items (missing, truncated, bad labels, size mismatch)
+- unreadable items (missing, truncated, bad labels, size mismatch), of both splits, all in one pass
 - classes that never occur in train, or only in val; identical image files in both splits
 """
 
@@ -20,8 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from .base import SegmentationDataset
-from .colours import ColourTable, count_colours, propose_colour_table
+from .colours import BLACK, ColourTable, count_border_colours, count_colours, propose_colour_table
 from .errors import ColourMaskError, DatasetError, LossyMaskError
+from .palette import VOC_VOID_COLOUR
 from .readers import check_regular_file, read_colour_mask, read_image_header
 
 
@@ -42,8 +44,10 @@ class Survey:
     dataset: SegmentationDataset
     indices: list[int]
     bad: list[tuple[int, str]] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of items dropped when opened
     colour_items: list[int] = field(default_factory=list)
     colours: Counter = field(default_factory=Counter)
+    colour_borders: Counter = field(default_factory=Counter)  # pixels of each colour on a region border
     lossy_items: list[int] = field(default_factory=list)
     rotated_items: list[int] = field(default_factory=list)  # masks that match the image as stored, not upright
     values: set[int] = field(default_factory=set)  # raw mask values seen
@@ -85,6 +89,7 @@ def survey(
 ) -> Survey:
     """Read each (sampled) item's mask, and image if ``decode_images``; collect what :func:`diagnose` reports."""
     result = Survey(dataset, _sample(len(dataset), max_items))
+    result.missing = list(getattr(dataset, "dropped", []))  # opened with skip_bad: a missing file is no item
     result.class_pixels = np.zeros(dataset.num_classes, np.int64)
     has_files = hasattr(dataset, "image_paths")
     for index in result.indices:
@@ -105,7 +110,9 @@ def survey(
             np.add.at(result.class_pixels, values[keep], counts[keep])
         except ColourMaskError:
             try:
-                result.colours.update(count_colours(read_colour_mask(dataset.mask_paths[index])))  # type: ignore[attr-defined]
+                rgb = read_colour_mask(dataset.mask_paths[index])  # type: ignore[attr-defined]
+                result.colours.update(count_colours(rgb))
+                result.colour_borders.update(count_border_colours(rgb))
                 result.colour_items.append(index)
             except DatasetError as error:
                 result.bad.append((index, str(error)))
@@ -118,9 +125,32 @@ def survey(
 
 def colour_table_for(surveys: Sequence[Survey]) -> ColourTable | None:
     """The dataset's own colour table, else one proposed from the colours of the surveyed colour masks."""
-    own = getattr(surveys[0].dataset, "colour_table", None)
+    dataset = surveys[0].dataset
+    own = getattr(dataset, "colour_table", None)
     colours: Counter = sum((s.colours for s in surveys), Counter())
-    return own or (propose_colour_table(colours, surveys[0].dataset.ignore_index) if colours else None)
+    borders: Counter = sum((s.colour_borders for s in surveys), Counter())
+    if own or not colours:
+        return own
+    return propose_colour_table(colours, dataset.ignore_index, num_classes=dataset.num_classes, borders=borders)
+
+
+def _proposal_text(table: ColourTable, surveys: Sequence[Survey], ignore_index: int) -> str:
+    """What the proposed table does, for the colour-masks finding: which colours are classes, which unlabelled, why."""
+    colours: Counter = sum((s.colours for s in surveys), Counter())
+    borders: Counter = sum((s.colour_borders for s in surveys), Counter())
+    total = sum(colours.values()) or 1
+    labelled = sorted((colour, index) for colour, index in table.entries.items() if index != ignore_index)
+    text = f"; proposed below: {len(labelled)} colours as class ids" if labelled else "; proposed below:"
+    if labelled and [index for _, index in labelled] == list(range(len(labelled))):  # numbered in RGB order
+        text += f" 0..{len(labelled) - 1} in RGB order, not your class order (check each against classes.txt, line i = id i)"
+    elif labelled:
+        text += " (check each against classes.txt, line i = id i)"
+    for colour in [c for c, index in table.entries.items() if index == ignore_index]:
+        why = ("black" if colour == BLACK else "the VOC void colour" if colour == VOC_VOID_COLOUR else
+               f"{borders[colour] / max(colours[colour], 1):.0%} of its pixels on region borders")
+        text += (f", and {colour} as {ignore_index}, the ignore value (not trained, not scored): it looks unlabelled "
+                 f"({why}, {colours[colour] / total:.1%} of the pixels)")
+    return text
 
 
 def _examples(dataset: SegmentationDataset, indices: list[int], count: int = 2) -> str:
@@ -135,13 +165,23 @@ def _class_list(dataset: SegmentationDataset, ids: np.ndarray, other_pixels: np.
     return ", ".join(one(int(c)) for c in ids[:12]) + (", ..." if len(ids) > 12 else "")
 
 
+def _bad_items(found: Survey) -> list[tuple[str, str]]:
+    """``(id, reason)`` of every unusable item: those dropped when opened, then those that failed to read."""
+    return found.missing + [(str(found.dataset.ids[index]), message) for index, message in found.bad]
+
+
 def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
     """Findings from a survey of a split and, for the cross-split checks, one of the other split."""
     dataset, found = train.dataset, []
     checked = len(train.indices)
     if checked < len(dataset):
         found.append(Finding("info", "sampled", f"checked {checked} of {len(dataset)} items (evenly spaced)"))
-    found += [Finding("error", "bad-item", f"bad item {index}: {message}") for index, message in train.bad]
+    # Items by id, not index: an index shifts when items with a missing file are dropped.
+    found += [Finding("error", "bad-item", f"bad item {item}: {message}") for item, message in _bad_items(train)]
+    if other is not None:  # every problem in one pass: the other split's unusable items too
+        name = (other.dataset.split_info or {}).get("split", "other")
+        found += [Finding("error", "other-bad-item", f"bad item {item} of the other split ({name}): {message}")
+                  for item, message in _bad_items(other)]
     if train.colour_items:
         table = colour_table_for([train] + ([other] if other else []))
         message = (f"{len(train.colour_items)} masks are RGB colour images ({_examples(dataset, train.colour_items)}), "
@@ -150,8 +190,10 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
         if table is None:
             message += ": too many colours to be labels (JPEG-compressed or photos?)"
         else:
-            message += ("; open with --data-option colors=FILE, FILE holding the colour table below (check the ids), "
-                        "or let --fix OUT convert them with it")  # fmt: skip
+            if table is not getattr(dataset, "colour_table", None):
+                message += _proposal_text(table, [train] + ([other] if other else []), dataset.ignore_index)
+            message += ("; save the table, edit it if needed and open with --data-option colors=FILE, or let --fix OUT "
+                        "convert the masks with it as it is")  # fmt: skip
             top = len(table.class_names(dataset.ignore_index)) - 1
             if top >= dataset.num_classes:
                 message += f"; its ids go up to {top} but the dataset has {dataset.num_classes} classes: edit the ids"
@@ -167,10 +209,13 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             f"rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were drawn on the "
             "unrotated pixels; --fix OUT writes them rotated the same way")))
     if train.looks_binary:
-        found.append(Finding("warning", "binary-masks", (
-            f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if dataset.ignore_index == 255 else 'no class'}"
-            ": the foreground is never trained and every score reads perfect; open with --data-option "
-            "binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks")))
+        # 255 ignored leaves class 0 alone to learn: a run would "succeed" with every score perfect, so it is an error.
+        ignored = dataset.ignore_index == 255
+        found.append(Finding("error" if ignored else "warning", "binary-masks", (
+            f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if ignored else 'no class'}: "
+            "there is no trainable foreground (255 is never trained nor scored: a run learns class 0 alone and every "
+            "score reads perfect); open with "
+            "--data-option binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks")))
     readable = checked - len(train.bad) - len(train.colour_items) - len(train.lossy_items) - len(train.rotated_items)
     other_pixels = other.class_pixels if other is not None else None
     if readable and train.class_pixels is not None:
@@ -191,9 +236,13 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             found.append(Finding("warning", "duplicates", (
                 f"{len(same)} image files of the other split are identical to images of this split ({pairs}"
                 f"{', ...' if len(same) > 3 else ''}): scores on them measure memory, not generalisation")))
-        if other.bad or other.colour_items or other.lossy_items or other.rotated_items:
+        # said of the other split only when this split's findings do not say it already
+        if any(theirs and not ours for theirs, ours in ((other.colour_items, train.colour_items),
+                                                        (other.lossy_items, train.lossy_items),
+                                                        (other.rotated_items, train.rotated_items))):
             found.append(Finding("info", "other-unreadable", (
-                "some items of the other split cannot be read; check that split itself (fcnseg data --split ...)")))
+                "some masks of the other split are colour, JPEG or unrotated masks; check that split itself "
+                "(fcnseg data --split ...)")))
     return found
 
 
@@ -208,10 +257,11 @@ def diagnose(
 
     ``max_items`` bounds the items read per split (evenly spaced; for a quick check
     at the start of training); ``decode_images=False`` reads masks only (no size or
-    EXIF checks; image files are still hashed). Nothing is raised for bad items:
-    they are findings.
+    EXIF checks; image files are still hashed), in both splits. Nothing is raised for
+    bad items: they are findings, those of both splits listed (a dataset opened with
+    ``skip_bad=True`` lists the items it dropped for a missing file, too).
     """
     train = survey(dataset, max_items=max_items, decode_images=decode_images)
-    other = survey(other_split, max_items=max_items, decode_images=False) if other_split is not None else None
+    other = survey(other_split, max_items=max_items, decode_images=decode_images) if other_split is not None else None
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings_of(train, other), key=lambda finding: order[finding.severity])

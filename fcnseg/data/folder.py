@@ -22,17 +22,20 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .base import Transform
 from .colours import ColourTable, read_colour_table
-from .errors import DatasetError
+from .errors import ColourMaskError, DatasetError
 from .palette import Colour
 from .paired import PairedFileDataset
 from .readers import IMAGE_SUFFIXES, MASK_SUFFIXES, read_class_names, read_colour_mask, read_id_list, read_mask_file
 
 #: Split names an automatic split answers to.
 AUTO_SPLITS = ("train", "val")
+#: Masks read (evenly spaced) to name the remedy when a folder brings no class names.
+PEEK_MASKS = 8
 
 
 def _files_by_stem(directory: Path, suffixes: Sequence[str], what: str) -> dict[str, Path]:
@@ -136,7 +139,8 @@ class FolderDataset(PairedFileDataset):
         self.root = str(root)
         self.binary = bool(binary)
         self.colour_table: ColourTable | None = read_colour_table(colors) if colors is not None else None
-        class_names = _class_names(root, classes, num_classes, self.binary, self.colour_table, ignore_index)
+        class_names = _class_names(root, classes, num_classes, self.binary, self.colour_table, ignore_index,
+                                   root / masks_dir)
         images = _files_by_stem(root / images_dir, IMAGE_SUFFIXES, "image")
         masks = _files_by_stem(root / masks_dir, MASK_SUFFIXES, "mask")
         if not images:
@@ -170,9 +174,39 @@ class FolderDataset(PairedFileDataset):
         return (mask != 0).long() if self.binary else mask
 
 
+def _masks_hint(masks_dir: Path) -> str:
+    """The remedy a folder without class names needs when its masks show it (0/255 masks, RGB colour masks), or "".
+
+    Reads up to :data:`PEEK_MASKS` masks, evenly spaced; "" when they tell nothing (class ids,
+    unreadable files, no masks).
+    """
+    try:
+        files = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+    except OSError:  # no masks folder (or unreadable): reported when the files are listed
+        return ""
+    picked = sorted({files[i * len(files) // PEEK_MASKS] for i in range(PEEK_MASKS)}) if files else []
+    values: set[int] = set()
+    colour = []
+    for path in picked:
+        try:
+            values.update(np.unique(read_mask_file(path).numpy()).tolist())
+        except ColourMaskError:
+            colour.append(path)
+        except DatasetError:
+            continue  # a bad file is reported when the items are read
+    if not colour and 255 in values and values <= {0, 255}:
+        return (f", and its masks look binary (only the values 0 and 255 in the {len(picked)} read, e.g. {picked[0]}): "
+                "pass binary=true (0 -> class 0 background, any other value -> class 1 foreground; num_classes=2 "
+                "would leave 255 as the ignore value and nothing to learn)")
+    if colour:
+        return (f", and its masks are RGB colour images ({len(colour)} of the {len(picked)} read, e.g. {colour[0]}): pass "
+                "num_classes=N and `fcnseg data` proposes a colour table to pass as colors=FILE")
+    return ""
+
+
 def _class_names(
     root: Path, classes: Sequence[str] | None, num_classes: int | None, binary: bool,
-    table: ColourTable | None, ignore_index: int,
+    table: ColourTable | None, ignore_index: int, masks_dir: Path,
 ) -> list[str]:  # fmt: skip
     if classes is not None:
         names, source = [str(name) for name in classes], "the classes option"
@@ -185,8 +219,10 @@ def _class_names(
     elif table is not None:
         names, source = table.class_names(ignore_index), f"colour table {table.source}"
     else:
+        hint = _masks_hint(masks_dir)
         raise DatasetError(
-            f"{root} has no classes.txt; expected one (line i = name of id i), or pass classes=[...] or num_classes=N"
+            f"{root} has no classes.txt{hint}; {'for masks of class ids, expected a classes.txt' if hint else 'expected one'}"
+            " (line i = name of id i), or pass classes=[...] or num_classes=N"
         )
     if num_classes is not None and int(num_classes) != len(names):
         raise DatasetError(f"num_classes={num_classes} but {source} gives {len(names)} class names for {root}")

@@ -18,8 +18,9 @@ class PairedFileDataset(SegmentationDataset):
 
     Checked when opened: the list is not empty and every image and mask file
     exists (with ``skip_bad=True`` an item with a missing file is logged and
-    dropped instead). Checked when read: both files decode, sizes agree, labels
-    are class ids or the ignore value (see :class:`SegmentationDataset`).
+    dropped instead, and listed in ``dropped`` as ``(id, reason)``). Checked when
+    read: both files decode, sizes agree, labels are class ids or the ignore value
+    (see :class:`SegmentationDataset`).
     """
 
     def __init__(
@@ -39,6 +40,8 @@ class PairedFileDataset(SegmentationDataset):
             raise ValueError("ids, image_paths and mask_paths must have the same length")
         self.name = name
         kept_ids, kept_images, kept_masks = [], [], []
+        #: ``(id, reason)`` of each item dropped when opened (a missing file, with ``skip_bad=True``).
+        self.dropped: list[tuple[str, str]] = []
         for item_id, image_path, mask_path in zip(ids, image_paths, mask_paths):
             problem = None
             # exists(), not is_file(): a FIFO or device is kept, and reading it says what it is.
@@ -50,6 +53,7 @@ class PairedFileDataset(SegmentationDataset):
                 if not skip_bad:
                     raise DatasetError(problem)
                 logger.warning("skipping: %s", problem)
+                self.dropped.append((str(item_id), problem))
                 continue
             kept_ids.append(str(item_id))
             kept_images.append(str(image_path))

@@ -71,7 +71,8 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
     Fixes colour masks (the dataset's ``colors`` table, else the proposed one),
     0/255 binary masks (written 0/1) and masks drawn on the unrotated pixels of an
     EXIF-rotated image (rotated the same way). Items that stay bad (JPEG masks,
-    bad labels, unreadable files) are left out. Returns the lines of a report.
+    bad labels, unreadable files, and the items a split opened with ``skip_bad=True``
+    dropped for a missing file) are left out and listed. Returns the lines of a report.
     """
     out = Path(out)
     if not all(isinstance(dataset, FolderDataset) for dataset in splits):
@@ -96,7 +97,8 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
     (out / "masks").mkdir()
     report = []
     for dataset, checked in zip(splits, found):
-        kept, left_out = [], []
+        kept = []
+        left_out = [f"  left out {item}: {reason}" for item, reason in checked.missing]
         for index in range(len(dataset)):
             try:
                 mask = _fixed_mask(dataset, checked, index, table, binary)
@@ -112,7 +114,8 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
         changes = ", ".join(f"{count} {what}" for count, what in (
             (len(checked.colour_items), "masks converted from colours"), (len(kept) * binary, "masks written 0/1"),
             (len(checked.rotated_items), "masks rotated as their image's EXIF orientation")) if count)  # fmt: skip
-        report.append(f"{split}: {len(kept)} of {len(dataset)} items written" + (f" ({changes})" if changes else "")
+        listed = len(dataset) + len(checked.missing)  # the items the split lists, those dropped when opened too
+        report.append(f"{split}: {len(kept)} of {listed} items written" + (f" ({changes})" if changes else "")
                       + (f"; {len(left_out)} left out:" if left_out else ""))
         report += left_out
     (out / "classes.txt").write_text("".join(f"{name}\n" for name in classes), "utf-8")

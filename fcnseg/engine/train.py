@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import threading
@@ -264,12 +265,17 @@ def _beta(beta: float | None, pixel_counts: Any) -> float:
 
 
 def check_datasets(train_set: SegmentationDataset, val_set: SegmentationDataset | None) -> None:
-    """The dataset doctor on 64 items per split: problems are logged; those that make items unusable stop the run."""
+    """The dataset doctor on 64 items per split: problems are logged; those that make items unusable stop the run.
+
+    Errors stop it, e.g. 0/255 masks whose 255 is the ignore value (no trainable foreground:
+    every score would read perfect); bad items do not when their split skips them (``skip_bad``).
+    """
     findings = diagnose(train_set, val_set, max_items=64, decode_images=False)
+    skipped = {"bad-item": train_set.skip_bad, "other-bad-item": val_set is not None and val_set.skip_bad}
+    fatal = [f for f in findings if f.severity == "error" and not skipped.get(f.code, False)]
     for finding in findings:
-        if finding.severity != "info":
+        if finding.severity != "info" and not (fatal and finding is fatal[0]):  # the first fatal one is the error line
             logger.warning("data check: %s%s", finding.message, f"\n{finding.detail}" if finding.detail else "")
-    fatal = [f for f in findings if f.severity == "error" and not (f.code == "bad-item" and train_set.skip_bad)]
     if fatal:
         raise DatasetError(f"{fatal[0].message} (fcnseg data lists every problem; --fix writes a corrected copy)")
 
@@ -412,7 +418,9 @@ def validate(run: Run) -> dict[str, Any] | None:
 
 def _checkpoint_extra(run: Run, metrics: dict[str, Any] | None) -> dict[str, Any]:
     config = run.config  # the data: `fcnseg eval CKPT` evaluates on it by default, with the validation options
-    data = {"kind": config.data, "root": config.root, "options": {**config.data_options, **config.val_data_options}}
+    # The root resolved: `--root a` typed in one folder must still name the data when evaluated from another.
+    root = os.path.abspath(config.root) if config.root else config.root
+    data = {"kind": config.data, "root": root, "options": {**config.data_options, **config.val_data_options}}
     extra: dict[str, Any] = {"step": run.step, "init": run.init_description, "data": data, "seed": config.seed}
     if metrics:
         extra["val"] = {k: v for k, v in metrics.items() if k != "iu"}

@@ -21,7 +21,7 @@ def test_prints_weights_as_json(capsys) -> None:
     assert sum(row["pixels"] for row in report["classes"]) == 4 * 32 * 32
 
 
-def test_bad_items_are_listed_with_exit_code_1(tmp_path: Path, capsys) -> None:
+def test_bad_items_are_listed_with_exit_code_2(tmp_path: Path, capsys) -> None:
     for stem, value in (("a", 0), ("b", 7)):
         (tmp_path / "images").mkdir(exist_ok=True)
         (tmp_path / "masks").mkdir(exist_ok=True)
@@ -29,6 +29,6 @@ def test_bad_items_are_listed_with_exit_code_1(tmp_path: Path, capsys) -> None:
         Image.fromarray(np.full((4, 4), value, np.uint8)).save(tmp_path / "masks" / f"{stem}.png")
     code = run(["--data", "folder", "--root", str(tmp_path), "--split", "all", "--data-option", "num_classes=2"])
     out = capsys.readouterr().out
-    assert code == 1 and "bad item 1" in out and "b.png" in out and "label 7" in out
+    assert code == 2 and "bad item b" in out and "b.png" in out and "label 7" in out
     assert run(["--data", "folder", "--root", str(tmp_path / "nowhere")]) == 2
-    assert "does not exist" in capsys.readouterr().out
+    assert "does not exist" in capsys.readouterr().err

@@ -68,9 +68,9 @@ def test_binary_masks_warn_and_binary_true_makes_255_the_foreground(binary_folde
     plain = open_dataset("folder", binary_folder, "train")
     assert "binary-masks" in codes(diagnose(plain))
     assert class_statistics(plain).pixel_counts[1] == 0  # what went wrong before: the foreground is ignored
-    assert run(["--data", "folder", "--root", str(binary_folder)]) == 0
-    assert "warning: masks hold only the values 0 and 255" in capsys.readouterr().out
-    assert run(["--data", "folder", "--root", str(binary_folder), "--json"]) == 0
+    assert run(["--data", "folder", "--root", str(binary_folder)]) == 2  # no trainable foreground: an error
+    assert "error: masks hold only the values 0 and 255" in capsys.readouterr().out
+    assert run(["--data", "folder", "--root", str(binary_folder), "--json"]) == 2
     report = json.loads(capsys.readouterr().out)
     assert "binary-masks" in [f["code"] for f in report["findings"]] and report["split"]["source"] == "automatic"
 
@@ -113,7 +113,7 @@ def test_colour_masks_get_a_proposed_table_and_open_with_it(colour_folder, tmp_p
     for index, stem in enumerate(dataset.ids):
         assert np.array_equal(dataset[index][1].numpy(), ids[stem])
     assert not [f for f in diagnose(dataset) if f.severity == "error"]
-    assert run(["--data", "folder", "--root", str(root), "--data-option", "num_classes=3"]) == 1
+    assert run(["--data", "folder", "--root", str(root), "--data-option", "num_classes=3"]) == 2
     out = capsys.readouterr().out
     assert "RGB colour images" in out and "colors=FILE" in out and "  0   0   0    0" in out
 
@@ -151,7 +151,7 @@ def test_jpeg_masks_are_refused_with_the_reason(tmp_path: Path, capsys) -> None:
     with pytest.raises(LossyMaskError, match=r"mask .*a\.jpg is a JPEG; expected a lossless PNG: JPEG compression changes"):
         dataset[0]
     assert codes(diagnose(dataset)) == ["jpeg-masks"]
-    assert run(["--data", "folder", "--root", str(root), "--split", "all", "--data-option", "num_classes=3"]) == 1
+    assert run(["--data", "folder", "--root", str(root), "--split", "all", "--data-option", "num_classes=3"]) == 2
     assert "2 masks are JPEG files" in capsys.readouterr().out
     Image.fromarray(ids_mask(0)).save(root / "masks" / "a.png")  # a PNG beside the JPEG is taken as the mask
     assert open_dataset("folder", root, None, num_classes=3).mask_paths[0].endswith("a.png")
@@ -225,7 +225,7 @@ def test_fix_writes_a_new_folder_and_leaves_the_original_untouched(colour_folder
             assert np.array_equal(dataset[index][1].numpy(), np.vectorize(proposal.get)(ids[stem]))
     assert Image.open(out / "masks" / "a.png").mode == "P"
     assert run(["--data", "folder", "--root", str(root), "--fix", str(out)]) == 2
-    assert "exists and is not an empty folder" in capsys.readouterr().out
+    assert "exists and is not an empty folder" in capsys.readouterr().err
     assert tree_digest(root) == before
 
 

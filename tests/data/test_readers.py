@@ -175,6 +175,6 @@ def test_a_file_name_that_is_not_utf8_prints_safely(tmp_path: Path) -> None:
          "--split", "all", "--data-option", "num_classes=2"],
         capture_output=True, env=env, timeout=120,
     )  # fmt: skip
-    assert done.returncode == 1, done.stderr.decode(errors="replace")
+    assert done.returncode == 2, done.stderr.decode(errors="replace")
     assert b"Traceback" not in done.stderr
     assert b"caf\\udce9.png" in done.stdout and b"label 9" in done.stdout

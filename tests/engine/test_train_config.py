@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fcnseg.cli import main
+from fcnseg.data import DatasetError
 from fcnseg.engine import build_config, load_run_config, train
 from fcnseg.engine.distributed import DistContext
 from fcnseg.engine.train import CLOCK_RESOLUTION, _apply_lr, build_run
@@ -214,9 +215,12 @@ def test_the_data_check_at_the_start_warns_or_stops(tmp_path, caplog, capsys):
     _binary_folder(tmp_path / "binary")
     settings = [("model.width", 0.0625), ("threads", 1), ("progress", False), ("recipe.steps", 1), ("recipe.batch_size", 2),
                 ("data", "folder"), ("root", str(tmp_path / "binary")), ("recipe.crop_size", None)]
-    with caplog.at_level(logging.WARNING, logger="fcnseg.train"):
+    with pytest.raises(DatasetError, match="no trainable foreground.*binary=true"):  # 0/255 masks: refused (issue 26)
         train(build_config("cpu", settings=settings + [("recipe.minutes", None)]), tmp_path / "run")
-    assert "binary=true" in caplog.text and "data check" in caplog.text  # 0/255 masks: warned, not silent
+    with caplog.at_level(logging.WARNING, logger="fcnseg.train"):
+        train(build_config("cpu", settings=settings + [("recipe.minutes", None), ("data_options.binary", True)]),
+              tmp_path / "run")
+    assert "binary=true" not in caplog.text  # read as 0 -> background, 255 -> thing: nothing to warn about
     record = json.loads((tmp_path / "run" / "run.json").read_text())["splits"]["train"]
     assert record is not None and "seed" in json.dumps(record)  # the automatic split is recorded
     _binary_folder(tmp_path / "rgb", rgb=True)
