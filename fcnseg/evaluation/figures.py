@@ -232,12 +232,14 @@ def worst_images_figure(
     k: int = 8,
     *,
     ids: Sequence[Any] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """The ``k`` images with the lowest ``scores`` (e.g. per-image mean IU), worst first, drawn
     by :func:`overlay_grid` (image, ground truth, prediction) with each one's id and score.
 
     Images whose score is NaN (nothing to score) are left out. Only the chosen items of
-    ``images``, ``targets`` and ``preds`` are indexed, so lazy sequences work.
+    ``images``, ``targets`` and ``preds`` are indexed, so lazy sequences work. With ``classes``,
+    a legend names the colour of every class present.
     """
     values = np.asarray(scores, dtype=np.float64)
     if k < 1:
@@ -250,4 +252,4 @@ def worst_images_figure(
         raise ValueError("worst_images_figure: no image has a score (all NaN or none given)")
     titles = [f"{ids[i] if ids is not None else i}: {values[i]:.3f}" for i in order]
     return overlay_grid([images[i] for i in order], [preds[i] for i in order], [targets[i] for i in order],
-                        palette, path, titles=titles)
+                        palette, path, titles=titles, classes=classes)
