@@ -33,6 +33,7 @@ EPILOG = """confidence files (--confidence):
   <stem>_mutual_info.png with --mc-dropout: mutual information divided by ln C, in [0, 1]
   16-bit greyscale PNGs: stored value v = round(x * 65535), read x = v / 65535;
   with --confidence-format npy the same maps as float16 .npy (H, W) instead.
+  <stem>_<map>_view.png  each map as a person reads it: viridis colours on a 0..1 scale, with a colour bar
 --probabilities writes <stem>_probs.npy: the softmax over the classes, float16 (C, H, W).
 --mc-dropout N: fc6/fc7 dropout stays on, N passes are averaged in probability space; mask,
   confidence, entropy and probabilities are those of the mean; seeded (--seed) per image.

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..inference.confidence import normalised_entropy, save_float16_npy, save_unit_png16
+from ..inference.confidence import normalised_entropy, save_float16_npy, save_unit_map_view, save_unit_png16
 from ..inference.predictor import Predictor
 from .mosaic import WINDOWED_SUFFIXES, MosaicError, predict_mosaic, reads_by_windows
 from .images import ImageError, ImageTooLarge, load_image, overlay_image, save_image, save_mask_png, with_legend
@@ -85,6 +85,7 @@ def output_names(path: Path, options: PredictOptions) -> list[str]:
     if options.confidence:
         maps = ["confidence", "entropy"] + (["mutual_info"] if options.mc_dropout else [])
         names += [f"{stem}_{name}.{options.confidence_format}" for name in maps]
+        names += [f"{stem}_{name}_view.png" for name in maps]
     names += [f"{stem}_probs.npy"] if options.probabilities else []
     if path.suffix.lower() in WINDOWED_SUFFIXES:
         names += [f"{stem}.tif"] + ([f"{stem}_overlay.tif"] if options.overlay else [])
@@ -346,6 +347,9 @@ class _Run:
             save = save_unit_png16 if options.confidence_format == "png" else save_float16_npy
             saves += [(self.out / f"{path.stem}_{name}.{options.confidence_format}", functools.partial(save, values))
                       for name, values in maps.items()]
+            saves += [(self.out / f"{path.stem}_{name}_view.png",
+                       functools.partial(save_unit_map_view, values, name.replace("_", " ")))
+                      for name, values in maps.items()]  # the same maps as a person can read them
         self.writer.put([Finished(path, item.state, saves)])
 
     def _mosaic(self, path: Path, item: Loaded) -> None:
