@@ -61,6 +61,7 @@ class PredictOptions:
     batch_size: int = 8
     no_stream: bool = False  # the one-at-a-time loop: decode, predict, write, in turn, in this thread
     overwrite: bool = False  # predict every input again, whatever the manifest says
+    resume_check: str = "size-mtime"  # how an input is found unchanged since its record (manifest.RESUME_CHECKS)
     max_pixels: int | None = None  # decode budget per image
 
     @property
@@ -103,7 +104,7 @@ class Loaded(NamedTuple):
     """One input as a worker read it: the image, or why not, or that it is a mosaic or a video (read later)."""
 
     index: int
-    state: list[int] | None = None  # the input's size and mtime when it was read (for the manifest)
+    state: list | None = None  # the input's size and mtime (and hash) when it was read (for the manifest)
     image: torch.Tensor | None = None
     error: str | None = None
     kind: str = "image"  # or "mosaic" (read by windows) or "video" (read frame by frame)
@@ -112,8 +113,8 @@ class Loaded(NamedTuple):
 class ImageFiles(Dataset):
     """Decodes input files in the DataLoader's workers; errors come back as one line, not as exceptions."""
 
-    def __init__(self, paths: Sequence[Path], max_pixels: int | None) -> None:
-        self.paths, self.max_pixels = list(paths), max_pixels
+    def __init__(self, paths: Sequence[Path], max_pixels: int | None, resume_check: str = "size-mtime") -> None:
+        self.paths, self.max_pixels, self.resume_check = list(paths), max_pixels, resume_check
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -121,7 +122,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> Loaded:
         path = self.paths[index]
         try:
-            state = input_state(path)  # before the read: a file changed meanwhile is predicted again next time
+            state = input_state(path, self.resume_check)  # before the read: a file changed meanwhile is predicted again
         except OSError:
             state = None  # load_image names the problem
         try:
@@ -138,7 +139,7 @@ class Finished(NamedTuple):
     """A predicted input: the files still to save (target, save function), then the files already written."""
 
     path: Path
-    state: list[int]
+    state: list
     saves: list[tuple[Path, Callable[[Path], object]]]
     written: list[Path] = []
 
@@ -229,7 +230,7 @@ def predict_files(predictor: Predictor, classes: Sequence[str], palette: Sequenc
     """
     start = time.perf_counter()
     mine = shard(paths, rank, world_size)
-    manifest = Manifest(out, rank, settings)
+    manifest = Manifest(out, rank, settings, options.resume_check)
     todo = mine if options.overwrite else [path for path in mine if not manifest.is_done(path)]
     _sweep_temporaries(out, {name for path in todo for name in output_names(path, options)})
     summary = Summary(already_done=len(mine) - len(todo))
@@ -266,7 +267,7 @@ class _Run:
 
     def run(self, todo: list[Path]) -> None:
         workers = 0 if self.options.no_stream else min(self.options.workers, len(todo))
-        loader = iter(DataLoader(ImageFiles(todo, self.options.max_pixels), batch_size=None, num_workers=workers))
+        loader = iter(DataLoader(ImageFiles(todo, self.options.max_pixels, self.options.resume_check), batch_size=None, num_workers=workers))
         self.out.mkdir(parents=True, exist_ok=True)
         # Threads start after the workers are forked.
         self.writer = Writer(self.manifest, self.summary, self.report, background=not self.options.no_stream)
