@@ -44,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--detail", action="store_true",
                         help="also IU by object size (segments < 32x32, 32x32-96x96, > 96x96 px), boundary IoU (band 2%% of "
                              "the diagonal), Dice/F1 per class and per-image mean IU; with --out, worst_images.png")
-    parser.add_argument("--worst", type=int, default=6, metavar="K", help="worst images listed and drawn in worst_images.png (default 6)")
+    parser.add_argument("--worst", type=int, default=6, metavar="K",
+                        help="worst images listed and drawn in worst_images.png (default 6)")
     parser.add_argument("--calibration", action="store_true",
                         help="also report the expected calibration error of the top-1 probability: ECE = sum_b (n_b/N) "
                              "|acc_b - conf_b| over 15 equal-width bins (b/15, (b+1)/15] of all non-ignored pixels; "

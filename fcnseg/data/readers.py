@@ -161,7 +161,8 @@ def decode_jpeg_fully(data: bytes) -> Image.Image | None:
         if "truncated" not in str(error):
             raise
         raise JpegDataRanOut(f"its coded data ends before the {image.width}x{image.height} picture its header "
-                             "describes is complete (the file was cut short, or its header claims a larger size)") from None
+                             "describes is complete (the file was cut short, or its header claims a larger size)"
+                             ) from None
     return image
 
 
@@ -179,7 +180,8 @@ def _check_jpeg_length(image: Image.Image, path: PathLike) -> bytes:
 
 
 def _decode_jpeg_fully(image: Image.Image, data: bytes, what: str, path: PathLike) -> Image.Image:
-    """``image`` decoded by :func:`decode_jpeg_fully` (closed and replaced), or loaded as usual where that does not apply."""
+    """``image`` decoded by :func:`decode_jpeg_fully` (closed and replaced), or loaded as usual where that does not
+    apply."""
     try:
         decoded = decode_jpeg_fully(data)
     except JpegDataRanOut as error:

@@ -116,7 +116,8 @@ def calibration_folder(folder: str | os.PathLike[str], limit: int | None = DEFAU
             except ImageError as error:
                 skipped.append(str(error))
     if not images:
-        raise ValueError(f"--calibrate {folder}: none of its {len(paths)} image files can be read; the first: {skipped[0]}")
+        raise ValueError(f"--calibrate {folder}: none of its {len(paths)} image files can be read; "
+                         f"the first: {skipped[0]}")
     return CalibrationSet([images[i] for i in sorted(images)], None, str(folder), skipped=skipped)
 
 

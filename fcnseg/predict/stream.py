@@ -267,7 +267,8 @@ class _Run:
 
     def run(self, todo: list[Path]) -> None:
         workers = 0 if self.options.no_stream else min(self.options.workers, len(todo))
-        loader = iter(DataLoader(ImageFiles(todo, self.options.max_pixels, self.options.resume_check), batch_size=None, num_workers=workers))
+        files = ImageFiles(todo, self.options.max_pixels, self.options.resume_check)
+        loader = iter(DataLoader(files, batch_size=None, num_workers=workers))
         self.out.mkdir(parents=True, exist_ok=True)
         # Threads start after the workers are forked.
         self.writer = Writer(self.manifest, self.summary, self.report, background=not self.options.no_stream)

@@ -15,7 +15,11 @@ def drawn_curves(tmp_path, monkeypatch, lines: list[dict]):
     log.write_text("".join(json.dumps(line) + "\n" for line in lines))
     kept = []
     real_save = figures._save
-    monkeypatch.setattr(figures, "_save", lambda figure, path, **o: (kept.append(figure), real_save(figure, path, **o))[1])
+    def keep(figure, path, **options):
+        kept.append(figure)
+        return real_save(figure, path, **options)
+
+    monkeypatch.setattr(figures, "_save", keep)
     figures.plot_curves(log, tmp_path / "curves.png")
     return kept[0]
 
