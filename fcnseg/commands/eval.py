@@ -49,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--detail", action="store_true",
                         help="also IU by object size (segments < 32x32, 32x32-96x96, > 96x96 px), boundary IoU (band 2%% of "
                              "the diagonal), Dice/F1 per class and per-image mean IU; with --out, worst_images.png")
-    parser.add_argument("--worst", type=int, default=6, metavar="K", help="images in worst_images.png (default 6)")
+    parser.add_argument("--worst", type=int, default=6, metavar="K",
+                        help="worst images listed and drawn in worst_images.png (default 6)")
     parser.add_argument("--calibration", action="store_true",
                         help="also report the expected calibration error of the top-1 probability: ECE = sum_b (n_b/N) "
                              "|acc_b - conf_b| over 15 equal-width bins (b/15, (b+1)/15] of all non-ignored pixels; "
@@ -97,17 +98,22 @@ def check_classes(checkpoint_classes: list[str], data_classes: list[str], checkp
         raise CheckpointError(f"{checkpoint_path}: class names differ from the dataset's ({shown})")
 
 
-def format_detail(detail: dict[str, Any], dataset: Any) -> str:
-    """The small-object figures of ``--detail``, as printed."""
+def worst_images(scores: list[float], count: int) -> list[int]:
+    """Indices of the ``count`` lowest per-image scores, worst first (ties in dataset order; NaN left out)."""
+    return sorted((i for i, v in enumerate(scores) if v == v), key=lambda i: scores[i])[:count]  # v == v: not NaN
+
+
+def format_detail(detail: dict[str, Any], dataset: Any, worst: int = 5) -> str:
+    """The small-object figures of ``--detail``, as printed; the ``worst`` images by mean IU are listed."""
     lines = ["", "by object size (ground-truth segments): " + "  ".join(
         f"{b['name']} {b['segments']:,} segments, pixel acc {b['pixel_acc']:.4f}, mean IU {b['mean_iu']:.4f}"
         for b in detail["size"]["bins"])]
     lines.append(f"mean boundary IoU {detail['boundary']['mean_boundary_iou']:.4f} (band "
                  f"{detail['boundary']['ratio']:.0%} of the diagonal); mean Dice {detail['dice']['mean_dice']:.4f}")
     per_image = detail["per_image"]
-    order = sorted((v, i) for i, v in enumerate(per_image["mean_iu"]) if v == v)[:5]  # v == v: not NaN
+    scores = per_image["mean_iu"]
     lines.append(f"per-image mean IU: mean {per_image['mean']:.4f}; worst: "
-                 + ", ".join(f"{_image_id(dataset, i)} {v:.3f}" for v, i in order))
+                 + ", ".join(f"{_image_id(dataset, i)} {scores[i]:.3f}" for i in worst_images(scores, worst)))
     return "\n".join(lines)
 
 
@@ -187,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
               f"mean top-1 probability {calibration['mean_confidence']:.4f})")
     if detail:
         result["detail"] = {name: accumulator.compute() for name, accumulator in detail.items()}
-        print(format_detail(result["detail"], dataset))
+        print(format_detail(result["detail"], dataset, args.worst))  # the images of worst_images.png
     document = json_safe({"checkpoint": str(args.checkpoint), "data": {"kind": kind, "root": root, "options": options,
                           "split": args.split, "images": len(dataset)}, **result})
     text = json.dumps(document, indent=2) + "\n"
@@ -201,12 +207,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion_matrix.png'}")
         if detail:
             scores = result["detail"]["per_image"]["mean_iu"]
-            worst = sorted((i for i, v in enumerate(scores) if v == v), key=lambda i: scores[i])[: args.worst]
+            worst = worst_images(scores, args.worst)
             items = [dataset[i] for i in worst]  # predicted again: only these k masks are kept
             worst_images_figure([image for image, _ in items], [mask for _, mask in items],
                                 [predictor.mask(image) for image, _ in items], [scores[i] for i in worst],
                                 checkpoint.palette, args.out / "worst_images.png", args.worst,
-                                ids=[_image_id(dataset, i) for i in worst])
+                                ids=[_image_id(dataset, i) for i in worst], classes=checkpoint.classes)
             print(f"wrote {args.out / 'worst_images.png'}")
         if args.calibration:
             reliability_diagram(bins, args.out / "reliability_diagram.png",

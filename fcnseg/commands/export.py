@@ -70,7 +70,8 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
                        help="write an int8 QDQ model instead of fp32, kept only if its masks agree with fp32's on the "
                             "calibration images (run it with fcnseg predict --runtime openvino)")
     group.add_argument("--calibrate", metavar="DIR_OR_SPLIT",
-                       help="a folder of images, or with --calibrate-data the split of a dataset (labelled: mean IU reported)")
+                       help="a folder of images (files that cannot be read are skipped and listed), or with "
+                            "--calibrate-data the split of a dataset (labelled: mean IU reported)")
     group.add_argument("--calibrate-data", metavar="KIND", help="dataset kind of --calibrate (e.g. folder, voc)")
     group.add_argument("--calibrate-root", metavar="PATH", help="dataset folder of --calibrate-data")
     group.add_argument("--calibrate-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -123,6 +124,11 @@ def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tole
     except (DatasetError, ValueError) as error:  # CheckpointError too: classes that differ
         print(f"fcnseg export: error: {error}", file=sys.stderr)
         return 2
+    if calibration.skipped:  # the export goes on with the readable images, as predict does
+        print(f"fcnseg export: skipped {len(calibration.skipped)} file(s) of {args.calibrate} that cannot be read "
+              f"(calibrating on {len(calibration.images)} image(s)):", file=sys.stderr)
+        for reason in calibration.skipped:
+            print(f"  {reason}", file=sys.stderr)
     try:
         report = export_int8(checkpoint, args.out, calibration, quantizer=args.quantizer, method=args.method,
                              min_agreement=args.min_agreement, accuracy_control=args.accuracy_control,

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..checkpoint import CheckpointError
-from ..files import atomic_write_text
+from ..files import atomic_write_bytes
 from ..predict.images import list_images, max_pixels_for
-from ..predict.manifest import MANIFEST_FOLDER, settings_fingerprint
+from ..predict.manifest import MANIFEST_FOLDER, RESUME_CHECKS, settings_fingerprint
 from ..predict.stream import PredictOptions, Summary, output_names, predict_files
 from ..inference.tiling import Tiling
 from .arguments import add_runtime_arguments, add_tta_arguments
@@ -33,6 +33,7 @@ EPILOG = """confidence files (--confidence):
   <stem>_mutual_info.png with --mc-dropout: mutual information divided by ln C, in [0, 1]
   16-bit greyscale PNGs: stored value v = round(x * 65535), read x = v / 65535;
   with --confidence-format npy the same maps as float16 .npy (H, W) instead.
+  <stem>_<map>_view.png  each map as a person reads it: viridis colours on a 0..1 scale, with a colour bar
 --probabilities writes <stem>_probs.npy: the softmax over the classes, float16 (C, H, W).
 --mc-dropout N: fc6/fc7 dropout stays on, N passes are averaged in probability space; mask,
   confidence, entropy and probabilities are those of the mean; seeded (--seed) per image.
@@ -42,6 +43,8 @@ streaming, resuming, torchrun:
   thread writes the files. Each finished input is recorded in <out>/.fcnseg-predict/manifest-rank<r>.jsonl
   (the input's size and time, each output's size and SHA-256): the same command started again predicts only
   inputs without a record, changed inputs, and inputs whose outputs are missing or damaged (--overwrite: all).
+  An input counts as changed when its size or modification time differ (default), or with --resume-check hash
+  when the SHA-256 of its bytes differs (the input's hash is then recorded too).
   Failures are listed in <out>/failed.txt. Under torchrun each process predicts every world-th input of the
   sorted list; rank 0 prints the summary of all.
 mosaics (with the geo extra, rasterio):
@@ -87,12 +90,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8,
                         help="images of one size predicted together (default 8; fewer when the memory budget needs it)")
     parser.add_argument("--overwrite", action="store_true", help="predict every input again, whatever the manifest records")
+    parser.add_argument("--resume-check", choices=RESUME_CHECKS, default=RESUME_CHECKS[0],
+                        help="how an input recorded in the manifest is found unchanged: by its size and modification "
+                             "time (default %(default)s, reads nothing) or by the SHA-256 of its bytes (hash: reads "
+                             "each input once more; catches a file rewritten with the same size and time)")
     parser.add_argument("--no-stream", action="store_true",
                         help="the one-at-a-time loop: read, predict and write each image in turn, in one thread")
 
 
 #: Arguments that do not change what is written: a run resumed with other values reuses the manifest.
-RUNTIME_ONLY = {"command", "inputs", "out", "device", "workers", "batch_size", "no_stream", "overwrite"}
+RUNTIME_ONLY = {"command", "inputs", "out", "device", "workers", "batch_size", "no_stream", "overwrite", "resume_check"}
 #: How long a process waits for the others at the end (the slowest shard may hold hours more work).
 GATHER_TIMEOUT = timedelta(hours=24)
 
@@ -181,7 +188,9 @@ def _report(args: argparse.Namespace, summaries: list[Summary], failed: list[str
             print(f"  {reason}", file=sys.stderr)
     failures = args.out / FAILED_LIST
     if failed:
-        atomic_write_text(failures, "".join(f"{problem}\n" for problem in failed))
+        # A file name that is not UTF-8 (held by Python as surrogates) is written back as its own bytes, as the
+        # file system spells it; the rest of the list is UTF-8.
+        atomic_write_bytes(failures, "".join(f"{problem}\n" for problem in failed).encode("utf-8", "surrogateescape"))
         print(f"fcnseg predict: {len(failed)} input(s) failed (listed in {failures}):", file=sys.stderr)
         for problem in failed:
             print(f"  {problem}", file=sys.stderr)

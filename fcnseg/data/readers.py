@@ -15,8 +15,10 @@ before they are opened, so a read never blocks.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -105,15 +107,90 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _check_jpeg_length(image: Image.Image, path: PathLike) -> None:
-    """Refuse a JPEG holding less data than its header's size needs (see :func:`jpeg_data_shortfall`)."""
-    shortfall = jpeg_data_shortfall(Path(path).read_bytes())
+#: Zero bytes put in place of the end marker for :func:`decode_jpeg_fully`. libjpeg reads ahead to fill its bit
+#: buffer (to 57 bits in a 64-bit build), so a complete image needs some to finish: at most 7 over 300 JPEGs of
+#: every size, quality, subsampling and grey/CMYK (measured); 16 for a margin. The decoder may take them for image
+#: data, so a file short of less than 16 bytes goes unnoticed.
+_END_PADDING = b"\0" * 16
+#: A marker in a JPEG's coded data: 0xFF then neither a stuffed 0x00, a restart marker (D0-D7) nor fill 0xFF.
+_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+
+
+class JpegDataRanOut(ValueError):
+    """A JPEG whose coded data ends before the picture its header describes is complete."""
+
+
+def _single_scan_end(data: bytes) -> int | None:
+    """Where the end marker of a one-scan sequential Huffman JPEG begins (the end of its coded data), else None."""
+    position, frame = 2, None
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1
+            continue
+        if marker in _FRAME_MARKERS:
+            frame = marker
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:  # start of scan: the coded data follows its header
+            end = _MARKER_IN_SCAN.search(data, position)
+            if frame not in (0xC0, 0xC1) or end is None or data[end.end() - 1] != 0xD9:
+                return None  # progressive, arithmetic, several scans, or no end marker (PIL refuses that itself)
+            return end.start()
+    return None
+
+
+def decode_jpeg_fully(data: bytes) -> Image.Image | None:
+    """A baseline (or extended sequential) JPEG decoded from ``data``, refused if its coded data ran out.
+
+    libjpeg meets the end marker too early in a file whose header claims a larger picture than its
+    data holds (a header patched from 480x360 to 960x720, a file cut and closed again): it warns,
+    which PIL does not show, and fills the rest grey. Here the end marker is replaced by a few zero
+    bytes, so the decoder finds no marker and asks for more data instead, and PIL reports the image
+    as truncated: :class:`JpegDataRanOut`. A complete file decodes to the same pixels as PIL's own
+    decode. None where the check does not apply (progressive and arithmetic-coded JPEGs, several
+    scans): decode those as usual (:func:`jpeg_data_shortfall` still bounds their data from below).
+    """
+    end = _single_scan_end(data) if data[:2] == b"\xff\xd8" else None
+    if end is None:
+        return None
+    image = Image.open(io.BytesIO(data[:end] + _END_PADDING))
+    try:
+        image.load()
+    except OSError as error:
+        image.close()
+        if "truncated" not in str(error):
+            raise
+        raise JpegDataRanOut(f"its coded data ends before the {image.width}x{image.height} picture its header "
+                             "describes is complete (the file was cut short, or its header claims a larger size)"
+                             ) from None
+    return image
+
+
+def _check_jpeg_length(image: Image.Image, path: PathLike) -> bytes:
+    """Refuse a JPEG holding less data than its header's size needs (see :func:`jpeg_data_shortfall`); its bytes."""
+    data = Path(path).read_bytes()
+    shortfall = jpeg_data_shortfall(data)
     if shortfall is not None:
         held, needed = shortfall
         raise DatasetError(
             f"image {path} is truncated: its header says {image.width}x{image.height}, which needs at least {needed:,} "
             f"bytes of image data, but it holds {held:,}; expected a complete image file"
         )
+    return data
+
+
+def _decode_jpeg_fully(image: Image.Image, data: bytes, what: str, path: PathLike) -> Image.Image:
+    """``image`` decoded by :func:`decode_jpeg_fully` (closed and replaced), or loaded as usual where that does not
+    apply."""
+    try:
+        decoded = decode_jpeg_fully(data)
+    except JpegDataRanOut as error:
+        raise DatasetError(f"{what} {path} is truncated: {error}; expected a complete image file") from None
+    if decoded is None:
+        image.load()
+        return image
+    image.close()
+    return decoded
 
 
 def _open_decoded(path: PathLike, what: str, max_pixels: int | None = None) -> Image.Image:
@@ -128,7 +205,7 @@ def _open_decoded(path: PathLike, what: str, max_pixels: int | None = None) -> I
                 f"expected at most {max_pixels:,} (refused before decoding)"
             )
         if image.format == "JPEG":
-            _check_jpeg_length(image, path)
+            image = _decode_jpeg_fully(image, _check_jpeg_length(image, path), what, path)
         image.load()
         return image
     except BaseException as error:

@@ -55,6 +55,14 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return steps, values
 
 
+#: Up to this many points a curve marks each one: a line through one or two points is hard to see, or invisible.
+FEW_POINTS = 20
+
+
+def _markers_if_few(steps: Sequence[float]) -> dict[str, Any]:
+    return {"marker": "o"} if len(steps) <= FEW_POINTS else {}
+
+
 def plot_curves(metrics_jsonl: str | os.PathLike[str], out_png: str | os.PathLike[str]) -> Path:
     """Training loss and validation metrics against the step, from a run's ``metrics.jsonl``.
 
@@ -67,7 +75,8 @@ def plot_curves(metrics_jsonl: str | os.PathLike[str], out_png: str | os.PathLik
 
     steps, losses = _series(records, "loss")
     if steps:
-        loss_axes.plot(steps, losses, color="tab:blue", linewidth=1, alpha=0.35 if len(steps) > 20 else 1, label="loss")
+        loss_axes.plot(steps, losses, color="tab:blue", linewidth=1, alpha=0.35 if len(steps) > 20 else 1, label="loss",
+                       markersize=4, **_markers_if_few(steps))
         if len(steps) > 20:  # a running mean makes the trend readable through the noise
             window = max(2, len(steps) // 20)
             smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
@@ -81,11 +90,13 @@ def plot_curves(metrics_jsonl: str | os.PathLike[str], out_png: str | os.PathLik
     loss_axes.grid(alpha=0.3)
 
     drawn = False
-    for key, label, style in (("mean_iu", "mean IU", "-o"), ("pixel_acc", "pixel acc", "--"),
+    for key, label, style in (("mean_iu", "mean IU", "-"), ("pixel_acc", "pixel acc", "--"),
                               ("mean_acc", "mean acc", ":"), ("fw_iu", "fw IU", "-.")):
         steps, values = _series(records, key)
         if steps:
-            metric_axes.plot(steps, values, style, label=label, linewidth=2 if key == "mean_iu" else 1, markersize=3)
+            marks = {"marker": "o"} if key == "mean_iu" else _markers_if_few(steps)  # mean IU: always marked
+            metric_axes.plot(steps, values, style, label=label, linewidth=2 if key == "mean_iu" else 1, markersize=3,
+                             **marks)
             drawn = True
     if drawn:
         steps, values = _series(records, "mean_iu")
@@ -232,12 +243,14 @@ def worst_images_figure(
     k: int = 8,
     *,
     ids: Sequence[Any] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """The ``k`` images with the lowest ``scores`` (e.g. per-image mean IU), worst first, drawn
     by :func:`overlay_grid` (image, ground truth, prediction) with each one's id and score.
 
     Images whose score is NaN (nothing to score) are left out. Only the chosen items of
-    ``images``, ``targets`` and ``preds`` are indexed, so lazy sequences work.
+    ``images``, ``targets`` and ``preds`` are indexed, so lazy sequences work. With ``classes``,
+    a legend names the colour of every class present.
     """
     values = np.asarray(scores, dtype=np.float64)
     if k < 1:
@@ -250,4 +263,4 @@ def worst_images_figure(
         raise ValueError("worst_images_figure: no image has a score (all NaN or none given)")
     titles = [f"{ids[i] if ids is not None else i}: {values[i]:.3f}" for i in order]
     return overlay_grid([images[i] for i in order], [preds[i] for i in order], [targets[i] for i in order],
-                        palette, path, titles=titles)
+                        palette, path, titles=titles, classes=classes)

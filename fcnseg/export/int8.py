@@ -36,13 +36,15 @@ reported. The file is written atomically: a refused file leaves nothing at the o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -75,6 +77,7 @@ class CalibrationSet:
     masks: list[torch.Tensor] | None
     source: str
     classes: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)  # files of a folder that could not be read, with why
 
 
 def _spread(count: int, limit: int | None) -> list[int]:
@@ -85,15 +88,37 @@ def _spread(count: int, limit: int | None) -> list[int]:
 
 
 def calibration_folder(folder: str | os.PathLike[str], limit: int | None = DEFAULT_CALIBRATION_IMAGES) -> CalibrationSet:
-    """Images of a folder (sorted, ``limit`` of them spread over it), at their own sizes."""
-    from ..predict.images import list_images, load_image
+    """Images of a folder (sorted, ``limit`` of them spread over it), at their own sizes.
+
+    A file that cannot be read (truncated, not an image) is skipped and listed in ``skipped`` with
+    its reason, as ``fcnseg predict`` does, and the next readable image of the folder takes its
+    place, so ``limit`` images are used whenever the folder holds that many readable ones. Enough
+    is one: :class:`ValueError` only when no image of the folder can be read.
+    """
+    from ..predict.images import ImageError, list_images, load_image
 
     if not Path(folder).is_dir():
         raise ValueError(f"--calibrate {folder}: not a folder of images (give --calibrate-data KIND for a dataset split)")
     paths, problems, _ = list_images([folder])  # other files of the folder are skipped
-    if problems:
+    if not paths:
         raise ValueError(problems[0])
-    return CalibrationSet([load_image(paths[i]) for i in _spread(len(paths), limit)], None, str(folder))
+    wanted = len(_spread(len(paths), limit))
+    candidates = [*_spread(len(paths), limit), *range(len(paths))]  # the spread picks, then the rest as stand-ins
+    images: dict[int, torch.Tensor] = {}
+    skipped, tried = list(problems), set()
+    for start in candidates:
+        # an unreadable pick is replaced by the next readable file after it (the spread stays roughly even)
+        for index in (i for i in range(start, len(paths)) if i not in tried and len(images) < wanted):
+            tried.add(index)
+            try:
+                images[index] = load_image(paths[index])
+                break
+            except ImageError as error:
+                skipped.append(str(error))
+    if not images:
+        raise ValueError(f"--calibrate {folder}: none of its {len(paths)} image files can be read; "
+                         f"the first: {skipped[0]}")
+    return CalibrationSet([images[i] for i in sorted(images)], None, str(folder), skipped=skipped)
 
 
 def calibration_split(kind: str, root: str | None, split: str, limit: int | None = DEFAULT_CALIBRATION_IMAGES,
@@ -149,16 +174,41 @@ class Int8Report:
 ACCURACY_CONTROL_MARGIN = 0.001
 
 
+class _NoCudaRuntimeNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." and nothing else.
+
+    NNCF's backend check imports ``nncf.torch``, which imports ``torch.utils.cpp_extension``; on a
+    machine with a CUDA toolkit but no GPU that import logs this notice, which says nothing about an
+    ONNX quantization (it runs on the CPU).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+@contextlib.contextmanager
+def _without_cuda_runtime_notice() -> Iterator[None]:
+    logger, notice = logging.getLogger("torch.utils.cpp_extension"), _NoCudaRuntimeNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def _quantize_nncf(fp32: Path, blobs: list, method: str,
                    restore_agreement: tuple[list[torch.Tensor], float] | None = None) -> Any:
     """NNCF's quantization of ``fp32``; with ``restore_agreement`` ``(fp32 masks, min_agreement)``, its accuracy control."""
+    with _without_cuda_runtime_notice():
+        return _run_nncf(fp32, blobs, method, restore_agreement)
+
+
+def _run_nncf(fp32: Path, blobs: list, method: str, restore_agreement: tuple[list[torch.Tensor], float] | None) -> Any:
     try:
         import nncf
     except ImportError:
         raise QuantizationError("the nncf quantizer needs the 'int8' extra: pip install 'fcnseg[int8]' "
                                 "(or --quantizer onnxruntime)") from None
-    import logging
-
     onnx, _ = _require_onnx()
     nncf.set_log_level(logging.ERROR)
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[method]

@@ -5,6 +5,9 @@ after the input's output files are written (each atomically) and flushes it: the
 its size and modification time, a fingerprint of the settings that shape the outputs, and every output
 file's path in the output folder, size and SHA-256. A later run skips an input when one of its lines
 still holds: same settings, the input unchanged, every output present with the recorded size and hash.
+"Unchanged" is checked as :data:`RESUME_CHECKS` say: by size and modification time (the default: nothing is
+read), or by the SHA-256 of the content (``hash``: each input is read once more, and one rewritten with the
+same size and time, e.g. by a copy tool that keeps times, is predicted again; the line then holds the hash).
 A kill loses at most the lines of inputs whose outputs were being written (they are predicted again) and
 may tear the last line (ignored; the next line starts on a fresh one). Every process reads all ranks'
 files, so a run resumed with another number of processes still finds what was done.
@@ -30,10 +33,15 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def input_state(path: str | os.PathLike[str]) -> list[int]:
-    """``[size, mtime_ns]`` of an input file: a changed input is predicted again."""
+#: How a resumed run tells that an input is unchanged: ``size-mtime`` (the default) or ``hash`` (SHA-256 of the bytes).
+RESUME_CHECKS = ("size-mtime", "hash")
+
+
+def input_state(path: str | os.PathLike[str], check: str = "size-mtime") -> list:
+    """``[size, mtime_ns]`` of an input file, and with ``check`` ``hash`` its SHA-256 third: a changed input is
+    predicted again."""
     status = os.stat(path)
-    return [status.st_size, status.st_mtime_ns]
+    return [status.st_size, status.st_mtime_ns] + ([file_sha256(path)] if check == "hash" else [])
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:
@@ -44,8 +52,10 @@ def settings_fingerprint(settings: dict[str, Any]) -> str:
 class Manifest:
     """The finished inputs of an output folder; this process appends to its own file (``rank``)."""
 
-    def __init__(self, out: str | os.PathLike[str], rank: int, settings: str) -> None:
-        self.out, self.settings = Path(out), settings
+    def __init__(self, out: str | os.PathLike[str], rank: int, settings: str, check: str = "size-mtime") -> None:
+        if check not in RESUME_CHECKS:
+            raise ValueError(f"resume check {check!r}: expected one of {', '.join(RESUME_CHECKS)}")
+        self.out, self.settings, self.check = Path(out), settings, check
         self.records: dict[str, list[dict]] = {}
         folder = self.out / MANIFEST_FOLDER
         for file in sorted(folder.glob("manifest-rank*.jsonl")):
@@ -66,13 +76,25 @@ class Manifest:
 
     def is_done(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` was predicted under these settings, is unchanged, and its outputs are intact."""
+        records = [record for record in self.records.get(os.path.abspath(path), ())
+                   if record.get("settings") == self.settings]
         try:
-            state = input_state(path)
+            size, mtime = input_state(path) if records else (None, None)
+            digest = None  # the input is read only when a record of its size asks for its hash
+            for record in records:
+                state = record.get("state")
+                if not isinstance(state, list) or len(state) < 2 or state[0] != size:
+                    continue
+                if self.check == "hash":
+                    digest = digest or file_sha256(path)
+                    unchanged = len(state) > 2 and state[2] == digest  # a line written without the hash does not count
+                else:
+                    unchanged = state[1] == mtime
+                if unchanged and self._intact(record.get("outputs", {})):
+                    return True
         except OSError:
             return False
-        return any(record.get("settings") == self.settings and record.get("state") == state
-                   and self._intact(record.get("outputs", {}))
-                   for record in self.records.get(os.path.abspath(path), ()))
+        return False
 
     def _intact(self, outputs: dict[str, list]) -> bool:
         for name, (size, digest) in outputs.items():
@@ -81,7 +103,7 @@ class Manifest:
                 return False
         return bool(outputs)
 
-    def record(self, path: str | os.PathLike[str], state: list[int], outputs: Iterable[Path]) -> None:
+    def record(self, path: str | os.PathLike[str], state: list, outputs: Iterable[Path]) -> None:
         """Append the line of a finished input (its ``state`` as read) and flush it."""
         files = {os.path.relpath(file, self.out): [Path(file).stat().st_size, file_sha256(file)] for file in outputs}
         line = {"input": os.path.abspath(path), "state": state, "settings": self.settings, "outputs": files}

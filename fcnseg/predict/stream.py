@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..files import sweep_temporary_files
-from ..inference.confidence import normalised_entropy, save_float16_npy, save_unit_png16
+from ..inference.confidence import normalised_entropy, save_float16_npy, save_unit_map_view, save_unit_png16
 from ..inference.predictor import Predictor
 from ..progress import Progress
 from .mosaic import WINDOWED_SUFFIXES, MosaicError, predict_mosaic, reads_by_windows
@@ -60,6 +60,7 @@ class PredictOptions:
     batch_size: int = 8
     no_stream: bool = False  # the one-at-a-time loop: decode, predict, write, in turn, in this thread
     overwrite: bool = False  # predict every input again, whatever the manifest says
+    resume_check: str = "size-mtime"  # how an input is found unchanged since its record (manifest.RESUME_CHECKS)
     max_pixels: int | None = None  # decode budget per image
 
     @property
@@ -84,6 +85,7 @@ def output_names(path: Path, options: PredictOptions) -> list[str]:
     if options.confidence:
         maps = ["confidence", "entropy"] + (["mutual_info"] if options.mc_dropout else [])
         names += [f"{stem}_{name}.{options.confidence_format}" for name in maps]
+        names += [f"{stem}_{name}_view.png" for name in maps]
     names += [f"{stem}_probs.npy"] if options.probabilities else []
     if path.suffix.lower() in WINDOWED_SUFFIXES:
         names += [f"{stem}.tif"] + ([f"{stem}_overlay.tif"] if options.overlay else [])
@@ -101,7 +103,7 @@ class Loaded(NamedTuple):
     """One input as a worker read it: the image, or why not, or that it is a mosaic or a video (read later)."""
 
     index: int
-    state: list[int] | None = None  # the input's size and mtime when it was read (for the manifest)
+    state: list | None = None  # the input's size and mtime (and hash) when it was read (for the manifest)
     image: torch.Tensor | None = None
     error: str | None = None
     kind: str = "image"  # or "mosaic" (read by windows) or "video" (read frame by frame)
@@ -110,8 +112,8 @@ class Loaded(NamedTuple):
 class ImageFiles(Dataset):
     """Decodes input files in the DataLoader's workers; errors come back as one line, not as exceptions."""
 
-    def __init__(self, paths: Sequence[Path], max_pixels: int | None) -> None:
-        self.paths, self.max_pixels = list(paths), max_pixels
+    def __init__(self, paths: Sequence[Path], max_pixels: int | None, resume_check: str = "size-mtime") -> None:
+        self.paths, self.max_pixels, self.resume_check = list(paths), max_pixels, resume_check
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -119,7 +121,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> Loaded:
         path = self.paths[index]
         try:
-            state = input_state(path)  # before the read: a file changed meanwhile is predicted again next time
+            state = input_state(path, self.resume_check)  # before the read: a file changed meanwhile is predicted again
         except OSError:
             state = None  # load_image names the problem
         try:
@@ -136,7 +138,7 @@ class Finished(NamedTuple):
     """A predicted input: the files still to save (target, save function), then the files already written."""
 
     path: Path
-    state: list[int]
+    state: list
     saves: list[tuple[Path, Callable[[Path], object]]]
     written: list[Path] = []
 
@@ -201,7 +203,7 @@ def predict_files(predictor: Predictor, classes: Sequence[str], palette: Sequenc
     """
     start = time.perf_counter()
     mine = shard(paths, rank, world_size)
-    manifest = Manifest(out, rank, settings)
+    manifest = Manifest(out, rank, settings, options.resume_check)
     todo = mine if options.overwrite else [path for path in mine if not manifest.is_done(path)]
     # what a killed run's atomic writes of these outputs left; not another process's, which may be writing beside
     sweep_temporary_files(out, {name for path in todo for name in output_names(path, options)}, below=False)
@@ -229,7 +231,8 @@ class _Run:
 
     def run(self, todo: list[Path]) -> None:
         workers = 0 if self.options.no_stream else min(self.options.workers, len(todo))
-        loader = iter(DataLoader(ImageFiles(todo, self.options.max_pixels), batch_size=None, num_workers=workers))
+        files = ImageFiles(todo, self.options.max_pixels, self.options.resume_check)
+        loader = iter(DataLoader(files, batch_size=None, num_workers=workers))
         self.out.mkdir(parents=True, exist_ok=True)
         # Threads (the writer's, tqdm's monitor) start after the workers are forked.
         self.progress = Progress(len(todo), label="predict", unit="image", show=self.show)
@@ -310,6 +313,9 @@ class _Run:
             save = save_unit_png16 if options.confidence_format == "png" else save_float16_npy
             saves += [(self.out / f"{path.stem}_{name}.{options.confidence_format}", functools.partial(save, values))
                       for name, values in maps.items()]
+            saves += [(self.out / f"{path.stem}_{name}_view.png",
+                       functools.partial(save_unit_map_view, values, name.replace("_", " ")))
+                      for name, values in maps.items()]  # the same maps as a person can read them
         self.writer.put([Finished(path, item.state, saves)])
 
     def _mosaic(self, path: Path, item: Loaded) -> None:

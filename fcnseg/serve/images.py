@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..data.readers import EXIF_TRANSPOSE, exif_orientation, jpeg_data_shortfall
+from ..data.readers import EXIF_TRANSPOSE, JpegDataRanOut, decode_jpeg_fully, exif_orientation, jpeg_data_shortfall
 
 
 class UploadError(ValueError):
@@ -93,11 +93,13 @@ def decode_image(data: bytes, name: str) -> torch.Tensor:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # probe_image has bounded the size
-            with Image.open(io.BytesIO(data)) as picture:
+            with decode_jpeg_fully(data) or Image.open(io.BytesIO(data)) as picture:  # a JPEG's data must not run out
                 picture.load()
                 orientation = exif_orientation(picture)
                 upright = picture.transpose(EXIF_TRANSPOSE[orientation]) if orientation != 1 else picture
                 array = np.asarray(upright.convert("RGB") if upright.mode != "RGB" else upright)
+    except JpegDataRanOut as error:
+        raise Undecodable(f"'{name}' is truncated: {error}; send the complete file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         reason = f"{type(error).__name__}: {error}"
         raise Undecodable(f"'{name}' is truncated or corrupt ({reason}); send a complete image file") from None

@@ -81,9 +81,9 @@ def test_worst_images_figure_draws_the_lowest_scores_worst_first(tmp_path, monke
     drawn = {}
     real = visualize.overlay_grid
 
-    def spy(images_k, preds_k, targets_k, palette, path, *, titles):
+    def spy(images_k, preds_k, targets_k, palette, path, *, titles, classes=None):
         drawn.update(images=images_k, targets=targets_k, titles=titles)
-        return real(images_k, preds_k, targets_k, palette, path, titles=titles)
+        return real(images_k, preds_k, targets_k, palette, path, titles=titles, classes=classes)
 
     monkeypatch.setattr(visualize, "overlay_grid", spy)
     ids = ["a", "b", "c", "d", "e"]
