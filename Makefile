@@ -55,7 +55,7 @@ lint: $(VENV)/.lint
 	exit $$status
 
 docs: $(VENV)/.docs
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 wheel-check: $(VENV)/.release
 	PYTHON=$(PY) BASE_PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" .ci/wheel-check
