@@ -19,7 +19,9 @@ from .models import create_model, list_models
 from .preprocessing import CAFFE, TORCHVISION, Preprocessing, preprocess
 from .weights import load_caffe_weights
 
-__version__ = "0.1.0"
+#: The package version, written only here: pyproject.toml reads this literal without importing the package
+#: ([tool.setuptools.dynamic]), so a source checkout on PYTHONPATH reports its own version.
+__version__ = "0.2.0"
 
 #: Sub-packages and modules imported on first attribute access.
 _LAZY_MODULES = (

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import platform
 import sys
 from typing import Sequence
+
+from . import __version__
 
 #: Sub-command modules, in the order ``fcnseg --help`` lists them.
 COMMAND_MODULES = [
@@ -32,9 +35,18 @@ EXIT_CODES = """exit status, the same in every command:
   130  training stopped by Ctrl-C (SIGINT) after saving its state; 143 the same for SIGTERM"""
 
 
+def version_line() -> str:
+    """What ``fcnseg --version`` prints: fcnseg's version, then torch's and Python's (for bug reports)."""
+    import torch
+
+    return f"fcnseg {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation.",
                                      epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print fcnseg's version (with torch's and Python's) and exit")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(f"fcnseg.commands.{module_name}")

@@ -1,5 +1,6 @@
-"""The README's snippets run as written: every Python block runs, every ``fcnseg`` command line parses
-against the real command line, and the quick commands run."""
+"""The snippets of the README and of every documentation page run as written: every Python block runs, every
+``fcnseg`` command line parses against the real command line, every benchmark command names a script and
+options that exist, and the quick commands run."""
 
 from __future__ import annotations
 
@@ -13,38 +14,73 @@ import pytest
 
 from fcnseg.cli import build_parser, main
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+#: The README and every page of the documentation site (docs/), by their path from the repository root.
+PAGES = {path.relative_to(ROOT).as_posix(): path for path in [README, *sorted((ROOT / "docs").rglob("*.md"))]}
+#: Pages that only include a file kept elsewhere (benchmarks/RESULTS.md, CHANGELOG.md) or are generated from the
+#: docstrings: they hold no commands of their own.
+WITHOUT_COMMANDS = {"docs/api.md", "docs/benchmarks/results.md", "docs/changelog.md"}
+BENCHMARK_COMMAND = re.compile(r"^\.venv/bin/python (benchmarks/\S+\.py)\b(.*)$")
 
 
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def _blocks(page: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", PAGES[page].read_text(encoding="utf-8"), flags=re.S)
 
 
-def _command_lines() -> list[str]:
-    lines = []
-    for block in _blocks("sh"):
-        for line in block.splitlines():
-            line = line.split("  #")[0].strip()
-            if line.startswith("fcnseg ") and "..." not in line:
-                lines.append(line)
-    return lines
+def _shell_lines(page: str) -> list[str]:
+    """The lines of a page's ```sh blocks, comments cut off."""
+    return [line.split("  #")[0].strip() for block in _blocks(page, "sh") for line in block.splitlines()]
 
 
-@pytest.mark.parametrize("index", range(len(_blocks("python"))))
-def test_python_snippet_runs(index, tmp_path, monkeypatch):
+def _command_lines(page: str) -> list[str]:
+    return [line for line in _shell_lines(page) if line.startswith("fcnseg ") and "..." not in line]
+
+
+def _benchmark_lines(page: str) -> list[str]:
+    return [line for line in _shell_lines(page) if BENCHMARK_COMMAND.match(line)]
+
+
+PYTHON_BLOCKS = [(page, index) for page in PAGES for index in range(len(_blocks(page, "python")))]
+COMMAND_LINES = [(page, line) for page in PAGES for line in _command_lines(page)]
+BENCHMARK_LINES = [(page, line) for page in PAGES for line in _benchmark_lines(page)]
+
+
+@pytest.mark.parametrize(("page", "index"), PYTHON_BLOCKS, ids=[f"{page}#{index}" for page, index in PYTHON_BLOCKS])
+def test_python_snippet_runs(page, index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(_blocks("python")[index], f"README python block {index}", "exec"), {})
+        exec(compile(_blocks(page, "python")[index], f"{page} python block {index}", "exec"), {})
 
 
-@pytest.mark.parametrize("line", _command_lines())
-def test_command_line_parses(line):
+@pytest.mark.parametrize(("page", "line"), COMMAND_LINES, ids=[f"{page}: {line}" for page, line in COMMAND_LINES])
+def test_command_line_parses(page, line):
     argv = shlex.split(line)[1:]
     argv = [a for a in argv if not (a.startswith("[") or a.endswith("]"))]  # optional parts in brackets
-    build_parser().parse_args(argv)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help and --version print and exit 0; a parse error exits 2
+        assert stop.code == 0, f"{page}: {line}"
 
 
-def test_the_readme_has_snippets_and_the_quick_commands_run(capsys):
-    assert len(_blocks("python")) >= 3 and len(_command_lines()) >= 10
+@pytest.mark.parametrize(("page", "line"), BENCHMARK_LINES, ids=[f"{page}: {line}" for page, line in BENCHMARK_LINES])
+def test_benchmark_command_names_a_script_and_its_options(page, line):
+    script, arguments = BENCHMARK_COMMAND.match(line).groups()
+    source = (ROOT / script).read_text(encoding="utf-8")
+    for option in re.findall(r"(?<!\S)(--[a-z][a-z0-9-]*)", arguments):
+        assert f'"{option}"' in source, f"{page}: {script} has no option {option}"
+
+
+@pytest.mark.parametrize("page", sorted(set(PAGES) - WITHOUT_COMMANDS))
+def test_every_page_shows_commands_that_are_checked(page):
+    assert _blocks(page, "python") or _command_lines(page) or _benchmark_lines(page) or page == "docs/index.md", (
+        f"{page} has no Python block and no fcnseg or benchmark command line for this test to check"
+    )
+
+
+def test_the_pages_have_snippets_and_the_quick_commands_run(capsys):
+    assert len(PYTHON_BLOCKS) >= 6 and len(COMMAND_LINES) >= 30 and len(BENCHMARK_LINES) >= 2
+    assert _blocks("README.md", "python") and len(_command_lines("README.md")) >= 5
     assert main(["models"]) == 0 and "fcn8s_atonce" in capsys.readouterr().out
     assert main(["weights", "list"]) == 0 and "fcn8s-voc" in capsys.readouterr().out
