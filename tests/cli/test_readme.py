@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import os
 import shlex
+import sys
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,33 @@ def test_the_pages_have_snippets_and_the_quick_commands_run(capsys):
     assert _blocks("README.md", "python") and len(_command_lines("README.md")) >= 5
     assert main(["models"]) == 0 and "fcn8s_atonce" in capsys.readouterr().out
     assert main(["weights", "list"]) == 0 and "fcn8s-voc" in capsys.readouterr().out
+
+
+#: ``fcnseg.a.b`` named in a page (inside backticks, e.g. `fcnseg.data.open_dataset(kind, root)`, or in a code block).
+INLINE_NAME = re.compile(r"\b(fcnseg(?:\.[A-Za-z_]\w*)+)")
+_CODE = re.compile(r"`[^`\n]+`|```.*?```", flags=re.S)
+
+
+def _names_in(page: str) -> set[str]:
+    names = set()
+    for code in _CODE.findall(PAGES[page].read_text(encoding="utf-8")):
+        names |= {name for name in INLINE_NAME.findall(code) if not name.endswith((".py", ".json"))}
+    return names
+
+
+def test_every_python_name_a_page_shows_is_reachable_after_import_fcnseg():
+    """A user who types ``import fcnseg`` and then a name a page shows gets it, in a fresh interpreter (in this
+    one, other tests have imported the sub-packages already)."""
+    names = sorted({name for page in PAGES for name in _names_in(page)})
+    assert "fcnseg.data.open_dataset" in names and "fcnseg.predict.load_image" in names
+    check = ("import fcnseg, functools, sys\n"
+             "def reach(name):\n"
+             "    try:\n"
+             "        functools.reduce(getattr, name.split('.')[1:], fcnseg)\n"
+             "    except AttributeError as error:\n"
+             "        return f'{name}: {error}'\n"
+             "print('\\n'.join(filter(None, map(reach, sys.argv[1:]))))")
+    result = subprocess.run([sys.executable, "-c", check, *names], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"names a page shows that fail after import fcnseg:\n{result.stdout}"
