@@ -47,7 +47,8 @@ from typing import Any, Sequence
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from .onnx import (DEFAULT_CHECK_SHAPES, ExportError, ParityTolerance, _name_dynamic_dims, _require_onnx,
+from .agreement import PixelAgreement
+from .onnx import (DEFAULT_CHECK_SHAPES, INPUT_NAME, ExportError, ParityTolerance, _name_dynamic_dims, _require_onnx,
                      export_onnx)
 from ..files import atomic_path
 from ..inference.predictor import Predictor
@@ -162,11 +163,11 @@ def _quantize_nncf(fp32: Path, blobs: list, method: str,
     onnx, _ = _require_onnx()
     nncf.set_log_level(logging.ERROR)
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[method]
-    dataset = nncf.Dataset(blobs, lambda blob: {"input": blob})
+    dataset = nncf.Dataset(blobs, lambda blob: {INPUT_NAME: blob})
     if restore_agreement is None:
         return nncf.quantize(onnx.load(str(fp32)), dataset, preset=preset, subset_size=len(blobs))
     masks, min_agreement = restore_agreement
-    validation = nncf.Dataset(list(zip(blobs, masks)), lambda item: {"input": item[0]})
+    validation = nncf.Dataset(list(zip(blobs, masks)), lambda item: {INPUT_NAME: item[0]})
     max_drop = max(0.0, 1.0 - min_agreement - ACCURACY_CONTROL_MARGIN)
     return nncf.quantize_with_accuracy_control(
         _unshare_weights(onnx.load(str(fp32))), dataset, validation, _MaskAgreement(), max_drop=max_drop,
@@ -211,16 +212,13 @@ class _MaskAgreement:
             self._session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                          providers=["CPUExecutionProvider"])
             self._model = model
-        return self._session.run(None, {"input": blob})[0][0].argmax(0)
+        return self._session.run(None, {INPUT_NAME: blob})[0][0].argmax(0)
 
     def __call__(self, model: Any, items: Any) -> tuple[float, list[float]]:
-        same = total = 0
-        shares = []
+        agreement = PixelAgreement()
         for blob, fp32_mask in items:
-            agree = int((torch.from_numpy(self._run(model, blob)) == fp32_mask).sum())
-            same, total = same + agree, total + fp32_mask.numel()
-            shares.append(agree / fp32_mask.numel())
-        return same / total, shares
+            agreement.add(self._run(model, blob), fp32_mask)
+        return agreement.pooled, agreement.shares
 
 
 def count_fp32_layers(proto: Any) -> tuple[int, int]:
@@ -244,7 +242,7 @@ def _quantize_onnxruntime(fp32: Path, blobs: list, method: str, folder: Path) ->
 
         def get_next(self) -> dict | None:
             blob = next(self.blobs, None)
-            return None if blob is None else {"input": blob}
+            return None if blob is None else {INPUT_NAME: blob}
 
     # Symbolic shape inference cannot follow the crops' shape arithmetic; ONNX's own inference suffices.
     prepared, quantized = folder / "prepared.onnx", folder / "int8.onnx"
@@ -260,18 +258,16 @@ def _agreement(runtime: str, path: Path, calibration: CalibrationSet, reference:
     from ..inference.runtimes import OnnxModel
 
     predictor = Predictor(OnnxModel(path, runtime))
-    same = total = 0
-    worst = 1.0
+    agreement = PixelAgreement()
     matrices = [ConfusionMatrix(num_classes, ignore_index) for _ in range(2)] if calibration.masks else None
     for index, (image, fp32_mask) in enumerate(zip(calibration.images, reference)):
         mask = predictor.mask(image)
-        agree = int((mask == fp32_mask).sum())
-        same, total, worst = same + agree, total + mask.numel(), min(worst, agree / mask.numel())
+        agreement.add(mask, fp32_mask)
         if matrices:
             for matrix, predicted in zip(matrices, (fp32_mask, mask)):
                 matrix.update(predicted.long(), calibration.masks[index])
     mean_iu = tuple(float(m.compute()["mean_iu"]) for m in matrices) if matrices else None
-    return Agreement(runtime, same / total, worst, mean_iu)
+    return Agreement(runtime, agreement.pooled, agreement.worst, mean_iu)
 
 
 def export_int8(
