@@ -68,6 +68,28 @@ class QuantizationError(ExportError):
     """The model could not be quantized, or the int8 file does not agree with fp32."""
 
 
+class Int8SettingsError(QuantizationError, ValueError):
+    """Settings :func:`export_int8` refuses before any work (bad input, as a ``ValueError`` is)."""
+
+
+def check_int8_settings(quantizer: str, method: str | None, min_agreement: float, accuracy_control: bool) -> str:
+    """The method to quantize with (``method`` None: the quantizer's first), or :class:`Int8SettingsError`.
+
+    ``fcnseg export --int8`` asks this before it loads anything; :func:`export_int8` asks it too.
+    """
+    if quantizer not in METHODS:
+        raise Int8SettingsError(f"unknown quantizer {quantizer!r}; choose one of {', '.join(QUANTIZERS)}")
+    method = method or METHODS[quantizer][0]
+    if method not in METHODS[quantizer]:
+        raise Int8SettingsError(f"--method: the {quantizer} quantizer has methods {', '.join(METHODS[quantizer])}, "
+                                f"not {method!r}")
+    if not 0 < min_agreement <= 1:
+        raise Int8SettingsError(f"--min-agreement: the agreement threshold is a fraction in (0, 1], got {min_agreement}")
+    if accuracy_control and quantizer != "nncf":
+        raise Int8SettingsError(f"--accuracy-control is NNCF's; the {quantizer} quantizer has none")
+    return method
+
+
 @dataclass
 class CalibrationSet:
     """uint8 RGB images (3, H, W) to calibrate and verify on, with their label masks (H, W) and class names if known."""
@@ -295,17 +317,9 @@ def export_int8(
     ``accuracy_control`` (NNCF only) puts layers back in fp32 until ``min_agreement`` is reached.
     """
     started = time.perf_counter()
-    if quantizer not in METHODS:
-        raise QuantizationError(f"unknown quantizer {quantizer!r}; choose one of {', '.join(QUANTIZERS)}")
-    method = method or METHODS[quantizer][0]
-    if method not in METHODS[quantizer]:
-        raise QuantizationError(f"the {quantizer} quantizer has methods {', '.join(METHODS[quantizer])}, not {method!r}")
-    if not 0 < min_agreement <= 1:
-        raise QuantizationError(f"the agreement threshold is a fraction in (0, 1], got {min_agreement}")
+    method = check_int8_settings(quantizer, method, min_agreement, accuracy_control)
     if not calibration.images:
         raise QuantizationError(f"no calibration images in {calibration.source}")
-    if accuracy_control and quantizer != "nncf":
-        raise QuantizationError(f"accuracy control is NNCF's (--quantizer nncf), not the {quantizer} quantizer's")
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, fast_paths=False)
     onnx, _ = _require_onnx()
