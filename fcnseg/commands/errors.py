@@ -1,16 +1,11 @@
 """One place that turns a known error into the documented exit status (``fcnseg --help`` lists them).
 
 A command's ``run`` raises; :func:`reports_errors` prints the one line users see on stderr,
-``fcnseg <command>: error: <message>``, and returns the status:
-
-- 2, bad input found before any work: :class:`CommandError` (an argument the command itself
-  refuses) and ``ValueError``, the base of fcnseg's own bad-input errors (``CheckpointError``,
-  ``DatasetError``, ``WeightsError``, ``RuntimeBackendError``, ``TrainStateError``, ...) and of
-  the plain ``ValueError`` a setting out of range raises; a command may name more (``OSError``).
-- 1, the job ran but did not succeed: the errors a command names as ``failed`` (an export
-  that failed its verification, a download that failed).
-
-Any other exception is a bug and keeps its traceback.
+``fcnseg <command>: error: <message>``, and returns 2 for bad input found before any work
+(:class:`CommandError`, and ``ValueError``: the base of ``CheckpointError``, ``DatasetError``,
+``WeightsError``, ``RuntimeBackendError``, ... and of a setting out of range) or 1 for a job that
+ran but did not succeed (the errors a command names as ``failed``). Anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,34 +15,23 @@ import functools
 import sys
 from typing import Callable
 
-BAD_INPUT = 2
-FAILED = 1
+BAD_INPUT, FAILED = 2, 1
 
 Run = Callable[[argparse.Namespace], int]
 
 
 class CommandError(Exception):
-    """Bad input a command finds in its own arguments: one line on stderr, exit status 2.
-
-    ``quiet``: say nothing (under ``torchrun`` every process refuses, the first one says why).
-    """
+    """Bad input a command finds in its own arguments. ``quiet``: only the status (under torchrun, rank 0 says why)."""
 
     def __init__(self, message: str, *, quiet: bool = False) -> None:
         super().__init__(message)
         self.quiet = quiet
 
 
-def reports_errors(
-    command: str,
-    *,
-    bad_input: tuple[type[BaseException], ...] = (ValueError,),
-    failed: tuple[type[BaseException], ...] = (),
-) -> Callable[[Run], Run]:
-    """Decorate the ``run(args)`` of ``fcnseg <command>``: known errors become one line and an exit status.
-
-    :class:`CommandError` and ``bad_input`` give 2, ``failed`` gives 1 (an error that is both is bad
-    input: it was found before any work).
-    """
+def reports_errors(command: str, *, bad_input: tuple[type[BaseException], ...] = (ValueError,),
+                   failed: tuple[type[BaseException], ...] = ()) -> Callable[[Run], Run]:
+    """Decorate the ``run(args)`` of ``fcnseg <command>``: :class:`CommandError` and ``bad_input`` give 2,
+    ``failed`` gives 1 (an error that is both is bad input), each with one line on stderr."""
 
     def decorate(run: Run) -> Run:
         @functools.wraps(run)

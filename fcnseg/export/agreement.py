@@ -1,8 +1,7 @@
-"""Pixel agreement: the share of pixels whose class (the arg-max over the classes) equals a reference's.
+"""Pixel agreement: the share of pixels whose class (arg-max) equals a reference's, as exports are judged.
 
-How an export is judged against the PyTorch model it came from: the fp32 ONNX file against
-PyTorch (:func:`fcnseg.export.onnx.check_onnx_parity`), the int8 file against fp32
-(:mod:`fcnseg.export.int8`).
+The fp32 ONNX file against PyTorch (:func:`fcnseg.export.onnx.check_onnx_parity`), the int8 file
+against fp32 (:mod:`fcnseg.export.int8`).
 """
 
 from __future__ import annotations
@@ -13,25 +12,20 @@ import torch
 
 
 class PixelAgreement:
-    """Pixels of masks that agree with their reference masks: pooled over every mask, and the worst mask's share.
-
-    Masks are class ids of the same shape as their reference (tensors or NumPy arrays, any integer type).
-    """
+    """Masks (class ids, tensors or NumPy arrays) against reference masks of their shape: pooled, and per mask."""
 
     def __init__(self) -> None:
-        self.agreeing = 0
-        self.pixels = 0
-        #: The share of each mask added, in order.
-        self.shares: list[float] = []
+        self.agreeing = self.pixels = 0
+        self.shares: list[float] = []  # each mask's share, in order
 
     def add(self, mask: Any, reference: Any) -> float:
         """Count one mask against its reference; returns that mask's share of agreeing pixels."""
         mask, reference = torch.as_tensor(mask), torch.as_tensor(reference)
         if mask.shape != reference.shape:
             raise ValueError(f"a mask {tuple(mask.shape)} and its reference {tuple(reference.shape)} differ in shape")
-        agreeing, pixels = int((mask == reference).sum()), reference.numel()
-        self.agreeing, self.pixels = self.agreeing + agreeing, self.pixels + pixels
-        self.shares.append(agreeing / pixels)
+        agreeing = int((mask == reference).sum())
+        self.agreeing, self.pixels = self.agreeing + agreeing, self.pixels + reference.numel()
+        self.shares.append(agreeing / reference.numel())
         return self.shares[-1]
 
     @property
