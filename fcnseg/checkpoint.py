@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 from .files import atomic_path
 from .models import create_model
 from .preprocessing import Preprocessing
-from .weights.checks import WeightsError, check_finite
 
 FORMAT = "fcnseg-checkpoint"
 VERSION = 1
@@ -31,6 +30,17 @@ _METADATA_KEY = "fcnseg"
 
 class CheckpointError(ValueError):
     """A file that is not an fcnseg checkpoint, or one that does not fit what it is used for."""
+
+
+def check_finite(key: str, value: torch.Tensor, source: str, error: type[ValueError] = CheckpointError) -> None:
+    """Raise ``error`` if ``value`` holds NaN or infinite numbers (a damaged or diverged file).
+
+    Every loader checks its tensors with it: checkpoints here, other weight files in
+    :mod:`fcnseg.weights` (with its ``WeightsError``).
+    """
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise error(f"{source}: {key} holds {bad} NaN or infinite value(s); refusing weights that cannot be used")
 
 
 @dataclass
@@ -180,10 +190,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         if tensor.dtype != expected[key].dtype or tensor.shape != expected[key].shape:
             raise CheckpointError(f"{path}: tensor {key} is {tensor.dtype} {tuple(tensor.shape)}; {name} expects "
                                   f"{expected[key].dtype} {tuple(expected[key].shape)}")
-        try:
-            check_finite(key, tensor, str(path))
-        except WeightsError as error:
-            raise CheckpointError(str(error)) from None
+        check_finite(key, tensor, str(path))
     model.load_state_dict(state)
     model.preprocessing = Preprocessing.from_dict(description["preprocessing"])
     return Checkpoint(

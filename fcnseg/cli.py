@@ -25,7 +25,8 @@ COMMAND_MODULES = [
 ]
 
 
-#: What every command's exit status means (``fcnseg --help`` prints it).
+#: What every command's exit status means (``fcnseg --help`` prints it); :mod:`fcnseg.commands.errors`
+#: turns the known errors into them.
 EXIT_CODES = """exit status, the same in every command:
   0    done
   1    the job ran but did not succeed in full: some inputs could not be predicted, training diverged,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+
+from .errors import reports_errors
 
 NAME = "demo"
 HELP = "train a light FCN-8s on the built-in synthetic set (CPU, ~2 min), evaluate it and draw its predictions"
@@ -24,16 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     smaller.add_argument("--size", type=int, default=None, help="image side in pixels")
 
 
+@reports_errors(NAME, bad_input=(ValueError, OSError))
 def run(args: argparse.Namespace) -> int:
     from ..engine.demo import run_demo, summary
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        result = run_demo(args.out, steps=args.steps, seed=args.seed, threads=args.threads,
-                          progress=not args.no_progress, train_images=args.train_images,
-                          val_images=args.val_images, size=args.size)
-    except (ValueError, OSError) as error:
-        print(f"fcnseg demo: error: {error}", file=sys.stderr)
-        return 2
+    result = run_demo(args.out, steps=args.steps, seed=args.seed, threads=args.threads,
+                      progress=not args.no_progress, train_images=args.train_images,
+                      val_images=args.val_images, size=args.size)
     print(summary(result))
     return 0

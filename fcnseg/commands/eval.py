@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from ..checkpoint import Checkpoint, CheckpointError
 from ..files import atomic_write_text
 from ..evaluation.metrics import format_report, json_safe
 from .arguments import add_runtime_arguments, add_tta_arguments, key_value
+from .errors import reports_errors
 
 NAME = "eval"
 HELP = "evaluate a checkpoint on a dataset split (pixel acc, mean acc, mean IU, fw IU, per-class IU)"
@@ -143,27 +143,21 @@ def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint,
     return 0
 
 
+@reports_errors(NAME)
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.calibration_error import calibrate, reliability_diagram
-    from ..data import DatasetError, open_dataset
+    from ..data import open_dataset
     from ..evaluation.loop import confusion_matrix
     from ..inference.predictor import load_predictor
     from ..evaluation.detail_metrics import BoundaryIoU, DiceScore, PerImageIU, SizeIU
     from ..evaluation.figures import confusion_matrix_figure, worst_images_figure
 
-    def fail(message: str) -> int:
-        print(f"fcnseg eval: error: {message}", file=sys.stderr)
-        return 2
-
-    try:
-        predictor, checkpoint = load_predictor(args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
-                                               tile=args.tile_size, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
-                                               runtime=args.runtime, dtype=args.dtype)
-        kind, root, options = data_spec(args, checkpoint)
-        dataset = open_dataset(kind, root, args.split, **options)
-        check_classes(checkpoint.classes, list(dataset.classes), args.checkpoint)
-    except (CheckpointError, DatasetError, ValueError) as error:
-        return fail(str(error))
+    predictor, checkpoint = load_predictor(args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
+                                           tile=args.tile_size, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
+                                           runtime=args.runtime, dtype=args.dtype)
+    kind, root, options = data_spec(args, checkpoint)
+    dataset = open_dataset(kind, root, args.split, **options)
+    check_classes(checkpoint.classes, list(dataset.classes), args.checkpoint)
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     n, ignore = len(checkpoint.classes), checkpoint.ignore_index
@@ -171,15 +165,13 @@ def run(args: argparse.Namespace) -> int:
         return _run_heads(args, predictor, checkpoint, dataset)
     detail = {"size": SizeIU(n, ignore), "boundary": BoundaryIoU(n, ignore), "dice": DiceScore(n, ignore),
               "per_image": PerImageIU(n, ignore)} if args.detail else {}
-    try:
-        if args.calibration:  # one pass gives both: the masks are the arg-max of the probabilities binned
-            matrix, bins = calibrate(predictor, dataset, n, ignore, num_workers=args.workers,
-                                     progress=not args.no_progress, accumulators=list(detail.values()))
-        else:
-            matrix = confusion_matrix(predictor, dataset, n, ignore_index=ignore, num_workers=args.workers,
-                                      progress=not args.no_progress, accumulators=list(detail.values()))
-    except (DatasetError, ValueError) as error:  # a bad file or a label outside the classes
-        return fail(str(error))
+    # A bad file or a label outside the classes raises a DatasetError or ValueError: one line, status 2.
+    if args.calibration:  # one pass gives both: the masks are the arg-max of the probabilities binned
+        matrix, bins = calibrate(predictor, dataset, n, ignore, num_workers=args.workers,
+                                 progress=not args.no_progress, accumulators=list(detail.values()))
+    else:
+        matrix = confusion_matrix(predictor, dataset, n, ignore_index=ignore, num_workers=args.workers,
+                                  progress=not args.no_progress, accumulators=list(detail.values()))
     result = matrix.report(checkpoint.classes)
     name = checkpoint.model.config.get("name", "model")
     shown_options = {k: v for k, v in options.items() if k not in ("classes", "ignore_index")}

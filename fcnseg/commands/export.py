@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
-    from ..export.onnx import ParityTolerance
+from ..export.onnx import DEFAULT_CHECK_SHAPES, EXPORTERS, ExportError, ParityTolerance
+from .errors import CommandError, reports_errors
 
 NAME = "export"
 HELP = "export a checkpoint to ONNX (dynamic batch/height/width), verified with ONNX Runtime"
@@ -25,8 +23,6 @@ def _shape(text: str) -> tuple[int, int, int, int]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..export.onnx import DEFAULT_CHECK_SHAPES, EXPORTERS, ParityTolerance
-
     defaults = ParityTolerance()
     parser = subparsers.add_parser(NAME, help=HELP, description=HELP)
     parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors) or a published weights name (fcnseg weights list)")
@@ -88,56 +84,48 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
                             "--min-agreement is met (a slower export; for models whose plain int8 file is refused)")
 
 
-def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tolerance: ParityTolerance) -> int:
-    """The ``--int8`` path of :func:`run`; errors are one line (or the per-runtime verdicts) and exit 1 or 2."""
-    from ..data import DatasetError
-    from ..export.onnx import DEFAULT_CHECK_SHAPES, ExportError
-    from ..export.int8 import METHODS, calibration_folder, calibration_split, export_int8
+def check_int8_arguments(args: argparse.Namespace) -> None:
+    """The ``--int8`` arguments, refused in one line (status 2) before anything is loaded."""
+    from ..export.int8 import check_int8_settings
+
+    if args.calibrate and not args.int8:
+        raise CommandError("--calibrate is for --int8 exports")
+    if not args.int8:
+        return
+    if args.probabilities:
+        raise CommandError("--int8 exports logits; --probabilities is for fp32 exports")
+    if not args.calibrate:
+        raise CommandError("--int8 needs --calibrate DIR (images like yours) or a split with --calibrate-data")
+    check_int8_settings(args.quantizer, args.method, args.min_agreement, args.accuracy_control)
+    if args.calibrate_images < 0:
+        raise CommandError(f"--calibrate-images must be >= 0 (0: all), got {args.calibrate_images}")
+
+
+def export_int8_from_args(args: argparse.Namespace, tolerance: ParityTolerance) -> int:
+    """The ``--int8`` path of :func:`run` (its arguments checked by :func:`check_int8_arguments`)."""
+    from ..checkpoint import load_checkpoint
+    from ..export.int8 import calibration_folder, calibration_split, export_int8
+    from ..weights import resolve_checkpoint
     from .eval import check_classes
 
-    if args.probabilities:
-        print("fcnseg export: error: --int8 exports logits; --probabilities is for fp32 exports", file=sys.stderr)
-        return 2
-    if not args.calibrate:
-        print("fcnseg export: error: --int8 needs --calibrate DIR (images like yours) or a split with --calibrate-data",
-              file=sys.stderr)
-        return 2
-    if args.method is not None and args.method not in METHODS[args.quantizer]:
-        print(f"fcnseg export: error: --method: the {args.quantizer} quantizer has methods "
-              f"{', '.join(METHODS[args.quantizer])}, not {args.method!r}", file=sys.stderr)
-        return 2
-    if args.accuracy_control and args.quantizer != "nncf":
-        print(f"fcnseg export: error: --accuracy-control is NNCF's; the {args.quantizer} quantizer has none",
-              file=sys.stderr)
-        return 2
-    if args.calibrate_images < 0:
-        print(f"fcnseg export: error: --calibrate-images must be >= 0 (0: all), got {args.calibrate_images}", file=sys.stderr)
-        return 2
+    checkpoint = load_checkpoint(resolve_checkpoint(args.checkpoint), fast_paths=False)
     limit = args.calibrate_images or None
-    try:
-        if args.calibrate_data:
-            options = {"ignore_index": checkpoint.ignore_index, **dict(args.calibrate_option)}
-            calibration = calibration_split(args.calibrate_data, args.calibrate_root, args.calibrate, limit, **options)
-            check_classes(checkpoint.classes, calibration.classes, args.checkpoint)
-        else:
-            calibration = calibration_folder(args.calibrate, limit)
-    except (DatasetError, ValueError) as error:  # CheckpointError too: classes that differ
-        print(f"fcnseg export: error: {error}", file=sys.stderr)
-        return 2
+    if args.calibrate_data:
+        options = {"ignore_index": checkpoint.ignore_index, **dict(args.calibrate_option)}
+        calibration = calibration_split(args.calibrate_data, args.calibrate_root, args.calibrate, limit, **options)
+        check_classes(checkpoint.classes, calibration.classes, args.checkpoint)
+    else:
+        calibration = calibration_folder(args.calibrate, limit)
     if calibration.skipped:  # the export goes on with the readable images, as predict does
         print(f"fcnseg export: skipped {len(calibration.skipped)} file(s) of {args.calibrate} that cannot be read "
               f"(calibrating on {len(calibration.images)} image(s)):", file=sys.stderr)
         for reason in calibration.skipped:
             print(f"  {reason}", file=sys.stderr)
-    try:
-        report = export_int8(checkpoint, args.out, calibration, quantizer=args.quantizer, method=args.method,
-                             min_agreement=args.min_agreement, accuracy_control=args.accuracy_control,
-                             exporter=args.exporter, opset=args.opset,
-                             check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
-                             tolerance=tolerance)
-    except ExportError as error:
-        print(f"fcnseg export: error: {error}", file=sys.stderr)
-        return 1
+    report = export_int8(checkpoint, args.out, calibration, quantizer=args.quantizer, method=args.method,
+                         min_agreement=args.min_agreement, accuracy_control=args.accuracy_control,
+                         exporter=args.exporter, opset=args.opset,
+                         check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
+                         tolerance=tolerance)
     print(f"int8 ({report.quantizer} {report.method}) calibrated on {report.images} images of {calibration.source}, "
           f"{report.seconds:.0f} s; {report.fp32_layers[0]} of {report.fp32_layers[1]} layers with weights left in "
           f"fp32; verified against fp32 on them:")
@@ -147,38 +135,25 @@ def export_int8_from_args(args: argparse.Namespace, checkpoint: Checkpoint, tole
     return 0
 
 
+# A checkpoint, dataset or setting that is not right: status 2; an export that fails its verification: 1.
+@reports_errors(NAME, failed=(ExportError,))
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError, load_checkpoint
-    from ..export.onnx import DEFAULT_CHECK_SHAPES, ExportError, ParityTolerance, export_onnx
-    from ..weights import WeightsError, resolve_checkpoint
+    from ..export.onnx import export_onnx
+    from ..weights import resolve_checkpoint
 
     tolerance = ParityTolerance(rtol=args.rtol, atol=args.atol, min_mask_agreement=args.min_mask_agreement)
-    if args.calibrate and not args.int8:
-        print("fcnseg export: error: --calibrate is for --int8 exports", file=sys.stderr)
-        return 2
+    check_int8_arguments(args)
     if args.int8:
-        try:
-            checkpoint = load_checkpoint(resolve_checkpoint(args.checkpoint), fast_paths=False)
-        except (CheckpointError, WeightsError) as error:
-            print(f"fcnseg export: error: {error}", file=sys.stderr)
-            return 2
-        return export_int8_from_args(args, checkpoint, tolerance)
-    try:
-        report = export_onnx(
-            resolve_checkpoint(args.checkpoint),
-            args.out,
-            exporter=args.exporter,
-            opset=args.opset,
-            check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
-            tolerance=tolerance,
-            probabilities=args.probabilities,
-        )
-    except (CheckpointError, WeightsError) as error:
-        print(f"fcnseg export: error: {error}", file=sys.stderr)
-        return 2
-    except ExportError as error:
-        print(f"fcnseg export: error: {error}", file=sys.stderr)
-        return 1
+        return export_int8_from_args(args, tolerance)
+    report = export_onnx(
+        resolve_checkpoint(args.checkpoint),
+        args.out,
+        exporter=args.exporter,
+        opset=args.opset,
+        check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
+        tolerance=tolerance,
+        probabilities=args.probabilities,
+    )
     output = "probability" if args.probabilities else "logit"
     print(f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * max|{output}| + {tolerance.atol:g}):")
     for result in report.results:

@@ -10,13 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..checkpoint import CheckpointError
 from ..files import atomic_write_bytes
 from ..predict.images import list_images, max_pixels_for
 from ..predict.manifest import MANIFEST_FOLDER, RESUME_CHECKS, settings_fingerprint
 from ..predict.stream import PredictOptions, Summary, output_names, predict_files
 from ..inference.tiling import Tiling
 from .arguments import add_runtime_arguments, add_tta_arguments
+from .errors import CommandError, reports_errors
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
@@ -104,6 +104,7 @@ RUNTIME_ONLY = {"command", "inputs", "out", "device", "workers", "batch_size", "
 GATHER_TIMEOUT = timedelta(hours=24)
 
 
+@reports_errors(NAME)
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed, shutdown_distributed
     from ..inference.predictor import load_predictor
@@ -111,9 +112,8 @@ def run(args: argparse.Namespace) -> int:
     for name, value, least, what in (("--mc-dropout", args.mc_dropout, 0, "passes"), ("--workers", args.workers, 0, "processes"),
                                      ("--batch-size", args.batch_size, 1, "images")):
         if value < least:
-            print(f"fcnseg predict: error: {name} must be a number of {what} >= {least}, got {value}", file=sys.stderr)
-            return 2
-    try:
+            raise CommandError(f"{name} must be a number of {what} >= {least}, got {value}")
+    try:  # not a checkpoint, a budget too small for even one tile, a missing GPU: bad input (status 2)
         context = init_distributed(args.device, timeout=GATHER_TIMEOUT)
         predictor, checkpoint = load_predictor(
             args.checkpoint, device=context.device, fast_paths=not args.no_fast_paths,
@@ -121,11 +121,6 @@ def run(args: argparse.Namespace) -> int:
             tile=None if args.tile_size is None else Tiling(args.tile_size, args.margin),
             tta_scales=args.tta_scales, tta_flip=args.tta_flip, runtime=args.runtime, dtype=args.dtype,
         )  # fmt: skip
-    except (CheckpointError, ValueError) as error:  # also a budget too small for even one tile, a missing GPU
-        print(f"fcnseg predict: error: {error}", file=sys.stderr)
-        shutdown_distributed()
-        return 2
-    try:
         return _predict(args, predictor, checkpoint, context)
     finally:
         shutdown_distributed()
@@ -137,9 +132,8 @@ def _predict(args: argparse.Namespace, predictor: Predictor, checkpoint: Checkpo
     main = context.is_main
     say = print if main else (lambda *_, **__: None)
     rates = predictor.dropout_rates()
-    if args.mc_dropout and not rates:
-        say(f"fcnseg predict: error: --mc-dropout: {args.checkpoint} has no dropout layers", file=sys.stderr)
-        return 2
+    if args.mc_dropout and not rates:  # every process refuses; the first one says why
+        raise CommandError(f"--mc-dropout: {args.checkpoint} has no dropout layers", quiet=not main)
     if args.mc_dropout and not any(rates):
         say(f"fcnseg predict: note: {args.checkpoint} has dropout rate 0: every MC-dropout pass is the same", file=sys.stderr)
     options = PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions) if f.name != "max_pixels"},
@@ -153,8 +147,7 @@ def _predict(args: argparse.Namespace, predictor: Predictor, checkpoint: Checkpo
             if name in writers or out / name in inputs:
                 problem = (f"{writers[name]} and {path} would both write {args.out / name}" if name in writers else
                            f"predicting {path} would overwrite the input {args.out / name}")
-                say(f"fcnseg predict: error: {problem}; predict them into different --out folders", file=sys.stderr)
-                return 2
+                raise CommandError(f"{problem}; predict them into different --out folders", quiet=not main)
             writers[name] = path
     summary = predict_files(predictor, checkpoint.classes, checkpoint.palette, paths, args.out, options,
                             settings_fingerprint(_settings(args)), context.rank, context.world_size)

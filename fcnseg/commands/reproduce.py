@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from .errors import reports_errors
 
 NAME = "reproduce"
 HELP = "score published weights (fcnseg weights list) on seg11valid and print the paper's figures beside them"
@@ -44,34 +45,26 @@ def format_comparison(metrics: dict, published: tuple) -> str:
     return "\n".join(lines)
 
 
+@reports_errors(NAME)
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint import CheckpointError
-    from ..data import DatasetError, open_dataset
+    from ..data import open_dataset
     from ..evaluation.loop import evaluate
     from ..inference.predictor import load_predictor
     from ..weights import WeightsError, known_weights
     from ..weights.convert import convert_known
 
-    try:
-        entry = known_weights(args.name)
-        if not entry.published:
-            raise WeightsError(f"{entry.name}: no published seg11valid figures to compare with")
-        dataset = open_dataset("voc", args.voc, "seg11valid", sbd_root=args.sbd, voc2011_val=args.voc2011_val)
-        predictor, checkpoint = load_predictor(convert_known(entry), device=args.device)
-    except (WeightsError, CheckpointError, DatasetError, ValueError) as error:
-        print(f"fcnseg reproduce: error: {error}", file=sys.stderr)
-        return 2
+    entry = known_weights(args.name)
+    if not entry.published:
+        raise WeightsError(f"{entry.name}: no published seg11valid figures to compare with")
+    dataset = open_dataset("voc", args.voc, "seg11valid", sbd_root=args.sbd, voc2011_val=args.voc2011_val)
+    predictor, checkpoint = load_predictor(convert_known(entry), device=args.device)
     total = len(dataset)
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, total)))
     device = predictor.device
-    try:
-        metrics = evaluate(predictor, dataset, len(checkpoint.classes), ignore_index=checkpoint.ignore_index)
-    except (DatasetError, ValueError) as error:
-        print(f"fcnseg reproduce: error: {error}", file=sys.stderr)
-        return 2
+    metrics = evaluate(predictor, dataset, len(checkpoint.classes), ignore_index=checkpoint.ignore_index)
     print(f"{entry.name} ({entry.model}) on seg11valid: {len(dataset)} of {total} images, {device}")
     if len(dataset) < total:
         print("(a subset: not comparable with the published figures, which are over the whole set)")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from .arguments import add_runtime_arguments, add_tta_arguments
+from .errors import CommandError, reports_errors
 
 NAME = "serve"
 HELP = "serve a checkpoint over HTTP: GET /health, POST /segment, and a web page at /"
@@ -24,7 +24,7 @@ is visible to other users of the machine); clients send 'Authorization: Bearer K
 'X-API-Key: KEY'. Without either, the service is open to anyone who can reach it.
 """
 
-_SERVE_HINT = "fcnseg serve needs the 'serve' extra: pip install 'fcnseg[serve]'"
+_SERVE_HINT = "needs the 'serve' extra: pip install 'fcnseg[serve]'"
 
 
 def _seconds(text: str) -> float:
@@ -75,6 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
+@reports_errors(NAME)
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -82,33 +83,27 @@ def run(args: argparse.Namespace) -> int:
         from ..serve import ServeLimits, create_app
         from ..serve.server import set_mmap_threshold, uvicorn_options
     except ImportError as error:
-        print(f"{_SERVE_HINT} ({error})", file=sys.stderr)
-        return 2
-    from ..checkpoint import CheckpointError
+        raise CommandError(f"{_SERVE_HINT} ({error})") from None
 
     set_mmap_threshold(int(args.malloc_mmap_threshold_mib * 2**20))  # before the model and the first request
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE)
-    try:
-        limits = ServeLimits(
-            max_upload_bytes=int(args.max_upload_mb * 2**20),
-            max_pixels=args.max_pixels,
-            memory_budget_bytes=int(args.memory_budget_mb * 2**20),
-            max_concurrent_uploads=args.max_concurrent_uploads,
-            queue_timeout_s=args.queue_timeout,
-            body_timeout_s=args.body_timeout,
-            header_timeout_s=args.header_timeout,
-        )
-        if api_key is not None and not api_key.strip():
-            source = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
-            raise ValueError(f"{source} is empty; give a non-empty key, or none to serve without one")
-        app = create_app(
-            args.checkpoint, limits=limits, device=args.device, fast_paths=not args.no_fast_paths,
-            api_key=api_key, cors_origins=args.cors_origin, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
-            runtime=args.runtime, dtype=args.dtype,
-        )
-    except (CheckpointError, ValueError) as error:
-        print(f"fcnseg serve: error: {error}", file=sys.stderr)
-        return 2
+    limits = ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+        memory_budget_bytes=int(args.memory_budget_mb * 2**20),
+        max_concurrent_uploads=args.max_concurrent_uploads,
+        queue_timeout_s=args.queue_timeout,
+        body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
+    )
+    if api_key is not None and not api_key.strip():
+        source = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
+        raise CommandError(f"{source} is empty; give a non-empty key, or none to serve without one")
+    app = create_app(
+        args.checkpoint, limits=limits, device=args.device, fast_paths=not args.no_fast_paths,
+        api_key=api_key, cors_origins=args.cors_origin, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
+        runtime=args.runtime, dtype=args.dtype,
+    )
     access = "API key required" if api_key else "no API key"
     model = app.state.segmenter.model_name
     print(f"fcnseg serve: {model} on http://{args.host}:{args.port}/ ({access}; Ctrl-C stops)", flush=True)

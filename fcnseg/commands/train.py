@@ -11,6 +11,7 @@ import os
 import sys
 
 from .arguments import key_value
+from .errors import CommandError, reports_errors
 
 NAME = "train"
 HELP = "train an FCN (a recipe preset, a config file, flags, --set key=value); --resume RUN_DIR continues a run"
@@ -149,6 +150,7 @@ def default_recipe(settings: list[tuple[str, object]]) -> str:
     return "modern" if gpu else "cpu"
 
 
+@reports_errors(NAME, bad_input=(ValueError, NotImplementedError, OSError))
 def run(args: argparse.Namespace) -> int:
     from ..engine import TrainingDiverged, TrainingInterrupted, build_config, train
     from ..engine.distributed import shutdown_distributed
@@ -160,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             refused = sorted({key for key, _ in settings} - RESUMABLE)
             if refused:
-                raise ValueError(f"--resume keeps the run's settings; {', '.join(refused)} cannot change "
-                                 f"(these can: {', '.join(sorted(RESUMABLE))})")
+                raise CommandError(f"--resume keeps the run's settings; {', '.join(refused)} cannot change "
+                                   f"(these can: {', '.join(sorted(RESUMABLE))})")
             result = train(None, args.resume, resume=True, changes=settings)
         else:
             result = train(build_config(args.recipe or default_recipe(settings), args.config, settings), args.out,
@@ -172,9 +174,6 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as error:
         print(f"fcnseg train: {error}", file=sys.stderr)
         return error.exit_code
-    except (ValueError, NotImplementedError, OSError) as error:
-        print(f"fcnseg train: error: {error}", file=sys.stderr)
-        return 2
     finally:
         shutdown_distributed()
     if rank == 0:

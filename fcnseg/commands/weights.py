@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ..checkpoint import CheckpointError
+from ..weights import WeightsError
+from .errors import reports_errors
 
 NAME = "weights"
 HELP = "list, download (verified, resumable) and convert the published FCN and VGG16 weights"
@@ -60,36 +63,33 @@ def _list() -> int:
     return 0
 
 
+# A name not in the list, a file that does not convert, a download that failed: all status 1.
+@reports_errors(NAME, bad_input=(), failed=(WeightsError, CheckpointError))
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError
-    from ..weights import WeightsError, convert_caffemodel, fetch, known_weights
+    from ..weights import convert_caffemodel, fetch, known_weights
     from ..weights.convert import check_convertible, convert_known
 
-    try:
-        if args.action == "list":
-            return _list()
-        if args.action == "convert":
-            like = known_weights(args.like) if args.like else None
-            if like is not None:
-                check_convertible(like)
-            model = args.model or (like.model if like else None)
-            if not model:
-                raise WeightsError("weights convert: say which model the file holds: --model NAME or --like NAME")
-            classes = args.classes or (like.classes if like else "voc")
-            out = convert_caffemodel(args.caffemodel, model, args.out, width=args.width, classes=classes,
-                                     caffe_input=like.caffe_input if like else "")
-            print(f"wrote {out} ({model}, {classes} classes, Caffe preprocessing"
-                  f"{' (' + like.caffe_input + ' mean)' if like and like.caffe_input else ''})")
-            return 0
-        entry = known_weights(args.name)
-        if entry.is_backbone:
-            path = fetch(entry)
-            init = "caffe" if entry.preprocessing == "caffe" else "vgg16-torchvision"
-            print(f"{path}\n(initial weights for training: fcnseg train --init {init}:{path} ...)")
-        else:
-            checkpoint = convert_known(entry)
-            print(f"{checkpoint}\n(a checkpoint; commands that take one also take the name {entry.name})")
+    if args.action == "list":
+        return _list()
+    if args.action == "convert":
+        like = known_weights(args.like) if args.like else None
+        if like is not None:
+            check_convertible(like)
+        model = args.model or (like.model if like else None)
+        if not model:
+            raise WeightsError("weights convert: say which model the file holds: --model NAME or --like NAME")
+        classes = args.classes or (like.classes if like else "voc")
+        out = convert_caffemodel(args.caffemodel, model, args.out, width=args.width, classes=classes,
+                                 caffe_input=like.caffe_input if like else "")
+        print(f"wrote {out} ({model}, {classes} classes, Caffe preprocessing"
+              f"{' (' + like.caffe_input + ' mean)' if like and like.caffe_input else ''})")
         return 0
-    except (WeightsError, CheckpointError) as error:
-        print(f"fcnseg weights: error: {error}", file=sys.stderr)
-        return 1
+    entry = known_weights(args.name)
+    if entry.is_backbone:
+        path = fetch(entry)
+        init = "caffe" if entry.preprocessing == "caffe" else "vgg16-torchvision"
+        print(f"{path}\n(initial weights for training: fcnseg train --init {init}:{path} ...)")
+    else:
+        checkpoint = convert_known(entry)
+        print(f"{checkpoint}\n(a checkpoint; commands that take one also take the name {entry.name})")
+    return 0

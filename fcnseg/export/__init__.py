@@ -2,6 +2,7 @@
 
 - :mod:`.onnx` — the fp32 (or probabilities) ONNX export, its metadata and the parity check.
 - :mod:`.int8` — post-training int8 quantization of that export on the user's own images.
+- :mod:`.agreement` — pixel agreement, the share of pixels whose class matches the reference's.
 """
 
 from .onnx import (

@@ -49,7 +49,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from .onnx import (DEFAULT_CHECK_SHAPES, ExportError, ParityTolerance, _name_dynamic_dims, _require_onnx,
+from .agreement import PixelAgreement
+from .onnx import (DEFAULT_CHECK_SHAPES, INPUT_NAME, ExportError, ParityTolerance, _name_dynamic_dims, _require_onnx,
                      export_onnx)
 from ..files import atomic_path
 from ..inference.predictor import Predictor
@@ -67,6 +68,28 @@ DEFAULT_CALIBRATION_IMAGES = 64
 
 class QuantizationError(ExportError):
     """The model could not be quantized, or the int8 file does not agree with fp32."""
+
+
+class Int8SettingsError(QuantizationError, ValueError):
+    """Settings :func:`export_int8` refuses before any work (bad input, as a ``ValueError`` is)."""
+
+
+def check_int8_settings(quantizer: str, method: str | None, min_agreement: float, accuracy_control: bool) -> str:
+    """The method to quantize with (``method`` None: the quantizer's first), or :class:`Int8SettingsError`.
+
+    ``fcnseg export --int8`` asks this before it loads anything; :func:`export_int8` asks it too.
+    """
+    if quantizer not in METHODS:
+        raise Int8SettingsError(f"unknown quantizer {quantizer!r}; choose one of {', '.join(QUANTIZERS)}")
+    method = method or METHODS[quantizer][0]
+    if method not in METHODS[quantizer]:
+        raise Int8SettingsError(f"--method: the {quantizer} quantizer has methods {', '.join(METHODS[quantizer])}, "
+                                f"not {method!r}")
+    if not 0 < min_agreement <= 1:
+        raise Int8SettingsError(f"--min-agreement: the agreement threshold is a fraction in (0, 1], got {min_agreement}")
+    if accuracy_control and quantizer != "nncf":
+        raise Int8SettingsError(f"--accuracy-control is NNCF's; the {quantizer} quantizer has none")
+    return method
 
 
 @dataclass
@@ -212,11 +235,11 @@ def _run_nncf(fp32: Path, blobs: list, method: str, restore_agreement: tuple[lis
     onnx, _ = _require_onnx()
     nncf.set_log_level(logging.ERROR)
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[method]
-    dataset = nncf.Dataset(blobs, lambda blob: {"input": blob})
+    dataset = nncf.Dataset(blobs, lambda blob: {INPUT_NAME: blob})
     if restore_agreement is None:
         return nncf.quantize(onnx.load(str(fp32)), dataset, preset=preset, subset_size=len(blobs))
     masks, min_agreement = restore_agreement
-    validation = nncf.Dataset(list(zip(blobs, masks)), lambda item: {"input": item[0]})
+    validation = nncf.Dataset(list(zip(blobs, masks)), lambda item: {INPUT_NAME: item[0]})
     max_drop = max(0.0, 1.0 - min_agreement - ACCURACY_CONTROL_MARGIN)
     return nncf.quantize_with_accuracy_control(
         _unshare_weights(onnx.load(str(fp32))), dataset, validation, _MaskAgreement(), max_drop=max_drop,
@@ -261,16 +284,13 @@ class _MaskAgreement:
             self._session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                          providers=["CPUExecutionProvider"])
             self._model = model
-        return self._session.run(None, {"input": blob})[0][0].argmax(0)
+        return self._session.run(None, {INPUT_NAME: blob})[0][0].argmax(0)
 
     def __call__(self, model: Any, items: Any) -> tuple[float, list[float]]:
-        same = total = 0
-        shares = []
+        agreement = PixelAgreement()
         for blob, fp32_mask in items:
-            agree = int((torch.from_numpy(self._run(model, blob)) == fp32_mask).sum())
-            same, total = same + agree, total + fp32_mask.numel()
-            shares.append(agree / fp32_mask.numel())
-        return same / total, shares
+            agreement.add(self._run(model, blob), fp32_mask)
+        return agreement.pooled, agreement.shares
 
 
 def count_fp32_layers(proto: Any) -> tuple[int, int]:
@@ -294,7 +314,7 @@ def _quantize_onnxruntime(fp32: Path, blobs: list, method: str, folder: Path) ->
 
         def get_next(self) -> dict | None:
             blob = next(self.blobs, None)
-            return None if blob is None else {"input": blob}
+            return None if blob is None else {INPUT_NAME: blob}
 
     # Symbolic shape inference cannot follow the crops' shape arithmetic; ONNX's own inference suffices.
     prepared, quantized = folder / "prepared.onnx", folder / "int8.onnx"
@@ -310,18 +330,16 @@ def _agreement(runtime: str, path: Path, calibration: CalibrationSet, reference:
     from ..inference.runtimes import OnnxModel
 
     predictor = Predictor(OnnxModel(path, runtime))
-    same = total = 0
-    worst = 1.0
+    agreement = PixelAgreement()
     matrices = [ConfusionMatrix(num_classes, ignore_index) for _ in range(2)] if calibration.masks else None
     for index, (image, fp32_mask) in enumerate(zip(calibration.images, reference)):
         mask = predictor.mask(image)
-        agree = int((mask == fp32_mask).sum())
-        same, total, worst = same + agree, total + mask.numel(), min(worst, agree / mask.numel())
+        agreement.add(mask, fp32_mask)
         if matrices:
             for matrix, predicted in zip(matrices, (fp32_mask, mask)):
                 matrix.update(predicted.long(), calibration.masks[index])
     mean_iu = tuple(float(m.compute()["mean_iu"]) for m in matrices) if matrices else None
-    return Agreement(runtime, same / total, worst, mean_iu)
+    return Agreement(runtime, agreement.pooled, agreement.worst, mean_iu)
 
 
 def export_int8(
@@ -349,17 +367,9 @@ def export_int8(
     ``accuracy_control`` (NNCF only) puts layers back in fp32 until ``min_agreement`` is reached.
     """
     started = time.perf_counter()
-    if quantizer not in METHODS:
-        raise QuantizationError(f"unknown quantizer {quantizer!r}; choose one of {', '.join(QUANTIZERS)}")
-    method = method or METHODS[quantizer][0]
-    if method not in METHODS[quantizer]:
-        raise QuantizationError(f"the {quantizer} quantizer has methods {', '.join(METHODS[quantizer])}, not {method!r}")
-    if not 0 < min_agreement <= 1:
-        raise QuantizationError(f"the agreement threshold is a fraction in (0, 1], got {min_agreement}")
+    method = check_int8_settings(quantizer, method, min_agreement, accuracy_control)
     if not calibration.images:
         raise QuantizationError(f"no calibration images in {calibration.source}")
-    if accuracy_control and quantizer != "nncf":
-        raise QuantizationError(f"accuracy control is NNCF's (--quantizer nncf), not the {quantizer} quantizer's")
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, fast_paths=False)
     onnx, _ = _require_onnx()

@@ -44,6 +44,7 @@ import torch
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..files import atomic_path
 from ..preprocessing import Preprocessing, preprocess
+from .agreement import pixel_agreement
 
 Exporter = Literal["dynamo", "torchscript"]
 EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
@@ -303,7 +304,7 @@ def check_onnx_parity(
         max_logit = float(np.abs(expected).max())
         if actual.shape == expected.shape:
             diff = float(np.abs(actual - expected).max())
-            agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
+            agreement = pixel_agreement(actual.argmax(1), expected.argmax(1))
         else:
             diff, agreement = float("inf"), 0.0
         results.append(

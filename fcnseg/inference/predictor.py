@@ -328,17 +328,11 @@ def load_predictor(checkpoint: str | os.PathLike[str], runtime: str | None = Non
 
     ``options`` go to :class:`Predictor` (``device`` defaults to ``auto``). An ``.onnx`` export
     runs in ``runtime`` (``onnxruntime`` or ``openvino``; None: :func:`fcnseg.inference.runtimes.resolve_runtime`;
-    ``dtype`` goes to the runtime) through the same Predictor: :mod:`fcnseg.inference.runtimes`.
+    ``dtype`` goes to the runtime) through the same Predictor: :func:`fcnseg.inference.runtimes.load_model_file`.
     """
-    from ..checkpoint import load_checkpoint
-    from .runtimes import load_onnx_checkpoint, resolve_runtime
-    from ..weights import resolve_checkpoint
+    from .runtimes import load_model_file
 
-    runtime = resolve_runtime(checkpoint, runtime)
-    if runtime != "torch":
-        loaded = load_onnx_checkpoint(checkpoint, runtime, dtype=options.pop("dtype", "float32"),
-                                      device=options.pop("device", None))
-        return Predictor(loaded.model, **options), loaded
-    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     options.setdefault("device", "auto")
+    loaded, options["dtype"] = load_model_file(checkpoint, runtime, dtype=options.get("dtype", "float32"),
+                                               device=options["device"])
     return Predictor(loaded.model, **options), loaded

@@ -190,3 +190,21 @@ def load_onnx_checkpoint(path: str | os.PathLike[str], runtime: str | None = Non
     model = OnnxModel(path, runtime, dtype=dtype, threads=threads)
     return Checkpoint(model=model, classes=list(model.metadata["classes"]), palette=list(model.metadata["palette"]),
                       ignore_index=int(model.metadata["ignore_index"]), extra={"onnx": str(path), "runtime": model.runtime})
+
+
+def load_model_file(source: str | os.PathLike[str], runtime: str | None = None, *, dtype: str = "float32",
+                    device: str | torch.device | None = None) -> tuple[Checkpoint, str]:
+    """The model behind a checkpoint file, a registry name or an ``.onnx`` export, in the runtime that runs it.
+
+    ``runtime`` None is chosen by :func:`resolve_runtime`: ``torch`` loads the checkpoint, an ONNX
+    runtime the export (:func:`load_onnx_checkpoint`, on the CPU: ``device`` is only checked).
+    Returns the checkpoint and the dtype its :class:`~fcnseg.inference.predictor.Predictor` runs in:
+    ``dtype`` for torch (autocast), ``float32`` for an export, whose runtime runs ``dtype`` itself.
+    """
+    from ..checkpoint import load_checkpoint
+    from ..weights import resolve_checkpoint
+
+    runtime = resolve_runtime(source, runtime)
+    if runtime == "torch":
+        return load_checkpoint(resolve_checkpoint(source)), dtype
+    return load_onnx_checkpoint(source, runtime, dtype=dtype, device=device), "float32"

@@ -30,7 +30,7 @@ from importlib import resources
 from typing import Any, Literal, Sequence
 
 try:
-    from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
@@ -39,8 +39,9 @@ except ImportError as error:  # the serve extra is optional
 
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint
+from ..checkpoint import Checkpoint
 from ..inference.confidence import png16_bytes
+from ..inference.runtimes import load_model_file
 from ..predict.images import mask_to_image, overlay_image
 from .guards import ApiKeyCheck, BodyDeadline, UploadQueue, UploadSizeLimit, UploadSlots
 from .images import UploadError, decode_image, png_bytes, probe_image
@@ -111,33 +112,37 @@ def create_app(
         raise ValueError("the API key is empty; give a non-empty key, or none to serve without one")
     limits = limits or ServeLimits()
     if not isinstance(checkpoint, Checkpoint):  # a file, a registry name, or an ONNX export run in a runtime
-        from ..inference.runtimes import load_onnx_checkpoint, resolve_runtime
-        from ..weights import resolve_checkpoint
-
-        if resolve_runtime(checkpoint, runtime) == "torch":
-            checkpoint = load_checkpoint(resolve_checkpoint(checkpoint))
-        else:
-            checkpoint = load_onnx_checkpoint(checkpoint, runtime, dtype=dtype, device=device)
-            dtype = "float32"  # the runtime runs the dtype; the Predictor adds no autocast
+        checkpoint, dtype = load_model_file(checkpoint, runtime, dtype=dtype, device=device)
     segmenter = Segmenter(
         checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths, dtype=dtype,
         **predictor_options,
     )  # predictor_options: e.g. tta_scales, tta_flip
     segmenter.segment(torch.zeros((3, 32, 32), dtype=torch.uint8))  # warm-up: the model runs on this device
-    uploads = UploadQueue(limits.max_concurrent_uploads, limits.queue_timeout_s)
-    page = _page()
 
     app = FastAPI(
         title="fcnseg",
         description=f"Semantic segmentation with {segmenter.model_name} ({len(segmenter.classes)} classes)",
     )
+    # What the endpoints below read, per request, from ``request.app.state``.
     app.state.segmenter = segmenter
     app.state.limits = limits
-    app.state.uploads = uploads
-    # Outermost last: CORS answers preflights and labels every answer, the key is checked before
-    # anything is read, then the size, a slot, and the body's deadline.
+    app.state.uploads = UploadQueue(limits.max_concurrent_uploads, limits.queue_timeout_s)
+    app.state.auth_required = api_key is not None
+    app.state.page = _page()
+    _add_guards(app, api_key, cors_origins)
+    _add_endpoints(app)
+    return app
+
+
+def _add_guards(app: FastAPI, api_key: str | None, cors_origins: Sequence[str]) -> None:
+    """The middleware around the endpoints (:mod:`fcnseg.serve.guards`), outermost added last.
+
+    CORS answers preflights and labels every answer, the key is checked before anything is
+    read, then the size, a slot, and the body's deadline.
+    """
+    limits = app.state.limits
     app.add_middleware(BodyDeadline, timeout=limits.body_timeout_s)
-    app.add_middleware(UploadSlots, queue=uploads)
+    app.add_middleware(UploadSlots, queue=app.state.uploads)
     app.add_middleware(
         UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + _MULTIPART_SLACK, message=limits.upload_message()
     )
@@ -152,72 +157,90 @@ def create_app(
             expose_headers=["X-Segment-Seconds", "Retry-After"],
         )
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> HTMLResponse:
-        return HTMLResponse(page)
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness, readiness (model warmed up, an upload slot free), and what the model predicts."""
-        return {
-            "status": "ok",
-            "ready": uploads.in_progress < uploads.slots,
-            "model": segmenter.model_name,
-            "classes": segmenter.classes,
-            "num_classes": len(segmenter.classes),
-            "palette": [list(colour) for colour in segmenter.palette],
-            "auth_required": api_key is not None,
-            "uploads": {"in_progress": uploads.in_progress, "waiting": uploads.waiting, "slots": uploads.slots},
-            "limits": asdict(limits),
-        }
+def _add_endpoints(app: FastAPI) -> None:
+    """The routes: the page, ``/health`` and ``/segment``; each reads the service from ``request.app.state``."""
+    app.get("/", response_class=HTMLResponse, include_in_schema=False)(index)
+    app.get("/health")(health)
+    app.post("/segment", responses={401: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})(segment)
 
-    def process(data: bytes, name: str, output_format: str, alpha: float, confidence: bool = False) -> Response:
-        probe_image(data, name, limits.max_pixels)
-        image = decode_image(data, name)
-        start = time.perf_counter()
-        confidence = confidence and output_format == "json"
-        result = segmenter.segment(image, confidence=confidence)  # a Confidence (mask and maps) or the mask
-        mask = result.mask if confidence else result
-        seconds = time.perf_counter() - start  # includes waiting for earlier requests to leave the model
-        mask_png = png_bytes(mask_to_image(mask, segmenter.palette))
-        headers = {"X-Segment-Seconds": f"{seconds:.4f}"}
-        if output_format == "png":
-            return Response(mask_png, media_type="image/png", headers=headers)
-        counts = segmenter.class_counts(mask)
-        overlay_png = png_bytes(overlay_image(image, mask, segmenter.palette, alpha=alpha))
-        body = {
-            "model": segmenter.model_name,
-            "file": name,
-            "width": int(image.shape[-1]),
-            "height": int(image.shape[-2]),
-            "classes": segmenter.classes,
-            "pixel_counts": {count.name: count.pixels for count in counts},
-            "present": [c.to_dict() for c in sorted(counts, key=lambda c: -c.pixels) if c.pixels > 0],
-            "mask_png": base64.b64encode(mask_png).decode("ascii"),
-            "overlay_png": base64.b64encode(overlay_png).decode("ascii"),
-            "segment_seconds": seconds,
-        }
-        if confidence:
-            body["confidence"] = {"mean_top1": float(result.top1.mean()),
-                                  "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii")}
-        return JSONResponse(body, headers=headers)
 
-    @app.post("/segment", responses={401: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})
-    async def segment(
-        file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
-        output_format: Literal["png", "json"] = Query("png", alias="format", description="png: the mask; json: counts, mask and overlay"),
-        alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours (json)"),
-        confidence: bool = Query(False, description="json: add the mean top-1 probability and its map as a 16-bit PNG"),
-    ) -> Response:
-        """Segment one image: a palette PNG of class ids, or JSON with counts, mask and overlay."""
-        data = await file.read()
-        if len(data) > limits.max_upload_bytes:
-            raise HTTPException(status_code=413, detail=limits.upload_message())
-        name = os.path.basename(file.filename or "") or "upload"
-        try:
-            # Decoding, inference and encoding are CPU-bound: off the event loop.
-            return await run_in_threadpool(process, data, name, output_format, alpha, confidence)
-        except UploadError as error:
-            raise HTTPException(status_code=error.status, detail=str(error)) from None
+def index(request: Request) -> HTMLResponse:
+    return HTMLResponse(request.app.state.page)
 
-    return app
+
+def health(request: Request) -> dict[str, Any]:
+    """Liveness, readiness (model warmed up, an upload slot free), and what the model predicts."""
+    state = request.app.state
+    segmenter, uploads = state.segmenter, state.uploads
+    return {
+        "status": "ok",
+        "ready": uploads.in_progress < uploads.slots,
+        "model": segmenter.model_name,
+        "classes": segmenter.classes,
+        "num_classes": len(segmenter.classes),
+        "palette": [list(colour) for colour in segmenter.palette],
+        "auth_required": state.auth_required,
+        "uploads": {"in_progress": uploads.in_progress, "waiting": uploads.waiting, "slots": uploads.slots},
+        "limits": asdict(state.limits),
+    }
+
+
+async def segment(
+    request: Request,
+    file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
+    output_format: Literal["png", "json"] = Query("png", alias="format", description="png: the mask; json: counts, mask and overlay"),
+    alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours (json)"),
+    confidence: bool = Query(False, description="json: add the mean top-1 probability and its map as a 16-bit PNG"),
+) -> Response:
+    """Segment one image: a palette PNG of class ids, or JSON with counts, mask and overlay."""
+    limits: ServeLimits = request.app.state.limits
+    data = await file.read()
+    if len(data) > limits.max_upload_bytes:
+        raise HTTPException(status_code=413, detail=limits.upload_message())
+    name = os.path.basename(file.filename or "") or "upload"
+    try:
+        # Decoding, inference and encoding are CPU-bound: off the event loop.
+        return await run_in_threadpool(_segment_upload, request.app.state, data, name, output_format, alpha, confidence)
+    except UploadError as error:
+        raise HTTPException(status_code=error.status, detail=str(error)) from None
+
+
+def _segment_upload(state: Any, data: bytes, name: str, output_format: str, alpha: float, confidence: bool) -> Response:
+    """The answer of ``POST /segment`` to an upload of ``data``; :class:`UploadError` for one that is not a usable image."""
+    segmenter: Segmenter = state.segmenter
+    probe_image(data, name, state.limits.max_pixels)
+    image = decode_image(data, name)
+    start = time.perf_counter()
+    confidence = confidence and output_format == "json"
+    result = segmenter.segment(image, confidence=confidence)  # a Confidence (mask and maps) or the mask
+    mask = result.mask if confidence else result
+    seconds = time.perf_counter() - start  # includes waiting for earlier requests to leave the model
+    mask_png = png_bytes(mask_to_image(mask, segmenter.palette))
+    headers = {"X-Segment-Seconds": f"{seconds:.4f}"}
+    if output_format == "png":
+        return Response(mask_png, media_type="image/png", headers=headers)
+    body = _json_body(segmenter, image, mask, mask_png, name, alpha, seconds)
+    if confidence:
+        body["confidence"] = {"mean_top1": float(result.top1.mean()),
+                              "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii")}
+    return JSONResponse(body, headers=headers)
+
+
+def _json_body(segmenter: Segmenter, image: torch.Tensor, mask: torch.Tensor, mask_png: bytes, name: str,
+               alpha: float, seconds: float) -> dict[str, Any]:
+    """``?format=json``: class names, per-class pixel counts, the classes present, the mask and an overlay."""
+    counts = segmenter.class_counts(mask)
+    overlay_png = png_bytes(overlay_image(image, mask, segmenter.palette, alpha=alpha))
+    return {
+        "model": segmenter.model_name,
+        "file": name,
+        "width": int(image.shape[-1]),
+        "height": int(image.shape[-2]),
+        "classes": segmenter.classes,
+        "pixel_counts": {count.name: count.pixels for count in counts},
+        "present": [c.to_dict() for c in sorted(counts, key=lambda c: -c.pixels) if c.pixels > 0],
+        "mask_png": base64.b64encode(mask_png).decode("ascii"),
+        "overlay_png": base64.b64encode(overlay_png).decode("ascii"),
+        "segment_seconds": seconds,
+    }

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..checkpoint import check_finite
+
 
 class WeightsError(ValueError):
     """Weights that cannot be loaded: a missing or malformed file, or a tensor of the wrong shape.
@@ -42,7 +44,7 @@ def assign_reference_weights(model: nn.Module, weights: Mapping[str, torch.Tenso
     if unknown:
         raise WeightsError(f"{source}: the model has no tensor {unknown[0]!r} (it has {', '.join(targets)})")
     for key, value in weights.items():
-        check_finite(key, value, source)
+        check_finite(key, value, source, WeightsError)
         if tuple(value.shape) != tuple(targets[key].shape):
             raise WeightsError(
                 f"{source}: layer {key.rsplit('.', 1)[0]!r}: {key} has shape {tuple(value.shape)} "
@@ -60,13 +62,6 @@ def check_same_shape(key: str, value: torch.Tensor, expected: torch.Tensor, sour
         raise WeightsError(
             f"{source}: {key} has shape {tuple(value.shape)} but the target expects {tuple(expected.shape)}"
         )
-
-
-def check_finite(key: str, value: torch.Tensor, source: str) -> None:
-    """Raise :class:`WeightsError` if ``value`` holds NaN or infinite numbers (a damaged or diverged file)."""
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        bad = int((~torch.isfinite(value)).sum())
-        raise WeightsError(f"{source}: {key} holds {bad} NaN or infinite value(s); refusing weights that cannot be used")
 
 
 def load_without_code(path: str | os.PathLike[str], what: str) -> Any:
