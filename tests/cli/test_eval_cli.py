@@ -18,7 +18,7 @@ from fcnseg.data import PadCollate, open_dataset
 from fcnseg.evaluation.loop import confusion_matrix, evaluate
 from fcnseg.predict.images import predict_mask
 from dataset_files import CLASSES, PALETTE, hand_masks, write_folder_dataset
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 
 
@@ -29,7 +29,7 @@ from tiny_models import random_score_model
 
 
 def test_evaluate_equals_a_per_image_loop_with_numpy_metrics():
-    model = random_score_model()
+    model = tiny_model("fcn32s", 4, score_std=1.0)
     dataset = open_dataset("synthetic", None, "val", num_images=3, size=48, num_classes=4)
     result = evaluate(model, dataset, 4, "cpu", 255, progress=False)
     hist = np.zeros((4, 4), dtype=np.int64)
@@ -46,7 +46,7 @@ def test_evaluate_equals_a_per_image_loop_with_numpy_metrics():
 
 
 def test_batched_loader_of_equal_sizes_gives_the_same_matrix_and_mode_is_restored():
-    model = random_score_model().train()
+    model = tiny_model("fcn32s", 4, score_std=1.0).train()
     dataset = open_dataset("synthetic", None, "val", num_images=4, size=40, num_classes=4)
     one_by_one = confusion_matrix(model, dataset, 4, progress=False)
     loader = DataLoader(dataset, batch_size=2, collate_fn=PadCollate(fill=(0, 0, 0)))
@@ -60,7 +60,7 @@ def _distributed_worker(rank: int, init_file: str, queue) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)
-    model = random_score_model()
+    model = tiny_model("fcn32s", 4, score_std=1.0)
     dataset = open_dataset("synthetic", None, "val", num_images=3, size=40, num_classes=4)  # odd: 2 + 1 images
     matrix = confusion_matrix(model, dataset, 4, progress=False)
     queue.put((rank, matrix.matrix.tolist()))
@@ -72,8 +72,8 @@ def test_two_gloo_ranks_count_every_image_once(tmp_path):
     import torch.multiprocessing as mp
 
     torch.manual_seed(0)
-    single = confusion_matrix(random_score_model(), open_dataset("synthetic", None, "val", num_images=3, size=40,
-                                                                 num_classes=4), 4, progress=False)
+    dataset = open_dataset("synthetic", None, "val", num_images=3, size=40, num_classes=4)
+    single = confusion_matrix(tiny_model("fcn32s", 4, score_std=1.0), dataset, 4, progress=False)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_distributed_worker, args=(rank, str(tmp_path / "init"), queue)) for rank in range(2)]
@@ -155,7 +155,7 @@ def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(
 
     from fcnseg.data import SHAPE_CLASSES
 
-    model = random_score_model(len(SHAPE_CLASSES))
+    model = tiny_model("fcn32s", len(SHAPE_CLASSES), score_std=1.0)
     path = save_checkpoint(tmp_path / "m.safetensors", model, classes=SHAPE_CLASSES,
                            palette=[(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))])
     out = tmp_path / "eval"
