@@ -150,11 +150,16 @@ def test_eval_reports_a_label_outside_the_classes(tmp_path, zero_checkpoint, cap
     assert code == 2 and "img1" in err and "7" in err and "Traceback" not in err
 
 
-def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(tmp_path, capsys):
+def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(tmp_path, capsys, monkeypatch):
+    from fcnseg.evaluation import figures
     from fcnseg.evaluation.detail_metrics import dice_scores
 
     from fcnseg.data import SHAPE_CLASSES
 
+    drawn = {}
+    draw = figures.overlay_grid
+    monkeypatch.setattr(figures, "overlay_grid", lambda images, preds, targets, palette, path, *, titles: drawn.update(
+        images=images, titles=titles) or draw(images, preds, targets, palette, path, titles=titles))
     model = tiny_model("fcn32s", len(SHAPE_CLASSES), score_std=1.0)
     path = save_checkpoint(tmp_path / "m.safetensors", model, classes=SHAPE_CLASSES,
                            palette=[(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))])
@@ -169,4 +174,11 @@ def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(
     matrix = torch.tensor(document["confusion_matrix"], dtype=torch.float64)
     expected = [None if v != v else round(v, 9) for v in dice_scores(matrix).tolist()]  # same matrix, same Dice
     assert [None if v is None else round(v, 9) for v in detail["dice"]["dice"]] == expected
-    assert (out / "worst_images.png").is_file()
+    # worst_images.png: the two images of lowest per-image mean IU, worst first, each with its score
+    scores = detail["per_image"]["mean_iu"]
+    worst = sorted((i for i, v in enumerate(scores) if v is not None), key=lambda i: scores[i])[:2]
+    dataset = open_dataset("synthetic", None, "val", size=48, num_images=5)
+    assert [title.rsplit(": ", 1)[1] for title in drawn["titles"]] == [f"{scores[i]:.3f}" for i in worst]
+    assert all(torch.equal(image, dataset[i][0]) for image, i in zip(drawn["images"], worst, strict=True))
+    with Image.open(out / "worst_images.png") as picture:
+        assert picture.format == "PNG"

@@ -151,13 +151,17 @@ def test_a_model_whose_tiles_are_not_exact_fails_only_the_images_that_need_tiles
     from fcnseg.models.vgg import VGG16Backbone
 
     monkeypatch.setattr(VGG16Backbone, "exact_tiling", False)  # as a squeeze-and-excitation trunk says
-    write_images(tmp_path / "in", [(24, 24), (24, 900)])
+    small, _ = write_images(tmp_path / "in", [(24, 24), (24, 900)])
     write_geotiff(tmp_path / "in" / "scene.tif", np.zeros((3, 24, 24), np.uint8))
     # a 24 x 900 image's forward pass is over the budget: it would need tiles
     assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "out", "--memory-budget-mb", "30", "--margin", "32") == 1
     err = capsys.readouterr().err
     assert "img001.png" in err and "squeeze-and-excitation" in err and "scene.tif" in err and "Traceback" not in err
-    assert (tmp_path / "out" / "img000.png").exists() and not (tmp_path / "out" / "img001.png").exists()
+    assert not (tmp_path / "out" / "img001.png").exists()
+    with Image.open(tmp_path / "out" / "img000.png") as written:  # the image that fits is predicted whole, as usual
+        assert written.mode == "P" and written.getpalette()[:9] == [v for colour in PALETTE for v in colour]
+        expected = Predictor(tiny_model_from(tiny_checkpoint)).mask(load_image(small)).numpy()
+        np.testing.assert_array_equal(np.array(written), expected)
 
 
 def test_an_image_too_large_to_decode_is_refused_with_what_to_do(tmp_path):
