@@ -1,12 +1,19 @@
-"""What every benchmark here shares: interleaved timing, machine facts, FLOPs, peak memory, JSON.
+"""What every benchmark here shares: interleaved timing, machine facts, FLOPs, peak memory, the results file.
 
 Timings on a shared machine drift with the load, so candidates are timed in
 rounds (one call of each per round, in turn) and summarised by their median;
 every figure that matters is a ratio between candidates of the same run.
+
+Also one way of each of: the results file's envelope (:func:`results_document`:
+benchmark, command, machine with the load at the start and end), the fresh child
+process a benchmark measures one candidate in (:data:`CHILD_FLAG`, :func:`run_child`),
+an image size on the command line (:func:`parse_size`) and a synthetic photo-like
+image (:func:`synthetic_image`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -18,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -30,6 +38,11 @@ from fcnseg.files import atomic_path, atomic_write_text  # noqa: E402,F401 (re-e
 #: ../shared beside the checkout; FCNSEG_SHARED points elsewhere (e.g. from a git worktree).
 SHARED = Path(os.environ.get("FCNSEG_SHARED", PROJECT_ROOT.parent / "shared"))
 SEED_PATH = SHARED / "reference" / "seed_fcn8s.py"
+CAMVID = SHARED / "data" / "camvid"
+RESULTS = PROJECT_ROOT / "benchmarks" / "results"
+#: The hidden option that makes a benchmark script the fresh child process measuring one thing:
+#: ``script --child KIND ...`` prints one JSON line (:func:`print_child_result`), read by :func:`run_child`.
+CHILD_FLAG = "--child"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -178,27 +191,81 @@ def current_rss_bytes() -> int:
     return _proc_status_bytes("VmRSS") or 0
 
 
-def run_probe(
-    script: Path, args: list[str], timeout: float | None = None, env: Mapping[str, str] | None = None
+def add_child_argument(parser: argparse.ArgumentParser, choices: Any = None) -> None:
+    """The hidden ``--child KIND`` of a benchmark that runs itself as a child process."""
+    parser.add_argument(CHILD_FLAG, choices=choices, metavar="KIND", help=argparse.SUPPRESS)
+
+
+def run_child(
+    script: Path, kind: str, args: list[str], timeout: float | None = None, env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """Run ``script args`` in a fresh Python process; its last stdout line is a JSON object.
+    """Run ``script --child KIND args`` in a fresh Python process; its last stdout line is a JSON object.
 
     A fresh process is the only clean way to read one candidate's peak RSS on the CPU.
-    ``env`` adds environment variables for the child.
+    ``env`` adds environment variables for the child. A failed child gives ``{"error": ...}``.
     """
-    command = [sys.executable, str(script), *args]
+    command = [sys.executable, str(script), CHILD_FLAG, kind, *args]
     child_env = {**os.environ, **(env or {})}
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT, env=child_env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr or done.stdout)[-2000:]
-        return {"error": f"probe {' '.join(args)} failed (exit {done.returncode}): {tail}"}
+        return {"error": f"child {' '.join([kind, *args])} failed (exit {done.returncode}): {tail}"}
     return json.loads(lines[-1])
+
+
+def print_child_result(result: Mapping[str, Any]) -> int:
+    """A child process's answer: one JSON line on stdout (the last one is what :func:`run_child` reads); 0."""
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- the results file
+def command_line() -> str:
+    """How this benchmark was started, as its results file records it (``python benchmarks/x.py --quick``)."""
+    return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def results_document(benchmark: str, machine: Mapping[str, Any], **body: Any) -> dict[str, Any]:
+    """The envelope every results file shares, then ``body``: the benchmark's name, the command that ran it,
+    and the machine (:func:`machine_info` from the start) with the load average now, at the end."""
+    machine = {**machine, "load_average_end": list(os.getloadavg())}
+    return {"benchmark": benchmark, "command": command_line(), "machine": machine, **body}
+
+
+def results_path(name: str, quick: bool = False) -> Path:
+    """The default results file ``benchmarks/results/<name>[_quick].json``: a smoke run never overwrites a real one."""
+    return RESULTS / f"{name}{'_quick' if quick else ''}.json"
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
     print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- inputs
+def parse_size(text: str) -> tuple[int, int]:
+    """An image size on the command line: ``N`` (N x N) or ``HxW``, positive; (height, width)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW with positive sides, got {text!r}")
+    return (values[0], values[-1])
+
+
+def synthetic_image(
+    height: int, width: int, rng: np.random.Generator, *, blob: int = 60, noise: float = 0.2
+) -> np.ndarray:
+    """A uint8 (H, W, 3) picture with structure at several scales: smooth colour blobs about ``blob`` pixels
+    across plus uniform noise of weight ``noise``. It compresses like a photo (not like noise or a flat image),
+    and a segmentation net's mask of it has many regions."""
+    coarse = torch.from_numpy(rng.random((1, 3, max(2, height // blob), max(2, width // blob)), dtype=np.float32))
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+    grain = torch.from_numpy(rng.random((3, height, width), dtype=np.float32)) * noise
+    return ((smooth * (1 - noise) + grain) * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
 def gib(n_bytes: float) -> float:

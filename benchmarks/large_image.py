@@ -24,7 +24,6 @@ for the runs, so that big tensors are mapped and unmapped instead.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 import harness
-from harness import PROJECT_ROOT, gib
+from harness import gib
 
 import fcnseg
 from fcnseg.inference.predictor import Predictor
@@ -57,12 +56,9 @@ def build_model(width: float) -> nn.Module:
 
 
 def make_image(height: int, width: int) -> torch.Tensor:
-    """A deterministic uint8 RGB image with structure at several scales (smooth blobs plus noise)."""
-    generator = torch.Generator().manual_seed(3)
-    coarse = torch.rand(1, 3, max(2, height // 256), max(2, width // 256), generator=generator)
-    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
-    noise = torch.rand(3, height, width, generator=generator) * 0.25
-    return ((smooth * 0.75 + noise) * 255).clamp(0, 255).to(torch.uint8)
+    """A deterministic uint8 RGB image (3, H, W) with structure at several scales (smooth blobs plus noise)."""
+    picture = harness.synthetic_image(height, width, np.random.default_rng(3), blob=256, noise=0.25)
+    return torch.from_numpy(picture).permute(2, 0, 1)
 
 
 def child(args: argparse.Namespace) -> int:
@@ -78,22 +74,14 @@ def child(args: argparse.Namespace) -> int:
     mask = predictor.mask(image)
     seconds = time.perf_counter() - start
     np.save(args.mask_out, mask.numpy())
-    print(json.dumps({"seconds": seconds, "peak_rss": harness.peak_rss_bytes(), "rss_after_build": built,
-                      "tile_size": tiling.tile_size if tile else None, "margin": tiling.margin if tile else None}))  # fmt: skip
-    return 0
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be HxW, got {text!r}") from None
-    return height, width
+    return harness.print_child_result({"seconds": seconds, "peak_rss": harness.peak_rss_bytes(), "rss_after_build": built,
+                                       "tile_size": tiling.tile_size if tile else None,
+                                       "margin": tiling.margin if tile else None})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-size", type=parse_size, default=(3000, 4000), help="HxW (default 3000x4000)")
+    parser.add_argument("--image-size", type=harness.parse_size, default=(3000, 4000), help="HxW (default 3000x4000)")
     parser.add_argument("--width", type=float, default=None, help="channel multiplier (default 1.0; --quick 0.125)")
     parser.add_argument("--budget-gib", type=float, default=None, help="memory budget of inference (default 3; --quick 0.6)")
     parser.add_argument(
@@ -105,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per mode")
     parser.add_argument("--quick", action="store_true", help="a light network (width 0.125) and budget")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/large_image[_quick].json")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    harness.add_child_argument(parser, choices=MODES)
     parser.add_argument("--mask-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.width = args.width or (0.125 if args.quick else 1.0)
@@ -134,14 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             mask_path = Path(tmp) / f"{mode}.npy"
-            child_args = ["--child", mode, "--mask-out", str(mask_path), "--image-size", f"{height}x{width}"]
+            child_args = ["--mask-out", str(mask_path), "--image-size", f"{height}x{width}"]
             child_args += ["--width", str(args.width), "--budget-gib", str(args.budget_gib)]
             child_args += ["--threads", str(args.threads or torch.get_num_threads())]
             if args.tile is not None:
                 child_args += ["--tile", str(args.tile)]
             print(f"running {mode} ...", flush=True)
             env = {"MALLOC_MMAP_THRESHOLD_": str(int(args.mmap_threshold_mib * 2**20))} if args.mmap_threshold_mib else None
-            result = harness.run_probe(Path(__file__), child_args, timeout=args.timeout, env=env)
+            result = harness.run_child(Path(__file__), mode, child_args, timeout=args.timeout, env=env)
             if "error" not in result:
                 result["peak_rss_gib"] = gib(result.pop("peak_rss"))
                 result["rss_after_build_gib"] = gib(result.pop("rss_after_build"))
@@ -164,24 +152,20 @@ def main(argv: list[str] | None = None) -> int:
         if "seconds" in results.get(tiled, {}) and "seconds" in results.get(whole, {}):
             summary[f"{tiled}_time_vs_{whole}"] = round(results[tiled]["seconds"] / results[whole]["seconds"], 3)
             summary[f"{tiled}_peak_rss_vs_{whole}"] = round(results[tiled]["peak_rss_gib"] / results[whole]["peak_rss_gib"], 3)
-    info["load_average_end"] = list(__import__("os").getloadavg())
-    output = {
-        "benchmark": "large_image",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": info,
-        "config": {"image_size": [height, width], "width": args.width, "budget_gib": args.budget_gib,
-                   "tile_size": tiling.tile_size, "margin": tiling.margin,
-                   "whole_image_forward_estimate_gib": gib(estimate), "quick": args.quick,
-                   "malloc_mmap_threshold_mib": args.mmap_threshold_mib},  # fmt: skip
-        "summary": summary,
-        "results": results,
-    }
+    output = harness.results_document(
+        "large_image", info,
+        config={"image_size": [height, width], "width": args.width, "budget_gib": args.budget_gib,
+                "tile_size": tiling.tile_size, "margin": tiling.margin,
+                "whole_image_forward_estimate_gib": gib(estimate), "quick": args.quick,
+                "malloc_mmap_threshold_mib": args.mmap_threshold_mib},  # fmt: skip
+        summary=summary,
+        results=results,
+    )
     rows = [[m, r.get("seconds", "error"), r.get("peak_rss_gib", ""), r.get("inference_rss_gib", ""), r.get("tile_size") or "whole"]
             for m, r in results.items()]  # fmt: skip
     print("\n" + harness.format_table(rows, ["mode", "seconds", "peak RSS GiB", "inference RSS GiB", "tile"]))
     print("\n".join(f"{k}: {v}" for k, v in summary.items()))
-    name = f"large_image{'_quick' if args.quick else ''}.json"
-    harness.write_json(args.json or PROJECT_ROOT / "benchmarks" / "results" / name, output)
+    harness.write_json(args.json or harness.results_path("large_image", args.quick), output)
     return 0
 
 

@@ -39,7 +39,7 @@ from harness import PROJECT_ROOT
 from fcnseg.checkpoint import read_description
 from fcnseg.engine import build_config, train
 
-CAMVID = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
+CAMVID = harness.CAMVID
 #: SegNet's median-frequency weights for CamVid (shared/data/camvid README), by class id.
 SEGNET_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614]
 METRICS = ("mean_iu", "pixel_acc", "mean_acc", "fw_iu")
@@ -169,22 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     images = result.step * config.recipe.batch_size
     model, resize = config.model, config.data_options.get("resize")
     resolution = "x".join(map(str, resize)) if resize else "native 360x480"
-    result_json = {
-        "benchmark": "learn_camvid",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "equivalent": "fcnseg train --recipe " + args.recipe + " " + " ".join(f"--set {k}={json.dumps(v)}" for k, v in settings_for(args, device)),
-        "machine": info | {"load_average_end": list(__import__("os").getloadavg())},
-        "config": config.to_dict() | {"resolution": resolution},
-        "final": {m: final[m] for m in METRICS} | {"train_minutes": round(trained / 60, 2), "steps": result.step,
-                                                    "images": images, "train_images_per_s": round(images / max(trained, 1e-9), 3)},
-        "classes": read_description(out_dir / "last.safetensors")["classes"],
-        "curve": curve,
-        "loss": [[round(t, 1), round(v, 5)] for t, v in losses[:: max(1, len(losses) // 400)]],
-    }  # fmt: skip
+    result_json = harness.results_document(
+        "learn_camvid", info,
+        equivalent="fcnseg train --recipe " + args.recipe + " " + " ".join(f"--set {k}={json.dumps(v)}" for k, v in settings_for(args, device)),
+        config=config.to_dict() | {"resolution": resolution},
+        final={m: final[m] for m in METRICS} | {"train_minutes": round(trained / 60, 2), "steps": result.step,
+                                                 "images": images, "train_images_per_s": round(images / max(trained, 1e-9), 3)},
+        classes=read_description(out_dir / "last.safetensors")["classes"],
+        curve=curve,
+        loss=[[round(t, 1), round(v, 5)] for t, v in losses[:: max(1, len(losses) // 400)]],
+    )  # fmt: skip
     print(f"final after {trained / 60:.1f} min ({result.step} steps, {images / max(trained, 1e-9):.2f} images/s): "
           + ", ".join(f"{m} {final[m]:.3f}" for m in METRICS))  # fmt: skip
-    stem = f"learn_camvid_{device.type}{'_quick' if args.quick else ''}"
-    json_path = args.json or PROJECT_ROOT / "benchmarks" / "results" / f"{stem}.json"
+    json_path = args.json or harness.results_path(f"learn_camvid_{device.type}", args.quick)
     harness.write_json(json_path, result_json)
     title = f"CamVid val, {model['name']} width {model.get('width')} at {resolution} on {device.type}"
     plot(curve, losses, json_path.with_suffix(".png"), title)

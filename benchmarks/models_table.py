@@ -22,8 +22,6 @@ loaded as ``benchmarks/speed.py`` does) as the time baseline.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ import torch
 from torch import nn
 
 import harness
-from harness import PROJECT_ROOT, SEED_PATH, median
+from harness import SEED_PATH, median
 from speed import load_seed_module
 
 import fcnseg
@@ -67,14 +65,13 @@ def build(label: str, seed_path: Path = SEED_PATH) -> nn.Module:
     return model
 
 
-def probe(label: str, size: int, seed_path: Path) -> int:
+def memory_child(label: str, size: int, seed_path: Path) -> int:
     """Child process: build one candidate, run one forward, print its peak RSS (and the RSS before building) as JSON."""
     before = harness.current_rss_bytes()
     model = build(label, seed_path)
     with torch.inference_mode():
         model(torch.randn(1, 3, size, size))
-    print(json.dumps({"peak_rss": harness.peak_rss_bytes(), "rss_before_build": before}))
-    return 0
+    return harness.print_child_result({"peak_rss": harness.peak_rss_bytes(), "rss_before_build": before})
 
 
 def checkpoint_bytes(model: nn.Module) -> int:
@@ -95,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="output (default benchmarks/results/models_table[_quick].json)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
     parser.add_argument("--seed", type=Path, default=SEED_PATH, help=f"the seed FCN-8s (default {SEED_PATH})")
-    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    harness.add_child_argument(parser)  # a candidate's label: its peak memory, measured in a fresh process
     return parser.parse_args(argv)
 
 
@@ -104,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     size = args.size or (192 if args.quick else 500)
-    if args.probe:
-        return probe(args.probe, size, args.seed)
+    if args.child:
+        return memory_child(args.child, size, args.seed)
     if load_seed_module(args.seed) is None:
         raise SystemExit(f"the seed FCN-8s (the time baseline) is not at {args.seed}; give its path with --seed")
     repeats = args.repeats or (2 if args.quick else 5)
@@ -135,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_memory:
         print("peak memory: one fresh process per candidate")
         for record in records:
-            result = harness.run_probe(Path(__file__), ["--probe", record["candidate"], "--size", str(size),
-                                                        "--seed", str(args.seed)],
+            result = harness.run_child(Path(__file__), record["candidate"], ["--size", str(size), "--seed", str(args.seed)],
                                        env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
             if "peak_rss" in result:
                 record["peak_rss_gib"] = harness.gib(result["peak_rss"])
@@ -149,13 +145,11 @@ def main(argv: list[str] | None = None) -> int:
              r.get("peak_rss_gib", ""), r.get("peak_over_imports_gib", ""), r.get("checkpoint_mb", "")] for r in records]
     text = harness.format_table(rows, header)
     print("\n" + text)
-    info["load_average_end"] = list(os.getloadavg())
-    result = {"benchmark": "models_table", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "machine": info, "config": {"size": size, "repeats": repeats, "num_classes": NUM_CLASSES,
-                                          "dtype": "float32", "batch": 1, "quick": args.quick},
-              "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": records}
-    name = f"models_table{'_quick' if args.quick else ''}.json"
-    harness.write_json(args.json or PROJECT_ROOT / "benchmarks" / "results" / name, result)
+    result = harness.results_document("models_table", info,
+                                      config={"size": size, "repeats": repeats, "num_classes": NUM_CLASSES,
+                                              "dtype": "float32", "batch": 1, "quick": args.quick},
+                                      time=time.strftime("%Y-%m-%d %H:%M:%S %Z"), results=records)
+    harness.write_json(args.json or harness.results_path("models_table", args.quick), result)
     if args.markdown:
         harness.atomic_write_text(args.markdown, text + "\n")
     return 0

@@ -26,7 +26,6 @@ decoded image's size (N * N * 3 bytes).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -61,19 +60,11 @@ def write_checkpoint(path: Path, width: float) -> Path:
     return save_checkpoint(path, model, classes=CLASSES, palette=PALETTE)
 
 
-def picture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """uint8 (H, W, 3): smooth blobs plus noise (compresses like a photo, not like noise or a flat image)."""
-    coarse = torch.from_numpy(rng.random((1, 3, max(2, height // 60), max(2, width // 60)), dtype=np.float32))
-    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
-    noise = torch.from_numpy(rng.random((3, height, width), dtype=np.float32)) * 0.2
-    return ((smooth * 0.8 + noise) * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
-
-
 def write_folder(folder: Path, count: int, height: int, width: int) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for number in range(count):
-        Image.fromarray(picture(rng, height, width)).save(folder / f"frame{number:05d}.png", compress_level=1)
+        Image.fromarray(harness.synthetic_image(height, width, rng)).save(folder / f"frame{number:05d}.png", compress_level=1)
 
 
 def run_mode(mode: str, checkpoint: Path, folder: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -134,7 +125,7 @@ def write_mosaic(path: Path, size: int) -> None:
             for left in range(0, size, block):
                 height, width = min(block, size - top), min(block, size - left)
                 window = rasterio.windows.Window(left, top, width, height)
-                target.write(picture(rng, height, width).transpose(2, 0, 1), window=window)
+                target.write(harness.synthetic_image(height, width, rng).transpose(2, 0, 1), window=window)
 
 
 def mosaic_child(args: argparse.Namespace) -> int:
@@ -145,9 +136,8 @@ def mosaic_child(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     code = main(["predict", args.checkpoint, args.mosaic_file, "--out", args.out, "--device", "cpu",
                  "--memory-budget-mb", str(args.budget_mb)])
-    print(json.dumps({"code": code, "seconds": time.perf_counter() - start, "peak_rss": harness.peak_rss_bytes(),
-                      "rss_before": before}))
-    return 0
+    return harness.print_child_result({"code": code, "seconds": time.perf_counter() - start,
+                                       "peak_rss": harness.peak_rss_bytes(), "rss_before": before})
 
 
 def mosaic(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,9 +149,9 @@ def mosaic(args: argparse.Namespace) -> dict[str, Any]:
             print(f"writing a {size} x {size} GeoTIFF ...", flush=True)
             write_mosaic(root / "mosaic.tif", size)
             checkpoint = write_checkpoint(root / "model.safetensors", args.mosaic_width)
-            child = ["--child-mosaic", "--checkpoint", str(checkpoint), "--mosaic-file", str(root / "mosaic.tif"),
+            child = ["--checkpoint", str(checkpoint), "--mosaic-file", str(root / "mosaic.tif"),
                      "--out", str(root / "out"), "--budget-mb", str(args.budget_mb)]
-            result = harness.run_probe(Path(__file__), child, timeout=args.timeout,
+            result = harness.run_child(Path(__file__), "mosaic", child, timeout=args.timeout,
                                        env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
             mask = root / "out" / "mosaic.tif"
             if "error" not in result:
@@ -182,7 +172,7 @@ def mosaic(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000, help="images in the generated folder (default 2000)")
-    parser.add_argument("--image-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(360, 480))
+    parser.add_argument("--image-size", type=harness.parse_size, default=(360, 480), help="HxW (default 360x480)")
     parser.add_argument("--width", type=float, default=0.25, help="fcn8s channel multiplier (default 0.25)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -193,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-mb", type=float, default=512, help="--memory-budget-mb for --mosaic (default 512)")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per run")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/predict_stream[_mosaic].json")
-    parser.add_argument("--child-mosaic", action="store_true", help=argparse.SUPPRESS)
+    harness.add_child_argument(parser, choices=["mosaic"])
     for hidden in ("--checkpoint", "--mosaic-file", "--out"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -201,15 +191,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.child_mosaic:
+    if args.child == "mosaic":
         return mosaic_child(args)
     info = harness.machine_info(torch.device("cpu"))
-    output = {"benchmark": "predict_stream", "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": info,
-              **(mosaic(args) if args.mosaic else throughput(args))}
-    info["load_average_end"] = list(os.getloadavg())
+    output = harness.results_document("predict_stream", info, **(mosaic(args) if args.mosaic else throughput(args)))
     print("\n".join(f"{key}: {value}" for key, value in output["summary"].items()))
-    name = "predict_stream_mosaic.json" if args.mosaic else "predict_stream.json"
-    harness.write_json(args.json or PROJECT_ROOT / "benchmarks" / "results" / name, output)
+    name = "predict_stream_mosaic" if args.mosaic else "predict_stream"
+    harness.write_json(args.json or harness.results_path(name), output)
     return 0
 
 

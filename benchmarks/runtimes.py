@@ -27,7 +27,6 @@ runtimes and OpenVINO bf16 too.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import torch
 
 import harness
 import speed
-from harness import PROJECT_ROOT, median
+from harness import median
 
 import fcnseg  # noqa: E402
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -50,7 +49,7 @@ from fcnseg.export.int8 import CalibrationSet, QuantizationError, calibration_sp
 from fcnseg.inference.runtimes import OnnxModel, installed_runtimes  # noqa: E402
 
 ALL_QUANTIZERS = ["nncf:performance", "nncf:mixed", "onnxruntime:minmax", "onnxruntime:percentile"]
-CAMVID = harness.SHARED / "data" / "camvid"
+CAMVID = harness.CAMVID
 
 
 def int8_files(checkpoint: Any, folder: Path, calibration: CalibrationSet, quantizers: list[str],
@@ -179,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 px, 3 rounds, nncf:performance and "
                                                                "onnxruntime:minmax, 16 agreement images")
-    parser.add_argument("--size", type=speed.parse_size, default=None, help="speed input N or HxW (default 500; --quick 256)")
+    parser.add_argument("--size", type=harness.parse_size, default=None, help="speed input N or HxW (default 500; --quick 256)")
     parser.add_argument("--width", type=float, default=1.0, help="fcnseg channel multiplier of the speed model (default 1.0)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 3)")
     parser.add_argument("--quantizers", type=lambda s: s.split(","), default=None,
@@ -219,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     info = harness.machine_info(torch.device("cpu"))
     print(f"machine: {info['cpu']} ({info['usable_cpus']} CPUs, flags {' '.join(info['cpu_flags'])}), "
           f"load {info['load_average_start']}, runtimes: {', '.join(installed_runtimes())}")
-    result: dict[str, Any] = {"benchmark": "runtimes", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                              "machine": info, "quick": args.quick, "exporter": args.exporter}
+    result: dict[str, Any] = {"quick": args.quick, "exporter": args.exporter}
     with tempfile.TemporaryDirectory(prefix="fcnseg-runtimes-") as folder:
         if not args.no_speed:
             result["speed"] = measure_speed(args, Path(folder))
@@ -231,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = [[name, f"{100 * r['pixel_agreement']:.2f}%", f"{100 * r['worst_image']:.2f}%", r["mean_iu"],
                      f"{r['mean_iu_change']:+.4f}"] for name, r in result["agreement"]["candidates"].items()]
             print("\n" + harness.format_table(rows, ["candidate", "pixels = fp32", "worst image", "mean IU", "change"]))
-    info["load_average_end"] = list(os.getloadavg())
-    name = f"runtimes_cpu{'_quick' if args.quick else ''}.json"
-    harness.write_json(args.json or PROJECT_ROOT / "benchmarks" / "results" / name, result)
+    document = harness.results_document("runtimes", info, **result)
+    harness.write_json(args.json or harness.results_path("runtimes_cpu", args.quick), document)
     return 0
 
 

@@ -72,15 +72,6 @@ class Upload:
     expected: int
 
 
-def _picture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    rows, cols = np.mgrid[0:height, 0:width]
-    picture = np.stack(
-        [180 * (cols > width * rng.uniform(0.2, 0.8)), 120 + 90 * np.sin(rows / rng.uniform(3, 20)), 255 * (rows < height / 2)],
-        axis=-1,
-    ) + rng.normal(0, 15, (height, width, 3))
-    return np.clip(picture, 0, 255).astype(np.uint8)
-
-
 def _encode(picture: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format=fmt, **({"quality": 88} if fmt == "JPEG" else {}))
@@ -98,9 +89,9 @@ def request_pool(seed: int, distinct: int, max_pixels: int) -> list[Upload]:
         height, width = min(height, max_pixels // width), width
         fmt = "JPEG" if index % 3 else "PNG"
         query = "?format=json" if index % 4 == 0 else ""
-        data = _encode(_picture(height, width, rng), fmt)
+        data = _encode(harness.synthetic_image(height, width, rng), fmt)
         pool.append(Upload(f"img{index}.{fmt.lower()}", data, f"image/{fmt.lower()}", query, 200))
-    complete = _encode(_picture(300, 400, rng), "JPEG")
+    complete = _encode(harness.synthetic_image(300, 400, rng), "JPEG")
     pool.append(Upload("cut.jpg", complete[: len(complete) // 2], "image/jpeg", "", 422))
     pool.append(Upload("notes.txt", b"not an image\n" * 200, "text/plain", "", 415))
     too_wide = np.zeros((600, max_pixels // 600 + 100, 3), np.uint8)  # over the server's --max-pixels
@@ -161,7 +152,7 @@ def cpu_and_faults(pid: int) -> tuple[float, int]:
 
 
 def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: list[str], stats_path: Path) -> subprocess.Popen:
-    command = [sys.executable, str(Path(__file__).resolve()), "--server-child", str(stats_path), str(checkpoint),
+    command = [sys.executable, str(Path(__file__).resolve()), harness.CHILD_FLAG, "server", str(stats_path), str(checkpoint),
                "--port", str(port), "--log-level", "warning", *extra_args]
     child_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **env}
     server = subprocess.Popen(command, env=child_env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
@@ -256,8 +247,8 @@ def parse_candidate(text: str) -> tuple[str, list[str]]:
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--server-child":
-        sys.exit(server_child(Path(sys.argv[2]), sys.argv[3:]))
+    if sys.argv[1:3] == [harness.CHILD_FLAG, "server"]:  # the rest of the line is fcnseg serve's, not ours
+        sys.exit(server_child(Path(sys.argv[3]), sys.argv[4:]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--sample-every", type=int, default=100)
@@ -271,13 +262,14 @@ def main() -> None:
                         help="a server to measure, with extra options and environment variables "
                         "(repeatable; default: the service as shipped)")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra fcnseg serve options (last)")
-    parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "serve_memory.json")
+    parser.add_argument("--json", type=Path, default=harness.results_path("serve_memory"))
     parser.add_argument("--quick", action="store_true", help="write *_quick.json (a smoke run never overwrites a real one)")
     args = parser.parse_args()
     if args.quick:
         args.json = args.json.with_name(args.json.stem + "_quick.json")
     candidates = [parse_candidate(text) for text in args.candidate] or [("shipped", {})]
 
+    machine = harness.machine_info(torch.device("cpu"))
     torch.manual_seed(0)
     model = fcnseg.create_model("fcn8s", num_classes=11, width=args.width).eval()
     pool = request_pool(args.seed, args.distinct, args.max_pixels)
@@ -304,12 +296,11 @@ def main() -> None:
         ["candidate", "options", "RSS slope MiB/1000 req", "in-use slope", "RSS start", "RSS at warm-up", "RSS end",
          "RSS max", "RSS after trim", "CPU ms/req", "faults/req", "unexpected"],
     ))
-    harness.write_json(args.json, {
-        "machine": harness.machine_info(torch.device("cpu")),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "candidates": results,
-    })
+    harness.write_json(args.json, harness.results_document(
+        "serve_memory", machine,
+        settings={k: v for k, v in vars(args).items() if k != "json"},
+        candidates=results,
+    ))
 
 
 if __name__ == "__main__":

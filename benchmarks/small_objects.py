@@ -29,7 +29,7 @@ from harness import PROJECT_ROOT
 
 from fcnseg.cli import main as fcnseg
 
-CAMVID = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
+CAMVID = harness.CAMVID
 HELD_OUT = "0006R0"
 THIN = ("pole", "signsymbol", "pedestrian", "bicyclist")
 #: Row -> the settings it changes (``fcnseg train --set``) and test-time options (``fcnseg eval``).
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-bf16", action="store_true", help="train under bf16 autocast (every row alike)")
     parser.add_argument("--runs", type=Path, default=PROJECT_ROOT / "runs" / "small_objects")
-    parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "small_objects.json")
+    parser.add_argument("--json", type=Path, default=harness.results_path("small_objects"))
     args = parser.parse_args(argv)
     if not (CAMVID / "train.txt").is_file():
         print(f"CamVid not found at {CAMVID}", file=sys.stderr)
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                       "val": evaluate_row(run, "val", options, run / f"eval_val_{name}.json"),
                       "unseen": evaluate_row(run, unseen, options, run / f"eval_unseen_{name}.json")}
             # Re-read before writing: several processes (e.g. one thread each) may share the file.
-            results = {**read_results(args.json), "machine": machine, "config": config}
-            results["rows"][f"{name}_s{seed}"] = record
+            rows = {**read_results(args.json)["rows"], f"{name}_s{seed}": record}
+            results = harness.results_document("small_objects", machine, config=config, rows=rows)
             harness.write_json(args.json, results)
             print(f"{name} seed {seed}: val mean IU {record['val']['mean_iu']:.3f}, thin {record['val']['thin_mean_iu']:.3f}; "
                   f"unseen {record['unseen']['mean_iu']:.3f}", flush=True)

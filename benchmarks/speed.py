@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import harness
-from harness import PROJECT_ROOT, SEED_PATH, gib, median
+from harness import SEED_PATH, gib, median
 
 import fcnseg
 
@@ -161,19 +161,19 @@ def make_target(batch: int, height: int, width: int, device: torch.device) -> to
 
 
 # --------------------------------------------------------------------------- measuring
-def probe(args: argparse.Namespace) -> int:
-    """Child process: one candidate, one mode, one batch; print peak memory as JSON."""
+def memory_child(args: argparse.Namespace) -> int:
+    """Child process: one candidate (``--child NAME``), one mode, one batch; print peak memory as JSON."""
     device = harness.resolve_device(args.device)
     height, width = args.size
     before = harness.current_rss_bytes()
-    x = make_input(args.probe_batch, height, width, device, channels_last(args.probe, args.probe_mode))
-    if args.probe_mode == "infer":
-        forward, _ = inference_callable(args.probe, args.width, device)
+    x = make_input(args.child_batch, height, width, device, channels_last(args.child, args.child_mode))
+    if args.child_mode == "infer":
+        forward, _ = inference_callable(args.child, args.width, device)
         run = lambda: forward(x)  # noqa: E731
         context = torch.inference_mode
     else:
-        step = train_step_callable(args.probe, args.width, device)
-        target = make_target(args.probe_batch, height, width, device)
+        step = train_step_callable(args.child, args.width, device)
+        target = make_target(args.child_batch, height, width, device)
         run = lambda: step(x, target)  # noqa: E731
         context = torch.enable_grad
     built = harness.current_rss_bytes()
@@ -182,17 +182,16 @@ def probe(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         run()
         seconds = time.perf_counter() - start
-    result = {"peak_rss": harness.peak_rss_bytes(), "rss_after_build": built, "rss_before_build": before, "seconds": seconds}
-    print(__import__("json").dumps(result))
-    return 0
+    return harness.print_child_result({"peak_rss": harness.peak_rss_bytes(), "rss_after_build": built,
+                                       "rss_before_build": before, "seconds": seconds})
 
 
 def memory_of(name: str, mode: str, batch: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {}  # measured in-process (see measure_cuda_memory)
-    probe_args = ["--probe", name, "--probe-mode", mode, "--probe-batch", str(batch), "--device", "cpu"]
-    probe_args += ["--size", f"{args.size[0]}x{args.size[1]}", "--width", str(args.width), "--threads", str(torch.get_num_threads())]
-    result = harness.run_probe(Path(__file__), probe_args)
+    child_args = ["--child-mode", mode, "--child-batch", str(batch), "--device", "cpu"]
+    child_args += ["--size", f"{args.size[0]}x{args.size[1]}", "--width", str(args.width), "--threads", str(torch.get_num_threads())]
+    result = harness.run_child(Path(__file__), name, child_args)
     if "error" in result:
         print(f"  memory probe {name}/{mode}/b{batch}: {result['error'][:300]}")
         return {"memory_error": result["error"][-500:]}
@@ -306,21 +305,10 @@ def table(records: list[dict[str, Any]]) -> str:
     return harness.format_table(rows, header)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW with positive sides, got {text!r}")
-    return (values[0], values[-1])
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    parser.add_argument("--size", type=parse_size, default=None, help="input N or HxW (default 500; --quick 192)")
+    parser.add_argument("--size", type=harness.parse_size, default=None, help="input N or HxW (default 500; --quick 192)")
     parser.add_argument(
         "--width", type=float, default=1.0, help="fcnseg channel multiplier (1.0 = the paper's net; the seed is always 1.0)"
     )
@@ -342,9 +330,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 192 px, batch 1, 2 rounds, no memory probes")
     parser.add_argument("--json", type=Path, default=None, help="output (default benchmarks/results/speed_<device>[_quick].json)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
-    parser.add_argument("--probe", help=argparse.SUPPRESS)
-    parser.add_argument("--probe-mode", choices=["infer", "train"], help=argparse.SUPPRESS)
-    parser.add_argument("--probe-batch", type=int, default=1, help=argparse.SUPPRESS)
+    harness.add_child_argument(parser)  # a candidate's name: its peak memory, measured in a fresh process
+    parser.add_argument("--child-mode", choices=["infer", "train"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-batch", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -354,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.size is None:
         args.size = (192, 192) if args.quick else (500, 500)
-    if args.probe:
-        return probe(args)
+    if args.child:
+        return memory_child(args)
     device = harness.resolve_device(args.device)
     kind = device.type
     args.repeats = args.repeats or (2 if args.quick else 5)
@@ -417,28 +405,24 @@ def main(argv: list[str] | None = None) -> int:
         seed = next((r for r in records if r["candidate"] == "seed" and r["mode"] == record["mode"] and r["batch"] == record["batch"]), None)
         if seed and "median_s" in seed and "median_s" in record and not record["candidate"].startswith("matmul"):
             record["vs_seed"] = round(record["median_s"] / seed["median_s"], 3)
-    info["load_average_end"] = list(__import__("os").getloadavg())
-    result = {
-        "benchmark": "speed",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": info,
-        "config": {
+    result = harness.results_document(
+        "speed", info,
+        config={
             "size": list(args.size), "width": args.width, "num_classes": NUM_CLASSES, "batch_sizes": batches,
             "train_batch_sizes": train_batches, "repeats": args.repeats, "warmup": args.warmup, "calls_per_round": args.number,
             "dtype": "float32 (bf16 where named)",
             "quick": args.quick, "device": str(device),
         },  # fmt: skip
-        "nominal_gflop": {m: round(g, 1) for m, g in nominal.items()},
-        "ratios": summary,
-        "results": records,
-    }
+        nominal_gflop={m: round(g, 1) for m, g in nominal.items()},
+        ratios=summary,
+        results=records,
+    )
     if device.type != "cuda":
         result["gpu"] = "no GPU available: GPU figures (fp32/bf16 images/s) not measured in this run"
     text = table(records)
     print("\n" + text)
     print("\n" + "\n".join(f"{k}: {v}" for k, v in summary.items() if "_vs_" in k))
-    name = f"speed_{device.type}{'_quick' if args.quick else ''}.json"
-    harness.write_json(args.json or PROJECT_ROOT / "benchmarks" / "results" / name, result)
+    harness.write_json(args.json or harness.results_path(f"speed_{device.type}", args.quick), result)
     if args.markdown:
         harness.atomic_write_text(args.markdown, text + "\n")
     return 0

@@ -57,6 +57,17 @@ def fcnseg_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    """tmp_path/tiny.safetensors: a tiny FCN-8s whose score layers are random N(0, 1) (the paper's zero init
+    would predict class 0 everywhere; these masks differ by image), classes ``tiny_models.TINY_CLASSES``."""
+    from fcnseg.checkpoint import save_checkpoint
+    from tiny_models import TINY_CLASSES, TINY_PALETTE, tiny_model
+
+    model = tiny_model("fcn8s", len(TINY_CLASSES), score_std=1.0)
+    return save_checkpoint(tmp_path / "tiny.safetensors", model, classes=TINY_CLASSES, palette=TINY_PALETTE)
+
+
+@pytest.fixture
 def nyud(tmp_path) -> Path:
     """A two-item NYUDv2 folder (see dataset_files.write_nyud)."""
     from dataset_files import write_nyud

@@ -18,7 +18,7 @@ from fcnseg.data import PadCollate, open_dataset
 from fcnseg.evaluation.loop import confusion_matrix, evaluate
 from fcnseg.predict.images import predict_mask
 from dataset_files import CLASSES, PALETTE, hand_masks, write_folder_dataset
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 
 
@@ -29,7 +29,7 @@ from tiny_models import random_score_model
 
 
 def test_evaluate_equals_a_per_image_loop_with_numpy_metrics():
-    model = random_score_model()
+    model = tiny_model("fcn32s", 4, score_std=1.0)
     dataset = open_dataset("synthetic", None, "val", num_images=3, size=48, num_classes=4)
     result = evaluate(model, dataset, 4, "cpu", 255, progress=False)
     hist = np.zeros((4, 4), dtype=np.int64)
@@ -46,7 +46,7 @@ def test_evaluate_equals_a_per_image_loop_with_numpy_metrics():
 
 
 def test_batched_loader_of_equal_sizes_gives_the_same_matrix_and_mode_is_restored():
-    model = random_score_model().train()
+    model = tiny_model("fcn32s", 4, score_std=1.0).train()
     dataset = open_dataset("synthetic", None, "val", num_images=4, size=40, num_classes=4)
     one_by_one = confusion_matrix(model, dataset, 4, progress=False)
     loader = DataLoader(dataset, batch_size=2, collate_fn=PadCollate(fill=(0, 0, 0)))
@@ -60,7 +60,7 @@ def _distributed_worker(rank: int, init_file: str, queue) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)
-    model = random_score_model()
+    model = tiny_model("fcn32s", 4, score_std=1.0)
     dataset = open_dataset("synthetic", None, "val", num_images=3, size=40, num_classes=4)  # odd: 2 + 1 images
     matrix = confusion_matrix(model, dataset, 4, progress=False)
     queue.put((rank, matrix.matrix.tolist()))
@@ -72,8 +72,8 @@ def test_two_gloo_ranks_count_every_image_once(tmp_path):
     import torch.multiprocessing as mp
 
     torch.manual_seed(0)
-    single = confusion_matrix(random_score_model(), open_dataset("synthetic", None, "val", num_images=3, size=40,
-                                                                 num_classes=4), 4, progress=False)
+    dataset = open_dataset("synthetic", None, "val", num_images=3, size=40, num_classes=4)
+    single = confusion_matrix(tiny_model("fcn32s", 4, score_std=1.0), dataset, 4, progress=False)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_distributed_worker, args=(rank, str(tmp_path / "init"), queue)) for rank in range(2)]
@@ -150,12 +150,17 @@ def test_eval_reports_a_label_outside_the_classes(tmp_path, zero_checkpoint, cap
     assert code == 2 and "img1" in err and "7" in err and "Traceback" not in err
 
 
-def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(tmp_path, capsys):
+def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(tmp_path, capsys, monkeypatch):
+    from fcnseg.evaluation import figures
     from fcnseg.evaluation.detail_metrics import dice_scores
 
     from fcnseg.data import SHAPE_CLASSES
 
-    model = random_score_model(len(SHAPE_CLASSES))
+    drawn = {}
+    draw = figures.overlay_grid
+    monkeypatch.setattr(figures, "overlay_grid", lambda images, preds, targets, palette, path, *, titles: drawn.update(
+        images=images, titles=titles) or draw(images, preds, targets, palette, path, titles=titles))
+    model = tiny_model("fcn32s", len(SHAPE_CLASSES), score_std=1.0)
     path = save_checkpoint(tmp_path / "m.safetensors", model, classes=SHAPE_CLASSES,
                            palette=[(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))])
     out = tmp_path / "eval"
@@ -169,4 +174,11 @@ def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(
     matrix = torch.tensor(document["confusion_matrix"], dtype=torch.float64)
     expected = [None if v != v else round(v, 9) for v in dice_scores(matrix).tolist()]  # same matrix, same Dice
     assert [None if v is None else round(v, 9) for v in detail["dice"]["dice"]] == expected
-    assert (out / "worst_images.png").is_file()
+    # worst_images.png: the two images of lowest per-image mean IU, worst first, each with its score
+    scores = detail["per_image"]["mean_iu"]
+    worst = sorted((i for i, v in enumerate(scores) if v is not None), key=lambda i: scores[i])[:2]
+    dataset = open_dataset("synthetic", None, "val", size=48, num_images=5)
+    assert [title.rsplit(": ", 1)[1] for title in drawn["titles"]] == [f"{scores[i]:.3f}" for i in worst]
+    assert all(torch.equal(image, dataset[i][0]) for image, i in zip(drawn["images"], worst, strict=True))
+    with Image.open(out / "worst_images.png") as picture:
+        assert picture.format == "PNG"

@@ -12,13 +12,11 @@ from fcnseg.engine.distributed import DistContext
 from fcnseg.engine.initial_weights import apply_initial_weights
 from fcnseg.engine import build_config
 from fcnseg.engine.train import build_run
+from tiny_models import tiny_model
 
 
 def test_staged_init_from_a_coarser_checkpoint(tmp_path):
-    coarse = fcnseg.create_model("fcn32s", num_classes=3, width=0.0625)
-    with torch.no_grad():
-        for parameter in coarse.parameters():
-            parameter.normal_()
+    coarse = tiny_model("fcn32s", 3, all_std=1.0)
     path = save_checkpoint(tmp_path / "fcn32s.safetensors", coarse, classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3)
     fine = fcnseg.create_model("fcn16s", num_classes=3, width=0.0625)
     description = apply_initial_weights(fine, f"checkpoint:{path}")

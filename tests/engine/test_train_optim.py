@@ -10,14 +10,11 @@ import torch
 import fcnseg
 from fcnseg.engine import build_config
 from fcnseg.engine.optim import LRFactor, build_optimizer, parameter_groups
-
-
-def _model(**options):
-    return fcnseg.create_model("fcn8s", num_classes=3, width=0.0625, **options)
+from tiny_models import tiny_model
 
 
 def test_groups_bias_lr_x2_no_decay_and_frozen_deconvs_left_out():
-    model = _model()
+    model = tiny_model("fcn8s", 3)
     groups = {g["name"]: g for g in parameter_groups(model, lr=0.1, weight_decay=5e-4)}
     by_id = {id(p): name for name, p in model.named_parameters()}
     weights = {by_id[id(p)] for p in groups["weights"]["params"]}
@@ -35,7 +32,7 @@ def test_groups_bias_lr_x2_no_decay_and_frozen_deconvs_left_out():
 
 
 def test_learnable_upsampling_joins_the_weights_group():
-    model = _model(learnable_upsampling=True)
+    model = tiny_model("fcn8s", 3, learnable_upsampling=True)
     groups = {g["name"]: g for g in parameter_groups(model, lr=1.0, weight_decay=0.0)}
     ids = {id(p) for p in groups["weights"]["params"]}
     assert id(model.upscore8.weight) in ids

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from dataset_files import CLASSES, PALETTE, hand_masks, write_folder_dataset
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.evaluation.calibration_error import ReliabilityBins, calibrate, reliability_diagram
@@ -84,11 +84,7 @@ def numpy_ece(probabilities: list[np.ndarray], labels: list[np.ndarray], bins: i
 
 
 def test_calibrate_over_a_dataset_matches_numpy_and_the_confusion_matrix():
-    model = random_score_model()
-    with torch.no_grad():  # softer scores than the helper's: probabilities away from 0 and 1
-        for name, param in model.named_parameters():
-            if name.startswith("score") and name.endswith("weight"):
-                param.mul_(0.1)
+    model = tiny_model("fcn32s", 4, score_std=0.1)  # soft random scores: probabilities away from 0 and 1
     dataset = open_dataset("synthetic", None, "val", num_images=3, size=40, num_classes=4)
     predictor = Predictor(model)
     matrix, bins = calibrate(predictor, dataset, 4, progress=False)
@@ -109,7 +105,12 @@ def test_reliability_diagram_is_written(tmp_path):
         assert picture.format == "PNG" and picture.size[0] > 200
 
 
-def test_eval_calibration_reports_ece_and_writes_the_diagram(tmp_path, capsys):
+def test_eval_calibration_reports_ece_and_writes_the_diagram(tmp_path, capsys, monkeypatch):
+    from fcnseg.evaluation import calibration_error
+
+    drawn = []
+    monkeypatch.setattr(calibration_error, "reliability_diagram",
+                        lambda bins, path, **options: drawn.append(bins) or reliability_diagram(bins, path, **options))
     # Zero score layers (the paper's init): logits 0, so every pixel has p = 1/4 and is predicted class 0.
     model = fcnseg.create_model("fcn32s", num_classes=len(CLASSES), width=0.0625)
     checkpoint = save_checkpoint(tmp_path / "zero.safetensors", model, classes=CLASSES, palette=PALETTE)
@@ -127,4 +128,8 @@ def test_eval_calibration_reports_ece_and_writes_the_diagram(tmp_path, capsys):
     assert document["calibration"]["ece"] == pytest.approx(18 / 27 - 0.25)
     assert document["calibration"]["bins"][3]["pixels"] == 27
     assert document["pixel_acc"] == pytest.approx(18 / 27)  # the usual report is unchanged
-    assert (out / "reliability_diagram.png").is_file()
+    shown = drawn[0].compute()  # the diagram is drawn from the bins the report gives
+    assert len(drawn) == 1 and shown["ece"] == document["calibration"]["ece"]
+    assert [b["pixels"] for b in shown["bins"]] == [b["pixels"] for b in document["calibration"]["bins"]]
+    with Image.open(out / "reliability_diagram.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] > 200

@@ -8,12 +8,12 @@ from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.data import SHAPE_CLASSES
 from fcnseg.evaluation import figures
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 
 def test_worst_images_png_shows_the_listed_images_and_a_legend_of_the_class_colours(tmp_path, capsys, monkeypatch):
     palette = [(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))]
-    checkpoint = save_checkpoint(tmp_path / "m.safetensors", random_score_model(len(SHAPE_CLASSES)),
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", tiny_model("fcn32s", len(SHAPE_CLASSES), score_std=1.0),
                                  classes=SHAPE_CLASSES, palette=palette)
     drawn = {}
     real_save = figures._save

@@ -12,6 +12,7 @@ import torch
 
 import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
+from tiny_models import tiny_model
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
@@ -21,22 +22,13 @@ from fcnseg.export.onnx import ExportError, export_onnx, read_onnx_metadata  # n
 
 CLASSES = ["background", "road", "car", "sky"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (64, 0, 128), (128, 128, 128)]
+#: The test models' score layers, weights and biases, are random N(0, 0.5^2): every skip and crop shapes the logits.
+SCORES = {"score_std": 0.5, "score_bias_std": 0.5}
 #: Sizes the test checks on its own, none of them among the exporter's check shapes.
 TEST_SHAPES = [(1, 3, 1, 1), (1, 3, 33, 97), (2, 3, 50, 31)]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def tiny_model(name: str, preprocessing: fcnseg.Preprocessing = fcnseg.TORCHVISION) -> torch.nn.Module:
-    """A narrow model whose score layers are random, so every skip and crop shapes the logits."""
-    model = fcnseg.create_model(name, num_classes=len(CLASSES), width=0.0625)
-    for layer in ("score_fr", "score_pool4", "score_pool3"):
-        if hasattr(model, layer):
-            torch.nn.init.normal_(getattr(model, layer).weight, std=0.5)
-            torch.nn.init.normal_(getattr(model, layer).bias, std=0.5)
-    model.preprocessing = preprocessing
-    return model.eval()
 
 
 def save(model: torch.nn.Module, path):
@@ -72,7 +64,7 @@ def assert_onnx_matches(model: torch.nn.Module, path, shapes=TEST_SHAPES) -> Non
     ],
 )
 def test_export_matches_pytorch_at_odd_sizes(tmp_path, name, exporter):
-    model = tiny_model(name)
+    model = tiny_model(name, len(CLASSES), **SCORES)
     checkpoint = save(model, tmp_path / "model.safetensors")
     out = tmp_path / "model.onnx"
     report = export_onnx(checkpoint, out, exporter=exporter)
@@ -88,7 +80,7 @@ def test_export_matches_pytorch_at_odd_sizes(tmp_path, name, exporter):
 def test_metadata_reproduces_predict_mask_with_onnxruntime_alone(tmp_path):
     from fcnseg.predict.images import predict_mask
 
-    model = tiny_model("fcn16s", preprocessing=fcnseg.CAFFE)  # not the default, so it must travel
+    model = tiny_model("fcn16s", len(CLASSES), **SCORES, preprocessing=fcnseg.CAFFE)  # not the default, so it must travel
     out = tmp_path / "model.onnx"
     export_onnx(save(model, tmp_path / "m.safetensors"), out, exporter="torchscript")
 
@@ -115,14 +107,14 @@ def test_metadata_reproduces_predict_mask_with_onnxruntime_alone(tmp_path):
 
 
 def test_mismatching_export_is_refused_and_not_written(tmp_path, monkeypatch):
-    model = tiny_model("fcn32s")
+    model = tiny_model("fcn32s", len(CLASSES), **SCORES)
     checkpoint = save(model, tmp_path / "model.safetensors")
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous export")
 
     # The graph of a differently initialised model: ORT then disagrees with the checkpoint's model.
     real_export = export_module._export_proto
-    impostor = tiny_model("fcn32s")
+    impostor = tiny_model("fcn32s", len(CLASSES), seed=1, **SCORES)  # other weights than the seed-0 model
     monkeypatch.setattr(export_module, "_export_proto", lambda m, *a: real_export(impostor, *a))
     with pytest.raises(ExportError, match="(?s)does not reproduce PyTorch.*MISMATCH"):
         export_onnx(checkpoint, out, exporter="torchscript")
@@ -148,7 +140,7 @@ def test_export_is_registered_in_the_cli():
 
 
 def test_cli_exports_and_reports_tolerance(tmp_path, capsys):
-    checkpoint = save(tiny_model("fcn8s"), tmp_path / "model.safetensors")
+    checkpoint = save(tiny_model("fcn8s", len(CLASSES), **SCORES), tmp_path / "model.safetensors")
     out = tmp_path / "exported" / "fcn8s.onnx"
     code = main(["export", str(checkpoint), "--format", "onnx", "--out", str(out), "--exporter", "torchscript",
                  "--check-shape", "1x3x19x23"])
@@ -158,7 +150,7 @@ def test_cli_exports_and_reports_tolerance(tmp_path, capsys):
 
 
 def test_cli_fails_on_impossible_tolerance_and_bad_input(tmp_path, capsys):
-    checkpoint = save(tiny_model("fcn32s"), tmp_path / "model.safetensors")
+    checkpoint = save(tiny_model("fcn32s", len(CLASSES), **SCORES), tmp_path / "model.safetensors")
     out = tmp_path / "model.onnx"
     # Agreement above 100% cannot be met: the export must fail and leave nothing.
     code = main(["export", str(checkpoint), "--out", str(out), "--exporter", "torchscript", "--min-mask-agreement", "1.5"])
@@ -199,4 +191,4 @@ def test_core_import_does_not_load_optional_extras():
 def test_missing_extra_gives_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ExportError, match=r"pip install 'fcnseg\[export\]'"):
-        export_onnx(save(tiny_model("fcn32s"), tmp_path / "m.safetensors"), tmp_path / "m.onnx")
+        export_onnx(save(tiny_model("fcn32s", len(CLASSES), **SCORES), tmp_path / "m.safetensors"), tmp_path / "m.onnx")

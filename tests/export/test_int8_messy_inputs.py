@@ -15,7 +15,7 @@ from PIL import Image
 
 from command_runs import subprocess_env
 from fcnseg.checkpoint import save_checkpoint
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 pytest.importorskip("onnx", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
@@ -74,7 +74,7 @@ def run_cli(argv: list[str]) -> int:
 
 
 def test_cli_int8_export_skips_a_truncated_jpeg_and_says_so(tmp_path, capsys):
-    checkpoint = save_checkpoint(tmp_path / "model.safetensors", random_score_model(len(CLASSES)), classes=CLASSES,
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", tiny_model("fcn32s", len(CLASSES), score_std=1.0), classes=CLASSES,
                                  palette=PALETTE)
     folder = messy_folder(tmp_path / "photos", 3, truncated={1})
     out = tmp_path / "int8.onnx"
@@ -95,9 +95,9 @@ import numpy as np, torch
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.export.int8 import CalibrationSet, export_int8
 sys.path.insert(0, sys.argv[2])
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 classes = ["a", "b", "c"]
-checkpoint = save_checkpoint(sys.argv[1] + "/model.safetensors", random_score_model(3), classes=classes,
+checkpoint = save_checkpoint(sys.argv[1] + "/model.safetensors", tiny_model("fcn32s", 3, score_std=1.0), classes=classes,
                              palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)])
 image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8))
 report = export_int8(checkpoint, sys.argv[1] + "/int8.onnx", CalibrationSet([image], None, "one image"),

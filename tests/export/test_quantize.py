@@ -13,6 +13,7 @@ from PIL import Image
 
 import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
+from tiny_models import tiny_model
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
@@ -28,12 +29,9 @@ HAS_NNCF = importlib.util.find_spec("nncf") is not None
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny_model(seed: int, images: list[torch.Tensor]) -> torch.nn.Module:
-    """A narrow FCN-8s with random score layers, centred on ``images`` so that every class wins somewhere."""
-    torch.manual_seed(seed)
-    model = fcnseg.create_model("fcn8s", num_classes=len(CLASSES), width=0.0625).eval()
-    for layer in ("score_fr", "score_pool4", "score_pool3"):
-        torch.nn.init.normal_(getattr(model, layer).weight, std=0.5)
+def centred_model(seed: int, images: list[torch.Tensor]) -> torch.nn.Module:
+    """A tiny FCN-8s with random N(0, 0.5^2) score weights, centred on ``images`` so that every class wins somewhere."""
+    model = tiny_model("fcn8s", len(CLASSES), seed=seed, score_std=0.5)
     with torch.no_grad():  # score_pool3's bias reaches the logits through the bilinear upsampling alone
         model.score_pool3.bias -= model(fcnseg.preprocess(torch.stack(images), model.preprocessing)).mean((0, 2, 3))
     return model
@@ -47,7 +45,7 @@ def calibration():
 
 @pytest.fixture(scope="module")
 def checkpoint_path(tmp_path_factory, calibration):
-    model = tiny_model(0, calibration.images)
+    model = centred_model(0, calibration.images)
     return save_checkpoint(tmp_path_factory.mktemp("int8") / "model.safetensors", model, classes=CLASSES, palette=PALETTE)
 
 
@@ -109,7 +107,8 @@ def test_a_file_that_disagrees_with_fp32_is_refused_and_nothing_is_left(tmp_path
     out = tmp_path / "int8.onnx"
     out.write_bytes(b"previous export")
     # The quantizer returns another network's graph: its masks cannot agree with the checkpoint's.
-    impostor = save_checkpoint(tmp_path / "impostor.safetensors", tiny_model(7, calibration.images), classes=CLASSES, palette=PALETTE)
+    impostor = save_checkpoint(tmp_path / "impostor.safetensors", centred_model(7, calibration.images), classes=CLASSES,
+                               palette=PALETTE)
     fcnseg.export.onnx.export_onnx(impostor, tmp_path / "impostor.onnx", exporter="torchscript")
     monkeypatch.setattr(quantize, "_quantize_onnxruntime", lambda *a: onnx.load(str(tmp_path / "impostor.onnx")))
     with pytest.raises(QuantizationError, match="(?s)does not agree with fp32.*onnxruntime: masks agree .*REFUSED"):

@@ -15,21 +15,15 @@ from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.inference.confidence import read_unit_png16, save_unit_png16
 from fcnseg.inference.predictor import Predictor
+from tiny_models import tiny_model
 
 CLASSES = ["background", "thing", "stuff", "other"]
 PALETTE = [(0, 0, 0), (200, 30, 30), (20, 180, 60), (30, 30, 200)]
 
+#: The score layers' random scale: small enough that the probabilities are neither 0 nor 1.
+SOFT_SCORES = 0.1
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def tiny_model(dropout: float = 0.5) -> torch.nn.Module:
-    """A width-1/16 FCN-8s with random score layers, scaled so that its probabilities are neither 0 nor 1."""
-    model = fcnseg.create_model("fcn8s", num_classes=len(CLASSES), width=0.0625, dropout=dropout)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.startswith("score"):
-                param.normal_(0, 0.1) if name.endswith("weight") else param.zero_()
-    return model
 
 
 def random_image(height: int, width: int) -> torch.Tensor:
@@ -37,7 +31,7 @@ def random_image(height: int, width: int) -> torch.Tensor:
 
 
 def test_probabilities_and_confidence_are_the_softmax_of_the_logits():
-    predictor = Predictor(tiny_model())
+    predictor = Predictor(tiny_model("fcn8s", len(CLASSES), score_std=SOFT_SCORES))
     image = random_image(45, 61)
     expected = torch.softmax(predictor.logits(image), dim=0)
     probabilities = predictor.probabilities(image)
@@ -55,7 +49,7 @@ def test_probabilities_and_confidence_are_the_softmax_of_the_logits():
 
 
 def test_tiled_probabilities_equal_whole_image_ones():
-    model = tiny_model()
+    model = tiny_model("fcn8s", len(CLASSES), score_std=SOFT_SCORES)
     image = random_image(70, 90)
     whole = Predictor(model).confidence(image, keep_probabilities=True)
     tiled_predictor = Predictor(model, tile=32)
@@ -81,7 +75,7 @@ def manual_mc_dropout(model: torch.nn.Module, image: torch.Tensor, samples: int,
 
 
 def test_mc_dropout_averages_n_passes_seeded():
-    model = tiny_model(dropout=0.5).eval()
+    model = tiny_model("fcn8s", len(CLASSES), score_std=SOFT_SCORES, dropout=0.5).eval()
     image = random_image(40, 52)
     predictor = Predictor(model)
     rng_before = torch.random.get_rng_state()
@@ -109,7 +103,7 @@ def test_mc_dropout_averages_n_passes_seeded():
 
 
 def test_mc_dropout_with_rate_zero_equals_the_plain_probabilities():
-    predictor = Predictor(tiny_model(dropout=0.0))
+    predictor = Predictor(tiny_model("fcn8s", len(CLASSES), score_std=SOFT_SCORES, dropout=0.0))
     image = random_image(33, 47)
     plain = predictor.confidence(image, keep_probabilities=True)
     mc = predictor.confidence(image, mc_samples=4, seed=1, keep_probabilities=True)
@@ -119,14 +113,14 @@ def test_mc_dropout_with_rate_zero_equals_the_plain_probabilities():
 
 
 def test_mc_dropout_needs_dropout_layers_and_a_valid_count():
-    model = tiny_model()
+    model = tiny_model("fcn8s", len(CLASSES), score_std=SOFT_SCORES)
     model.backbone.drop6 = model.backbone.drop7 = torch.nn.Identity()
     predictor = Predictor(model)
     image = random_image(20, 20)
     with pytest.raises(ValueError, match="MC-dropout needs dropout layers"):
         predictor.probabilities(image, mc_samples=2)
     with pytest.raises(ValueError, match="mc_samples must be an integer >= 0"):
-        Predictor(tiny_model()).confidence(image, mc_samples=-1)
+        Predictor(tiny_model("fcn8s", len(CLASSES), score_std=SOFT_SCORES)).confidence(image, mc_samples=-1)
 
 
 def test_png16_round_trip(tmp_path):
@@ -144,7 +138,8 @@ def test_png16_round_trip(tmp_path):
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    return save_checkpoint(tmp_path / "model.safetensors", tiny_model(), classes=CLASSES, palette=PALETTE)
+    model = tiny_model("fcn8s", len(CLASSES), score_std=SOFT_SCORES)
+    return save_checkpoint(tmp_path / "model.safetensors", model, classes=CLASSES, palette=PALETTE)
 
 
 def test_predict_writes_confidence_entropy_and_probabilities(tmp_path, checkpoint):

@@ -8,20 +8,12 @@ import torch
 import fcnseg
 from fcnseg.predict.images import predict_logits, predict_mask
 from fcnseg.inference.tiling import TILING_HEADROOM, Tiling, plan_tiles, tiling_for_budget
+from tiny_models import tiny_model
 
 # Whole-image and tiled passes run convolutions on different sizes, so float sums
 # differ in the last bits: logits of magnitude ~10 agree to ~1e-5.
 LOGIT_TOLERANCE = 1e-4
-
-
-def tiny_model(name: str = "fcn8s", num_classes: int = 5) -> torch.nn.Module:
-    """A light FCN with random score weights (the paper's zero init would give constant logits)."""
-    model = fcnseg.create_model(name, num_classes=num_classes, width=0.0625)
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if param_name.startswith("score"):
-                param.normal_(0, 1.0) if param_name.endswith("weight") else param.zero_()
-    return model.eval()
+# The test models' score weights are random N(0, 1): the paper's zero init would give constant logits.
 
 
 def textured_image(height: int, width: int) -> torch.Tensor:
@@ -33,7 +25,7 @@ def textured_image(height: int, width: int) -> torch.Tensor:
 
 
 def test_receptive_field_and_default_margin_from_the_vgg16_geometry():
-    model = tiny_model()
+    model = tiny_model("fcn8s", 5, score_std=1.0)
     # VGG16: 1 + 2*(2*1 + 2*2 + 3*4 + 3*8 + 3*16) + (1 + 2 + 4 + 8 + 16) + 6*32 = 404 (fc7 cell)
     assert model.backbone.receptive_field == 404
     assert model.context_margin() == 288  # 202 + 64 rounded up to a multiple of 32
@@ -61,7 +53,7 @@ def test_plan_covers_every_pixel_once_with_aligned_windows(height, width, tile):
 def test_tiled_equals_whole_image(name, height, width):
     # 900 px along one axis with tiles of 192 and the 288-px margin: the middle tiles see
     # an interior edge on both sides, so the margin (not the image border) is what is tested.
-    model = tiny_model(name)
+    model = tiny_model(name, 5, score_std=1.0)
     image = textured_image(height, width)
     with torch.no_grad():  # centre each class's scores on this image, so the mask has several classes
         model.score_fr.bias -= predict_logits(model, image).flatten(1).median(dim=1).values
@@ -78,7 +70,7 @@ def test_tiled_equals_whole_image(name, height, width):
 
 def test_too_small_margin_breaks_equality():
     # The counter-test: without enough context the tile borders show in the logits.
-    model = tiny_model()
+    model = tiny_model("fcn8s", 5, score_std=1.0)
     image = textured_image(96, 700)
     whole = predict_logits(model, image)
     tiled = predict_logits(model, image, tile=Tiling(128, margin=64))
@@ -86,7 +78,7 @@ def test_too_small_margin_breaks_equality():
 
 
 def test_budget_picks_the_largest_tile_that_fits():
-    model = tiny_model()
+    model = tiny_model("fcn8s", 5, score_std=1.0)
     budget = 200 * 2**20
     tiling = tiling_for_budget(model, budget)
     assert tiling.margin == model.context_margin()
@@ -100,7 +92,7 @@ def test_budget_picks_the_largest_tile_that_fits():
 
 
 def test_estimate_grows_with_width_and_image_size():
-    small, wide = tiny_model(), fcnseg.create_model("fcn8s", num_classes=5, width=0.25)
+    small, wide = tiny_model("fcn8s", 5, score_std=1.0), fcnseg.create_model("fcn8s", num_classes=5, width=0.25)
     # 4 bytes x padded area x (3 x conv1 channels + 3 x classes + 16): 4 vs 16 conv1 channels
     assert small.estimate_forward_bytes(500, 500) == 4 * 700 * 700 * (3 * 4 + 3 * 5 + 16)
     assert wide.estimate_forward_bytes(500, 500) == 4 * 700 * 700 * (3 * 16 + 3 * 5 + 16)

@@ -9,20 +9,11 @@ import torch.nn.functional as F
 import fcnseg
 from fcnseg.inference.predictor import Predictor
 from fcnseg.inference.tiling import Tiling
-
-
-def random_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = fcnseg.create_model("fcn8s", num_classes=4, width=0.0625)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith("score"):
-                parameter.normal_(std=0.5)
-    return model.eval()
+from tiny_models import tiny_model
 
 
 def test_flip_averages_the_image_and_its_mirror():
-    model = random_model()
+    model = tiny_model("fcn8s", 4, score_std=0.5, score_bias_std=0.5)
     image = torch.randint(0, 256, (3, 45, 70), dtype=torch.uint8)
     plain = Predictor(model)
     expected = (plain.logits(image) + plain.logits(image.flip(-1)).flip(-1)) / 2
@@ -32,7 +23,7 @@ def test_flip_averages_the_image_and_its_mirror():
 
 
 def test_scales_resize_the_image_and_the_logits_back():
-    model = random_model()
+    model = tiny_model("fcn8s", 4, score_std=0.5, score_bias_std=0.5)
     image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
     plain = Predictor(model)
     half = F.interpolate(image[None].float(), size=(20, 30), mode="bilinear", align_corners=False, antialias=True)
@@ -43,7 +34,7 @@ def test_scales_resize_the_image_and_the_logits_back():
 
 
 def test_augmented_prediction_in_tiles_equals_the_whole_image():
-    model = random_model()
+    model = tiny_model("fcn8s", 4, score_std=0.5, score_bias_std=0.5)
     image = torch.randint(0, 256, (3, 64, 700), dtype=torch.uint8)
     options = {"tta_scales": (0.75, 1.0), "tta_flip": True}
     whole = Predictor(model, **options).logits(image)
@@ -53,7 +44,7 @@ def test_augmented_prediction_in_tiles_equals_the_whole_image():
 
 
 def test_bad_scales_and_mc_dropout_with_tta_are_refused():
-    model = random_model()
+    model = tiny_model("fcn8s", 4, score_std=0.5, score_bias_std=0.5)
     with pytest.raises(ValueError, match="scales"):
         Predictor(model, tta_scales=(0.0,))
     with pytest.raises(ValueError, match="cannot be combined"):

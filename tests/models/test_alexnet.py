@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import fcnseg
 from caffe_encoder import fcn_caffemodel
 from fcnseg.weights import WeightsError
+from tiny_models import tiny_model
 
 WIDTH = 0.0625
 NUM_CLASSES = 5
@@ -28,17 +29,6 @@ TOLERANCE = 1e-4
 #: Input scale of the fidelity test: Caffe's inputs are 0..255 minus the mean, so activations are
 #: large enough for the LRN (alpha 1e-4) to matter; asserted below.
 INPUT_SCALE = 60.0
-
-
-def random_alexnet(seed: int = 0, width: float = WIDTH) -> torch.nn.Module:
-    """A tiny FCN-AlexNet with every weight random (He-scaled), biases, score and upscore included."""
-    model = fcnseg.create_model("fcn_alexnet", num_classes=NUM_CLASSES, width=width).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            scale = 0.1 if key.endswith("bias") else (2.0 / param[0].numel()) ** 0.5
-            param.copy_(torch.randn(param.shape, generator=generator) * scale)
-    return model
 
 
 # --- geometry and size, from the reference numbers ------------------------------------------------
@@ -110,7 +100,8 @@ def test_fcn_alexnet_exports_to_onnx_with_the_default_exporter(tmp_path):
     from fcnseg.checkpoint import save_checkpoint
     from fcnseg.export.onnx import export_onnx
 
-    path = save_checkpoint(tmp_path / "alexnet.safetensors", random_alexnet(), classes=[f"c{i}" for i in range(NUM_CLASSES)],
+    model = tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, all_std="he")
+    path = save_checkpoint(tmp_path / "alexnet.safetensors", model, classes=[f"c{i}" for i in range(NUM_CLASSES)],
                            palette=[(i, i, i) for i in range(NUM_CLASSES)])
     assert export_onnx(path, tmp_path / "alexnet.onnx").ok
 
@@ -168,7 +159,7 @@ def opencv():
 
 def test_fcn_alexnet_matches_the_caffe_semantics_forward(tmp_path, opencv, monkeypatch):
     forward, relative_error = opencv
-    model = random_alexnet()
+    model = tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, all_std="he")
     caffemodel = fcn_caffemodel(model)
     generator = np.random.default_rng(1)
     for height, width in SIZES:
@@ -189,7 +180,7 @@ def test_published_layout_loads_and_matches_opencv(tmp_path, opencv):
     """The fcn-alexnet-pascal.caffemodel layout (here V1 layers with legacy 4-D blob shapes) loads
     into fcn_alexnet, and the loaded model matches OpenCV's forward of the same file."""
     forward, relative_error = opencv
-    source = random_alexnet(seed=3)
+    source = tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, seed=3, all_std="he")
     path = tmp_path / "fcn-alexnet.caffemodel"
     path.write_bytes(fcn_caffemodel(source, version="v1", shape="legacy"))
     loaded = fcnseg.create_model("fcn_alexnet", num_classes=NUM_CLASSES, width=WIDTH).eval()
@@ -204,7 +195,7 @@ def test_published_layout_loads_and_matches_opencv(tmp_path, opencv):
 
 def test_imagenet_alexnet_layout_loads_fc6_as_a_6x6_convolution(tmp_path):
     """The ImageNet AlexNet caffemodel stores fc6/fc7 as InnerProduct (4096 x 256*6*6, 4096 x 4096)."""
-    source = random_alexnet(seed=4)
+    source = tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, seed=4, all_std="he")
     path = tmp_path / "alexnet.caffemodel"
     path.write_bytes(fcn_caffemodel(source, inner_product=True))
     loaded = fcnseg.create_model("fcn_alexnet", num_classes=NUM_CLASSES, width=WIDTH)
@@ -215,13 +206,13 @@ def test_imagenet_alexnet_layout_loads_fc6_as_a_6x6_convolution(tmp_path):
 
 def test_wrong_model_files_are_refused(tmp_path):
     alexnet_file, vgg_file = tmp_path / "alexnet.caffemodel", tmp_path / "vgg.caffemodel"
-    alexnet_file.write_bytes(fcn_caffemodel(random_alexnet()))
+    alexnet_file.write_bytes(fcn_caffemodel(tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, all_std="he")))
     vgg_file.write_bytes(fcn_caffemodel(fcnseg.create_model("fcn32s", num_classes=NUM_CLASSES, width=WIDTH)))
     with pytest.raises(WeightsError, match=r"the file has layers the model lacks: \['conv1', 'conv2'"):
         fcnseg.load_caffe_weights(fcnseg.create_model("fcn32s", num_classes=NUM_CLASSES, width=WIDTH), alexnet_file,
                                   complete=True)
     with pytest.raises(WeightsError, match=r"the file has layers the model lacks: \['conv1_1', 'conv1_2'"):
-        fcnseg.load_caffe_weights(random_alexnet(), vgg_file, complete=True)
+        fcnseg.load_caffe_weights(tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, all_std="he"), vgg_file, complete=True)
     wider = fcnseg.create_model("fcn_alexnet", num_classes=NUM_CLASSES, width=2 * WIDTH)
     with pytest.raises(WeightsError, match=r"layer 'conv1' \(Convolution\) weight has shape \(6, 3, 11, 11\)"):
         fcnseg.load_caffe_weights(wider, alexnet_file)

@@ -12,27 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fcnseg
 from fcnseg.inference.predictor import Predictor
 from fcnseg.models import kernels, padding_trim, upsampling
 from fcnseg.models.kernels import conv_as_matmul
 from fcnseg.models.padding_trim import padding_plan
-from fcnseg.models.upsampling import BilinearUpsampling
 from fcnseg.models.vgg import FIRST_CONV_PADDING
+from tiny_models import tiny_model
 
-WIDTH = 0.0625
-
-
-def random_model(name: str = "fcn8s", num_classes: int = 5, fast_paths: bool = True, **options) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = fcnseg.create_model(name, num_classes=num_classes, width=WIDTH, fast_paths=fast_paths, **options).eval()
-    with torch.no_grad():
-        for module_name, module in model.named_modules():
-            if isinstance(module, torch.nn.Conv2d) and not isinstance(module, BilinearUpsampling):
-                torch.nn.init.normal_(module.bias, std=0.5)
-                if module_name.startswith("score"):
-                    torch.nn.init.normal_(module.weight, std=0.2)
-    return model
+#: Random non-zero biases (every layer) and score weights: the padding band holds non-zero values, every skip counts.
+RANDOM = {"score_std": 0.2, "bias_std": 0.5}
 
 
 def assert_same_logits(fast_out: torch.Tensor, plain: torch.Tensor, rtol: float = 1e-4) -> None:
@@ -47,14 +35,14 @@ def test_padding_trim_at_500_is_48_pixels_per_side():
     # By hand: after pool3 the rows of the 100-pixel margin are [0, 2] touched by the canvas
     # edge, [3, 9] identical (the band), [10, ...] touched by the image. Keeping one band row
     # leaves 6 of 7 removable at stride 8, i.e. 48 input pixels: conv1_1 pads 52 instead of 100.
-    rows, cols = padding_plan(FIRST_CONV_PADDING, random_model().backbone.trim_layers, 500, 500)
+    rows, cols = padding_plan(FIRST_CONV_PADDING, tiny_model("fcn8s", 5).backbone.trim_layers, 500, 500)
     assert (rows.pad_start, rows.pad_end) == (52, 52)
     assert cols == rows
     assert [count for _, count, _ in rows.inserts] == [6, 6]
 
 
 def test_padding_trim_rejects_removing_the_whole_band():
-    layers = random_model().backbone.trim_layers
+    layers = tiny_model("fcn8s", 5).backbone.trim_layers
     intern = padding_trim._Interner()
     faithful = padding_trim.simulate_axis(500, 100, 100, layers, intern)
     for trim, accepted in ((48, True), (56, False), (96, False)):
@@ -63,7 +51,7 @@ def test_padding_trim_rejects_removing_the_whole_band():
 
 
 def test_trimmed_backbone_features_equal_the_plain_ones():
-    model = random_model()
+    model = tiny_model("fcn8s", 5, **RANDOM)
     x = torch.randn(1, 3, 77, 90)
     with torch.inference_mode():
         got = model.backbone(x)
@@ -88,7 +76,7 @@ def test_conv_as_matmul_equals_conv2d_in_slabs(monkeypatch):
 
 
 def test_depthwise_upsampling_only_for_diagonal_weights(monkeypatch):
-    model = random_model(learnable_upsampling=True)
+    model = tiny_model("fcn8s", 5, **RANDOM, learnable_upsampling=True)
     with torch.no_grad():
         model.upscore2.weight[0, 1] += 0.3  # trained-looking: channel 0 leaks into channel 1
     groups = []
@@ -107,7 +95,7 @@ def test_depthwise_upsampling_only_for_diagonal_weights(monkeypatch):
 
 
 def test_switching_fast_paths_keeps_the_weights_and_changes_their_layout():
-    model = random_model()
+    model = tiny_model("fcn8s", 5, **RANDOM)
     state = {key: value.clone() for key, value in model.state_dict().items()}
     assert model.backbone.conv3_1.weight.is_contiguous(memory_format=torch.channels_last)
     model.set_fast_paths(False)
@@ -116,7 +104,7 @@ def test_switching_fast_paths_keeps_the_weights_and_changes_their_layout():
 
 
 def test_bfloat16_predictor_is_close_and_returns_float32():
-    model = random_model()
+    model = tiny_model("fcn8s", 5, **RANDOM)
     image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
     expected = Predictor(model).logits(image)
     got = Predictor(model, dtype="bfloat16").logits(image)
@@ -126,7 +114,7 @@ def test_bfloat16_predictor_is_close_and_returns_float32():
 
 @pytest.mark.slow
 def test_compiled_predictor_matches_the_plain_forward():
-    model = random_model()
+    model = tiny_model("fcn8s", 5, **RANDOM)
     image = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8)
     got = Predictor(model, compile=True).logits(image)
     assert_same_logits(got, Predictor(model, fast_paths=False).logits(image))
@@ -141,7 +129,7 @@ def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
 
 @pytest.mark.parametrize("learnable_upsampling", [False, True])
 def test_fast_training_gives_the_plain_gradients(learnable_upsampling):
-    model = random_model(dropout=0.0, learnable_upsampling=learnable_upsampling).train()
+    model = tiny_model("fcn8s", 5, **RANDOM, dropout=0.0, learnable_upsampling=learnable_upsampling).train()
     x = torch.randn(2, 3, 75, 58)
     target = torch.randint(0, model.num_classes, (2, 75, 58))
     loss, grads = _loss_and_grads(model, x, target)
@@ -155,7 +143,7 @@ def test_fast_training_gives_the_plain_gradients(learnable_upsampling):
 
 
 def test_fast_paths_keep_dropout_in_training():
-    model = random_model(dropout=0.5)
+    model = tiny_model("fcn8s", 5, **RANDOM, dropout=0.5)
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         fast_eval = model.eval()(x)
@@ -165,7 +153,7 @@ def test_fast_paths_keep_dropout_in_training():
 
 def test_a_model_built_under_inference_mode_runs_its_fast_paths():
     with torch.inference_mode():  # its weights are inference tensors, without version counters
-        model = random_model()
+        model = tiny_model("fcn8s", 5, **RANDOM)
         x = torch.randn(1, 3, 40, 40)
         fast = model(x)
         assert_same_logits(fast, model.set_fast_paths(False)(x))

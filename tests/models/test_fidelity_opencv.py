@@ -24,6 +24,7 @@ import torch
 
 import fcnseg
 from caffe_encoder import V1_DECONVOLUTION, blob, fcn_caffemodel, layer_v1, layer_v2, net
+from tiny_models import tiny_model
 
 cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
@@ -132,15 +133,8 @@ def random_model(name: str, seed: int = 0) -> torch.nn.Module:
     """A tiny model with every weight random: He-scaled convolutions (activations neither
     vanish nor explode), random biases, score layers and upsampling kernels. At-once skip
     scores are divided by their fixed scale, so that the skips weigh as much as in FCN-8s."""
-    model = fcnseg.create_model(name, num_classes=NUM_CLASSES, width=WIDTH).eval()
-    generator = torch.Generator().manual_seed(seed)
+    model = tiny_model(name, NUM_CLASSES, width=WIDTH, seed=seed, all_std="he")
     with torch.no_grad():
-        for key, param in model.named_parameters():
-            if key.endswith("bias"):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-            else:
-                fan_in = param[0].numel()
-                param.copy_(torch.randn(param.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
         for score, scale in (("score_pool4", "scale_pool4"), ("score_pool3", "scale_pool3")):
             if hasattr(model, scale):  # as training would: make the scaled skips matter
                 getattr(model, score).weight.div_(getattr(model, scale))

@@ -19,11 +19,12 @@ import fcnseg
 from caffe_encoder import fcn_caffemodel
 from fcnseg.models.latefusion import HHA_CAFFE, NYUD_CAFFE, preprocess_color_hha
 from fcnseg.models.siftflow import SIFTFLOW_CAFFE
-from test_fidelity_opencv import NUM_CLASSES, TOLERANCE, WIDTH, _conv, _crop, _deconv, _relu, _sum, cv2, random_model
+from tiny_models import tiny_model
+from test_fidelity_opencv import NUM_CLASSES, TOLERANCE, WIDTH, _conv, _crop, _deconv, _relu, _sum, cv2
 from test_fidelity_opencv import relative_error
 
 SIZES = [(1, 1), (17, 17), (37, 23)]
-HEADS = (("sem", 2), ("geo", 3))  # random_model's 5 classes, split as a SIFT Flow net splits them
+HEADS = (("sem", 2), ("geo", 3))  # the random models' 5 classes, split as a SIFT Flow net splits them
 CROPS = {32: 19, 16: 27, 8: 31}  # final crops of the reference VOC nets
 
 
@@ -97,7 +98,7 @@ def opencv_outputs(prototxt: str, caffemodel: bytes, inputs: dict[str, np.ndarra
 
 def load_published_layout(name: str, tmp_path) -> tuple[torch.nn.Module, bytes]:
     """A random model written as a caffemodel and loaded into a fresh fcnseg model (every layer, complete)."""
-    caffemodel = fcn_caffemodel(random_model(name, seed=7))
+    caffemodel = fcn_caffemodel(tiny_model(name, NUM_CLASSES, width=WIDTH, seed=7, all_std="he"))
     path = tmp_path / f"{name}.caffemodel"
     path.write_bytes(caffemodel)
     fresh = fcnseg.create_model(name, num_classes=NUM_CLASSES, width=WIDTH).eval()
@@ -154,7 +155,7 @@ def test_colour_hha_preprocessing_subtracts_each_streams_mean():
 
 def test_each_stream_takes_a_vgg16_file_under_the_plain_names(tmp_path):
     """Initialising the streams as the reference did (both from VGG16): each stream answers to conv1_1 ... fc7."""
-    source = random_model("fcn32s", seed=9)
+    source = tiny_model("fcn32s", NUM_CLASSES, width=WIDTH, seed=9, all_std="he")
     path = tmp_path / "vgg.caffemodel"
     path.write_bytes(fcn_caffemodel(source))
     model = fcnseg.create_model("nyud_fcn32s_color_hha", num_classes=NUM_CLASSES, width=WIDTH)

@@ -17,6 +17,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
+from tiny_models import tiny_model
 
 TINY = 0.0625
 CLASSES = 5  # a SIFT Flow net splits them 2 semantic + 3 geometric
@@ -28,33 +29,29 @@ SIZES = [(1, 1), (2, 3), (1, 7), (7, 1), (13, 13), (31, 2), (32, 32), (33, 47), 
 SLOW_PARAMETERS = 15_000_000
 
 
-def build(name: str, **options) -> nn.Module:
-    """The model at the tiny width, or at its only width (torchvision's ResNets refuse others, and say so)."""
+def width_of(name: str) -> float:
+    """The tiny width, or the model's only width (torchvision's ResNets refuse others, and say so)."""
     try:
-        return fcnseg.create_model(name, num_classes=CLASSES, width=TINY, **options)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation arithmetic
+            fcnseg.create_model(name, num_classes=CLASSES, width=TINY)
     except ValueError as error:
         assert "width must be 1.0" in str(error)
-        return fcnseg.create_model(name, num_classes=CLASSES, **options)
+        return 1.0
+    return TINY
 
 
 def _parameters(name: str) -> int:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation arithmetic
-        return sum(p.numel() for p in build(name).parameters())
+    with torch.device("meta"):
+        return sum(p.numel() for p in fcnseg.create_model(name, num_classes=CLASSES, width=width_of(name)).parameters())
 
 
 MODELS = [pytest.param(name, marks=pytest.mark.slow) if _parameters(name) > SLOW_PARAMETERS else name
           for name in fcnseg.list_models()]
 
 
-def random_model(name: str, fast_paths: bool = True, **options) -> nn.Module:
-    """A tiny model with every parameter non-zero (zero score layers would hide whole paths)."""
-    torch.manual_seed(0)
-    model = build(name, fast_paths=fast_paths, **options)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad and not parameter.any():
-                parameter.normal_(std=0.3)
-    return model
+def random_model(name: str, fast_paths: bool = True) -> nn.Module:
+    """``name`` with every parameter non-zero: random biases and score layers (zero ones would hide whole paths)."""
+    return tiny_model(name, CLASSES, width=width_of(name), score_std=0.3, bias_std=0.3, fast_paths=fast_paths)
 
 
 def blob(model: nn.Module, *shape: int) -> torch.Tensor:

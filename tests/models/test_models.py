@@ -14,6 +14,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg.models import bilinear_kernel
+from tiny_models import tiny_model
 
 MODELS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"]
 TINY = 0.0625  # geometry does not depend on width
@@ -45,10 +46,6 @@ SCORE_LAYERS = {
     "fcn8s": ["score_fr", "score_pool4", "score_pool3"],
     "fcn8s_atonce": ["score_fr", "score_pool4", "score_pool3"],
 }
-
-
-def tiny(name: str, num_classes: int = 3, **options) -> nn.Module:
-    return fcnseg.create_model(name, num_classes=num_classes, width=TINY, **options).eval()
 
 
 # --- output size ------------------------------------------------------------------------------
@@ -112,7 +109,7 @@ def test_forward_succeeds_at_every_small_size(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_crop_offsets_are_the_reference_numbers(name):
-    assert tiny(name).crop_offsets() == REFERENCE_CROPS[name]
+    assert tiny_model(name).crop_offsets() == REFERENCE_CROPS[name]
 
 
 def _map(kernel: int, stride: int, pad: int) -> tuple[Fraction, Fraction]:
@@ -189,7 +186,7 @@ def test_width_scales_every_channel_count():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_score_layers_start_at_zero(name):
-    model = tiny(name)
+    model = tiny_model(name)
     for layer in SCORE_LAYERS[name]:
         module = getattr(model, layer)
         assert not module.weight.any() and not module.bias.any(), layer
@@ -217,7 +214,7 @@ def test_bilinear_kernel_literal_values():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_upsampling_is_bilinear_on_the_channel_diagonal_and_frozen(name):
-    model = tiny(name, num_classes=4)
+    model = tiny_model(name, num_classes=4)
     for layer, kernel, stride in UPSAMPLING[name]:
         module = getattr(model, layer)
         assert module.kernel_size == (kernel, kernel) and module.stride == (stride, stride) and module.bias is None
@@ -241,14 +238,14 @@ def test_bilinear_upsampling_interpolates_linearly():
 
 
 def test_learnable_upsampling_option():
-    model = tiny("fcn8s", learnable_upsampling=True)
+    model = tiny_model("fcn8s", learnable_upsampling=True)
     for layer, _, _ in UPSAMPLING["fcn8s"]:
         assert getattr(model, layer).weight.requires_grad
     assert all(p.requires_grad for p in model.parameters())
 
 
 def test_dropout_is_elementwise_with_p_one_half():
-    model = tiny("fcn8s")
+    model = tiny_model("fcn8s")
     assert not any(isinstance(m, nn.Dropout2d) for m in model.modules())
     dropouts = [model.backbone.drop6, model.backbone.drop7]
     assert all(type(d) is nn.Dropout and d.p == 0.5 for d in dropouts)
@@ -261,8 +258,8 @@ def test_dropout_is_elementwise_with_p_one_half():
 
 
 def test_dropout_option_and_eval_is_deterministic():
-    assert tiny("fcn8s", dropout=0.0).backbone.drop6.p == 0.0
-    model = tiny("fcn8s")
+    assert tiny_model("fcn8s", dropout=0.0).backbone.drop6.p == 0.0
+    model = tiny_model("fcn8s")
     with torch.no_grad():
         model.score_fr.weight.normal_()
         x = torch.randn(1, 3, 21, 21)
@@ -273,7 +270,7 @@ def test_dropout_option_and_eval_is_deterministic():
 
 
 def test_atonce_scales_the_skip_features():
-    model = tiny("fcn8s_atonce")
+    model = tiny_model("fcn8s_atonce")
     seen: dict[str, torch.Tensor] = {}
     model.backbone.register_forward_hook(lambda m, i, out: seen.update(features=out))
     model.score_pool4.register_forward_hook(lambda m, i, o: seen.update(pool4=i[0]))
@@ -287,7 +284,7 @@ def test_atonce_scales_the_skip_features():
 
 
 def test_plain_fcn8s_does_not_scale_the_skips():
-    model = tiny("fcn8s")
+    model = tiny_model("fcn8s")
     seen: dict[str, torch.Tensor] = {}
     model.backbone.register_forward_hook(lambda m, i, out: seen.update(features=out))
     model.score_pool4.register_forward_hook(lambda m, i, o: seen.update(pool4=i[0]))
@@ -319,7 +316,7 @@ def test_config_describes_the_model_built_directly():
 
 
 def test_reference_layer_names():
-    names = list(tiny("fcn8s").reference_layers())
+    names = list(tiny_model("fcn8s").reference_layers())
     assert names[:13] == [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
     assert set(names[13:]) == {"fc6", "fc7", "score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4", "upscore8"}
 
@@ -329,20 +326,20 @@ def test_fcn4s_and_fcn2s_crops_by_hand():
     # its input step); after upscore_pool4 the score is at 8y - 23.5, after upscore_pool3 (k4 s2) at 4y - 29.5,
     # after upscore_pool2 at 2y - 32.5: pool2 crops (97.5 - 29.5) / 4 = 17, pool1 (98.5 - 32.5) / 2 = 33; the
     # final k8 s4 upsampling leaves y - 33, the final k4 s2 one y - 34.
-    assert tiny("fcn4s").crop_offsets() == {"score_pool4": 5, "score_pool3": 9, "score_pool2": 17, "final": 33}
-    assert tiny("fcn2s").crop_offsets() == {"score_pool4": 5, "score_pool3": 9, "score_pool2": 17, "score_pool1": 33,
+    assert tiny_model("fcn4s").crop_offsets() == {"score_pool4": 5, "score_pool3": 9, "score_pool2": 17, "final": 33}
+    assert tiny_model("fcn2s").crop_offsets() == {"score_pool4": 5, "score_pool3": 9, "score_pool2": 17, "score_pool1": 33,
                                             "final": 34}
 
 
 def test_fcn4s_starts_from_fcn8s_as_the_paper_stages_its_nets():
     from fcnseg.weights import transfer_fcn
 
-    coarse = tiny("fcn8s")
+    coarse = tiny_model("fcn8s")
     with torch.no_grad():
         for parameter in coarse.parameters():
             if parameter.requires_grad:  # trained weights; the upsampling stays bilinear
                 parameter.normal_(std=0.1)
-    fine = tiny("fcn4s")
+    fine = tiny_model("fcn4s")
     transfer_fcn(coarse, fine)
     assert not fine.score_pool2.weight.any()  # the new skip starts at zero ...
     x = torch.randn(1, 3, 45, 61)

@@ -23,23 +23,17 @@ from safetensors.torch import save_file
 import fcnseg
 from fcnseg.engine.initial_weights import apply_initial_weights
 from fcnseg.weights import WeightsError, load_imagenet, transfer_fcn
+from tiny_models import tiny_model
 
 CLASSES = 3
 MOBILENET_WIDTH = 0.25
+#: Random score layers, weights and biases (the paper's zero init would hide the head).
+RANDOM_SCORES = {"score_std": 0.3, "score_bias_std": 0.3}
 
 
 def model(name: str, **options) -> torch.nn.Module:
-    torch.manual_seed(0)
-    width = MOBILENET_WIDTH if "mobilenet" in name else 1.0
-    return fcnseg.create_model(name, num_classes=CLASSES, width=width, **options).eval()
-
-
-def with_random_scores(net: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for key, parameter in net.named_parameters():
-            if key.startswith("score"):
-                parameter.normal_(std=0.3)
-    return net
+    """``name`` at its real width (a ResNet has only one; MobileNetV3 at MOBILENET_WIDTH); options for tiny_model."""
+    return tiny_model(name, CLASSES, width=MOBILENET_WIDTH if "mobilenet" in name else 1.0, **options)
 
 
 # --- geometry ---------------------------------------------------------------------------------------
@@ -125,7 +119,7 @@ def _reference_head(net: torch.nn.Module, features: dict[int, torch.Tensor], hei
 
 @pytest.mark.parametrize("name", ["fcn32s_resnet18", "fcn16s_resnet18", "fcn8s_resnet18", "fcn8s_mobilenet_v3_large"])
 def test_logits_equal_torchvision_features_through_an_interpolating_head(name):
-    net = with_random_scores(model(name, fast_paths=False))
+    net = model(name, fast_paths=False, **RANDOM_SCORES)
     padding = net.backbone.input_padding
     if "resnet" in name:
         tv = torchvision.models.resnet18()
@@ -151,7 +145,7 @@ def test_logits_equal_torchvision_features_through_an_interpolating_head(name):
 
 def test_staged_fcn16s_from_fcn32s_computes_the_same_logits():
     """Linear interpolation x2 then x16 is linear interpolation x32: the finer net starts where the coarser stopped."""
-    coarse = with_random_scores(model("fcn32s_resnet18"))
+    coarse = model("fcn32s_resnet18", **RANDOM_SCORES)
     fine = model("fcn16s_resnet18")
     transfer_fcn(coarse, fine)
     x = torch.randn(1, 3, 45, 50)
@@ -177,7 +171,7 @@ def test_output_stride_8_and_16_by_dilation():
 
 
 def test_dilated_trunk_is_torchvisions_and_the_logits_interpolate_it():
-    net = with_random_scores(model("fcn8s_resnet50", output_stride=8, fast_paths=False))
+    net = model("fcn8s_resnet50", output_stride=8, fast_paths=False, **RANDOM_SCORES)
     tv = torchvision.models.resnet50(replace_stride_with_dilation=[False, True, True]).eval()
     tv.load_state_dict({**tv.state_dict(), **net.backbone.body.state_dict()})
     x = torch.randn(1, 3, 11, 14)
@@ -209,8 +203,7 @@ def test_resnet_width_is_refused_and_mobilenet_width_scales():
 
 @pytest.mark.parametrize("frozen", [False, True])
 def test_frozen_bn_keeps_statistics_while_the_affine_parameters_learn(frozen):
-    net = fcnseg.create_model("fcn8s_resnet18", num_classes=CLASSES, frozen_bn=frozen)
-    with_random_scores(net).train()
+    net = model("fcn8s_resnet18", frozen_bn=frozen, **RANDOM_SCORES).train()
     bn = net.backbone.body.bn1
     before = bn.running_mean.clone()
     logits = net(torch.randn(1, 3, 20, 24) * 3 + 1)

@@ -15,6 +15,7 @@ import fcnseg
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.inference.confidence import read_unit_png16
+from tiny_models import tiny_model
 
 CLASSES = ["background", "road", "car", "sky"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (64, 0, 128), (128, 128, 128)]
@@ -22,17 +23,10 @@ PALETTE = [(0, 0, 0), (128, 64, 128), (64, 0, 128), (128, 128, 128)]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny_model() -> torch.nn.Module:
-    """A narrow FCN-8s with random score layers, scaled so that its probabilities are neither 0 nor 1."""
-    model = fcnseg.create_model("fcn8s", num_classes=len(CLASSES), width=0.0625)
-    for layer in ("score_fr", "score_pool4", "score_pool3"):
-        torch.nn.init.normal_(getattr(model, layer).weight, std=0.1)
-    return model.eval()
-
-
 @pytest.fixture
 def checkpoint(tmp_path):
-    return save_checkpoint(tmp_path / "model.safetensors", tiny_model(), classes=CLASSES, palette=PALETTE)
+    model = tiny_model("fcn8s", len(CLASSES), score_std=0.1)  # small scores: probabilities neither 0 nor 1
+    return save_checkpoint(tmp_path / "model.safetensors", model, classes=CLASSES, palette=PALETTE)
 
 
 def test_export_with_probabilities_outputs_the_verified_softmax(tmp_path, checkpoint, capsys):

@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 import fcnseg
-from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.predict.images import (
     ImageError,
@@ -21,17 +20,7 @@ from fcnseg.predict.images import (
     save_mask_png,
 )
 
-CLASSES = ["background", "thing", "stuff"]
-PALETTE = [(0, 0, 0), (200, 30, 30), (20, 180, 60)]
-
-
-def tiny_model(num_classes: int = 3) -> torch.nn.Module:
-    model = fcnseg.create_model("fcn8s", num_classes=num_classes, width=0.0625)
-    with torch.no_grad():  # random score weights: the paper's zero init predicts class 0 everywhere
-        for name, param in model.named_parameters():
-            if name.startswith("score"):
-                param.normal_(0, 1.0) if name.endswith("weight") else param.zero_()
-    return model
+from tiny_models import TINY_CLASSES as CLASSES, TINY_PALETTE as PALETTE, tiny_model
 
 
 def random_image(height: int, width: int) -> torch.Tensor:
@@ -40,7 +29,7 @@ def random_image(height: int, width: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("height,width", [(1, 1), (37, 53), (65, 31), (100, 3)])
 def test_mask_and_logits_have_the_input_size(height, width):
-    model = tiny_model()
+    model = tiny_model("fcn8s", len(CLASSES), score_std=1.0)
     image = random_image(height, width)
     logits = predict_logits(model, image)
     mask = predict_mask(model, image)
@@ -51,7 +40,7 @@ def test_mask_and_logits_have_the_input_size(height, width):
 
 def test_prediction_applies_the_models_preprocessing():
     # Independent reference: the Caffe convention written out by hand (BGR, 0..255, minus the mean).
-    model = tiny_model().eval()
+    model = tiny_model("fcn8s", len(CLASSES), score_std=1.0).eval()
     model.preprocessing = fcnseg.CAFFE
     image = random_image(40, 44)
     bgr = image.flip(0).float() - torch.tensor([104.00698793, 116.66876762, 122.67891434]).view(3, 1, 1)
@@ -63,7 +52,7 @@ def test_prediction_applies_the_models_preprocessing():
 
 
 def test_prediction_runs_in_eval_mode_and_restores_training_mode():
-    model = tiny_model().train()  # dropout active in training mode
+    model = tiny_model("fcn8s", len(CLASSES), score_std=1.0).train()  # dropout active in training mode
     image = random_image(48, 48)
     first, second = predict_logits(model, image), predict_logits(model, image)
     assert torch.equal(first, second)  # no dropout during prediction
@@ -141,7 +130,7 @@ def test_a_folder_scan_names_every_entry_it_does_not_predict(tmp_path):
     assert "not an image file name" in reasons["anim.gif"]
 
 
-def test_predict_refuses_a_decompression_bomb_from_its_header(tmp_path, checkpoint_path, capsys):
+def test_predict_refuses_a_decompression_bomb_from_its_header(tmp_path, tiny_checkpoint, capsys):
     import resource
     import subprocess
     import sys
@@ -157,7 +146,7 @@ def test_predict_refuses_a_decompression_bomb_from_its_header(tmp_path, checkpoi
     bomb = tmp_path / "bomb.jpg"
     bomb.write_bytes(bytes(data))
     code = (f"import resource, sys; from fcnseg.cli import main; "
-            f"rc = main(['predict', {str(checkpoint_path)!r}, {str(bomb)!r}, '--out', {str(tmp_path / 'out')!r}]); "
+            f"rc = main(['predict', {str(tiny_checkpoint)!r}, {str(bomb)!r}, '--out', {str(tmp_path / 'out')!r}]); "
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
@@ -166,19 +155,14 @@ def test_predict_refuses_a_decompression_bomb_from_its_header(tmp_path, checkpoi
     assert peak_kib < 2 * 2**20, f"peak RSS {peak_kib / 2**20:.1f} GiB"  # refused from the header, never decoded
 
 
-@pytest.fixture
-def checkpoint_path(tmp_path):
-    return save_checkpoint(tmp_path / "tiny.safetensors", tiny_model(), classes=CLASSES, palette=PALETTE)
-
-
-def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_path, checkpoint_path, capsys):
+def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_path, tiny_checkpoint, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (33, 47, 3), dtype=np.uint8)).save(inputs / "one.png")
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (20, 9, 3), dtype=np.uint8)).save(inputs / "two.jpg")
     (inputs / "broken.png").write_bytes(b"\x89PNG garbage")
     out = tmp_path / "out"
-    code = main(["predict", str(checkpoint_path), str(inputs), "--out", str(out), "--overlay", "--device", "cpu"])
+    code = main(["predict", str(tiny_checkpoint), str(inputs), "--out", str(out), "--overlay", "--device", "cpu"])
     assert code == 1  # the bad image makes the run fail, after the good ones were written
     err = capsys.readouterr().err
     assert "broken.png" in err
@@ -195,16 +179,16 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
                 assert (legend == PALETTE[class_id]).all(axis=-1).any(), class_id
     assert not (out / "broken.png").exists()
     # the mask equals the library's prediction for the same file
-    model = fcnseg.checkpoint.load_checkpoint(checkpoint_path).model
+    model = fcnseg.checkpoint.load_checkpoint(tiny_checkpoint).model
     expected = predict_mask(model, load_image(inputs / "one.png"))
     np.testing.assert_array_equal(np.array(Image.open(out / "one.png")), expected.numpy())
     # the plain module (no exact fast paths) gives the same masks
-    assert main(["predict", str(checkpoint_path), str(inputs / "one.png"), "--out", str(tmp_path / "plain"),
+    assert main(["predict", str(tiny_checkpoint), str(inputs / "one.png"), "--out", str(tmp_path / "plain"),
                  "--no-fast-paths"]) == 0
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "plain" / "one.png")), expected.numpy())
 
 
-def test_predict_command_runs_the_fast_paths_unless_told_not_to(tmp_path, checkpoint_path, monkeypatch):
+def test_predict_command_runs_the_fast_paths_unless_told_not_to(tmp_path, tiny_checkpoint, monkeypatch):
     import fcnseg.inference.predictor as inference
 
     built = []
@@ -216,18 +200,18 @@ def test_predict_command_runs_the_fast_paths_unless_told_not_to(tmp_path, checkp
 
     monkeypatch.setattr(inference.Predictor, "__init__", recording)
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    assert main(["predict", str(checkpoint_path), str(tmp_path / "a.png"), "--out", str(tmp_path / "fast")]) == 0
-    assert main(["predict", str(checkpoint_path), str(tmp_path / "a.png"), "--out", str(tmp_path / "plain"),
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "fast")]) == 0
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "plain"),
                  "--no-fast-paths"]) == 0
     assert built == [True, False]
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "fast" / "a.png")),
                                   np.array(Image.open(tmp_path / "plain" / "a.png")))
 
 
-def test_predict_command_tiles_when_asked_and_gives_the_same_mask(tmp_path, checkpoint_path):
+def test_predict_command_tiles_when_asked_and_gives_the_same_mask(tmp_path, tiny_checkpoint):
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 600, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
-    assert main(["predict", str(checkpoint_path), str(tmp_path / "wide.png"), "--out", str(tmp_path / "whole")]) == 0
-    assert main(["predict", str(checkpoint_path), str(tmp_path / "wide.png"), "--out", str(tmp_path / "tiled"),
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "wide.png"), "--out", str(tmp_path / "whole")]) == 0
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "wide.png"), "--out", str(tmp_path / "tiled"),
                  "--tile-size", "192"]) == 0
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "whole" / "wide.png")),
                                   np.array(Image.open(tmp_path / "tiled" / "wide.png")))
@@ -242,8 +226,8 @@ def test_predict_command_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsy
     assert "bogus.safetensors" in err and "not an fcnseg checkpoint" in err and "Traceback" not in err
 
 
-def test_predict_command_rejects_a_memory_budget_too_small_for_one_tile(tmp_path, checkpoint_path, capsys):
+def test_predict_command_rejects_a_memory_budget_too_small_for_one_tile(tmp_path, tiny_checkpoint, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    code = main(["predict", str(checkpoint_path), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
+    code = main(["predict", str(tiny_checkpoint), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
                  "--memory-budget-mb", "1"])
     assert code == 2 and "too small" in capsys.readouterr().err

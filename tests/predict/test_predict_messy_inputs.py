@@ -20,7 +20,7 @@ from fcnseg.data.readers import decode_jpeg_fully, jpeg_data_shortfall
 from fcnseg.inference.predictor import Predictor
 from fcnseg.predict.images import ImageError, load_image
 from fcnseg.predict.manifest import Manifest, input_state
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 CLASSES = ["background", "thing", "stuff"]
 PALETTE = [(0, 0, 0), (200, 30, 30), (20, 180, 60)]
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    return save_checkpoint(tmp_path / "tiny.safetensors", random_score_model(len(CLASSES)), classes=CLASSES,
+    return save_checkpoint(tmp_path / "tiny.safetensors", tiny_model("fcn32s", len(CLASSES), score_std=1.0), classes=CLASSES,
                            palette=PALETTE)
 
 

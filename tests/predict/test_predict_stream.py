@@ -19,31 +19,15 @@ import torch
 from PIL import Image
 
 import fcnseg
-from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.inference.predictor import Predictor, load_predictor
 from fcnseg.predict.images import load_image, overlay_image
 from fcnseg.predict.manifest import MANIFEST_FOLDER
 from fcnseg.predict.stream import ImageFiles
 from fcnseg.inference.tiling import Tiling
+from tiny_models import TINY_PALETTE as PALETTE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CLASSES = ["background", "thing", "stuff"]
-PALETTE = [(0, 0, 0), (200, 30, 30), (20, 180, 60)]
-
-
-def tiny_model() -> torch.nn.Module:
-    model = fcnseg.create_model("fcn8s", num_classes=len(CLASSES), width=0.0625)
-    with torch.no_grad():  # random score weights: the paper's zero init predicts class 0 everywhere
-        for name, param in model.named_parameters():
-            if name.startswith("score"):
-                param.normal_(0, 1.0) if name.endswith("weight") else param.zero_()
-    return model
-
-
-@pytest.fixture
-def checkpoint(tmp_path) -> Path:
-    return save_checkpoint(tmp_path / "tiny.safetensors", tiny_model(), classes=CLASSES, palette=PALETTE)
 
 
 def write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
@@ -84,16 +68,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def test_batches_give_the_masks_of_one_image_at_a_time(tmp_path, checkpoint, capsys, monkeypatch):
+def test_batches_give_the_masks_of_one_image_at_a_time(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     monkeypatch.setenv("FCNSEG_PROGRESS_SECONDS", "0")  # a progress line at every update
     # two sizes interleaved: a batch ends where the size changes
     paths = write_images(tmp_path / "in", [(40, 56)] * 3 + [(33, 47)] * 2 + [(40, 56)] * 3)
-    assert predict(checkpoint, tmp_path / "in", tmp_path / "batched", "--batch-size", "3", "--workers", "2") == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "batched", "--batch-size", "3", "--workers", "2") == 0
     err = capsys.readouterr().err
     assert "images/s" in err and "ETA" in err  # the plain progress lines of a log file
-    assert predict(checkpoint, tmp_path / "in", tmp_path / "alone", "--no-stream") == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "alone", "--no-stream") == 0
     assert masks_of(tmp_path / "batched") == masks_of(tmp_path / "alone")
-    predictor = Predictor(tiny_model_from(checkpoint))
+    predictor = Predictor(tiny_model_from(tiny_checkpoint))
     for path in paths:  # and each equals the Predictor's mask of that image alone
         expected = predictor.mask(load_image(path)).numpy()
         np.testing.assert_array_equal(np.array(Image.open(tmp_path / "batched" / path.name)), expected)
@@ -103,15 +87,15 @@ def tiny_model_from(checkpoint: Path) -> torch.nn.Module:
     return fcnseg.checkpoint.load_checkpoint(checkpoint).model
 
 
-def test_a_second_run_redoes_only_what_is_missing_damaged_or_changed(tmp_path, checkpoint, capsys):
+def test_a_second_run_redoes_only_what_is_missing_damaged_or_changed(tmp_path, tiny_checkpoint, capsys):
     write_images(tmp_path / "in", [(32, 40)] * 6)
     out = tmp_path / "out"
-    assert predict(checkpoint, tmp_path / "in", out, "--overlay") == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", out, "--overlay") == 0
     assert wrote(capsys.readouterr().out) == 6
     reference = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
     assert len(reference) == 12 and len(records(out)) == 6
 
-    assert predict(checkpoint, tmp_path / "in", out, "--overlay") == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", out, "--overlay") == 0
     assert wrote(capsys.readouterr().out) == 0  # all done
 
     (out / "img000.png").write_bytes(reference["img000.png"][:-10])  # truncated mask
@@ -123,7 +107,7 @@ def test_a_second_run_redoes_only_what_is_missing_damaged_or_changed(tmp_path, c
     with open(out / MANIFEST_FOLDER / "manifest-rank0.jsonl", "ab") as manifest:
         manifest.write(b'{"input": "torn by a ki')  # a line a kill cut short
     untouched = (out / "img004.png").stat().st_mtime_ns
-    assert predict(checkpoint, tmp_path / "in", out, "--overlay") == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", out, "--overlay") == 0
     assert wrote(capsys.readouterr().out) == 4
     assert (out / "img004.png").stat().st_mtime_ns == untouched
     for name, data in reference.items():
@@ -131,17 +115,17 @@ def test_a_second_run_redoes_only_what_is_missing_damaged_or_changed(tmp_path, c
             assert (out / name).read_bytes() == data, name
     assert (out / "img003.png").read_bytes() != reference["img003.png"]  # predicted from the new content
 
-    assert predict(checkpoint, tmp_path / "in", out, "--overlay", "--alpha", "0.3") == 0  # other settings: all again
+    assert predict(tiny_checkpoint, tmp_path / "in", out, "--overlay", "--alpha", "0.3") == 0  # other settings: all again
     assert wrote(capsys.readouterr().out) == 6
-    assert predict(checkpoint, tmp_path / "in", out, "--overlay", "--alpha", "0.3", "--overwrite") == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", out, "--overlay", "--alpha", "0.3", "--overwrite") == 0
     assert wrote(capsys.readouterr().out) == 6
 
 
-def test_failures_are_listed_in_a_file_and_on_stderr(tmp_path, checkpoint, capsys):
+def test_failures_are_listed_in_a_file_and_on_stderr(tmp_path, tiny_checkpoint, capsys):
     write_images(tmp_path / "in", [(24, 24)] * 2)
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG garbage")
     out = tmp_path / "out"
-    code = main(["predict", str(checkpoint), str(tmp_path / "in"), str(tmp_path / "nowhere.png"), "--out", str(out),
+    code = main(["predict", str(tiny_checkpoint), str(tmp_path / "in"), str(tmp_path / "nowhere.png"), "--out", str(out),
                  "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 1 and wrote(captured.out) == 2
@@ -149,32 +133,36 @@ def test_failures_are_listed_in_a_file_and_on_stderr(tmp_path, checkpoint, capsy
     assert len(listed) == 2 and any("broken.png" in line for line in listed) and any("nowhere.png" in line for line in listed)
     assert "broken.png" in captured.err and "failed.txt" in captured.err and "Traceback" not in captured.err
     (tmp_path / "in" / "broken.png").unlink()
-    assert predict(checkpoint, tmp_path / "in", out) == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", out) == 0
     assert not (out / "failed.txt").exists()  # the old list no longer holds
-    assert predict(checkpoint, tmp_path / "in", out, "--workers", "-1") == 2
+    assert predict(tiny_checkpoint, tmp_path / "in", out, "--workers", "-1") == 2
     assert "--workers must be a number of processes >= 0, got -1" in capsys.readouterr().err
 
 
-def test_a_mask_that_would_overwrite_an_input_is_refused_before_any_work(tmp_path, checkpoint, capsys):
+def test_a_mask_that_would_overwrite_an_input_is_refused_before_any_work(tmp_path, tiny_checkpoint, capsys):
     write_images(tmp_path / "in", [(16, 16)] * 2)
     before = {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()}
-    assert predict(checkpoint, tmp_path / "in", tmp_path / "in") == 2
+    assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "in") == 2
     err = capsys.readouterr().err
     assert "would overwrite the input" in err and "img000.png" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
 
 
-def test_a_model_whose_tiles_are_not_exact_fails_only_the_images_that_need_tiles(tmp_path, checkpoint, capsys, monkeypatch):
+def test_a_model_whose_tiles_are_not_exact_fails_only_the_images_that_need_tiles(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     from fcnseg.models.vgg import VGG16Backbone
 
     monkeypatch.setattr(VGG16Backbone, "exact_tiling", False)  # as a squeeze-and-excitation trunk says
-    write_images(tmp_path / "in", [(24, 24), (24, 900)])
+    small, _ = write_images(tmp_path / "in", [(24, 24), (24, 900)])
     write_geotiff(tmp_path / "in" / "scene.tif", np.zeros((3, 24, 24), np.uint8))
     # a 24 x 900 image's forward pass is over the budget: it would need tiles
-    assert predict(checkpoint, tmp_path / "in", tmp_path / "out", "--memory-budget-mb", "30", "--margin", "32") == 1
+    assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "out", "--memory-budget-mb", "30", "--margin", "32") == 1
     err = capsys.readouterr().err
     assert "img001.png" in err and "squeeze-and-excitation" in err and "scene.tif" in err and "Traceback" not in err
-    assert (tmp_path / "out" / "img000.png").exists() and not (tmp_path / "out" / "img001.png").exists()
+    assert not (tmp_path / "out" / "img001.png").exists()
+    with Image.open(tmp_path / "out" / "img000.png") as written:  # the image that fits is predicted whole, as usual
+        assert written.mode == "P" and written.getpalette()[:9] == [v for colour in PALETTE for v in colour]
+        expected = Predictor(tiny_model_from(tiny_checkpoint)).mask(load_image(small)).numpy()
+        np.testing.assert_array_equal(np.array(written), expected)
 
 
 def test_an_image_too_large_to_decode_is_refused_with_what_to_do(tmp_path):
@@ -185,12 +173,12 @@ def test_an_image_too_large_to_decode_is_refused_with_what_to_do(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_the_same_command_finishes_the_job(tmp_path, checkpoint):
+def test_kill_9_at_random_moments_then_the_same_command_finishes_the_job(tmp_path, tiny_checkpoint):
     total, batch = 24, 2
     write_images(tmp_path / "in", [(48, 64)] * total)
-    assert predict(checkpoint, tmp_path / "in", tmp_path / "reference", "--overlay") == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "reference", "--overlay") == 0
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "fcnseg", "predict", str(checkpoint), str(tmp_path / "in"), "--out", str(out),
+    command = [sys.executable, "-m", "fcnseg", "predict", str(tiny_checkpoint), str(tmp_path / "in"), "--out", str(out),
                "--device", "cpu", "--overlay", "--batch-size", str(batch), "--workers", "1"]
     chooser = random.Random(5)
     kills = 0
@@ -236,15 +224,15 @@ def _free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
-def test_two_torchrun_nodes_write_exactly_the_outputs_of_one_process(tmp_path, checkpoint, capsys):
+def test_two_torchrun_nodes_write_exactly_the_outputs_of_one_process(tmp_path, tiny_checkpoint, capsys):
     paths = write_images(tmp_path / "in", [(40, 48)] * 7 + [(36, 52)] * 2)
-    assert predict(checkpoint, tmp_path / "in", tmp_path / "one", "--overlay") == 0
+    assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "one", "--overlay") == 0
     capsys.readouterr()
     port = _free_port()
     # two launches ("nodes") of one process each, meeting at a rendezvous on 127.0.0.1
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "predict-test",
-              "-m", "fcnseg", "predict", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "two"),
+              "-m", "fcnseg", "predict", str(tiny_checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "two"),
               "--device", "cpu", "--overlay", "--workers", "1"]
     nodes = [subprocess.Popen(launch, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -268,11 +256,11 @@ def write_geotiff(path: Path, image: np.ndarray, **options):
     return rasterio
 
 
-def test_a_geotiff_is_predicted_by_windows_and_keeps_its_georeferencing(tmp_path, checkpoint):
+def test_a_geotiff_is_predicted_by_windows_and_keeps_its_georeferencing(tmp_path, tiny_checkpoint):
     image = np.random.default_rng(4).integers(0, 256, (3, 150, 230), dtype=np.uint8)
     rasterio = write_geotiff(tmp_path / "scene.tif", image)
     out = tmp_path / "out"
-    assert predict(checkpoint, tmp_path / "scene.tif", out, "--tile-size", "64", "--margin", "64", "--overlay") == 0
+    assert predict(tiny_checkpoint, tmp_path / "scene.tif", out, "--tile-size", "64", "--margin", "64", "--overlay") == 0
     assert not (out / "scene.png").exists()
     with rasterio.open(out / "scene.tif") as mask_file, rasterio.open(tmp_path / "scene.tif") as source:
         assert mask_file.crs == source.crs and mask_file.transform == source.transform
@@ -280,7 +268,7 @@ def test_a_geotiff_is_predicted_by_windows_and_keeps_its_georeferencing(tmp_path
         assert [mask_file.colormap(1)[c][:3] for c in range(3)] == PALETTE
         mask = mask_file.read(1)
     # the in-memory tiled prediction with the same tiles (fcnseg.inference.tiling.iter_tiles) gives the same mask
-    predictor, _ = load_predictor(checkpoint, device="cpu", tile=Tiling(64, 64))
+    predictor, _ = load_predictor(tiny_checkpoint, device="cpu", tile=Tiling(64, 64))
     expected = predictor.mask(torch.from_numpy(image))
     np.testing.assert_array_equal(mask, expected.numpy())
     assert len(np.unique(mask)) > 1
@@ -290,21 +278,21 @@ def test_a_geotiff_is_predicted_by_windows_and_keeps_its_georeferencing(tmp_path
         np.testing.assert_array_equal(overlay_file.read().transpose(1, 2, 0), picture)
 
 
-def test_windowed_rasters_refuse_what_they_cannot_read(tmp_path, checkpoint, capsys):
+def test_windowed_rasters_refuse_what_they_cannot_read(tmp_path, tiny_checkpoint, capsys):
     from fcnseg.predict.mosaic import reads_by_windows
 
     write_geotiff(tmp_path / "deep.tif", np.zeros((3, 20, 20), np.uint16))
-    assert predict(checkpoint, tmp_path / "deep.tif", tmp_path / "out") == 1
+    assert predict(tiny_checkpoint, tmp_path / "deep.tif", tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert "deep.tif" in err and "uint16" in err and "uint8" in err and "Traceback" not in err
     Image.new("RGB", (30, 20)).save(tmp_path / "plain.tif")  # no georeferencing: windows only when too large
     assert not reads_by_windows(tmp_path / "plain.tif", max_pixels=600)
     assert reads_by_windows(tmp_path / "plain.tif", max_pixels=599)
-    assert predict(checkpoint, tmp_path / "deep.tif", tmp_path / "x", "--confidence") == 1
+    assert predict(tiny_checkpoint, tmp_path / "deep.tif", tmp_path / "x", "--confidence") == 1
     assert "not available" in capsys.readouterr().err
 
 
-def test_a_video_gives_a_mask_per_frame_and_an_overlay_video(tmp_path, checkpoint):
+def test_a_video_gives_a_mask_per_frame_and_an_overlay_video(tmp_path, tiny_checkpoint):
     av = pytest.importorskip("av", reason="the video extra is not installed (pip install 'fcnseg[video]')")
     rng = np.random.default_rng(6)
     with av.open(str(tmp_path / "drive.mp4"), "w") as container:  # 7 frames of 48 x 62 (even sizes: 4:2:0)
@@ -315,10 +303,10 @@ def test_a_video_gives_a_mask_per_frame_and_an_overlay_video(tmp_path, checkpoin
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))
     out = tmp_path / "out"
-    assert predict(checkpoint, tmp_path / "drive.mp4", out, "--overlay", "--batch-size", "3") == 0
+    assert predict(tiny_checkpoint, tmp_path / "drive.mp4", out, "--overlay", "--batch-size", "3") == 0
     with av.open(str(tmp_path / "drive.mp4")) as container:  # the frames as the decoder gives them
         frames = [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous() for f in container.decode(video=0)]
-    predictor = Predictor(tiny_model_from(checkpoint))
+    predictor = Predictor(tiny_model_from(tiny_checkpoint))
     assert sorted(p.name for p in (out / "drive").iterdir()) == [f"{n:06d}.png" for n in range(7)]
     for number, frame in enumerate(frames):
         np.testing.assert_array_equal(np.array(Image.open(out / "drive" / f"{number:06d}.png")), predictor.mask(frame).numpy())
@@ -326,5 +314,5 @@ def test_a_video_gives_a_mask_per_frame_and_an_overlay_video(tmp_path, checkpoin
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 7 and decoded[0].shape == (48, 62, 3)
     assert len(records(out)) == 1 and len(records(out)[0]["outputs"]) == 8  # one input: 7 masks and the video
-    assert predict(checkpoint, tmp_path / "drive.mp4", out, "--overlay") == 0  # done: nothing again
+    assert predict(tiny_checkpoint, tmp_path / "drive.mp4", out, "--overlay") == 0  # done: nothing again
     assert len(records(out)) == 1

@@ -9,11 +9,11 @@ from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.files import atomic_path
 from dataset_files import CLASSES, PALETTE
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 
 def test_a_resumed_predict_sweeps_a_killed_writes_temporary_file_and_nothing_else(tmp_path):
-    checkpoint = save_checkpoint(tmp_path / "m.safetensors", random_score_model(len(CLASSES)), classes=CLASSES,
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", tiny_model("fcn32s", len(CLASSES), score_std=1.0), classes=CLASSES,
                                  palette=PALETTE)
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.predict.images import load_image, predict_mask
+from tiny_models import tiny_model
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'fcnseg[serve]')")
 httpx = pytest.importorskip("httpx", reason="httpx (test extra) is needed to call the service")
@@ -35,12 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def content_dependent_model() -> torch.nn.Module:
     """A narrow FCN-8s whose masks vary with the image (random pool3 scores; seed chosen so they do)."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(1)
-    model = fcnseg.create_model("fcn8s", num_classes=len(CLASSES), width=0.125)
-    torch.nn.init.normal_(model.score_pool3.weight, std=3.0)
-    torch.random.set_rng_state(generator_state)
-    return model.eval()
+    return tiny_model("fcn8s", len(CLASSES), width=0.125, seed=1, score_std={"score_pool3": 3.0})
 
 
 @pytest.fixture(scope="module")

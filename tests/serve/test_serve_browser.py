@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.predict.images import load_image, predict_mask
+from tiny_models import tiny_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -63,9 +63,8 @@ def photo_file(folder: Path) -> Path:
 
 
 def test_page_uploads_a_photo_and_shows_overlay_and_legend(tmp_path):
-    torch.manual_seed(1)  # a narrow random FCN-8s whose masks follow the image (several classes)
-    model = fcnseg.create_model("fcn8s", num_classes=len(CLASSES), width=0.125).eval()
-    torch.nn.init.normal_(model.score_pool3.weight, std=3.0)
+    # a narrow random FCN-8s whose masks follow the image (several classes)
+    model = tiny_model("fcn8s", len(CLASSES), width=0.125, seed=1, score_std={"score_pool3": 3.0})
     checkpoint = save_checkpoint(tmp_path / "model.safetensors", model, classes=CLASSES, palette=PALETTE)
     photo = photo_file(tmp_path)
     image = load_image(photo)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fcnseg.checkpoint import save_checkpoint
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'fcnseg[serve]')")
 httpx = pytest.importorskip("httpx", reason="httpx (test extra) is needed to call the service")
@@ -42,7 +42,7 @@ def claim_size(data: bytes, width: int, height: int) -> bytes:
 
 
 def test_a_jpeg_header_patched_to_twice_its_size_is_refused_with_422(tmp_path):
-    app = create_app(save_checkpoint(tmp_path / "m.safetensors", random_score_model(3), classes=["a", "b", "c"],
+    app = create_app(save_checkpoint(tmp_path / "m.safetensors", tiny_model("fcn32s", 3, score_std=1.0), classes=["a", "b", "c"],
                                      palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)]),
                      limits=ServeLimits(max_upload_bytes=1 << 20, max_pixels=1 << 20))
 

@@ -10,6 +10,7 @@ import torch
 
 import fcnseg
 from fcnseg.weights import WeightsError, read_caffemodel
+from tiny_models import tiny_model
 from caffe_encoder import (
     V1_CONVOLUTION,
     V1_INNER_PRODUCT,
@@ -22,16 +23,8 @@ from caffe_encoder import (
 )
 
 WIDTH = 1 / 32  # fc6 has 128 x 16 x 7 x 7 weights: small enough for unpacked floats
-
-
-def randomised(name: str, num_classes: int = 3, seed: int = 1) -> torch.nn.Module:
-    """A tiny model whose every tensor (scores and deconvolutions included) is random."""
-    model = fcnseg.create_model(name, num_classes=num_classes, width=WIDTH)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator))
-    return model
+#: The source models have every tensor random (scores and deconvolutions included), N(0, 1).
+EVERY_TENSOR = {"width": WIDTH, "all_std": 1.0}
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -54,7 +47,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     ],
 )
 def test_caffemodel_loads_bit_exactly(tmp_path, version, shape, values, inner_product):
-    source = randomised("fcn8s")
+    source = tiny_model("fcn8s", seed=1, **EVERY_TENSOR)
     path = tmp_path / "net.caffemodel"
     path.write_bytes(fcn_caffemodel(source, version=version, shape=shape, values=values, inner_product=inner_product))
 
@@ -84,7 +77,7 @@ def test_fc6_inner_product_reshapes_rows_as_channel_row_column(tmp_path):
 
 
 def test_vgg16_ilsvrc_layout_loads_trunk_and_skips_fc8(tmp_path, caplog):
-    source = randomised("fcn32s", seed=2)
+    source = tiny_model("fcn32s", seed=2, **EVERY_TENSOR)
     fc8 = layer_v1("fc8", V1_INNER_PRODUCT, [blob(np.ones((10, 4)), shape="legacy"), blob(np.ones(10), shape="legacy")])
     relu = layer_v1("relu1_1", V1_RELU, [])
     trunk = {name: module for name, module in source.reference_layers().items() if not name.startswith(("score", "up"))}
@@ -110,7 +103,7 @@ def test_vgg16_ilsvrc_layout_loads_trunk_and_skips_fc8(tmp_path, caplog):
 
 
 def test_atonce_scales_are_checked_and_loaded(tmp_path):
-    source = randomised("fcn8s_atonce")
+    source = tiny_model("fcn8s_atonce", seed=1, **EVERY_TENSOR)
     path = tmp_path / "atonce.caffemodel"
     path.write_bytes(fcn_caffemodel(source))
     target = fcnseg.create_model("fcn8s_atonce", num_classes=3, width=WIDTH)
@@ -127,7 +120,7 @@ def test_atonce_scales_are_checked_and_loaded(tmp_path):
 
 def test_atonce_file_into_plain_fcn8s_is_refused(tmp_path):
     path = tmp_path / "atonce.caffemodel"
-    path.write_bytes(fcn_caffemodel(randomised("fcn8s_atonce")))
+    path.write_bytes(fcn_caffemodel(tiny_model("fcn8s_atonce", seed=1, **EVERY_TENSOR)))
     with pytest.raises(WeightsError, match="scale_pool4.*fcn8s_atonce"):
         fcnseg.load_caffe_weights(fcnseg.create_model("fcn8s", num_classes=3, width=WIDTH), path)
 
@@ -150,7 +143,7 @@ def test_bad_atonce_scale_blobs(tmp_path, scale_blob, message):
 
 def test_shape_mismatch_names_layer_and_shapes_and_loads_nothing(tmp_path):
     path = tmp_path / "five_classes.caffemodel"
-    path.write_bytes(fcn_caffemodel(randomised("fcn8s", num_classes=5)))
+    path.write_bytes(fcn_caffemodel(tiny_model("fcn8s", 5, seed=1, **EVERY_TENSOR)))
     target = fcnseg.create_model("fcn8s", num_classes=3, width=WIDTH)
     before = target.backbone.conv1_1.weight.clone()
     with pytest.raises(WeightsError) as error:
@@ -206,7 +199,7 @@ def test_not_a_caffemodel(tmp_path):
 
 
 def test_truncated_caffemodel_is_an_error(tmp_path):
-    data = fcn_caffemodel(randomised("fcn32s"))
+    data = fcn_caffemodel(tiny_model("fcn32s", seed=1, **EVERY_TENSOR))
     path = tmp_path / "cut.caffemodel"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match="not a caffemodel"):

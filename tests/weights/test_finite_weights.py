@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from fcnseg.checkpoint import CheckpointError, check_finite, load_checkpoint, save_checkpoint
 from fcnseg.weights import WeightsError, assign_reference_weights, reference_tensors
-from tiny_models import random_score_model
+from tiny_models import tiny_model
 
 MESSAGE = r"{source}: {key} holds 2 NaN or infinite value\(s\); refusing weights that cannot be used"
 
@@ -25,7 +25,7 @@ def test_the_check_counts_nan_and_infinite_values_and_raises_the_callers_error()
 
 
 def test_a_checkpoint_with_nan_is_a_checkpoint_error(tmp_path):
-    path = save_checkpoint(tmp_path / "m.safetensors", random_score_model(3), classes=["a", "b", "c"],
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model("fcn32s", 3, score_std=1.0), classes=["a", "b", "c"],
                            palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)])
     tensors = load_file(str(path))
     tensors["score_fr.bias"][:2] = float("nan")
@@ -37,7 +37,7 @@ def test_a_checkpoint_with_nan_is_a_checkpoint_error(tmp_path):
 
 
 def test_foreign_weights_with_nan_are_a_weights_error():
-    model = random_score_model(3)
+    model = tiny_model("fcn32s", 3, score_std=1.0)
     weights = {key: torch.zeros_like(value) for key, value in reference_tensors(model).items() if key == "fc6.bias"}
     weights["fc6.bias"][[0, 5]] = float("inf")
     with pytest.raises(WeightsError, match=MESSAGE.format(source="my.caffemodel", key="fc6.bias")):

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 import fcnseg
 from fcnseg.models.upsampling import bilinear_kernel
+from tiny_models import randomise, tiny_model
 from fcnseg.weights import (
     WeightsError,
     change_num_classes_state,
@@ -28,22 +29,14 @@ TV_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
 CONV_NAMES = [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
 
 
-def tiny(name: str, num_classes: int = 3, width: float = TINY, **options) -> torch.nn.Module:
-    return fcnseg.create_model(name, num_classes=num_classes, width=width, **options).eval()
-
-
-def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model
+#: The scale of a "trained" model's weights here: every parameter random, upsampling kernels included.
+TRAINED = 0.1
 
 
 def fake_torchvision_state(width: float = TINY, seed: int = 0) -> dict[str, torch.Tensor]:
     """A random state dict in torchvision's VGG16 layout, with a tiny model's channel counts."""
     generator = torch.Generator().manual_seed(seed)
-    layers = tiny("fcn32s", width=width).reference_layers()
+    layers = tiny_model("fcn32s", width=width).reference_layers()
     state = {}
     for index, name in zip(TV_CONV_INDICES, CONV_NAMES):
         state[f"features.{index}.weight"] = torch.randn(layers[name].weight.shape, generator=generator)
@@ -85,7 +78,7 @@ def check_loaded(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None
 def test_torchvision_state_dict_loads_bit_exactly():
     state = fake_torchvision_state()
     copy = {k: v.clone() for k, v in state.items()}
-    model = tiny("fcn8s")
+    model = tiny_model("fcn8s")
     model.preprocessing = fcnseg.CAFFE
     loaded = load_vgg16_torchvision(model, state)
     assert loaded == CONV_NAMES + ["fc6", "fc7"]
@@ -103,7 +96,7 @@ def test_torchvision_file_loads(tmp_path, suffix):
         torch.save(state, path)
     else:
         save_file(state, str(path))
-    model = tiny("fcn32s")
+    model = tiny_model("fcn32s")
     load_vgg16_torchvision(model, path)
     check_loaded(model, state)
 
@@ -116,19 +109,19 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"features.0.weight": NotATensor()}, path)
     with pytest.raises(WeightsError, match="evil.pth: refused: .*could run code"):
-        load_vgg16_torchvision(tiny("fcn32s"), path)
+        load_vgg16_torchvision(tiny_model("fcn32s"), path)
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(WeightsError, match="nothere.pth: no such"):
-        load_vgg16_torchvision(tiny("fcn32s"), tmp_path / "nothere.pth")
+        load_vgg16_torchvision(tiny_model("fcn32s"), tmp_path / "nothere.pth")
 
 
 def test_nan_classifier_is_refused_as_feature_only_weights():
     state = fake_torchvision_state()
     state["classifier.0.weight"][0, 0] = float("nan")
     with pytest.raises(WeightsError, match="IMAGENET1K_FEATURES"):
-        load_vgg16_torchvision(tiny("fcn32s"), state)
+        load_vgg16_torchvision(tiny_model("fcn32s"), state)
 
 
 def test_imagenet1k_features_is_refused_without_downloading(monkeypatch):
@@ -152,7 +145,7 @@ def test_other_layouts_are_refused():
 
 def test_wrong_width_names_the_layer_and_the_width():
     state = fake_torchvision_state(width=0.125)
-    model = tiny("fcn32s")
+    model = tiny_model("fcn32s")
     before = model.backbone.conv1_1.weight.clone()
     with pytest.raises(WeightsError, match=r"'conv1_1'.*\(8, 3, 3, 3\).*\(4, 3, 3, 3\).*width=0.0625"):
         load_vgg16_torchvision(model, state)
@@ -193,15 +186,15 @@ def test_download_uses_the_cached_file(monkeypatch, tmp_path):
 def test_download_needs_the_full_width(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network_allowed)
     with pytest.raises(WeightsError, match="width=1.0 models only"):
-        load_vgg16_torchvision(tiny("fcn32s"))
+        load_vgg16_torchvision(tiny_model("fcn32s"))
 
 
 # --- FCN -> FCN -------------------------------------------------------------------------------
 
 
 def test_fcn32s_to_fcn16s_to_fcn8s():
-    fcn32s = randomise(tiny("fcn32s"), seed=1)
-    fcn16s = tiny("fcn16s")
+    fcn32s = tiny_model("fcn32s", seed=1, all_std=TRAINED)
+    fcn16s = tiny_model("fcn16s")
     copied = transfer_fcn(fcn32s, fcn16s)
     assert copied == CONV_NAMES + ["fc6", "fc7", "score_fr"]
     for name in copied:
@@ -213,8 +206,8 @@ def test_fcn32s_to_fcn16s_to_fcn8s():
     assert torch.equal(fcn16s.upscore2.weight[1, 1], bilinear_kernel(4))
     assert torch.equal(fcn16s.upscore16.weight[2, 2], bilinear_kernel(32))
 
-    randomise(fcn16s, seed=2)  # "trained" 16s, learned upsampling included
-    fcn8s = tiny("fcn8s")
+    randomise(fcn16s, seed=2, all_std=TRAINED)  # "trained" 16s, learned upsampling included
+    fcn8s = tiny_model("fcn8s")
     transfer_fcn(fcn16s, fcn8s)
     for key in ["backbone.conv3_1.weight", "score_fr.bias", "score_pool4.weight", "score_pool4.bias", "upscore2.weight"]:
         assert torch.equal(fcn8s.state_dict()[key], fcn16s.state_dict()[key]), key
@@ -224,18 +217,18 @@ def test_fcn32s_to_fcn16s_to_fcn8s():
 
 
 def test_transfer_is_pure_and_shape_checked():
-    source = randomise(tiny("fcn32s"), seed=5).state_dict()
+    source = tiny_model("fcn32s", seed=5, all_std=TRAINED).state_dict()
     snapshot = {k: v.clone() for k, v in source.items()}
-    target = tiny("fcn16s").state_dict()
+    target = tiny_model("fcn16s").state_dict()
     out = transfer_fcn_state(source, target)
     out["score_fr.weight"].add_(1)
     assert all(torch.equal(source[k], snapshot[k]) for k in source), "source changed"
     assert out.keys() == target.keys()
 
-    wider = tiny("fcn16s", width=0.125).state_dict()
+    wider = tiny_model("fcn16s", width=0.125).state_dict()
     with pytest.raises(WeightsError, match=r"backbone.conv1_1.weight has shape \(4, 3, 3, 3\).*\(8, 3, 3, 3\)"):
         transfer_fcn_state(source, wider)
-    other_classes = tiny("fcn16s", num_classes=5).state_dict()
+    other_classes = tiny_model("fcn16s", num_classes=5).state_dict()
     with pytest.raises(WeightsError, match="score_fr.weight has 3 classes.*5.*with_num_classes"):
         transfer_fcn_state(source, other_classes)
     with pytest.raises(WeightsError, match="backbone.fc7.bias"):
@@ -243,11 +236,11 @@ def test_transfer_is_pure_and_shape_checked():
 
 
 def test_fcn8s_and_atonce_transfer_fold_the_fixed_scales():
-    fcn8s = randomise(tiny("fcn8s"), seed=6)
-    atonce = tiny("fcn8s_atonce")
+    fcn8s = tiny_model("fcn8s", seed=6, all_std=TRAINED)
+    atonce = tiny_model("fcn8s_atonce")
     transfer_fcn(fcn8s, atonce)
     assert atonce.scale_pool4.item() == pytest.approx(0.01)
-    back = tiny("fcn8s")
+    back = tiny_model("fcn8s")
     transfer_fcn(atonce, back)
     x = torch.randn(1, 3, 41, 37)
     with torch.no_grad():
@@ -261,7 +254,7 @@ def test_fcn8s_and_atonce_transfer_fold_the_fixed_scales():
 
 
 def test_with_num_classes_restarts_the_scores():
-    model = randomise(tiny("fcn8s", num_classes=21, learnable_upsampling=True), seed=7)
+    model = tiny_model("fcn8s", num_classes=21, learnable_upsampling=True, seed=7, all_std=TRAINED)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     new = with_num_classes(model, 5)
     assert new.num_classes == 5 and new.config["num_classes"] == 5 and new.config["learnable_upsampling"]
@@ -279,7 +272,7 @@ def test_with_num_classes_keeps_shared_classes():
     new_classes = ["background", "person", "bicycle"]
     keep = class_index_map(old_classes, new_classes)
     assert keep == {0: 0, 1: 3}
-    model = randomise(tiny("fcn16s", num_classes=4), seed=8)
+    model = tiny_model("fcn16s", num_classes=4, seed=8, all_std=TRAINED)
     new = with_num_classes(model, 3, keep)
     for layer in ["score_fr", "score_pool4"]:
         old_w, new_w = getattr(model, layer).weight, getattr(new, layer).weight
@@ -294,7 +287,7 @@ def test_with_num_classes_keeps_shared_classes():
 
 
 def test_bad_keep_is_an_error():
-    state = tiny("fcn32s", num_classes=4).state_dict()
+    state = tiny_model("fcn32s", num_classes=4).state_dict()
     with pytest.raises(WeightsError, match="keep maps class 3 <- 9"):
         change_num_classes_state(state, 4, {3: 9})
     with pytest.raises(WeightsError, match="score_fr"):

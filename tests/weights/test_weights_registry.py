@@ -14,16 +14,12 @@ from fcnseg.checkpoint import CheckpointError, load_checkpoint
 from fcnseg.cli import main
 from fcnseg.weights import WeightsError, registry, resolve_checkpoint
 from fcnseg.weights.registry import Checksum, KnownWeights
+from tiny_models import TINY_WIDTH as WIDTH, tiny_model
 from weights_server import FileServer
 
-WIDTH = 0.0625
 #: DESIGN §5, typed here independently of fcnseg.data.
 VOC_NAMES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
              "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
-
-
-def random_fcn(name: str = "fcn8s", seed: int = 3) -> torch.nn.Module:
-    return random_model(name, 21, seed)
 
 
 def tiny_entry(url: str, data: bytes, name: str = "tiny-fcn8s-voc", model: str | None = "fcn8s", classes: str = "voc",
@@ -42,7 +38,7 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 @pytest.fixture
 def served(fcnseg_home, monkeypatch):
     """A random tiny FCN-8s as a caffemodel on a local server, registered as the only known weights."""
-    source = random_fcn()
+    source = tiny_model("fcn8s", 21, seed=3, all_std=0.1)
     data = fcn_caffemodel(source)
     with FileServer({"/tiny.caffemodel": data}) as server:
         entry = tiny_entry(server.url + "/tiny.caffemodel", data)
@@ -148,7 +144,7 @@ def test_fcn_alexnet_needs_its_model(fcnseg_home):
 
 
 def test_convert_command_writes_a_checkpoint_and_refuses_another_variant(tmp_path, capsys):
-    fcn32s = random_fcn("fcn32s")
+    fcn32s = tiny_model("fcn32s", 21, seed=3, all_std=0.1)
     caffemodel = tmp_path / "fcn32s.caffemodel"
     caffemodel.write_bytes(fcn_caffemodel(fcn32s))
     out = tmp_path / "fcn32s.safetensors"
@@ -162,7 +158,7 @@ def test_convert_command_writes_a_checkpoint_and_refuses_another_variant(tmp_pat
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and not target.exists()
     fcn8s = tmp_path / "fcn8s.caffemodel"
-    fcn8s.write_bytes(fcn_caffemodel(random_fcn("fcn8s")))
+    fcn8s.write_bytes(fcn_caffemodel(tiny_model("fcn8s", 21, seed=3, all_std=0.1)))
     for model, message in (("fcn32s", "the file has layers the model lacks: ['score_pool4', 'upscore2'"),
                            ("fcn8s_atonce", "the model has layers the file lacks: ['scale_pool4', 'scale_pool3']")):
         assert main(["weights", "convert", str(fcn8s), "--model", model, "--width", str(WIDTH), "--out", str(out)]) == 1
@@ -187,18 +183,8 @@ NYUD_HHA_MEAN = (132.431, 94.076, 118.477)
 NYUD_COLOR_MEAN_RGB = (92.318, 97.203, 116.190)
 
 
-def random_model(name: str, num_classes: int, seed: int = 5) -> torch.nn.Module:
-    """A model of width WIDTH with every parameter drawn from N(0, 0.1^2), in eval mode."""
-    model = fcnseg.create_model(name, num_classes=num_classes, width=WIDTH)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model.eval()
-
-
 def test_siftflow_weights_convert_with_both_heads_and_their_classes(fcnseg_home, monkeypatch, capsys):
-    source = random_model("siftflow_fcn8s", 36)
+    source = tiny_model("siftflow_fcn8s", 36, seed=5, all_std=0.1)
     data = fcn_caffemodel(source)
     with FileServer({"/sift.caffemodel": data}) as server:
         entry = tiny_entry(server.url + "/sift.caffemodel", data, name="tiny-fcn8s-siftflow", model="siftflow_fcn8s",
@@ -217,7 +203,7 @@ def test_siftflow_weights_convert_with_both_heads_and_their_classes(fcnseg_home,
 
 
 def test_nyud_hha_file_converts_like_its_registry_entry(tmp_path, capsys):
-    source = random_model("fcn32s", 40)
+    source = tiny_model("fcn32s", 40, seed=5, all_std=0.1)
     caffemodel = tmp_path / "nyud-fcn32s-hha-heavy.caffemodel"
     caffemodel.write_bytes(fcn_caffemodel(source))
     out = tmp_path / "hha.safetensors"
@@ -233,7 +219,7 @@ def test_nyud_hha_file_converts_like_its_registry_entry(tmp_path, capsys):
 def test_nyud_color_and_late_fusion_files_take_the_nyud_colour_mean(fcnseg_home, monkeypatch):
     for name, model_name, classes_kind in (("tiny-nyud-color", "fcn32s", "nyud-color"),
                                            ("tiny-nyud-color-hha", "nyud_fcn32s_color_hha", "")):
-        source = random_model(model_name, 40)
+        source = tiny_model(model_name, 40, seed=5, all_std=0.1)
         data = fcn_caffemodel(source)
         with FileServer({"/n.caffemodel": data}) as server:
             entry = tiny_entry(server.url + "/n.caffemodel", data, name=name, model=model_name, classes="nyud",
@@ -248,7 +234,7 @@ def test_nyud_color_and_late_fusion_files_take_the_nyud_colour_mean(fcnseg_home,
 
 def test_convert_refuses_pascal_context_and_a_missing_model(tmp_path, capsys):
     caffemodel = tmp_path / "x.caffemodel"
-    caffemodel.write_bytes(fcn_caffemodel(random_fcn("fcn32s")))
+    caffemodel.write_bytes(fcn_caffemodel(tiny_model("fcn32s", 21, seed=3, all_std=0.1)))
     out = tmp_path / "x.safetensors"
     assert main(["weights", "convert", str(caffemodel), "--like", "fcn8s-pascalcontext", "--out", str(out)]) == 1
     assert "fcn8s-pascalcontext: not supported yet: its 59 classes' output order" in capsys.readouterr().err
