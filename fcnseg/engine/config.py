@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .recipes import Recipe, load_preset, merge, read_config_file, resolve_by_model
+from .recipes import CROP_TO_RESIZE, Recipe, load_preset, merge, read_config_file, resolve_by_model
 
 
 @dataclass
@@ -46,7 +46,9 @@ class TrainConfig:
     val_limit: int | None = None  # validate on the first N images only
     val_batch_size: int = 1  # >1 pads images of different sizes (exact when all have one size)
     overlays: int = 6  # validation images drawn in val_overlays.png (0: none)
-    cache_in_memory: bool = False  # read both splits once and keep them in memory (small sets, the demo)
+    # Decoded items kept in memory: None caches each split that fits the budget (engine.data_cache), True always,
+    # False never (read, decode and resize every step). Items are the same either way: only the speed changes.
+    cache_in_memory: bool | None = None
     cpu_bf16: bool = False  # bf16 autocast on CPUs that compute bf16 natively (faster; numerics change)
     fast_paths: bool = True  # the model's exact fast paths: same gradients to fp32 rounding, faster steps
     progress: bool = True
@@ -60,6 +62,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.class_weights not in (None, "median-frequency", "effective-number"):
             raise ValueError(f"class_weights must be none, median-frequency or effective-number, got {self.class_weights!r}")
+        if self.recipe.crop_size == CROP_TO_RESIZE and not self.data_options.get("resize"):
+            raise ValueError(f"recipe.crop_size {CROP_TO_RESIZE!r} crops to the dataset's resize size, but data_options "
+                             "sets no resize; give a crop size (--crop-size N), or native")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -127,7 +132,7 @@ def convert(text: Any, kind: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         if text is None or (isinstance(text, str) and text.strip().lower() in ("none", "null", "native")):
             return None
-        return convert(text, next(a for a in args if a is not type(None)), key)
+        return _convert_to_one_of([a for a in args if a is not type(None)], text, key)
     value = text
     if isinstance(text, str) and kind is not str:
         try:
@@ -157,6 +162,16 @@ def convert(text: Any, kind: Any, key: str) -> Any:
         return value
     name = getattr(kind, "__name__", str(kind))
     raise ValueError(f"{key}: expected {name}, got {text!r}")
+
+
+def _convert_to_one_of(kinds: list[Any], text: Any, key: str) -> Any:
+    """``text`` as the first of ``kinds`` it converts to (``int | tuple[int, int] | str``: 320, [180,240], resize)."""
+    for kind in kinds[:-1]:
+        try:
+            return convert(text, kind, key)
+        except ValueError:
+            continue
+    return convert(text, kinds[-1], key)
 
 
 def resolve_key(key: str) -> str:
