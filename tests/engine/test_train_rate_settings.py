@@ -149,3 +149,36 @@ def test_a_cached_run_killed_then_resumed_without_the_cache_ends_like_an_uninter
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
     # ...and the steps moved the weights, so equality means something
     assert not torch.equal(whole["score_fr.weight"], torch.zeros_like(whole["score_fr.weight"]))
+
+
+# --- loading beside the compute ----------------------------------------------------------------
+
+
+class _ThreadSpy(torch.utils.data.Dataset):
+    """A dataset that notes torch's thread count whenever an item is read."""
+
+    def __init__(self, dataset):
+        self.dataset, self.threads = dataset, []
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # classes, ignore_index... as the dataset's
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        self.threads.append(torch.get_num_threads())
+        return self.dataset[index]
+
+
+def test_batches_are_loaded_on_one_thread_and_the_compute_keeps_its_threads(tmp_path):
+    from fcnseg.engine.train import determinism
+
+    with determinism(2, torch.device("cpu")):
+        run = build_run(_config(("threads", 2)), tmp_path, DistContext())
+        run.train_set = spy = _ThreadSpy(run.train_set)
+        batches = train_loader(run)
+        for _ in range(3):
+            next(batches)
+            assert torch.get_num_threads() == 2
+    assert spy.threads and set(spy.threads) == {1}
