@@ -40,8 +40,8 @@ FLAGS = [
     ("--steps", "recipe.steps", "optimiser steps, also over a clock recipe (with --resume: extend the run to N steps)"),
     ("--minutes", "recipe.minutes", "train to the clock: the schedule spans N minutes of training (with --resume: extend)"),
     ("--batch-size", "recipe.batch_size", "images per optimiser step, over all processes"),
-    ("--crop-size", "recipe.crop_size", "crop side in px, [H,W], resize (the dataset's resize size: every batch "
-                                        "exactly that size) or native (batches padded to their largest image)"),
+    ("--crop-size", "recipe.crop_size", "crop side in px, [H,W], resize (the dataset's resize size, if any: every "
+                                        "batch exactly that size) or native (batches padded to their largest image)"),
     ("--val-every", "recipe.val_every", "validate every N steps (step-based runs; over --evals)"),
     ("--evals", "recipe.evals", "validations evenly spaced over the run, steps or clock, the last at the end"),
     ("--accumulate", "accumulate", "micro-batches per step (gradient accumulation)"),

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .recipes import CROP_TO_RESIZE, Recipe, load_preset, merge, read_config_file, resolve_by_model
+from .recipes import Recipe, load_preset, merge, read_config_file, resolve_by_model
 
 
 @dataclass
@@ -62,9 +62,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.class_weights not in (None, "median-frequency", "effective-number"):
             raise ValueError(f"class_weights must be none, median-frequency or effective-number, got {self.class_weights!r}")
-        if self.recipe.crop_size == CROP_TO_RESIZE and not self.data_options.get("resize"):
-            raise ValueError(f"recipe.crop_size {CROP_TO_RESIZE!r} crops to the dataset's resize size, but data_options "
-                             "sets no resize; give a crop size (--crop-size N), or native")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -68,6 +68,8 @@ def item_bytes(dataset: SegmentationDataset, image: torch.Tensor, mask: torch.Te
 def estimated_bytes(dataset: SegmentationDataset) -> int:
     """The decoded size of ``dataset``, from up to :data:`SAMPLED_ITEMS` items spread over it."""
     count = len(dataset)
+    if count == 0:
+        return 0
     picks = sorted({round(i * (count - 1) / max(1, SAMPLED_ITEMS - 1)) for i in range(min(SAMPLED_ITEMS, count))})
     sampled = [item_bytes(dataset, *dataset[index]) for index in picks]
     return round(sum(sampled) / len(sampled) * count)

@@ -41,8 +41,8 @@ class Recipe:
     loss_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {"gamma": 2} for focal
     reduction: str = "mean"  # "sum" (over each image, the paper) or "mean" (over valid pixels)
     batch_size: int = 8  # images per optimiser step, over all processes
-    # A side in px, (height, width), "resize" (the dataset's resize size) or None (native size: the batch is
-    # padded to its largest image). A crop pads where the scaled image is smaller, with the ignore label.
+    # A side in px, (height, width), "resize" (the dataset's resize size; native where it has none) or None (native
+    # size: the batch is padded to its largest image). A crop pads where the scaled image is smaller (ignore label).
     crop_size: int | tuple[int, int] | str | None = 320
     scale_range: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True

@@ -294,11 +294,12 @@ def _apply_lr(run: Run) -> None:
 
 def train_crop_size(config: TrainConfig) -> int | tuple[int, int] | None:
     """The recipe's crop as TrainTransform takes it: ``"resize"`` is the dataset's resize (H, W), so every batch
-    has exactly that size (scaled-down images padded with the ignore label, scaled-up ones cropped)."""
+    has exactly that size (scaled-down images padded with the ignore label, scaled-up ones cropped); data at its
+    native size (no resize) has no one size, so there it means native: each batch padded to its largest image."""
     crop = config.recipe.crop_size
     if crop == CROP_TO_RESIZE:
-        height, width = config.data_options["resize"]  # TrainConfig checked that it is there
-        return int(height), int(width)
+        resize = config.data_options.get("resize")
+        return (int(resize[0]), int(resize[1])) if resize else None
     return crop  # type: ignore[return-value]
 
 

@@ -17,7 +17,7 @@ from fcnseg.engine import data_cache
 from fcnseg.engine.data_cache import cache_budget, cache_splits, in_memory
 from fcnseg.engine.distributed import DistContext
 from fcnseg.engine.state import load_train_state
-from fcnseg.engine.train import build_run, train_loader
+from fcnseg.engine.train import build_run, train_crop_size, train_loader
 
 NOMINAL = [24, 28]
 #: The camvid recipe (crop_size "resize", scale 0.75-1.25, flips, jitter) on tiny synthetic images resized to NOMINAL.
@@ -54,13 +54,13 @@ def test_crop_size_native_keeps_the_old_batches_padded_to_their_largest_scaled_i
     assert any(h > NOMINAL[0] and w > NOMINAL[1] for *_, h, w in shapes)
 
 
-def test_crop_size_takes_a_side_a_pair_or_resize_and_resize_needs_a_resize():
+def test_crop_size_takes_a_side_a_pair_or_resize_which_is_native_for_data_at_its_native_size():
     assert _config(("recipe.crop_size", "[20,22]")).recipe.crop_size == (20, 22)
-    assert _config(("recipe.crop_size", "20")).recipe.crop_size == 20
+    assert train_crop_size(_config(("recipe.crop_size", "20"))) == 20
+    assert train_crop_size(_config()) == tuple(NOMINAL)
+    assert train_crop_size(_config(("data_options.resize", None))) is None
     with pytest.raises(ValueError, match="crop_size must be"):
         _config(("recipe.crop_size", "large"))
-    with pytest.raises(ValueError, match="sets no resize"):
-        build_config("cpu", settings=[("recipe.crop_size", "resize")])
 
 
 # --- the cache rule ----------------------------------------------------------------------------
