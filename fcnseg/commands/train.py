@@ -41,7 +41,8 @@ FLAGS = [
     ("--steps", "recipe.steps", "optimiser steps, also over a clock recipe (with --resume: extend the run to N steps)"),
     ("--minutes", "recipe.minutes", "train to the clock: the schedule spans N minutes of training (with --resume: extend)"),
     ("--batch-size", "recipe.batch_size", "images per optimiser step, over all processes"),
-    ("--crop-size", "recipe.crop_size", "crop side in px, or native"),
+    ("--crop-size", "recipe.crop_size", "crop side in px, [H,W], resize (the dataset's resize size, if any: every "
+                                        "batch exactly that size) or native (batches padded to their largest image)"),
     ("--val-every", "recipe.val_every", "validate every N steps (step-based runs; over --evals)"),
     ("--evals", "recipe.evals", "validations evenly spaced over the run, steps or clock, the last at the end"),
     ("--accumulate", "accumulate", "micro-batches per step (gradient accumulation)"),
@@ -60,6 +61,8 @@ SWITCHES = [
     ("--no-augment", "recipe.augment", False, "no random scale, flip or colour jitter"),
     ("--no-amp", "recipe.amp", False, "no mixed precision on the GPU"),
     ("--cpu-bf16", "cpu_bf16", True, "bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX): faster, bf16 numerics"),
+    ("--no-cache", "cache_in_memory", False, "read, decode and resize every item every step, even when the decoded "
+                                             "splits fit in memory (by default cached when within min(2 GiB, memory/4))"),
     ("--no-fast-paths", "fast_paths", False, "every layer as written (the exact fast paths give the same gradients)"),
     ("--no-progress", "progress", False, "no progress bar"),
     ("--tensorboard", "tensorboard", True, "TensorBoard event files in RUN_DIR/tensorboard: loss, lr, validation metrics, "
@@ -67,7 +70,8 @@ SWITCHES = [
 ]
 #: Settings a resumed run may change (its length and its bookkeeping, not its numerics).
 RESUMABLE = {"recipe.steps", "recipe.minutes", "recipe.evals", "recipe.val_every", "checkpoint_every",
-             "checkpoint_minutes", "log_every", "progress", "workers", "val_limit", "overlays", "tensorboard"}
+             "checkpoint_minutes", "log_every", "progress", "workers", "val_limit", "overlays", "tensorboard",
+             "cache_in_memory"}
 
 
 def _destination(key: str) -> str:

@@ -46,7 +46,9 @@ class TrainConfig:
     val_limit: int | None = None  # validate on the first N images only
     val_batch_size: int = 1  # >1 pads images of different sizes (exact when all have one size)
     overlays: int = 6  # validation images drawn in val_overlays.png (0: none)
-    cache_in_memory: bool = False  # read both splits once and keep them in memory (small sets, the demo)
+    # Decoded items kept in memory: None caches each split that fits the budget (engine.data_cache), True always,
+    # False never (read, decode and resize every step). Items are the same either way: only the speed changes.
+    cache_in_memory: bool | None = None
     cpu_bf16: bool = False  # bf16 autocast on CPUs that compute bf16 natively (faster; numerics change)
     fast_paths: bool = True  # the model's exact fast paths: same gradients to fp32 rounding, faster steps
     progress: bool = True
@@ -127,7 +129,7 @@ def convert(text: Any, kind: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         if text is None or (isinstance(text, str) and text.strip().lower() in ("none", "null", "native")):
             return None
-        return convert(text, next(a for a in args if a is not type(None)), key)
+        return _convert_to_one_of([a for a in args if a is not type(None)], text, key)
     value = text
     if isinstance(text, str) and kind is not str:
         try:
@@ -157,6 +159,16 @@ def convert(text: Any, kind: Any, key: str) -> Any:
         return value
     name = getattr(kind, "__name__", str(kind))
     raise ValueError(f"{key}: expected {name}, got {text!r}")
+
+
+def _convert_to_one_of(kinds: list[Any], text: Any, key: str) -> Any:
+    """``text`` as the first of ``kinds`` it converts to (``int | tuple[int, int] | str``: 320, [180,240], resize)."""
+    for kind in kinds[:-1]:
+        try:
+            return convert(text, kind, key)
+        except ValueError:
+            continue
+    return convert(text, kinds[-1], key)
 
 
 def resolve_key(key: str) -> str:

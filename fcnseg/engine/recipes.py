@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 OPTIMIZERS, SCHEDULES, REDUCTIONS = ("sgd", "adamw"), ("fixed", "poly"), ("sum", "mean")
+#: ``recipe.crop_size`` naming the dataset's own ``resize`` size: every batch has exactly that size.
+CROP_TO_RESIZE = "resize"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ class Recipe:
     loss_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {"gamma": 2} for focal
     reduction: str = "mean"  # "sum" (over each image, the paper) or "mean" (over valid pixels)
     batch_size: int = 8  # images per optimiser step, over all processes
-    crop_size: int | None = 320  # None = native size (images padded to the largest in the batch)
+    # A side in px, (height, width), "resize" (the dataset's resize size; native where it has none) or None (native
+    # size: the batch is padded to its largest image). A crop pads where the scaled image is smaller (ignore label).
+    crop_size: int | tuple[int, int] | str | None = 320
     scale_range: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True
     color_jitter: float = 0.2
@@ -62,11 +66,14 @@ class Recipe:
                 raise ValueError(f"recipe.{name} must be > 0, got {value!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"recipe.warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        _check_crop_size(self.crop_size)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["scale_range"] = list(self.scale_range)
         data["loss_options"] = dict(self.loss_options)
+        if isinstance(self.crop_size, tuple):
+            data["crop_size"] = list(self.crop_size)
         return data
 
     @classmethod
@@ -78,11 +85,22 @@ class Recipe:
         data = dict(data)
         if "scale_range" in data:
             data["scale_range"] = tuple(float(v) for v in data["scale_range"])
+        if isinstance(data.get("crop_size"), list):
+            data["crop_size"] = tuple(data["crop_size"])
         return cls(**data)
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed (unknown field names are an error)."""
         return Recipe.from_dict({**self.to_dict(), **changes})
+
+
+def _check_crop_size(value: Any) -> None:
+    sides = value if isinstance(value, tuple) else (value,)
+    whole = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides)
+    if value is None or value == CROP_TO_RESIZE or (whole and len(sides) in (1, 2)):
+        return
+    raise ValueError(f"recipe.crop_size must be a side in px, [height, width], {CROP_TO_RESIZE!r} (the dataset's "
+                     f"resize size) or null (native size, batches padded to their largest image); got {value!r}")
 
 
 def list_presets() -> dict[str, str]:

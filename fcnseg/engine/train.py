@@ -51,7 +51,6 @@ from torch.utils.data import DataLoader
 from ..checkpoint import save_checkpoint
 from ..data import NO_SPLIT, DatasetError, PadCollate, SegmentationDataset, TrainTransform, open_dataset
 from ..data.doctor import diagnose
-from ..data.base import InMemoryDataset
 from ..data.statistics import class_statistics, median_frequency_weights
 from ..evaluation.loop import evaluate
 from ..files import atomic_write_text, sweep_temporary_files
@@ -62,11 +61,13 @@ from ..preprocessing import model_input
 from ..progress import Progress
 from ..evaluation.figures import plot_curves, validation_overlays
 from .config import TrainConfig, get_value, resolve_key, set_value
+from .data_cache import cache_splits, in_memory  # noqa: F401 (in_memory: the engine's name for it before)
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
 from .initial_weights import apply_initial_weights
 from .live_curves import IMAGES_SHOWN, LiveCurves, require_tensorboard
 from .loss import SegmentationLoss, build_loss, effective_number_weights, loss_for_model
 from .optim import LRFactor, build_optimizer
+from .recipes import CROP_TO_RESIZE
 from .run_length import CLOCK_RESOLUTION, Position, RunLength
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
@@ -164,6 +165,19 @@ def determinism(threads: int | None, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = saved[3]
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one CPU thread for a while (the previous count comes back). Reading and augmenting items is many
+    small operations that a second thread slows down, on a busy machine tenfold (0.04 s against 1.3 s per CamVid
+    batch); a DataLoader worker runs on one thread for the same reason, and the items come out the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 arithmetic (AVX512-BF16 or AMX), where bf16 autocast speeds convolutions up;
     elsewhere bf16 is emulated and slower than fp32."""
@@ -179,17 +193,6 @@ def micro_batch_size(batch_size: int, world_size: int, accumulate: int) -> int:
             f"batch size {batch_size} does not split over {world_size} process(es) x {accumulate} accumulation step(s)"
         )
     return batch_size // pieces
-
-
-def in_memory(dataset: SegmentationDataset) -> InMemoryDataset:
-    """``dataset`` read once into memory (masks as uint8 when the labels fit)."""
-    items = [dataset[index] for index in range(len(dataset))]
-    small = dataset.ignore_index <= 255 and dataset.num_classes <= 255
-    cached = InMemoryDataset([image for image, _ in items], [mask.to(torch.uint8) if small else mask for _, mask in items],
-                             classes=dataset.classes, ids=dataset.ids, palette=dataset.palette,
-                             ignore_index=dataset.ignore_index)
-    cached.split_info = dataset.split_info  # run.json records how the split was made, cached or not
-    return cached
 
 
 def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, check_data: bool = False) -> Run:
@@ -208,8 +211,9 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
             raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
     if check_data and ctx.is_main:
         check_datasets(train_set, val_set)
-    if config.cache_in_memory:
-        train_set, val_set = in_memory(train_set), val_set and in_memory(val_set)
+    with one_thread():
+        train_set, val_set = cache_splits(config.cache_in_memory, train_set, val_set, processes=ctx.world_size,
+                                          say=ctx.is_main)
     if recipe.name == "paper" and config.init in (None, "", "scratch"):
         logger.warning("warning: the paper recipe's learning rates (1e-10 ... 1e-14 on a summed loss) assume ImageNet or "
                        "coarser-FCN weights; from scratch it will not learn (give --init vgg16-torchvision or caffe:PATH)")
@@ -294,6 +298,17 @@ def _apply_lr(run: Run) -> None:
         group["lr"] = group["initial_lr"] * factor
 
 
+def train_crop_size(config: TrainConfig) -> int | tuple[int, int] | None:
+    """The recipe's crop as TrainTransform takes it: ``"resize"`` is the dataset's resize (H, W), so every batch
+    has exactly that size (scaled-down images padded with the ignore label, scaled-up ones cropped); data at its
+    native size (no resize) has no one size, so there it means native: each batch padded to its largest image."""
+    crop = config.recipe.crop_size
+    if crop == CROP_TO_RESIZE:
+        resize = config.data_options.get("resize")
+        return (int(resize[0]), int(resize[1])) if resize else None
+    return crop  # type: ignore[return-value]
+
+
 def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless micro-batches for this rank, starting where ``run.step`` is."""
     recipe, config = run.config.recipe, run.config
@@ -303,7 +318,7 @@ def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     transform = None
     if recipe.augment or recipe.crop_size is not None:
         transform = TrainTransform(
-            crop_size=recipe.crop_size,
+            crop_size=train_crop_size(run.config),
             scale_range=recipe.scale_range if recipe.augment else None,
             hflip=recipe.hflip and recipe.augment,
             color_jitter=recipe.color_jitter if recipe.augment else None,
@@ -321,7 +336,15 @@ def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pin_memory=run.ctx.device.type == "cuda",
         generator=torch.Generator(),  # keeps the loader from drawing on the global RNG
     )
-    return iter(loader)
+    return _on_one_thread(iter(loader))
+
+
+def _on_one_thread(batches: Iterator[Any]) -> Iterator[Any]:
+    """Each batch loaded (read, augmented, collated) on one thread, the compute keeping its threads."""
+    while True:
+        with one_thread():
+            batch = next(batches)
+        yield batch
 
 
 # --- one step ---------------------------------------------------------------------------------
