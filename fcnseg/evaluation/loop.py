@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..inference.predictor import Predictor
+from ..models.contract import bare_model
 from .metrics import ConfusionMatrix
 
 
@@ -113,8 +114,7 @@ def evaluate(
 
 
 def _heads(model: torch.nn.Module | Predictor) -> tuple[tuple[str, int], ...] | None:
-    model = model.model if isinstance(model, Predictor) else getattr(model, "module", model)
-    return getattr(model, "heads", None)
+    return (model.model if isinstance(model, Predictor) else bare_model(model)).heads
 
 
 def head_confusion_matrices(
