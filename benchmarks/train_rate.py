@@ -66,7 +66,6 @@ def pure_step_probe(steps: int, skip: int, threads: int) -> dict[str, Any]:
     from fcnseg.engine.loss import loss_for_model
     from fcnseg.engine.train import cpu_has_native_bf16, determinism
     from fcnseg.models import create_model
-    from fcnseg.preprocessing import model_input
 
     config = build_config("camvid", settings=[("model.name", "fcn8s_mobilenet_v3_large"), ("model.width", 1)])
     recipe, classes = config.recipe, 11
@@ -87,7 +86,7 @@ def pure_step_probe(steps: int, skip: int, threads: int) -> dict[str, Any]:
         def step() -> None:
             autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
             with autocast:
-                logits = model(model_input(images, model))
+                logits = model(model.prepare_input(images))
             (loss.summed(logits, masks) / loss.normalizer(masks)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .files import atomic_path
-from .models import create_model
+from .models import SegmentationModel, create_model
 from .preprocessing import Preprocessing
 
 FORMAT = "fcnseg-checkpoint"
@@ -74,9 +74,10 @@ def save_checkpoint(
     ``model`` is any fcnseg model (its ``config`` says how to build it again).
     ``extra`` is free JSON for the caller (e.g. the step and the best mean IU).
     """
-    config = getattr(model, "config", None)
-    if not config:
-        raise CheckpointError(f"{type(model).__name__} has no config: only fcnseg models can be checkpointed")
+    if not isinstance(model, SegmentationModel):
+        raise CheckpointError(f"{type(model).__name__} is not an fcnseg model (fcnseg.models.SegmentationModel): "
+                              "only fcnseg models can be checkpointed")
+    config = model.config
     if len(classes) != config["num_classes"]:
         raise CheckpointError(f"{len(classes)} class names for a model with {config['num_classes']} classes")
     if len(palette) < len(classes):

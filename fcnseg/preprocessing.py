@@ -89,10 +89,3 @@ def preprocess(images: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     mean = torch.tensor(spec.mean, dtype=blob.dtype, device=blob.device).view(3, 1, 1)
     std = torch.tensor(spec.std, dtype=blob.dtype, device=blob.device).view(3, 1, 1)
     return (blob * spec.scale - mean) / std
-
-
-def model_input(images: torch.Tensor, model: Any) -> torch.Tensor:
-    """The blob ``model`` takes for uint8 images: its own ``prepare_input`` when it has one (colour + HHA
-    models take six channels), else :func:`preprocess` with ``model.preprocessing``."""
-    prepare = getattr(model, "prepare_input", None)
-    return prepare(images) if prepare is not None else preprocess(images, model.preprocessing)

@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     n, ignore = len(checkpoint.classes), checkpoint.ignore_index
-    if getattr(checkpoint.model, "heads", None):  # e.g. SIFT Flow: one report per head
+    if checkpoint.model.heads:  # e.g. SIFT Flow: one report per head
         return _run_heads(args, predictor, checkpoint, dataset)
     detail = {"size": SizeIU(n, ignore), "boundary": BoundaryIoU(n, ignore), "dice": DiceScore(n, ignore),
               "per_image": PerImageIU(n, ignore)} if args.detail else {}

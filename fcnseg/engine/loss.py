@@ -28,6 +28,8 @@ from typing import Any, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..models.contract import SegmentationModel, bare_model
+
 Reduction = Literal["sum", "mean"]
 REDUCTIONS = ("sum", "mean")
 
@@ -274,9 +276,9 @@ class HeadsLoss(SegmentationLoss):
         return torch.stack([loss.normalizer(row) for loss, row in zip(self.losses, self.head_targets(target))]).mean()
 
 
-def loss_for_model(loss: SegmentationLoss, model: Any) -> SegmentationLoss:
-    """``loss`` as it applies to ``model``: a :class:`HeadsLoss` for a model with ``heads``, else itself."""
-    heads = getattr(getattr(model, "module", model), "heads", None)
+def loss_for_model(loss: SegmentationLoss, model: SegmentationModel | torch.nn.Module) -> SegmentationLoss:
+    """``loss`` as it applies to ``model`` (or its DDP wrapper): a :class:`HeadsLoss` for a model with heads."""
+    heads = bare_model(model).heads
     return HeadsLoss(loss, heads) if heads else loss
 
 

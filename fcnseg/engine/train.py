@@ -57,7 +57,6 @@ from ..files import atomic_write_text, sweep_temporary_files
 from ..inference.predictor import Predictor
 from ..evaluation.metrics import json_safe
 from ..models import create_model
-from ..preprocessing import model_input
 from ..progress import Progress
 from ..evaluation.figures import plot_curves, validation_overlays
 from .config import TrainConfig, get_value, resolve_key, set_value
@@ -312,9 +311,7 @@ def train_crop_size(config: TrainConfig) -> int | tuple[int, int] | None:
 def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless micro-batches for this rank, starting where ``run.step`` is."""
     recipe, config = run.config.recipe, run.config
-    fill = run.model.preprocessing.mean_rgb_uint8()
-    if getattr(run.model, "hha_preprocessing", None) is not None:  # colour + HHA: six channels to pad
-        fill = fill + run.model.hha_preprocessing.mean_rgb_uint8()
+    fill = run.model.mean_pixel()  # one value per input channel (six for colour + HHA)
     transform = None
     if recipe.augment or recipe.crop_size is not None:
         transform = TrainTransform(
@@ -351,7 +348,7 @@ def _on_one_thread(batches: Iterator[Any]) -> Iterator[Any]:
 
 
 def _to_input(run: Run, images: torch.Tensor) -> torch.Tensor:
-    return model_input(images.to(run.ctx.device, non_blocking=True), run.model)
+    return run.model.prepare_input(images.to(run.ctx.device, non_blocking=True))
 
 
 def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:

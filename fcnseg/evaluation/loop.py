@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from ..inference.predictor import Predictor
+from ..models.contract import bare_model
 from ..progress import Progress
 from .metrics import ConfusionMatrix
 
@@ -120,8 +121,7 @@ def evaluate(
 
 
 def _heads(model: torch.nn.Module | Predictor) -> tuple[tuple[str, int], ...] | None:
-    model = model.model if isinstance(model, Predictor) else getattr(model, "module", model)
-    return getattr(model, "heads", None)
+    return (model.model if isinstance(model, Predictor) else bare_model(model)).heads
 
 
 def head_confusion_matrices(

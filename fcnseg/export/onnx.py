@@ -43,6 +43,7 @@ import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..files import atomic_path
+from ..models.contract import ForwardMemory, SegmentationModel
 from ..preprocessing import Preprocessing, preprocess
 from .agreement import pixel_agreement
 
@@ -137,34 +138,57 @@ def _require_onnx() -> tuple[Any, Any]:
 
 
 class WithSoftmax(torch.nn.Module):
-    """``model`` followed by a softmax over the classes: (N, C, H, W) probabilities."""
+    """``model`` followed by a softmax over the classes: (N, C, H, W) probabilities.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    Everything else of the model contract (:class:`~fcnseg.models.contract.SegmentationModel`)
+    is the wrapped model's.
+    """
+
+    def __init__(self, model: SegmentationModel) -> None:
         super().__init__()
-        self.model, self.preprocessing = model, model.preprocessing
+        self.model = model
+
+    num_classes = property(lambda self: self.model.num_classes)
+    in_channels = property(lambda self: self.model.in_channels)
+    preprocessing = property(lambda self: self.model.preprocessing)
+    config = property(lambda self: self.model.config)
+    heads = property(lambda self: self.model.heads)
+    grid = property(lambda self: self.model.grid)
+    exact_tiling = property(lambda self: self.model.exact_tiling)
+    fast_paths = property(lambda self: self.model.fast_paths)
+
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.prepare_input(images)
+
+    def mean_pixel(self) -> tuple[int, ...]:
+        return self.model.mean_pixel()
 
     def set_fast_paths(self, enabled: bool) -> "WithSoftmax":
         self.model.set_fast_paths(enabled)
         return self
 
+    def context_margin(self) -> int:
+        return self.model.context_margin()
+
+    def estimate_forward_bytes(self, height: int, width: int) -> int:
+        return self.model.estimate_forward_bytes(height, width)
+
+    def forward_memory(self) -> ForwardMemory:
+        return self.model.forward_memory()
+
     def forward(self, blob: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(blob), dim=1)
 
 
-def tiling_metadata(model: torch.nn.Module) -> dict[str, Any]:
-    """The model's pooling ``grid``, ``context_margin`` and memory estimate, for a runtime that has only the file.
+def tiling_metadata(model: SegmentationModel) -> dict[str, Any]:
+    """What tiled inference needs of ``model``, for a runtime that has only the file.
 
-    ``forward_bytes`` holds the coefficients of ``estimate_forward_bytes(H, W) = hw*H*W + h*H + w*W + one``:
-    every backbone's estimate is that bilinear form (a constant times the padded area), so four
-    samples give it exactly.
+    The pooling ``grid``, ``context_margin``, ``exact_tiling``, and ``forward_memory``: the model's
+    own memory estimate as data (:class:`~fcnseg.models.contract.ForwardMemory`), from which the
+    runtime model estimates exactly what ``model.estimate_forward_bytes`` does.
     """
-    a, b = 256, 512
-    f_aa, f_ba, f_ab, f_bb = (model.estimate_forward_bytes(h, w) for h, w in ((a, a), (b, a), (a, b), (b, b)))
-    hw = (f_bb - f_ba - f_ab + f_aa) / (b - a) ** 2
-    h, w = (f_ba - f_aa) / (b - a) - hw * a, (f_ab - f_aa) / (b - a) - hw * a
-    one = f_aa - hw * a * a - (h + w) * a
     return {"grid": int(model.grid), "context_margin": int(model.context_margin()),
-            "forward_bytes": {"hw": hw, "h": h, "w": w, "one": one}}
+            "exact_tiling": bool(model.exact_tiling), "forward_memory": model.forward_memory().to_dict()}
 
 
 def onnx_metadata(checkpoint: Checkpoint, output: str = OUTPUT_NAME) -> dict[str, str]:
@@ -173,7 +197,7 @@ def onnx_metadata(checkpoint: Checkpoint, output: str = OUTPUT_NAME) -> dict[str
     meaning = "class probabilities (softmax over C)" if output == PROBABILITIES_NAME else "class scores"
     return {
         "format": json.dumps(METADATA_FORMAT),
-        "model": json.dumps(getattr(model, "config", {})),
+        "model": json.dumps(model.config),
         "classes": json.dumps(list(checkpoint.classes)),
         "palette": json.dumps([list(map(int, colour)) for colour in checkpoint.palette]),
         "ignore_index": json.dumps(int(checkpoint.ignore_index)),

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import resolve_device
-from ..preprocessing import model_input
+from ..models.contract import SegmentationModel, bare_model
 from .tiling import Tile, Tiling, iter_tiles, tiling_for_budget
 
 #: The base class of nn.Dropout, Dropout2d, AlphaDropout, ...: the layers MC-dropout keeps on.
@@ -78,9 +78,10 @@ class Predictor:
     """Runs an FCN on uint8 RGB images (3, H, W) and returns logits or masks of the same H, W.
 
     Args:
-        model: an FCN (a DDP wrapper is unwrapped), or an ONNX export in a runtime
-            (:class:`fcnseg.inference.runtimes.OnnxModel`). Not copied: a training loop may
-            validate its live model; its training flag is restored after every call.
+        model: any :class:`~fcnseg.models.contract.SegmentationModel`: an FCN (a DDP wrapper is
+            unwrapped), or an ONNX export in a runtime (:class:`fcnseg.inference.runtimes.OnnxModel`).
+            Not copied: a training loop may validate its live model; its training flag is restored
+            after every call.
         device: ``auto``, ``cpu``, ``cuda[:N]`` (see :func:`fcnseg.device.resolve_device`);
             None keeps the model where it is. The model is moved there.
         fast_paths: switch the model's exact fast paths on or off (None: leave them as they are).
@@ -98,7 +99,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: SegmentationModel | torch.nn.Module,
         *,
         device: str | torch.device | None = None,
         fast_paths: bool | None = None,
@@ -110,12 +111,12 @@ class Predictor:
         tta_scales: tuple[float, ...] = (1.0,),
         tta_flip: bool = False,
     ) -> None:
-        self.model = getattr(model, "module", model)  # DDP would sync buffers at every forward
+        self.model: SegmentationModel = bare_model(model)  # DDP would sync buffers at every forward
         if device is not None:
             self.model.to(resolve_device(device))
         parameter = next(self.model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
-        if fast_paths is not None and hasattr(self.model, "set_fast_paths"):  # an ONNX runtime model has none
+        if fast_paths is not None:
             self.model.set_fast_paths(fast_paths)
         if isinstance(dtype, torch.dtype) or dtype is None:
             self.amp_dtype = None if dtype in (None, torch.float32) else dtype
@@ -131,7 +132,7 @@ class Predictor:
             tiling_for_budget(self.model, memory_budget_bytes, margin)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.model, dynamic=False) if compile else self.model
         self.num_classes = int(self.model.num_classes)
-        self.in_channels = int(getattr(self.model, "in_channels", 3))  # 6 for colour + HHA
+        self.in_channels = int(self.model.in_channels)  # 6 for colour + HHA
         self.mask_dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
         if not tta_scales or any(not 0 < s <= 8 for s in tta_scales):
             raise ValueError(f"test-time scales must be numbers in (0, 8], got {tta_scales!r}")
@@ -164,7 +165,7 @@ class Predictor:
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W) on the device for uint8 images (N, 3, H, W); call inside :meth:`_running`."""
-        blob = model_input(images.to(self.device, non_blocking=True), self.model)
+        blob = self.model.prepare_input(images.to(self.device, non_blocking=True))
         return self.forward(blob)
 
     def tiling_for(self, height: int, width: int) -> Tiling | None:
@@ -178,10 +179,10 @@ class Predictor:
         return None
 
     def _refuse_inexact_tiling(self, why: str) -> None:
-        if not getattr(self.model, "exact_tiling", True):
-            name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)
-            raise ValueError(f"{why}, but {name} has a layer that sees the whole image (squeeze-and-excitation): tiles "
-                             "would change its logits; give a larger memory budget, or a smaller image")
+        if not self.model.exact_tiling:
+            raise ValueError(f"{why}, but {self.model.config['name']} has a layer that sees the whole image "
+                             "(squeeze-and-excitation): tiles would change its logits; give a larger memory budget, "
+                             "or a smaller image")
 
     @property
     def augments(self) -> bool:

@@ -2,11 +2,12 @@
 
 :class:`OnnxModel` wraps an fcnseg ONNX export (:mod:`fcnseg.export.onnx`, fp32 or int8) as a
 module that maps a preprocessed blob (N, 3, H, W) to logits (N, C, H, W) on the CPU, and
-carries what a :class:`~fcnseg.inference.predictor.Predictor` reads from a model: ``preprocessing``,
-``num_classes``, ``config``, and for tiling ``grid``, ``context_margin()`` and
-``estimate_forward_bytes()`` (from the file's ``tiling`` metadata; files exported before
-it existed rebuild the model's geometry from its config, without weights). So the
-Predictor runs it unchanged: same preprocessing, sizes, tiling and outputs as the torch path.
+keeps the model contract (:class:`fcnseg.models.contract.SegmentationModel`): ``preprocessing``,
+``num_classes``, ``config`` and ``heads`` from the file's metadata, and for tiling ``grid``,
+``exact_tiling``, ``context_margin()`` and the memory estimate from its ``tiling`` entry, which
+the export wrote from the model itself (files exported before the entry held all of them rebuild
+the model's geometry from its config, without weights). So the Predictor runs it unchanged:
+same preprocessing, sizes, tiling and outputs as the torch path.
 
 Runtimes (``RUNTIMES``): ``torch`` (the checkpoint itself), ``onnxruntime`` and ``openvino``
 (the ``runtimes`` extra). OpenVINO runs with ``INFERENCE_PRECISION_HINT`` f32 unless
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
+from ..models.contract import ForwardMemory
+from ..preprocessing import preprocess
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 #: The runtimes of an .onnx file, the default first: OpenVINO ran int8 fastest and fp32 as fast as
@@ -129,6 +132,9 @@ class OnnxModel(torch.nn.Module):
     One call at a time (OpenVINO's single infer request), as ``fcnseg serve`` runs a model.
     """
 
+    in_channels = 3  # an export takes the RGB blob (fcnseg.export.onnx)
+    fast_paths = False  # the runtime optimises the graph its own way
+
     def __init__(self, path: str | os.PathLike[str], runtime: str = ONNX_RUNTIMES[0], *,
                  dtype: str = "float32", threads: int | None = None) -> None:
         super().__init__()
@@ -146,14 +152,27 @@ class OnnxModel(torch.nn.Module):
         self.config: dict[str, Any] = dict(self.metadata["model"])
         self.preprocessing = self.metadata["preprocessing"]
         self.num_classes = len(self.metadata["classes"])
+        heads = self.config.get("heads")
+        self.heads = None if heads is None else tuple((str(name), int(classes)) for name, classes in heads)
         self.probabilities_output = self.metadata["output"] == "probabilities"
         tiling = self.metadata.get("tiling")
-        if tiling is None:  # exported before the entry existed: the geometry from the config, no weights
+        if tiling is None or "forward_memory" not in tiling:
+            # Exported before the entry (or all of it) existed: the geometry from the config, no weights.
             config = dict(self.config)
             with torch.device("meta"):
                 tiling = tiling_metadata(create_model(config.pop("name"), **config))
-        self.grid, self._margin, self._bytes = int(tiling["grid"]), int(tiling["context_margin"]), tiling["forward_bytes"]
+        self.grid, self._margin = int(tiling["grid"]), int(tiling["context_margin"])
+        self.exact_tiling = bool(tiling["exact_tiling"])
+        self._memory = ForwardMemory.from_dict(tiling["forward_memory"])
         self._run = _SESSIONS[runtime](self.path, dtype, threads or torch.get_num_threads())
+
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The blob of uint8 RGB images: :func:`fcnseg.preprocess` with the file's ``preprocessing``."""
+        return preprocess(images, self.preprocessing)
+
+    def mean_pixel(self) -> tuple[int, ...]:
+        """The RGB uint8 pixel that preprocesses to about zero."""
+        return self.preprocessing.mean_rgb_uint8()
 
     def context_margin(self) -> int:
         """Context (px) around a tile that makes tiled logits equal whole-image ones (the model's)."""
@@ -161,8 +180,11 @@ class OnnxModel(torch.nn.Module):
 
     def estimate_forward_bytes(self, height: int, width: int) -> int:
         """The torch model's estimate of one pass's memory (see :func:`fcnseg.export.onnx.tiling_metadata`)."""
-        c = self._bytes
-        return int(c["hw"] * height * width + c["h"] * height + c["w"] * width + c["one"])
+        return self._memory.bytes(height, width)
+
+    def forward_memory(self) -> ForwardMemory:
+        """The torch model's :meth:`~fcnseg.models.contract.SegmentationModel.forward_memory`, as the file holds it."""
+        return self._memory
 
     def set_fast_paths(self, enabled: bool) -> "OnnxModel":
         """Nothing to switch: the runtime optimises the graph its own way."""

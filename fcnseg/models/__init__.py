@@ -1,10 +1,11 @@
-"""FCN models: the registry and the building blocks."""
+"""FCN models: the registry, the building blocks, and the model contract consumers rely on (:mod:`.contract`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .alexnet import AlexNetBackbone
+from .contract import ForwardMemory, ReferenceNet, SegmentationModel, bare_model
 from .fcn import BACKBONES, FCN
 from .latefusion import LateFusionFCN, preprocess_color_hha
 from .registry import create_model, describe_model, list_models, register_model
@@ -75,8 +76,12 @@ __all__ = [
     "FCN",
     "TorchvisionBackbone",
     "BilinearUpsampling",
+    "ForwardMemory",
     "LateFusionFCN",
+    "ReferenceNet",
+    "SegmentationModel",
     "VGG16Backbone",
+    "bare_model",
     "bilinear_kernel",
     "create_model",
     "describe_model",

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+from .contract import ForwardMemory
 from .geometry import compose, conv_map, receptive_field
 from .kernels import conv_as_matmul
 
@@ -104,17 +105,17 @@ class AlexNetBackbone(Backbone):
     def fast_convolutions(self) -> list[nn.Conv2d]:
         return [getattr(self, c[0]) for c in CONVS]
 
-    def estimate_forward_bytes(self, height: int, width: int, num_classes: int) -> int:
-        """Peak host memory (bytes) of one inference pass on an H x W image, a safe estimate.
+    def forward_memory(self, num_classes: int) -> ForwardMemory:
+        """Peak host memory of one inference pass on an H x W image, a safe estimate.
 
-        As VGG16's (:meth:`fcnseg.models.vgg.VGG16Backbone.estimate_forward_bytes`) with the first
+        As VGG16's (:meth:`fcnseg.models.vgg.VGG16Backbone.forward_memory`) with the first
         maps at stride 4 (``conv1`` adds its channels / 16 per padded pixel), plus one copy of the
         weights (the plain forward's oneDNN re-lays out ``fc6``). Measured peak RSS increase at
         300 and 1000 px: 37-171 MB (fast paths), 169-351 MB (plain) for 309-750 MB estimated.
         """
-        padded = (height + 2 * FIRST_CONV_PADDING) * (width + 2 * FIRST_CONV_PADDING)
         weights = 4 * sum(p.numel() for p in self.parameters())
-        return 4 * padded * (3 * self.conv1.out_channels // 16 + 3 * num_classes + 16) + weights
+        per_pixel = 4 * (3 * self.conv1.out_channels // 16 + 3 * num_classes + 16)
+        return ForwardMemory(per_pixel, FIRST_CONV_PADDING, weights)
 
     def _classifier(self, layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return conv_as_matmul(x, layer.weight, layer.bias) if self.fast_paths else layer(x)

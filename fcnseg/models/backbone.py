@@ -10,8 +10,9 @@ A backbone is an ``nn.Module`` with:
 * ``grid``: the period in input pixels of its pooling grid (tiles start on it);
 * ``receptive_field``: the receptive field in input pixels of one stride-32 feature;
 * ``exact_tiling``: whether tiles with the context margin reproduce whole-image logits;
-* ``estimate_forward_bytes(height, width, num_classes)``: a safe bound on the memory of one
-  inference pass of the whole FCN on an ``height`` x ``width`` image (tiling plans with it);
+* ``forward_memory(num_classes)``: a safe bound on the memory of one inference pass of the whole
+  FCN, as a :class:`~fcnseg.models.contract.ForwardMemory` (tiling plans with it, exports carry it);
+  ``estimate_forward_bytes(height, width, num_classes)`` evaluates it for an image;
 * ``reference_layers()``: its layers under their reference (Caffe) names, for weight loading;
 * ``upsampling(factor)``: the ``(kernel, padding)`` of the head's bilinear upsampling by ``factor``
   onto these features: the paper's ``(2 * factor, 0)`` unless the backbone's grid needs another;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .contract import ForwardMemory
 from .geometry import CoordMap
 
 
@@ -67,5 +69,9 @@ class Backbone(nn.Module):
         """``(kernel, padding)`` of the head's bilinear upsampling by ``factor`` (the paper's: ``(2 * factor, 0)``)."""
         return 2 * factor, 0
 
-    def estimate_forward_bytes(self, height: int, width: int, num_classes: int) -> int:
+    def forward_memory(self, num_classes: int) -> ForwardMemory:
         raise NotImplementedError
+
+    def estimate_forward_bytes(self, height: int, width: int, num_classes: int) -> int:
+        """Bytes of one inference pass of the FCN on an ``height`` x ``width`` image: :meth:`forward_memory`'s."""
+        return self.forward_memory(num_classes).bytes(height, width)

@@ -16,9 +16,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..preprocessing import TORCHVISION, Preprocessing
+from ..preprocessing import CAFFE, TORCHVISION, Preprocessing, preprocess
 from .alexnet import AlexNetBackbone
 from .backbone import Backbone
+from .contract import ForwardMemory
 from .geometry import IDENTITY, CoordMap, crop_offset, deconv_map
 from .torchvision_trunks import ARCHITECTURES, TorchvisionBackbone
 from .upsampling import BilinearUpsampling
@@ -78,8 +79,11 @@ class FCN(nn.Module):
     ``forward`` takes a preprocessed blob (N, 3, H, W) and returns logits
     (N, C, H, W) aligned pixel for pixel to the input, for every H, W >= 1.
     ``config`` is everything :func:`fcnseg.create_model` needs to build it again
-    (what checkpoints store); ``preprocessing`` is what its weights expect.
+    (what checkpoints store); ``preprocessing`` is what its weights expect. It keeps the
+    model contract (:class:`~fcnseg.models.contract.SegmentationModel`, ``ReferenceNet``).
     """
+
+    in_channels = 3
 
     def __init__(
         self,
@@ -116,6 +120,7 @@ class FCN(nn.Module):
         self.stride = stride
         self.atonce = atonce
         self.preprocessing: Preprocessing = TORCHVISION
+        self.caffe_preprocessing: Preprocessing = CAFFE
         self.backbone = backbone
         channels, maps = backbone.channels, backbone.coord_maps
         coarsest = max(channels)
@@ -170,6 +175,14 @@ class FCN(nn.Module):
         """``(layer-name suffix, classes)`` of each head: ``[("", C)]`` for one head, else ``("_sem", 33), ...``."""
         return [("", self.num_classes)] if self.heads is None else [(f"_{name}", n) for name, n in self.heads]
 
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The blob of uint8 RGB images (3, H, W) or (N, 3, H, W): :func:`fcnseg.preprocess`, :attr:`preprocessing`."""
+        return preprocess(images, self.preprocessing)
+
+    def mean_pixel(self) -> tuple[int, ...]:
+        """The RGB uint8 pixel that preprocesses to about zero (training pads with it)."""
+        return self.preprocessing.mean_rgb_uint8()
+
     @property
     def fast_paths(self) -> bool:
         return self.backbone.fast_paths
@@ -204,7 +217,11 @@ class FCN(nn.Module):
 
     def estimate_forward_bytes(self, height: int, width: int) -> int:
         """A safe bound on the host memory of one inference pass on an H x W image (see the backbone's)."""
-        return self.backbone.estimate_forward_bytes(height, width, self.num_classes)
+        return self.forward_memory().bytes(height, width)
+
+    def forward_memory(self) -> ForwardMemory:
+        """:meth:`estimate_forward_bytes` as data (the backbone's, for this model's classes)."""
+        return self.backbone.forward_memory(self.num_classes)
 
     def reference_layers(self) -> dict[str, nn.Module]:
         """Every layer with weights, under its reference Caffe name."""
@@ -212,6 +229,12 @@ class FCN(nn.Module):
         names = ["score_fr"] + [n for s in self.skip_names for n in (s[1], s[3])] + [self.final_name]
         layers.update({name + suffix: getattr(self, name + suffix) for suffix, _ in self.head_layers() for name in names})
         return layers
+
+    def fixed_scales(self) -> dict[str, torch.Tensor]:
+        """The at-once model's fixed skip scales (``scale_pool4``, ``scale_pool3``) by reference name; else empty."""
+        if not self.atonce:
+            return {}
+        return {scale_name: getattr(self, scale_name) for _, _, scale_name, _ in self.skip_names}
 
     def crop_offsets(self) -> dict[str, int]:
         """The computed crops: one per skip (by score layer name) and the final one."""

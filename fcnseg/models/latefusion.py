@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..preprocessing import TORCHVISION, Preprocessing, preprocess
+from .contract import ForwardMemory
 from .fcn import crop_like
 from .geometry import IDENTITY, crop_offset, deconv_map
 from .registry import register_model
@@ -41,7 +42,13 @@ FUSION_WEIGHT = 0.5
 
 
 class FusionStream(nn.Module):
-    """One modality: a VGG16 trunk and its ``score_fr`` (an FCN-32s before the upsampling)."""
+    """One modality: a VGG16 trunk and its ``score_fr`` (an FCN-32s before the upsampling).
+
+    A :class:`~fcnseg.models.contract.ReferenceNet` of its own, so that VGG16 weights load into each
+    stream as the reference initialised them; the late-fusion model holds the preprocessing.
+    """
+
+    caffe_preprocessing = None
 
     def __init__(self, num_classes: int, width: float, dropout: float) -> None:
         super().__init__()
@@ -54,6 +61,9 @@ class FusionStream(nn.Module):
         """Its layers under the plain reference names (``conv1_1`` ... ``score_fr``): VGG16 weights load into it."""
         return {**self.backbone.reference_layers(), "score_fr": self.score_fr}
 
+    def fixed_scales(self) -> dict[str, torch.Tensor]:
+        return {}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.score_fr(self.backbone(x)[32])
 
@@ -61,10 +71,12 @@ class FusionStream(nn.Module):
 class LateFusionFCN(nn.Module):
     """Colour + HHA FCN-32s with late fusion (see the module docstring); ``in_channels`` is 6.
 
-    Args as :class:`~fcnseg.models.FCN` (stride 32 only, as the paper's net).
+    Args as :class:`~fcnseg.models.FCN` (stride 32 only, as the paper's net). It keeps the model
+    contract (:class:`~fcnseg.models.contract.SegmentationModel`, ``ReferenceNet``) with one head.
     """
 
     in_channels = 6
+    heads = None
 
     def __init__(self, num_classes: int, width: float = 1.0, learnable_upsampling: bool = False,
                  dropout: float = 0.5, fast_paths: bool = True) -> None:
@@ -89,6 +101,10 @@ class LateFusionFCN(nn.Module):
         """The 6-channel blob of uint8 colour + HHA images (see :func:`preprocess_color_hha`)."""
         return preprocess_color_hha(images, self)
 
+    def mean_pixel(self) -> tuple[int, ...]:
+        """The colour then HHA uint8 values that preprocess to about zero (training pads with them)."""
+        return self.preprocessing.mean_rgb_uint8() + self.hha_preprocessing.mean_rgb_uint8()
+
     @property
     def fast_paths(self) -> bool:
         return self.color.backbone.fast_paths
@@ -104,6 +120,11 @@ class LateFusionFCN(nn.Module):
     def grid(self) -> int:
         return self.color.backbone.grid
 
+    @property
+    def exact_tiling(self) -> bool:
+        """Whether tiles reproduce whole-image logits: the trunks' (VGG16's: yes)."""
+        return self.color.backbone.exact_tiling
+
     def context_margin(self) -> int:
         """As :meth:`FCN.context_margin`: the trunks' receptive-field radius plus the upsampling's reach."""
         reach = self.color.backbone.receptive_field / 2 + 2 * self.grid
@@ -111,13 +132,21 @@ class LateFusionFCN(nn.Module):
 
     def estimate_forward_bytes(self, height: int, width: int) -> int:
         """Two trunks: twice one FCN's bound."""
-        return 2 * self.color.backbone.estimate_forward_bytes(height, width, self.num_classes)
+        return self.forward_memory().bytes(height, width)
+
+    def forward_memory(self) -> ForwardMemory:
+        """:meth:`estimate_forward_bytes` as data: one trunk's bound, twice."""
+        return self.color.backbone.forward_memory(self.num_classes).times(2)
 
     def reference_layers(self) -> dict[str, nn.Module]:
         """Every layer with weights under its reference name (``conv1_1color``, ``score_frhha``, ``upscore``)."""
         layers = {name + stream: layer for stream in STREAMS
                   for name, layer in getattr(self, stream).reference_layers().items()}
         return {**layers, "upscore": self.upscore}
+
+    def fixed_scales(self) -> dict[str, torch.Tensor]:
+        """Empty: the late-fusion net has no fixed scale layers."""
+        return {}
 
     def crop_offsets(self) -> dict[str, int]:
         return {"final": self.final_offset}

@@ -50,7 +50,8 @@ def create_model(name: str, *, num_classes: int, width: float = 1.0, fast_paths:
         **options: model options, e.g. ``learnable_upsampling=True`` or ``dropout=0.0``.
 
     The returned model carries ``model.config`` (everything needed to build it
-    again, as stored in checkpoints) and ``model.preprocessing``.
+    again, as stored in checkpoints) and ``model.preprocessing``, and keeps the model
+    contract (:class:`fcnseg.models.contract.SegmentationModel` and ``ReferenceNet``).
     """
     _check_name(name)
     try:

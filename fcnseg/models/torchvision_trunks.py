@@ -49,6 +49,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import SqueezeExcitation
 
 from .backbone import Backbone
+from .contract import ForwardMemory
 from .geometry import IDENTITY, CoordMap, compose, conv_map, receptive_field
 
 #: torchvision builder name -> prefix of the trunk's keys in torchvision's state dict.
@@ -183,8 +184,8 @@ class TorchvisionBackbone(Backbone):
     def fast_convolutions(self) -> list[nn.Conv2d]:
         return [module for module in self.body.modules() if isinstance(module, nn.Conv2d)]
 
-    def estimate_forward_bytes(self, height: int, width: int, num_classes: int) -> int:
-        """Peak host memory (bytes) of one inference pass on an H x W image, a safe estimate.
+    def forward_memory(self, num_classes: int) -> ForwardMemory:
+        """Peak host memory of one inference pass on an H x W image, a safe estimate.
 
         Scales with the padded area: a few copies of the densest blob (the most channels per
         input pixel, e.g. ResNet's 64 channels at stride 2), the logits (``num_classes`` per
@@ -192,9 +193,8 @@ class TorchvisionBackbone(Backbone):
         weights (oneDNN's re-laid-out weights). Measured peak RSS increase with 21 classes at
         300 and 1000 px, ResNet-18/50 and MobileNetV3: 38-425 MB for 83-705 MB estimated.
         """
-        padded = (height + 2 * self.input_padding) * (width + 2 * self.input_padding)
         weights = 4 * sum(p.numel() for p in self.parameters())
-        return int(4 * padded * (4 * self._densest + 3 * num_classes + 16)) + weights
+        return ForwardMemory(4 * (4 * self._densest + 3 * num_classes + 16), self.input_padding, weights)
 
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         x = F.pad(x, (self.input_padding,) * 4)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
+from .contract import ForwardMemory
 from .geometry import CoordMap, compose, conv_map
 from .kernels import conv_as_matmul
 from .padding_trim import Layer, apply_inserts, padding_plan
@@ -117,8 +118,8 @@ class VGG16Backbone(Backbone):
             step *= 2
         return field + 6 * step
 
-    def estimate_forward_bytes(self, height: int, width: int, num_classes: int) -> int:
-        """Peak host memory (bytes) of one inference pass on an H x W image, a safe estimate.
+    def forward_memory(self, num_classes: int) -> ForwardMemory:
+        """Peak host memory of one inference pass on an H x W image, a safe estimate.
 
         Everything scales with the padded area (H + 200) x (W + 200): the first stage keeps
         ``conv1_1``/``conv1_2`` maps of that size, the logits before the final crop have
@@ -128,8 +129,7 @@ class VGG16Backbone(Backbone):
         plain forward; the padding trim of the fast paths makes it about 2x too high, which
         keeps tiles smaller than needed but never over the budget.
         """
-        padded = (height + 2 * FIRST_CONV_PADDING) * (width + 2 * FIRST_CONV_PADDING)
-        return 4 * padded * (3 * self.conv1_1.out_channels + 3 * num_classes + 16)
+        return ForwardMemory(4 * (3 * self.conv1_1.out_channels + 3 * num_classes + 16), FIRST_CONV_PADDING)
 
     def _classifier(self, layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return conv_as_matmul(x, layer.weight, layer.bias) if self.fast_paths else layer(x)

@@ -80,7 +80,7 @@ def predict_mosaic(predictor: Predictor, path: str | os.PathLike[str], out: str 
     from .images import overlay_image
 
     path, stem = Path(path), Path(out) / Path(path).stem
-    if not getattr(predictor.model, "exact_tiling", True):
+    if not predictor.model.exact_tiling:
         raise MosaicError(f"image {path} is predicted by windows, but this model has a layer that sees the whole image "
                           "(squeeze-and-excitation): windows would change its logits")
     whole = Predictor(predictor.model, dtype=predictor.amp_dtype)  # runs each window as one pass

@@ -61,7 +61,7 @@ class Segmenter:
 
     @property
     def model_name(self) -> str:
-        return str(getattr(self.model, "config", {}).get("name", type(self.model).__name__))
+        return str(self.model.config["name"])
 
     def segment(self, image: torch.Tensor, *, confidence: bool = False) -> torch.Tensor | Confidence:
         """Class ids (H, W) for a uint8 RGB image (3, H, W); with ``confidence``, the Predictor's Confidence."""

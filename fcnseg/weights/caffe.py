@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..preprocessing import CAFFE
+from ..models.contract import ReferenceNet, SegmentationModel
 from .caffemodel import CaffeLayer, read_caffemodel
 from .checks import WeightsError, assign_reference_weights
 
@@ -60,16 +60,17 @@ def _fit_blob(layer: CaffeLayer, index: int, kind: str, target: tuple[int, ...],
     return torch.from_numpy(layer.blob(index, source).reshape(target))
 
 
-def _check_scale(model: nn.Module, layer: CaffeLayer, source: str) -> float:
+def _check_scale(model: ReferenceNet, layer: CaffeLayer, source: str) -> float:
     """The value of an at-once scale layer, checked against what the model can hold."""
-    if not hasattr(model, layer.name):
+    scales = model.fixed_scales()
+    if layer.name not in scales:
         raise WeightsError(
             f"{source}: the file has {layer.name!r}, the fixed skip scale of FCN-8s at-once; "
             "its skip scores only fit that model: create 'fcn8s_atonce'"
         )
     if len(layer) != 1:
         raise WeightsError(f"{source}: layer {layer.name!r} has {len(layer)} blobs; a fixed scale has exactly 1")
-    channels = getattr(model, SCALE_LAYERS[layer.name]).in_channels
+    channels = model.reference_layers()[SCALE_LAYERS[layer.name]].in_channels
     shape = _without_leading_ones(layer.blob_shapes()[0])
     if shape not in ((), (channels,)):
         raise WeightsError(
@@ -82,7 +83,7 @@ def _check_scale(model: nn.Module, layer: CaffeLayer, source: str) -> float:
             "the at-once model has one fixed scale per skip"
         )
     value = float(values.flat[0])
-    expected = float(getattr(model, layer.name))
+    expected = float(scales[layer.name])
     if value != expected:
         logger.warning(
             "%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value, expected
@@ -112,8 +113,8 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
     layer and both shapes.
     """
     source = str(path)
-    if not hasattr(model, "reference_layers"):
-        raise TypeError("load_caffe_weights needs an fcnseg model (with reference_layers())")
+    if not isinstance(model, ReferenceNet):
+        raise TypeError("load_caffe_weights needs an fcnseg model (fcnseg.models.ReferenceNet: reference_layers())")
     targets = model.reference_layers()
     weights: dict[str, torch.Tensor] = {}
     scales: dict[str, float] = {}
@@ -143,19 +144,21 @@ def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, comple
         loaded.append(layer.name)
     assign_reference_weights(model, weights, source)
     with torch.no_grad():
+        fixed = model.fixed_scales()
         for name, value in scales.items():
-            getattr(model, name).fill_(value)
-    model.preprocessing = getattr(model, "caffe_preprocessing", CAFFE)
+            fixed[name].fill_(value)
+    if model.caffe_preprocessing is not None:  # None: a part of a model (a late-fusion stream)
+        model.preprocessing = model.caffe_preprocessing
     _report(source, skipped, [name for name in targets if name not in loaded])
     return loaded
 
 
-def _require_same_layers(model: nn.Module, source: str, loaded: list[str], skipped: list[str]) -> None:
+def _require_same_layers(model: ReferenceNet, source: str, loaded: list[str], skipped: list[str]) -> None:
     extra = [name for name in skipped if name in REFERENCE_NAMES]
-    wanted = list(model.reference_layers()) + [name for name in SCALE_LAYERS if hasattr(model, name)]
+    wanted = list(model.reference_layers()) + [name for name in SCALE_LAYERS if name in model.fixed_scales()]
     missing = [name for name in wanted if name not in loaded and not name.startswith("upscore")]
     if extra or missing:
-        name = getattr(model, "config", {}).get("name", type(model).__name__)
+        name = model.config["name"] if isinstance(model, SegmentationModel) else type(model).__name__
         raise WeightsError(f"{source}: not the weights of a trained {name}: "
                            + "; ".join(f"{what} {names}" for what, names in
                                        (("the file has layers the model lacks:", extra),

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from torch import nn
 
+from ..models.contract import SegmentationModel
+from ..models.fcn import FCN
 from ..models.torchvision_trunks import ARCHITECTURES, TorchvisionBackbone
 from ..models.vgg import VGG16Backbone
 from ..preprocessing import TORCHVISION
@@ -62,7 +63,7 @@ def trunk_state_from_torchvision(state: Mapping[str, torch.Tensor], backbone: To
     return out
 
 
-def load_imagenet(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor] | None = None, *,
+def load_imagenet(model: SegmentationModel, source: str | os.PathLike | Mapping[str, torch.Tensor] | None = None, *,
                   progress: bool = True) -> list[str]:
     """Load torchvision's ImageNet weights into ``model``'s backbone; returns the layers (stages) loaded.
 
@@ -71,12 +72,11 @@ def load_imagenet(model: nn.Module, source: str | os.PathLike | Mapping[str, tor
     bilinear upsampling). Raises :class:`WeightsError` (nothing loaded) for a file or state dict
     that is not the backbone's, and for a model without torchvision weights.
     """
-    backbone = getattr(model, "backbone", None)
-    arch = "vgg16" if isinstance(backbone, VGG16Backbone) else getattr(backbone, "arch", None)
-    if arch is None:
-        name = getattr(model, "config", {}).get("name", type(model).__name__)
-        raise WeightsError(f"{name} has no torchvision ImageNet weights; FCN-AlexNet's are the Caffe "
+    backbone = model.backbone if isinstance(model, FCN) else None  # the late-fusion net has two trunks
+    if not isinstance(backbone, (VGG16Backbone, TorchvisionBackbone)):
+        raise WeightsError(f"{model.config['name']} has no torchvision ImageNet weights; FCN-AlexNet's are the Caffe "
                            "bvlc_alexnet.caffemodel (--init caffe:PATH): torchvision's AlexNet is another net")
+    arch = "vgg16" if isinstance(backbone, VGG16Backbone) else backbone.arch
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         source = torchvision_weights(arch, str(source))
     if isinstance(backbone, VGG16Backbone):

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..models import create_model
+from ..models import SegmentationModel, create_model
 from ..models.upsampling import bilinear_upsampling_weight
 from .checks import WeightsError, check_same_shape
 
@@ -133,14 +133,14 @@ def class_index_map(old_classes: Sequence[str], new_classes: Sequence[str]) -> d
     return {index: old[name] for index, name in enumerate(new_classes) if name in old}
 
 
-def transfer_fcn(source: nn.Module | StateDict, target: nn.Module) -> list[str]:
+def transfer_fcn(source: SegmentationModel | StateDict, target: nn.Module) -> list[str]:
     """Load ``source`` (an FCN or its state dict) into the FCN ``target`` of another stride.
 
     See :func:`transfer_fcn_state`. Returns the reference layers copied; a
     source model's preprocessing is carried over.
     """
     source_state = source.state_dict() if isinstance(source, nn.Module) else source
-    name = getattr(source, "config", {}).get("name", "source FCN") if isinstance(source, nn.Module) else "source FCN"
+    name = source.config["name"] if isinstance(source, nn.Module) else "source FCN"
     target_state = target.state_dict()
     target.load_state_dict(transfer_fcn_state(source_state, target_state, name))
     copied = [k for k in target_state if k in source_state and layer_of(k) not in SKIP_SCALES.values()]
@@ -148,7 +148,7 @@ def transfer_fcn(source: nn.Module | StateDict, target: nn.Module) -> list[str]:
     dropped = sorted({layer_of(k) for k in source_state if k not in target_state})
     if fresh or dropped:
         logger.info("FCN transfer from %s: initialised %s; dropped %s", name, fresh or "none", dropped or "none")
-    if isinstance(source, nn.Module) and hasattr(source, "preprocessing"):
+    if isinstance(source, nn.Module):
         target.preprocessing = source.preprocessing
     return list(dict.fromkeys(layer_of(k) for k in copied))
 
@@ -159,12 +159,13 @@ def with_num_classes(model: nn.Module, num_classes: int, keep: Mapping[int, int]
     The trunk is copied; scores restart at zero except the rows in ``keep``
     (``{new_index: old_index}``, see :func:`class_index_map`). ``model`` is not changed.
     """
-    config = dict(getattr(model, "config", None) or {})
-    if "name" not in config:
-        raise WeightsError(f"{type(model).__name__} has no config: only fcnseg models can change their classes")
+    if not isinstance(model, SegmentationModel):
+        raise WeightsError(f"{type(model).__name__} is not an fcnseg model (fcnseg.models.SegmentationModel): "
+                           "only fcnseg models can change their classes")
+    config = dict(model.config)
     name = config.pop("name")
     config["num_classes"] = num_classes
-    fresh = create_model(name, fast_paths=getattr(model, "fast_paths", True), **config)
+    fresh = create_model(name, fast_paths=model.fast_paths, **config)
     fresh.load_state_dict(change_num_classes_state(model.state_dict(), num_classes, keep))
     fresh.preprocessing = model.preprocessing
     device = next(model.parameters()).device

@@ -175,7 +175,7 @@ def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress:
     score layers and the upsampling keep their initialisation. Sets
     ``model.preprocessing`` to :data:`fcnseg.TORCHVISION`.
     """
-    width = getattr(model, "config", {}).get("width", 1.0)
+    width = model.config.get("width", 1.0)
     if source is None or hasattr(source, "get_state_dict"):
         _refuse_feature_weights(source)
         if width != 1.0:

@@ -80,6 +80,7 @@ class FixedLogits(nn.Module):
 
     heads = HEADS
     num_classes = 7
+    in_channels = 3
     preprocessing = fcnseg.TORCHVISION
 
     def __init__(self, logits: list[torch.Tensor]) -> None:
@@ -89,6 +90,9 @@ class FixedLogits(nn.Module):
 
     def set_fast_paths(self, enabled: bool) -> None:
         pass
+
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        return fcnseg.preprocess(images, self.preprocessing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index = round(float(x[0, 0, 0, 0] * 0.229 + 0.485) * 255)  # undo the preprocessing of pixel value i
