@@ -158,8 +158,8 @@ def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(
 
     drawn = {}
     draw = figures.overlay_grid
-    monkeypatch.setattr(figures, "overlay_grid", lambda images, preds, targets, palette, path, *, titles: drawn.update(
-        images=images, titles=titles) or draw(images, preds, targets, palette, path, titles=titles))
+    monkeypatch.setattr(figures, "overlay_grid", lambda images, preds, targets, palette, path, *, titles, **_legend: drawn.update(
+        images=images, titles=titles) or draw(images, preds, targets, palette, path, titles=titles, **_legend))
     model = tiny_model("fcn32s", len(SHAPE_CLASSES), score_std=1.0)
     path = save_checkpoint(tmp_path / "m.safetensors", model, classes=SHAPE_CLASSES,
                            palette=[(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))])

@@ -55,6 +55,11 @@ MODELS = [pytest.param(name, marks=pytest.mark.slow) if _parameters(name) > SLOW
           for name in fcnseg.list_models()]
 
 
+def build(name: str, **options) -> nn.Module:
+    """The model at the tiny width, or at its only width (torchvision's ResNets refuse others)."""
+    return fcnseg.create_model(name, num_classes=CLASSES, width=width_of(name), **options)
+
+
 def random_model(name: str, fast_paths: bool = True) -> nn.Module:
     """``name`` with every parameter non-zero: random biases and score layers (zero ones would hide whole paths)."""
     return tiny_model(name, CLASSES, width=width_of(name), score_std=0.3, bias_std=0.3, fast_paths=fast_paths)
