@@ -38,14 +38,8 @@ from .voc import VOC_CLASSES, VOCDataset
 #: Dataset kinds and their classes; every class takes ``(root, split, **options)``
 #: except synthetic, which takes ``(split, **options)`` and no root.
 _KINDS: dict[str, type[SegmentationDataset]] = {
-    "voc": VOCDataset,
-    "sbd": SBDDataset,
-    "folder": FolderDataset,
-    "synthetic": SyntheticShapes,
-    "coco": COCODataset,
-    "pascal_context": PascalContextDataset,
-    "siftflow": SIFTFlowDataset,
-    "nyud": NYUDDataset,
+    "voc": VOCDataset, "sbd": SBDDataset, "folder": FolderDataset, "synthetic": SyntheticShapes, "coco": COCODataset,
+    "pascal_context": PascalContextDataset, "siftflow": SIFTFlowDataset, "nyud": NYUDDataset,
 }
 
 
@@ -67,12 +61,7 @@ NO_SPLIT = "none"
 
 
 def open_dataset(
-    kind: str,
-    root: str | os.PathLike[str] | None,
-    split: str,
-    *,
-    transform: Transform | None = None,
-    **options: Any,
+    kind: str, root: str | os.PathLike[str] | None, split: str, *, transform: Transform | None = None, **options: Any,
 ) -> SegmentationDataset:
     """Open a dataset of ``kind`` at ``root`` for ``split``.
 
@@ -117,43 +106,11 @@ def open_dataset(
 
 
 __all__ = [
-    "DATASET_KINDS",
-    "NO_SPLIT",
-    "COCODataset",
-    "ClassStatistics",
-    "ColourMaskError",
-    "ColourTable",
-    "DatasetError",
-    "EvalTransform",
-    "Finding",
-    "FolderDataset",
-    "ImageTooLargeError",
-    "InMemoryDataset",
-    "LossyMaskError",
-    "NYUDDataset",
-    "NYUD_CLASSES",
-    "PadCollate",
-    "PairedFileDataset",
-    "PascalContextDataset",
-    "SBDDataset",
-    "SHAPE_CLASSES",
-    "SIFTFlowDataset",
-    "SegmentationDataset",
-    "SyntheticShapes",
-    "TrainTransform",
-    "VOCDataset",
-    "VOC_CLASSES",
-    "auto_split",
-    "class_pixel_counts",
-    "class_statistics",
-    "default_palette",
-    "diagnose",
-    "hha_from_depth",
-    "median_frequency_weights",
-    "open_dataset",
-    "read_colour_table",
-    "read_image_file",
-    "read_mask_file",
-    "voc_palette",
-    "write_fixed_copy",
+    "DATASET_KINDS", "NO_SPLIT", "COCODataset", "ClassStatistics", "ColourMaskError", "ColourTable", "DatasetError",
+    "EvalTransform", "Finding", "FolderDataset", "ImageTooLargeError", "InMemoryDataset", "LossyMaskError",
+    "NYUDDataset", "NYUD_CLASSES", "PadCollate", "PairedFileDataset", "PascalContextDataset", "SBDDataset",
+    "SHAPE_CLASSES", "SIFTFlowDataset", "SegmentationDataset", "SyntheticShapes", "TrainTransform", "VOCDataset",
+    "VOC_CLASSES", "auto_split", "class_pixel_counts", "class_statistics", "default_palette", "diagnose",
+    "hha_from_depth", "median_frequency_weights", "open_dataset", "read_colour_table", "read_image_file",
+    "read_mask_file", "voc_palette", "write_fixed_copy",
 ]

@@ -67,14 +67,8 @@ class SegmentationDataset(Dataset):
     heads: tuple[tuple[str, int], ...] | None = None
 
     def __init__(
-        self,
-        *,
-        classes: Sequence[str],
-        ids: Sequence[str],
-        palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, *, classes: Sequence[str], ids: Sequence[str], palette: Sequence[Colour] | None = None,
+        ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         self.classes = [str(name) for name in classes]
         if not self.classes:
@@ -227,16 +221,9 @@ class InMemoryDataset(SegmentationDataset):
     """
 
     def __init__(
-        self,
-        images: Sequence[torch.Tensor],
-        masks: Sequence[torch.Tensor],
-        *,
-        classes: Sequence[str],
-        ids: Sequence[str] | None = None,
-        palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, classes: Sequence[str],
+        ids: Sequence[str] | None = None, palette: Sequence[Colour] | None = None, ignore_index: int = 255,
+        transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         if len(images) != len(masks):
             raise DatasetError(f"{len(images)} images but {len(masks)} masks")
@@ -245,12 +232,8 @@ class InMemoryDataset(SegmentationDataset):
         self.images = list(images)
         self.masks = list(masks)
         super().__init__(
-            classes=classes,
-            ids=ids if ids is not None else [f"item_{index}" for index in range(len(images))],
-            palette=palette,
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
+            classes=classes, ids=ids if ids is not None else [f"item_{index}" for index in range(len(images))],
+            palette=palette, ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
         )
 
     def load_image(self, index: int) -> torch.Tensor:

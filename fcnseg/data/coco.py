@@ -89,15 +89,8 @@ class COCODataset(PairedFileDataset):
     """COCO instances as semantic masks (see the module docstring)."""
 
     def __init__(
-        self,
-        root: PathLike,
-        split: str = "train2017",
-        *,
-        categories: str = "all",
-        keep_empty: bool | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, root: PathLike, split: str = "train2017", *, categories: str = "all", keep_empty: bool | None = None,
+        ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         _pycocotools()  # fail now, not at the first item
         root = Path(root)
@@ -143,15 +136,9 @@ class COCODataset(PairedFileDataset):
         self.split_info = {"split": split, "source": str(annotation_file), "categories": categories,
                            "keep_empty": keep_empty}
         super().__init__(
-            name=f"COCO {root} split {split}",
-            ids=ids,
-            image_paths=[root / split / images[key][0] for key in ids],
-            mask_paths=[annotation_file] * len(ids),
-            classes=classes,
-            palette=palette,
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
+            name=f"COCO {root} split {split}", ids=ids, image_paths=[root / split / images[key][0] for key in ids],
+            mask_paths=[annotation_file] * len(ids), classes=classes, palette=palette, ignore_index=ignore_index,
+            transform=transform, skip_bad=skip_bad,
         )
 
     def load_mask(self, index: int) -> torch.Tensor:

@@ -247,10 +247,7 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
 
 
 def diagnose(
-    dataset: SegmentationDataset,
-    other_split: SegmentationDataset | None = None,
-    *,
-    max_items: int | None = None,
+    dataset: SegmentationDataset, other_split: SegmentationDataset | None = None, *, max_items: int | None = None,
     decode_images: bool = True,
 ) -> list[Finding]:
     """Check ``dataset`` (and, against it, ``other_split``, e.g. train and val); errors first.

@@ -114,22 +114,11 @@ class FolderDataset(PairedFileDataset):
     """
 
     def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | os.PathLike[str] | None = None,
-        *,
-        classes: Sequence[str] | None = None,
-        num_classes: int | None = None,
-        palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255,
-        images_dir: str = "images",
-        masks_dir: str = "masks",
-        binary: bool = False,
-        colors: str | os.PathLike[str] | None = None,
-        val_fraction: float = 0.2,
-        split_seed: int = 0,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, root: str | os.PathLike[str], split: str | os.PathLike[str] | None = None, *,
+        classes: Sequence[str] | None = None, num_classes: int | None = None, palette: Sequence[Colour] | None = None,
+        ignore_index: int = 255, images_dir: str = "images", masks_dir: str = "masks", binary: bool = False,
+        colors: str | os.PathLike[str] | None = None, val_fraction: float = 0.2, split_seed: int = 0,
+        transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         root = Path(root)
         if not root.is_dir():
@@ -155,15 +144,10 @@ class FolderDataset(PairedFileDataset):
         if palette is None and self.colour_table is not None:
             palette = self.colour_table.palette(len(class_names))
         super().__init__(
-            name=f"folder {root} split {self.split_info['split']}",
-            ids=stems,
+            name=f"folder {root} split {self.split_info['split']}", ids=stems,
             image_paths=[images[stem] for stem in stems],
-            mask_paths=[masks.get(stem, root / masks_dir / f"{stem}.png") for stem in stems],
-            classes=class_names,
-            palette=palette,
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
+            mask_paths=[masks.get(stem, root / masks_dir / f"{stem}.png") for stem in stems], classes=class_names,
+            palette=palette, ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
         )
 
     def load_mask(self, index: int) -> torch.Tensor:

@@ -65,15 +65,8 @@ class NYUDDataset(PairedFileDataset):
     """NYUDv2, 40 classes, colour and/or HHA images (see the module docstring)."""
 
     def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "train",
-        *,
-        modality: str = "color",
-        hha_dir: PathLike | None = None,
-        intrinsics: Sequence[float] | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
+        self, root: PathLike, split: PathLike = "train", *, modality: str = "color", hha_dir: PathLike | None = None,
+        intrinsics: Sequence[float] | None = None, ignore_index: int = 255, transform: Transform | None = None,
         skip_bad: bool = False,
     ) -> None:
         root = Path(root)
@@ -92,14 +85,10 @@ class NYUDDataset(PairedFileDataset):
         ids = read_id_list(source)
         self.split_info = {"split": os.fspath(split), "source": str(source)}
         super().__init__(
-            name=f"NYUDv2 {root} split {os.fspath(split)}",
-            ids=ids,
+            name=f"NYUDv2 {root} split {os.fspath(split)}", ids=ids,
             image_paths=[root / "data" / "images" / f"img_{i}.png" for i in ids],
-            mask_paths=[root / "segmentation" / f"img_{i}.mat" for i in ids],
-            classes=NYUD_CLASSES,
-            palette=default_palette(len(NYUD_CLASSES)),
-            ignore_index=ignore_index,
-            transform=transform,
+            mask_paths=[root / "segmentation" / f"img_{i}.mat" for i in ids], classes=NYUD_CLASSES,
+            palette=default_palette(len(NYUD_CLASSES)), ignore_index=ignore_index, transform=transform,
             skip_bad=skip_bad,
         )
 

@@ -24,17 +24,9 @@ class PairedFileDataset(SegmentationDataset):
     """
 
     def __init__(
-        self,
-        *,
-        name: str,
-        ids: Sequence[str],
-        image_paths: Sequence[str | Path],
-        mask_paths: Sequence[str | Path],
-        classes: Sequence[str],
-        palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, *, name: str, ids: Sequence[str], image_paths: Sequence[str | Path], mask_paths: Sequence[str | Path],
+        classes: Sequence[str], palette: Sequence[Colour] | None = None, ignore_index: int = 255,
+        transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         if not len(ids) == len(image_paths) == len(mask_paths):
             raise ValueError("ids, image_paths and mask_paths must have the same length")
@@ -63,11 +55,7 @@ class PairedFileDataset(SegmentationDataset):
         self.image_paths = kept_images
         self.mask_paths = kept_masks
         super().__init__(
-            classes=classes,
-            ids=kept_ids,
-            palette=palette,
-            ignore_index=ignore_index,
-            transform=transform,
+            classes=classes, ids=kept_ids, palette=palette, ignore_index=ignore_index, transform=transform,
             skip_bad=skip_bad,
         )
 

@@ -74,14 +74,8 @@ class PascalContextDataset(PairedFileDataset):
     """PASCAL-Context, the 59 classes of ``59_labels.txt`` + background (see the module docstring)."""
 
     def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "train",
-        *,
-        voc_root: PathLike | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, root: PathLike, split: PathLike = "train", *, voc_root: PathLike | None = None, ignore_index: int = 255,
+        transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         root = Path(root)
         if not (root / "trainval").is_dir():
@@ -97,15 +91,10 @@ class PascalContextDataset(PairedFileDataset):
         ids = read_id_list(source)
         self.split_info = {"split": os.fspath(split), "source": str(source)}
         super().__init__(
-            name=f"PASCAL-Context {root} split {os.fspath(split)}",
-            ids=ids,
+            name=f"PASCAL-Context {root} split {os.fspath(split)}", ids=ids,
             image_paths=[voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids],
-            mask_paths=[root / "trainval" / f"{i}.mat" for i in ids],
-            classes=classes,
-            palette=default_palette(len(classes)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
+            mask_paths=[root / "trainval" / f"{i}.mat" for i in ids], classes=classes,
+            palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
         )
 
     def load_mask(self, index: int) -> torch.Tensor:

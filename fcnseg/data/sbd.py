@@ -57,14 +57,8 @@ class SBDDataset(PairedFileDataset):
     """SBD class segmentation (21 VOC classes); see the module docstring for ``train_aug``."""
 
     def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "train",
-        *,
-        voc_root: PathLike | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, root: PathLike, split: PathLike = "train", *, voc_root: PathLike | None = None, ignore_index: int = 255,
+        transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         sbd_dir = resolve_sbd_root(root)
         self.root = str(sbd_dir)
@@ -87,13 +81,7 @@ class SBDDataset(PairedFileDataset):
             image_paths = [sbd_dir / "img" / f"{item}.jpg" for item in ids]
             mask_paths = [sbd_dir / "cls" / f"{item}.mat" for item in ids]
         super().__init__(
-            name=f"SBD {sbd_dir} split {os.fspath(split)}",
-            ids=ids,
-            image_paths=image_paths,
-            mask_paths=mask_paths,
-            classes=VOC_CLASSES,
-            palette=voc_palette(len(VOC_CLASSES)),
-            ignore_index=ignore_index,
-            transform=transform,
+            name=f"SBD {sbd_dir} split {os.fspath(split)}", ids=ids, image_paths=image_paths, mask_paths=mask_paths,
+            classes=VOC_CLASSES, palette=voc_palette(len(VOC_CLASSES)), ignore_index=ignore_index, transform=transform,
             skip_bad=skip_bad,
         )

@@ -59,14 +59,8 @@ class SIFTFlowDataset(PairedFileDataset):
     """SIFT Flow with semantic, geometric or both labels (see the module docstring)."""
 
     def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "trainval",
-        *,
-        labels: str = "both",
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, root: PathLike, split: PathLike = "trainval", *, labels: str = "both", ignore_index: int = 255,
+        transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         root = Path(root)
         if not (root / "Images").is_dir():
@@ -87,15 +81,10 @@ class SIFTFlowDataset(PairedFileDataset):
             self.heads = (("sem", len(SEMANTIC_CLASSES)), ("geo", len(GEOMETRIC_CLASSES)))
         self.geo_paths = {str(s): str(g) for s, g in zip(semantic, geometric)}
         super().__init__(
-            name=f"SIFT Flow {root} split {text}",
-            ids=ids,
+            name=f"SIFT Flow {root} split {text}", ids=ids,
             image_paths=[root / "Images" / _SUBFOLDER / f"{i}.jpg" for i in ids],
-            mask_paths=geometric if labels == "geometric" else semantic,
-            classes=classes,
-            palette=default_palette(len(classes)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
+            mask_paths=geometric if labels == "geometric" else semantic, classes=classes,
+            palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
         )
 
     def describe(self, index: int) -> str:

@@ -69,19 +69,10 @@ class SyntheticShapes(SegmentationDataset):
     """
 
     def __init__(
-        self,
-        split: str = "train",
-        *,
-        num_images: int | None = None,
-        size: int | Sequence[int] = 96,
-        size_range: Sequence[int] | None = None,
-        seed: int = 0,
-        num_classes: int | None = None,
-        classes: Sequence[str] | None = None,
-        noise: float = 10.0,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-        ignore_index: int = 255,
+        self, split: str = "train", *, num_images: int | None = None, size: int | Sequence[int] = 96,
+        size_range: Sequence[int] | None = None, seed: int = 0, num_classes: int | None = None,
+        classes: Sequence[str] | None = None, noise: float = 10.0, transform: Transform | None = None,
+        skip_bad: bool = False, ignore_index: int = 255,
     ) -> None:
         chosen = _choose_classes(num_classes, classes)
         if num_images is None:
@@ -99,12 +90,8 @@ class SyntheticShapes(SegmentationDataset):
         self.noise = float(noise)
         self._split_code = _SPLIT_CODES.get(self.split, zlib.crc32(self.split.encode()) + len(_SPLIT_CODES))
         super().__init__(
-            classes=chosen,
-            ids=[f"{self.split}_{index:06d}" for index in range(int(num_images))],
-            palette=voc_palette(len(chosen)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
+            classes=chosen, ids=[f"{self.split}_{index:06d}" for index in range(int(num_images))],
+            palette=voc_palette(len(chosen)), ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
         )
 
     def describe(self, index: int) -> str:
@@ -319,10 +306,6 @@ def _rimmed(rng, x, y, region):
 
 _SHAPES = {"disc": _disc, "square": _square, "triangle": _triangle, "ring": _ring, "bar": _bar, "dot": _dot}
 _TEXTURES = {
-    "disc": _horizontal_stripes,
-    "square": _vertical_stripes,
-    "triangle": _checkerboard,
-    "ring": _diagonal_stripes,
-    "bar": _mesh,
-    "dot": _rimmed,
+    "disc": _horizontal_stripes, "square": _vertical_stripes, "triangle": _checkerboard, "ring": _diagonal_stripes,
+    "bar": _mesh, "dot": _rimmed,
 }

@@ -121,16 +121,9 @@ class VOCDataset(PairedFileDataset):
     """PASCAL VOC segmentation; 21 classes, 255 = void (see the module docstring)."""
 
     def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "train",
-        *,
-        year: str | int | None = None,
-        sbd_root: PathLike | None = None,
-        voc2011_val: PathLike | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
+        self, root: PathLike, split: PathLike = "train", *, year: str | int | None = None,
+        sbd_root: PathLike | None = None, voc2011_val: PathLike | None = None, ignore_index: int = 255,
+        transform: Transform | None = None, skip_bad: bool = False,
     ) -> None:
         voc_dir = resolve_voc_root(root, year)
         self.root = str(voc_dir)
@@ -139,13 +132,8 @@ class VOCDataset(PairedFileDataset):
         else:
             ids = voc_split_ids(voc_dir, split)
         super().__init__(
-            name=f"VOC {voc_dir} split {os.fspath(split)}",
-            ids=ids,
+            name=f"VOC {voc_dir} split {os.fspath(split)}", ids=ids,
             image_paths=[voc_dir / "JPEGImages" / f"{item}.jpg" for item in ids],
-            mask_paths=[voc_dir / "SegmentationClass" / f"{item}.png" for item in ids],
-            classes=VOC_CLASSES,
-            palette=voc_palette(len(VOC_CLASSES)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
+            mask_paths=[voc_dir / "SegmentationClass" / f"{item}.png" for item in ids], classes=VOC_CLASSES,
+            palette=voc_palette(len(VOC_CLASSES)), ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
         )
