@@ -118,14 +118,8 @@ def _as_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def overlay_grid(
-    images: Sequence[torch.Tensor],
-    masks_pred: Sequence[torch.Tensor],
-    masks_gt: Sequence[torch.Tensor] | None,
-    palette: Sequence[Colour],
-    png: str | os.PathLike[str],
-    *,
-    titles: Sequence[str] | None = None,
-    alpha: float = 0.5,
+    images: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor], masks_gt: Sequence[torch.Tensor] | None,
+    palette: Sequence[Colour], png: str | os.PathLike[str], *, titles: Sequence[str] | None = None, alpha: float = 0.5,
     classes: Sequence[str] | None = None,
 ) -> Path:
     """One row per image: the image, the ground truth over it (if given), the prediction over it.
@@ -171,11 +165,7 @@ def overlay_grid(
 
 
 def validation_overlays(
-    predictor: Any,
-    dataset: Any,
-    png: str | os.PathLike[str],
-    *,
-    count: int = 6,
+    predictor: Any, dataset: Any, png: str | os.PathLike[str], *, count: int = 6,
     palette: Sequence[Colour] | None = None,
 ) -> Path:
     """Predict ``count`` images spread over ``dataset`` with a :class:`~fcnseg.inference.predictor.Predictor`
@@ -195,11 +185,7 @@ def validation_overlays(
 
 
 def confusion_matrix_figure(
-    matrix: torch.Tensor | np.ndarray,
-    classes: Sequence[str],
-    png: str | os.PathLike[str],
-    *,
-    title: str | None = None,
+    matrix: torch.Tensor | np.ndarray, classes: Sequence[str], png: str | os.PathLike[str], *, title: str | None = None,
 ) -> Path:
     """Heat map of the confusion matrix ``n[gt, pred]``, each row normalised by its ground-truth count.
 
@@ -234,16 +220,9 @@ def confusion_matrix_figure(
 
 
 def worst_images_figure(
-    images: Sequence[torch.Tensor],
-    targets: Sequence[torch.Tensor],
-    preds: Sequence[torch.Tensor],
-    scores: Sequence[float],
-    palette: Sequence[Colour],
-    path: str | os.PathLike[str],
-    k: int = 8,
-    *,
-    ids: Sequence[Any] | None = None,
-    classes: Sequence[str] | None = None,
+    images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], preds: Sequence[torch.Tensor],
+    scores: Sequence[float], palette: Sequence[Colour], path: str | os.PathLike[str], k: int = 8, *,
+    ids: Sequence[Any] | None = None, classes: Sequence[str] | None = None,
 ) -> Path:
     """The ``k`` images with the lowest ``scores`` (e.g. per-image mean IU), worst first, drawn
     by :func:`overlay_grid` (image, ground truth, prediction) with each one's id and score.

@@ -60,16 +60,9 @@ def as_predictor(model: torch.nn.Module | Predictor, device: str | torch.device 
 
 
 def confusion_matrix(
-    model: torch.nn.Module | Predictor,
-    data: Dataset | Iterable,
-    num_classes: int,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    *,
-    num_workers: int = 0,
-    progress: bool = True,
-    accumulators: Sequence[Any] = (),
-    **predictor_options: Any,
+    model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
+    device: str | torch.device | None = None, ignore_index: int = 255, *, num_workers: int = 0, progress: bool = True,
+    accumulators: Sequence[Any] = (), **predictor_options: Any,
 ) -> ConfusionMatrix:
     """The confusion matrix of a model (or :class:`Predictor`) over ``data``, summed over all distributed ranks.
 
@@ -100,12 +93,8 @@ def confusion_matrix(
 
 
 def evaluate(
-    model: torch.nn.Module | Predictor,
-    data: Dataset | Iterable,
-    num_classes: int,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    **options: Any,
+    model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
+    device: str | torch.device | None = None, ignore_index: int = 255, **options: Any,
 ) -> dict[str, float | list[float]]:
     """``ConfusionMatrix.compute()`` of ``model`` over ``data``: pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc.
 
@@ -125,14 +114,8 @@ def _heads(model: torch.nn.Module | Predictor) -> tuple[tuple[str, int], ...] | 
 
 
 def head_confusion_matrices(
-    model: torch.nn.Module | Predictor,
-    data: Dataset | Iterable,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    *,
-    num_workers: int = 0,
-    progress: bool = True,
-    **predictor_options: Any,
+    model: torch.nn.Module | Predictor, data: Dataset | Iterable, device: str | torch.device | None = None,
+    ignore_index: int = 255, *, num_workers: int = 0, progress: bool = True, **predictor_options: Any,
 ) -> dict[str, ConfusionMatrix]:
     """One confusion matrix per head (by name) of a model with ``heads``, summed over distributed ranks.
 
@@ -160,11 +143,8 @@ def head_confusion_matrices(
 
 
 def evaluate_heads(
-    model: torch.nn.Module | Predictor,
-    data: Dataset | Iterable,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    **options: Any,
+    model: torch.nn.Module | Predictor, data: Dataset | Iterable, device: str | torch.device | None = None,
+    ignore_index: int = 255, **options: Any,
 ) -> dict[str, Any]:
     """The first head's metrics (what training tracks, e.g. SIFT Flow's semantic mean IU) and every
     head's ``ConfusionMatrix.compute()`` under ``"heads"``: ``{name: metrics}``."""

@@ -96,12 +96,9 @@ class ConfusionMatrix:
             return {"pixel_acc": math.nan, "mean_acc": math.nan, "mean_iu": math.nan, "fw_iu": math.nan,
                     "iu": [math.nan] * self.num_classes, "acc": [math.nan] * self.num_classes}
         return {
-            "pixel_acc": float(correct.sum() / total),
-            "mean_acc": float((correct[in_gt] / gt_total[in_gt]).mean()),
-            "mean_iu": float(iu.nanmean()),
-            "fw_iu": float((gt_total[in_gt] / total * iu[in_gt]).sum()),
-            "iu": [float(v) for v in iu],
-            "acc": [float(v) for v in acc],
+            "pixel_acc": float(correct.sum() / total), "mean_acc": float((correct[in_gt] / gt_total[in_gt]).mean()),
+            "mean_iu": float(iu.nanmean()), "fw_iu": float((gt_total[in_gt] / total * iu[in_gt]).sum()),
+            "iu": [float(v) for v in iu], "acc": [float(v) for v in acc],
         }
 
     def report(self, classes: list[str]) -> dict[str, Any]:
