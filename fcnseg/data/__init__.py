@@ -60,9 +60,8 @@ DATASET_KINDS = tuple(_KINDS)
 NO_SPLIT = "none"
 
 
-def open_dataset(
-    kind: str, root: str | os.PathLike[str] | None, split: str, *, transform: Transform | None = None, **options: Any,
-) -> SegmentationDataset:
+def open_dataset(kind: str, root: str | os.PathLike[str] | None, split: str, *, transform: Transform | None = None,
+                 **options: Any) -> SegmentationDataset:
     """Open a dataset of ``kind`` at ``root`` for ``split``.
 
     Kinds and their options (all take ``ignore_index`` and ``skip_bad``):

@@ -66,10 +66,8 @@ class SegmentationDataset(Dataset):
     #: ``((name, classes), ...)`` of a dataset whose masks have one row per head; None: masks (H, W).
     heads: tuple[tuple[str, int], ...] | None = None
 
-    def __init__(
-        self, *, classes: Sequence[str], ids: Sequence[str], palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, *, classes: Sequence[str], ids: Sequence[str], palette: Sequence[Colour] | None = None,
+                 ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False) -> None:
         self.classes = [str(name) for name in classes]
         if not self.classes:
             raise DatasetError("a dataset needs at least one class name")
@@ -220,21 +218,18 @@ class InMemoryDataset(SegmentationDataset):
     For tests and for small sets built in code; the same checks apply as for files.
     """
 
-    def __init__(
-        self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, classes: Sequence[str],
-        ids: Sequence[str] | None = None, palette: Sequence[Colour] | None = None, ignore_index: int = 255,
-        transform: Transform | None = None, skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, classes: Sequence[str],
+                 ids: Sequence[str] | None = None, palette: Sequence[Colour] | None = None, ignore_index: int = 255,
+                 transform: Transform | None = None, skip_bad: bool = False) -> None:
         if len(images) != len(masks):
             raise DatasetError(f"{len(images)} images but {len(masks)} masks")
         if not images:
             raise DatasetError("an in-memory dataset needs at least one item")
         self.images = list(images)
         self.masks = list(masks)
-        super().__init__(
-            classes=classes, ids=ids if ids is not None else [f"item_{index}" for index in range(len(images))],
-            palette=palette, ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
-        )
+        super().__init__(classes=classes,
+                         ids=ids if ids is not None else [f"item_{index}" for index in range(len(images))],
+                         palette=palette, ignore_index=ignore_index, transform=transform, skip_bad=skip_bad)
 
     def load_image(self, index: int) -> torch.Tensor:
         return self.images[index]

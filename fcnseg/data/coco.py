@@ -88,10 +88,9 @@ def _field(entry: Any, key: str, path: Path, what: str) -> Any:
 class COCODataset(PairedFileDataset):
     """COCO instances as semantic masks (see the module docstring)."""
 
-    def __init__(
-        self, root: PathLike, split: str = "train2017", *, categories: str = "all", keep_empty: bool | None = None,
-        ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: str = "train2017", *, categories: str = "all",
+                 keep_empty: bool | None = None, ignore_index: int = 255, transform: Transform | None = None,
+                 skip_bad: bool = False) -> None:
         _pycocotools()  # fail now, not at the first item
         root = Path(root)
         if categories not in CATEGORY_SETS:
@@ -135,11 +134,10 @@ class COCODataset(PairedFileDataset):
         self.sizes = {key: images[key][1:] for key in ids}
         self.split_info = {"split": split, "source": str(annotation_file), "categories": categories,
                            "keep_empty": keep_empty}
-        super().__init__(
-            name=f"COCO {root} split {split}", ids=ids, image_paths=[root / split / images[key][0] for key in ids],
-            mask_paths=[annotation_file] * len(ids), classes=classes, palette=palette, ignore_index=ignore_index,
-            transform=transform, skip_bad=skip_bad,
-        )
+        super().__init__(name=f"COCO {root} split {split}", ids=ids,
+                         image_paths=[root / split / images[key][0] for key in ids],
+                         mask_paths=[annotation_file] * len(ids), classes=classes, palette=palette,
+                         ignore_index=ignore_index, transform=transform, skip_bad=skip_bad)
 
     def load_mask(self, index: int) -> torch.Tensor:
         key = self.ids[index]

@@ -100,10 +100,8 @@ def read_colour_table(path: str | os.PathLike[str]) -> ColourTable:
             if not all(0 <= v <= 255 for v in (r, g, b)) or index < 0:
                 raise ValueError
         except ValueError:
-            raise DatasetError(
-                f"colour table {path} line {number} is {line.strip()!r}; expected 'R G B ID [name]' "
-                "with R, G, B in 0..255 and a class id >= 0"
-            ) from None
+            raise DatasetError(f"colour table {path} line {number} is {line.strip()!r}; expected 'R G B ID [name]' "
+                               "with R, G, B in 0..255 and a class id >= 0") from None
         if entries.get((r, g, b), index) != index:
             raise DatasetError(f"colour table {path} line {number}: colour {(r, g, b)} is listed with two ids")
         entries[(r, g, b)] = index
@@ -134,9 +132,8 @@ def count_border_colours(rgb: np.ndarray) -> dict[Colour, int]:
     return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(values, counts)}
 
 
-def unlabelled_colours(
-    counts: dict[Colour, int], borders: dict[Colour, int] | None = None, num_classes: int | None = None
-) -> list[Colour]:
+def unlabelled_colours(counts: dict[Colour, int], borders: dict[Colour, int] | None = None,
+                       num_classes: int | None = None) -> list[Colour]:
     """The colours of colour masks that look like "unlabelled" (to map to the ignore value), most likely first.
 
     The rule: colours rank by how unlabelled they look: black first (the void colour of
@@ -157,10 +154,9 @@ def unlabelled_colours(
     return chosen
 
 
-def propose_colour_table(
-    colours: dict[Colour, int] | set[Colour], ignore_index: int = 255, *, num_classes: int | None = None,
-    borders: dict[Colour, int] | None = None,
-) -> ColourTable | None:
+def propose_colour_table(colours: dict[Colour, int] | set[Colour], ignore_index: int = 255, *,
+                         num_classes: int | None = None,
+                         borders: dict[Colour, int] | None = None) -> ColourTable | None:
     """A table for the colours found in masks, or None if there are too many to be labels.
 
     Greys (R = G = B) map to their value (ids stored as grey RGB); VOC palette

@@ -74,9 +74,8 @@ def auto_split(stems: Sequence[str], split: str, val_fraction: float = 0.2, seed
     return sorted(stem for stem in stems if (stem in val) == (split == "val"))
 
 
-def _split_stems(
-    root: Path, split: str | os.PathLike[str] | None, stems: list[str], val_fraction: float, seed: int
-) -> tuple[list[str], dict[str, Any]]:
+def _split_stems(root: Path, split: str | os.PathLike[str] | None, stems: list[str], val_fraction: float,
+                 seed: int) -> tuple[list[str], dict[str, Any]]:
     """The stems of ``split`` and where they came from (the dataset's ``split_info``)."""
     if split is None:
         return stems, {"split": "all", "source": "every image"}
@@ -113,13 +112,12 @@ class FolderDataset(PairedFileDataset):
         val_fraction / split_seed: the automatic train/val split (see :func:`auto_split`).
     """
 
-    def __init__(
-        self, root: str | os.PathLike[str], split: str | os.PathLike[str] | None = None, *,
-        classes: Sequence[str] | None = None, num_classes: int | None = None, palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255, images_dir: str = "images", masks_dir: str = "masks", binary: bool = False,
-        colors: str | os.PathLike[str] | None = None, val_fraction: float = 0.2, split_seed: int = 0,
-        transform: Transform | None = None, skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: str | os.PathLike[str], split: str | os.PathLike[str] | None = None, *,
+                 classes: Sequence[str] | None = None, num_classes: int | None = None,
+                 palette: Sequence[Colour] | None = None, ignore_index: int = 255, images_dir: str = "images",
+                 masks_dir: str = "masks", binary: bool = False, colors: str | os.PathLike[str] | None = None,
+                 val_fraction: float = 0.2, split_seed: int = 0, transform: Transform | None = None,
+                 skip_bad: bool = False) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"dataset folder {root} does not exist")
@@ -137,18 +135,15 @@ class FolderDataset(PairedFileDataset):
         stems, self.split_info = _split_stems(root, split, sorted(images), val_fraction, split_seed)
         unknown = [stem for stem in stems if stem not in images]
         if unknown:
-            raise DatasetError(
-                f"split list {self.split_info['source']} lists {len(unknown)} stem(s) with no image in "
-                f"{root / images_dir}, e.g. {unknown[:3]}"
-            )
+            raise DatasetError(f"split list {self.split_info['source']} lists {len(unknown)} stem(s) with no image in "
+                               f"{root / images_dir}, e.g. {unknown[:3]}")
         if palette is None and self.colour_table is not None:
             palette = self.colour_table.palette(len(class_names))
-        super().__init__(
-            name=f"folder {root} split {self.split_info['split']}", ids=stems,
-            image_paths=[images[stem] for stem in stems],
-            mask_paths=[masks.get(stem, root / masks_dir / f"{stem}.png") for stem in stems], classes=class_names,
-            palette=palette, ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
-        )
+        super().__init__(name=f"folder {root} split {self.split_info['split']}", ids=stems,
+                         image_paths=[images[stem] for stem in stems],
+                         mask_paths=[masks.get(stem, root / masks_dir / f"{stem}.png") for stem in stems],
+                         classes=class_names, palette=palette, ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def load_mask(self, index: int) -> torch.Tensor:
         path = self.mask_paths[index]
@@ -188,10 +183,8 @@ def _masks_hint(masks_dir: Path) -> str:
     return ""
 
 
-def _class_names(
-    root: Path, classes: Sequence[str] | None, num_classes: int | None, binary: bool,
-    table: ColourTable | None, ignore_index: int, masks_dir: Path,
-) -> list[str]:  # fmt: skip
+def _class_names(root: Path, classes: Sequence[str] | None, num_classes: int | None, binary: bool,
+                 table: ColourTable | None, ignore_index: int, masks_dir: Path) -> list[str]:  # fmt: skip
     if classes is not None:
         names, source = [str(name) for name in classes], "the classes option"
     elif (root / "classes.txt").exists():

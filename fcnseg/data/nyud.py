@@ -40,12 +40,11 @@ from .paired import PairedFileDataset
 from .palette import default_palette
 from .readers import _open_decoded, read_id_list, read_image_file, read_mat_label, split_file
 
-NYUD_CLASSES = (
-    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture", "counter",
-    "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes", "ceiling", "books",
-    "refrigerator", "television", "paper", "towel", "shower curtain", "box", "whiteboard", "person", "night stand",
-    "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
-)  # fmt: skip
+NYUD_CLASSES = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
+                "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat",
+                "clothes", "ceiling", "books", "refrigerator", "television", "paper", "towel", "shower curtain", "box",
+                "whiteboard", "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure",
+                "otherfurniture", "otherprop")  # fmt: skip
 MODALITIES = ("color", "hha", "color_hha")
 _DEPTH_MODES = ("I;16", "I;16B", "I")
 
@@ -64,11 +63,9 @@ def read_depth_file(path: PathLike) -> np.ndarray:
 class NYUDDataset(PairedFileDataset):
     """NYUDv2, 40 classes, colour and/or HHA images (see the module docstring)."""
 
-    def __init__(
-        self, root: PathLike, split: PathLike = "train", *, modality: str = "color", hha_dir: PathLike | None = None,
-        intrinsics: Sequence[float] | None = None, ignore_index: int = 255, transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: PathLike = "train", *, modality: str = "color",
+                 hha_dir: PathLike | None = None, intrinsics: Sequence[float] | None = None, ignore_index: int = 255,
+                 transform: Transform | None = None, skip_bad: bool = False) -> None:
         root = Path(root)
         if not (root / "data").is_dir():
             raise DatasetError(f"NYUDv2 folder {root} has no data/ folder; expected the reference's prepared data "
@@ -84,13 +81,11 @@ class NYUDDataset(PairedFileDataset):
         source = split_file(split, root)
         ids = read_id_list(source)
         self.split_info = {"split": os.fspath(split), "source": str(source)}
-        super().__init__(
-            name=f"NYUDv2 {root} split {os.fspath(split)}", ids=ids,
-            image_paths=[root / "data" / "images" / f"img_{i}.png" for i in ids],
-            mask_paths=[root / "segmentation" / f"img_{i}.mat" for i in ids], classes=NYUD_CLASSES,
-            palette=default_palette(len(NYUD_CLASSES)), ignore_index=ignore_index, transform=transform,
-            skip_bad=skip_bad,
-        )
+        super().__init__(name=f"NYUDv2 {root} split {os.fspath(split)}", ids=ids,
+                         image_paths=[root / "data" / "images" / f"img_{i}.png" for i in ids],
+                         mask_paths=[root / "segmentation" / f"img_{i}.mat" for i in ids], classes=NYUD_CLASSES,
+                         palette=default_palette(len(NYUD_CLASSES)), ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def load_mask(self, index: int) -> torch.Tensor:
         label = read_mat_label(self.mask_paths[index], "segmentation", "a NYUDv2 segmentation/img_*.mat file")

@@ -73,10 +73,8 @@ def task_lookup(labels_file: Path, task_file: Path) -> tuple[list[str], np.ndarr
 class PascalContextDataset(PairedFileDataset):
     """PASCAL-Context, the 59 classes of ``59_labels.txt`` + background (see the module docstring)."""
 
-    def __init__(
-        self, root: PathLike, split: PathLike = "train", *, voc_root: PathLike | None = None, ignore_index: int = 255,
-        transform: Transform | None = None, skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: PathLike = "train", *, voc_root: PathLike | None = None,
+                 ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False) -> None:
         root = Path(root)
         if not (root / "trainval").is_dir():
             raise DatasetError(f"PASCAL-Context folder {root} has no trainval/ folder; expected the unpacked "
@@ -90,12 +88,11 @@ class PascalContextDataset(PairedFileDataset):
         source = split_file(split, voc_dir / "ImageSets" / "Main")
         ids = read_id_list(source)
         self.split_info = {"split": os.fspath(split), "source": str(source)}
-        super().__init__(
-            name=f"PASCAL-Context {root} split {os.fspath(split)}", ids=ids,
-            image_paths=[voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids],
-            mask_paths=[root / "trainval" / f"{i}.mat" for i in ids], classes=classes,
-            palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
-        )
+        super().__init__(name=f"PASCAL-Context {root} split {os.fspath(split)}", ids=ids,
+                         image_paths=[voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids],
+                         mask_paths=[root / "trainval" / f"{i}.mat" for i in ids], classes=classes,
+                         palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def load_mask(self, index: int) -> torch.Tensor:
         label = read_mat_label(self.mask_paths[index], "LabelMap", "a PASCAL-Context trainval/*.mat file")

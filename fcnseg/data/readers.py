@@ -42,7 +42,6 @@ EXIF_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }  # fmt: skip
 _EXIF_ORIENTATION_TAG = 0x0112
-#: Start-of-frame markers of arithmetic-coded JPEGs (no lower bound on their data size).
 
 PathLike = str | os.PathLike[str]
 
@@ -308,10 +307,8 @@ def read_mat_mask(path: PathLike) -> torch.Tensor:
     try:
         label = content["GTcls"][0]["Segmentation"][0]
     except (KeyError, IndexError, ValueError, TypeError):
-        raise DatasetError(
-            f"mask {path} has no GTcls.Segmentation; expected an SBD cls/*.mat file "
-            f"(found variables: {sorted(k for k in content if not k.startswith('__'))})"
-        ) from None
+        raise DatasetError(f"mask {path} has no GTcls.Segmentation; expected an SBD cls/*.mat file "
+                           f"(found variables: {sorted(k for k in content if not k.startswith('__'))})") from None
     label = np.asarray(label)
     if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
         raise DatasetError(

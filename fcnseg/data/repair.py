@@ -44,9 +44,8 @@ def _save_mask(mask: torch.Tensor, palette: list[Colour], ignore_index: int, pat
     picture.save(path)
 
 
-def _fixed_mask(
-    dataset: FolderDataset, found: Survey, index: int, table: ColourTable | None, binary: bool
-) -> torch.Tensor:
+def _fixed_mask(dataset: FolderDataset, found: Survey, index: int, table: ColourTable | None,
+                binary: bool) -> torch.Tensor:
     """The item's mask with every fix applied, checked against its image; DatasetError if it stays bad."""
     path = dataset.mask_paths[index]
     if index in found.colour_items:

@@ -38,11 +38,10 @@ from .paired import PairedFileDataset
 from .palette import default_palette
 from .readers import read_id_list, read_mat_label, split_file
 
-SEMANTIC_CLASSES = (
-    "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk", "desert", "door",
-    "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river", "road", "rock", "sand", "sea",
-    "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree", "window",
-)  # fmt: skip
+SEMANTIC_CLASSES = ("awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk",
+                    "desert", "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river",
+                    "road", "rock", "sand", "sea", "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree",
+                    "window")  # fmt: skip
 GEOMETRIC_CLASSES = ("sky (geometric)", "horizontal (geometric)", "vertical (geometric)")
 LABEL_KINDS = ("semantic", "geometric", "both")
 _SUBFOLDER = "spatial_envelope_256x256_static_8outdoorcategories"
@@ -58,10 +57,8 @@ def _shifted(label: np.ndarray, classes: int, ignore_index: int, offset: int) ->
 class SIFTFlowDataset(PairedFileDataset):
     """SIFT Flow with semantic, geometric or both labels (see the module docstring)."""
 
-    def __init__(
-        self, root: PathLike, split: PathLike = "trainval", *, labels: str = "both", ignore_index: int = 255,
-        transform: Transform | None = None, skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: PathLike = "trainval", *, labels: str = "both", ignore_index: int = 255,
+                 transform: Transform | None = None, skip_bad: bool = False) -> None:
         root = Path(root)
         if not (root / "Images").is_dir():
             raise DatasetError(f"SIFT Flow folder {root} has no Images/ folder; expected the unpacked "
@@ -80,12 +77,11 @@ class SIFTFlowDataset(PairedFileDataset):
         if labels == "both":
             self.heads = (("sem", len(SEMANTIC_CLASSES)), ("geo", len(GEOMETRIC_CLASSES)))
         self.geo_paths = {str(s): str(g) for s, g in zip(semantic, geometric)}
-        super().__init__(
-            name=f"SIFT Flow {root} split {text}", ids=ids,
-            image_paths=[root / "Images" / _SUBFOLDER / f"{i}.jpg" for i in ids],
-            mask_paths=geometric if labels == "geometric" else semantic, classes=classes,
-            palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
-        )
+        super().__init__(name=f"SIFT Flow {root} split {text}", ids=ids,
+                         image_paths=[root / "Images" / _SUBFOLDER / f"{i}.jpg" for i in ids],
+                         mask_paths=geometric if labels == "geometric" else semantic, classes=classes,
+                         palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def describe(self, index: int) -> str:
         text = super().describe(index)

@@ -68,12 +68,10 @@ class SyntheticShapes(SegmentationDataset):
         noise: standard deviation of the per-pixel Gaussian noise (0..255 units).
     """
 
-    def __init__(
-        self, split: str = "train", *, num_images: int | None = None, size: int | Sequence[int] = 96,
-        size_range: Sequence[int] | None = None, seed: int = 0, num_classes: int | None = None,
-        classes: Sequence[str] | None = None, noise: float = 10.0, transform: Transform | None = None,
-        skip_bad: bool = False, ignore_index: int = 255,
-    ) -> None:
+    def __init__(self, split: str = "train", *, num_images: int | None = None, size: int | Sequence[int] = 96,
+                 size_range: Sequence[int] | None = None, seed: int = 0, num_classes: int | None = None,
+                 classes: Sequence[str] | None = None, noise: float = 10.0, transform: Transform | None = None,
+                 skip_bad: bool = False, ignore_index: int = 255) -> None:
         chosen = _choose_classes(num_classes, classes)
         if num_images is None:
             num_images = _DEFAULT_COUNTS.get(split, 64)
@@ -89,10 +87,9 @@ class SyntheticShapes(SegmentationDataset):
             raise DatasetError(f"synthetic images must be at least 8x8, got size {size}")
         self.noise = float(noise)
         self._split_code = _SPLIT_CODES.get(self.split, zlib.crc32(self.split.encode()) + len(_SPLIT_CODES))
-        super().__init__(
-            classes=chosen, ids=[f"{self.split}_{index:06d}" for index in range(int(num_images))],
-            palette=voc_palette(len(chosen)), ignore_index=ignore_index, transform=transform, skip_bad=skip_bad,
-        )
+        super().__init__(classes=chosen, ids=[f"{self.split}_{index:06d}" for index in range(int(num_images))],
+                         palette=voc_palette(len(chosen)), ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def describe(self, index: int) -> str:
         return f"synthetic {self.split} item {index} (seed {self.seed})"
@@ -149,9 +146,8 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 # --- rendering -------------------------------------------------------------------------------
 
 
-def render_shapes(
-    rng: np.random.Generator, height: int, width: int, classes: Sequence[str], noise: float = 10.0
-) -> tuple[np.ndarray, np.ndarray]:
+def render_shapes(rng: np.random.Generator, height: int, width: int, classes: Sequence[str],
+                  noise: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its mask with ``rng``; ``classes[i]`` is the shape drawn with id ``i``."""
     ids = {name: index for index, name in enumerate(classes)}
     side = float(min(height, width))
