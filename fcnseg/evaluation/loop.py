@@ -59,11 +59,10 @@ def as_predictor(model: torch.nn.Module | Predictor, device: str | torch.device 
     return model if isinstance(model, Predictor) else Predictor(model, device=device, **options)
 
 
-def confusion_matrix(
-    model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
-    device: str | torch.device | None = None, ignore_index: int = 255, *, num_workers: int = 0, progress: bool = True,
-    accumulators: Sequence[Any] = (), **predictor_options: Any,
-) -> ConfusionMatrix:
+def confusion_matrix(model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
+                     device: str | torch.device | None = None, ignore_index: int = 255, *, num_workers: int = 0,
+                     progress: bool = True, accumulators: Sequence[Any] = (),
+                     **predictor_options: Any) -> ConfusionMatrix:
     """The confusion matrix of a model (or :class:`Predictor`) over ``data``, summed over all distributed ranks.
 
     ``data`` is a dataset of ``(image uint8 (3,H,W), mask (H,W))`` items (evaluated one image
@@ -92,10 +91,9 @@ def confusion_matrix(
     return matrix
 
 
-def evaluate(
-    model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
-    device: str | torch.device | None = None, ignore_index: int = 255, **options: Any,
-) -> dict[str, float | list[float]]:
+def evaluate(model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
+             device: str | torch.device | None = None, ignore_index: int = 255,
+             **options: Any) -> dict[str, float | list[float]]:
     """``ConfusionMatrix.compute()`` of ``model`` over ``data``: pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc.
 
     Options as for :func:`confusion_matrix`. For a model with heads, see :func:`evaluate_heads`.
@@ -113,10 +111,9 @@ def _heads(model: torch.nn.Module | Predictor) -> tuple[tuple[str, int], ...] | 
     return getattr(model, "heads", None)
 
 
-def head_confusion_matrices(
-    model: torch.nn.Module | Predictor, data: Dataset | Iterable, device: str | torch.device | None = None,
-    ignore_index: int = 255, *, num_workers: int = 0, progress: bool = True, **predictor_options: Any,
-) -> dict[str, ConfusionMatrix]:
+def head_confusion_matrices(model: torch.nn.Module | Predictor, data: Dataset | Iterable,
+                            device: str | torch.device | None = None, ignore_index: int = 255, *, num_workers: int = 0,
+                            progress: bool = True, **predictor_options: Any) -> dict[str, ConfusionMatrix]:
     """One confusion matrix per head (by name) of a model with ``heads``, summed over distributed ranks.
 
     Masks have one row per head (K, H, W), ids numbered in the concatenated class list (the
@@ -142,10 +139,8 @@ def head_confusion_matrices(
     return matrices
 
 
-def evaluate_heads(
-    model: torch.nn.Module | Predictor, data: Dataset | Iterable, device: str | torch.device | None = None,
-    ignore_index: int = 255, **options: Any,
-) -> dict[str, Any]:
+def evaluate_heads(model: torch.nn.Module | Predictor, data: Dataset | Iterable,
+                   device: str | torch.device | None = None, ignore_index: int = 255, **options: Any) -> dict[str, Any]:
     """The first head's metrics (what training tracks, e.g. SIFT Flow's semantic mean IU) and every
     head's ``ConfusionMatrix.compute()`` under ``"heads"``: ``{name: metrics}``."""
     results = {name: matrix.compute() for name, matrix in

@@ -29,13 +29,10 @@ logger = logging.getLogger(__name__)
 SCALE_LAYERS = {"scale_pool4": "score_pool4", "scale_pool3": "score_pool3"}
 #: Every reference layer name of the FCN family (the layer names of the reference Caffe prototxts:
 #: VGG16's conv1_1 ... conv5_3 and AlexNet's conv1 ... conv5).
-REFERENCE_NAMES = frozenset(
-    [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
-    + [f"conv{s}" for s in range(1, 6)]
-    + ["fc6", "fc7", "score_fr", "score_pool4", "score_pool3"]
-    + ["upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8"]
-    + list(SCALE_LAYERS)
-)
+REFERENCE_NAMES = frozenset([f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
+                            + [f"conv{s}" for s in range(1, 6)]
+                            + ["fc6", "fc7", "score_fr", "score_pool4", "score_pool3"]
+                            + ["upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8"] + list(SCALE_LAYERS))
 
 
 def _without_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -53,20 +50,16 @@ def _fit_blob(layer: CaffeLayer, index: int, kind: str, target: tuple[int, ...],
         # fc6/fc7 as InnerProduct: (out, in*kh*kw), rows flattened as (channel, row, column).
         fits = _without_leading_ones(stored) == (target[0], math.prod(target[1:]))
     if not fits:
-        raise WeightsError(
-            f"{source}: layer {layer.name!r} ({layer.type}) {kind} has shape {stored} in the file "
-            f"but the model expects {target}"
-        )
+        raise WeightsError(f"{source}: layer {layer.name!r} ({layer.type}) {kind} has shape {stored} in the file "
+                           f"but the model expects {target}")
     return torch.from_numpy(layer.blob(index, source).reshape(target))
 
 
 def _check_scale(model: nn.Module, layer: CaffeLayer, source: str) -> float:
     """The value of an at-once scale layer, checked against what the model can hold."""
     if not hasattr(model, layer.name):
-        raise WeightsError(
-            f"{source}: the file has {layer.name!r}, the fixed skip scale of FCN-8s at-once; "
-            "its skip scores only fit that model: create 'fcn8s_atonce'"
-        )
+        raise WeightsError(f"{source}: the file has {layer.name!r}, the fixed skip scale of FCN-8s at-once; "
+                           "its skip scores only fit that model: create 'fcn8s_atonce'")
     if len(layer) != 1:
         raise WeightsError(f"{source}: layer {layer.name!r} has {len(layer)} blobs; a fixed scale has exactly 1")
     channels = getattr(model, SCALE_LAYERS[layer.name]).in_channels
@@ -84,9 +77,8 @@ def _check_scale(model: nn.Module, layer: CaffeLayer, source: str) -> float:
     value = float(values.flat[0])
     expected = float(getattr(model, layer.name))
     if value != expected:
-        logger.warning(
-            "%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value, expected
-        )
+        logger.warning("%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value,
+                       expected)
     return value
 
 

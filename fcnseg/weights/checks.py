@@ -46,10 +46,8 @@ def assign_reference_weights(model: nn.Module, weights: Mapping[str, torch.Tenso
     for key, value in weights.items():
         check_finite(key, value, source, WeightsError)
         if tuple(value.shape) != tuple(targets[key].shape):
-            raise WeightsError(
-                f"{source}: layer {key.rsplit('.', 1)[0]!r}: {key} has shape {tuple(value.shape)} "
-                f"but the model expects {tuple(targets[key].shape)}"
-            )
+            raise WeightsError(f"{source}: layer {key.rsplit('.', 1)[0]!r}: {key} has shape {tuple(value.shape)} "
+                               f"but the model expects {tuple(targets[key].shape)}")
     with torch.no_grad():
         for key, value in weights.items():
             targets[key].copy_(value)

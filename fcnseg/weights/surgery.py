@@ -53,9 +53,8 @@ def _skip_scale(state: StateDict, score_layer: str) -> float:
     return float(state[key]) if key in state else 1.0
 
 
-def transfer_fcn_state(
-    source: StateDict, target: StateDict, source_name: str = "source FCN"
-) -> dict[str, torch.Tensor]:
+def transfer_fcn_state(source: StateDict, target: StateDict,
+                       source_name: str = "source FCN") -> dict[str, torch.Tensor]:
     """Weights of ``source`` laid onto an FCN of another stride (e.g. FCN-32s -> FCN-16s -> FCN-8s).
 
     Returns a new state dict shaped like ``target``: every tensor both models
@@ -90,9 +89,8 @@ def transfer_fcn_state(
     return out
 
 
-def change_num_classes_state(
-    state: StateDict, num_classes: int, keep: Mapping[int, int] | None = None
-) -> dict[str, torch.Tensor]:
+def change_num_classes_state(state: StateDict, num_classes: int,
+                             keep: Mapping[int, int] | None = None) -> dict[str, torch.Tensor]:
     """An FCN state dict for ``num_classes`` classes (fine-tuning to a new task).
 
     The score layers restart at zero and the upsampling layers at the bilinear
@@ -106,9 +104,7 @@ def change_num_classes_state(
     keep = dict(keep or {})
     for new, old in keep.items():
         if not (0 <= new < num_classes and 0 <= old < old_classes):
-            raise WeightsError(
-                f"keep maps class {new} <- {old}, outside 0..{num_classes - 1} <- 0..{old_classes - 1}"
-            )
+            raise WeightsError(f"keep maps class {new} <- {old}, outside 0..{num_classes - 1} <- 0..{old_classes - 1}")
     new_index = torch.tensor(list(keep.keys()), dtype=torch.long)
     old_index = torch.tensor(list(keep.values()), dtype=torch.long)
     out: dict[str, torch.Tensor] = {}
