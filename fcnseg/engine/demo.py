@@ -53,8 +53,7 @@ class DemoResult:
 
 
 def demo_config(*, steps: int | None = None, seed: int = 0, threads: int = DEMO_THREADS, progress: bool = True,
-                train_images: int | None = None, val_images: int | None = None,
-                size: int | None = None) -> TrainConfig:
+                train_images: int | None = None, val_images: int | None = None, size: int | None = None) -> TrainConfig:
     """The ``demo`` recipe's run; ``steps``, ``train_images``, ``val_images`` and ``size`` shrink it (smoke tests)."""
     settings: list[tuple[str, Any]] = [("seed", seed), ("threads", threads), ("progress", progress), ("device", "cpu")]
     if steps is not None:

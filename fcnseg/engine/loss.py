@@ -70,14 +70,8 @@ class SegmentationLoss:
         return self.summed(logits, target) / normalizer.clamp(min=torch.finfo(torch.float32).tiny)
 
 
-def segmentation_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    reduction: Reduction = "mean",
-    ignore_index: int = 255,
-    weight: torch.Tensor | None = None,
-) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, reduction: Reduction = "mean",
+                      ignore_index: int = 255, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Functional form of :class:`SegmentationLoss` for one batch."""
     return SegmentationLoss(reduction, ignore_index=ignore_index, weight=weight)(logits, target)
 

@@ -22,15 +22,8 @@ NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
-def parameter_groups(
-    model: nn.Module,
-    *,
-    lr: float,
-    weight_decay: float,
-    bias_lr_mult: float = 2.0,
-    bias_decay: bool = False,
-    norm_decay: bool = True,
-) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float, bias_lr_mult: float = 2.0,
+                     bias_decay: bool = False, norm_decay: bool = True) -> list[dict[str, Any]]:
     """Optimiser groups: weights (``lr``, ``weight_decay``) and biases (``lr * bias_lr_mult``).
 
     Biases get no weight decay unless ``bias_decay``. With ``norm_decay=False`` the
@@ -60,17 +53,9 @@ def parameter_groups(
     return [group for group in groups if group["params"]]
 
 
-def build_optimizer(
-    model: nn.Module,
-    *,
-    name: str,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    bias_lr_mult: float = 2.0,
-    bias_decay: bool = False,
-    norm_decay: bool = True,
-) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, *, name: str, lr: float, momentum: float, weight_decay: float,
+                    bias_lr_mult: float = 2.0, bias_decay: bool = False,
+                    norm_decay: bool = True) -> torch.optim.Optimizer:
     """``"sgd"`` (with ``momentum``, the paper's solver) or ``"adamw"`` (``momentum`` is beta1)."""
     groups = parameter_groups(model, lr=lr, weight_decay=weight_decay, bias_lr_mult=bias_lr_mult,
                               bias_decay=bias_decay, norm_decay=norm_decay)

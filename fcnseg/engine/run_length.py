@@ -73,10 +73,6 @@ class RunLength:
         """How far ``position`` is along the length, in its unit (steps, or seconds of training)."""
         return position.seconds if self.clocked else float(position.step)
 
-    def fraction_done(self, position: Position) -> float:
-        """The share of the length behind ``position``, in [0, 1]."""
-        return min(1.0, max(0.0, self.along(position) / self.total))
-
     def finished(self, position: Position) -> bool:
         """Whether the run at ``position`` is done: its steps taken, or its clock budget spent."""
         return self.along(position) >= self.total
