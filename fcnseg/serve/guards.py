@@ -96,10 +96,8 @@ class UploadSlots:
             await self.app(scope, receive, send)
             return
         if not await self.queue.enter():
-            message = (
-                f"the server is busy: {self.queue.slots} uploads are being processed and this one waited "
-                f"{self.queue.queue_timeout:g} s for a turn; retry in {self.retry_after} s"
-            )
+            message = (f"the server is busy: {self.queue.slots} uploads are being processed and this one waited "
+                       f"{self.queue.queue_timeout:g} s for a turn; retry in {self.retry_after} s")
             response = JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": str(self.retry_after)})
             await response(scope, receive, send)
             return
