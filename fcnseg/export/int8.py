@@ -58,8 +58,7 @@ from ..evaluation.metrics import ConfusionMatrix
 from ..preprocessing import preprocess
 from ..inference.runtimes import installed_runtimes
 
-METHODS: dict[str, tuple[str, ...]] = {"nncf": ("performance", "mixed"),
-                                       "onnxruntime": ("minmax", "percentile")}
+METHODS: dict[str, tuple[str, ...]] = {"nncf": ("performance", "mixed"), "onnxruntime": ("minmax", "percentile")}
 QUANTIZERS: tuple[str, ...] = tuple(METHODS)
 #: Pooled share of calibration pixels whose int8 class must equal the fp32 model's, in every runtime.
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -342,21 +341,12 @@ def _agreement(runtime: str, path: Path, calibration: CalibrationSet, reference:
     return Agreement(runtime, agreement.pooled, agreement.worst, mean_iu)
 
 
-def export_int8(
-    checkpoint: Checkpoint | str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    calibration: CalibrationSet,
-    *,
-    quantizer: str = "nncf",
-    method: str | None = None,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    accuracy_control: bool = False,
-    runtimes: Sequence[str] | None = None,
-    exporter: str = "dynamo",
-    opset: int | None = None,
-    check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
-    tolerance: ParityTolerance = ParityTolerance(),
-) -> Int8Report:
+def export_int8(checkpoint: Checkpoint | str | os.PathLike[str], out: str | os.PathLike[str],
+                calibration: CalibrationSet, *, quantizer: str = "nncf", method: str | None = None,
+                min_agreement: float = DEFAULT_MIN_AGREEMENT, accuracy_control: bool = False,
+                runtimes: Sequence[str] | None = None, exporter: str = "dynamo", opset: int | None = None,
+                check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
+                tolerance: ParityTolerance = ParityTolerance()) -> Int8Report:
     """Export ``checkpoint`` to ``out`` as an int8 QDQ ONNX file calibrated on ``calibration``, verified.
 
     ``method`` None is the quantizer's first (see :data:`METHODS`). The fp32 export is checked

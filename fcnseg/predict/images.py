@@ -134,9 +134,8 @@ def mask_to_image(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[in
     return picture
 
 
-def save_mask_png(
-    mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike[str]
-) -> Path:
+def save_mask_png(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]],
+                  path: str | os.PathLike[str]) -> Path:
     """Write ``mask`` (H, W) as a palette PNG of class ids (atomically); returns the path."""
     picture = mask_to_image(mask, palette)
     with atomic_path(path) as tmp:
@@ -144,12 +143,8 @@ def save_mask_png(
     return Path(path)
 
 
-def overlay_image(
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    palette: Sequence[Sequence[int]],
-    alpha: float = 0.5,
-) -> Image.Image:
+def overlay_image(image: torch.Tensor, mask: torch.Tensor, palette: Sequence[Sequence[int]],
+                  alpha: float = 0.5) -> Image.Image:
     """The image with each pixel blended towards its class colour: ``(1 - alpha) * image + alpha * colour``.
 
     Pixels whose id has no palette colour (e.g. the ignore value 255) keep the image.
