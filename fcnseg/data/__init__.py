@@ -1,10 +1,9 @@
 """Datasets, paired transforms, batching and class statistics for segmentation.
 
-``open_dataset(kind, root, split, **options)`` opens any of the kinds in
-:data:`DATASET_KINDS`; every dataset yields ``(image uint8 (3, H, W) RGB,
-mask int64 (H, W))`` and exposes ``classes``, ``palette``, ``ignore_index`` (and ``split_info``: how the
-items were chosen). :func:`diagnose` checks a dataset for what makes training
-silently wrong (0/255 masks, colour or JPEG masks, missing classes, ...).
+``open_dataset(kind, root, split, **options)`` opens any of the kinds in :data:`DATASET_KINDS`; every dataset yields
+``(image uint8 (3, H, W) RGB, mask int64 (H, W))`` and exposes ``classes``, ``palette``, ``ignore_index`` (and
+``split_info``: how the items were chosen). :func:`diagnose` checks a dataset for what makes training silently wrong
+(0/255 masks, colour or JPEG masks, missing classes, ...).
 """
 
 from __future__ import annotations
@@ -79,9 +78,8 @@ def open_dataset(kind: str, root: str | os.PathLike[str] | None, split: str, *, 
 
     Every kind also takes ``resize=[H, W]``: items resized (images Lanczos, masks nearest).
 
-    Raises :class:`DatasetError` for an unknown kind, for the split :data:`NO_SPLIT`
-    (the caller decides what "no split" means; no ``none.txt`` is looked for) or
-    anything wrong with the files.
+    Raises :class:`DatasetError` for an unknown kind, for the split :data:`NO_SPLIT` (the caller decides what "no split"
+    means; no ``none.txt`` is looked for) or anything wrong with the files.
     """
     if split is not None and str(split) == NO_SPLIT:
         raise DatasetError(f"split {NO_SPLIT!r} means no split (e.g. --val-split none: no validation); there is nothing to open")

@@ -136,13 +136,11 @@ def unlabelled_colours(counts: dict[Colour, int], borders: dict[Colour, int] | N
                        num_classes: int | None = None) -> list[Colour]:
     """The colours of colour masks that look like "unlabelled" (to map to the ignore value), most likely first.
 
-    The rule: colours rank by how unlabelled they look: black first (the void colour of
-    CamVid, Cityscapes and most annotation tools), then by the share of their pixels on
-    region borders (thin outlines and anti-aliased edges lie all on borders; ``borders``
-    from :func:`count_border_colours`), then by fewest pixels. With more colours than the
-    ``num_classes`` classes, the surplus is taken from the top of that ranking; black is
-    also taken when it covers under :data:`UNLABELLED_MAX_SHARE` of the pixels (a void,
-    not a background class). ``counts``: pixels per colour.
+    The rule: colours rank by how unlabelled they look: black first (the void colour of CamVid, Cityscapes and most
+    annotation tools), then by the share of their pixels on region borders (thin outlines and anti-aliased edges lie all
+    on borders; ``borders`` from :func:`count_border_colours`), then by fewest pixels. With more colours than the
+    ``num_classes`` classes, the surplus is taken from the top of that ranking; black is also taken when it covers under
+    :data:`UNLABELLED_MAX_SHARE` of the pixels (a void, not a background class). ``counts``: pixels per colour.
     """
     total = sum(counts.values()) or 1
     border = {colour: (borders or {}).get(colour, 0) / max(count, 1) for colour, count in counts.items()}
@@ -159,12 +157,11 @@ def propose_colour_table(colours: dict[Colour, int] | set[Colour], ignore_index:
                          borders: dict[Colour, int] | None = None) -> ColourTable | None:
     """A table for the colours found in masks, or None if there are too many to be labels.
 
-    Greys (R = G = B) map to their value (ids stored as grey RGB); VOC palette
-    colours to their VOC ids when those fit ``num_classes`` (the VOC void colour to
-    ``ignore_index``); any other set of colours to ids 0, 1, ... in RGB order, except
-    the colours :func:`unlabelled_colours` picks (given pixel ``colours`` counts and
-    ``borders``), which map to ``ignore_index`` and are named "unlabelled". With
-    ``num_classes`` the ids stay below it. The user should check the ids.
+    Greys (R = G = B) map to their value (ids stored as grey RGB); VOC palette colours to their VOC ids when those fit
+    ``num_classes`` (the VOC void colour to ``ignore_index``); any other set of colours to ids 0, 1, ... in RGB order,
+    except the colours :func:`unlabelled_colours` picks (given pixel ``colours`` counts and ``borders``), which map to
+    ``ignore_index`` and are named "unlabelled". With ``num_classes`` the ids stay below it. The user should check the
+    ids.
     """
     found = sorted(colours)
     if len(found) > MAX_TABLE_COLOURS:

@@ -248,10 +248,9 @@ def diagnose(dataset: SegmentationDataset, other_split: SegmentationDataset | No
              max_items: int | None = None, decode_images: bool = True) -> list[Finding]:
     """Check ``dataset`` (and, against it, ``other_split``, e.g. train and val); errors first.
 
-    ``max_items`` bounds the items read per split (evenly spaced; for a quick check
-    at the start of training); ``decode_images=False`` reads masks only (no size or
-    EXIF checks; image files are still hashed), in both splits. Nothing is raised for
-    bad items: they are findings, those of both splits listed (a dataset opened with
+    ``max_items`` bounds the items read per split (evenly spaced; for a quick check at the start of training);
+    ``decode_images=False`` reads masks only (no size or EXIF checks; image files are still hashed), in both splits.
+    Nothing is raised for bad items: they are findings, those of both splits listed (a dataset opened with
     ``skip_bad=True`` lists the items it dropped for a missing file, too).
     """
     train = survey(dataset, max_items=max_items, decode_images=decode_images)

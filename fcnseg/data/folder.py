@@ -59,10 +59,9 @@ def _files_by_stem(directory: Path, suffixes: Sequence[str], what: str) -> dict[
 def auto_split(stems: Sequence[str], split: str, val_fraction: float = 0.2, seed: int = 0) -> list[str]:
     """The stems of "train" or "val" in a seeded split of ``stems`` (sorted).
 
-    Val is the ``round(n * val_fraction)`` stems (at least 1, at most n - 1) that
-    rank first by SHA-256 of ``"<seed>\\0<stem>"``: the same files, seed and
-    fraction give the same split on any machine, and adding files moves few of
-    the old ones.
+    Val is the ``round(n * val_fraction)`` stems (at least 1, at most n - 1) that rank first by SHA-256 of
+    ``"<seed>\\0<stem>"``: the same files, seed and fraction give the same split on any machine, and adding files moves
+    few of the old ones.
     """
     if not 0 < float(val_fraction) < 1:
         raise DatasetError(f"val_fraction={val_fraction!r}; expected a number between 0 and 1 (exclusive)")

@@ -16,11 +16,9 @@ from .readers import read_image_file, read_mask_file
 class PairedFileDataset(SegmentationDataset):
     """Items read from files: ``image_paths[i]`` and ``mask_paths[i]`` belong to ``ids[i]``.
 
-    Checked when opened: the list is not empty and every image and mask file
-    exists (with ``skip_bad=True`` an item with a missing file is logged and
-    dropped instead, and listed in ``dropped`` as ``(id, reason)``). Checked when
-    read: both files decode, sizes agree, labels are class ids or the ignore value
-    (see :class:`SegmentationDataset`).
+    Checked when opened: the list is not empty and every image and mask file exists (with ``skip_bad=True`` an item with
+    a missing file is logged and dropped instead, and listed in ``dropped`` as ``(id, reason)``). Checked when read:
+    both files decode, sizes agree, labels are class ids or the ignore value (see :class:`SegmentationDataset`).
     """
 
     def __init__(self, *, name: str, ids: Sequence[str], image_paths: Sequence[str | Path],

@@ -1,16 +1,13 @@
 """Reading image, mask and id-list files, with errors that name the file.
 
-Masks are read as class ids, never through colours: a palette ("P") PNG keeps
-its palette indices (``np.array`` of a P image is the index plane), a grey
-("L") PNG its values. Colour masks are refused here (:class:`ColourMaskError`),
-because turning colours back into ids silently mislabels any colour not in a
-table; the folder dataset's ``colors`` option reads them through an explicit
-table (:mod:`fcnseg.data.colours`). JPEG masks are refused: lossy compression
+Masks are read as class ids, never through colours: a palette ("P") PNG keeps its palette indices (``np.array`` of a P
+image is the index plane), a grey ("L") PNG its values. Colour masks are refused here (:class:`ColourMaskError`),
+because turning colours back into ids silently mislabels any colour not in a table; the folder dataset's ``colors``
+option reads them through an explicit table (:mod:`fcnseg.data.colours`). JPEG masks are refused: lossy compression
 changes the ids along every edge.
 
-Images are turned upright by their EXIF orientation, as every viewer shows
-them; masks are used as stored. Special files (FIFOs, devices) are refused
-before they are opened, so a read never blocks.
+Images are turned upright by their EXIF orientation, as every viewer shows them; masks are used as stored. Special files
+(FIFOs, devices) are refused before they are opened, so a read never blocks.
 """
 
 from __future__ import annotations
@@ -60,10 +57,9 @@ def check_regular_file(path: PathLike, what: str) -> None:
         raise DatasetError(f"{what} {path} is {kind}, not a regular file; expected a file")
 
 
-#: Huffman-coded JPEG frames (SOF0 baseline, SOF1 extended, SOF2 progressive) and the fewest bits
-#: that every 8x8 block costs in them: a DC difference and an end-of-block code in sequential
-#: frames, a DC difference in the first scan of a progressive one. (Arithmetic-coded and lossless
-#: frames have no such floor and are left to the decoder.)
+#: Huffman-coded JPEG frames (SOF0 baseline, SOF1 extended, SOF2 progressive) and the fewest bits that every 8x8 block
+#: costs in them: a DC difference and an end-of-block code in sequential frames, a DC difference in the first scan of a
+#: progressive one. (Arithmetic-coded and lossless frames have no such floor and are left to the decoder.)
 _MIN_BITS_PER_BLOCK = {0xC0: 2, 0xC1: 2, 0xC2: 1}
 _FRAME_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn; C4/C8/CC are DHT, JPG, DAC
 
@@ -141,13 +137,12 @@ def _single_scan_end(data: bytes) -> int | None:
 def decode_jpeg_fully(data: bytes) -> Image.Image | None:
     """A baseline (or extended sequential) JPEG decoded from ``data``, refused if its coded data ran out.
 
-    libjpeg meets the end marker too early in a file whose header claims a larger picture than its
-    data holds (a header patched from 480x360 to 960x720, a file cut and closed again): it warns,
-    which PIL does not show, and fills the rest grey. Here the end marker is replaced by a few zero
-    bytes, so the decoder finds no marker and asks for more data instead, and PIL reports the image
-    as truncated: :class:`JpegDataRanOut`. A complete file decodes to the same pixels as PIL's own
-    decode. None where the check does not apply (progressive and arithmetic-coded JPEGs, several
-    scans): decode those as usual (:func:`jpeg_data_shortfall` still bounds their data from below).
+    libjpeg meets the end marker too early in a file whose header claims a larger picture than its data holds (a header
+    patched from 480x360 to 960x720, a file cut and closed again): it warns, which PIL does not show, and fills the rest
+    grey. Here the end marker is replaced by a few zero bytes, so the decoder finds no marker and asks for more data
+    instead, and PIL reports the image as truncated: :class:`JpegDataRanOut`. A complete file decodes to the same pixels
+    as PIL's own decode. None where the check does not apply (progressive and arithmetic-coded JPEGs, several scans):
+    decode those as usual (:func:`jpeg_data_shortfall` still bounds their data from below).
     """
     end = _single_scan_end(data) if data[:2] == b"\xff\xd8" else None
     if end is None:
@@ -265,9 +260,8 @@ def _refuse_jpeg_mask(image: Image.Image, path: PathLike) -> None:
 def read_mask_file(path: PathLike) -> torch.Tensor:
     """A mask file of class ids as an int64 tensor (H, W).
 
-    PNG/BMP/TIFF/GIF/PGM in mode L, P (palette indices), I, I;16 or 1; or an SBD
-    ``.mat`` file (see :func:`read_mat_mask`). JPEG masks raise :class:`LossyMaskError`,
-    colour masks :class:`ColourMaskError`.
+    PNG/BMP/TIFF/GIF/PGM in mode L, P (palette indices), I, I;16 or 1; or an SBD ``.mat`` file (see
+    :func:`read_mat_mask`). JPEG masks raise :class:`LossyMaskError`, colour masks :class:`ColourMaskError`.
     """
     if Path(path).suffix.lower() == ".mat":
         return read_mat_mask(path)
@@ -364,6 +358,12 @@ def split_file(split: PathLike, folder: Path) -> Path:
     """The id list of ``split``: a path as given (it has a slash or ends in .txt), else ``folder/<split>.txt``."""
     text = os.fspath(split)
     return Path(text) if os.sep in text or "/" in text or text.endswith(".txt") else folder / f"{text}.txt"
+
+
+def read_split(split: PathLike, folder: Path) -> tuple[list[str], dict[str, str]]:
+    """The ids of ``split`` (its list found by :func:`split_file`) and the dataset's ``split_info`` for them."""
+    source = split_file(split, folder)
+    return read_id_list(source), {"split": os.fspath(split), "source": str(source)}
 
 
 def read_class_names(path: PathLike) -> list[str]:

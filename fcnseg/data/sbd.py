@@ -10,8 +10,7 @@
 ``root`` is the ``dataset`` folder or the folder above it (``benchmark_RELEASE``).
 Splits: ``train``, ``val``, a path to an id list, or ``train_aug``.
 
-``train_aug`` (needs ``voc_root``, a VOC2012 folder or VOCdevkit) is the usual
-"augmented" training set::
+``train_aug`` (needs ``voc_root``, a VOC2012 folder or VOCdevkit) is the usual "augmented" training set::
 
     train_aug = (VOC train ∪ SBD train ∪ SBD val) − VOC val
 

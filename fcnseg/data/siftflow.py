@@ -13,10 +13,9 @@ The zip holds no split lists: the paper's are ``data/sift-flow/trainval.txt`` (2
 or pass a path as ``split``. Labels are shifted down by one as the reference does (class k is
 id k - 1, void is the ignore value).
 
-``labels``: ``"semantic"`` (33 classes, masks (H, W)), ``"geometric"`` (sky, horizontal,
-vertical; masks (H, W)), or ``"both"`` (the default, for the paper's two-headed
-``siftflow_fcn*`` nets): 36 classes, the 33 semantic ones then the 3 geometric ones, and
-masks (2, H, W) — row 0 the semantic ids 0..32, row 1 the geometric ids 33..35 (``heads``
+``labels``: ``"semantic"`` (33 classes, masks (H, W)), ``"geometric"`` (sky, horizontal, vertical; masks (H, W)), or
+``"both"`` (the default, for the paper's two-headed ``siftflow_fcn*`` nets): 36 classes, the 33 semantic ones then the 3
+geometric ones, and masks (2, H, W) — row 0 the semantic ids 0..32, row 1 the geometric ids 33..35 (``heads``
 ``(("sem", 33), ("geo", 3))``, the layout :class:`fcnseg.engine.loss.HeadsLoss` splits).
 
 The reference's README notes that cow, desert and moon never occur in the test split (the
@@ -36,7 +35,7 @@ from .base import Transform
 from .errors import DatasetError
 from .paired import PairedFileDataset
 from .palette import default_palette
-from .readers import read_id_list, read_mat_label, split_file
+from .readers import read_mat_label, read_split
 
 SEMANTIC_CLASSES = ("awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk",
                     "desert", "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river",
@@ -67,9 +66,7 @@ class SIFTFlowDataset(PairedFileDataset):
             raise DatasetError(f"labels={labels!r}; expected one of {', '.join(LABEL_KINDS)}")
         self.root, self.labels = str(root), labels
         text = os.fspath(split)
-        source = split_file(split, root)
-        ids = read_id_list(source)
-        self.split_info = {"split": text, "source": str(source)}
+        ids, self.split_info = read_split(split, root)
         semantic = [root / "SemanticLabels" / _SUBFOLDER / f"{i}.mat" for i in ids]
         geometric = [root / "GeoLabels" / _SUBFOLDER / f"{i}.mat" for i in ids]
         classes = {"semantic": SEMANTIC_CLASSES, "geometric": GEOMETRIC_CLASSES}.get(labels,

@@ -1,8 +1,7 @@
 """Class statistics over a dataset and median-frequency-balancing class weights.
 
-FCN trains with an unweighted loss and is weak on rare classes; SegNet
-(Badrinarayanan et al.) weights the loss by *median frequency balancing*
-(Eigen & Fergus, ICCV 2015)::
+FCN trains with an unweighted loss and is weak on rare classes; SegNet (Badrinarayanan et al.) weights the loss by
+*median frequency balancing* (Eigen & Fergus, ICCV 2015)::
 
     freq_c   = (pixels of class c) / (pixels of all images in which c is present)
     weight_c = median over classes of freq / freq_c

@@ -5,32 +5,25 @@ index), any size and count, a few milliseconds per image.
 
 Design (why each part is there):
 
-* **Colour says nothing.** Every region (the background and every object)
-  draws its own pair of colours ``(a, b)`` from one shared distribution
-  (uniform RGB in [30, 225], the two at least 100 apart), and every pixel is
-  ``a`` or ``b`` plus the same Gaussian noise. So the per-class colour
-  statistics are the same for all classes; one pixel's colour cannot decide it.
-* **A neighbourhood does.** How ``a`` and ``b`` are arranged is the class's
-  texture, visible in a 3x3 to 5x5 window: disc = horizontal stripes (period
-  4 px), square = vertical stripes, triangle = 2-px checkerboard, ring =
-  diagonal stripes (either diagonal, so flips keep the class), bar = a grid of
-  1-px lines every 3 px, dot = solid ``a`` with a 1-px rim of ``b`` (an edge
-  profile). The background is split into large smooth-edged blobs of its two
-  colours (a sum of low-frequency waves, thresholded): locally solid, with
-  blob edges that look like object edges, so a pixel at a colour edge is only
-  told by the texture around it.
-* **Shape and size** agree with the texture (discs, rotated squares and
-  rectangles, triangles, rings, thin bars, small dots), so both cues teach
-  the same labels.
-* **Imbalance and small objects.** Two to four large shapes (they may overlap;
-  later ones on top), up to two thin bars and up to four small dots per image
-  (dots drawn last): the background covers about 76 % of the pixels, each
-  large shape 4-6 %, bars 3 % and dots 2 %.
+* **Colour says nothing.** Every region (the background and every object) draws its own pair of colours ``(a, b)`` from
+  one shared distribution (uniform RGB in [30, 225], the two at least 100 apart), and every pixel is ``a`` or ``b`` plus
+  the same Gaussian noise. So the per-class colour statistics are the same for all classes; one pixel's colour cannot
+  decide it.
+* **A neighbourhood does.** How ``a`` and ``b`` are arranged is the class's texture, visible in a 3x3 to 5x5 window:
+  disc = horizontal stripes (period 4 px), square = vertical stripes, triangle = 2-px checkerboard, ring = diagonal
+  stripes (either diagonal, so flips keep the class), bar = a grid of 1-px lines every 3 px, dot = solid ``a`` with a
+  1-px rim of ``b`` (an edge profile). The background is split into large smooth-edged blobs of its two colours (a sum
+  of low-frequency waves, thresholded): locally solid, with blob edges that look like object edges, so a pixel at a
+  colour edge is only told by the texture around it.
+* **Shape and size** agree with the texture (discs, rotated squares and rectangles, triangles, rings, thin bars, small
+  dots), so both cues teach the same labels.
+* **Imbalance and small objects.** Two to four large shapes (they may overlap; later ones on top), up to two thin bars
+  and up to four small dots per image (dots drawn last): the background covers about 76 % of the pixels, each large
+  shape 4-6 %, bars 3 % and dots 2 %.
 
-Shapes scale with the image side, but thin parts keep a floor in pixels
-(bars at least 4 px wide, dots at least 3.5 px in radius) so they stay visible
-in small images (64-128 px is the intended range). Splits draw from disjoint
-random streams: the stream of an item is ``SeedSequence([seed, split_code, index])``.
+Shapes scale with the image side, but thin parts keep a floor in pixels (bars at least 4 px wide, dots at least 3.5 px
+in radius) so they stay visible in small images (64-128 px is the intended range). Splits draw from disjoint random
+streams: the stream of an item is ``SeedSequence([seed, split_code, index])``.
 """
 
 from __future__ import annotations

@@ -10,13 +10,11 @@
 several years there, pass ``year=``). ``split`` is a list name (train, val,
 trainval, ...), a path to an id list, or ``seg11valid``.
 
-``seg11valid`` is the paper's validation set: the VOC2011 segmentation val ids
-minus the SBD train ids (736 ids with the official files). It is computed from
-the user's files: the VOC2011 list from ``voc2011_val`` (a list file or a
-VOC2011 folder), else from ``root`` itself when it is VOC2011, else from a
-``VOC2011`` folder beside it; the SBD train list from ``sbd_root`` (the SBD
-``dataset`` folder, or ``train.txt`` itself). Images and masks are read from
-``root`` (VOC2012 holds every VOC2011 image).
+``seg11valid`` is the paper's validation set: the VOC2011 segmentation val ids minus the SBD train ids (736 ids with the
+official files). It is computed from the user's files: the VOC2011 list from ``voc2011_val`` (a list file or a VOC2011
+folder), else from ``root`` itself when it is VOC2011, else from a ``VOC2011`` folder beside it; the SBD train list from
+``sbd_root`` (the SBD ``dataset`` folder, or ``train.txt`` itself). Images and masks are read from ``root`` (VOC2012
+holds every VOC2011 image).
 """
 
 from __future__ import annotations
