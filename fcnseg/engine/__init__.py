@@ -1,8 +1,7 @@
 """Training: recipes, optimiser groups and schedules, the loss, the loop, resume and DDP.
 
-Plain functions over plain data (no trainer object): :func:`train` runs a
-:class:`TrainConfig` into a run directory; ``fcnseg train`` and ``fcnseg demo``
-are thin layers over it.
+Plain functions over plain data (no trainer object): :func:`train` runs a :class:`TrainConfig` into a run directory;
+``fcnseg train`` and ``fcnseg demo`` are thin layers over it.
 """
 
 from .config import TrainConfig, build_config, known_keys, set_value

@@ -1,9 +1,8 @@
 """The demo: a light FCN-8s trained from scratch on the synthetic set, on the CPU, in about two minutes.
 
-It is an ordinary run of :func:`fcnseg.engine.train` with the ``demo`` recipe
-(``fcnseg/recipes/demo.json``: model, data and optimisation),
-followed by an evaluation of the best checkpoint on the whole validation split
-and predictions for a few validation images. Everything lands in one folder::
+It is an ordinary run of :func:`fcnseg.engine.train` with the ``demo`` recipe (``fcnseg/recipes/demo.json``: model, data
+and optimisation), followed by an evaluation of the best checkpoint on the whole validation split and predictions for a
+few validation images. Everything lands in one folder::
 
     best.safetensors / last.safetensors   checkpoints (fcnseg predict/eval/export take them)
     metrics.json                          the four metrics and per-class IU of best.safetensors

@@ -1,12 +1,10 @@
 """Optimiser parameter groups and the learning-rate schedules of the recipes.
 
-The reference FCN solvers give biases twice the learning rate and no weight
-decay (``lr_mult: 2, decay_mult: 0`` in every prototxt), and never train the
-frozen bilinear deconvolutions. :func:`parameter_groups` builds exactly that.
-The paper's VGG16 nets have no normalisation layers; for the BatchNorm trunks
-(ResNet, MobileNetV3) ``norm_decay=False`` exempts the normalisation scales from
-weight decay too, as is usual practice for such nets (a named option: the
-default keeps the decay, the behaviour the published figures were measured with).
+The reference FCN solvers give biases twice the learning rate and no weight decay (``lr_mult: 2, decay_mult: 0`` in
+every prototxt), and never train the frozen bilinear deconvolutions. :func:`parameter_groups` builds exactly that. The
+paper's VGG16 nets have no normalisation layers; for the BatchNorm trunks (ResNet, MobileNetV3) ``norm_decay=False``
+exempts the normalisation scales from weight decay too, as is usual practice for such nets (a named option: the default
+keeps the decay, the behaviour the published figures were measured with).
 """
 
 from __future__ import annotations
@@ -26,11 +24,10 @@ def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float, bias_l
                      bias_decay: bool = False, norm_decay: bool = True) -> list[dict[str, Any]]:
     """Optimiser groups: weights (``lr``, ``weight_decay``) and biases (``lr * bias_lr_mult``).
 
-    Biases get no weight decay unless ``bias_decay``. With ``norm_decay=False`` the
-    scales of normalisation layers (BatchNorm, GroupNorm, LayerNorm) form a third
-    group, ``"norms"``, at ``lr`` without weight decay (their shifts are biases).
-    Parameters with ``requires_grad=False`` (the frozen upsampling) are left out
-    entirely. Each group carries a ``"name"`` for logs.
+    Biases get no weight decay unless ``bias_decay``. With ``norm_decay=False`` the scales of normalisation layers
+    (BatchNorm, GroupNorm, LayerNorm) form a third group, ``"norms"``, at ``lr`` without weight decay (their shifts are
+    biases). Parameters with ``requires_grad=False`` (the frozen upsampling) are left out entirely. Each group carries a
+    ``"name"`` for logs.
     """
     norm_scales = set() if norm_decay else {
         id(module.weight) for module in model.modules()

@@ -1,14 +1,12 @@
 """A run's length: a number of optimiser steps, or minutes of training on the clock.
 
-Everything that depends on which of the two a run has asks :class:`RunLength`: whether the
-run is finished, whether a validation is due, where the learning-rate schedule stands, how
-progress reads, and whether a resume has anything left to train. A run's place along its
-length is a :class:`Position`: the optimiser steps taken and the seconds spent training
-(validation excluded).
+Everything that depends on which of the two a run has asks :class:`RunLength`: whether the run is finished, whether a
+validation is due, where the learning-rate schedule stands, how progress reads, and whether a resume has anything left
+to train. A run's place along its length is a :class:`Position`: the optimiser steps taken and the seconds spent
+training (validation excluded).
 
-Validations fall at ``evals`` evenly spaced moments of the length, the last at its end,
-for step-counted and clock-timed runs alike; a step-counted run with ``val_every`` set
-validates every ``val_every`` steps instead (and at its end).
+Validations fall at ``evals`` evenly spaced moments of the length, the last at its end, for step-counted and clock-timed
+runs alike; a step-counted run with ``val_every`` set validates every ``val_every`` steps instead (and at its end).
 
 A clocked run stops at its budget: no step starts once the budget is spent (such a step
 would cross the budget by more than its own duration), so the run ends at the first step

@@ -4,17 +4,14 @@ Resuming a killed run, or splitting a batch over processes, must not change
 which images a step sees nor how they are augmented. So:
 
 * epoch ``e`` visits the dataset in the permutation drawn from ``(seed, e)``;
-* the run consumes *global micro-batches* of ``world_size * micro_batch`` images
-  back to back (an epoch holds ``len(dataset) // global`` of them; the rest are
-  dropped); rank ``r`` takes slice ``r`` of each;
-* every sample carries its own augmentation seed drawn from
-  ``(seed, epoch, position in the epoch)``, and :class:`SeededSamples` seeds
-  torch / numpy / random with it just for the transform of that item.
+* the run consumes *global micro-batches* of ``world_size * micro_batch`` images back to back (an epoch holds
+  ``len(dataset) // global`` of them; the rest are dropped); rank ``r`` takes slice ``r`` of each;
+* every sample carries its own augmentation seed drawn from ``(seed, epoch, position in the epoch)``, and
+  :class:`SeededSamples` seeds torch / numpy / random with it just for the transform of that item.
 
-A run restarted at micro-batch ``k`` therefore produces exactly the batches an
-uninterrupted run would have, on any number of DataLoader workers; and a
-one-process run with batch ``2b`` sees the same images, augmented the same way,
-as two processes with batch ``b`` each.
+A run restarted at micro-batch ``k`` therefore produces exactly the batches an uninterrupted run would have, on any
+number of DataLoader workers; and a one-process run with batch ``2b`` sees the same images, augmented the same way, as
+two processes with batch ``b`` each.
 """
 
 from __future__ import annotations
