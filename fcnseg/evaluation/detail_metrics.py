@@ -1,11 +1,10 @@
 """Metrics that see small things: IU by object size, boundary IoU, Dice/F1, per-image mean IU.
 
-Every accumulator takes integer class maps at the evaluated resolution,
-``update(pred, target)`` with shapes (N, H, W) or (H, W); target pixels equal to
-``ignore_index`` are left out of every count. ``compute()`` returns a JSON-friendly
-dict with NaN where a value is undefined. ``merge(other)`` adds another accumulator's
-state and ``all_reduce()`` sums it over torch.distributed ranks: the state is count
-tensors that add (:class:`PerImageIU` keeps a list of per-image values instead).
+Every accumulator takes integer class maps at the evaluated resolution, ``update(pred, target)`` with shapes (N, H, W)
+or (H, W); target pixels equal to ``ignore_index`` are left out of every count. ``compute()`` returns a JSON-friendly
+dict with NaN where a value is undefined. ``merge(other)`` adds another accumulator's state and ``all_reduce()`` sums it
+over torch.distributed ranks: the state is count tensors that add (:class:`PerImageIU` keeps a list of per-image values
+instead).
 
 IU by object size (:class:`SizeIU`)
     A ground-truth *segment* is a connected component of the pixels of one class in
@@ -216,10 +215,9 @@ def _window(x: torch.Tensor, size: int, dim: int, op) -> torch.Tensor:
 def boundary_regions(labels: torch.Tensor, d: int) -> torch.Tensor:
     """Bool (N, H, W): pixels whose class's mask has a contour within chessboard distance ``d``.
 
-    A pixel of label c is in the boundary region of the class-c mask exactly when its
-    (2d+1)^2 window holds another label or reaches outside the image, i.e. when the
-    window's largest and smallest label differ once the outside is labelled -1: one
-    sliding maximum and one minimum give that for every class at once.
+    A pixel of label c is in the boundary region of the class-c mask exactly when its (2d+1)^2 window holds another
+    label or reaches outside the image, i.e. when the window's largest and smallest label differ once the outside is
+    labelled -1: one sliding maximum and one minimum give that for every class at once.
     """
     padded = F.pad(labels, (d, d, d, d), value=-1)
     size = 2 * d + 1

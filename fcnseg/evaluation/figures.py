@@ -122,9 +122,8 @@ def overlay_grid(images: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tens
                  titles: Sequence[str] | None = None, alpha: float = 0.5, classes: Sequence[str] | None = None) -> Path:
     """One row per image: the image, the ground truth over it (if given), the prediction over it.
 
-    Images are uint8 RGB (3, H, W); masks are class ids (H, W); ids without a palette
-    colour (the ignore value) leave the image visible. With ``classes``, a legend names
-    the colour of every class present in the masks.
+    Images are uint8 RGB (3, H, W); masks are class ids (H, W); ids without a palette colour (the ignore value) leave
+    the image visible. With ``classes``, a legend names the colour of every class present in the masks.
     """
     from ..predict.images import overlay_image
 
@@ -220,9 +219,8 @@ def worst_images_figure(images: Sequence[torch.Tensor], targets: Sequence[torch.
     """The ``k`` images with the lowest ``scores`` (e.g. per-image mean IU), worst first, drawn
     by :func:`overlay_grid` (image, ground truth, prediction) with each one's id and score.
 
-    Images whose score is NaN (nothing to score) are left out. Only the chosen items of
-    ``images``, ``targets`` and ``preds`` are indexed, so lazy sequences work. With ``classes``,
-    a legend names the colour of every class present.
+    Images whose score is NaN (nothing to score) are left out. Only the chosen items of ``images``, ``targets`` and
+    ``preds`` are indexed, so lazy sequences work. With ``classes``, a legend names the colour of every class present.
     """
     values = np.asarray(scores, dtype=np.float64)
     if k < 1:

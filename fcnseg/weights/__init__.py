@@ -1,9 +1,8 @@
 """Initialising FCN weights: torchvision ImageNet trunks, the paper's Caffe files, and FCN -> FCN surgery.
 
-Every function checks shapes and raises :class:`WeightsError` naming the file
-and the layer. The state-dict functions are pure; the ``load_*`` /
-``transfer_*`` functions apply them to a model in place and return the
-reference names of the layers they loaded.
+Every function checks shapes and raises :class:`WeightsError` naming the file and the layer. The state-dict functions
+are pure; the ``load_*`` / ``transfer_*`` functions apply them to a model in place and return the reference names of the
+layers they loaded.
 
 Published weights by name: :data:`KNOWN_WEIGHTS` (the registry), :func:`fetch` (download
 into the cache, verified), :func:`resolve_checkpoint` (a name or a path -> a checkpoint file).

@@ -1,12 +1,10 @@
 """``load_caffe_weights``: the paper's Caffe weights into an fcnseg model, no Caffe needed.
 
-Layers are matched by their reference name (conv1_1 ... fc7, score_fr,
-score_pool4/3, upscore*, scale_pool4/3); Caffe's blob layouts equal
-PyTorch's (convolution out,in,kh,kw; deconvolution in,out,kh,kw). Two
-conversions are needed and made explicitly: InnerProduct fc6/fc7 (the VGG16
-ILSVRC file) become 7x7 / 1x1 convolutions, and legacy 4-D blob shapes with
-leading ones ((1, 1, 1, N) biases) drop those ones. Any other difference is a
-shape mismatch, reported with the layer and both shapes.
+Layers are matched by their reference name (conv1_1 ... fc7, score_fr, score_pool4/3, upscore*, scale_pool4/3); Caffe's
+blob layouts equal PyTorch's (convolution out,in,kh,kw; deconvolution in,out,kh,kw). Two conversions are needed and made
+explicitly: InnerProduct fc6/fc7 (the VGG16 ILSVRC file) become 7x7 / 1x1 convolutions, and legacy 4-D blob shapes with
+leading ones ((1, 1, 1, N) biases) drop those ones. Any other difference is a shape mismatch, reported with the layer
+and both shapes.
 """
 
 from __future__ import annotations
@@ -85,23 +83,19 @@ def _check_scale(model: nn.Module, layer: CaffeLayer, source: str) -> float:
 def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, complete: bool = False) -> list[str]:
     """Load a ``.caffemodel`` into ``model``; returns the names of the layers loaded, in file order.
 
-    Works for the VGG16 ILSVRC file (V1 ``layers``, InnerProduct fc6/fc7) and
-    the published FCN files (fcn32s/16s/8s heavy, fcn8s at-once, fcn-alexnet-pascal into
-    ``fcn_alexnet``, whose grouped blobs are (out, in/2, k, k) as in PyTorch). Layers the
-    model lacks (e.g. fc8) are skipped and logged; at-once ``scale_pool4/3``
-    blobs are checked and loaded into the model's fixed scales. Sets
-    ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the mean), or to the
-    model's ``caffe_preprocessing`` where its published weights were trained with another mean
-    (the SIFT Flow and NYUDv2 nets subtract their datasets' means).
+    Works for the VGG16 ILSVRC file (V1 ``layers``, InnerProduct fc6/fc7) and the published FCN files (fcn32s/16s/8s
+    heavy, fcn8s at-once, fcn-alexnet-pascal into ``fcn_alexnet``, whose grouped blobs are (out, in/2, k, k) as in
+    PyTorch). Layers the model lacks (e.g. fc8) are skipped and logged; at-once ``scale_pool4/3`` blobs are checked and
+    loaded into the model's fixed scales. Sets ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the
+    mean), or to the model's ``caffe_preprocessing`` where its published weights were trained with another mean (the
+    SIFT Flow and NYUDv2 nets subtract their datasets' means).
 
-    ``complete=True`` (converting a trained FCN) also refuses a file that is not
-    exactly this model's: one with reference layers the model lacks (an FCN-8s
-    file into an FCN-32s), or without a layer the model has (scores, at-once
+    ``complete=True`` (converting a trained FCN) also refuses a file that is not exactly this model's: one with
+    reference layers the model lacks (an FCN-8s file into an FCN-32s), or without a layer the model has (scores, at-once
     scales; the bilinear ``upscore*`` may be absent).
 
-    Raises :class:`~fcnseg.weights.WeightsError` (nothing loaded) for a file
-    that is not a caffemodel, or a blob whose shape does not fit, naming the
-    layer and both shapes.
+    Raises :class:`~fcnseg.weights.WeightsError` (nothing loaded) for a file that is not a caffemodel, or a blob whose
+    shape does not fit, naming the layer and both shapes.
     """
     source = str(path)
     if not hasattr(model, "reference_layers"):

@@ -1,21 +1,17 @@
 """Reading ``.caffemodel`` files without Caffe.
 
-A caffemodel is a serialised ``caffe.NetParameter`` protocol buffer. We do not
-ship or compile ``caffe.proto``: the few messages needed to reach the weights
-are declared here, in code, with the field numbers of Caffe's
-``src/caffe/proto/caffe.proto``, and the ``protobuf`` package parses the file
-against them. Fields we do not declare (layer settings, solver state) are
-skipped by the parser. The parser accepts repeated numbers both packed and
-unpacked, as protobuf requires, so every float encoding Caffe ever wrote reads.
+A caffemodel is a serialised ``caffe.NetParameter`` protocol buffer. We do not ship or compile ``caffe.proto``: the few
+messages needed to reach the weights are declared here, in code, with the field numbers of Caffe's
+``src/caffe/proto/caffe.proto``, and the ``protobuf`` package parses the file against them. Fields we do not declare
+(layer settings, solver state) are skipped by the parser. The parser accepts repeated numbers both packed and unpacked,
+as protobuf requires, so every float encoding Caffe ever wrote reads.
 
-Covered: the current ``layer`` field (``LayerParameter``, field 100), the old
-``layers`` field (``V1LayerParameter``, field 2, as in the 2014 VGG16 file) and
-the V0 layer nested inside it; blob shapes as ``BlobShape`` dims or as the
+Covered: the current ``layer`` field (``LayerParameter``, field 100), the old ``layers`` field (``V1LayerParameter``,
+field 2, as in the 2014 VGG16 file) and the V0 layer nested inside it; blob shapes as ``BlobShape`` dims or as the
 legacy num/channels/height/width; ``data`` (float) and ``double_data``.
 
-Memory: the file is memory-mapped and parsed once; each blob is copied out
-as a numpy array only when asked for, so a 500 MB file costs its parsed
-message plus one layer at a time.
+Memory: the file is memory-mapped and parsed once; each blob is copied out as a numpy array only when asked for, so a
+500 MB file costs its parsed message plus one layer at a time.
 """
 
 from __future__ import annotations

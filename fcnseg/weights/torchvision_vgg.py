@@ -1,10 +1,9 @@
 """torchvision's ImageNet VGG16 (``IMAGENET1K_V1``) as the FCN trunk.
 
-torchvision stores VGG16 as ``features.N`` (13 convolutions among ReLUs and
-pools) and ``classifier.0/3/6`` (fc6, fc7, fc8 as linear layers on the
-flattened 512x7x7 pool5). FCN turns fc6 into a 7x7 convolution and fc7 into a
-1x1 one: the linear weights are reshaped, never re-learned; fc8 (the 1000
-ImageNet classes) is dropped, the score layers start at zero.
+torchvision stores VGG16 as ``features.N`` (13 convolutions among ReLUs and pools) and ``classifier.0/3/6`` (fc6, fc7,
+fc8 as linear layers on the flattened 512x7x7 pool5). FCN turns fc6 into a 7x7 convolution and fc7 into a 1x1 one: the
+linear weights are reshaped, never re-learned; fc8 (the 1000 ImageNet classes) is dropped, the score layers start at
+zero.
 
 These weights take RGB input in 0..1 normalised by the ImageNet mean and std,
 so loading them sets ``model.preprocessing = TORCHVISION``.
@@ -37,9 +36,8 @@ def vgg16_from_torchvision(state: Mapping[str, torch.Tensor],
                            source: str = "torchvision VGG16") -> dict[str, torch.Tensor]:
     """Rename a torchvision VGG16 state dict to reference names, fc6/fc7 reshaped into convolutions.
 
-    Pure: returns new tensors keyed ``"conv1_1.weight"`` ... ``"fc7.bias"``
-    (the layout of :func:`fcnseg.weights.checks.reference_tensors`) and leaves
-    ``state`` untouched. fc8 (``classifier.6``) is not used.
+    Pure: returns new tensors keyed ``"conv1_1.weight"`` ... ``"fc7.bias"`` (the layout of
+    :func:`fcnseg.weights.checks.reference_tensors`) and leaves ``state`` untouched. fc8 (``classifier.6``) is not used.
 
     Raises :class:`WeightsError` for anything that is not a plain VGG16 state
     dict, and for NaN classifier weights (``IMAGENET1K_FEATURES`` has no usable fc6/fc7).
@@ -158,9 +156,8 @@ def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress:
             then the torch hub cache).
         progress: show the download progress bar.
 
-    conv1_1 ... fc7 are overwritten (fc6/fc7 reshaped into convolutions); the
-    score layers and the upsampling keep their initialisation. Sets
-    ``model.preprocessing`` to :data:`fcnseg.TORCHVISION`.
+    conv1_1 ... fc7 are overwritten (fc6/fc7 reshaped into convolutions); the score layers and the upsampling keep their
+    initialisation. Sets ``model.preprocessing`` to :data:`fcnseg.TORCHVISION`.
     """
     width = getattr(model, "config", {}).get("width", 1.0)
     if source is None or hasattr(source, "get_state_dict"):
