@@ -1,10 +1,9 @@
 """Self-describing checkpoints: one safetensors file that needs nothing else.
 
-The file holds the model's weights as tensors and, in the safetensors header
-metadata, a JSON description: model name and options (``model.config``),
-class names, palette, ignore value, preprocessing and the training recipe.
-Predict, evaluate, export and serve rebuild the model from it alone. Loading
-never unpickles anything: safetensors stores raw tensors and JSON.
+The file holds the model's weights as tensors and, in the safetensors header metadata, a JSON description: model name
+and options (``model.config``), class names, palette, ignore value, preprocessing and the training recipe. Predict,
+evaluate, export and serve rebuild the model from it alone. Loading never unpickles anything: safetensors stores raw
+tensors and JSON.
 """
 
 from __future__ import annotations

@@ -2,22 +2,19 @@
 
 Endpoints:
 
-- ``GET /health``: ``{"status": "ok", "ready", "model", "classes", "num_classes", "palette",
-  "auth_required", "uploads", "limits"}``; ``ready`` is true once the model has
-  segmented a warm-up image and while an upload slot is free. Needs no API key.
-- ``POST /segment`` (multipart field ``file``): the palette PNG of class ids
-  (``image/png``, the same mask ``fcnseg predict`` writes); with ``?format=json``:
-  class names, per-class pixel counts, the classes present, and the mask and an
-  overlay as base64 PNGs; ``&confidence=true`` adds ``confidence``: ``mean_top1`` (the
-  mean top-1 probability) and ``top1_png`` (base64 16-bit PNG, see :mod:`fcnseg.inference.confidence`).
+- ``GET /health``:
+  ``{"status": "ok", "ready", "model", "classes", "num_classes", "palette", "auth_required", "uploads", "limits"}``;
+  ``ready`` is true once the model has segmented a warm-up image and while an upload slot is free. Needs no API key.
+- ``POST /segment`` (multipart field ``file``): the palette PNG of class ids (``image/png``, the same mask
+  ``fcnseg predict`` writes); with ``?format=json``: class names, per-class pixel counts, the classes present, and the
+  mask and an overlay as base64 PNGs; ``&confidence=true`` adds ``confidence``: ``mean_top1`` (the mean top-1
+  probability) and ``top1_png`` (base64 16-bit PNG, see :mod:`fcnseg.inference.confidence`).
 - ``GET /``: a page to upload a photo and see the overlay with a legend.
 
-Errors are JSON ``{"detail": message}``: 401 without the API key (when one is
-set), 408 for a body that does not arrive within the body timeout, 413 for an
-upload or image over the limits, 415 for a file that is not an image, 422 for
-a truncated or corrupt one, 503 (with ``Retry-After``) when every upload slot
-stayed busy for the queue timeout. The guards are in :mod:`fcnseg.serve.guards`;
-the head timeout is the server's (:mod:`fcnseg.serve.server`).
+Errors are JSON ``{"detail": message}``: 401 without the API key (when one is set), 408 for a body that does not arrive
+within the body timeout, 413 for an upload or image over the limits, 415 for a file that is not an image, 422 for a
+truncated or corrupt one, 503 (with ``Retry-After``) when every upload slot stayed busy for the queue timeout. The
+guards are in :mod:`fcnseg.serve.guards`; the head timeout is the server's (:mod:`fcnseg.serve.server`).
 """
 
 from __future__ import annotations
@@ -92,12 +89,10 @@ def create_app(checkpoint: Checkpoint | str | os.PathLike[str], *, limits: Serve
                **predictor_options: Any) -> FastAPI:
     """A FastAPI app that segments uploaded images with ``checkpoint`` (a path or a loaded one).
 
-    ``app.state.segmenter`` is the :class:`~fcnseg.serve.segmenter.Segmenter`,
-    ``app.state.limits`` the :class:`ServeLimits`, ``app.state.uploads`` the
-    :class:`~fcnseg.serve.guards.UploadQueue`. ``fast_paths=False`` runs the
-    plain forward instead of the model's exact fast paths. With ``api_key``, every
-    path but ``/health`` and the page needs it. ``cors_origins`` are the web
-    origins whose pages may call the service (``"*"``: any). Run it with uvicorn
+    ``app.state.segmenter`` is the :class:`~fcnseg.serve.segmenter.Segmenter`, ``app.state.limits`` the
+    :class:`ServeLimits`, ``app.state.uploads`` the :class:`~fcnseg.serve.guards.UploadQueue`. ``fast_paths=False`` runs
+    the plain forward instead of the model's exact fast paths. With ``api_key``, every path but ``/health`` and the page
+    needs it. ``cors_origins`` are the web origins whose pages may call the service (``"*"``: any). Run it with uvicorn
     and :func:`fcnseg.serve.server.uvicorn_options` (``fcnseg serve`` does).
     """
     if api_key is not None and not api_key.strip():

@@ -1,10 +1,9 @@
 """Uploaded bytes to an image tensor, with the checks a public endpoint needs.
 
-Order of the checks: identify the format and read the size from the header
-only (cheap: a 100-megapixel JPEG is refused before anything is decoded; so is
-a JPEG whose header claims more pixels than its data can hold), then decode
-fully from memory, the way ``fcnseg predict``'s reader does (same pixels), and
-turn the picture upright by its EXIF orientation, as image viewers show it.
+Order of the checks: identify the format and read the size from the header only (cheap: a 100-megapixel JPEG is refused
+before anything is decoded; so is a JPEG whose header claims more pixels than its data can hold), then decode fully from
+memory, the way ``fcnseg predict``'s reader does (same pixels), and turn the picture upright by its EXIF orientation, as
+image viewers show it.
 """
 
 from __future__ import annotations
@@ -83,10 +82,9 @@ def probe_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:
 def decode_image(data: bytes, name: str) -> torch.Tensor:
     """Fully decode ``data`` into a uint8 RGB tensor (3, H, W), upright by its EXIF orientation.
 
-    Decodes as ``fcnseg predict``'s reader does (grey and palette images expanded to
-    RGB), in memory. :class:`Undecodable` for truncated or corrupt files (the whole
-    image is decoded here, so a JPEG cut short fails instead of coming back grey at
-    the bottom). Call :func:`probe_image` first: it bounds the size.
+    Decodes as ``fcnseg predict``'s reader does (grey and palette images expanded to RGB), in memory.
+    :class:`Undecodable` for truncated or corrupt files (the whole image is decoded here, so a JPEG cut short fails
+    instead of coming back grey at the bottom). Call :func:`probe_image` first: it bounds the size.
     """
     try:
         with warnings.catch_warnings():
