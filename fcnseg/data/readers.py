@@ -13,7 +13,6 @@ Images are turned upright by their EXIF orientation, as every viewer shows them;
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import stat
@@ -64,13 +63,9 @@ _MIN_BITS_PER_BLOCK = {0xC0: 2, 0xC1: 2, 0xC2: 1}
 _FRAME_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn; C4/C8/CC are DHT, JPG, DAC
 
 
-def jpeg_data_shortfall(data: bytes) -> tuple[int, int] | None:
-    """``(bytes held, fewest bytes needed)`` when a JPEG's coded data is too short for its header's size, else None.
-
-    The decoder does not notice this lie: a JPEG whose header claims 2000x2000 but whose data
-    (ending in a proper end marker) covers 16x16 decodes as 2000x2000, the rest filled grey.
-    The check is a lower bound, so it never refuses a complete image.
-    """
+def _frame_and_scan(data: bytes) -> tuple[tuple[int, bytes] | None, int | None]:
+    """The JPEG's frame header ``(SOFn marker, its bytes)`` (None if none) and where its first scan's marker begins
+    (None when its headers end before a scan)."""
     position, frame = 2, None
     while position + 4 <= len(data) and data[position] == 0xFF:
         marker = data[position + 1]
@@ -78,14 +73,23 @@ def jpeg_data_shortfall(data: bytes) -> tuple[int, int] | None:
             position += 1
             continue
         length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker == 0xDA:  # start of scan: the coded data follows
-            break
+        if marker == 0xDA:  # start of scan: the coded data follows its header
+            return frame, position
         if marker in _FRAME_MARKERS:
             frame = (marker, data[position + 4 : position + 2 + length])
         position += 2 + length
-    else:
-        return None
-    if frame is None or frame[0] not in _MIN_BITS_PER_BLOCK:
+    return frame, None
+
+
+def jpeg_data_shortfall(data: bytes) -> tuple[int, int] | None:
+    """``(bytes held, fewest bytes needed)`` when a JPEG's coded data is too short for its header's size, else None.
+
+    The decoder does not notice this lie: a JPEG whose header claims 2000x2000 but whose data
+    (ending in a proper end marker) covers 16x16 decodes as 2000x2000, the rest filled grey.
+    The check is a lower bound, so it never refuses a complete image.
+    """
+    frame, position = _frame_and_scan(data)
+    if position is None or frame is None or frame[0] not in _MIN_BITS_PER_BLOCK:
         return None
     marker, header = frame
     height, width, count = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5:6]
@@ -117,21 +121,13 @@ class JpegDataRanOut(ValueError):
 
 def _single_scan_end(data: bytes) -> int | None:
     """Where the end marker of a one-scan sequential Huffman JPEG begins (the end of its coded data), else None."""
-    position, frame = 2, None
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xFF:
-            position += 1
-            continue
-        if marker in _FRAME_MARKERS:
-            frame = marker
-        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker == 0xDA:  # start of scan: the coded data follows its header
-            end = _MARKER_IN_SCAN.search(data, position)
-            if frame not in (0xC0, 0xC1) or end is None or data[end.end() - 1] != 0xD9:
-                return None  # progressive, arithmetic, several scans, or no end marker (PIL refuses that itself)
-            return end.start()
-    return None
+    frame, position = _frame_and_scan(data)
+    if position is None:
+        return None
+    end = _MARKER_IN_SCAN.search(data, position + 2 + int.from_bytes(data[position + 2 : position + 4], "big"))
+    if frame is None or frame[0] not in (0xC0, 0xC1) or end is None or data[end.end() - 1] != 0xD9:
+        return None  # progressive, arithmetic, several scans, or no end marker (PIL refuses that itself)
+    return end.start()
 
 
 def decode_jpeg_fully(data: bytes) -> Image.Image | None:
@@ -242,9 +238,14 @@ def read_image_file(path: PathLike, *, max_pixels: int | None = None) -> torch.T
     decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) still applies when opening.
     """
     with _open_decoded(path, "image", max_pixels) as image:
-        orientation = exif_orientation(image)
-        upright = image.transpose(EXIF_TRANSPOSE[orientation]) if orientation != 1 else image
-        array = np.asarray(upright.convert("RGB") if upright.mode != "RGB" else upright)
+        return upright_rgb(image)
+
+
+def upright_rgb(picture: Image.Image) -> torch.Tensor:
+    """A decoded picture as a uint8 tensor (3, H, W) in RGB, turned upright by its EXIF orientation."""
+    orientation = exif_orientation(picture)
+    upright = picture.transpose(EXIF_TRANSPOSE[orientation]) if orientation != 1 else picture
+    array = np.asarray(upright.convert("RGB") if upright.mode != "RGB" else upright)
     # (3, H, W) made in numpy: torch's parallel copy is slower on a busy CPU for these sizes.
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 

@@ -12,11 +12,10 @@ import io
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..data.readers import EXIF_TRANSPOSE, JpegDataRanOut, decode_jpeg_fully, exif_orientation, jpeg_data_shortfall
+from ..data.readers import JpegDataRanOut, decode_jpeg_fully, jpeg_data_shortfall, upright_rgb
 
 
 class UploadError(ValueError):
@@ -91,15 +90,13 @@ def decode_image(data: bytes, name: str) -> torch.Tensor:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # probe_image has bounded the size
             with decode_jpeg_fully(data) or Image.open(io.BytesIO(data)) as picture:  # a JPEG's data must not run out
                 picture.load()
-                orientation = exif_orientation(picture)
-                upright = picture.transpose(EXIF_TRANSPOSE[orientation]) if orientation != 1 else picture
-                array = np.asarray(upright.convert("RGB") if upright.mode != "RGB" else upright)
+                image = upright_rgb(picture)
     except JpegDataRanOut as error:
         raise Undecodable(f"'{name}' is truncated: {error}; send the complete file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         reason = f"{type(error).__name__}: {error}"
         raise Undecodable(f"'{name}' is truncated or corrupt ({reason}); send a complete image file") from None
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return image
 
 
 def png_bytes(picture: Image.Image) -> bytes:
