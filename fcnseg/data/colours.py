@@ -8,11 +8,10 @@ may separate the numbers; ``#`` starts a comment line)::
     128   0   0    1  building
       0   0   0  255  void      <- the ignore value: not trained, not scored
 
-Several colours may share an id. A mask pixel whose colour is not in the table
-is an error naming the mask, the colour and the table: colours are never
-guessed at read time. ``fcnseg data`` proposes a table from the colours it
-finds (:func:`propose_colour_table`): ids 0..K-1 for the K class colours, and 255
-(the ignore value) for the colours that look unlabelled (:func:`unlabelled_colours`).
+Several colours may share an id. A mask pixel whose colour is not in the table is an error naming the mask, the colour
+and the table: colours are never guessed at read time. ``fcnseg data`` proposes a table from the colours it finds
+(:func:`propose_colour_table`): ids 0..K-1 for the K class colours, and 255 (the ignore value) for the colours that look
+unlabelled (:func:`unlabelled_colours`).
 """
 
 from __future__ import annotations

@@ -7,12 +7,10 @@ Layout::
     root/<split>.txt                 optional: the stems of a split, one per line
     root/classes.txt                 optional: class names, line i = id i
 
-Without ``classes.txt`` pass ``classes=[...]`` or ``num_classes=N`` (``binary=true``
-and ``colors=FILE`` bring their own). ``split=None`` (or "all" when there is no
-``all.txt``) takes every image. "train" and "val" of a folder with neither
-``train.txt`` nor ``val.txt`` are an automatic split (:func:`auto_split`); any
-other split name whose ``<split>.txt`` is missing is an error, and so is a path
-to a list that does not exist.
+Without ``classes.txt`` pass ``classes=[...]`` or ``num_classes=N`` (``binary=true`` and ``colors=FILE`` bring their
+own). ``split=None`` (or "all" when there is no ``all.txt``) takes every image. "train" and "val" of a folder with
+neither ``train.txt`` nor ``val.txt`` are an automatic split (:func:`auto_split`); any other split name whose
+``<split>.txt`` is missing is an error, and so is a path to a list that does not exist.
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ Splits: ``train``, ``val``, a path to an id list, or ``train_aug``.
 
     train_aug = (VOC train ∪ SBD train ∪ SBD val) − VOC val
 
-(10,582 ids with VOC2012 and the official SBD). An id in the VOC train list is
-read from VOC (its finer label, with the void border); every other id from SBD.
-The result is sorted by id.
+(10,582 ids with VOC2012 and the official SBD). An id in the VOC train list is read from VOC (its finer label, with the
+void border); every other id from SBD. The result is sorted by id.
 """
 
 from __future__ import annotations

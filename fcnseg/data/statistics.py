@@ -6,11 +6,9 @@ FCN trains with an unweighted loss and is weak on rare classes; SegNet (Badrinar
     freq_c   = (pixels of class c) / (pixels of all images in which c is present)
     weight_c = median over classes of freq / freq_c
 
-"Pixels of an image" counts every pixel of it, ignore-labelled ones included
-(the literal definition). The median is taken over the classes present in the
-dataset and is the usual median (the mean of the two middle values for an even
-count). A class that never occurs gets weight 0 (it cannot be learned and must
-not blow up the loss).
+"Pixels of an image" counts every pixel of it, ignore-labelled ones included (the literal definition). The median is
+taken over the classes present in the dataset and is the usual median (the mean of the two middle values for an even
+count). A class that never occurs gets weight 0 (it cannot be learned and must not blow up the loss).
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@
     VOCdevkit/VOC2012/SegmentationClass/<id>.png      palette PNG: index = class 0..20, 255 = void
     VOCdevkit/VOC2012/ImageSets/Segmentation/<split>.txt
 
-``root`` is the ``VOC20xx`` folder or the ``VOCdevkit`` folder above it (with
-several years there, pass ``year=``). ``split`` is a list name (train, val,
-trainval, ...), a path to an id list, or ``seg11valid``.
+``root`` is the ``VOC20xx`` folder or the ``VOCdevkit`` folder above it (with several years there, pass ``year=``).
+``split`` is a list name (train, val, trainval, ...), a path to an id list, or ``seg11valid``.
 
 ``seg11valid`` is the paper's validation set: the VOC2011 segmentation val ids minus the SBD train ids (736 ids with the
 official files). It is computed from the user's files: the VOC2011 list from ``voc2011_val`` (a list file or a VOC2011

@@ -10,10 +10,9 @@ few validation images. Everything lands in one folder::
     val_overlays.png                      predictions on validation images, drawn during training
     predictions/<id>.png, <id>_overlay.png  masks (palette PNG) and overlays of a few images
 
-The run is deterministic given its seed on a given CPU (fixed steps, seeded
-data order, a fixed number of CPU threads). It trains under bf16 autocast where
-the CPU computes bf16 natively (AVX512-BF16 or AMX: about 1.6x faster steps, and
-a better net in the same time, measured), in fp32 elsewhere.
+The run is deterministic given its seed on a given CPU (fixed steps, seeded data order, a fixed number of CPU threads).
+It trains under bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX: about 1.6x faster steps, and a
+better net in the same time, measured), in fp32 elsewhere.
 """
 
 from __future__ import annotations

@@ -18,11 +18,10 @@ IU by object size (:class:`SizeIU`)
 
     - GT_cb = pixels of the class-c segments in bin b;
     - TP_cb = those of them predicted c;
-    - FP_cb = pixels predicted c whose label is another class (not ignore), each given
-      to the bin of the class-c segment nearest to it in its image (Euclidean distance
-      between pixel centres; on a tie, the segment of the pixel scipy's distance
-      transform returns) or, in an image whose ground truth has no class c, to the bin
-      of the area of the predicted class-c component (same connectivity) containing it.
+    - FP_cb = pixels predicted c whose label is another class (not ignore), each given to the bin of the class-c segment
+      nearest to it in its image (Euclidean distance between pixel centres; on a tie, the segment of the pixel scipy's
+      distance transform returns) or, in an image whose ground truth has no class c, to the bin of the area of the
+      predicted class-c component (same connectivity) containing it.
 
     ``acc`` = TP_cb / GT_cb (the fraction of segment pixels predicted correctly) and
     ``iu`` = TP_cb / (GT_cb + FP_cb), per class; per bin, ``pixel_acc`` =
@@ -31,15 +30,13 @@ IU by object size (:class:`SizeIU`)
     bins gives back the numerator and denominator of the class's dataset-level IU.
 
 Boundary IoU (:class:`BoundaryIoU`, Cheng et al., CVPR 2021)
-    The boundary region of a mask is its pixels within distance d of its contour:
-    chessboard distance (the authors' reference erodes with a 3x3 square d times) to a
-    pixel outside the mask, the outside of the image counting as outside (so a mask cut
-    by the image frame has a boundary there, as in the reference; an ignored pixel is
-    outside every ground-truth mask too), with d = max(1, round(ratio x image diagonal)),
-    ratio 0.02 by default and Python's round (half to even, as the reference: 12.5 -> 12).
-    Per class, the ground-truth and predicted regions of the class's masks are
-    intersected and united over non-ignored pixels; intersections and unions are summed
-    over the dataset and divided at the end.
+    The boundary region of a mask is its pixels within distance d of its contour: chessboard distance (the authors'
+    reference erodes with a 3x3 square d times) to a pixel outside the mask, the outside of the image counting as
+    outside (so a mask cut by the image frame has a boundary there, as in the reference; an ignored pixel is outside
+    every ground-truth mask too), with d = max(1, round(ratio x image diagonal)), ratio 0.02 by default and Python's
+    round (half to even, as the reference: 12.5 -> 12). Per class, the ground-truth and predicted regions of the class's
+    masks are intersected and united over non-ignored pixels; intersections and unions are summed over the dataset and
+    divided at the end.
 
 Dice / F1 (:func:`dice_scores`, :class:`DiceScore`)
     Dice_c = 2 n_cc / (t_c + p_c) from the dataset's confusion matrix (= per-class F1).

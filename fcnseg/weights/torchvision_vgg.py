@@ -151,9 +151,8 @@ def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress:
     Args:
         model: an FCN from :func:`fcnseg.create_model` (width 1.0 for the real weights).
         source: a state dict, a local file (``.safetensors`` or ``.pth``), a
-            ``torchvision.models.VGG16_Weights`` member, or ``None`` for
-            ``IMAGENET1K_V1`` through torchvision's weights API (download once,
-            then the torch hub cache).
+            ``torchvision.models.VGG16_Weights`` member, or ``None`` for ``IMAGENET1K_V1`` through torchvision's weights
+            API (download once, then the torch hub cache).
         progress: show the download progress bar.
 
     conv1_1 ... fc7 are overwritten (fc6/fc7 reshaped into convolutions); the score layers and the upsampling keep their
