@@ -1,10 +1,9 @@
 """Self-describing checkpoints: one safetensors file that needs nothing else.
 
-The file holds the model's weights as tensors and, in the safetensors header
-metadata, a JSON description: model name and options (``model.config``),
-class names, palette, ignore value, preprocessing and the training recipe.
-Predict, evaluate, export and serve rebuild the model from it alone. Loading
-never unpickles anything: safetensors stores raw tensors and JSON.
+The file holds the model's weights as tensors and, in the safetensors header metadata, a JSON description: model name
+and options (``model.config``), class names, palette, ignore value, preprocessing and the training recipe. Predict,
+evaluate, export and serve rebuild the model from it alone. Loading never unpickles anything: safetensors stores raw
+tensors and JSON.
 """
 
 from __future__ import annotations
@@ -59,16 +58,9 @@ class Checkpoint:
         return self.model.preprocessing
 
 
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    model: torch.nn.Module,
-    *,
-    classes: Sequence[str],
-    palette: Sequence[Sequence[int]],
-    ignore_index: int = 255,
-    recipe: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module, *, classes: Sequence[str],
+                    palette: Sequence[Sequence[int]], ignore_index: int = 255, recipe: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` and its description to ``path`` atomically; returns the path.
 
     ``model`` is any fcnseg model (its ``config`` says how to build it again).
@@ -83,15 +75,9 @@ def save_checkpoint(
     if len(palette) < len(classes):
         raise CheckpointError(f"palette has {len(palette)} colours for {len(classes)} classes")
     description = {
-        "format": FORMAT,
-        "version": VERSION,
-        "config": config,
-        "classes": list(classes),
-        "palette": [list(map(int, colour)) for colour in palette],
-        "ignore_index": int(ignore_index),
-        "preprocessing": model.preprocessing.to_dict(),
-        "recipe": recipe or {},
-        "extra": extra or {},
+        "format": FORMAT, "version": VERSION, "config": config, "classes": list(classes),
+        "palette": [list(map(int, colour)) for colour in palette], "ignore_index": int(ignore_index),
+        "preprocessing": model.preprocessing.to_dict(), "recipe": recipe or {}, "extra": extra or {},
     }
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -194,11 +180,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         check_finite(key, tensor, str(path))
     model.load_state_dict(state)
     model.preprocessing = Preprocessing.from_dict(description["preprocessing"])
-    return Checkpoint(
-        model=model,
-        classes=list(description["classes"]),
-        palette=[tuple(colour) for colour in description["palette"]],
-        ignore_index=int(description.get("ignore_index", 255)),
-        recipe=dict(description.get("recipe", {})),
-        extra=dict(description.get("extra", {})),
-    )
+    return Checkpoint(model=model, classes=list(description["classes"]),
+                      palette=[tuple(colour) for colour in description["palette"]],
+                      ignore_index=int(description.get("ignore_index", 255)),
+                      recipe=dict(description.get("recipe", {})), extra=dict(description.get("extra", {})))

@@ -11,18 +11,7 @@ from typing import Sequence
 from . import __version__
 
 #: Sub-command modules, in the order ``fcnseg --help`` lists them.
-COMMAND_MODULES = [
-    "models",
-    "data",
-    "train",
-    "demo",
-    "eval",
-    "predict",
-    "export",
-    "serve",
-    "weights",
-    "reproduce",
-]
+COMMAND_MODULES = ["models", "data", "train", "demo", "eval", "predict", "export", "serve", "weights", "reproduce"]
 
 
 #: What every command's exit status means (``fcnseg --help`` prints it); :mod:`fcnseg.commands.errors`

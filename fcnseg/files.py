@@ -42,8 +42,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def replace_durably(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """fsync the finished file ``source`` and rename it onto ``target`` (same folder): all or nothing.
 
-    For writers that cannot use :func:`atomic_path`, such as a resumable download
-    whose partial file keeps a fixed name.
+    For writers that cannot use :func:`atomic_path`, such as a resumable download whose partial file keeps a fixed name.
     """
     with open(source, "rb") as handle:
         os.fsync(handle.fileno())

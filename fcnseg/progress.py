@@ -3,10 +3,9 @@
 :class:`Progress` is the one reporter every command uses. Where it writes (stderr by default) decides how:
 
 - a terminal: a tqdm bar (position, rate, ETA, and the values of :meth:`Progress.set_postfix`);
-- anything else (a log file, a pipe, CI): one plain line at most every ``every`` seconds
-  (:data:`LINE_SECONDS`, or the environment variable ``FCNSEG_PROGRESS_SECONDS``), and a last one
-  when the reporter closes, e.g. ``evaluate: 12/101 batches, 0.8 batches/s, 0m15s elapsed, ETA 1m51s``;
-  no carriage returns, so the log stays readable;
+- anything else (a log file, a pipe, CI): one plain line at most every ``every`` seconds (:data:`LINE_SECONDS`, or the
+  environment variable ``FCNSEG_PROGRESS_SECONDS``), and a last one when the reporter closes, e.g.
+  ``evaluate: 12/101 batches, 0.8 batches/s, 0m15s elapsed, ETA 1m51s``; no carriage returns, so the log stays readable;
 - ``show=False`` (``--no-progress``, or a rank other than 0): nothing at all.
 """
 

@@ -1,11 +1,10 @@
 """One place that turns a known error into the documented exit status (``fcnseg --help`` lists them).
 
 A command's ``run`` raises; :func:`reports_errors` prints the one line users see on stderr,
-``fcnseg <command>: error: <message>``, and returns 2 for bad input found before any work
-(:class:`CommandError`, and ``ValueError``: the base of ``CheckpointError``, ``DatasetError``,
-``WeightsError``, ``RuntimeBackendError``, ... and of a setting out of range) or 1 for a job that
-ran but did not succeed (the errors a command names as ``failed``). Anything else is a bug and
-keeps its traceback.
+``fcnseg <command>: error: <message>``, and returns 2 for bad input found before any work (:class:`CommandError`, and
+``ValueError``: the base of ``CheckpointError``, ``DatasetError``, ``WeightsError``, ``RuntimeBackendError``, ... and of
+a setting out of range) or 1 for a job that ran but did not succeed (the errors a command names as ``failed``). Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

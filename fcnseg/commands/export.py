@@ -29,9 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
     parser.add_argument("--out", required=True, help="output file, e.g. model.onnx (written atomically, only if verified)")
     parser.add_argument(
-        "--exporter",
-        choices=EXPORTERS,
-        default="dynamo",
+        "--exporter", choices=EXPORTERS, default="dynamo",
         help="torch.onnx exporter: dynamo (default, torch.export based) or torchscript (legacy, faster, deprecated by PyTorch)",
     )
     parser.add_argument("--probabilities", action="store_true",
@@ -39,21 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "'logits' (metadata 'output' says which); verified against torch.softmax of the logits")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's own)")
     parser.add_argument(
-        "--check-shape",
-        type=_shape,
-        action="append",
-        dest="check_shapes",
-        metavar="NxCxHxW",
+        "--check-shape", type=_shape, action="append", dest="check_shapes", metavar="NxCxHxW",
         help="input shape to verify at (repeatable; default " + ", ".join("x".join(map(str, s)) for s in DEFAULT_CHECK_SHAPES) + ")",
     )
     parser.add_argument("--rtol", type=float, default=defaults.rtol, help=f"allowed max|diff| per max|logit| (default {defaults.rtol:g})")
     parser.add_argument("--atol", type=float, default=defaults.atol, help=f"allowed absolute max|diff| on top (default {defaults.atol:g})")
-    parser.add_argument(
-        "--min-mask-agreement",
-        type=float,
-        default=defaults.min_mask_agreement,
-        help=f"fraction of pixels whose arg-max must agree (default {defaults.min_mask_agreement:g})",
-    )
+    parser.add_argument("--min-mask-agreement", type=float, default=defaults.min_mask_agreement,
+                        help=f"fraction of pixels whose arg-max must agree (default {defaults.min_mask_agreement:g})")
     add_int8_arguments(parser)
 
 
@@ -124,8 +114,7 @@ def export_int8_from_args(args: argparse.Namespace, tolerance: ParityTolerance) 
     report = export_int8(checkpoint, args.out, calibration, quantizer=args.quantizer, method=args.method,
                          min_agreement=args.min_agreement, accuracy_control=args.accuracy_control,
                          exporter=args.exporter, opset=args.opset,
-                         check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
-                         tolerance=tolerance)
+                         check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES, tolerance=tolerance)
     print(f"int8 ({report.quantizer} {report.method}) calibrated on {report.images} images of {calibration.source}, "
           f"{report.seconds:.0f} s; {report.fp32_layers[0]} of {report.fp32_layers[1]} layers with weights left in "
           f"fp32; verified against fp32 on them:")
@@ -145,15 +134,9 @@ def run(args: argparse.Namespace) -> int:
     check_int8_arguments(args)
     if args.int8:
         return export_int8_from_args(args, tolerance)
-    report = export_onnx(
-        resolve_checkpoint(args.checkpoint),
-        args.out,
-        exporter=args.exporter,
-        opset=args.opset,
-        check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES,
-        tolerance=tolerance,
-        probabilities=args.probabilities,
-    )
+    report = export_onnx(resolve_checkpoint(args.checkpoint), args.out, exporter=args.exporter, opset=args.opset,
+                         check_shapes=args.check_shapes or DEFAULT_CHECK_SHAPES, tolerance=tolerance,
+                         probabilities=args.probabilities)
     output = "probability" if args.probabilities else "logit"
     print(f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * max|{output}| + {tolerance.atol:g}):")
     for result in report.results:

@@ -118,10 +118,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def settings_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
     """The (dotted key, value) pairs the command line gives, in the order they apply.
 
-    A length given as steps alone (``--steps N``) means steps, even over a recipe that
-    trains to the clock (``cpu``, ``camvid``): the run stops at N steps, not after the
-    recipe's minutes. Likewise ``--evals N`` alone means N validations, even over a recipe
-    that validates every so many steps (``modern``, ``paper``, ``demo``); given both,
+    A length given as steps alone (``--steps N``) means steps, even over a recipe that trains to the clock (``cpu``,
+    ``camvid``): the run stops at N steps, not after the recipe's minutes. Likewise ``--evals N`` alone means N
+    validations, even over a recipe that validates every so many steps (``modern``, ``paper``, ``demo``); given both,
     ``--val-every`` wins for a step-counted run.
     """
     pairs = [(f"data_options.{key}", value) for key, value in args.data_option]

@@ -1,10 +1,9 @@
 """Datasets, paired transforms, batching and class statistics for segmentation.
 
-``open_dataset(kind, root, split, **options)`` opens any of the kinds in
-:data:`DATASET_KINDS`; every dataset yields ``(image uint8 (3, H, W) RGB,
-mask int64 (H, W))`` and exposes ``classes``, ``palette``, ``ignore_index`` (and ``split_info``: how the
-items were chosen). :func:`diagnose` checks a dataset for what makes training
-silently wrong (0/255 masks, colour or JPEG masks, missing classes, ...).
+``open_dataset(kind, root, split, **options)`` opens any of the kinds in :data:`DATASET_KINDS`; every dataset yields
+``(image uint8 (3, H, W) RGB, mask int64 (H, W))`` and exposes ``classes``, ``palette``, ``ignore_index`` (and
+``split_info``: how the items were chosen). :func:`diagnose` checks a dataset for what makes training silently wrong
+(0/255 masks, colour or JPEG masks, missing classes, ...).
 """
 
 from __future__ import annotations
@@ -38,14 +37,8 @@ from .voc import VOC_CLASSES, VOCDataset
 #: Dataset kinds and their classes; every class takes ``(root, split, **options)``
 #: except synthetic, which takes ``(split, **options)`` and no root.
 _KINDS: dict[str, type[SegmentationDataset]] = {
-    "voc": VOCDataset,
-    "sbd": SBDDataset,
-    "folder": FolderDataset,
-    "synthetic": SyntheticShapes,
-    "coco": COCODataset,
-    "pascal_context": PascalContextDataset,
-    "siftflow": SIFTFlowDataset,
-    "nyud": NYUDDataset,
+    "voc": VOCDataset, "sbd": SBDDataset, "folder": FolderDataset, "synthetic": SyntheticShapes, "coco": COCODataset,
+    "pascal_context": PascalContextDataset, "siftflow": SIFTFlowDataset, "nyud": NYUDDataset,
 }
 
 
@@ -66,14 +59,8 @@ DATASET_KINDS = tuple(_KINDS)
 NO_SPLIT = "none"
 
 
-def open_dataset(
-    kind: str,
-    root: str | os.PathLike[str] | None,
-    split: str,
-    *,
-    transform: Transform | None = None,
-    **options: Any,
-) -> SegmentationDataset:
+def open_dataset(kind: str, root: str | os.PathLike[str] | None, split: str, *, transform: Transform | None = None,
+                 **options: Any) -> SegmentationDataset:
     """Open a dataset of ``kind`` at ``root`` for ``split``.
 
     Kinds and their options (all take ``ignore_index`` and ``skip_bad``):
@@ -91,9 +78,8 @@ def open_dataset(
 
     Every kind also takes ``resize=[H, W]``: items resized (images Lanczos, masks nearest).
 
-    Raises :class:`DatasetError` for an unknown kind, for the split :data:`NO_SPLIT`
-    (the caller decides what "no split" means; no ``none.txt`` is looked for) or
-    anything wrong with the files.
+    Raises :class:`DatasetError` for an unknown kind, for the split :data:`NO_SPLIT` (the caller decides what "no split"
+    means; no ``none.txt`` is looked for) or anything wrong with the files.
     """
     if split is not None and str(split) == NO_SPLIT:
         raise DatasetError(f"split {NO_SPLIT!r} means no split (e.g. --val-split none: no validation); there is nothing to open")
@@ -117,43 +103,11 @@ def open_dataset(
 
 
 __all__ = [
-    "DATASET_KINDS",
-    "NO_SPLIT",
-    "COCODataset",
-    "ClassStatistics",
-    "ColourMaskError",
-    "ColourTable",
-    "DatasetError",
-    "EvalTransform",
-    "Finding",
-    "FolderDataset",
-    "ImageTooLargeError",
-    "InMemoryDataset",
-    "LossyMaskError",
-    "NYUDDataset",
-    "NYUD_CLASSES",
-    "PadCollate",
-    "PairedFileDataset",
-    "PascalContextDataset",
-    "SBDDataset",
-    "SHAPE_CLASSES",
-    "SIFTFlowDataset",
-    "SegmentationDataset",
-    "SyntheticShapes",
-    "TrainTransform",
-    "VOCDataset",
-    "VOC_CLASSES",
-    "auto_split",
-    "class_pixel_counts",
-    "class_statistics",
-    "default_palette",
-    "diagnose",
-    "hha_from_depth",
-    "median_frequency_weights",
-    "open_dataset",
-    "read_colour_table",
-    "read_image_file",
-    "read_mask_file",
-    "voc_palette",
-    "write_fixed_copy",
+    "DATASET_KINDS", "NO_SPLIT", "COCODataset", "ClassStatistics", "ColourMaskError", "ColourTable", "DatasetError",
+    "EvalTransform", "Finding", "FolderDataset", "ImageTooLargeError", "InMemoryDataset", "LossyMaskError",
+    "NYUDDataset", "NYUD_CLASSES", "PadCollate", "PairedFileDataset", "PascalContextDataset", "SBDDataset",
+    "SHAPE_CLASSES", "SIFTFlowDataset", "SegmentationDataset", "SyntheticShapes", "TrainTransform", "VOCDataset",
+    "VOC_CLASSES", "auto_split", "class_pixel_counts", "class_statistics", "default_palette", "diagnose",
+    "hha_from_depth", "median_frequency_weights", "open_dataset", "read_colour_table", "read_image_file",
+    "read_mask_file", "voc_palette", "write_fixed_copy",
 ]

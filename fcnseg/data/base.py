@@ -38,25 +38,20 @@ def resize_item(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) 
 class SegmentationDataset(Dataset):
     """Images with per-pixel class ids.
 
-    An item is ``(image, mask)``: ``image`` a uint8 tensor (3, H, W) in RGB,
-    ``mask`` an int64 tensor (H, W) holding ids in ``[0, num_classes)`` or
-    ``ignore_index``; ``transform(image, mask)`` is applied last when given.
+    An item is ``(image, mask)``: ``image`` a uint8 tensor (3, H, W) in RGB, ``mask`` an int64 tensor (H, W) holding ids
+    in ``[0, num_classes)`` or ``ignore_index``; ``transform(image, mask)`` is applied last when given.
 
-    Every item is checked when read: image and mask must have the same size and
-    every label must be a class id or the ignore value. A bad item raises
-    :class:`DatasetError` naming its files. With ``skip_bad=True`` a bad item is
-    logged (logger ``fcnseg.data``) and the next good item in index order is
-    returned in its place (wrapping around), so a DataLoader never stops on it;
-    if no item is good the error is raised.
+    Every item is checked when read: image and mask must have the same size and every label must be a class id or the
+    ignore value. A bad item raises :class:`DatasetError` naming its files. With ``skip_bad=True`` a bad item is logged
+    (logger ``fcnseg.data``) and the next good item in index order is returned in its place (wrapping around), so a
+    DataLoader never stops on it; if no item is good the error is raised.
 
-    Subclasses set ``ids`` and implement :meth:`load_image`, :meth:`load_mask`
-    and :meth:`describe`; they hold only plain data so that DataLoader workers
-    can pickle them.
+    Subclasses set ``ids`` and implement :meth:`load_image`, :meth:`load_mask` and :meth:`describe`; they hold only
+    plain data so that DataLoader workers can pickle them.
 
-    A dataset with several label maps per image (SIFT Flow's semantic and geometric
-    labels) sets ``heads`` to ``((name, classes), ...)``: its masks are (K, H, W), row k
-    holding head k's ids, numbered in ``classes`` (head k's classes follow head k-1's), so
-    counting pixels per class works unchanged; each row is checked against its own range.
+    A dataset with several label maps per image (SIFT Flow's semantic and geometric labels) sets ``heads`` to
+    ``((name, classes), ...)``: its masks are (K, H, W), row k holding head k's ids, numbered in ``classes`` (head k's
+    classes follow head k-1's), so counting pixels per class works unchanged; each row is checked against its own range.
 
     ``resize`` (H, W), when set (``open_dataset(..., resize=[H, W])``), resizes every
     checked item with :func:`resize_item`: training and evaluating at a lower resolution.
@@ -66,16 +61,8 @@ class SegmentationDataset(Dataset):
     #: ``((name, classes), ...)`` of a dataset whose masks have one row per head; None: masks (H, W).
     heads: tuple[tuple[str, int], ...] | None = None
 
-    def __init__(
-        self,
-        *,
-        classes: Sequence[str],
-        ids: Sequence[str],
-        palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, *, classes: Sequence[str], ids: Sequence[str], palette: Sequence[Colour] | None = None,
+                 ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False) -> None:
         self.classes = [str(name) for name in classes]
         if not self.classes:
             raise DatasetError("a dataset needs at least one class name")
@@ -226,32 +213,18 @@ class InMemoryDataset(SegmentationDataset):
     For tests and for small sets built in code; the same checks apply as for files.
     """
 
-    def __init__(
-        self,
-        images: Sequence[torch.Tensor],
-        masks: Sequence[torch.Tensor],
-        *,
-        classes: Sequence[str],
-        ids: Sequence[str] | None = None,
-        palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], *, classes: Sequence[str],
+                 ids: Sequence[str] | None = None, palette: Sequence[Colour] | None = None, ignore_index: int = 255,
+                 transform: Transform | None = None, skip_bad: bool = False) -> None:
         if len(images) != len(masks):
             raise DatasetError(f"{len(images)} images but {len(masks)} masks")
         if not images:
             raise DatasetError("an in-memory dataset needs at least one item")
         self.images = list(images)
         self.masks = list(masks)
-        super().__init__(
-            classes=classes,
-            ids=ids if ids is not None else [f"item_{index}" for index in range(len(images))],
-            palette=palette,
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        super().__init__(classes=classes,
+                         ids=ids if ids is not None else [f"item_{index}" for index in range(len(images))],
+                         palette=palette, ignore_index=ignore_index, transform=transform, skip_bad=skip_bad)
 
     def load_image(self, index: int) -> torch.Tensor:
         return self.images[index]

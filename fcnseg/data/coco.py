@@ -10,24 +10,20 @@ annotations needs pycocotools: ``pip install "fcnseg[coco]"``.
 
 ``categories``:
 
-- ``"all"``: every category of the file in id order, as ids 1..80 (contiguous), background 0;
-  names from the file.
-- ``"voc"``: the 20 PASCAL VOC categories as torchvision's COCO-to-VOC transfer does
-  (``CAT_LIST`` of torchvision's references/segmentation/coco_utils.py): COCO category ids
-  5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72 become VOC ids
-  1..20 (aeroplane ... tvmonitor); every other category is left out (its pixels are background).
+- ``"all"``: every category of the file in id order, as ids 1..80 (contiguous), background 0; names from the file.
+- ``"voc"``: the 20 PASCAL VOC categories as torchvision's COCO-to-VOC transfer does (``CAT_LIST`` of torchvision's
+  references/segmentation/coco_utils.py): COCO category ids 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20,
+  63, 7, 72 become VOC ids 1..20 (aeroplane ... tvmonitor); every other category is left out (its pixels are
+  background).
 
-Masks follow torchvision's rule: each kept annotation is decoded by pycocotools'
-``COCO.annToMask`` (polygons, uncompressed or compressed RLE); a pixel inside exactly one kept
-annotation gets its class, inside none background (0), inside two or more the ignore value
-(255), whatever their classes. Crowd annotations (``iscrowd`` 1) count like any other
-annotation, as in torchvision: a crowd region is labelled with its category where it overlaps
-no other annotation.
+Masks follow torchvision's rule: each kept annotation is decoded by pycocotools' ``COCO.annToMask`` (polygons,
+uncompressed or compressed RLE); a pixel inside exactly one kept annotation gets its class, inside none background (0),
+inside two or more the ignore value (255), whatever their classes. Crowd annotations (``iscrowd`` 1) count like any
+other annotation, as in torchvision: a crowd region is labelled with its category where it overlaps no other annotation.
 
-Images: ``keep_empty=None`` (default) is torchvision's choice: in a ``train*`` split an image
-whose kept annotations cover an ``area`` of 1,000 pixels or less in all is skipped, other
-splits keep every image; ``keep_empty=True`` keeps every image, ``False`` skips in any split.
-Items are in image-id order.
+Images: ``keep_empty=None`` (default) is torchvision's choice: in a ``train*`` split an image whose kept annotations
+cover an ``area`` of 1,000 pixels or less in all is skipped, other splits keep every image; ``keep_empty=True`` keeps
+every image, ``False`` skips in any split. Items are in image-id order.
 """
 
 from __future__ import annotations
@@ -88,17 +84,9 @@ def _field(entry: Any, key: str, path: Path, what: str) -> Any:
 class COCODataset(PairedFileDataset):
     """COCO instances as semantic masks (see the module docstring)."""
 
-    def __init__(
-        self,
-        root: PathLike,
-        split: str = "train2017",
-        *,
-        categories: str = "all",
-        keep_empty: bool | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: str = "train2017", *, categories: str = "all",
+                 keep_empty: bool | None = None, ignore_index: int = 255, transform: Transform | None = None,
+                 skip_bad: bool = False) -> None:
         _pycocotools()  # fail now, not at the first item
         root = Path(root)
         if categories not in CATEGORY_SETS:
@@ -142,17 +130,10 @@ class COCODataset(PairedFileDataset):
         self.sizes = {key: images[key][1:] for key in ids}
         self.split_info = {"split": split, "source": str(annotation_file), "categories": categories,
                            "keep_empty": keep_empty}
-        super().__init__(
-            name=f"COCO {root} split {split}",
-            ids=ids,
-            image_paths=[root / split / images[key][0] for key in ids],
-            mask_paths=[annotation_file] * len(ids),
-            classes=classes,
-            palette=palette,
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        super().__init__(name=f"COCO {root} split {split}", ids=ids,
+                         image_paths=[root / split / images[key][0] for key in ids],
+                         mask_paths=[annotation_file] * len(ids), classes=classes, palette=palette,
+                         ignore_index=ignore_index, transform=transform, skip_bad=skip_bad)
 
     def load_mask(self, index: int) -> torch.Tensor:
         key = self.ids[index]

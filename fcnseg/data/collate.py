@@ -12,14 +12,12 @@ from .transforms import DEFAULT_FILL
 class PadCollate:
     """DataLoader ``collate_fn``: pad every item to the batch's largest height and width.
 
-    Padding goes to the bottom and right, so pixel (0, 0) stays in place; images
-    are padded with ``fill`` (RGB uint8, the model's mean colour) and masks with
-    ``ignore_index``, so padded pixels count neither in the loss nor in metrics.
+    Padding goes to the bottom and right, so pixel (0, 0) stays in place; images are padded with ``fill`` (RGB uint8,
+    the model's mean colour) and masks with ``ignore_index``, so padded pixels count neither in the loss nor in metrics.
     ``size_divisor`` rounds the padded size up to a multiple of it.
 
-    Returns ``(images uint8 (N, 3, H, W), masks int64 (N, H, W))``. Images of more channels
-    (colour + HHA: 6) need one ``fill`` value per channel; masks with one row per head
-    (K, H, W) are batched as (N, K, H, W).
+    Returns ``(images uint8 (N, 3, H, W), masks int64 (N, H, W))``. Images of more channels (colour + HHA: 6) need one
+    ``fill`` value per channel; masks with one row per head (K, H, W) are batched as (N, K, H, W).
     """
 
     def __init__(self, fill: Sequence[int] = DEFAULT_FILL, ignore_index: int = 255, size_divisor: int = 1) -> None:

@@ -8,11 +8,10 @@ may separate the numbers; ``#`` starts a comment line)::
     128   0   0    1  building
       0   0   0  255  void      <- the ignore value: not trained, not scored
 
-Several colours may share an id. A mask pixel whose colour is not in the table
-is an error naming the mask, the colour and the table: colours are never
-guessed at read time. ``fcnseg data`` proposes a table from the colours it
-finds (:func:`propose_colour_table`): ids 0..K-1 for the K class colours, and 255
-(the ignore value) for the colours that look unlabelled (:func:`unlabelled_colours`).
+Several colours may share an id. A mask pixel whose colour is not in the table is an error naming the mask, the colour
+and the table: colours are never guessed at read time. ``fcnseg data`` proposes a table from the colours it finds
+(:func:`propose_colour_table`): ids 0..K-1 for the K class colours, and 255 (the ignore value) for the colours that look
+unlabelled (:func:`unlabelled_colours`).
 """
 
 from __future__ import annotations
@@ -100,10 +99,8 @@ def read_colour_table(path: str | os.PathLike[str]) -> ColourTable:
             if not all(0 <= v <= 255 for v in (r, g, b)) or index < 0:
                 raise ValueError
         except ValueError:
-            raise DatasetError(
-                f"colour table {path} line {number} is {line.strip()!r}; expected 'R G B ID [name]' "
-                "with R, G, B in 0..255 and a class id >= 0"
-            ) from None
+            raise DatasetError(f"colour table {path} line {number} is {line.strip()!r}; expected 'R G B ID [name]' "
+                               "with R, G, B in 0..255 and a class id >= 0") from None
         if entries.get((r, g, b), index) != index:
             raise DatasetError(f"colour table {path} line {number}: colour {(r, g, b)} is listed with two ids")
         entries[(r, g, b)] = index
@@ -134,18 +131,15 @@ def count_border_colours(rgb: np.ndarray) -> dict[Colour, int]:
     return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(values, counts)}
 
 
-def unlabelled_colours(
-    counts: dict[Colour, int], borders: dict[Colour, int] | None = None, num_classes: int | None = None
-) -> list[Colour]:
+def unlabelled_colours(counts: dict[Colour, int], borders: dict[Colour, int] | None = None,
+                       num_classes: int | None = None) -> list[Colour]:
     """The colours of colour masks that look like "unlabelled" (to map to the ignore value), most likely first.
 
-    The rule: colours rank by how unlabelled they look: black first (the void colour of
-    CamVid, Cityscapes and most annotation tools), then by the share of their pixels on
-    region borders (thin outlines and anti-aliased edges lie all on borders; ``borders``
-    from :func:`count_border_colours`), then by fewest pixels. With more colours than the
-    ``num_classes`` classes, the surplus is taken from the top of that ranking; black is
-    also taken when it covers under :data:`UNLABELLED_MAX_SHARE` of the pixels (a void,
-    not a background class). ``counts``: pixels per colour.
+    The rule: colours rank by how unlabelled they look: black first (the void colour of CamVid, Cityscapes and most
+    annotation tools), then by the share of their pixels on region borders (thin outlines and anti-aliased edges lie all
+    on borders; ``borders`` from :func:`count_border_colours`), then by fewest pixels. With more colours than the
+    ``num_classes`` classes, the surplus is taken from the top of that ranking; black is also taken when it covers under
+    :data:`UNLABELLED_MAX_SHARE` of the pixels (a void, not a background class). ``counts``: pixels per colour.
     """
     total = sum(counts.values()) or 1
     border = {colour: (borders or {}).get(colour, 0) / max(count, 1) for colour, count in counts.items()}
@@ -157,18 +151,16 @@ def unlabelled_colours(
     return chosen
 
 
-def propose_colour_table(
-    colours: dict[Colour, int] | set[Colour], ignore_index: int = 255, *, num_classes: int | None = None,
-    borders: dict[Colour, int] | None = None,
-) -> ColourTable | None:
+def propose_colour_table(colours: dict[Colour, int] | set[Colour], ignore_index: int = 255, *,
+                         num_classes: int | None = None,
+                         borders: dict[Colour, int] | None = None) -> ColourTable | None:
     """A table for the colours found in masks, or None if there are too many to be labels.
 
-    Greys (R = G = B) map to their value (ids stored as grey RGB); VOC palette
-    colours to their VOC ids when those fit ``num_classes`` (the VOC void colour to
-    ``ignore_index``); any other set of colours to ids 0, 1, ... in RGB order, except
-    the colours :func:`unlabelled_colours` picks (given pixel ``colours`` counts and
-    ``borders``), which map to ``ignore_index`` and are named "unlabelled". With
-    ``num_classes`` the ids stay below it. The user should check the ids.
+    Greys (R = G = B) map to their value (ids stored as grey RGB); VOC palette colours to their VOC ids when those fit
+    ``num_classes`` (the VOC void colour to ``ignore_index``); any other set of colours to ids 0, 1, ... in RGB order,
+    except the colours :func:`unlabelled_colours` picks (given pixel ``colours`` counts and ``borders``), which map to
+    ``ignore_index`` and are named "unlabelled". With ``num_classes`` the ids stay below it. The user should check the
+    ids.
     """
     found = sorted(colours)
     if len(found) > MAX_TABLE_COLOURS:

@@ -84,9 +84,7 @@ def _mask_drawn_on_stored_pixels(dataset: SegmentationDataset, index: int, mask_
     return orientation != 1 and tuple(mask_shape) == (height, width)
 
 
-def survey(
-    dataset: SegmentationDataset, *, max_items: int | None = None, decode_images: bool = True
-) -> Survey:
+def survey(dataset: SegmentationDataset, *, max_items: int | None = None, decode_images: bool = True) -> Survey:
     """Read each (sampled) item's mask, and image if ``decode_images``; collect what :func:`diagnose` reports."""
     result = Survey(dataset, _sample(len(dataset), max_items))
     result.missing = list(getattr(dataset, "dropped", []))  # opened with skip_bad: a missing file is no item
@@ -246,19 +244,13 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
     return found
 
 
-def diagnose(
-    dataset: SegmentationDataset,
-    other_split: SegmentationDataset | None = None,
-    *,
-    max_items: int | None = None,
-    decode_images: bool = True,
-) -> list[Finding]:
+def diagnose(dataset: SegmentationDataset, other_split: SegmentationDataset | None = None, *,
+             max_items: int | None = None, decode_images: bool = True) -> list[Finding]:
     """Check ``dataset`` (and, against it, ``other_split``, e.g. train and val); errors first.
 
-    ``max_items`` bounds the items read per split (evenly spaced; for a quick check
-    at the start of training); ``decode_images=False`` reads masks only (no size or
-    EXIF checks; image files are still hashed), in both splits. Nothing is raised for
-    bad items: they are findings, those of both splits listed (a dataset opened with
+    ``max_items`` bounds the items read per split (evenly spaced; for a quick check at the start of training);
+    ``decode_images=False`` reads masks only (no size or EXIF checks; image files are still hashed), in both splits.
+    Nothing is raised for bad items: they are findings, those of both splits listed (a dataset opened with
     ``skip_bad=True`` lists the items it dropped for a missing file, too).
     """
     train = survey(dataset, max_items=max_items, decode_images=decode_images)

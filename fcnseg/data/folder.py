@@ -7,12 +7,10 @@ Layout::
     root/<split>.txt                 optional: the stems of a split, one per line
     root/classes.txt                 optional: class names, line i = id i
 
-Without ``classes.txt`` pass ``classes=[...]`` or ``num_classes=N`` (``binary=true``
-and ``colors=FILE`` bring their own). ``split=None`` (or "all" when there is no
-``all.txt``) takes every image. "train" and "val" of a folder with neither
-``train.txt`` nor ``val.txt`` are an automatic split (:func:`auto_split`); any
-other split name whose ``<split>.txt`` is missing is an error, and so is a path
-to a list that does not exist.
+Without ``classes.txt`` pass ``classes=[...]`` or ``num_classes=N`` (``binary=true`` and ``colors=FILE`` bring their
+own). ``split=None`` (or "all" when there is no ``all.txt``) takes every image. "train" and "val" of a folder with
+neither ``train.txt`` nor ``val.txt`` are an automatic split (:func:`auto_split`); any other split name whose
+``<split>.txt`` is missing is an error, and so is a path to a list that does not exist.
 """
 
 from __future__ import annotations
@@ -59,10 +57,9 @@ def _files_by_stem(directory: Path, suffixes: Sequence[str], what: str) -> dict[
 def auto_split(stems: Sequence[str], split: str, val_fraction: float = 0.2, seed: int = 0) -> list[str]:
     """The stems of "train" or "val" in a seeded split of ``stems`` (sorted).
 
-    Val is the ``round(n * val_fraction)`` stems (at least 1, at most n - 1) that
-    rank first by SHA-256 of ``"<seed>\\0<stem>"``: the same files, seed and
-    fraction give the same split on any machine, and adding files moves few of
-    the old ones.
+    Val is the ``round(n * val_fraction)`` stems (at least 1, at most n - 1) that rank first by SHA-256 of
+    ``"<seed>\\0<stem>"``: the same files, seed and fraction give the same split on any machine, and adding files moves
+    few of the old ones.
     """
     if not 0 < float(val_fraction) < 1:
         raise DatasetError(f"val_fraction={val_fraction!r}; expected a number between 0 and 1 (exclusive)")
@@ -74,9 +71,8 @@ def auto_split(stems: Sequence[str], split: str, val_fraction: float = 0.2, seed
     return sorted(stem for stem in stems if (stem in val) == (split == "val"))
 
 
-def _split_stems(
-    root: Path, split: str | os.PathLike[str] | None, stems: list[str], val_fraction: float, seed: int
-) -> tuple[list[str], dict[str, Any]]:
+def _split_stems(root: Path, split: str | os.PathLike[str] | None, stems: list[str], val_fraction: float,
+                 seed: int) -> tuple[list[str], dict[str, Any]]:
     """The stems of ``split`` and where they came from (the dataset's ``split_info``)."""
     if split is None:
         return stems, {"split": "all", "source": "every image"}
@@ -113,24 +109,12 @@ class FolderDataset(PairedFileDataset):
         val_fraction / split_seed: the automatic train/val split (see :func:`auto_split`).
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str | os.PathLike[str] | None = None,
-        *,
-        classes: Sequence[str] | None = None,
-        num_classes: int | None = None,
-        palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255,
-        images_dir: str = "images",
-        masks_dir: str = "masks",
-        binary: bool = False,
-        colors: str | os.PathLike[str] | None = None,
-        val_fraction: float = 0.2,
-        split_seed: int = 0,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: str | os.PathLike[str], split: str | os.PathLike[str] | None = None, *,
+                 classes: Sequence[str] | None = None, num_classes: int | None = None,
+                 palette: Sequence[Colour] | None = None, ignore_index: int = 255, images_dir: str = "images",
+                 masks_dir: str = "masks", binary: bool = False, colors: str | os.PathLike[str] | None = None,
+                 val_fraction: float = 0.2, split_seed: int = 0, transform: Transform | None = None,
+                 skip_bad: bool = False) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"dataset folder {root} does not exist")
@@ -148,23 +132,15 @@ class FolderDataset(PairedFileDataset):
         stems, self.split_info = _split_stems(root, split, sorted(images), val_fraction, split_seed)
         unknown = [stem for stem in stems if stem not in images]
         if unknown:
-            raise DatasetError(
-                f"split list {self.split_info['source']} lists {len(unknown)} stem(s) with no image in "
-                f"{root / images_dir}, e.g. {unknown[:3]}"
-            )
+            raise DatasetError(f"split list {self.split_info['source']} lists {len(unknown)} stem(s) with no image in "
+                               f"{root / images_dir}, e.g. {unknown[:3]}")
         if palette is None and self.colour_table is not None:
             palette = self.colour_table.palette(len(class_names))
-        super().__init__(
-            name=f"folder {root} split {self.split_info['split']}",
-            ids=stems,
-            image_paths=[images[stem] for stem in stems],
-            mask_paths=[masks.get(stem, root / masks_dir / f"{stem}.png") for stem in stems],
-            classes=class_names,
-            palette=palette,
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        super().__init__(name=f"folder {root} split {self.split_info['split']}", ids=stems,
+                         image_paths=[images[stem] for stem in stems],
+                         mask_paths=[masks.get(stem, root / masks_dir / f"{stem}.png") for stem in stems],
+                         classes=class_names, palette=palette, ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def load_mask(self, index: int) -> torch.Tensor:
         path = self.mask_paths[index]
@@ -204,10 +180,8 @@ def _masks_hint(masks_dir: Path) -> str:
     return ""
 
 
-def _class_names(
-    root: Path, classes: Sequence[str] | None, num_classes: int | None, binary: bool,
-    table: ColourTable | None, ignore_index: int, masks_dir: Path,
-) -> list[str]:  # fmt: skip
+def _class_names(root: Path, classes: Sequence[str] | None, num_classes: int | None, binary: bool,
+                 table: ColourTable | None, ignore_index: int, masks_dir: Path) -> list[str]:  # fmt: skip
     if classes is not None:
         names, source = [str(name) for name in classes], "the classes option"
     elif (root / "classes.txt").exists():

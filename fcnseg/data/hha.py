@@ -1,34 +1,30 @@
 """HHA: a depth map encoded as three 8-bit channels (Gupta, Girshick, Arbelaez, Malik, ECCV 2014).
 
-Per pixel: **h**orizontal disparity, **h**eight above the ground, and the **a**ngle between the
-local surface normal and the direction of gravity — the input of the paper's NYUDv2 HHA stream.
-Computed here from a depth map (metres) and the camera intrinsics, following the published
-description; the scales of the channels are those of Gupta et al.'s released code
-(``saveHHA``/``getHHA`` of rcnn-depth), which produced the HHA images the FCN paper trained on.
+Per pixel: **h**orizontal disparity, **h**eight above the ground, and the **a**ngle between the local surface normal and
+the direction of gravity — the input of the paper's NYUDv2 HHA stream. Computed here from a depth map (metres) and the
+camera intrinsics, following the published description; the scales of the channels are those of Gupta et al.'s released
+code (``saveHHA``/``getHHA`` of rcnn-depth), which produced the HHA images the FCN paper trained on.
 
 Camera coordinates in centimetres: x right, y down, z forward; pixel (u, v) 0-based.
 
 1. Points: X = (u - cx) Z / fx, Y = (v - cy) Z / fy.
-2. Normals: at each pixel, the plane fitted to the valid points of the (2r+1) x (2r+1) window
-   around it (the normal is the direction of least spread), turned to face the camera;
-   r = 3 for the angle channel, r = 10 (smoother) for the gravity estimate, which uses every
-   4th pixel of every 4th row (the 21x21 windows overlap heavily; 16x less work).
-3. Gravity (Gupta, Arbelaez, Malik, CVPR 2013): start from the image's up, (0, -1, 0); split
-   the normals into those within t of it (horizontal surfaces) and those within t of
-   perpendicular to it (walls); the new up is the unit g minimising
-   sum_walls (g.n)^2 - sum_horizontal (g.n)^2 (the eigenvector of the smallest eigenvalue);
-   5 rounds with t = 45 deg, then 5 with t = 15 deg.
-4. Height: h = p.g; the ground is the lowest valid point, unless that is less than 90 cm below
-   the camera, when the ground is taken to be 130 cm below it (the released code's rule).
-5. Channels: disparity 31000 / max(Z, 100 cm); height in cm; angle in degrees + 38 (a floor,
-   0 deg, is 38; a wall, 90 deg, is 128; a ceiling, 180 deg, is 218); rounded, clipped to 0..255.
+2. Normals: at each pixel, the plane fitted to the valid points of the (2r+1) x (2r+1) window around it (the normal is
+   the direction of least spread), turned to face the camera; r = 3 for the angle channel, r = 10 (smoother) for the
+   gravity estimate, which uses every 4th pixel of every 4th row (the 21x21 windows overlap heavily; 16x less work).
+3. Gravity (Gupta, Arbelaez, Malik, CVPR 2013): start from the image's up, (0, -1, 0); split the normals into those
+   within t of it (horizontal surfaces) and those within t of perpendicular to it (walls); the new up is the unit g
+   minimising sum_walls (g.n)^2 - sum_horizontal (g.n)^2 (the eigenvector of the smallest eigenvalue); 5 rounds with t =
+   45 deg, then 5 with t = 15 deg.
+4. Height: h = p.g; the ground is the lowest valid point, unless that is less than 90 cm below the camera, when the
+   ground is taken to be 130 cm below it (the released code's rule).
+5. Channels: disparity 31000 / max(Z, 100 cm); height in cm; angle in degrees + 38 (a floor, 0 deg, is 38; a wall, 90
+   deg, is 128; a ceiling, 180 deg, is 218); rounded, clipped to 0..255.
 
-Approximations, honestly: the plane fit is by principal components over a square window, not
-the released code's 1/Z-weighted fit, and the window does not stop at region boundaries;
-Gupta et al. encode an inpainted depth map while fitting normals on the raw one — here one map
-is given, and a pixel without depth (0) gets no normal and HHA (0, 0, 0); gravity is estimated
-per image from its own surfaces (no IMU), so an image with neither horizontal nor vertical
-surfaces keeps the camera's up.
+Approximations, honestly: the plane fit is by principal components over a square window, not the released code's
+1/Z-weighted fit, and the window does not stop at region boundaries; Gupta et al. encode an inpainted depth map while
+fitting normals on the raw one — here one map is given, and a pixel without depth (0) gets no normal and HHA (0, 0, 0);
+gravity is estimated per image from its own surfaces (no IMU), so an image with neither horizontal nor vertical surfaces
+keeps the camera's up.
 """
 
 from __future__ import annotations

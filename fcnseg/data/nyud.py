@@ -11,10 +11,9 @@ shelhamer/fcn.berkeleyvision.org; ``root`` is its folder)::
 
 Class k of the file is id k - 1; void is the ignore value.
 
-``modality``: what an item's image is — ``"color"`` (uint8 (3, H, W) RGB: the plain FCNs),
-``"hha"`` (uint8 (3, H, W) HHA: the plain FCNs on depth) or ``"color_hha"`` (uint8 (6, H, W),
-RGB then HHA: the late-fusion ``nyud_fcn32s_color_hha``, whose
-:func:`fcnseg.models.preprocess_color_hha` preprocesses each half with its own mean).
+``modality``: what an item's image is — ``"color"`` (uint8 (3, H, W) RGB: the plain FCNs), ``"hha"`` (uint8 (3, H, W)
+HHA: the plain FCNs on depth) or ``"color_hha"`` (uint8 (6, H, W), RGB then HHA: the late-fusion
+``nyud_fcn32s_color_hha``, whose :func:`fcnseg.models.preprocess_color_hha` preprocesses each half with its own mean).
 
 HHA images are read from ``hha_dir`` (default ``data/hha``); one that is missing there is
 computed from ``data/depth`` (:mod:`fcnseg.data.hha`, with ``intrinsics`` = [fx, fy, cx, cy] in
@@ -38,14 +37,13 @@ from .errors import DatasetError
 from .hha import hha_from_depth, nyud_intrinsics
 from .paired import PairedFileDataset
 from .palette import default_palette
-from .readers import _open_decoded, read_id_list, read_image_file, read_mat_label, split_file
+from .readers import _open_decoded, read_image_file, read_mat_label, read_split
 
-NYUD_CLASSES = (
-    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture", "counter",
-    "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes", "ceiling", "books",
-    "refrigerator", "television", "paper", "towel", "shower curtain", "box", "whiteboard", "person", "night stand",
-    "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
-)  # fmt: skip
+NYUD_CLASSES = ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
+                "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat",
+                "clothes", "ceiling", "books", "refrigerator", "television", "paper", "towel", "shower curtain", "box",
+                "whiteboard", "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure",
+                "otherfurniture", "otherprop")  # fmt: skip
 MODALITIES = ("color", "hha", "color_hha")
 _DEPTH_MODES = ("I;16", "I;16B", "I")
 
@@ -64,18 +62,9 @@ def read_depth_file(path: PathLike) -> np.ndarray:
 class NYUDDataset(PairedFileDataset):
     """NYUDv2, 40 classes, colour and/or HHA images (see the module docstring)."""
 
-    def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "train",
-        *,
-        modality: str = "color",
-        hha_dir: PathLike | None = None,
-        intrinsics: Sequence[float] | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: PathLike = "train", *, modality: str = "color",
+                 hha_dir: PathLike | None = None, intrinsics: Sequence[float] | None = None, ignore_index: int = 255,
+                 transform: Transform | None = None, skip_bad: bool = False) -> None:
         root = Path(root)
         if not (root / "data").is_dir():
             raise DatasetError(f"NYUDv2 folder {root} has no data/ folder; expected the reference's prepared data "
@@ -88,20 +77,12 @@ class NYUDDataset(PairedFileDataset):
         self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
         self.hha_dir = str(root / "data" / "hha" if hha_dir is None else hha_dir)
         self.depth_dir = str(root / "data" / "depth")
-        source = split_file(split, root)
-        ids = read_id_list(source)
-        self.split_info = {"split": os.fspath(split), "source": str(source)}
-        super().__init__(
-            name=f"NYUDv2 {root} split {os.fspath(split)}",
-            ids=ids,
-            image_paths=[root / "data" / "images" / f"img_{i}.png" for i in ids],
-            mask_paths=[root / "segmentation" / f"img_{i}.mat" for i in ids],
-            classes=NYUD_CLASSES,
-            palette=default_palette(len(NYUD_CLASSES)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        ids, self.split_info = read_split(split, root)
+        super().__init__(name=f"NYUDv2 {root} split {os.fspath(split)}", ids=ids,
+                         image_paths=[root / "data" / "images" / f"img_{i}.png" for i in ids],
+                         mask_paths=[root / "segmentation" / f"img_{i}.mat" for i in ids], classes=NYUD_CLASSES,
+                         palette=default_palette(len(NYUD_CLASSES)), ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def load_mask(self, index: int) -> torch.Tensor:
         label = read_mat_label(self.mask_paths[index], "segmentation", "a NYUDv2 segmentation/img_*.mat file")

@@ -16,26 +16,14 @@ from .readers import read_image_file, read_mask_file
 class PairedFileDataset(SegmentationDataset):
     """Items read from files: ``image_paths[i]`` and ``mask_paths[i]`` belong to ``ids[i]``.
 
-    Checked when opened: the list is not empty and every image and mask file
-    exists (with ``skip_bad=True`` an item with a missing file is logged and
-    dropped instead, and listed in ``dropped`` as ``(id, reason)``). Checked when
-    read: both files decode, sizes agree, labels are class ids or the ignore value
-    (see :class:`SegmentationDataset`).
+    Checked when opened: the list is not empty and every image and mask file exists (with ``skip_bad=True`` an item with
+    a missing file is logged and dropped instead, and listed in ``dropped`` as ``(id, reason)``). Checked when read:
+    both files decode, sizes agree, labels are class ids or the ignore value (see :class:`SegmentationDataset`).
     """
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        ids: Sequence[str],
-        image_paths: Sequence[str | Path],
-        mask_paths: Sequence[str | Path],
-        classes: Sequence[str],
-        palette: Sequence[Colour] | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, *, name: str, ids: Sequence[str], image_paths: Sequence[str | Path],
+                 mask_paths: Sequence[str | Path], classes: Sequence[str], palette: Sequence[Colour] | None = None,
+                 ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False) -> None:
         if not len(ids) == len(image_paths) == len(mask_paths):
             raise ValueError("ids, image_paths and mask_paths must have the same length")
         self.name = name
@@ -62,14 +50,8 @@ class PairedFileDataset(SegmentationDataset):
             raise DatasetError(f"{name}: no items" + (" left after skipping bad ones" if ids else ""))
         self.image_paths = kept_images
         self.mask_paths = kept_masks
-        super().__init__(
-            classes=classes,
-            ids=kept_ids,
-            palette=palette,
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        super().__init__(classes=classes, ids=kept_ids, palette=palette, ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def describe(self, index: int) -> str:
         return f"{self.name} item {self.ids[index]!r} (image {self.image_paths[index]}, mask {self.mask_paths[index]})"

@@ -1,10 +1,8 @@
 """Colour palettes for class ids.
 
-The PASCAL VOC palette spreads the bits of a class id over the top bits of R,
-G and B (id 1 = (128, 0, 0), 2 = (0, 128, 0), 3 = (128, 128, 0), ...); VOC,
-SBD and the synthetic set use it. Other datasets that bring no palette get
-:func:`default_palette`, in which no class is black (black reads as
-"unlabelled" in every other tool).
+The PASCAL VOC palette spreads the bits of a class id over the top bits of R, G and B (id 1 = (128, 0, 0), 2 = (0, 128,
+0), 3 = (128, 128, 0), ...); VOC, SBD and the synthetic set use it. Other datasets that bring no palette get
+:func:`default_palette`, in which no class is black (black reads as "unlabelled" in every other tool).
 """
 
 from __future__ import annotations

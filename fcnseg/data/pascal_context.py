@@ -31,7 +31,7 @@ from .base import Transform
 from .errors import DatasetError
 from .paired import PairedFileDataset
 from .palette import default_palette
-from .readers import read_id_list, read_mat_label, read_text_lines, split_file
+from .readers import read_mat_label, read_split, read_text_lines
 from .voc import resolve_voc_root
 
 #: Task name -> the full label list's name, where they differ (the reference data layer's fix-up).
@@ -73,16 +73,8 @@ def task_lookup(labels_file: Path, task_file: Path) -> tuple[list[str], np.ndarr
 class PascalContextDataset(PairedFileDataset):
     """PASCAL-Context, the 59 classes of ``59_labels.txt`` + background (see the module docstring)."""
 
-    def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "train",
-        *,
-        voc_root: PathLike | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: PathLike = "train", *, voc_root: PathLike | None = None,
+                 ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False) -> None:
         root = Path(root)
         if not (root / "trainval").is_dir():
             raise DatasetError(f"PASCAL-Context folder {root} has no trainval/ folder; expected the unpacked "
@@ -93,20 +85,12 @@ class PascalContextDataset(PairedFileDataset):
         voc_dir = resolve_voc_root(voc_path, None if (voc_path / "JPEGImages").is_dir() else 2010)
         self.root = str(root)
         classes, self.lookup = task_lookup(root / "labels.txt", root / "59_labels.txt")
-        source = split_file(split, voc_dir / "ImageSets" / "Main")
-        ids = read_id_list(source)
-        self.split_info = {"split": os.fspath(split), "source": str(source)}
-        super().__init__(
-            name=f"PASCAL-Context {root} split {os.fspath(split)}",
-            ids=ids,
-            image_paths=[voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids],
-            mask_paths=[root / "trainval" / f"{i}.mat" for i in ids],
-            classes=classes,
-            palette=default_palette(len(classes)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        ids, self.split_info = read_split(split, voc_dir / "ImageSets" / "Main")
+        super().__init__(name=f"PASCAL-Context {root} split {os.fspath(split)}", ids=ids,
+                         image_paths=[voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids],
+                         mask_paths=[root / "trainval" / f"{i}.mat" for i in ids], classes=classes,
+                         palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def load_mask(self, index: int) -> torch.Tensor:
         label = read_mat_label(self.mask_paths[index], "LabelMap", "a PASCAL-Context trainval/*.mat file")

@@ -1,22 +1,18 @@
 """Reading image, mask and id-list files, with errors that name the file.
 
-Masks are read as class ids, never through colours: a palette ("P") PNG keeps
-its palette indices (``np.array`` of a P image is the index plane), a grey
-("L") PNG its values. Colour masks are refused here (:class:`ColourMaskError`),
-because turning colours back into ids silently mislabels any colour not in a
-table; the folder dataset's ``colors`` option reads them through an explicit
-table (:mod:`fcnseg.data.colours`). JPEG masks are refused: lossy compression
+Masks are read as class ids, never through colours: a palette ("P") PNG keeps its palette indices (``np.array`` of a P
+image is the index plane), a grey ("L") PNG its values. Colour masks are refused here (:class:`ColourMaskError`),
+because turning colours back into ids silently mislabels any colour not in a table; the folder dataset's ``colors``
+option reads them through an explicit table (:mod:`fcnseg.data.colours`). JPEG masks are refused: lossy compression
 changes the ids along every edge.
 
-Images are turned upright by their EXIF orientation, as every viewer shows
-them; masks are used as stored. Special files (FIFOs, devices) are refused
-before they are opened, so a read never blocks.
+Images are turned upright by their EXIF orientation, as every viewer shows them; masks are used as stored. Special files
+(FIFOs, devices) are refused before they are opened, so a read never blocks.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import stat
@@ -42,7 +38,6 @@ EXIF_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }  # fmt: skip
 _EXIF_ORIENTATION_TAG = 0x0112
-#: Start-of-frame markers of arithmetic-coded JPEGs (no lower bound on their data size).
 
 PathLike = str | os.PathLike[str]
 
@@ -61,12 +56,29 @@ def check_regular_file(path: PathLike, what: str) -> None:
         raise DatasetError(f"{what} {path} is {kind}, not a regular file; expected a file")
 
 
-#: Huffman-coded JPEG frames (SOF0 baseline, SOF1 extended, SOF2 progressive) and the fewest bits
-#: that every 8x8 block costs in them: a DC difference and an end-of-block code in sequential
-#: frames, a DC difference in the first scan of a progressive one. (Arithmetic-coded and lossless
-#: frames have no such floor and are left to the decoder.)
+#: Huffman-coded JPEG frames (SOF0 baseline, SOF1 extended, SOF2 progressive) and the fewest bits that every 8x8 block
+#: costs in them: a DC difference and an end-of-block code in sequential frames, a DC difference in the first scan of a
+#: progressive one. (Arithmetic-coded and lossless frames have no such floor and are left to the decoder.)
 _MIN_BITS_PER_BLOCK = {0xC0: 2, 0xC1: 2, 0xC2: 1}
 _FRAME_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn; C4/C8/CC are DHT, JPG, DAC
+
+
+def _frame_and_scan(data: bytes) -> tuple[tuple[int, bytes] | None, int | None]:
+    """The JPEG's frame header ``(SOFn marker, its bytes)`` (None if none) and where its first scan's marker begins
+    (None when its headers end before a scan)."""
+    position, frame = 2, None
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:  # start of scan: the coded data follows its header
+            return frame, position
+        if marker in _FRAME_MARKERS:
+            frame = (marker, data[position + 4 : position + 2 + length])
+        position += 2 + length
+    return frame, None
 
 
 def jpeg_data_shortfall(data: bytes) -> tuple[int, int] | None:
@@ -76,21 +88,8 @@ def jpeg_data_shortfall(data: bytes) -> tuple[int, int] | None:
     (ending in a proper end marker) covers 16x16 decodes as 2000x2000, the rest filled grey.
     The check is a lower bound, so it never refuses a complete image.
     """
-    position, frame = 2, None
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker == 0xDA:  # start of scan: the coded data follows
-            break
-        if marker in _FRAME_MARKERS:
-            frame = (marker, data[position + 4 : position + 2 + length])
-        position += 2 + length
-    else:
-        return None
-    if frame is None or frame[0] not in _MIN_BITS_PER_BLOCK:
+    frame, position = _frame_and_scan(data)
+    if position is None or frame is None or frame[0] not in _MIN_BITS_PER_BLOCK:
         return None
     marker, header = frame
     height, width, count = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5:6]
@@ -122,33 +121,24 @@ class JpegDataRanOut(ValueError):
 
 def _single_scan_end(data: bytes) -> int | None:
     """Where the end marker of a one-scan sequential Huffman JPEG begins (the end of its coded data), else None."""
-    position, frame = 2, None
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xFF:
-            position += 1
-            continue
-        if marker in _FRAME_MARKERS:
-            frame = marker
-        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker == 0xDA:  # start of scan: the coded data follows its header
-            end = _MARKER_IN_SCAN.search(data, position)
-            if frame not in (0xC0, 0xC1) or end is None or data[end.end() - 1] != 0xD9:
-                return None  # progressive, arithmetic, several scans, or no end marker (PIL refuses that itself)
-            return end.start()
-    return None
+    frame, position = _frame_and_scan(data)
+    if position is None:
+        return None
+    end = _MARKER_IN_SCAN.search(data, position + 2 + int.from_bytes(data[position + 2 : position + 4], "big"))
+    if frame is None or frame[0] not in (0xC0, 0xC1) or end is None or data[end.end() - 1] != 0xD9:
+        return None  # progressive, arithmetic, several scans, or no end marker (PIL refuses that itself)
+    return end.start()
 
 
 def decode_jpeg_fully(data: bytes) -> Image.Image | None:
     """A baseline (or extended sequential) JPEG decoded from ``data``, refused if its coded data ran out.
 
-    libjpeg meets the end marker too early in a file whose header claims a larger picture than its
-    data holds (a header patched from 480x360 to 960x720, a file cut and closed again): it warns,
-    which PIL does not show, and fills the rest grey. Here the end marker is replaced by a few zero
-    bytes, so the decoder finds no marker and asks for more data instead, and PIL reports the image
-    as truncated: :class:`JpegDataRanOut`. A complete file decodes to the same pixels as PIL's own
-    decode. None where the check does not apply (progressive and arithmetic-coded JPEGs, several
-    scans): decode those as usual (:func:`jpeg_data_shortfall` still bounds their data from below).
+    libjpeg meets the end marker too early in a file whose header claims a larger picture than its data holds (a header
+    patched from 480x360 to 960x720, a file cut and closed again): it warns, which PIL does not show, and fills the rest
+    grey. Here the end marker is replaced by a few zero bytes, so the decoder finds no marker and asks for more data
+    instead, and PIL reports the image as truncated: :class:`JpegDataRanOut`. A complete file decodes to the same pixels
+    as PIL's own decode. None where the check does not apply (progressive and arithmetic-coded JPEGs, several scans):
+    decode those as usual (:func:`jpeg_data_shortfall` still bounds their data from below).
     """
     end = _single_scan_end(data) if data[:2] == b"\xff\xd8" else None
     if end is None:
@@ -248,9 +238,14 @@ def read_image_file(path: PathLike, *, max_pixels: int | None = None) -> torch.T
     decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) still applies when opening.
     """
     with _open_decoded(path, "image", max_pixels) as image:
-        orientation = exif_orientation(image)
-        upright = image.transpose(EXIF_TRANSPOSE[orientation]) if orientation != 1 else image
-        array = np.asarray(upright.convert("RGB") if upright.mode != "RGB" else upright)
+        return upright_rgb(image)
+
+
+def upright_rgb(picture: Image.Image) -> torch.Tensor:
+    """A decoded picture as a uint8 tensor (3, H, W) in RGB, turned upright by its EXIF orientation."""
+    orientation = exif_orientation(picture)
+    upright = picture.transpose(EXIF_TRANSPOSE[orientation]) if orientation != 1 else picture
+    array = np.asarray(upright.convert("RGB") if upright.mode != "RGB" else upright)
     # (3, H, W) made in numpy: torch's parallel copy is slower on a busy CPU for these sizes.
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
@@ -266,9 +261,8 @@ def _refuse_jpeg_mask(image: Image.Image, path: PathLike) -> None:
 def read_mask_file(path: PathLike) -> torch.Tensor:
     """A mask file of class ids as an int64 tensor (H, W).
 
-    PNG/BMP/TIFF/GIF/PGM in mode L, P (palette indices), I, I;16 or 1; or an SBD
-    ``.mat`` file (see :func:`read_mat_mask`). JPEG masks raise :class:`LossyMaskError`,
-    colour masks :class:`ColourMaskError`.
+    PNG/BMP/TIFF/GIF/PGM in mode L, P (palette indices), I, I;16 or 1; or an SBD ``.mat`` file (see
+    :func:`read_mat_mask`). JPEG masks raise :class:`LossyMaskError`, colour masks :class:`ColourMaskError`.
     """
     if Path(path).suffix.lower() == ".mat":
         return read_mat_mask(path)
@@ -308,10 +302,8 @@ def read_mat_mask(path: PathLike) -> torch.Tensor:
     try:
         label = content["GTcls"][0]["Segmentation"][0]
     except (KeyError, IndexError, ValueError, TypeError):
-        raise DatasetError(
-            f"mask {path} has no GTcls.Segmentation; expected an SBD cls/*.mat file "
-            f"(found variables: {sorted(k for k in content if not k.startswith('__'))})"
-        ) from None
+        raise DatasetError(f"mask {path} has no GTcls.Segmentation; expected an SBD cls/*.mat file "
+                           f"(found variables: {sorted(k for k in content if not k.startswith('__'))})") from None
     label = np.asarray(label)
     if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
         raise DatasetError(
@@ -367,6 +359,12 @@ def split_file(split: PathLike, folder: Path) -> Path:
     """The id list of ``split``: a path as given (it has a slash or ends in .txt), else ``folder/<split>.txt``."""
     text = os.fspath(split)
     return Path(text) if os.sep in text or "/" in text or text.endswith(".txt") else folder / f"{text}.txt"
+
+
+def read_split(split: PathLike, folder: Path) -> tuple[list[str], dict[str, str]]:
+    """The ids of ``split`` (its list found by :func:`split_file`) and the dataset's ``split_info`` for them."""
+    source = split_file(split, folder)
+    return read_id_list(source), {"split": os.fspath(split), "source": str(source)}
 
 
 def read_class_names(path: PathLike) -> list[str]:

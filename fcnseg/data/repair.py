@@ -1,9 +1,8 @@
 """``fcnseg data --fix OUT``: a corrected copy of a folder dataset in a new folder; the original is never written.
 
-The copy holds ``images/`` (hard links to the originals, copies across file
-systems), ``masks/`` (palette PNGs of class ids), ``classes.txt``, one
-``<split>.txt`` per split (an automatic split becomes explicit) and, when colour
-masks were converted, the ``colors.txt`` used. It opens with no options.
+The copy holds ``images/`` (hard links to the originals, copies across file systems), ``masks/`` (palette PNGs of class
+ids), ``classes.txt``, one ``<split>.txt`` per split (an automatic split becomes explicit) and, when colour masks were
+converted, the ``colors.txt`` used. It opens with no options.
 """
 
 from __future__ import annotations
@@ -44,9 +43,8 @@ def _save_mask(mask: torch.Tensor, palette: list[Colour], ignore_index: int, pat
     picture.save(path)
 
 
-def _fixed_mask(
-    dataset: FolderDataset, found: Survey, index: int, table: ColourTable | None, binary: bool
-) -> torch.Tensor:
+def _fixed_mask(dataset: FolderDataset, found: Survey, index: int, table: ColourTable | None,
+                binary: bool) -> torch.Tensor:
     """The item's mask with every fix applied, checked against its image; DatasetError if it stays bad."""
     path = dataset.mask_paths[index]
     if index in found.colour_items:
@@ -68,11 +66,10 @@ def _fixed_mask(
 def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str]) -> list[str]:
     """Write the corrected copy of ``splits`` (e.g. train and val of one folder) to the new folder ``out``.
 
-    Fixes colour masks (the dataset's ``colors`` table, else the proposed one),
-    0/255 binary masks (written 0/1) and masks drawn on the unrotated pixels of an
-    EXIF-rotated image (rotated the same way). Items that stay bad (JPEG masks,
-    bad labels, unreadable files, and the items a split opened with ``skip_bad=True``
-    dropped for a missing file) are left out and listed. Returns the lines of a report.
+    Fixes colour masks (the dataset's ``colors`` table, else the proposed one), 0/255 binary masks (written 0/1) and
+    masks drawn on the unrotated pixels of an EXIF-rotated image (rotated the same way). Items that stay bad (JPEG
+    masks, bad labels, unreadable files, and the items a split opened with ``skip_bad=True`` dropped for a missing file)
+    are left out and listed. Returns the lines of a report.
     """
     out = Path(out)
     if not all(isinstance(dataset, FolderDataset) for dataset in splits):

@@ -10,14 +10,12 @@
 ``root`` is the ``dataset`` folder or the folder above it (``benchmark_RELEASE``).
 Splits: ``train``, ``val``, a path to an id list, or ``train_aug``.
 
-``train_aug`` (needs ``voc_root``, a VOC2012 folder or VOCdevkit) is the usual
-"augmented" training set::
+``train_aug`` (needs ``voc_root``, a VOC2012 folder or VOCdevkit) is the usual "augmented" training set::
 
     train_aug = (VOC train ∪ SBD train ∪ SBD val) − VOC val
 
-(10,582 ids with VOC2012 and the official SBD). An id in the VOC train list is
-read from VOC (its finer label, with the void border); every other id from SBD.
-The result is sorted by id.
+(10,582 ids with VOC2012 and the official SBD). An id in the VOC train list is read from VOC (its finer label, with the
+void border); every other id from SBD. The result is sorted by id.
 """
 
 from __future__ import annotations
@@ -56,24 +54,14 @@ def sbd_split_ids(sbd_dir: Path, split: PathLike) -> list[str]:
 class SBDDataset(PairedFileDataset):
     """SBD class segmentation (21 VOC classes); see the module docstring for ``train_aug``."""
 
-    def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "train",
-        *,
-        voc_root: PathLike | None = None,
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: PathLike = "train", *, voc_root: PathLike | None = None,
+                 ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False) -> None:
         sbd_dir = resolve_sbd_root(root)
         self.root = str(sbd_dir)
         if os.fspath(split) == "train_aug":
             if voc_root is None:
-                raise DatasetError(
-                    "train_aug = (VOC train + SBD train + SBD val) - VOC val needs the VOC lists; "
-                    "pass voc_root=<VOC2012 folder or VOCdevkit>"
-                )
+                raise DatasetError("train_aug = (VOC train + SBD train + SBD val) - VOC val needs the VOC lists; "
+                                   "pass voc_root=<VOC2012 folder or VOCdevkit>")
             voc_dir = resolve_voc_root(voc_root)
             voc_train = voc_split_ids(voc_dir, "train")
             voc_val = set(voc_split_ids(voc_dir, "val"))
@@ -86,14 +74,6 @@ class SBDDataset(PairedFileDataset):
             ids = sbd_split_ids(sbd_dir, split)
             image_paths = [sbd_dir / "img" / f"{item}.jpg" for item in ids]
             mask_paths = [sbd_dir / "cls" / f"{item}.mat" for item in ids]
-        super().__init__(
-            name=f"SBD {sbd_dir} split {os.fspath(split)}",
-            ids=ids,
-            image_paths=image_paths,
-            mask_paths=mask_paths,
-            classes=VOC_CLASSES,
-            palette=voc_palette(len(VOC_CLASSES)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        super().__init__(name=f"SBD {sbd_dir} split {os.fspath(split)}", ids=ids, image_paths=image_paths,
+                         mask_paths=mask_paths, classes=VOC_CLASSES, palette=voc_palette(len(VOC_CLASSES)),
+                         ignore_index=ignore_index, transform=transform, skip_bad=skip_bad)

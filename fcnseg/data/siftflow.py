@@ -13,10 +13,9 @@ The zip holds no split lists: the paper's are ``data/sift-flow/trainval.txt`` (2
 or pass a path as ``split``. Labels are shifted down by one as the reference does (class k is
 id k - 1, void is the ignore value).
 
-``labels``: ``"semantic"`` (33 classes, masks (H, W)), ``"geometric"`` (sky, horizontal,
-vertical; masks (H, W)), or ``"both"`` (the default, for the paper's two-headed
-``siftflow_fcn*`` nets): 36 classes, the 33 semantic ones then the 3 geometric ones, and
-masks (2, H, W) — row 0 the semantic ids 0..32, row 1 the geometric ids 33..35 (``heads``
+``labels``: ``"semantic"`` (33 classes, masks (H, W)), ``"geometric"`` (sky, horizontal, vertical; masks (H, W)), or
+``"both"`` (the default, for the paper's two-headed ``siftflow_fcn*`` nets): 36 classes, the 33 semantic ones then the 3
+geometric ones, and masks (2, H, W) — row 0 the semantic ids 0..32, row 1 the geometric ids 33..35 (``heads``
 ``(("sem", 33), ("geo", 3))``, the layout :class:`fcnseg.engine.loss.HeadsLoss` splits).
 
 The reference's README notes that cow, desert and moon never occur in the test split (the
@@ -36,13 +35,12 @@ from .base import Transform
 from .errors import DatasetError
 from .paired import PairedFileDataset
 from .palette import default_palette
-from .readers import read_id_list, read_mat_label, split_file
+from .readers import read_mat_label, read_split
 
-SEMANTIC_CLASSES = (
-    "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk", "desert", "door",
-    "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river", "road", "rock", "sand", "sea",
-    "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree", "window",
-)  # fmt: skip
+SEMANTIC_CLASSES = ("awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk",
+                    "desert", "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river",
+                    "road", "rock", "sand", "sea", "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree",
+                    "window")  # fmt: skip
 GEOMETRIC_CLASSES = ("sky (geometric)", "horizontal (geometric)", "vertical (geometric)")
 LABEL_KINDS = ("semantic", "geometric", "both")
 _SUBFOLDER = "spatial_envelope_256x256_static_8outdoorcategories"
@@ -58,16 +56,8 @@ def _shifted(label: np.ndarray, classes: int, ignore_index: int, offset: int) ->
 class SIFTFlowDataset(PairedFileDataset):
     """SIFT Flow with semantic, geometric or both labels (see the module docstring)."""
 
-    def __init__(
-        self,
-        root: PathLike,
-        split: PathLike = "trainval",
-        *,
-        labels: str = "both",
-        ignore_index: int = 255,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-    ) -> None:
+    def __init__(self, root: PathLike, split: PathLike = "trainval", *, labels: str = "both", ignore_index: int = 255,
+                 transform: Transform | None = None, skip_bad: bool = False) -> None:
         root = Path(root)
         if not (root / "Images").is_dir():
             raise DatasetError(f"SIFT Flow folder {root} has no Images/ folder; expected the unpacked "
@@ -76,9 +66,7 @@ class SIFTFlowDataset(PairedFileDataset):
             raise DatasetError(f"labels={labels!r}; expected one of {', '.join(LABEL_KINDS)}")
         self.root, self.labels = str(root), labels
         text = os.fspath(split)
-        source = split_file(split, root)
-        ids = read_id_list(source)
-        self.split_info = {"split": text, "source": str(source)}
+        ids, self.split_info = read_split(split, root)
         semantic = [root / "SemanticLabels" / _SUBFOLDER / f"{i}.mat" for i in ids]
         geometric = [root / "GeoLabels" / _SUBFOLDER / f"{i}.mat" for i in ids]
         classes = {"semantic": SEMANTIC_CLASSES, "geometric": GEOMETRIC_CLASSES}.get(labels,
@@ -86,17 +74,11 @@ class SIFTFlowDataset(PairedFileDataset):
         if labels == "both":
             self.heads = (("sem", len(SEMANTIC_CLASSES)), ("geo", len(GEOMETRIC_CLASSES)))
         self.geo_paths = {str(s): str(g) for s, g in zip(semantic, geometric)}
-        super().__init__(
-            name=f"SIFT Flow {root} split {text}",
-            ids=ids,
-            image_paths=[root / "Images" / _SUBFOLDER / f"{i}.jpg" for i in ids],
-            mask_paths=geometric if labels == "geometric" else semantic,
-            classes=classes,
-            palette=default_palette(len(classes)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        super().__init__(name=f"SIFT Flow {root} split {text}", ids=ids,
+                         image_paths=[root / "Images" / _SUBFOLDER / f"{i}.jpg" for i in ids],
+                         mask_paths=geometric if labels == "geometric" else semantic, classes=classes,
+                         palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def describe(self, index: int) -> str:
         text = super().describe(index)

@@ -1,17 +1,14 @@
 """Class statistics over a dataset and median-frequency-balancing class weights.
 
-FCN trains with an unweighted loss and is weak on rare classes; SegNet
-(Badrinarayanan et al.) weights the loss by *median frequency balancing*
-(Eigen & Fergus, ICCV 2015)::
+FCN trains with an unweighted loss and is weak on rare classes; SegNet (Badrinarayanan et al.) weights the loss by
+*median frequency balancing* (Eigen & Fergus, ICCV 2015)::
 
     freq_c   = (pixels of class c) / (pixels of all images in which c is present)
     weight_c = median over classes of freq / freq_c
 
-"Pixels of an image" counts every pixel of it, ignore-labelled ones included
-(the literal definition). The median is taken over the classes present in the
-dataset and is the usual median (the mean of the two middle values for an even
-count). A class that never occurs gets weight 0 (it cannot be learned and must
-not blow up the loss).
+"Pixels of an image" counts every pixel of it, ignore-labelled ones included (the literal definition). The median is
+taken over the classes present in the dataset and is the usual median (the mean of the two middle values for an even
+count). A class that never occurs gets weight 0 (it cannot be learned and must not blow up the loss).
 """
 
 from __future__ import annotations
@@ -90,9 +87,8 @@ def class_pixel_counts(dataset: Dataset, num_classes: int | None = None) -> torc
     return class_statistics(dataset, num_classes).pixel_counts
 
 
-def median_frequency_weights(
-    counts: torch.Tensor | ClassStatistics, present_pixels: torch.Tensor | None = None
-) -> torch.Tensor:
+def median_frequency_weights(counts: torch.Tensor | ClassStatistics,
+                             present_pixels: torch.Tensor | None = None) -> torch.Tensor:
     """float32 (C,) class weights ``median(freq) / freq_c``; 0 for classes never present.
 
     Pass a :class:`ClassStatistics` (or ``counts`` with ``present_pixels``) for the

@@ -5,32 +5,25 @@ index), any size and count, a few milliseconds per image.
 
 Design (why each part is there):
 
-* **Colour says nothing.** Every region (the background and every object)
-  draws its own pair of colours ``(a, b)`` from one shared distribution
-  (uniform RGB in [30, 225], the two at least 100 apart), and every pixel is
-  ``a`` or ``b`` plus the same Gaussian noise. So the per-class colour
-  statistics are the same for all classes; one pixel's colour cannot decide it.
-* **A neighbourhood does.** How ``a`` and ``b`` are arranged is the class's
-  texture, visible in a 3x3 to 5x5 window: disc = horizontal stripes (period
-  4 px), square = vertical stripes, triangle = 2-px checkerboard, ring =
-  diagonal stripes (either diagonal, so flips keep the class), bar = a grid of
-  1-px lines every 3 px, dot = solid ``a`` with a 1-px rim of ``b`` (an edge
-  profile). The background is split into large smooth-edged blobs of its two
-  colours (a sum of low-frequency waves, thresholded): locally solid, with
-  blob edges that look like object edges, so a pixel at a colour edge is only
-  told by the texture around it.
-* **Shape and size** agree with the texture (discs, rotated squares and
-  rectangles, triangles, rings, thin bars, small dots), so both cues teach
-  the same labels.
-* **Imbalance and small objects.** Two to four large shapes (they may overlap;
-  later ones on top), up to two thin bars and up to four small dots per image
-  (dots drawn last): the background covers about 76 % of the pixels, each
-  large shape 4-6 %, bars 3 % and dots 2 %.
+* **Colour says nothing.** Every region (the background and every object) draws its own pair of colours ``(a, b)`` from
+  one shared distribution (uniform RGB in [30, 225], the two at least 100 apart), and every pixel is ``a`` or ``b`` plus
+  the same Gaussian noise. So the per-class colour statistics are the same for all classes; one pixel's colour cannot
+  decide it.
+* **A neighbourhood does.** How ``a`` and ``b`` are arranged is the class's texture, visible in a 3x3 to 5x5 window:
+  disc = horizontal stripes (period 4 px), square = vertical stripes, triangle = 2-px checkerboard, ring = diagonal
+  stripes (either diagonal, so flips keep the class), bar = a grid of 1-px lines every 3 px, dot = solid ``a`` with a
+  1-px rim of ``b`` (an edge profile). The background is split into large smooth-edged blobs of its two colours (a sum
+  of low-frequency waves, thresholded): locally solid, with blob edges that look like object edges, so a pixel at a
+  colour edge is only told by the texture around it.
+* **Shape and size** agree with the texture (discs, rotated squares and rectangles, triangles, rings, thin bars, small
+  dots), so both cues teach the same labels.
+* **Imbalance and small objects.** Two to four large shapes (they may overlap; later ones on top), up to two thin bars
+  and up to four small dots per image (dots drawn last): the background covers about 76 % of the pixels, each large
+  shape 4-6 %, bars 3 % and dots 2 %.
 
-Shapes scale with the image side, but thin parts keep a floor in pixels
-(bars at least 4 px wide, dots at least 3.5 px in radius) so they stay visible
-in small images (64-128 px is the intended range). Splits draw from disjoint
-random streams: the stream of an item is ``SeedSequence([seed, split_code, index])``.
+Shapes scale with the image side, but thin parts keep a floor in pixels (bars at least 4 px wide, dots at least 3.5 px
+in radius) so they stay visible in small images (64-128 px is the intended range). Splits draw from disjoint random
+streams: the stream of an item is ``SeedSequence([seed, split_code, index])``.
 """
 
 from __future__ import annotations
@@ -68,21 +61,10 @@ class SyntheticShapes(SegmentationDataset):
         noise: standard deviation of the per-pixel Gaussian noise (0..255 units).
     """
 
-    def __init__(
-        self,
-        split: str = "train",
-        *,
-        num_images: int | None = None,
-        size: int | Sequence[int] = 96,
-        size_range: Sequence[int] | None = None,
-        seed: int = 0,
-        num_classes: int | None = None,
-        classes: Sequence[str] | None = None,
-        noise: float = 10.0,
-        transform: Transform | None = None,
-        skip_bad: bool = False,
-        ignore_index: int = 255,
-    ) -> None:
+    def __init__(self, split: str = "train", *, num_images: int | None = None, size: int | Sequence[int] = 96,
+                 size_range: Sequence[int] | None = None, seed: int = 0, num_classes: int | None = None,
+                 classes: Sequence[str] | None = None, noise: float = 10.0, transform: Transform | None = None,
+                 skip_bad: bool = False, ignore_index: int = 255) -> None:
         chosen = _choose_classes(num_classes, classes)
         if num_images is None:
             num_images = _DEFAULT_COUNTS.get(split, 64)
@@ -98,14 +80,9 @@ class SyntheticShapes(SegmentationDataset):
             raise DatasetError(f"synthetic images must be at least 8x8, got size {size}")
         self.noise = float(noise)
         self._split_code = _SPLIT_CODES.get(self.split, zlib.crc32(self.split.encode()) + len(_SPLIT_CODES))
-        super().__init__(
-            classes=chosen,
-            ids=[f"{self.split}_{index:06d}" for index in range(int(num_images))],
-            palette=voc_palette(len(chosen)),
-            ignore_index=ignore_index,
-            transform=transform,
-            skip_bad=skip_bad,
-        )
+        super().__init__(classes=chosen, ids=[f"{self.split}_{index:06d}" for index in range(int(num_images))],
+                         palette=voc_palette(len(chosen)), ignore_index=ignore_index, transform=transform,
+                         skip_bad=skip_bad)
 
     def describe(self, index: int) -> str:
         return f"synthetic {self.split} item {index} (seed {self.seed})"
@@ -162,9 +139,8 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 # --- rendering -------------------------------------------------------------------------------
 
 
-def render_shapes(
-    rng: np.random.Generator, height: int, width: int, classes: Sequence[str], noise: float = 10.0
-) -> tuple[np.ndarray, np.ndarray]:
+def render_shapes(rng: np.random.Generator, height: int, width: int, classes: Sequence[str],
+                  noise: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its mask with ``rng``; ``classes[i]`` is the shape drawn with id ``i``."""
     ids = {name: index for index, name in enumerate(classes)}
     side = float(min(height, width))
@@ -319,10 +295,6 @@ def _rimmed(rng, x, y, region):
 
 _SHAPES = {"disc": _disc, "square": _square, "triangle": _triangle, "ring": _ring, "bar": _bar, "dot": _dot}
 _TEXTURES = {
-    "disc": _horizontal_stripes,
-    "square": _vertical_stripes,
-    "triangle": _checkerboard,
-    "ring": _diagonal_stripes,
-    "bar": _mesh,
-    "dot": _rimmed,
+    "disc": _horizontal_stripes, "square": _vertical_stripes, "triangle": _checkerboard, "ring": _diagonal_stripes,
+    "bar": _mesh, "dot": _rimmed,
 }

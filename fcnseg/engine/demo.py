@@ -1,9 +1,8 @@
 """The demo: a light FCN-8s trained from scratch on the synthetic set, on the CPU, in about two minutes.
 
-It is an ordinary run of :func:`fcnseg.engine.train` with the ``demo`` recipe
-(``fcnseg/recipes/demo.json``: model, data and optimisation),
-followed by an evaluation of the best checkpoint on the whole validation split
-and predictions for a few validation images. Everything lands in one folder::
+It is an ordinary run of :func:`fcnseg.engine.train` with the ``demo`` recipe (``fcnseg/recipes/demo.json``: model, data
+and optimisation), followed by an evaluation of the best checkpoint on the whole validation split and predictions for a
+few validation images. Everything lands in one folder::
 
     best.safetensors / last.safetensors   checkpoints (fcnseg predict/eval/export take them)
     metrics.json                          the four metrics and per-class IU of best.safetensors
@@ -11,10 +10,9 @@ and predictions for a few validation images. Everything lands in one folder::
     val_overlays.png                      predictions on validation images, drawn during training
     predictions/<id>.png, <id>_overlay.png  masks (palette PNG) and overlays of a few images
 
-The run is deterministic given its seed on a given CPU (fixed steps, seeded
-data order, a fixed number of CPU threads). It trains under bf16 autocast where
-the CPU computes bf16 natively (AVX512-BF16 or AMX: about 1.6x faster steps, and
-a better net in the same time, measured), in fp32 elsewhere.
+The run is deterministic given its seed on a given CPU (fixed steps, seeded data order, a fixed number of CPU threads).
+It trains under bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX: about 1.6x faster steps, and a
+better net in the same time, measured), in fp32 elsewhere.
 """
 
 from __future__ import annotations
@@ -53,8 +51,7 @@ class DemoResult:
 
 
 def demo_config(*, steps: int | None = None, seed: int = 0, threads: int = DEMO_THREADS, progress: bool = True,
-                train_images: int | None = None, val_images: int | None = None,
-                size: int | None = None) -> TrainConfig:
+                train_images: int | None = None, val_images: int | None = None, size: int | None = None) -> TrainConfig:
     """The ``demo`` recipe's run; ``steps``, ``train_images``, ``val_images`` and ``size`` shrink it (smoke tests)."""
     settings: list[tuple[str, Any]] = [("seed", seed), ("threads", threads), ("progress", progress), ("device", "cpu")]
     if steps is not None:

@@ -1,8 +1,7 @@
 """Process-group setup for runs started by ``torchrun``, and the few collectives training needs.
 
-``torchrun --nproc-per-node N fcnseg train ...`` sets ``RANK``, ``WORLD_SIZE``
-and ``LOCAL_RANK``; the same command without torchrun is a world of one. The
-backend follows the device: NCCL on CUDA, gloo on the CPU. Only rank 0 writes
+``torchrun --nproc-per-node N fcnseg train ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; the same command
+without torchrun is a world of one. The backend follows the device: NCCL on CUDA, gloo on the CPU. Only rank 0 writes
 files; every rank computes.
 """
 

@@ -4,10 +4,9 @@ They hold the loss and the learning rate at every logged step, each validation's
 and per-class IU, and a few validation images (image | ground truth | prediction) at each
 validation. Open them while the run goes with ``tensorboard --logdir RUN_DIR``.
 
-A resumed run writes to the same folder and its global step continues; the events a killed
-run wrote after its last saved state are dropped by TensorBoard itself (the writer opens with
-``purge_step`` at the resumed step), so no step appears twice. Needs the ``tensorboard``
-package: ``pip install 'fcnseg[tensorboard]'``.
+A resumed run writes to the same folder and its global step continues; the events a killed run wrote after its last
+saved state are dropped by TensorBoard itself (the writer opens with ``purge_step`` at the resumed step), so no step
+appears twice. Needs the ``tensorboard`` package: ``pip install 'fcnseg[tensorboard]'``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,18 @@
 """Per-pixel softmax cross-entropy with the two normalisations the recipes use.
 
-``"sum"`` is the paper's loss: summed over every (non-ignored) pixel of an image
-and averaged over the images of the batch — Caffe's ``normalize: false``, which
-divides by the batch size only; with batch 1 it is the plain sum over the image.
-``"mean"`` divides the sum by the number of valid pixels (weighted by the class
-weights when given), exactly ``F.cross_entropy(..., reduction="mean")``.
+``"sum"`` is the paper's loss: summed over every (non-ignored) pixel of an image and averaged over the images of the
+batch — Caffe's ``normalize: false``, which divides by the batch size only; with batch 1 it is the plain sum over the
+image. ``"mean"`` divides the sum by the number of valid pixels (weighted by the class weights when given), exactly
+``F.cross_entropy(..., reduction="mean")``.
 
-Training splits a batch over micro-batches (gradient accumulation) and over
-processes (DDP), so the normaliser is computed once for the whole global batch
-(:meth:`SegmentationLoss.normalizer`) and every piece divides its own sum by it:
-the gradients then equal those of the whole batch in one piece.
+Training splits a batch over micro-batches (gradient accumulation) and over processes (DDP), so the normaliser is
+computed once for the whole global batch (:meth:`SegmentationLoss.normalizer`) and every piece divides its own sum by
+it: the gradients then equal those of the whole batch in one piece.
 
-:func:`build_loss` names the losses: ``"ce"`` (this cross-entropy), ``"focal"``,
-``"ohem"`` and ``"lovasz"``; each class's docstring says how it splits over
-micro-batches. :func:`effective_number_weights` gives class-balanced weights
-(Cui et al., CVPR 2019) beside the median-frequency ones of
-:mod:`fcnseg.data.statistics`. :class:`HeadsLoss` (via :func:`loss_for_model`) sums one loss per
-head for a model with several score heads (the SIFT Flow nets).
+:func:`build_loss` names the losses: ``"ce"`` (this cross-entropy), ``"focal"``, ``"ohem"`` and ``"lovasz"``; each
+class's docstring says how it splits over micro-batches. :func:`effective_number_weights` gives class-balanced weights
+(Cui et al., CVPR 2019) beside the median-frequency ones of :mod:`fcnseg.data.statistics`. :class:`HeadsLoss` (via
+:func:`loss_for_model`) sums one loss per head for a model with several score heads (the SIFT Flow nets).
 """
 
 from __future__ import annotations
@@ -72,14 +68,8 @@ class SegmentationLoss:
         return self.summed(logits, target) / normalizer.clamp(min=torch.finfo(torch.float32).tiny)
 
 
-def segmentation_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    reduction: Reduction = "mean",
-    ignore_index: int = 255,
-    weight: torch.Tensor | None = None,
-) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, reduction: Reduction = "mean",
+                      ignore_index: int = 255, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Functional form of :class:`SegmentationLoss` for one batch."""
     return SegmentationLoss(reduction, ignore_index=ignore_index, weight=weight)(logits, target)
 
@@ -124,18 +114,16 @@ class FocalLoss(SegmentationLoss):
 class OHEMLoss(SegmentationLoss):
     """Cross-entropy over the hard pixels only (online hard example mining, as mmseg's OHEMPixelSampler).
 
-    A pixel is hard when the predicted probability of its true class is below ``thresh``;
-    when fewer than ``min_kept`` pixels per image of the batch are hard, the ``min_kept``
-    x images lowest-probability pixels are kept instead (all valid pixels when there are
-    fewer; with ``thresh=None`` always exactly those). Two small differences from mmseg: a
-    tie at the cut is broken arbitrarily, keeping exactly that many, and a batch with at
-    most ``min_kept`` x images valid pixels keeps them all (mmseg drops the easiest one).
-    The ranking is by probability, the same order as the unweighted loss.
+    A pixel is hard when the predicted probability of its true class is below ``thresh``; when fewer than ``min_kept``
+    pixels per image of the batch are hard, the ``min_kept`` x images lowest-probability pixels are kept instead (all
+    valid pixels when there are fewer; with ``thresh=None`` always exactly those). Two small differences from mmseg: a
+    tie at the cut is broken arbitrarily, keeping exactly that many, and a batch with at most ``min_kept`` x images
+    valid pixels keeps them all (mmseg drops the easiest one). The ranking is by probability, the same order as the
+    unweighted loss.
 
-    The normaliser is the cross-entropy's (images, or valid pixels for ``"mean"``, like
-    mmseg's mean over all pixels), so a better model gets a smaller loss. Selection is
-    per forward piece: thresholded pixels are the same however a batch is split, but the
-    ``min_kept`` floor is applied to each micro-batch (and each DDP rank) separately.
+    The normaliser is the cross-entropy's (images, or valid pixels for ``"mean"``, like mmseg's mean over all pixels),
+    so a better model gets a smaller loss. Selection is per forward piece: thresholded pixels are the same however a
+    batch is split, but the ``min_kept`` floor is applied to each micro-batch (and each DDP rank) separately.
     """
 
     def __init__(self, reduction: Reduction = "mean", *, ignore_index: int = 255, weight: torch.Tensor | None = None,
@@ -180,14 +168,12 @@ def _lovasz_softmax(probability: torch.Tensor, label: torch.Tensor, weight: torc
 class LovaszSoftmaxLoss(SegmentationLoss):
     """Lovasz-softmax (Berman et al., CVPR 2018), a convex surrogate of per-class IoU.
 
-    Classes are those present in the ground truth of each image (``per_image=True``) or
-    of the whole piece; class ``weight`` makes the mean over them a weighted mean. It is
-    not a sum over pixels: ``summed`` is the sum over images of the per-image loss, and
-    the normaliser is the number of images whatever ``reduction`` says, so per image the
-    loss splits exactly over micro-batches and ranks (the mean over the batch's images).
-    With ``per_image=False`` each forward piece is one set of pixels (``summed`` = its
-    loss x its images): over several micro-batches or ranks the result is the
-    image-weighted mean of the pieces' losses, the batch's loss only in one piece.
+    Classes are those present in the ground truth of each image (``per_image=True``) or of the whole piece; class
+    ``weight`` makes the mean over them a weighted mean. It is not a sum over pixels: ``summed`` is the sum over images
+    of the per-image loss, and the normaliser is the number of images whatever ``reduction`` says, so per image the loss
+    splits exactly over micro-batches and ranks (the mean over the batch's images). With ``per_image=False`` each
+    forward piece is one set of pixels (``summed`` = its loss x its images): over several micro-batches or ranks the
+    result is the image-weighted mean of the pieces' losses, the batch's loss only in one piece.
     """
 
     def __init__(self, reduction: Reduction = "mean", *, ignore_index: int = 255, weight: torch.Tensor | None = None,
@@ -231,18 +217,16 @@ def build_loss(name: str, *, reduction: Reduction = "mean", ignore_index: int = 
 class HeadsLoss(SegmentationLoss):
     """One loss per head of a model with several score heads, summed (the reference SIFT Flow nets' two losses).
 
-    The logits (N, C, H, W) are the heads' concatenated along the channels, in the order of
-    ``heads`` (``(name, classes)`` pairs, a model's ``heads``); the target (N, K, H, W) has one
-    row per head holding ids numbered in the concatenated class list (the ``siftflow`` dataset's
-    ``labels="both"`` masks). Head k's loss is ``loss`` (its kind and options; class weights and
-    per-class focal ``alpha`` cut to the head's classes) on its channels and its row, the ids
-    shifted to start at 0.
+    The logits (N, C, H, W) are the heads' concatenated along the channels, in the order of ``heads``
+    (``(name, classes)`` pairs, a model's ``heads``); the target (N, K, H, W) has one row per head holding ids numbered
+    in the concatenated class list (the ``siftflow`` dataset's ``labels="both"`` masks). Head k's loss is ``loss`` (its
+    kind and options; class weights and per-class focal ``alpha`` cut to the head's classes) on its channels and its
+    row, the ids shifted to start at 0.
 
-    The normaliser is the heads' mean normaliser: the batch's images for ``"sum"`` (then the loss
-    is exactly Caffe's two ``normalize: false`` losses added) and for Lovasz; for ``"mean"`` the
-    heads' mean count of valid pixels, which makes the loss the sum of the heads' mean losses when
-    they label the same pixels (nearly so otherwise). One scalar normaliser keeps the split over
-    micro-batches and processes exact (see the module docstring).
+    The normaliser is the heads' mean normaliser: the batch's images for ``"sum"`` (then the loss is exactly Caffe's two
+    ``normalize: false`` losses added) and for Lovasz; for ``"mean"`` the heads' mean count of valid pixels, which makes
+    the loss the sum of the heads' mean losses when they label the same pixels (nearly so otherwise). One scalar
+    normaliser keeps the split over micro-batches and processes exact (see the module docstring).
     """
 
     def __init__(self, loss: SegmentationLoss, heads: Sequence[tuple[str, int]]) -> None:

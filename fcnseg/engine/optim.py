@@ -1,12 +1,10 @@
 """Optimiser parameter groups and the learning-rate schedules of the recipes.
 
-The reference FCN solvers give biases twice the learning rate and no weight
-decay (``lr_mult: 2, decay_mult: 0`` in every prototxt), and never train the
-frozen bilinear deconvolutions. :func:`parameter_groups` builds exactly that.
-The paper's VGG16 nets have no normalisation layers; for the BatchNorm trunks
-(ResNet, MobileNetV3) ``norm_decay=False`` exempts the normalisation scales from
-weight decay too, as is usual practice for such nets (a named option: the
-default keeps the decay, the behaviour the published figures were measured with).
+The reference FCN solvers give biases twice the learning rate and no weight decay (``lr_mult: 2, decay_mult: 0`` in
+every prototxt), and never train the frozen bilinear deconvolutions. :func:`parameter_groups` builds exactly that. The
+paper's VGG16 nets have no normalisation layers; for the BatchNorm trunks (ResNet, MobileNetV3) ``norm_decay=False``
+exempts the normalisation scales from weight decay too, as is usual practice for such nets (a named option: the default
+keeps the decay, the behaviour the published figures were measured with).
 """
 
 from __future__ import annotations
@@ -22,22 +20,14 @@ NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
-def parameter_groups(
-    model: nn.Module,
-    *,
-    lr: float,
-    weight_decay: float,
-    bias_lr_mult: float = 2.0,
-    bias_decay: bool = False,
-    norm_decay: bool = True,
-) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float, bias_lr_mult: float = 2.0,
+                     bias_decay: bool = False, norm_decay: bool = True) -> list[dict[str, Any]]:
     """Optimiser groups: weights (``lr``, ``weight_decay``) and biases (``lr * bias_lr_mult``).
 
-    Biases get no weight decay unless ``bias_decay``. With ``norm_decay=False`` the
-    scales of normalisation layers (BatchNorm, GroupNorm, LayerNorm) form a third
-    group, ``"norms"``, at ``lr`` without weight decay (their shifts are biases).
-    Parameters with ``requires_grad=False`` (the frozen upsampling) are left out
-    entirely. Each group carries a ``"name"`` for logs.
+    Biases get no weight decay unless ``bias_decay``. With ``norm_decay=False`` the scales of normalisation layers
+    (BatchNorm, GroupNorm, LayerNorm) form a third group, ``"norms"``, at ``lr`` without weight decay (their shifts are
+    biases). Parameters with ``requires_grad=False`` (the frozen upsampling) are left out entirely. Each group carries a
+    ``"name"`` for logs.
     """
     norm_scales = set() if norm_decay else {
         id(module.weight) for module in model.modules()
@@ -60,17 +50,9 @@ def parameter_groups(
     return [group for group in groups if group["params"]]
 
 
-def build_optimizer(
-    model: nn.Module,
-    *,
-    name: str,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    bias_lr_mult: float = 2.0,
-    bias_decay: bool = False,
-    norm_decay: bool = True,
-) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, *, name: str, lr: float, momentum: float, weight_decay: float,
+                    bias_lr_mult: float = 2.0, bias_decay: bool = False,
+                    norm_decay: bool = True) -> torch.optim.Optimizer:
     """``"sgd"`` (with ``momentum``, the paper's solver) or ``"adamw"`` (``momentum`` is beta1)."""
     groups = parameter_groups(model, lr=lr, weight_decay=weight_decay, bias_lr_mult=bias_lr_mult,
                               bias_decay=bias_decay, norm_decay=norm_decay)

@@ -1,11 +1,10 @@
 """Recipes: how a model is optimised (:class:`Recipe`), and named presets shipped as package data.
 
-A preset (``fcnseg/recipes/<name>.json``, listed by ``fcnseg recipes``) is a partial
-training configuration: a ``description``, the :class:`Recipe` fields it sets under
-``"recipe"``, and any other :class:`~fcnseg.engine.config.TrainConfig` fields (the model,
-the data options...). A value ``{"by_model": {"fcn32s": ..., "default": ...}}`` depends on
-the model being trained (the paper's learning rates do). A JSON or YAML file of the same
-shape, with an optional ``"base"`` preset, is a preset too.
+A preset (``fcnseg/recipes/<name>.json``, listed by ``fcnseg recipes``) is a partial training configuration: a
+``description``, the :class:`Recipe` fields it sets under ``"recipe"``, and any other
+:class:`~fcnseg.engine.config.TrainConfig` fields (the model, the data options...). A value
+``{"by_model": {"fcn32s": ..., "default": ...}}`` depends on the model being trained (the paper's learning rates do). A
+JSON or YAML file of the same shape, with an optional ``"base"`` preset, is a preset too.
 """
 
 from __future__ import annotations

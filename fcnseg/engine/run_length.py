@@ -1,14 +1,12 @@
 """A run's length: a number of optimiser steps, or minutes of training on the clock.
 
-Everything that depends on which of the two a run has asks :class:`RunLength`: whether the
-run is finished, whether a validation is due, where the learning-rate schedule stands, how
-progress reads, and whether a resume has anything left to train. A run's place along its
-length is a :class:`Position`: the optimiser steps taken and the seconds spent training
-(validation excluded).
+Everything that depends on which of the two a run has asks :class:`RunLength`: whether the run is finished, whether a
+validation is due, where the learning-rate schedule stands, how progress reads, and whether a resume has anything left
+to train. A run's place along its length is a :class:`Position`: the optimiser steps taken and the seconds spent
+training (validation excluded).
 
-Validations fall at ``evals`` evenly spaced moments of the length, the last at its end,
-for step-counted and clock-timed runs alike; a step-counted run with ``val_every`` set
-validates every ``val_every`` steps instead (and at its end).
+Validations fall at ``evals`` evenly spaced moments of the length, the last at its end, for step-counted and clock-timed
+runs alike; a step-counted run with ``val_every`` set validates every ``val_every`` steps instead (and at its end).
 
 A clocked run stops at its budget: no step starts once the budget is spent (such a step
 would cross the budget by more than its own duration), so the run ends at the first step
@@ -72,10 +70,6 @@ class RunLength:
     def along(self, position: Position) -> float:
         """How far ``position`` is along the length, in its unit (steps, or seconds of training)."""
         return position.seconds if self.clocked else float(position.step)
-
-    def fraction_done(self, position: Position) -> float:
-        """The share of the length behind ``position``, in [0, 1]."""
-        return min(1.0, max(0.0, self.along(position) / self.total))
 
     def finished(self, position: Position) -> bool:
         """Whether the run at ``position`` is done: its steps taken, or its clock budget spent."""

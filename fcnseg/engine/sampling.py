@@ -4,17 +4,14 @@ Resuming a killed run, or splitting a batch over processes, must not change
 which images a step sees nor how they are augmented. So:
 
 * epoch ``e`` visits the dataset in the permutation drawn from ``(seed, e)``;
-* the run consumes *global micro-batches* of ``world_size * micro_batch`` images
-  back to back (an epoch holds ``len(dataset) // global`` of them; the rest are
-  dropped); rank ``r`` takes slice ``r`` of each;
-* every sample carries its own augmentation seed drawn from
-  ``(seed, epoch, position in the epoch)``, and :class:`SeededSamples` seeds
-  torch / numpy / random with it just for the transform of that item.
+* the run consumes *global micro-batches* of ``world_size * micro_batch`` images back to back (an epoch holds
+  ``len(dataset) // global`` of them; the rest are dropped); rank ``r`` takes slice ``r`` of each;
+* every sample carries its own augmentation seed drawn from ``(seed, epoch, position in the epoch)``, and
+  :class:`SeededSamples` seeds torch / numpy / random with it just for the transform of that item.
 
-A run restarted at micro-batch ``k`` therefore produces exactly the batches an
-uninterrupted run would have, on any number of DataLoader workers; and a
-one-process run with batch ``2b`` sees the same images, augmented the same way,
-as two processes with batch ``b`` each.
+A run restarted at micro-batch ``k`` therefore produces exactly the batches an uninterrupted run would have, on any
+number of DataLoader workers; and a one-process run with batch ``2b`` sees the same images, augmented the same way, as
+two processes with batch ``b`` each.
 """
 
 from __future__ import annotations
@@ -49,22 +46,12 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     Yields, for this rank, lists of ``(dataset index, augmentation seed)``.
     """
 
-    def __init__(
-        self,
-        dataset_length: int,
-        micro_batch: int,
-        *,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        start_batch: int = 0,
-    ) -> None:
+    def __init__(self, dataset_length: int, micro_batch: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 start_batch: int = 0) -> None:
         self.global_batch = micro_batch * world_size
         if dataset_length < self.global_batch:
-            raise ValueError(
-                f"the training set has {dataset_length} images, fewer than one global batch "
-                f"({micro_batch} per process x {world_size} processes)"
-            )
+            raise ValueError(f"the training set has {dataset_length} images, fewer than one global batch "
+                             f"({micro_batch} per process x {world_size} processes)")
         self.length = dataset_length
         self.micro_batch = micro_batch
         self.seed = seed

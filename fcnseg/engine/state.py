@@ -1,11 +1,10 @@
 """The training state beside the checkpoints: everything a killed run needs to go on exactly.
 
-``train_state.pt`` holds the model weights, the optimiser state, the step, the
-training seconds so far (for runs trained to the clock), the best mean IU so far and the RNG states of torch, numpy and Python
-(one set per process). The data order needs no state of its own: it is a pure
-function of (seed, step) (see :mod:`fcnseg.engine.sampling`). The file is
-written atomically and read with ``torch.load(weights_only=True)``: only tensors
-and plain containers, never pickled code.
+``train_state.pt`` holds the model weights, the optimiser state, the step, the training seconds so far (for runs trained
+to the clock), the best mean IU so far and the RNG states of torch, numpy and Python (one set per process). The data
+order needs no state of its own: it is a pure function of (seed, step) (see :mod:`fcnseg.engine.sampling`). The file is
+written atomically and read with ``torch.load(weights_only=True)``: only tensors and plain containers, never pickled
+code.
 """
 
 from __future__ import annotations

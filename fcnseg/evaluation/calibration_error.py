@@ -80,17 +80,9 @@ class ReliabilityBins(CountAccumulator):
         }
 
 
-def calibrate(
-    predictor: Predictor,
-    data: Dataset | Iterable,
-    num_classes: int,
-    ignore_index: int = 255,
-    *,
-    num_bins: int = DEFAULT_BINS,
-    num_workers: int = 0,
-    progress: bool = True,
-    accumulators: Sequence[Any] = (),
-) -> tuple[ConfusionMatrix, ReliabilityBins]:
+def calibrate(predictor: Predictor, data: Dataset | Iterable, num_classes: int, ignore_index: int = 255, *,
+              num_bins: int = DEFAULT_BINS, num_workers: int = 0, progress: bool = True,
+              accumulators: Sequence[Any] = ()) -> tuple[ConfusionMatrix, ReliabilityBins]:
     """One pass over ``data`` (as :func:`fcnseg.evaluation.loop.confusion_matrix` takes it): the confusion matrix of the
     arg-max masks and the reliability bins of their top-1 probabilities, both summed over distributed ranks."""
     matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)

@@ -1,11 +1,10 @@
 """Metrics that see small things: IU by object size, boundary IoU, Dice/F1, per-image mean IU.
 
-Every accumulator takes integer class maps at the evaluated resolution,
-``update(pred, target)`` with shapes (N, H, W) or (H, W); target pixels equal to
-``ignore_index`` are left out of every count. ``compute()`` returns a JSON-friendly
-dict with NaN where a value is undefined. ``merge(other)`` adds another accumulator's
-state and ``all_reduce()`` sums it over torch.distributed ranks: the state is count
-tensors that add (:class:`PerImageIU` keeps a list of per-image values instead).
+Every accumulator takes integer class maps at the evaluated resolution, ``update(pred, target)`` with shapes (N, H, W)
+or (H, W); target pixels equal to ``ignore_index`` are left out of every count. ``compute()`` returns a JSON-friendly
+dict with NaN where a value is undefined. ``merge(other)`` adds another accumulator's state and ``all_reduce()`` sums it
+over torch.distributed ranks: the state is count tensors that add (:class:`PerImageIU` keeps a list of per-image values
+instead).
 
 IU by object size (:class:`SizeIU`)
     A ground-truth *segment* is a connected component of the pixels of one class in
@@ -19,11 +18,10 @@ IU by object size (:class:`SizeIU`)
 
     - GT_cb = pixels of the class-c segments in bin b;
     - TP_cb = those of them predicted c;
-    - FP_cb = pixels predicted c whose label is another class (not ignore), each given
-      to the bin of the class-c segment nearest to it in its image (Euclidean distance
-      between pixel centres; on a tie, the segment of the pixel scipy's distance
-      transform returns) or, in an image whose ground truth has no class c, to the bin
-      of the area of the predicted class-c component (same connectivity) containing it.
+    - FP_cb = pixels predicted c whose label is another class (not ignore), each given to the bin of the class-c segment
+      nearest to it in its image (Euclidean distance between pixel centres; on a tie, the segment of the pixel scipy's
+      distance transform returns) or, in an image whose ground truth has no class c, to the bin of the area of the
+      predicted class-c component (same connectivity) containing it.
 
     ``acc`` = TP_cb / GT_cb (the fraction of segment pixels predicted correctly) and
     ``iu`` = TP_cb / (GT_cb + FP_cb), per class; per bin, ``pixel_acc`` =
@@ -32,15 +30,13 @@ IU by object size (:class:`SizeIU`)
     bins gives back the numerator and denominator of the class's dataset-level IU.
 
 Boundary IoU (:class:`BoundaryIoU`, Cheng et al., CVPR 2021)
-    The boundary region of a mask is its pixels within distance d of its contour:
-    chessboard distance (the authors' reference erodes with a 3x3 square d times) to a
-    pixel outside the mask, the outside of the image counting as outside (so a mask cut
-    by the image frame has a boundary there, as in the reference; an ignored pixel is
-    outside every ground-truth mask too), with d = max(1, round(ratio x image diagonal)),
-    ratio 0.02 by default and Python's round (half to even, as the reference: 12.5 -> 12).
-    Per class, the ground-truth and predicted regions of the class's masks are
-    intersected and united over non-ignored pixels; intersections and unions are summed
-    over the dataset and divided at the end.
+    The boundary region of a mask is its pixels within distance d of its contour: chessboard distance (the authors'
+    reference erodes with a 3x3 square d times) to a pixel outside the mask, the outside of the image counting as
+    outside (so a mask cut by the image frame has a boundary there, as in the reference; an ignored pixel is outside
+    every ground-truth mask too), with d = max(1, round(ratio x image diagonal)), ratio 0.02 by default and Python's
+    round (half to even, as the reference: 12.5 -> 12). Per class, the ground-truth and predicted regions of the class's
+    masks are intersected and united over non-ignored pixels; intersections and unions are summed over the dataset and
+    divided at the end.
 
 Dice / F1 (:func:`dice_scores`, :class:`DiceScore`)
     Dice_c = 2 n_cc / (t_c + p_c) from the dataset's confusion matrix (= per-class F1).
@@ -216,10 +212,9 @@ def _window(x: torch.Tensor, size: int, dim: int, op) -> torch.Tensor:
 def boundary_regions(labels: torch.Tensor, d: int) -> torch.Tensor:
     """Bool (N, H, W): pixels whose class's mask has a contour within chessboard distance ``d``.
 
-    A pixel of label c is in the boundary region of the class-c mask exactly when its
-    (2d+1)^2 window holds another label or reaches outside the image, i.e. when the
-    window's largest and smallest label differ once the outside is labelled -1: one
-    sliding maximum and one minimum give that for every class at once.
+    A pixel of label c is in the boundary region of the class-c mask exactly when its (2d+1)^2 window holds another
+    label or reaches outside the image, i.e. when the window's largest and smallest label differ once the outside is
+    labelled -1: one sliding maximum and one minimum give that for every class at once.
     """
     padded = F.pad(labels, (d, d, d, d), value=-1)
     size = 2 * d + 1

@@ -117,22 +117,13 @@ def _as_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return array.transpose(1, 2, 0) if array.ndim == 3 and array.shape[0] == 3 else array
 
 
-def overlay_grid(
-    images: Sequence[torch.Tensor],
-    masks_pred: Sequence[torch.Tensor],
-    masks_gt: Sequence[torch.Tensor] | None,
-    palette: Sequence[Colour],
-    png: str | os.PathLike[str],
-    *,
-    titles: Sequence[str] | None = None,
-    alpha: float = 0.5,
-    classes: Sequence[str] | None = None,
-) -> Path:
+def overlay_grid(images: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor],
+                 masks_gt: Sequence[torch.Tensor] | None, palette: Sequence[Colour], png: str | os.PathLike[str], *,
+                 titles: Sequence[str] | None = None, alpha: float = 0.5, classes: Sequence[str] | None = None) -> Path:
     """One row per image: the image, the ground truth over it (if given), the prediction over it.
 
-    Images are uint8 RGB (3, H, W); masks are class ids (H, W); ids without a palette
-    colour (the ignore value) leave the image visible. With ``classes``, a legend names
-    the colour of every class present in the masks.
+    Images are uint8 RGB (3, H, W); masks are class ids (H, W); ids without a palette colour (the ignore value) leave
+    the image visible. With ``classes``, a legend names the colour of every class present in the masks.
     """
     from ..predict.images import overlay_image
 
@@ -170,14 +161,8 @@ def overlay_grid(
     return _save(figure, png)
 
 
-def validation_overlays(
-    predictor: Any,
-    dataset: Any,
-    png: str | os.PathLike[str],
-    *,
-    count: int = 6,
-    palette: Sequence[Colour] | None = None,
-) -> Path:
+def validation_overlays(predictor: Any, dataset: Any, png: str | os.PathLike[str], *, count: int = 6,
+                        palette: Sequence[Colour] | None = None) -> Path:
     """Predict ``count`` images spread over ``dataset`` with a :class:`~fcnseg.inference.predictor.Predictor`
     and draw them with :func:`overlay_grid`."""
     count = max(1, min(count, len(dataset)))
@@ -194,13 +179,8 @@ def validation_overlays(
                         classes=getattr(dataset, "classes", None))
 
 
-def confusion_matrix_figure(
-    matrix: torch.Tensor | np.ndarray,
-    classes: Sequence[str],
-    png: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-) -> Path:
+def confusion_matrix_figure(matrix: torch.Tensor | np.ndarray, classes: Sequence[str], png: str | os.PathLike[str], *,
+                            title: str | None = None) -> Path:
     """Heat map of the confusion matrix ``n[gt, pred]``, each row normalised by its ground-truth count.
 
     The diagonal is each class's accuracy (recall); off-diagonal cells show where a
@@ -233,24 +213,14 @@ def confusion_matrix_figure(
     return _save(figure, png)
 
 
-def worst_images_figure(
-    images: Sequence[torch.Tensor],
-    targets: Sequence[torch.Tensor],
-    preds: Sequence[torch.Tensor],
-    scores: Sequence[float],
-    palette: Sequence[Colour],
-    path: str | os.PathLike[str],
-    k: int = 8,
-    *,
-    ids: Sequence[Any] | None = None,
-    classes: Sequence[str] | None = None,
-) -> Path:
+def worst_images_figure(images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], preds: Sequence[torch.Tensor],
+                        scores: Sequence[float], palette: Sequence[Colour], path: str | os.PathLike[str], k: int = 8, *,
+                        ids: Sequence[Any] | None = None, classes: Sequence[str] | None = None) -> Path:
     """The ``k`` images with the lowest ``scores`` (e.g. per-image mean IU), worst first, drawn
     by :func:`overlay_grid` (image, ground truth, prediction) with each one's id and score.
 
-    Images whose score is NaN (nothing to score) are left out. Only the chosen items of
-    ``images``, ``targets`` and ``preds`` are indexed, so lazy sequences work. With ``classes``,
-    a legend names the colour of every class present.
+    Images whose score is NaN (nothing to score) are left out. Only the chosen items of ``images``, ``targets`` and
+    ``preds`` are indexed, so lazy sequences work. With ``classes``, a legend names the colour of every class present.
     """
     values = np.asarray(scores, dtype=np.float64)
     if k < 1:

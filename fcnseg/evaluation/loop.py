@@ -1,16 +1,14 @@
 """Evaluate a model over a dataset: one dataset-level confusion matrix, the paper's four metrics.
 
-Images are evaluated at their native size, one at a time when a dataset is given
-(as the paper does): batching images of different sizes would pad them, and the
-padding changes the network's output near the padded borders. Pass a DataLoader
+Images are evaluated at their native size, one at a time when a dataset is given (as the paper does): batching images of
+different sizes would pad them, and the padding changes the network's output near the padded borders. Pass a DataLoader
 to batch on your own terms (e.g. equal-sized images).
 
 Under ``torch.distributed`` each rank takes every ``world_size``-th image of a dataset
 and the matrices are summed, so every image counts exactly once.
 
-A model with several score heads (``model.heads``, the SIFT Flow nets) is scored per head:
-:func:`evaluate` then reports the first head's metrics, as for any model, plus every head's
-under ``"heads"`` (:func:`head_confusion_matrices`).
+A model with several score heads (``model.heads``, the SIFT Flow nets) is scored per head: :func:`evaluate` then reports
+the first head's metrics, as for any model, plus every head's under ``"heads"`` (:func:`head_confusion_matrices`).
 """
 
 from __future__ import annotations
@@ -60,27 +58,18 @@ def as_predictor(model: torch.nn.Module | Predictor, device: str | torch.device 
     return model if isinstance(model, Predictor) else Predictor(model, device=device, **options)
 
 
-def confusion_matrix(
-    model: torch.nn.Module | Predictor,
-    data: Dataset | Iterable,
-    num_classes: int,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    *,
-    num_workers: int = 0,
-    progress: bool = True,
-    accumulators: Sequence[Any] = (),
-    **predictor_options: Any,
-) -> ConfusionMatrix:
+def confusion_matrix(model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
+                     device: str | torch.device | None = None, ignore_index: int = 255, *, num_workers: int = 0,
+                     progress: bool = True, accumulators: Sequence[Any] = (),
+                     **predictor_options: Any) -> ConfusionMatrix:
     """The confusion matrix of a model (or :class:`Predictor`) over ``data``, summed over all distributed ranks.
 
-    ``data`` is a dataset of ``(image uint8 (3,H,W), mask (H,W))`` items (evaluated one image
-    at a time, each rank a share) or an iterable of batches ``(images (N,3,H,W), masks (N,H,W))``
-    such as a DataLoader with :class:`fcnseg.data.PadCollate` (its sampler must not repeat
-    images across ranks). A bare model is run by ``Predictor(model, device=device,
-    **predictor_options)`` (e.g. ``tile=``, ``dtype=``, ``memory_budget_bytes=``).
-    ``accumulators`` (e.g. :mod:`fcnseg.evaluation.detail_metrics`' ones) get every batch's
-    ``update(pred, target)`` too, and are summed over ranks at the end.
+    ``data`` is a dataset of ``(image uint8 (3,H,W), mask (H,W))`` items (evaluated one image at a time, each rank a
+    share) or an iterable of batches ``(images (N,3,H,W), masks (N,H,W))`` such as a DataLoader with
+    :class:`fcnseg.data.PadCollate` (its sampler must not repeat images across ranks). A bare model is run by
+    ``Predictor(model, device=device, **predictor_options)`` (e.g. ``tile=``, ``dtype=``, ``memory_budget_bytes=``).
+    ``accumulators`` (e.g. :mod:`fcnseg.evaluation.detail_metrics`' ones) get every batch's ``update(pred, target)``
+    too, and are summed over ranks at the end.
     """
     if _heads(model):
         raise ValueError(f"the model has several heads {[name for name, _ in _heads(model)]}: one confusion matrix "
@@ -100,14 +89,9 @@ def confusion_matrix(
     return matrix
 
 
-def evaluate(
-    model: torch.nn.Module | Predictor,
-    data: Dataset | Iterable,
-    num_classes: int,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    **options: Any,
-) -> dict[str, float | list[float]]:
+def evaluate(model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
+             device: str | torch.device | None = None, ignore_index: int = 255,
+             **options: Any) -> dict[str, float | list[float]]:
     """``ConfusionMatrix.compute()`` of ``model`` over ``data``: pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc.
 
     Options as for :func:`confusion_matrix`. For a model with heads, see :func:`evaluate_heads`.
@@ -124,22 +108,14 @@ def _heads(model: torch.nn.Module | Predictor) -> tuple[tuple[str, int], ...] | 
     return (model.model if isinstance(model, Predictor) else bare_model(model)).heads
 
 
-def head_confusion_matrices(
-    model: torch.nn.Module | Predictor,
-    data: Dataset | Iterable,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    *,
-    num_workers: int = 0,
-    progress: bool = True,
-    **predictor_options: Any,
-) -> dict[str, ConfusionMatrix]:
+def head_confusion_matrices(model: torch.nn.Module | Predictor, data: Dataset | Iterable,
+                            device: str | torch.device | None = None, ignore_index: int = 255, *, num_workers: int = 0,
+                            progress: bool = True, **predictor_options: Any) -> dict[str, ConfusionMatrix]:
     """One confusion matrix per head (by name) of a model with ``heads``, summed over distributed ranks.
 
-    Masks have one row per head (K, H, W), ids numbered in the concatenated class list (the
-    ``siftflow`` dataset's ``labels="both"``). Each image's logits come from
-    :meth:`Predictor.logits` (whole image or tiles); a head's prediction is the arg-max over its
-    own channels, scored against its row with the ids shifted to start at 0.
+    Masks have one row per head (K, H, W), ids numbered in the concatenated class list (the ``siftflow`` dataset's
+    ``labels="both"``). Each image's logits come from :meth:`Predictor.logits` (whole image or tiles); a head's
+    prediction is the arg-max over its own channels, scored against its row with the ids shifted to start at 0.
     """
     predictor = as_predictor(model, device, **predictor_options)
     heads = _heads(predictor)
@@ -159,13 +135,8 @@ def head_confusion_matrices(
     return matrices
 
 
-def evaluate_heads(
-    model: torch.nn.Module | Predictor,
-    data: Dataset | Iterable,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    **options: Any,
-) -> dict[str, Any]:
+def evaluate_heads(model: torch.nn.Module | Predictor, data: Dataset | Iterable,
+                   device: str | torch.device | None = None, ignore_index: int = 255, **options: Any) -> dict[str, Any]:
     """The first head's metrics (what training tracks, e.g. SIFT Flow's semantic mean IU) and every
     head's ``ConfusionMatrix.compute()`` under ``"heads"``: ``{name: metrics}``."""
     results = {name: matrix.compute() for name, matrix in

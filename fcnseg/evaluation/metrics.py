@@ -45,9 +45,8 @@ class ConfusionMatrix:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> "ConfusionMatrix":
         """Add a batch: ``pred`` and ``target`` are integer class maps of the same shape; returns ``self``.
 
-        Target pixels equal to ``ignore_index`` are dropped (whatever was predicted there).
-        A target or prediction outside ``0..num_classes-1`` (other than the ignore value
-        in the target) is an error, not silently counted.
+        Target pixels equal to ``ignore_index`` are dropped (whatever was predicted there). A target or prediction
+        outside ``0..num_classes-1`` (other than the ignore value in the target) is an error, not silently counted.
         """
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
@@ -79,8 +78,7 @@ class ConfusionMatrix:
     def compute(self) -> dict[str, float | list[float]]:
         """``{"pixel_acc", "mean_acc", "mean_iu", "fw_iu": float in 0..1, "iu", "acc": per-class lists}``.
 
-        A class's ``acc`` is NaN when it has no ground-truth pixels. With no pixels counted
-        at all, every value is NaN.
+        A class's ``acc`` is NaN when it has no ground-truth pixels. With no pixels counted at all, every value is NaN.
         """
         hist = self.matrix.detach().to("cpu", torch.float64)
         correct = hist.diag()
@@ -96,12 +94,9 @@ class ConfusionMatrix:
             return {"pixel_acc": math.nan, "mean_acc": math.nan, "mean_iu": math.nan, "fw_iu": math.nan,
                     "iu": [math.nan] * self.num_classes, "acc": [math.nan] * self.num_classes}
         return {
-            "pixel_acc": float(correct.sum() / total),
-            "mean_acc": float((correct[in_gt] / gt_total[in_gt]).mean()),
-            "mean_iu": float(iu.nanmean()),
-            "fw_iu": float((gt_total[in_gt] / total * iu[in_gt]).sum()),
-            "iu": [float(v) for v in iu],
-            "acc": [float(v) for v in acc],
+            "pixel_acc": float(correct.sum() / total), "mean_acc": float((correct[in_gt] / gt_total[in_gt]).mean()),
+            "mean_iu": float(iu.nanmean()), "fw_iu": float((gt_total[in_gt] / total * iu[in_gt]).sum()),
+            "iu": [float(v) for v in iu], "acc": [float(v) for v in acc],
         }
 
     def report(self, classes: list[str]) -> dict[str, Any]:

@@ -7,25 +7,23 @@ and keeps the file only if it predicts what the fp32 model predicts.
 Quantizers, both writing a QDQ ONNX file (weights int8 per output channel, activations 8-bit;
 QuantizeLinear/DequantizeLinear pairs that ONNX Runtime and OpenVINO turn into int8 kernels):
 
-- ``nncf`` (default): NNCF's post-training quantization of the ONNX graph; methods (presets)
-  ``performance`` (symmetric activations, NNCF's default for CNNs) and ``mixed`` (asymmetric);
-  min-max ranges and fast bias correction (each layer's bias re-fitted so the int8 layer's
-  mean output matches fp32's on the calibration images).
-- ``onnxruntime``: ``onnxruntime.quantization.quantize_static``, QDQ, per-channel, uint8
-  activations; methods (calibration) ``minmax`` and ``percentile`` (99.999th, 2048 bins). Its
-  ``Entropy`` method is left out: through ``quantize_static`` it runs with 128 histogram bins and
-  128 quantized bins (defaults it does not let a caller change, onnxruntime 1.32), so the best
-  threshold is always the full range and the file equals MinMax's (every scale identical, measured).
+- ``nncf`` (default): NNCF's post-training quantization of the ONNX graph; methods (presets) ``performance`` (symmetric
+  activations, NNCF's default for CNNs) and ``mixed`` (asymmetric); min-max ranges and fast bias correction (each
+  layer's bias re-fitted so the int8 layer's mean output matches fp32's on the calibration images).
+- ``onnxruntime``: ``onnxruntime.quantization.quantize_static``, QDQ, per-channel, uint8 activations; methods
+  (calibration) ``minmax`` and ``percentile`` (99.999th, 2048 bins). Its ``Entropy`` method is left out: through
+  ``quantize_static`` it runs with 128 histogram bins and 128 quantized bins (defaults it does not let a caller change,
+  onnxruntime 1.32), so the best threshold is always the full range and the file equals MinMax's (every scale identical,
+  measured).
 
 Measured side by side in ``benchmarks/runtimes.py`` (README): NNCF's file agrees better with
 fp32 and runs fastest in OpenVINO.
 
-Accuracy control (``accuracy_control=True``, NNCF only): after the plain quantization NNCF ranks
-the int8 layers by how much agreement with fp32 each costs on the calibration images and puts them
-back in fp32 one at a time until the masks agree on ``min_agreement`` of the pixels (measured in
-ONNX Runtime, with a small margin for the other runtimes); the report counts the layers left in
-fp32. For models whose plain int8 file misses the bar: a from-scratch net with many near-ties
-between its two best classes.
+Accuracy control (``accuracy_control=True``, NNCF only): after the plain quantization NNCF ranks the int8 layers by how
+much agreement with fp32 each costs on the calibration images and puts them back in fp32 one at a time until the masks
+agree on ``min_agreement`` of the pixels (measured in ONNX Runtime, with a small margin for the other runtimes); the
+report counts the layers left in fp32. For models whose plain int8 file misses the bar: a from-scratch net with many
+near-ties between its two best classes.
 
 Verification: the written file runs through the one :class:`~fcnseg.inference.predictor.Predictor` in
 every installed runtime, and its masks are compared with the fp32 checkpoint's (torch) on every
@@ -58,8 +56,7 @@ from ..evaluation.metrics import ConfusionMatrix
 from ..preprocessing import preprocess
 from ..inference.runtimes import installed_runtimes
 
-METHODS: dict[str, tuple[str, ...]] = {"nncf": ("performance", "mixed"),
-                                       "onnxruntime": ("minmax", "percentile")}
+METHODS: dict[str, tuple[str, ...]] = {"nncf": ("performance", "mixed"), "onnxruntime": ("minmax", "percentile")}
 QUANTIZERS: tuple[str, ...] = tuple(METHODS)
 #: Pooled share of calibration pixels whose int8 class must equal the fp32 model's, in every runtime.
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -200,9 +197,8 @@ ACCURACY_CONTROL_MARGIN = 0.001
 class _NoCudaRuntimeNotice(logging.Filter):
     """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." and nothing else.
 
-    NNCF's backend check imports ``nncf.torch``, which imports ``torch.utils.cpp_extension``; on a
-    machine with a CUDA toolkit but no GPU that import logs this notice, which says nothing about an
-    ONNX quantization (it runs on the CPU).
+    NNCF's backend check imports ``nncf.torch``, which imports ``torch.utils.cpp_extension``; on a machine with a CUDA
+    toolkit but no GPU that import logs this notice, which says nothing about an ONNX quantization (it runs on the CPU).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -219,14 +215,10 @@ def _without_cuda_runtime_notice() -> Iterator[None]:
         logger.removeFilter(notice)
 
 
+@_without_cuda_runtime_notice()
 def _quantize_nncf(fp32: Path, blobs: list, method: str,
                    restore_agreement: tuple[list[torch.Tensor], float] | None = None) -> Any:
     """NNCF's quantization of ``fp32``; with ``restore_agreement`` ``(fp32 masks, min_agreement)``, its accuracy control."""
-    with _without_cuda_runtime_notice():
-        return _run_nncf(fp32, blobs, method, restore_agreement)
-
-
-def _run_nncf(fp32: Path, blobs: list, method: str, restore_agreement: tuple[list[torch.Tensor], float] | None) -> Any:
     try:
         import nncf
     except ImportError:
@@ -342,29 +334,19 @@ def _agreement(runtime: str, path: Path, calibration: CalibrationSet, reference:
     return Agreement(runtime, agreement.pooled, agreement.worst, mean_iu)
 
 
-def export_int8(
-    checkpoint: Checkpoint | str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    calibration: CalibrationSet,
-    *,
-    quantizer: str = "nncf",
-    method: str | None = None,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    accuracy_control: bool = False,
-    runtimes: Sequence[str] | None = None,
-    exporter: str = "dynamo",
-    opset: int | None = None,
-    check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
-    tolerance: ParityTolerance = ParityTolerance(),
-) -> Int8Report:
+def export_int8(checkpoint: Checkpoint | str | os.PathLike[str], out: str | os.PathLike[str],
+                calibration: CalibrationSet, *, quantizer: str = "nncf", method: str | None = None,
+                min_agreement: float = DEFAULT_MIN_AGREEMENT, accuracy_control: bool = False,
+                runtimes: Sequence[str] | None = None, exporter: str = "dynamo", opset: int | None = None,
+                check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
+                tolerance: ParityTolerance = ParityTolerance()) -> Int8Report:
     """Export ``checkpoint`` to ``out`` as an int8 QDQ ONNX file calibrated on ``calibration``, verified.
 
-    ``method`` None is the quantizer's first (see :data:`METHODS`). The fp32 export is checked
-    against PyTorch first (``exporter``, ``opset``, ``check_shapes``, ``tolerance`` as for
-    :func:`~fcnseg.export.onnx.export_onnx`). Raises :class:`QuantizationError` when quantizing fails
-    or when the int8 masks agree with fp32 on less than ``min_agreement`` of the calibration
-    pixels in any of ``runtimes`` (default: every installed one); then nothing is written at ``out``.
-    ``accuracy_control`` (NNCF only) puts layers back in fp32 until ``min_agreement`` is reached.
+    ``method`` None is the quantizer's first (see :data:`METHODS`). The fp32 export is checked against PyTorch first
+    (``exporter``, ``opset``, ``check_shapes``, ``tolerance`` as for :func:`~fcnseg.export.onnx.export_onnx`). Raises
+    :class:`QuantizationError` when quantizing fails or when the int8 masks agree with fp32 on less than
+    ``min_agreement`` of the calibration pixels in any of ``runtimes`` (default: every installed one); then nothing is
+    written at ``out``. ``accuracy_control`` (NNCF only) puts layers back in fp32 until ``min_agreement`` is reached.
     """
     started = time.perf_counter()
     method = check_int8_settings(quantizer, method, min_agreement, accuracy_control)

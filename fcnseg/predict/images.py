@@ -47,12 +47,11 @@ def max_pixels_for(budget_bytes: int) -> int:
 def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> torch.Tensor:
     """Read an image file as a uint8 RGB tensor (3, H, W); :class:`ImageError` names a bad file.
 
-    The datasets' reader (:func:`fcnseg.data.read_image_file`) does the decoding, so a
-    picture is read the same way for prediction as for evaluation: upright by its EXIF
-    orientation, grey and palette images expanded to RGB, truncated files refused, special
-    files (FIFOs, devices) refused without being opened. PIL's decompression-bomb limit is
-    replaced by ``max_pixels`` (see :func:`max_pixels_for`), checked from the header before
-    decoding: prediction of huge images in tiles is a use case, an unbounded decode is not.
+    The datasets' reader (:func:`fcnseg.data.read_image_file`) does the decoding, so a picture is read the same way for
+    prediction as for evaluation: upright by its EXIF orientation, grey and palette images expanded to RGB, truncated
+    files refused, special files (FIFOs, devices) refused without being opened. PIL's decompression-bomb limit is
+    replaced by ``max_pixels`` (see :func:`max_pixels_for`), checked from the header before decoding: prediction of huge
+    images in tiles is a use case, an unbounded decode is not.
     """
     previous_limit = Image.MAX_IMAGE_PIXELS
     try:
@@ -134,9 +133,8 @@ def mask_to_image(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[in
     return picture
 
 
-def save_mask_png(
-    mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike[str]
-) -> Path:
+def save_mask_png(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]],
+                  path: str | os.PathLike[str]) -> Path:
     """Write ``mask`` (H, W) as a palette PNG of class ids (atomically); returns the path."""
     picture = mask_to_image(mask, palette)
     with atomic_path(path) as tmp:
@@ -144,12 +142,8 @@ def save_mask_png(
     return Path(path)
 
 
-def overlay_image(
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    palette: Sequence[Sequence[int]],
-    alpha: float = 0.5,
-) -> Image.Image:
+def overlay_image(image: torch.Tensor, mask: torch.Tensor, palette: Sequence[Sequence[int]],
+                  alpha: float = 0.5) -> Image.Image:
     """The image with each pixel blended towards its class colour: ``(1 - alpha) * image + alpha * colour``.
 
     Pixels whose id has no palette colour (e.g. the ignore value 255) keep the image.

@@ -1,16 +1,15 @@
 """The record of finished predictions that lets ``fcnseg predict`` resume where a killed run stopped.
 
-Each process appends one JSON line per finished input to ``<out>/.fcnseg-predict/manifest-rank<r>.jsonl``
-after the input's output files are written (each atomically) and flushes it: the input's absolute path,
-its size and modification time, a fingerprint of the settings that shape the outputs, and every output
-file's path in the output folder, size and SHA-256. A later run skips an input when one of its lines
-still holds: same settings, the input unchanged, every output present with the recorded size and hash.
-"Unchanged" is checked as :data:`RESUME_CHECKS` say: by size and modification time (the default: nothing is
-read), or by the SHA-256 of the content (``hash``: each input is read once more, and one rewritten with the
-same size and time, e.g. by a copy tool that keeps times, is predicted again; the line then holds the hash).
-A kill loses at most the lines of inputs whose outputs were being written (they are predicted again) and
-may tear the last line (ignored; the next line starts on a fresh one). Every process reads all ranks'
-files, so a run resumed with another number of processes still finds what was done.
+Each process appends one JSON line per finished input to ``<out>/.fcnseg-predict/manifest-rank<r>.jsonl`` after the
+input's output files are written (each atomically) and flushes it: the input's absolute path, its size and modification
+time, a fingerprint of the settings that shape the outputs, and every output file's path in the output folder, size and
+SHA-256. A later run skips an input when one of its lines still holds: same settings, the input unchanged, every output
+present with the recorded size and hash. "Unchanged" is checked as :data:`RESUME_CHECKS` say: by size and modification
+time (the default: nothing is read), or by the SHA-256 of the content (``hash``: each input is read once more, and one
+rewritten with the same size and time, e.g. by a copy tool that keeps times, is predicted again; the line then holds the
+hash). A kill loses at most the lines of inputs whose outputs were being written (they are predicted again) and may tear
+the last line (ignored; the next line starts on a fresh one). Every process reads all ranks' files, so a run resumed
+with another number of processes still finds what was done.
 """
 
 from __future__ import annotations

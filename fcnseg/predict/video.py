@@ -1,11 +1,10 @@
 """Videos as inputs of ``fcnseg predict`` (decoded and encoded through PyAV: the ``video`` extra).
 
-Frames are decoded in order and predicted ``batch_size`` at a time through :meth:`Predictor.masks`
-(tiled or augmented frames one by one, as images are); each frame's mask is written as a palette PNG
-``<stem>/<frame>.png`` (frame numbers from 0, six digits), and with an overlay alpha the blended frames
-become ``<stem>_overlay.mp4`` (H.264, the source's frame rate; odd sizes padded by one pixel, since
-4:2:0 video needs even sizes). For the resume manifest a video is one input: a run killed in the middle
-of a video predicts it again from its first frame.
+Frames are decoded in order and predicted ``batch_size`` at a time through :meth:`Predictor.masks` (tiled or augmented
+frames one by one, as images are); each frame's mask is written as a palette PNG ``<stem>/<frame>.png`` (frame numbers
+from 0, six digits), and with an overlay alpha the blended frames become ``<stem>_overlay.mp4`` (H.264, the source's
+frame rate; odd sizes padded by one pixel, since 4:2:0 video needs even sizes). For the resume manifest a video is one
+input: a run killed in the middle of a video predicts it again from its first frame.
 """
 
 from __future__ import annotations

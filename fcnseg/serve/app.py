@@ -2,22 +2,19 @@
 
 Endpoints:
 
-- ``GET /health``: ``{"status": "ok", "ready", "model", "classes", "num_classes", "palette",
-  "auth_required", "uploads", "limits"}``; ``ready`` is true once the model has
-  segmented a warm-up image and while an upload slot is free. Needs no API key.
-- ``POST /segment`` (multipart field ``file``): the palette PNG of class ids
-  (``image/png``, the same mask ``fcnseg predict`` writes); with ``?format=json``:
-  class names, per-class pixel counts, the classes present, and the mask and an
-  overlay as base64 PNGs; ``&confidence=true`` adds ``confidence``: ``mean_top1`` (the
-  mean top-1 probability) and ``top1_png`` (base64 16-bit PNG, see :mod:`fcnseg.inference.confidence`).
+- ``GET /health``:
+  ``{"status": "ok", "ready", "model", "classes", "num_classes", "palette", "auth_required", "uploads", "limits"}``;
+  ``ready`` is true once the model has segmented a warm-up image and while an upload slot is free. Needs no API key.
+- ``POST /segment`` (multipart field ``file``): the palette PNG of class ids (``image/png``, the same mask
+  ``fcnseg predict`` writes); with ``?format=json``: class names, per-class pixel counts, the classes present, and the
+  mask and an overlay as base64 PNGs; ``&confidence=true`` adds ``confidence``: ``mean_top1`` (the mean top-1
+  probability) and ``top1_png`` (base64 16-bit PNG, see :mod:`fcnseg.inference.confidence`).
 - ``GET /``: a page to upload a photo and see the overlay with a legend.
 
-Errors are JSON ``{"detail": message}``: 401 without the API key (when one is
-set), 408 for a body that does not arrive within the body timeout, 413 for an
-upload or image over the limits, 415 for a file that is not an image, 422 for
-a truncated or corrupt one, 503 (with ``Retry-After``) when every upload slot
-stayed busy for the queue timeout. The guards are in :mod:`fcnseg.serve.guards`;
-the head timeout is the server's (:mod:`fcnseg.serve.server`).
+Errors are JSON ``{"detail": message}``: 401 without the API key (when one is set), 408 for a body that does not arrive
+within the body timeout, 413 for an upload or image over the limits, 415 for a file that is not an image, 422 for a
+truncated or corrupt one, 503 (with ``Retry-After``) when every upload slot stayed busy for the queue timeout. The
+guards are in :mod:`fcnseg.serve.guards`; the head timeout is the server's (:mod:`fcnseg.serve.server`).
 """
 
 from __future__ import annotations
@@ -86,26 +83,16 @@ def _page() -> str:
     return resources.files("fcnseg.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(
-    checkpoint: Checkpoint | str | os.PathLike[str],
-    *,
-    limits: ServeLimits | None = None,
-    device: str | torch.device = "cpu",
-    fast_paths: bool = True,
-    api_key: str | None = None,
-    cors_origins: Sequence[str] = (),
-    runtime: str | None = None,
-    dtype: str = "float32",
-    **predictor_options: Any,
-) -> FastAPI:
+def create_app(checkpoint: Checkpoint | str | os.PathLike[str], *, limits: ServeLimits | None = None,
+               device: str | torch.device = "cpu", fast_paths: bool = True, api_key: str | None = None,
+               cors_origins: Sequence[str] = (), runtime: str | None = None, dtype: str = "float32",
+               **predictor_options: Any) -> FastAPI:
     """A FastAPI app that segments uploaded images with ``checkpoint`` (a path or a loaded one).
 
-    ``app.state.segmenter`` is the :class:`~fcnseg.serve.segmenter.Segmenter`,
-    ``app.state.limits`` the :class:`ServeLimits`, ``app.state.uploads`` the
-    :class:`~fcnseg.serve.guards.UploadQueue`. ``fast_paths=False`` runs the
-    plain forward instead of the model's exact fast paths. With ``api_key``, every
-    path but ``/health`` and the page needs it. ``cors_origins`` are the web
-    origins whose pages may call the service (``"*"``: any). Run it with uvicorn
+    ``app.state.segmenter`` is the :class:`~fcnseg.serve.segmenter.Segmenter`, ``app.state.limits`` the
+    :class:`ServeLimits`, ``app.state.uploads`` the :class:`~fcnseg.serve.guards.UploadQueue`. ``fast_paths=False`` runs
+    the plain forward instead of the model's exact fast paths. With ``api_key``, every path but ``/health`` and the page
+    needs it. ``cors_origins`` are the web origins whose pages may call the service (``"*"``: any). Run it with uvicorn
     and :func:`fcnseg.serve.server.uvicorn_options` (``fcnseg serve`` does).
     """
     if api_key is not None and not api_key.strip():
@@ -113,16 +100,12 @@ def create_app(
     limits = limits or ServeLimits()
     if not isinstance(checkpoint, Checkpoint):  # a file, a registry name, or an ONNX export run in a runtime
         checkpoint, dtype = load_model_file(checkpoint, runtime, dtype=dtype, device=device)
-    segmenter = Segmenter(
-        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths, dtype=dtype,
-        **predictor_options,
-    )  # predictor_options: e.g. tta_scales, tta_flip
+    segmenter = Segmenter(checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes,
+                          fast_paths=fast_paths, dtype=dtype, **predictor_options)  # e.g. tta_scales, tta_flip
     segmenter.segment(torch.zeros((3, 32, 32), dtype=torch.uint8))  # warm-up: the model runs on this device
 
-    app = FastAPI(
-        title="fcnseg",
-        description=f"Semantic segmentation with {segmenter.model_name} ({len(segmenter.classes)} classes)",
-    )
+    app = FastAPI(title="fcnseg",
+                  description=f"Semantic segmentation with {segmenter.model_name} ({len(segmenter.classes)} classes)")
     # What the endpoints below read, per request, from ``request.app.state``.
     app.state.segmenter = segmenter
     app.state.limits = limits
@@ -143,19 +126,14 @@ def _add_guards(app: FastAPI, api_key: str | None, cors_origins: Sequence[str]) 
     limits = app.state.limits
     app.add_middleware(BodyDeadline, timeout=limits.body_timeout_s)
     app.add_middleware(UploadSlots, queue=app.state.uploads)
-    app.add_middleware(
-        UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + _MULTIPART_SLACK, message=limits.upload_message()
-    )
+    app.add_middleware(UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + _MULTIPART_SLACK,
+                       message=limits.upload_message())
     if api_key is not None:
         app.add_middleware(ApiKeyCheck, key=api_key, open_paths=frozenset({"/", "/health"}))
     if cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key"],
-            expose_headers=["X-Segment-Seconds", "Retry-After"],
-        )
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key"],
+                           expose_headers=["X-Segment-Seconds", "Retry-After"])
 
 
 def _add_endpoints(app: FastAPI) -> None:
@@ -174,21 +152,16 @@ def health(request: Request) -> dict[str, Any]:
     state = request.app.state
     segmenter, uploads = state.segmenter, state.uploads
     return {
-        "status": "ok",
-        "ready": uploads.in_progress < uploads.slots,
-        "model": segmenter.model_name,
-        "classes": segmenter.classes,
-        "num_classes": len(segmenter.classes),
-        "palette": [list(colour) for colour in segmenter.palette],
-        "auth_required": state.auth_required,
+        "status": "ok", "ready": uploads.in_progress < uploads.slots, "model": segmenter.model_name,
+        "classes": segmenter.classes, "num_classes": len(segmenter.classes),
+        "palette": [list(colour) for colour in segmenter.palette], "auth_required": state.auth_required,
         "uploads": {"in_progress": uploads.in_progress, "waiting": uploads.waiting, "slots": uploads.slots},
         "limits": asdict(state.limits),
     }
 
 
 async def segment(
-    request: Request,
-    file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
+    request: Request, file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
     output_format: Literal["png", "json"] = Query("png", alias="format", description="png: the mask; json: counts, mask and overlay"),
     alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours (json)"),
     confidence: bool = Query(False, description="json: add the mean top-1 probability and its map as a 16-bit PNG"),
@@ -233,14 +206,9 @@ def _json_body(segmenter: Segmenter, image: torch.Tensor, mask: torch.Tensor, ma
     counts = segmenter.class_counts(mask)
     overlay_png = png_bytes(overlay_image(image, mask, segmenter.palette, alpha=alpha))
     return {
-        "model": segmenter.model_name,
-        "file": name,
-        "width": int(image.shape[-1]),
-        "height": int(image.shape[-2]),
-        "classes": segmenter.classes,
-        "pixel_counts": {count.name: count.pixels for count in counts},
+        "model": segmenter.model_name, "file": name, "width": int(image.shape[-1]), "height": int(image.shape[-2]),
+        "classes": segmenter.classes, "pixel_counts": {count.name: count.pixels for count in counts},
         "present": [c.to_dict() for c in sorted(counts, key=lambda c: -c.pixels) if c.pixels > 0],
         "mask_png": base64.b64encode(mask_png).decode("ascii"),
-        "overlay_png": base64.b64encode(overlay_png).decode("ascii"),
-        "segment_seconds": seconds,
+        "overlay_png": base64.b64encode(overlay_png).decode("ascii"), "segment_seconds": seconds,
     }

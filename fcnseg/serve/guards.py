@@ -1,8 +1,7 @@
 """ASGI middleware that keeps one client from holding the service: size, slots, deadline, key.
 
-Each class wraps the app below it and answers with JSON ``{"detail": message}``
-before the endpoint runs (or, for a body that breaks a limit while it is read,
-raises the ``HTTPException`` that FastAPI turns into that answer).
+Each class wraps the app below it and answers with JSON ``{"detail": message}`` before the endpoint runs (or, for a body
+that breaks a limit while it is read, raises the ``HTTPException`` that FastAPI turns into that answer).
 """
 
 from __future__ import annotations
@@ -25,9 +24,8 @@ def _header(scope: dict, name: bytes) -> bytes:
 class UploadSizeLimit:
     """A request body over the limit gets 413 before it is read in full.
 
-    A declared ``Content-Length`` over the limit is refused at once; a body sent
-    without one (chunked) is counted as it arrives and refused once it passes
-    the limit.
+    A declared ``Content-Length`` over the limit is refused at once; a body sent without one (chunked) is counted as it
+    arrives and refused once it passes the limit.
     """
 
     def __init__(self, app: Any, max_body_bytes: int, message: str) -> None:
@@ -83,9 +81,8 @@ class UploadQueue:
 class UploadSlots:
     """At most ``queue.slots`` requests with a body are read and processed at once.
 
-    The others wait in line *before* their body is read (each costs the server
-    only its connection meanwhile); one that waits longer than the queue timeout
-    gets 503 with ``Retry-After``.
+    The others wait in line *before* their body is read (each costs the server only its connection meanwhile); one that
+    waits longer than the queue timeout gets 503 with ``Retry-After``.
     """
 
     def __init__(self, app: Any, queue: UploadQueue, retry_after: int = 5) -> None:
@@ -96,10 +93,8 @@ class UploadSlots:
             await self.app(scope, receive, send)
             return
         if not await self.queue.enter():
-            message = (
-                f"the server is busy: {self.queue.slots} uploads are being processed and this one waited "
-                f"{self.queue.queue_timeout:g} s for a turn; retry in {self.retry_after} s"
-            )
+            message = (f"the server is busy: {self.queue.slots} uploads are being processed and this one waited "
+                       f"{self.queue.queue_timeout:g} s for a turn; retry in {self.retry_after} s")
             response = JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": str(self.retry_after)})
             await response(scope, receive, send)
             return
@@ -112,10 +107,9 @@ class UploadSlots:
 class BodyDeadline:
     """The whole request body must arrive within ``timeout`` seconds of the first read, or 408.
 
-    The deadline covers the whole body (not each read), so a client that
-    trickles a byte now and then is cut off as surely as one that stops. The
-    408 carries ``Connection: close``: the server drops the connection rather
-    than read what the client may still send.
+    The deadline covers the whole body (not each read), so a client that trickles a byte now and then is cut off as
+    surely as one that stops. The 408 carries ``Connection: close``: the server drops the connection rather than read
+    what the client may still send.
     """
 
     def __init__(self, app: Any, timeout: float) -> None:

@@ -1,10 +1,9 @@
 """How the service runs under uvicorn: a deadline for request heads, and an allocator that gives memory back.
 
-uvicorn times out idle keep-alive connections but not a request head that
-never ends: a client that opens a connection, or sends half a request line, and
-then waits would hold its connection forever. :func:`uvicorn_options` gives
-uvicorn an HTTP protocol (its own h11 one) with a deadline for each head.
-(Bodies have their deadline in :class:`fcnseg.serve.guards.BodyDeadline`.)
+uvicorn times out idle keep-alive connections but not a request head that never ends: a client that opens a connection,
+or sends half a request line, and then waits would hold its connection forever. :func:`uvicorn_options` gives uvicorn an
+HTTP protocol (its own h11 one) with a deadline for each head. (Bodies have their deadline in
+:class:`fcnseg.serve.guards.BodyDeadline`.)
 """
 
 from __future__ import annotations
@@ -16,18 +15,15 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-_HEAD_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"connection: close\r\ncontent-length: 35\r\n\r\nthe request head arrived too slowly"
-)
+_HEAD_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                          b"connection: close\r\ncontent-length: 35\r\n\r\nthe request head arrived too slowly")
 
 
 class _HeadDeadlineProtocol(H11Protocol):
     """uvicorn's h11 protocol, with ``head_timeout`` seconds for each request head.
 
-    The clock starts when the connection opens, and again at the first byte after
-    each response; it stops when the head is complete. A connection that sent
-    nothing is closed; one that sent part of a head gets 408, then is closed.
+    The clock starts when the connection opens, and again at the first byte after each response; it stops when the head
+    is complete. A connection that sent nothing is closed; one that sent part of a head gets 408, then is closed.
     """
 
     head_timeout: float = 10.0
@@ -84,13 +80,11 @@ _M_MMAP_THRESHOLD = -3
 def set_mmap_threshold(threshold_bytes: int) -> bool:
     """Have glibc map every allocation of ``threshold_bytes`` or more on its own (True when it was set).
 
-    By default glibc raises its mmap threshold each time a large mapped block is
-    freed (up to 32 MiB), so decoded images and activations of the sizes seen so
-    far are then carved from the heap arenas (one per thread) and stay there when
-    freed: under images of many sizes the resident memory creeps up. A fixed
-    threshold keeps every big buffer mapped, and returned to the system when
-    freed (``benchmarks/serve_memory.py`` measures it). Does nothing off glibc or
-    when ``MALLOC_MMAP_THRESHOLD_`` is set (the environment's choice wins).
+    By default glibc raises its mmap threshold each time a large mapped block is freed (up to 32 MiB), so decoded images
+    and activations of the sizes seen so far are then carved from the heap arenas (one per thread) and stay there when
+    freed: under images of many sizes the resident memory creeps up. A fixed threshold keeps every big buffer mapped,
+    and returned to the system when freed (``benchmarks/serve_memory.py`` measures it). Does nothing off glibc or when
+    ``MALLOC_MMAP_THRESHOLD_`` is set (the environment's choice wins).
     """
     if threshold_bytes <= 0 or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False

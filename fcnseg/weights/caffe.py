@@ -1,12 +1,10 @@
 """``load_caffe_weights``: the paper's Caffe weights into an fcnseg model, no Caffe needed.
 
-Layers are matched by their reference name (conv1_1 ... fc7, score_fr,
-score_pool4/3, upscore*, scale_pool4/3); Caffe's blob layouts equal
-PyTorch's (convolution out,in,kh,kw; deconvolution in,out,kh,kw). Two
-conversions are needed and made explicitly: InnerProduct fc6/fc7 (the VGG16
-ILSVRC file) become 7x7 / 1x1 convolutions, and legacy 4-D blob shapes with
-leading ones ((1, 1, 1, N) biases) drop those ones. Any other difference is a
-shape mismatch, reported with the layer and both shapes.
+Layers are matched by their reference name (conv1_1 ... fc7, score_fr, score_pool4/3, upscore*, scale_pool4/3); Caffe's
+blob layouts equal PyTorch's (convolution out,in,kh,kw; deconvolution in,out,kh,kw). Two conversions are needed and made
+explicitly: InnerProduct fc6/fc7 (the VGG16 ILSVRC file) become 7x7 / 1x1 convolutions, and legacy 4-D blob shapes with
+leading ones ((1, 1, 1, N) biases) drop those ones. Any other difference is a shape mismatch, reported with the layer
+and both shapes.
 """
 
 from __future__ import annotations
@@ -29,13 +27,10 @@ logger = logging.getLogger(__name__)
 SCALE_LAYERS = {"scale_pool4": "score_pool4", "scale_pool3": "score_pool3"}
 #: Every reference layer name of the FCN family (the layer names of the reference Caffe prototxts:
 #: VGG16's conv1_1 ... conv5_3 and AlexNet's conv1 ... conv5).
-REFERENCE_NAMES = frozenset(
-    [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
-    + [f"conv{s}" for s in range(1, 6)]
-    + ["fc6", "fc7", "score_fr", "score_pool4", "score_pool3"]
-    + ["upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8"]
-    + list(SCALE_LAYERS)
-)
+REFERENCE_NAMES = frozenset([f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
+                            + [f"conv{s}" for s in range(1, 6)]
+                            + ["fc6", "fc7", "score_fr", "score_pool4", "score_pool3"]
+                            + ["upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8"] + list(SCALE_LAYERS))
 
 
 def _without_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -53,10 +48,8 @@ def _fit_blob(layer: CaffeLayer, index: int, kind: str, target: tuple[int, ...],
         # fc6/fc7 as InnerProduct: (out, in*kh*kw), rows flattened as (channel, row, column).
         fits = _without_leading_ones(stored) == (target[0], math.prod(target[1:]))
     if not fits:
-        raise WeightsError(
-            f"{source}: layer {layer.name!r} ({layer.type}) {kind} has shape {stored} in the file "
-            f"but the model expects {target}"
-        )
+        raise WeightsError(f"{source}: layer {layer.name!r} ({layer.type}) {kind} has shape {stored} in the file "
+                           f"but the model expects {target}")
     return torch.from_numpy(layer.blob(index, source).reshape(target))
 
 
@@ -64,10 +57,8 @@ def _check_scale(model: ReferenceNet, layer: CaffeLayer, source: str) -> float:
     """The value of an at-once scale layer, checked against what the model can hold."""
     scales = model.fixed_scales()
     if layer.name not in scales:
-        raise WeightsError(
-            f"{source}: the file has {layer.name!r}, the fixed skip scale of FCN-8s at-once; "
-            "its skip scores only fit that model: create 'fcn8s_atonce'"
-        )
+        raise WeightsError(f"{source}: the file has {layer.name!r}, the fixed skip scale of FCN-8s at-once; "
+                           "its skip scores only fit that model: create 'fcn8s_atonce'")
     if len(layer) != 1:
         raise WeightsError(f"{source}: layer {layer.name!r} has {len(layer)} blobs; a fixed scale has exactly 1")
     channels = model.reference_layers()[SCALE_LAYERS[layer.name]].in_channels
@@ -85,32 +76,27 @@ def _check_scale(model: ReferenceNet, layer: CaffeLayer, source: str) -> float:
     value = float(values.flat[0])
     expected = float(scales[layer.name])
     if value != expected:
-        logger.warning(
-            "%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value, expected
-        )
+        logger.warning("%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value,
+                       expected)
     return value
 
 
 def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, complete: bool = False) -> list[str]:
     """Load a ``.caffemodel`` into ``model``; returns the names of the layers loaded, in file order.
 
-    Works for the VGG16 ILSVRC file (V1 ``layers``, InnerProduct fc6/fc7) and
-    the published FCN files (fcn32s/16s/8s heavy, fcn8s at-once, fcn-alexnet-pascal into
-    ``fcn_alexnet``, whose grouped blobs are (out, in/2, k, k) as in PyTorch). Layers the
-    model lacks (e.g. fc8) are skipped and logged; at-once ``scale_pool4/3``
-    blobs are checked and loaded into the model's fixed scales. Sets
-    ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the mean), or to the
-    model's ``caffe_preprocessing`` where its published weights were trained with another mean
-    (the SIFT Flow and NYUDv2 nets subtract their datasets' means).
+    Works for the VGG16 ILSVRC file (V1 ``layers``, InnerProduct fc6/fc7) and the published FCN files (fcn32s/16s/8s
+    heavy, fcn8s at-once, fcn-alexnet-pascal into ``fcn_alexnet``, whose grouped blobs are (out, in/2, k, k) as in
+    PyTorch). Layers the model lacks (e.g. fc8) are skipped and logged; at-once ``scale_pool4/3`` blobs are checked and
+    loaded into the model's fixed scales. Sets ``model.preprocessing`` to :data:`fcnseg.CAFFE` (BGR, 0..255, minus the
+    mean), or to the model's ``caffe_preprocessing`` where its published weights were trained with another mean (the
+    SIFT Flow and NYUDv2 nets subtract their datasets' means).
 
-    ``complete=True`` (converting a trained FCN) also refuses a file that is not
-    exactly this model's: one with reference layers the model lacks (an FCN-8s
-    file into an FCN-32s), or without a layer the model has (scores, at-once
+    ``complete=True`` (converting a trained FCN) also refuses a file that is not exactly this model's: one with
+    reference layers the model lacks (an FCN-8s file into an FCN-32s), or without a layer the model has (scores, at-once
     scales; the bilinear ``upscore*`` may be absent).
 
-    Raises :class:`~fcnseg.weights.WeightsError` (nothing loaded) for a file
-    that is not a caffemodel, or a blob whose shape does not fit, naming the
-    layer and both shapes.
+    Raises :class:`~fcnseg.weights.WeightsError` (nothing loaded) for a file that is not a caffemodel, or a blob whose
+    shape does not fit, naming the layer and both shapes.
     """
     source = str(path)
     if not isinstance(model, ReferenceNet):

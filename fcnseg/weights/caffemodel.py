@@ -1,21 +1,17 @@
 """Reading ``.caffemodel`` files without Caffe.
 
-A caffemodel is a serialised ``caffe.NetParameter`` protocol buffer. We do not
-ship or compile ``caffe.proto``: the few messages needed to reach the weights
-are declared here, in code, with the field numbers of Caffe's
-``src/caffe/proto/caffe.proto``, and the ``protobuf`` package parses the file
-against them. Fields we do not declare (layer settings, solver state) are
-skipped by the parser. The parser accepts repeated numbers both packed and
-unpacked, as protobuf requires, so every float encoding Caffe ever wrote reads.
+A caffemodel is a serialised ``caffe.NetParameter`` protocol buffer. We do not ship or compile ``caffe.proto``: the few
+messages needed to reach the weights are declared here, in code, with the field numbers of Caffe's
+``src/caffe/proto/caffe.proto``, and the ``protobuf`` package parses the file against them. Fields we do not declare
+(layer settings, solver state) are skipped by the parser. The parser accepts repeated numbers both packed and unpacked,
+as protobuf requires, so every float encoding Caffe ever wrote reads.
 
-Covered: the current ``layer`` field (``LayerParameter``, field 100), the old
-``layers`` field (``V1LayerParameter``, field 2, as in the 2014 VGG16 file) and
-the V0 layer nested inside it; blob shapes as ``BlobShape`` dims or as the
+Covered: the current ``layer`` field (``LayerParameter``, field 100), the old ``layers`` field (``V1LayerParameter``,
+field 2, as in the 2014 VGG16 file) and the V0 layer nested inside it; blob shapes as ``BlobShape`` dims or as the
 legacy num/channels/height/width; ``data`` (float) and ``double_data``.
 
-Memory: the file is memory-mapped and parsed once; each blob is copied out
-as a numpy array only when asked for, so a 500 MB file costs its parsed
-message plus one layer at a time.
+Memory: the file is memory-mapped and parsed once; each blob is copied out as a numpy array only when asked for, so a
+500 MB file costs its parsed message plus one layer at a time.
 """
 
 from __future__ import annotations
@@ -42,28 +38,23 @@ _MESSAGES: tuple[tuple[str, list[tuple[str, int, int, bool, str | None]]], ...] 
     (
         "BlobProto",
         [
-            ("num", 1, _F.TYPE_INT64, False, None),
-            ("channels", 2, _F.TYPE_INT64, False, None),
-            ("height", 3, _F.TYPE_INT64, False, None),
-            ("width", 4, _F.TYPE_INT64, False, None),
-            ("data", 5, _F.TYPE_FLOAT, True, None),
-            ("shape", 7, _F.TYPE_MESSAGE, False, "BlobShape"),
+            ("num", 1, _F.TYPE_INT64, False, None), ("channels", 2, _F.TYPE_INT64, False, None),
+            ("height", 3, _F.TYPE_INT64, False, None), ("width", 4, _F.TYPE_INT64, False, None),
+            ("data", 5, _F.TYPE_FLOAT, True, None), ("shape", 7, _F.TYPE_MESSAGE, False, "BlobShape"),
             ("double_data", 8, _F.TYPE_DOUBLE, True, None),
         ],
     ),
     (
         "LayerParameter",
         [
-            ("name", 1, _F.TYPE_BYTES, False, None),
-            ("type", 2, _F.TYPE_BYTES, False, None),
+            ("name", 1, _F.TYPE_BYTES, False, None), ("type", 2, _F.TYPE_BYTES, False, None),
             ("blobs", 7, _F.TYPE_MESSAGE, True, "BlobProto"),
         ],
     ),
     (
         "V0LayerParameter",
         [
-            ("name", 1, _F.TYPE_BYTES, False, None),
-            ("type", 2, _F.TYPE_BYTES, False, None),
+            ("name", 1, _F.TYPE_BYTES, False, None), ("type", 2, _F.TYPE_BYTES, False, None),
             ("blobs", 50, _F.TYPE_MESSAGE, True, "BlobProto"),
         ],
     ),
@@ -79,8 +70,7 @@ _MESSAGES: tuple[tuple[str, list[tuple[str, int, int, bool, str | None]]], ...] 
     (
         "NetParameter",
         [
-            ("name", 1, _F.TYPE_BYTES, False, None),
-            ("layers", 2, _F.TYPE_MESSAGE, True, "V1LayerParameter"),
+            ("name", 1, _F.TYPE_BYTES, False, None), ("layers", 2, _F.TYPE_MESSAGE, True, "V1LayerParameter"),
             ("layer", 100, _F.TYPE_MESSAGE, True, "LayerParameter"),
         ],
     ),
@@ -180,9 +170,7 @@ def read_caffemodel(path: str | os.PathLike[str]) -> list[CaffeLayer]:
             layers.append(CaffeLayer(_decode(layer.name), kind, layer.blobs))
     with_blobs = [layer for layer in layers if len(layer)]
     if not with_blobs:
-        raise WeightsError(
-            f"{path}: not a caffemodel with weights: {len(layers)} layers and no parameter blobs"
-        )
+        raise WeightsError(f"{path}: not a caffemodel with weights: {len(layers)} layers and no parameter blobs")
     names = [layer.name for layer in with_blobs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

@@ -35,9 +35,8 @@ def reference_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def assign_reference_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> list[str]:
     """Copy ``weights`` (keyed as :func:`reference_tensors`) into ``model``; returns the layers loaded.
 
-    Every key must exist in the model and every shape must match exactly;
-    otherwise nothing is written and :class:`WeightsError` names the layer,
-    both shapes and ``source``.
+    Every key must exist in the model and every shape must match exactly; otherwise nothing is written and
+    :class:`WeightsError` names the layer, both shapes and ``source``.
     """
     targets = reference_tensors(model)
     unknown = sorted(set(weights) - set(targets))
@@ -46,10 +45,8 @@ def assign_reference_weights(model: nn.Module, weights: Mapping[str, torch.Tenso
     for key, value in weights.items():
         check_finite(key, value, source, WeightsError)
         if tuple(value.shape) != tuple(targets[key].shape):
-            raise WeightsError(
-                f"{source}: layer {key.rsplit('.', 1)[0]!r}: {key} has shape {tuple(value.shape)} "
-                f"but the model expects {tuple(targets[key].shape)}"
-            )
+            raise WeightsError(f"{source}: layer {key.rsplit('.', 1)[0]!r}: {key} has shape {tuple(value.shape)} "
+                               f"but the model expects {tuple(targets[key].shape)}")
     with torch.no_grad():
         for key, value in weights.items():
             targets[key].copy_(value)

@@ -49,10 +49,9 @@ def _caffe_input(name: str) -> Preprocessing | None:
     return inputs[name]
 
 
-def convert_caffemodel(
-    path: str | os.PathLike[str], model_name: str, out: str | os.PathLike[str], *, width: float = 1.0,
-    extra: dict | None = None, classes: str = "voc", caffe_input: str = "",
-) -> Path:
+def convert_caffemodel(path: str | os.PathLike[str], model_name: str, out: str | os.PathLike[str], *,
+                       width: float = 1.0, extra: dict | None = None, classes: str = "voc",
+                       caffe_input: str = "") -> Path:
     """Write a published FCN ``.caffemodel`` as an fcnseg checkpoint with the names and palette of ``classes``.
 
     ``classes`` is a class set of :data:`CLASS_SETS` (PASCAL VOC's 21 by default; "siftflow": 33 semantic

@@ -1,11 +1,10 @@
 """Fetching known weights into the local cache: resumable, checksum-verified, atomic.
 
-The cache is ``$FCNSEG_HOME`` if set, else ``$XDG_CACHE_HOME/fcnseg`` (``~/.cache/fcnseg``):
-``downloads/<file>`` holds the published files, ``checkpoints/<name>.safetensors`` their
-conversions. A download grows ``downloads/<file>.part`` and resumes it with an HTTP Range
-request (after a dropped connection, or in a later run); only a file that has its published
-size and checksum is renamed into place. ``$FCNSEG_WEIGHTS_MIRROR`` is a base URL tried
-first (``<mirror>/<file>``), for links that died or machines that only reach a local server.
+The cache is ``$FCNSEG_HOME`` if set, else ``$XDG_CACHE_HOME/fcnseg`` (``~/.cache/fcnseg``): ``downloads/<file>`` holds
+the published files, ``checkpoints/<name>.safetensors`` their conversions. A download grows ``downloads/<file>.part``
+and resumes it with an HTTP Range request (after a dropped connection, or in a later run); only a file that has its
+published size and checksum is renamed into place. ``$FCNSEG_WEIGHTS_MIRROR`` is a base URL tried first
+(``<mirror>/<file>``), for links that died or machines that only reach a local server.
 """
 
 from __future__ import annotations

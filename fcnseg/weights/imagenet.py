@@ -1,11 +1,10 @@
 """ImageNet initialisation of every backbone that has torchvision weights (``--init imagenet``).
 
-The torchvision trunks (ResNet-18/34/50/101, MobileNetV3-Large) are torchvision's own modules,
-so their ImageNet state dict loads under torchvision's names; the classifier (``fc`` /
-``classifier``) is dropped, every trunk tensor must be present and of the right shape. VGG16
-goes through :func:`~fcnseg.weights.load_vgg16_torchvision` (fc6/fc7 reshaped). FCN-AlexNet has
-no torchvision weights: torchvision's AlexNet is another net (64-192 channels, no groups, no LRN);
-its ImageNet weights are the Caffe ``bvlc_alexnet.caffemodel`` (``--init caffe:PATH``).
+The torchvision trunks (ResNet-18/34/50/101, MobileNetV3-Large) are torchvision's own modules, so their ImageNet state
+dict loads under torchvision's names; the classifier (``fc`` / ``classifier``) is dropped, every trunk tensor must be
+present and of the right shape. VGG16 goes through :func:`~fcnseg.weights.load_vgg16_torchvision` (fc6/fc7 reshaped).
+FCN-AlexNet has no torchvision weights: torchvision's AlexNet is another net (64-192 channels, no groups, no LRN); its
+ImageNet weights are the Caffe ``bvlc_alexnet.caffemodel`` (``--init caffe:PATH``).
 
 Weights are taken by name through torchvision's weights API (``DEFAULT``, ``IMAGENET1K_V1``,
 ``ResNet50_Weights.IMAGENET1K_V2``...; downloaded once into the torch hub cache), or from a local

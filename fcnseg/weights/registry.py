@@ -2,14 +2,13 @@
 
 Facts and their sources (no checksum is made up: ``checksum=None`` means none is published):
 
-- FCN caffemodel URLs: the ``<net>/caffemodel-url`` files of shelhamer/fcn.berkeleyvision.org
-  (commit 1305c73, 2018-04-04); seg11valid mean IU: that repository's README. The project
-  publishes no checksums or sizes.
+- FCN caffemodel URLs: the ``<net>/caffemodel-url`` files of shelhamer/fcn.berkeleyvision.org (commit 1305c73,
+  2018-04-04); seg11valid mean IU: that repository's README. The project publishes no checksums or sizes.
 - fcn8s-heavy-pascal sha1: OpenCV's model list, opencv/opencv_extra testdata/dnn/download_models.py.
-- VGG_ILSVRC_16_layers URL: ``caffemodel_url`` of the VGG team's gist ksimonyan/211839e770f7b538e2d8;
-  md5 and size: as quoted by ry/tensorflow-vgg16's README (md5) and the project's weights issue (553,432,081 bytes).
-- torchvision VGG16: ``torchvision.models.VGG16_Weights.IMAGENET1K_V1.url``; torch.hub's
-  ``check_hash`` convention puts the first hex digits of the file's sha256 in its name.
+- VGG_ILSVRC_16_layers URL: ``caffemodel_url`` of the VGG team's gist ksimonyan/211839e770f7b538e2d8; md5 and size: as
+  quoted by ry/tensorflow-vgg16's README (md5) and the project's weights issue (553,432,081 bytes).
+- torchvision VGG16: ``torchvision.models.VGG16_Weights.IMAGENET1K_V1.url``; torch.hub's ``check_hash`` convention puts
+  the first hex digits of the file's sha256 in its name.
 - FCN-8s paper Table 2 (Long, Shelhamer, Darrell, CVPR 2015: the earlier, non-"heavy" FCN-8s).
 
 ``approx_mb`` of the FCN files is an estimate, not a published size: float32 parameters x 4 bytes

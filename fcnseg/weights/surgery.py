@@ -1,12 +1,10 @@
 """FCN -> FCN weight surgery: staged training (32s -> 16s -> 8s) and fine-tuning to new classes.
 
-The core functions are pure: they take state dicts and return a new one,
-checking every shape and naming the tensor when one does not fit. The
-``transfer_fcn`` / ``with_num_classes`` wrappers apply them to models.
+The core functions are pure: they take state dicts and return a new one, checking every shape and naming the tensor when
+one does not fit. The ``transfer_fcn`` / ``with_num_classes`` wrappers apply them to models.
 
-Layer roles follow the reference names: ``score_*`` layers are the class
-scores (initialised at zero, as in the paper), ``upscore*`` layers are the
-bilinear deconvolutions, ``scale_pool*`` the fixed skip scales of FCN-8s at-once.
+Layer roles follow the reference names: ``score_*`` layers are the class scores (initialised at zero, as in the paper),
+``upscore*`` layers are the bilinear deconvolutions, ``scale_pool*`` the fixed skip scales of FCN-8s at-once.
 """
 
 from __future__ import annotations
@@ -53,18 +51,15 @@ def _skip_scale(state: StateDict, score_layer: str) -> float:
     return float(state[key]) if key in state else 1.0
 
 
-def transfer_fcn_state(
-    source: StateDict, target: StateDict, source_name: str = "source FCN"
-) -> dict[str, torch.Tensor]:
+def transfer_fcn_state(source: StateDict, target: StateDict,
+                       source_name: str = "source FCN") -> dict[str, torch.Tensor]:
     """Weights of ``source`` laid onto an FCN of another stride (e.g. FCN-32s -> FCN-16s -> FCN-8s).
 
-    Returns a new state dict shaped like ``target``: every tensor both models
-    have is copied (shapes checked); skip score layers that only ``target``
-    has start at zero and its new upsampling layers are bilinear, so the finer
-    net starts out computing exactly what the coarser one did. Tensors only
-    ``source`` has (e.g. the x32 ``upscore`` of FCN-32s) are dropped.
-    Between FCN-8s and FCN-8s at-once the fixed skip scales are folded into
-    the skip score weights, which keeps the output unchanged.
+    Returns a new state dict shaped like ``target``: every tensor both models have is copied (shapes checked); skip
+    score layers that only ``target`` has start at zero and its new upsampling layers are bilinear, so the finer net
+    starts out computing exactly what the coarser one did. Tensors only ``source`` has (e.g. the x32 ``upscore`` of
+    FCN-32s) are dropped. Between FCN-8s and FCN-8s at-once the fixed skip scales are folded into the skip score
+    weights, which keeps the output unchanged.
     """
     out: dict[str, torch.Tensor] = {}
     for key, expected in target.items():
@@ -90,14 +85,12 @@ def transfer_fcn_state(
     return out
 
 
-def change_num_classes_state(
-    state: StateDict, num_classes: int, keep: Mapping[int, int] | None = None
-) -> dict[str, torch.Tensor]:
+def change_num_classes_state(state: StateDict, num_classes: int,
+                             keep: Mapping[int, int] | None = None) -> dict[str, torch.Tensor]:
     """An FCN state dict for ``num_classes`` classes (fine-tuning to a new task).
 
-    The score layers restart at zero and the upsampling layers at the bilinear
-    kernel, except for the classes in ``keep`` (``{new_index: old_index}``),
-    whose score rows (and upsampling entries) are copied from ``state``.
+    The score layers restart at zero and the upsampling layers at the bilinear kernel, except for the classes in
+    ``keep`` (``{new_index: old_index}``), whose score rows (and upsampling entries) are copied from ``state``.
     Everything else (the trunk) is copied unchanged.
     """
     if "score_fr.weight" not in state:
@@ -106,9 +99,7 @@ def change_num_classes_state(
     keep = dict(keep or {})
     for new, old in keep.items():
         if not (0 <= new < num_classes and 0 <= old < old_classes):
-            raise WeightsError(
-                f"keep maps class {new} <- {old}, outside 0..{num_classes - 1} <- 0..{old_classes - 1}"
-            )
+            raise WeightsError(f"keep maps class {new} <- {old}, outside 0..{num_classes - 1} <- 0..{old_classes - 1}")
     new_index = torch.tensor(list(keep.keys()), dtype=torch.long)
     old_index = torch.tensor(list(keep.values()), dtype=torch.long)
     out: dict[str, torch.Tensor] = {}
@@ -136,8 +127,7 @@ def class_index_map(old_classes: Sequence[str], new_classes: Sequence[str]) -> d
 def transfer_fcn(source: SegmentationModel | StateDict, target: nn.Module) -> list[str]:
     """Load ``source`` (an FCN or its state dict) into the FCN ``target`` of another stride.
 
-    See :func:`transfer_fcn_state`. Returns the reference layers copied; a
-    source model's preprocessing is carried over.
+    See :func:`transfer_fcn_state`. Returns the reference layers copied; a source model's preprocessing is carried over.
     """
     source_state = source.state_dict() if isinstance(source, nn.Module) else source
     name = source.config["name"] if isinstance(source, nn.Module) else "source FCN"

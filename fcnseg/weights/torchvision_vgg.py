@@ -1,10 +1,9 @@
 """torchvision's ImageNet VGG16 (``IMAGENET1K_V1``) as the FCN trunk.
 
-torchvision stores VGG16 as ``features.N`` (13 convolutions among ReLUs and
-pools) and ``classifier.0/3/6`` (fc6, fc7, fc8 as linear layers on the
-flattened 512x7x7 pool5). FCN turns fc6 into a 7x7 convolution and fc7 into a
-1x1 one: the linear weights are reshaped, never re-learned; fc8 (the 1000
-ImageNet classes) is dropped, the score layers start at zero.
+torchvision stores VGG16 as ``features.N`` (13 convolutions among ReLUs and pools) and ``classifier.0/3/6`` (fc6, fc7,
+fc8 as linear layers on the flattened 512x7x7 pool5). FCN turns fc6 into a 7x7 convolution and fc7 into a 1x1 one: the
+linear weights are reshaped, never re-learned; fc8 (the 1000 ImageNet classes) is dropped, the score layers start at
+zero.
 
 These weights take RGB input in 0..1 normalised by the ImageNet mean and std,
 so loading them sets ``model.preprocessing = TORCHVISION``.
@@ -25,39 +24,31 @@ from ..preprocessing import TORCHVISION
 from .checks import WeightsError, assign_reference_weights, load_without_code
 
 #: Reference names of the 13 VGG16 convolutions, in order.
-VGG16_CONV_NAMES = tuple(
-    f"conv{stage}_{index}" for stage, count in enumerate((2, 2, 3, 3, 3), start=1) for index in range(1, count + 1)
-)
+VGG16_CONV_NAMES = tuple(f"conv{stage}_{index}" for stage,
+                         count in enumerate((2, 2, 3, 3, 3), start=1) for index in range(1, count + 1))
 #: torchvision classifier index -> (reference name, kernel side of the equivalent convolution).
 CLASSIFIER_LAYERS = {0: ("fc6", 7), 3: ("fc7", 1)}
 
 Source = Union[None, str, os.PathLike, Mapping[str, torch.Tensor], Any]
 
 
-def vgg16_from_torchvision(
-    state: Mapping[str, torch.Tensor], source: str = "torchvision VGG16"
-) -> dict[str, torch.Tensor]:
+def vgg16_from_torchvision(state: Mapping[str, torch.Tensor],
+                           source: str = "torchvision VGG16") -> dict[str, torch.Tensor]:
     """Rename a torchvision VGG16 state dict to reference names, fc6/fc7 reshaped into convolutions.
 
-    Pure: returns new tensors keyed ``"conv1_1.weight"`` ... ``"fc7.bias"``
-    (the layout of :func:`fcnseg.weights.checks.reference_tensors`) and leaves
-    ``state`` untouched. fc8 (``classifier.6``) is not used.
+    Pure: returns new tensors keyed ``"conv1_1.weight"`` ... ``"fc7.bias"`` (the layout of
+    :func:`fcnseg.weights.checks.reference_tensors`) and leaves ``state`` untouched. fc8 (``classifier.6``) is not used.
 
     Raises :class:`WeightsError` for anything that is not a plain VGG16 state
     dict, and for NaN classifier weights (``IMAGENET1K_FEATURES`` has no usable fc6/fc7).
     """
     if any(key.endswith("running_mean") for key in state):
         raise WeightsError(f"{source}: a batch-norm VGG (vgg16_bn); the FCN trunk is plain VGG16")
-    conv_indices = sorted(
-        int(match.group(1))
-        for key, value in state.items()
-        if (match := re.fullmatch(r"features\.(\d+)\.weight", key)) and value.dim() == 4
-    )
+    conv_indices = sorted(int(match.group(1)) for key, value in state.items()
+                          if (match := re.fullmatch(r"features\.(\d+)\.weight", key)) and value.dim() == 4)
     if len(conv_indices) != len(VGG16_CONV_NAMES):
-        raise WeightsError(
-            f"{source}: not a torchvision VGG16 state dict: {len(conv_indices)} convolutions under "
-            f"'features.N.weight', VGG16 has {len(VGG16_CONV_NAMES)}"
-        )
+        raise WeightsError(f"{source}: not a torchvision VGG16 state dict: {len(conv_indices)} convolutions under "
+                           f"'features.N.weight', VGG16 has {len(VGG16_CONV_NAMES)}")
     out: dict[str, torch.Tensor] = {}
     for name, index in zip(VGG16_CONV_NAMES, conv_indices):
         out[f"{name}.weight"] = state[f"features.{index}.weight"].detach().clone()
@@ -66,16 +57,12 @@ def vgg16_from_torchvision(
         weight = _require(state, f"classifier.{index}.weight", source)
         bias = _require(state, f"classifier.{index}.bias", source)
         if torch.isnan(weight).any() or torch.isnan(bias).any():
-            raise WeightsError(
-                f"{source}: classifier.{index} ({name}) holds NaN: these are feature-only weights "
-                "(torchvision IMAGENET1K_FEATURES), which cannot supply fc6/fc7; use IMAGENET1K_V1"
-            )
+            raise WeightsError(f"{source}: classifier.{index} ({name}) holds NaN: these are feature-only weights "
+                               "(torchvision IMAGENET1K_FEATURES), which cannot supply fc6/fc7; use IMAGENET1K_V1")
         outputs, inputs = weight.shape
         if inputs % (kernel * kernel):
-            raise WeightsError(
-                f"{source}: classifier.{index}.weight ({name}) has {inputs} inputs, "
-                f"not a multiple of {kernel}x{kernel}"
-            )
+            raise WeightsError(f"{source}: classifier.{index}.weight ({name}) has {inputs} inputs, "
+                               f"not a multiple of {kernel}x{kernel}")
         # torchvision flattens pool5 as (channel, row, column): exactly a conv weight's layout.
         out[f"{name}.weight"] = weight.detach().reshape(outputs, inputs // (kernel * kernel), kernel, kernel).clone()
         out[f"{name}.bias"] = bias.detach().clone()
@@ -154,10 +141,8 @@ def download_vgg16_state(weights: Any = None, progress: bool = True) -> dict[str
 
 def _refuse_feature_weights(weights: Any) -> None:
     if getattr(weights, "name", "") == "IMAGENET1K_FEATURES":
-        raise WeightsError(
-            "VGG16_Weights.IMAGENET1K_FEATURES has NaN classifier weights and cannot supply fc6/fc7; "
-            "use VGG16_Weights.IMAGENET1K_V1"
-        )
+        raise WeightsError("VGG16_Weights.IMAGENET1K_FEATURES has NaN classifier weights and cannot supply fc6/fc7; "
+                           "use VGG16_Weights.IMAGENET1K_V1")
 
 
 def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress: bool = True) -> list[str]:
@@ -166,14 +151,12 @@ def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress:
     Args:
         model: an FCN from :func:`fcnseg.create_model` (width 1.0 for the real weights).
         source: a state dict, a local file (``.safetensors`` or ``.pth``), a
-            ``torchvision.models.VGG16_Weights`` member, or ``None`` for
-            ``IMAGENET1K_V1`` through torchvision's weights API (download once,
-            then the torch hub cache).
+            ``torchvision.models.VGG16_Weights`` member, or ``None`` for ``IMAGENET1K_V1`` through torchvision's weights
+            API (download once, then the torch hub cache).
         progress: show the download progress bar.
 
-    conv1_1 ... fc7 are overwritten (fc6/fc7 reshaped into convolutions); the
-    score layers and the upsampling keep their initialisation. Sets
-    ``model.preprocessing`` to :data:`fcnseg.TORCHVISION`.
+    conv1_1 ... fc7 are overwritten (fc6/fc7 reshaped into convolutions); the score layers and the upsampling keep their
+    initialisation. Sets ``model.preprocessing`` to :data:`fcnseg.TORCHVISION`.
     """
     width = model.config.get("width", 1.0)
     if source is None or hasattr(source, "get_state_dict"):
