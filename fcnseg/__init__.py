@@ -24,12 +24,27 @@ from .weights import load_caffe_weights
 __version__ = "0.2.0"
 
 #: Sub-packages and modules imported on first attribute access.
-_LAZY_MODULES = ("checkpoint", "commands", "data", "device", "engine", "evaluation", "export", "files", "inference",
-                 "predict", "serve")
+_LAZY_MODULES = (
+    "checkpoint",
+    "commands",
+    "data",
+    "device",
+    "engine",
+    "evaluation",
+    "export",
+    "files",
+    "inference",
+    "predict",
+    "serve",
+)
 #: Public names re-exported from the packages that own them, also imported on first use.
 _LAZY_NAMES = {
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "Checkpoint": "checkpoint",
-    "open_dataset": "data", "Predictor": "inference", "load_predictor": "inference",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "Checkpoint": "checkpoint",
+    "open_dataset": "data",
+    "Predictor": "inference",
+    "load_predictor": "inference",
 }
 
 
@@ -42,7 +57,19 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CAFFE", "TORCHVISION", "Checkpoint", "Predictor", "Preprocessing", "__version__", "create_model", "list_models",
-    "load_caffe_weights", "load_checkpoint", "load_predictor", "metrics", "open_dataset", "preprocess",
+    "CAFFE",
+    "TORCHVISION",
+    "Checkpoint",
+    "Predictor",
+    "Preprocessing",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_caffe_weights",
+    "load_checkpoint",
+    "load_predictor",
+    "metrics",
+    "open_dataset",
+    "preprocess",
     "save_checkpoint",
 ]

@@ -33,12 +33,17 @@ from .synthetic import SHAPE_CLASSES, SyntheticShapes
 from .transforms import EvalTransform, TrainTransform
 from .voc import VOC_CLASSES, VOCDataset
 
-
 #: Dataset kinds and their classes; every class takes ``(root, split, **options)``
 #: except synthetic, which takes ``(split, **options)`` and no root.
 _KINDS: dict[str, type[SegmentationDataset]] = {
-    "voc": VOCDataset, "sbd": SBDDataset, "folder": FolderDataset, "synthetic": SyntheticShapes, "coco": COCODataset,
-    "pascal_context": PascalContextDataset, "siftflow": SIFTFlowDataset, "nyud": NYUDDataset,
+    "voc": VOCDataset,
+    "sbd": SBDDataset,
+    "folder": FolderDataset,
+    "synthetic": SyntheticShapes,
+    "coco": COCODataset,
+    "pascal_context": PascalContextDataset,
+    "siftflow": SIFTFlowDataset,
+    "nyud": NYUDDataset,
 }
 
 
@@ -59,8 +64,9 @@ DATASET_KINDS = tuple(_KINDS)
 NO_SPLIT = "none"
 
 
-def open_dataset(kind: str, root: str | os.PathLike[str] | None, split: str, *, transform: Transform | None = None,
-                 **options: Any) -> SegmentationDataset:
+def open_dataset(
+    kind: str, root: str | os.PathLike[str] | None, split: str, *, transform: Transform | None = None, **options: Any
+) -> SegmentationDataset:
     """Open a dataset of ``kind`` at ``root`` for ``split``.
 
     Kinds and their options (all take ``ignore_index`` and ``skip_bad``):
@@ -82,12 +88,15 @@ def open_dataset(kind: str, root: str | os.PathLike[str] | None, split: str, *, 
     means; no ``none.txt`` is looked for) or anything wrong with the files.
     """
     if split is not None and str(split) == NO_SPLIT:
-        raise DatasetError(f"split {NO_SPLIT!r} means no split (e.g. --val-split none: no validation); there is nothing to open")
+        raise DatasetError(
+            f"split {NO_SPLIT!r} means no split (e.g. --val-split none: no validation); there is nothing to open"
+        )
     if kind not in _KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {sorted(_KINDS)}")
     resize = options.pop("resize", None)
-    if resize is not None and not (isinstance(resize, (list, tuple)) and len(resize) == 2
-                                   and all(isinstance(v, int) and v > 0 for v in resize)):
+    if resize is not None and not (
+        isinstance(resize, (list, tuple)) and len(resize) == 2 and all(isinstance(v, int) and v > 0 for v in resize)
+    ):
         raise DatasetError(f"resize must be [height, width] in pixels, got {resize!r}")
     _check_options(kind, options)
     if kind == "synthetic":
@@ -103,11 +112,43 @@ def open_dataset(kind: str, root: str | os.PathLike[str] | None, split: str, *, 
 
 
 __all__ = [
-    "DATASET_KINDS", "NO_SPLIT", "COCODataset", "ClassStatistics", "ColourMaskError", "ColourTable", "DatasetError",
-    "EvalTransform", "Finding", "FolderDataset", "ImageTooLargeError", "InMemoryDataset", "LossyMaskError",
-    "NYUDDataset", "NYUD_CLASSES", "PadCollate", "PairedFileDataset", "PascalContextDataset", "SBDDataset",
-    "SHAPE_CLASSES", "SIFTFlowDataset", "SegmentationDataset", "SyntheticShapes", "TrainTransform", "VOCDataset",
-    "VOC_CLASSES", "auto_split", "class_pixel_counts", "class_statistics", "default_palette", "diagnose",
-    "hha_from_depth", "median_frequency_weights", "open_dataset", "read_colour_table", "read_image_file",
-    "read_mask_file", "voc_palette", "write_fixed_copy",
+    "DATASET_KINDS",
+    "NO_SPLIT",
+    "COCODataset",
+    "ClassStatistics",
+    "ColourMaskError",
+    "ColourTable",
+    "DatasetError",
+    "EvalTransform",
+    "Finding",
+    "FolderDataset",
+    "ImageTooLargeError",
+    "InMemoryDataset",
+    "LossyMaskError",
+    "NYUDDataset",
+    "NYUD_CLASSES",
+    "PadCollate",
+    "PairedFileDataset",
+    "PascalContextDataset",
+    "SBDDataset",
+    "SHAPE_CLASSES",
+    "SIFTFlowDataset",
+    "SegmentationDataset",
+    "SyntheticShapes",
+    "TrainTransform",
+    "VOCDataset",
+    "VOC_CLASSES",
+    "auto_split",
+    "class_pixel_counts",
+    "class_statistics",
+    "default_palette",
+    "diagnose",
+    "hha_from_depth",
+    "median_frequency_weights",
+    "open_dataset",
+    "read_colour_table",
+    "read_image_file",
+    "read_mask_file",
+    "voc_palette",
+    "write_fixed_copy",
 ]

@@ -80,7 +80,9 @@ class ColourTable:
         """The table in the file format this module reads."""
         lines = ["# fcnseg colour table: R G B id [name]; edit ids/names, 255 (the ignore value) = not labelled"]
         for colour, index in sorted(self.entries.items(), key=lambda item: (item[1], item[0])):
-            lines.append(f"{colour[0]:>3} {colour[1]:>3} {colour[2]:>3} {index:>4}  {self.names.get(index, '')}".rstrip())
+            lines.append(
+                f"{colour[0]:>3} {colour[1]:>3} {colour[2]:>3} {index:>4}  {self.names.get(index, '')}".rstrip()
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -99,8 +101,10 @@ def read_colour_table(path: str | os.PathLike[str]) -> ColourTable:
             if not all(0 <= v <= 255 for v in (r, g, b)) or index < 0:
                 raise ValueError
         except ValueError:
-            raise DatasetError(f"colour table {path} line {number} is {line.strip()!r}; expected 'R G B ID [name]' "
-                               "with R, G, B in 0..255 and a class id >= 0") from None
+            raise DatasetError(
+                f"colour table {path} line {number} is {line.strip()!r}; expected 'R G B ID [name]' "
+                "with R, G, B in 0..255 and a class id >= 0"
+            ) from None
         if entries.get((r, g, b), index) != index:
             raise DatasetError(f"colour table {path} line {number}: colour {(r, g, b)} is listed with two ids")
         entries[(r, g, b)] = index
@@ -131,8 +135,9 @@ def count_border_colours(rgb: np.ndarray) -> dict[Colour, int]:
     return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(values, counts)}
 
 
-def unlabelled_colours(counts: dict[Colour, int], borders: dict[Colour, int] | None = None,
-                       num_classes: int | None = None) -> list[Colour]:
+def unlabelled_colours(
+    counts: dict[Colour, int], borders: dict[Colour, int] | None = None, num_classes: int | None = None
+) -> list[Colour]:
     """The colours of colour masks that look like "unlabelled" (to map to the ignore value), most likely first.
 
     The rule: colours rank by how unlabelled they look: black first (the void colour of CamVid, Cityscapes and most
@@ -151,9 +156,13 @@ def unlabelled_colours(counts: dict[Colour, int], borders: dict[Colour, int] | N
     return chosen
 
 
-def propose_colour_table(colours: dict[Colour, int] | set[Colour], ignore_index: int = 255, *,
-                         num_classes: int | None = None,
-                         borders: dict[Colour, int] | None = None) -> ColourTable | None:
+def propose_colour_table(
+    colours: dict[Colour, int] | set[Colour],
+    ignore_index: int = 255,
+    *,
+    num_classes: int | None = None,
+    borders: dict[Colour, int] | None = None,
+) -> ColourTable | None:
     """A table for the colours found in masks, or None if there are too many to be labels.
 
     Greys (R = G = B) map to their value (ids stored as grey RGB); VOC palette colours to their VOC ids when those fit
@@ -171,7 +180,9 @@ def propose_colour_table(colours: dict[Colour, int] | set[Colour], ignore_index:
     others = [colour for colour in found if colour != VOC_VOID_COLOUR]
     void = {VOC_VOID_COLOUR: ignore_index} if VOC_VOID_COLOUR in found else {}
     # The 255-colour VOC palette holds many colours of other datasets (CamVid's): its ids only where they fit.
-    if all(c in voc for c in others) and (num_classes is None or max((voc[c] for c in others), default=0) < num_classes):
+    if all(c in voc for c in others) and (
+        num_classes is None or max((voc[c] for c in others), default=0) < num_classes
+    ):
         return ColourTable({**{colour: voc[colour] for colour in others}, **void})
     counts = {colour: (colours[colour] if isinstance(colours, dict) else 0) for colour in others}
     unlabelled = list(void) + unlabelled_colours(counts, borders, num_classes)

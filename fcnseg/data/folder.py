@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +27,8 @@ import torch
 from .base import Transform
 from .colours import ColourTable, read_colour_table
 from .errors import ColourMaskError, DatasetError
-from .palette import Colour
 from .paired import PairedFileDataset
+from .palette import Colour
 from .readers import IMAGE_SUFFIXES, MASK_SUFFIXES, read_class_names, read_colour_mask, read_id_list, read_mask_file
 
 #: Split names an automatic split answers to.
@@ -71,8 +72,9 @@ def auto_split(stems: Sequence[str], split: str, val_fraction: float = 0.2, seed
     return sorted(stem for stem in stems if (stem in val) == (split == "val"))
 
 
-def _split_stems(root: Path, split: str | os.PathLike[str] | None, stems: list[str], val_fraction: float,
-                 seed: int) -> tuple[list[str], dict[str, Any]]:
+def _split_stems(
+    root: Path, split: str | os.PathLike[str] | None, stems: list[str], val_fraction: float, seed: int
+) -> tuple[list[str], dict[str, Any]]:
     """The stems of ``split`` and where they came from (the dataset's ``split_info``)."""
     if split is None:
         return stems, {"split": "all", "source": "every image"}
@@ -109,12 +111,24 @@ class FolderDataset(PairedFileDataset):
         val_fraction / split_seed: the automatic train/val split (see :func:`auto_split`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], split: str | os.PathLike[str] | None = None, *,
-                 classes: Sequence[str] | None = None, num_classes: int | None = None,
-                 palette: Sequence[Colour] | None = None, ignore_index: int = 255, images_dir: str = "images",
-                 masks_dir: str = "masks", binary: bool = False, colors: str | os.PathLike[str] | None = None,
-                 val_fraction: float = 0.2, split_seed: int = 0, transform: Transform | None = None,
-                 skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str | os.PathLike[str] | None = None,
+        *,
+        classes: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        palette: Sequence[Colour] | None = None,
+        ignore_index: int = 255,
+        images_dir: str = "images",
+        masks_dir: str = "masks",
+        binary: bool = False,
+        colors: str | os.PathLike[str] | None = None,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"dataset folder {root} does not exist")
@@ -123,8 +137,9 @@ class FolderDataset(PairedFileDataset):
         self.root = str(root)
         self.binary = bool(binary)
         self.colour_table: ColourTable | None = read_colour_table(colors) if colors is not None else None
-        class_names = _class_names(root, classes, num_classes, self.binary, self.colour_table, ignore_index,
-                                   root / masks_dir)
+        class_names = _class_names(
+            root, classes, num_classes, self.binary, self.colour_table, ignore_index, root / masks_dir
+        )
         images = _files_by_stem(root / images_dir, IMAGE_SUFFIXES, "image")
         masks = _files_by_stem(root / masks_dir, MASK_SUFFIXES, "mask")
         if not images:
@@ -132,15 +147,23 @@ class FolderDataset(PairedFileDataset):
         stems, self.split_info = _split_stems(root, split, sorted(images), val_fraction, split_seed)
         unknown = [stem for stem in stems if stem not in images]
         if unknown:
-            raise DatasetError(f"split list {self.split_info['source']} lists {len(unknown)} stem(s) with no image in "
-                               f"{root / images_dir}, e.g. {unknown[:3]}")
+            raise DatasetError(
+                f"split list {self.split_info['source']} lists {len(unknown)} stem(s) with no image in "
+                f"{root / images_dir}, e.g. {unknown[:3]}"
+            )
         if palette is None and self.colour_table is not None:
             palette = self.colour_table.palette(len(class_names))
-        super().__init__(name=f"folder {root} split {self.split_info['split']}", ids=stems,
-                         image_paths=[images[stem] for stem in stems],
-                         mask_paths=[masks.get(stem, root / masks_dir / f"{stem}.png") for stem in stems],
-                         classes=class_names, palette=palette, ignore_index=ignore_index, transform=transform,
-                         skip_bad=skip_bad)
+        super().__init__(
+            name=f"folder {root} split {self.split_info['split']}",
+            ids=stems,
+            image_paths=[images[stem] for stem in stems],
+            mask_paths=[masks.get(stem, root / masks_dir / f"{stem}.png") for stem in stems],
+            classes=class_names,
+            palette=palette,
+            ignore_index=ignore_index,
+            transform=transform,
+            skip_bad=skip_bad,
+        )
 
     def load_mask(self, index: int) -> torch.Tensor:
         path = self.mask_paths[index]
@@ -171,12 +194,16 @@ def _masks_hint(masks_dir: Path) -> str:
         except DatasetError:
             continue  # a bad file is reported when the items are read
     if not colour and 255 in values and values <= {0, 255}:
-        return (f", and its masks look binary (only the values 0 and 255 in the {len(picked)} read, e.g. {picked[0]}): "
-                "pass binary=true (0 -> class 0 background, any other value -> class 1 foreground; num_classes=2 "
-                "would leave 255 as the ignore value and nothing to learn)")
+        return (
+            f", and its masks look binary (only the values 0 and 255 in the {len(picked)} read, e.g. {picked[0]}): "
+            "pass binary=true (0 -> class 0 background, any other value -> class 1 foreground; num_classes=2 "
+            "would leave 255 as the ignore value and nothing to learn)"
+        )
     if colour:
-        return (f", and its masks are RGB colour images ({len(colour)} of the {len(picked)} read, e.g. {colour[0]}): pass "
-                "num_classes=N and `fcnseg data` proposes a colour table to pass as colors=FILE")
+        return (
+            f", and its masks are RGB colour images ({len(colour)} of the {len(picked)} read, e.g. {colour[0]}): pass "
+            "num_classes=N and `fcnseg data` proposes a colour table to pass as colors=FILE"
+        )
     return ""
 
 

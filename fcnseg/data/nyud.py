@@ -24,8 +24,8 @@ it is computed once. Delete the computed files to recompute them (e.g. with othe
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -54,21 +54,34 @@ def read_depth_file(path: PathLike) -> np.ndarray:
     """A 16-bit depth PNG in millimetres as float64 metres (H, W)."""
     with _open_decoded(path, "depth image") as image:
         if image.mode not in _DEPTH_MODES:
-            raise DatasetError(f"depth image {path} is a {image.mode} image; expected one channel of 16-bit "
-                               "depth in millimetres (mode I;16)")
+            raise DatasetError(
+                f"depth image {path} is a {image.mode} image; expected one channel of 16-bit "
+                "depth in millimetres (mode I;16)"
+            )
         return np.asarray(image, dtype=np.float64) / 1000.0
 
 
 class NYUDDataset(PairedFileDataset):
     """NYUDv2, 40 classes, colour and/or HHA images (see the module docstring)."""
 
-    def __init__(self, root: PathLike, split: PathLike = "train", *, modality: str = "color",
-                 hha_dir: PathLike | None = None, intrinsics: Sequence[float] | None = None, ignore_index: int = 255,
-                 transform: Transform | None = None, skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        root: PathLike,
+        split: PathLike = "train",
+        *,
+        modality: str = "color",
+        hha_dir: PathLike | None = None,
+        intrinsics: Sequence[float] | None = None,
+        ignore_index: int = 255,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
         root = Path(root)
         if not (root / "data").is_dir():
-            raise DatasetError(f"NYUDv2 folder {root} has no data/ folder; expected the reference's prepared data "
-                               "(data/images, data/depth or data/hha, segmentation/, <split>.txt)")
+            raise DatasetError(
+                f"NYUDv2 folder {root} has no data/ folder; expected the reference's prepared data "
+                "(data/images, data/depth or data/hha, segmentation/, <split>.txt)"
+            )
         if modality not in MODALITIES:
             raise DatasetError(f"modality={modality!r}; expected one of {', '.join(MODALITIES)}")
         if intrinsics is not None and (len(intrinsics) != 4 or not all(float(v) > 0 for v in intrinsics)):
@@ -78,11 +91,17 @@ class NYUDDataset(PairedFileDataset):
         self.hha_dir = str(root / "data" / "hha" if hha_dir is None else hha_dir)
         self.depth_dir = str(root / "data" / "depth")
         ids, self.split_info = read_split(split, root)
-        super().__init__(name=f"NYUDv2 {root} split {os.fspath(split)}", ids=ids,
-                         image_paths=[root / "data" / "images" / f"img_{i}.png" for i in ids],
-                         mask_paths=[root / "segmentation" / f"img_{i}.mat" for i in ids], classes=NYUD_CLASSES,
-                         palette=default_palette(len(NYUD_CLASSES)), ignore_index=ignore_index, transform=transform,
-                         skip_bad=skip_bad)
+        super().__init__(
+            name=f"NYUDv2 {root} split {os.fspath(split)}",
+            ids=ids,
+            image_paths=[root / "data" / "images" / f"img_{i}.png" for i in ids],
+            mask_paths=[root / "segmentation" / f"img_{i}.mat" for i in ids],
+            classes=NYUD_CLASSES,
+            palette=default_palette(len(NYUD_CLASSES)),
+            ignore_index=ignore_index,
+            transform=transform,
+            skip_bad=skip_bad,
+        )
 
     def load_mask(self, index: int) -> torch.Tensor:
         label = read_mat_label(self.mask_paths[index], "segmentation", "a NYUDv2 segmentation/img_*.mat file")
@@ -96,8 +115,10 @@ class NYUDDataset(PairedFileDataset):
             return hha
         color = super().load_image(index)
         if color.shape != hha.shape:
-            raise DatasetError(f"{self.describe(index)}: the colour image is {tuple(color.shape)} but the HHA image "
-                               f"{tuple(hha.shape)}; expected the same size")
+            raise DatasetError(
+                f"{self.describe(index)}: the colour image is {tuple(color.shape)} but the HHA image "
+                f"{tuple(hha.shape)}; expected the same size"
+            )
         return torch.cat([color, hha])
 
     def load_hha(self, index: int) -> torch.Tensor:
@@ -107,14 +128,18 @@ class NYUDDataset(PairedFileDataset):
         if cached.exists():
             return read_image_file(cached)
         if not depth_path.exists():
-            raise DatasetError(f"{self.name}: HHA image {cached} does not exist, nor the depth image {depth_path} "
-                               "to compute it from; expected one of them")
+            raise DatasetError(
+                f"{self.name}: HHA image {cached} does not exist, nor the depth image {depth_path} "
+                "to compute it from; expected one of them"
+            )
         depth = read_depth_file(depth_path)
         hha = hha_from_depth(depth, self.intrinsics or nyud_intrinsics(*depth.shape))
         try:
             with atomic_path(cached) as tmp:
                 Image.fromarray(hha).save(tmp, format="PNG")
         except OSError as error:
-            raise DatasetError(f"cannot write the computed HHA image {cached} ({error}); expected a writable "
-                               "folder (pass hha_dir=<folder>)") from None
+            raise DatasetError(
+                f"cannot write the computed HHA image {cached} ({error}); expected a writable "
+                "folder (pass hha_dir=<folder>)"
+            ) from None
         return torch.from_numpy(hha).permute(2, 0, 1).contiguous()

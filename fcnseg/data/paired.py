@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -21,9 +21,19 @@ class PairedFileDataset(SegmentationDataset):
     both files decode, sizes agree, labels are class ids or the ignore value (see :class:`SegmentationDataset`).
     """
 
-    def __init__(self, *, name: str, ids: Sequence[str], image_paths: Sequence[str | Path],
-                 mask_paths: Sequence[str | Path], classes: Sequence[str], palette: Sequence[Colour] | None = None,
-                 ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        ids: Sequence[str],
+        image_paths: Sequence[str | Path],
+        mask_paths: Sequence[str | Path],
+        classes: Sequence[str],
+        palette: Sequence[Colour] | None = None,
+        ignore_index: int = 255,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
         if not len(ids) == len(image_paths) == len(mask_paths):
             raise ValueError("ids, image_paths and mask_paths must have the same length")
         self.name = name
@@ -50,8 +60,14 @@ class PairedFileDataset(SegmentationDataset):
             raise DatasetError(f"{name}: no items" + (" left after skipping bad ones" if ids else ""))
         self.image_paths = kept_images
         self.mask_paths = kept_masks
-        super().__init__(classes=classes, ids=kept_ids, palette=palette, ignore_index=ignore_index, transform=transform,
-                         skip_bad=skip_bad)
+        super().__init__(
+            classes=classes,
+            ids=kept_ids,
+            palette=palette,
+            ignore_index=ignore_index,
+            transform=transform,
+            skip_bad=skip_bad,
+        )
 
     def describe(self, index: int) -> str:
         return f"{self.name} item {self.ids[index]!r} (image {self.image_paths[index]}, mask {self.mask_paths[index]})"

@@ -64,8 +64,10 @@ def task_lookup(labels_file: Path, task_file: Path) -> tuple[list[str], np.ndarr
         key = name.replace(" ", "")
         key = key if key in full else TASK_NAME_ALIASES.get(key, key)
         if key not in full:
-            raise DatasetError(f"class {name!r} of {task_file} is not in {labels_file}; expected every task class "
-                               "among the full labels")
+            raise DatasetError(
+                f"class {name!r} of {task_file} is not in {labels_file}; expected every task class "
+                "among the full labels"
+            )
         lookup[full[key]] = class_id
     return ["background", *names], lookup
 
@@ -73,12 +75,22 @@ def task_lookup(labels_file: Path, task_file: Path) -> tuple[list[str], np.ndarr
 class PascalContextDataset(PairedFileDataset):
     """PASCAL-Context, the 59 classes of ``59_labels.txt`` + background (see the module docstring)."""
 
-    def __init__(self, root: PathLike, split: PathLike = "train", *, voc_root: PathLike | None = None,
-                 ignore_index: int = 255, transform: Transform | None = None, skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        root: PathLike,
+        split: PathLike = "train",
+        *,
+        voc_root: PathLike | None = None,
+        ignore_index: int = 255,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
         root = Path(root)
         if not (root / "trainval").is_dir():
-            raise DatasetError(f"PASCAL-Context folder {root} has no trainval/ folder; expected the unpacked "
-                               "annotation release (trainval/<id>.mat, labels.txt, 59_labels.txt)")
+            raise DatasetError(
+                f"PASCAL-Context folder {root} has no trainval/ folder; expected the unpacked "
+                "annotation release (trainval/<id>.mat, labels.txt, 59_labels.txt)"
+            )
         if voc_root is None and not (root / "JPEGImages").is_dir():
             raise DatasetError("PASCAL-Context images are VOC2010's: pass voc_root=<VOC2010 folder or VOCdevkit>")
         voc_path = root if voc_root is None else Path(voc_root)
@@ -86,11 +98,17 @@ class PascalContextDataset(PairedFileDataset):
         self.root = str(root)
         classes, self.lookup = task_lookup(root / "labels.txt", root / "59_labels.txt")
         ids, self.split_info = read_split(split, voc_dir / "ImageSets" / "Main")
-        super().__init__(name=f"PASCAL-Context {root} split {os.fspath(split)}", ids=ids,
-                         image_paths=[voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids],
-                         mask_paths=[root / "trainval" / f"{i}.mat" for i in ids], classes=classes,
-                         palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform,
-                         skip_bad=skip_bad)
+        super().__init__(
+            name=f"PASCAL-Context {root} split {os.fspath(split)}",
+            ids=ids,
+            image_paths=[voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids],
+            mask_paths=[root / "trainval" / f"{i}.mat" for i in ids],
+            classes=classes,
+            palette=default_palette(len(classes)),
+            ignore_index=ignore_index,
+            transform=transform,
+            skip_bad=skip_bad,
+        )
 
     def load_mask(self, index: int) -> torch.Tensor:
         label = read_mat_label(self.mask_paths[index], "LabelMap", "a PASCAL-Context trainval/*.mat file")

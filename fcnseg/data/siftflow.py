@@ -56,12 +56,22 @@ def _shifted(label: np.ndarray, classes: int, ignore_index: int, offset: int) ->
 class SIFTFlowDataset(PairedFileDataset):
     """SIFT Flow with semantic, geometric or both labels (see the module docstring)."""
 
-    def __init__(self, root: PathLike, split: PathLike = "trainval", *, labels: str = "both", ignore_index: int = 255,
-                 transform: Transform | None = None, skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        root: PathLike,
+        split: PathLike = "trainval",
+        *,
+        labels: str = "both",
+        ignore_index: int = 255,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
         root = Path(root)
         if not (root / "Images").is_dir():
-            raise DatasetError(f"SIFT Flow folder {root} has no Images/ folder; expected the unpacked "
-                               f"SiftFlowDataset.zip (Images/, SemanticLabels/, GeoLabels/)")
+            raise DatasetError(
+                f"SIFT Flow folder {root} has no Images/ folder; expected the unpacked "
+                f"SiftFlowDataset.zip (Images/, SemanticLabels/, GeoLabels/)"
+            )
         if labels not in LABEL_KINDS:
             raise DatasetError(f"labels={labels!r}; expected one of {', '.join(LABEL_KINDS)}")
         self.root, self.labels = str(root), labels
@@ -69,35 +79,46 @@ class SIFTFlowDataset(PairedFileDataset):
         ids, self.split_info = read_split(split, root)
         semantic = [root / "SemanticLabels" / _SUBFOLDER / f"{i}.mat" for i in ids]
         geometric = [root / "GeoLabels" / _SUBFOLDER / f"{i}.mat" for i in ids]
-        classes = {"semantic": SEMANTIC_CLASSES, "geometric": GEOMETRIC_CLASSES}.get(labels,
-                                                                                    SEMANTIC_CLASSES + GEOMETRIC_CLASSES)
+        classes = {"semantic": SEMANTIC_CLASSES, "geometric": GEOMETRIC_CLASSES}.get(
+            labels, SEMANTIC_CLASSES + GEOMETRIC_CLASSES
+        )
         if labels == "both":
             self.heads = (("sem", len(SEMANTIC_CLASSES)), ("geo", len(GEOMETRIC_CLASSES)))
         self.geo_paths = {str(s): str(g) for s, g in zip(semantic, geometric)}
-        super().__init__(name=f"SIFT Flow {root} split {text}", ids=ids,
-                         image_paths=[root / "Images" / _SUBFOLDER / f"{i}.jpg" for i in ids],
-                         mask_paths=geometric if labels == "geometric" else semantic, classes=classes,
-                         palette=default_palette(len(classes)), ignore_index=ignore_index, transform=transform,
-                         skip_bad=skip_bad)
+        super().__init__(
+            name=f"SIFT Flow {root} split {text}",
+            ids=ids,
+            image_paths=[root / "Images" / _SUBFOLDER / f"{i}.jpg" for i in ids],
+            mask_paths=geometric if labels == "geometric" else semantic,
+            classes=classes,
+            palette=default_palette(len(classes)),
+            ignore_index=ignore_index,
+            transform=transform,
+            skip_bad=skip_bad,
+        )
 
     def describe(self, index: int) -> str:
         text = super().describe(index)
         return text[:-1] + f", geometric {self.geo_paths[self.mask_paths[index]]})" if self.labels == "both" else text
 
     def _geometric(self, path: str, offset: int) -> np.ndarray:
-        return _shifted(read_mat_label(path, "S", "a SIFT Flow GeoLabels file"), len(GEOMETRIC_CLASSES),
-                        self.ignore_index, offset)
+        return _shifted(
+            read_mat_label(path, "S", "a SIFT Flow GeoLabels file"), len(GEOMETRIC_CLASSES), self.ignore_index, offset
+        )
 
     def load_mask(self, index: int) -> torch.Tensor:
         path = self.mask_paths[index]
         if self.labels == "geometric":
             return torch.from_numpy(self._geometric(path, 0))
-        semantic = _shifted(read_mat_label(path, "S", "a SIFT Flow SemanticLabels file"), len(SEMANTIC_CLASSES),
-                            self.ignore_index, 0)
+        semantic = _shifted(
+            read_mat_label(path, "S", "a SIFT Flow SemanticLabels file"), len(SEMANTIC_CLASSES), self.ignore_index, 0
+        )
         if self.labels == "semantic":
             return torch.from_numpy(semantic)
         geometric = self._geometric(self.geo_paths[path], len(SEMANTIC_CLASSES))
         if geometric.shape != semantic.shape:
-            raise DatasetError(f"{self.describe(index)}: the semantic labels are {semantic.shape} but the geometric "
-                               f"ones {geometric.shape}; expected the same size")
+            raise DatasetError(
+                f"{self.describe(index)}: the semantic labels are {semantic.shape} but the geometric "
+                f"ones {geometric.shape}; expected the same size"
+            )
         return torch.from_numpy(np.stack([semantic, geometric]))

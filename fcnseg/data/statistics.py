@@ -87,8 +87,9 @@ def class_pixel_counts(dataset: Dataset, num_classes: int | None = None) -> torc
     return class_statistics(dataset, num_classes).pixel_counts
 
 
-def median_frequency_weights(counts: torch.Tensor | ClassStatistics,
-                             present_pixels: torch.Tensor | None = None) -> torch.Tensor:
+def median_frequency_weights(
+    counts: torch.Tensor | ClassStatistics, present_pixels: torch.Tensor | None = None
+) -> torch.Tensor:
     """float32 (C,) class weights ``median(freq) / freq_c``; 0 for classes never present.
 
     Pass a :class:`ClassStatistics` (or ``counts`` with ``present_pixels``) for the

@@ -29,7 +29,7 @@ streams: the stream of an item is ``SeedSequence([seed, split_code, index])``.
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -61,10 +61,21 @@ class SyntheticShapes(SegmentationDataset):
         noise: standard deviation of the per-pixel Gaussian noise (0..255 units).
     """
 
-    def __init__(self, split: str = "train", *, num_images: int | None = None, size: int | Sequence[int] = 96,
-                 size_range: Sequence[int] | None = None, seed: int = 0, num_classes: int | None = None,
-                 classes: Sequence[str] | None = None, noise: float = 10.0, transform: Transform | None = None,
-                 skip_bad: bool = False, ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        *,
+        num_images: int | None = None,
+        size: int | Sequence[int] = 96,
+        size_range: Sequence[int] | None = None,
+        seed: int = 0,
+        num_classes: int | None = None,
+        classes: Sequence[str] | None = None,
+        noise: float = 10.0,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+        ignore_index: int = 255,
+    ) -> None:
         chosen = _choose_classes(num_classes, classes)
         if num_images is None:
             num_images = _DEFAULT_COUNTS.get(split, 64)
@@ -80,9 +91,14 @@ class SyntheticShapes(SegmentationDataset):
             raise DatasetError(f"synthetic images must be at least 8x8, got size {size}")
         self.noise = float(noise)
         self._split_code = _SPLIT_CODES.get(self.split, zlib.crc32(self.split.encode()) + len(_SPLIT_CODES))
-        super().__init__(classes=chosen, ids=[f"{self.split}_{index:06d}" for index in range(int(num_images))],
-                         palette=voc_palette(len(chosen)), ignore_index=ignore_index, transform=transform,
-                         skip_bad=skip_bad)
+        super().__init__(
+            classes=chosen,
+            ids=[f"{self.split}_{index:06d}" for index in range(int(num_images))],
+            palette=voc_palette(len(chosen)),
+            ignore_index=ignore_index,
+            transform=transform,
+            skip_bad=skip_bad,
+        )
 
     def describe(self, index: int) -> str:
         return f"synthetic {self.split} item {index} (seed {self.seed})"
@@ -139,8 +155,9 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 # --- rendering -------------------------------------------------------------------------------
 
 
-def render_shapes(rng: np.random.Generator, height: int, width: int, classes: Sequence[str],
-                  noise: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+def render_shapes(
+    rng: np.random.Generator, height: int, width: int, classes: Sequence[str], noise: float = 10.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw one image and its mask with ``rng``; ``classes[i]`` is the shape drawn with id ``i``."""
     ids = {name: index for index, name in enumerate(classes)}
     side = float(min(height, width))
@@ -295,6 +312,10 @@ def _rimmed(rng, x, y, region):
 
 _SHAPES = {"disc": _disc, "square": _square, "triangle": _triangle, "ring": _ring, "bar": _bar, "dot": _dot}
 _TEXTURES = {
-    "disc": _horizontal_stripes, "square": _vertical_stripes, "triangle": _checkerboard, "ring": _diagonal_stripes,
-    "bar": _mesh, "dot": _rimmed,
+    "disc": _horizontal_stripes,
+    "square": _vertical_stripes,
+    "triangle": _checkerboard,
+    "ring": _diagonal_stripes,
+    "bar": _mesh,
+    "dot": _rimmed,
 }

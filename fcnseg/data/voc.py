@@ -66,8 +66,10 @@ def voc_split_ids(voc_dir: Path, split: PathLike) -> list[str]:
 
 def _sbd_train_list(sbd_root: PathLike | None) -> Path:
     if sbd_root is None:
-        raise DatasetError("seg11valid is VOC2011 segmentation val minus SBD train: it needs the SBD train list; "
-                           "pass sbd_root=<SBD 'dataset' folder holding train.txt> (or the path of train.txt)")
+        raise DatasetError(
+            "seg11valid is VOC2011 segmentation val minus SBD train: it needs the SBD train list; "
+            "pass sbd_root=<SBD 'dataset' folder holding train.txt> (or the path of train.txt)"
+        )
     path = Path(sbd_root)
     if path.is_dir():
         path = path / "dataset" / "train.txt" if (path / "dataset").is_dir() else path / "train.txt"
@@ -102,24 +104,41 @@ def seg11valid_ids(voc_dir: Path, *, sbd_root: PathLike | None, voc2011_val: Pat
     sbd_train = set(read_id_list(_sbd_train_list(sbd_root), "SBD train list"))
     val = read_id_list(_voc2011_val_list(voc_dir, voc2011_val), "VOC2011 val list")
     ids = [item for item in val if item not in sbd_train]
-    logger.info("seg11valid: %d VOC2011 val ids minus SBD train = %d ids (736 with the official files)", len(val), len(ids))
+    logger.info(
+        "seg11valid: %d VOC2011 val ids minus SBD train = %d ids (736 with the official files)", len(val), len(ids)
+    )
     return ids
 
 
 class VOCDataset(PairedFileDataset):
     """PASCAL VOC segmentation; 21 classes, 255 = void (see the module docstring)."""
 
-    def __init__(self, root: PathLike, split: PathLike = "train", *, year: str | int | None = None,
-                 sbd_root: PathLike | None = None, voc2011_val: PathLike | None = None, ignore_index: int = 255,
-                 transform: Transform | None = None, skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        root: PathLike,
+        split: PathLike = "train",
+        *,
+        year: str | int | None = None,
+        sbd_root: PathLike | None = None,
+        voc2011_val: PathLike | None = None,
+        ignore_index: int = 255,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+    ) -> None:
         voc_dir = resolve_voc_root(root, year)
         self.root = str(voc_dir)
         if os.fspath(split) == "seg11valid":
             ids = seg11valid_ids(voc_dir, sbd_root=sbd_root, voc2011_val=voc2011_val)
         else:
             ids = voc_split_ids(voc_dir, split)
-        super().__init__(name=f"VOC {voc_dir} split {os.fspath(split)}", ids=ids,
-                         image_paths=[voc_dir / "JPEGImages" / f"{item}.jpg" for item in ids],
-                         mask_paths=[voc_dir / "SegmentationClass" / f"{item}.png" for item in ids],
-                         classes=VOC_CLASSES, palette=voc_palette(len(VOC_CLASSES)), ignore_index=ignore_index,
-                         transform=transform, skip_bad=skip_bad)
+        super().__init__(
+            name=f"VOC {voc_dir} split {os.fspath(split)}",
+            ids=ids,
+            image_paths=[voc_dir / "JPEGImages" / f"{item}.jpg" for item in ids],
+            mask_paths=[voc_dir / "SegmentationClass" / f"{item}.png" for item in ids],
+            classes=VOC_CLASSES,
+            palette=voc_palette(len(VOC_CLASSES)),
+            ignore_index=ignore_index,
+            transform=transform,
+            skip_bad=skip_bad,
+        )

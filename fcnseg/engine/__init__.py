@@ -11,8 +11,25 @@ from .recipes import Recipe, list_presets, load_preset
 from .train import TrainingDiverged, TrainingInterrupted, TrainResult, load_run_config, train, validate
 
 __all__ = [
-    "LOSSES", "LRFactor", "Recipe", "SegmentationLoss", "TrainConfig", "TrainResult", "TrainingDiverged",
-    "TrainingInterrupted", "build_config", "build_loss", "build_optimizer", "effective_number_weights", "known_keys",
-    "list_presets", "load_preset", "load_run_config", "parameter_groups", "segmentation_loss", "set_value", "train",
+    "LOSSES",
+    "LRFactor",
+    "Recipe",
+    "SegmentationLoss",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "build_config",
+    "build_loss",
+    "build_optimizer",
+    "effective_number_weights",
+    "known_keys",
+    "list_presets",
+    "load_preset",
+    "load_run_config",
+    "parameter_groups",
+    "segmentation_loss",
+    "set_value",
+    "train",
     "validate",
 ]

@@ -16,12 +16,28 @@ import torch
 from torch import nn
 
 # Layers whose weight is a per-channel scale, not a filter: decaying it pulls activations to zero.
-NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
-               nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
+NORM_LAYERS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+)
 
 
-def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float, bias_lr_mult: float = 2.0,
-                     bias_decay: bool = False, norm_decay: bool = True) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    bias_lr_mult: float = 2.0,
+    bias_decay: bool = False,
+    norm_decay: bool = True,
+) -> list[dict[str, Any]]:
     """Optimiser groups: weights (``lr``, ``weight_decay``) and biases (``lr * bias_lr_mult``).
 
     Biases get no weight decay unless ``bias_decay``. With ``norm_decay=False`` the scales of normalisation layers
@@ -29,9 +45,15 @@ def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float, bias_l
     biases). Parameters with ``requires_grad=False`` (the frozen upsampling) are left out entirely. Each group carries a
     ``"name"`` for logs.
     """
-    norm_scales = set() if norm_decay else {
-        id(module.weight) for module in model.modules()
-        if isinstance(module, NORM_LAYERS) and isinstance(getattr(module, "weight", None), nn.Parameter)}
+    norm_scales = (
+        set()
+        if norm_decay
+        else {
+            id(module.weight)
+            for module in model.modules()
+            if isinstance(module, NORM_LAYERS) and isinstance(getattr(module, "weight", None), nn.Parameter)
+        }
+    )
     weights: list[nn.Parameter] = []
     biases: list[nn.Parameter] = []
     norms: list[nn.Parameter] = []
@@ -44,18 +66,32 @@ def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float, bias_l
             (biases if name.endswith("bias") else weights).append(parameter)
     groups = [
         {"name": "weights", "params": weights, "lr": lr, "weight_decay": weight_decay},
-        {"name": "biases", "params": biases, "lr": lr * bias_lr_mult, "weight_decay": weight_decay if bias_decay else 0.0},
+        {
+            "name": "biases",
+            "params": biases,
+            "lr": lr * bias_lr_mult,
+            "weight_decay": weight_decay if bias_decay else 0.0,
+        },
         {"name": "norms", "params": norms, "lr": lr, "weight_decay": 0.0},
     ]
     return [group for group in groups if group["params"]]
 
 
-def build_optimizer(model: nn.Module, *, name: str, lr: float, momentum: float, weight_decay: float,
-                    bias_lr_mult: float = 2.0, bias_decay: bool = False,
-                    norm_decay: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    *,
+    name: str,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    bias_lr_mult: float = 2.0,
+    bias_decay: bool = False,
+    norm_decay: bool = True,
+) -> torch.optim.Optimizer:
     """``"sgd"`` (with ``momentum``, the paper's solver) or ``"adamw"`` (``momentum`` is beta1)."""
-    groups = parameter_groups(model, lr=lr, weight_decay=weight_decay, bias_lr_mult=bias_lr_mult,
-                              bias_decay=bias_decay, norm_decay=norm_decay)
+    groups = parameter_groups(
+        model, lr=lr, weight_decay=weight_decay, bias_lr_mult=bias_lr_mult, bias_decay=bias_decay, norm_decay=norm_decay
+    )
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if name == "sgd":

@@ -17,7 +17,8 @@ two processes with batch ``b`` each.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,12 +47,22 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     Yields, for this rank, lists of ``(dataset index, augmentation seed)``.
     """
 
-    def __init__(self, dataset_length: int, micro_batch: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0) -> None:
+    def __init__(
+        self,
+        dataset_length: int,
+        micro_batch: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
         self.global_batch = micro_batch * world_size
         if dataset_length < self.global_batch:
-            raise ValueError(f"the training set has {dataset_length} images, fewer than one global batch "
-                             f"({micro_batch} per process x {world_size} processes)")
+            raise ValueError(
+                f"the training set has {dataset_length} images, fewer than one global batch "
+                f"({micro_batch} per process x {world_size} processes)"
+            )
         self.length = dataset_length
         self.micro_batch = micro_batch
         self.seed = seed

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,8 +76,16 @@ def plot_curves(metrics_jsonl: str | os.PathLike[str], out_png: str | os.PathLik
 
     steps, losses = _series(records, "loss")
     if steps:
-        loss_axes.plot(steps, losses, color="tab:blue", linewidth=1, alpha=0.35 if len(steps) > 20 else 1, label="loss",
-                       markersize=4, **_markers_if_few(steps))
+        loss_axes.plot(
+            steps,
+            losses,
+            color="tab:blue",
+            linewidth=1,
+            alpha=0.35 if len(steps) > 20 else 1,
+            label="loss",
+            markersize=4,
+            **_markers_if_few(steps),
+        )
         if len(steps) > 20:  # a running mean makes the trend readable through the noise
             window = max(2, len(steps) // 20)
             smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
@@ -90,20 +99,31 @@ def plot_curves(metrics_jsonl: str | os.PathLike[str], out_png: str | os.PathLik
     loss_axes.grid(alpha=0.3)
 
     drawn = False
-    for key, label, style in (("mean_iu", "mean IU", "-"), ("pixel_acc", "pixel acc", "--"),
-                              ("mean_acc", "mean acc", ":"), ("fw_iu", "fw IU", "-.")):
+    for key, label, style in (
+        ("mean_iu", "mean IU", "-"),
+        ("pixel_acc", "pixel acc", "--"),
+        ("mean_acc", "mean acc", ":"),
+        ("fw_iu", "fw IU", "-."),
+    ):
         steps, values = _series(records, key)
         if steps:
             marks = {"marker": "o"} if key == "mean_iu" else _markers_if_few(steps)  # mean IU: always marked
-            metric_axes.plot(steps, values, style, label=label, linewidth=2 if key == "mean_iu" else 1, markersize=3,
-                             **marks)
+            metric_axes.plot(
+                steps, values, style, label=label, linewidth=2 if key == "mean_iu" else 1, markersize=3, **marks
+            )
             drawn = True
     if drawn:
         steps, values = _series(records, "mean_iu")
         if values:
             best = int(np.argmax(values))
-            metric_axes.annotate(f"best {values[best]:.3f}", (steps[best], values[best]), textcoords="offset points",
-                                 xytext=(0, -14), ha="center", fontsize=8)
+            metric_axes.annotate(
+                f"best {values[best]:.3f}",
+                (steps[best], values[best]),
+                textcoords="offset points",
+                xytext=(0, -14),
+                ha="center",
+                fontsize=8,
+            )
         metric_axes.legend(loc="lower right")
     else:
         metric_axes.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=metric_axes.transAxes)
@@ -117,9 +137,17 @@ def _as_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return array.transpose(1, 2, 0) if array.ndim == 3 and array.shape[0] == 3 else array
 
 
-def overlay_grid(images: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor],
-                 masks_gt: Sequence[torch.Tensor] | None, palette: Sequence[Colour], png: str | os.PathLike[str], *,
-                 titles: Sequence[str] | None = None, alpha: float = 0.5, classes: Sequence[str] | None = None) -> Path:
+def overlay_grid(
+    images: Sequence[torch.Tensor],
+    masks_pred: Sequence[torch.Tensor],
+    masks_gt: Sequence[torch.Tensor] | None,
+    palette: Sequence[Colour],
+    png: str | os.PathLike[str],
+    *,
+    titles: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    classes: Sequence[str] | None = None,
+) -> Path:
     """One row per image: the image, the ground truth over it (if given), the prediction over it.
 
     Images are uint8 RGB (3, H, W); masks are class ids (H, W); ids without a palette colour (the ignore value) leave
@@ -128,8 +156,10 @@ def overlay_grid(images: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tens
     from ..predict.images import overlay_image
 
     if len(images) == 0 or len(images) != len(masks_pred) or (masks_gt is not None and len(masks_gt) != len(images)):
-        raise ValueError(f"overlay_grid needs as many masks as images, got {len(images)} images, "
-                         f"{len(masks_pred)} predictions, {None if masks_gt is None else len(masks_gt)} ground truths")
+        raise ValueError(
+            f"overlay_grid needs as many masks as images, got {len(images)} images, "
+            f"{len(masks_pred)} predictions, {None if masks_gt is None else len(masks_gt)} ground truths"
+        )
     columns = ["image"] + (["ground truth"] if masks_gt is not None else []) + ["prediction"]
     height, width = images[0].shape[-2:]
     cell = 2.6
@@ -161,8 +191,14 @@ def overlay_grid(images: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tens
     return _save(figure, png)
 
 
-def validation_overlays(predictor: Any, dataset: Any, png: str | os.PathLike[str], *, count: int = 6,
-                        palette: Sequence[Colour] | None = None) -> Path:
+def validation_overlays(
+    predictor: Any,
+    dataset: Any,
+    png: str | os.PathLike[str],
+    *,
+    count: int = 6,
+    palette: Sequence[Colour] | None = None,
+) -> Path:
     """Predict ``count`` images spread over ``dataset`` with a :class:`~fcnseg.inference.predictor.Predictor`
     and draw them with :func:`overlay_grid`."""
     count = max(1, min(count, len(dataset)))
@@ -175,12 +211,20 @@ def validation_overlays(predictor: Any, dataset: Any, png: str | os.PathLike[str
         preds.append(predictor.mask(image))
         describe = getattr(dataset, "describe", None)
         titles.append(Path(describe(index)).stem if describe else str(index))
-    return overlay_grid(images, preds, gts, palette if palette is not None else dataset.palette, png, titles=titles,
-                        classes=getattr(dataset, "classes", None))
+    return overlay_grid(
+        images,
+        preds,
+        gts,
+        palette if palette is not None else dataset.palette,
+        png,
+        titles=titles,
+        classes=getattr(dataset, "classes", None),
+    )
 
 
-def confusion_matrix_figure(matrix: torch.Tensor | np.ndarray, classes: Sequence[str], png: str | os.PathLike[str], *,
-                            title: str | None = None) -> Path:
+def confusion_matrix_figure(
+    matrix: torch.Tensor | np.ndarray, classes: Sequence[str], png: str | os.PathLike[str], *, title: str | None = None
+) -> Path:
     """Heat map of the confusion matrix ``n[gt, pred]``, each row normalised by its ground-truth count.
 
     The diagonal is each class's accuracy (recall); off-diagonal cells show where a
@@ -207,15 +251,31 @@ def confusion_matrix_figure(matrix: torch.Tensor | np.ndarray, classes: Sequence
             for pred in range(n):
                 if totals[gt, 0] > 0 and counts[gt, pred] > 0:
                     value = rates[gt, pred]
-                    ax.text(pred, gt, f"{100 * value:.0f}" if value >= 0.005 else "<1", ha="center", va="center",
-                            fontsize=7, color="white" if value > 0.5 else "black")
+                    ax.text(
+                        pred,
+                        gt,
+                        f"{100 * value:.0f}" if value >= 0.005 else "<1",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > 0.5 else "black",
+                    )
     ax.set_title(title or "confusion matrix (% of each ground-truth row)", fontsize=10)
     return _save(figure, png)
 
 
-def worst_images_figure(images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], preds: Sequence[torch.Tensor],
-                        scores: Sequence[float], palette: Sequence[Colour], path: str | os.PathLike[str], k: int = 8, *,
-                        ids: Sequence[Any] | None = None, classes: Sequence[str] | None = None) -> Path:
+def worst_images_figure(
+    images: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    preds: Sequence[torch.Tensor],
+    scores: Sequence[float],
+    palette: Sequence[Colour],
+    path: str | os.PathLike[str],
+    k: int = 8,
+    *,
+    ids: Sequence[Any] | None = None,
+    classes: Sequence[str] | None = None,
+) -> Path:
     """The ``k`` images with the lowest ``scores`` (e.g. per-image mean IU), worst first, drawn
     by :func:`overlay_grid` (image, ground truth, prediction) with each one's id and score.
 
@@ -226,11 +286,20 @@ def worst_images_figure(images: Sequence[torch.Tensor], targets: Sequence[torch.
     if k < 1:
         raise ValueError(f"worst_images_figure: k must be at least 1, got {k}")
     if not len(images) == len(targets) == len(preds) == len(values) or (ids is not None and len(ids) != len(values)):
-        raise ValueError(f"worst_images_figure needs one target, prediction, score (and id) per image, "
-                         f"got {len(images)} images, {len(targets)} targets, {len(preds)} predictions, {len(values)} scores")
+        raise ValueError(
+            f"worst_images_figure needs one target, prediction, score (and id) per image, "
+            f"got {len(images)} images, {len(targets)} targets, {len(preds)} predictions, {len(values)} scores"
+        )
     order = [int(i) for i in np.argsort(values, kind="stable") if not math.isnan(values[i])][:k]
     if not order:
         raise ValueError("worst_images_figure: no image has a score (all NaN or none given)")
     titles = [f"{ids[i] if ids is not None else i}: {values[i]:.3f}" for i in order]
-    return overlay_grid([images[i] for i in order], [preds[i] for i in order], [targets[i] for i in order],
-                        palette, path, titles=titles, classes=classes)
+    return overlay_grid(
+        [images[i] for i in order],
+        [preds[i] for i in order],
+        [targets[i] for i in order],
+        palette,
+        path,
+        titles=titles,
+        classes=classes,
+    )

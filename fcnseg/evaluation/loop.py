@@ -13,10 +13,12 @@ the first head's metrics, as for any model, plus every head's under ``"heads"`` 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
 from ..inference.predictor import Predictor
 from ..models.contract import bare_model
 from ..progress import Progress
@@ -49,19 +51,29 @@ def batch_progress(batches: Iterable, label: str, show: bool) -> Progress:
 
 
 def _one_item_batch(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    (image, mask), = items
+    ((image, mask),) = items
     return image.unsqueeze(0), mask.unsqueeze(0)
 
 
-def as_predictor(model: torch.nn.Module | Predictor, device: str | torch.device | None = None, **options: Any) -> Predictor:
+def as_predictor(
+    model: torch.nn.Module | Predictor, device: str | torch.device | None = None, **options: Any
+) -> Predictor:
     """``model`` itself when it is a :class:`Predictor`, else a Predictor for it (``options`` as Predictor's)."""
     return model if isinstance(model, Predictor) else Predictor(model, device=device, **options)
 
 
-def confusion_matrix(model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
-                     device: str | torch.device | None = None, ignore_index: int = 255, *, num_workers: int = 0,
-                     progress: bool = True, accumulators: Sequence[Any] = (),
-                     **predictor_options: Any) -> ConfusionMatrix:
+def confusion_matrix(
+    model: torch.nn.Module | Predictor,
+    data: Dataset | Iterable,
+    num_classes: int,
+    device: str | torch.device | None = None,
+    ignore_index: int = 255,
+    *,
+    num_workers: int = 0,
+    progress: bool = True,
+    accumulators: Sequence[Any] = (),
+    **predictor_options: Any,
+) -> ConfusionMatrix:
     """The confusion matrix of a model (or :class:`Predictor`) over ``data``, summed over all distributed ranks.
 
     ``data`` is a dataset of ``(image uint8 (3,H,W), mask (H,W))`` items (evaluated one image at a time, each rank a
@@ -72,8 +84,10 @@ def confusion_matrix(model: torch.nn.Module | Predictor, data: Dataset | Iterabl
     too, and are summed over ranks at the end.
     """
     if _heads(model):
-        raise ValueError(f"the model has several heads {[name for name, _ in _heads(model)]}: one confusion matrix "
-                         "cannot score them; use head_confusion_matrices or evaluate (which reports every head)")
+        raise ValueError(
+            f"the model has several heads {[name for name, _ in _heads(model)]}: one confusion matrix "
+            "cannot score them; use head_confusion_matrices or evaluate (which reports every head)"
+        )
     predictor = as_predictor(model, device, **predictor_options)
     matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)
     batches = dataset_batches(data, num_workers)
@@ -89,9 +103,14 @@ def confusion_matrix(model: torch.nn.Module | Predictor, data: Dataset | Iterabl
     return matrix
 
 
-def evaluate(model: torch.nn.Module | Predictor, data: Dataset | Iterable, num_classes: int,
-             device: str | torch.device | None = None, ignore_index: int = 255,
-             **options: Any) -> dict[str, float | list[float]]:
+def evaluate(
+    model: torch.nn.Module | Predictor,
+    data: Dataset | Iterable,
+    num_classes: int,
+    device: str | torch.device | None = None,
+    ignore_index: int = 255,
+    **options: Any,
+) -> dict[str, float | list[float]]:
     """``ConfusionMatrix.compute()`` of ``model`` over ``data``: pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc.
 
     Options as for :func:`confusion_matrix`. For a model with heads, see :func:`evaluate_heads`.
@@ -108,9 +127,16 @@ def _heads(model: torch.nn.Module | Predictor) -> tuple[tuple[str, int], ...] | 
     return (model.model if isinstance(model, Predictor) else bare_model(model)).heads
 
 
-def head_confusion_matrices(model: torch.nn.Module | Predictor, data: Dataset | Iterable,
-                            device: str | torch.device | None = None, ignore_index: int = 255, *, num_workers: int = 0,
-                            progress: bool = True, **predictor_options: Any) -> dict[str, ConfusionMatrix]:
+def head_confusion_matrices(
+    model: torch.nn.Module | Predictor,
+    data: Dataset | Iterable,
+    device: str | torch.device | None = None,
+    ignore_index: int = 255,
+    *,
+    num_workers: int = 0,
+    progress: bool = True,
+    **predictor_options: Any,
+) -> dict[str, ConfusionMatrix]:
     """One confusion matrix per head (by name) of a model with ``heads``, summed over distributed ranks.
 
     Masks have one row per head (K, H, W), ids numbered in the concatenated class list (the ``siftflow`` dataset's
@@ -127,7 +153,7 @@ def head_confusion_matrices(model: torch.nn.Module | Predictor, data: Dataset | 
                 logits, start = predictor.logits(image), 0
                 for (name, count), row in zip(heads, mask):
                     target = torch.where(row == ignore_index, row, row - start)
-                    matrices[name].update(logits[start:start + count].argmax(0).to(predictor.device), target)
+                    matrices[name].update(logits[start : start + count].argmax(0).to(predictor.device), target)
                     start += count
             shown.update()
     for matrix in matrices.values():
@@ -135,10 +161,17 @@ def head_confusion_matrices(model: torch.nn.Module | Predictor, data: Dataset | 
     return matrices
 
 
-def evaluate_heads(model: torch.nn.Module | Predictor, data: Dataset | Iterable,
-                   device: str | torch.device | None = None, ignore_index: int = 255, **options: Any) -> dict[str, Any]:
+def evaluate_heads(
+    model: torch.nn.Module | Predictor,
+    data: Dataset | Iterable,
+    device: str | torch.device | None = None,
+    ignore_index: int = 255,
+    **options: Any,
+) -> dict[str, Any]:
     """The first head's metrics (what training tracks, e.g. SIFT Flow's semantic mean IU) and every
     head's ``ConfusionMatrix.compute()`` under ``"heads"``: ``{name: metrics}``."""
-    results = {name: matrix.compute() for name, matrix in
-               head_confusion_matrices(model, data, device, ignore_index, **options).items()}
+    results = {
+        name: matrix.compute()
+        for name, matrix in head_confusion_matrices(model, data, device, ignore_index, **options).items()
+    }
     return {**next(iter(results.values())), "heads": results}

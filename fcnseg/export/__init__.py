@@ -16,6 +16,11 @@ from .onnx import (
 )
 
 __all__ = [
-    "DEFAULT_CHECK_SHAPES", "EXPORTERS", "ExportError", "ExportReport", "ParityTolerance", "export_onnx",
+    "DEFAULT_CHECK_SHAPES",
+    "EXPORTERS",
+    "ExportError",
+    "ExportReport",
+    "ParityTolerance",
+    "export_onnx",
     "read_onnx_metadata",
 ]

@@ -34,9 +34,10 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -163,7 +164,7 @@ class WithSoftmax(torch.nn.Module):
     def mean_pixel(self) -> tuple[int, ...]:
         return self.model.mean_pixel()
 
-    def set_fast_paths(self, enabled: bool) -> "WithSoftmax":
+    def set_fast_paths(self, enabled: bool) -> WithSoftmax:
         self.model.set_fast_paths(enabled)
         return self
 
@@ -187,8 +188,12 @@ def tiling_metadata(model: SegmentationModel) -> dict[str, Any]:
     own memory estimate as data (:class:`~fcnseg.models.contract.ForwardMemory`), from which the
     runtime model estimates exactly what ``model.estimate_forward_bytes`` does.
     """
-    return {"grid": int(model.grid), "context_margin": int(model.context_margin()),
-            "exact_tiling": bool(model.exact_tiling), "forward_memory": model.forward_memory().to_dict()}
+    return {
+        "grid": int(model.grid),
+        "context_margin": int(model.context_margin()),
+        "exact_tiling": bool(model.exact_tiling),
+        "forward_memory": model.forward_memory().to_dict(),
+    }
 
 
 def onnx_metadata(checkpoint: Checkpoint, output: str = OUTPUT_NAME) -> dict[str, str]:
@@ -223,7 +228,9 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ExportError(f"{path}: not an ONNX model ({error})") from None
     props = {entry.key: entry.value for entry in proto.metadata_props}
     if json.loads(props.get("format", "null")) != METADATA_FORMAT:
-        raise ExportError(f"{path}: an ONNX model, but not an fcnseg export (metadata 'format' is {props.get('format')!r})")
+        raise ExportError(
+            f"{path}: an ONNX model, but not an fcnseg export (metadata 'format' is {props.get('format')!r})"
+        )
     decoded = {key: json.loads(value) for key, value in props.items()}
     decoded["preprocessing"] = Preprocessing.from_dict(decoded["preprocessing"])
     decoded["palette"] = [tuple(colour) for colour in decoded["palette"]]
@@ -231,8 +238,9 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return decoded
 
 
-def _export_proto(model: torch.nn.Module, example: torch.Tensor, exporter: str, opset: int | None,
-                  output: str = OUTPUT_NAME) -> Any:
+def _export_proto(
+    model: torch.nn.Module, example: torch.Tensor, exporter: str, opset: int | None, output: str = OUTPUT_NAME
+) -> Any:
     """The model as an in-memory ONNX ``ModelProto`` with dynamic batch, height and width.
 
     The plain forward is exported: the fast paths' padding trim is planned per input size
@@ -387,7 +395,9 @@ def export_onnx(
     for key, value in onnx_metadata(checkpoint, output).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = f"fcnseg {checkpoint.model.config.get('name', 'FCN')} ({len(checkpoint.classes)} classes); see metadata 'input'"
+    proto.doc_string = (
+        f"fcnseg {checkpoint.model.config.get('name', 'FCN')} ({len(checkpoint.classes)} classes); see metadata 'input'"
+    )
     data = proto.SerializeToString()
     if len(data) > _PROTOBUF_LIMIT:
         raise ExportError(f"the model is {len(data) / 2**30:.1f} GiB: over the 2 GiB limit of a single ONNX file")

@@ -18,8 +18,9 @@ and a runtime that has only the file estimates exactly what the torch model does
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ class ForwardMemory:
         padded = (height + 2 * self.padding) * (width + 2 * self.padding)
         return int(self.per_padded_pixel * padded) + self.fixed
 
-    def times(self, copies: int) -> "ForwardMemory":
+    def times(self, copies: int) -> ForwardMemory:
         """The bound of ``copies`` such passes held at once (e.g. two trunks side by side)."""
         return ForwardMemory(copies * self.per_padded_pixel, self.padding, copies * self.fixed)
 
@@ -54,7 +55,7 @@ class ForwardMemory:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ForwardMemory":
+    def from_dict(cls, values: Mapping[str, Any]) -> ForwardMemory:
         return cls(values["per_padded_pixel"], int(values["padding"]), int(values["fixed"]))
 
 
@@ -110,7 +111,7 @@ class SegmentationModel(Protocol):
         augmented images with it)."""
         ...
 
-    def set_fast_paths(self, enabled: bool) -> "SegmentationModel":
+    def set_fast_paths(self, enabled: bool) -> SegmentationModel:
         """Switch the exact fast paths on or off (same logits to fp32 rounding); returns the model itself.
         A model without fast paths ignores it."""
         ...

@@ -25,7 +25,19 @@ from .images import (
 from .stream import PredictOptions, Summary, predict_files
 
 __all__ = [
-    "ImageError", "ImageTooLarge", "PredictOptions", "Summary", "list_images", "load_image", "mask_to_image",
-    "max_pixels_for", "overlay_image", "predict_files", "predict_logits", "predict_mask", "save_image", "save_mask_png",
+    "ImageError",
+    "ImageTooLarge",
+    "PredictOptions",
+    "Summary",
+    "list_images",
+    "load_image",
+    "mask_to_image",
+    "max_pixels_for",
+    "overlay_image",
+    "predict_files",
+    "predict_logits",
+    "predict_mask",
+    "save_image",
+    "save_mask_png",
     "with_legend",
 ]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ from ..data.errors import ImageTooLargeError
 from ..data.readers import IMAGE_SUFFIXES
 from ..files import atomic_path
 from ..inference.predictor import Predictor, check_image
-
 
 #: Rows blended at a time by :func:`overlay_image` (bounds its float working memory).
 OVERLAY_BAND_ROWS = 256
@@ -133,8 +132,9 @@ def mask_to_image(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[in
     return picture
 
 
-def save_mask_png(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]],
-                  path: str | os.PathLike[str]) -> Path:
+def save_mask_png(
+    mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]], path: str | os.PathLike[str]
+) -> Path:
     """Write ``mask`` (H, W) as a palette PNG of class ids (atomically); returns the path."""
     picture = mask_to_image(mask, palette)
     with atomic_path(path) as tmp:
@@ -142,8 +142,9 @@ def save_mask_png(mask: torch.Tensor | np.ndarray, palette: Sequence[Sequence[in
     return Path(path)
 
 
-def overlay_image(image: torch.Tensor, mask: torch.Tensor, palette: Sequence[Sequence[int]],
-                  alpha: float = 0.5) -> Image.Image:
+def overlay_image(
+    image: torch.Tensor, mask: torch.Tensor, palette: Sequence[Sequence[int]], alpha: float = 0.5
+) -> Image.Image:
     """The image with each pixel blended towards its class colour: ``(1 - alpha) * image + alpha * colour``.
 
     Pixels whose id has no palette colour (e.g. the ignore value 255) keep the image.
@@ -167,7 +168,9 @@ def overlay_image(image: torch.Tensor, mask: torch.Tensor, palette: Sequence[Seq
     return Image.fromarray(out)
 
 
-def with_legend(picture: Image.Image, mask: torch.Tensor, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> Image.Image:
+def with_legend(
+    picture: Image.Image, mask: torch.Tensor, classes: Sequence[str], palette: Sequence[Sequence[int]]
+) -> Image.Image:
     """``picture`` with a band below naming the colour of every class present in ``mask``."""
     from PIL import ImageDraw
 

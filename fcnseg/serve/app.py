@@ -22,9 +22,10 @@ from __future__ import annotations
 import base64
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 try:
     from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -83,10 +84,18 @@ def _page() -> str:
     return resources.files("fcnseg.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(checkpoint: Checkpoint | str | os.PathLike[str], *, limits: ServeLimits | None = None,
-               device: str | torch.device = "cpu", fast_paths: bool = True, api_key: str | None = None,
-               cors_origins: Sequence[str] = (), runtime: str | None = None, dtype: str = "float32",
-               **predictor_options: Any) -> FastAPI:
+def create_app(
+    checkpoint: Checkpoint | str | os.PathLike[str],
+    *,
+    limits: ServeLimits | None = None,
+    device: str | torch.device = "cpu",
+    fast_paths: bool = True,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+    runtime: str | None = None,
+    dtype: str = "float32",
+    **predictor_options: Any,
+) -> FastAPI:
     """A FastAPI app that segments uploaded images with ``checkpoint`` (a path or a loaded one).
 
     ``app.state.segmenter`` is the :class:`~fcnseg.serve.segmenter.Segmenter`, ``app.state.limits`` the
@@ -100,12 +109,20 @@ def create_app(checkpoint: Checkpoint | str | os.PathLike[str], *, limits: Serve
     limits = limits or ServeLimits()
     if not isinstance(checkpoint, Checkpoint):  # a file, a registry name, or an ONNX export run in a runtime
         checkpoint, dtype = load_model_file(checkpoint, runtime, dtype=dtype, device=device)
-    segmenter = Segmenter(checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes,
-                          fast_paths=fast_paths, dtype=dtype, **predictor_options)  # e.g. tta_scales, tta_flip
+    segmenter = Segmenter(
+        checkpoint,
+        device=device,
+        memory_budget_bytes=limits.memory_budget_bytes,
+        fast_paths=fast_paths,
+        dtype=dtype,
+        **predictor_options,
+    )  # e.g. tta_scales, tta_flip
     segmenter.segment(torch.zeros((3, 32, 32), dtype=torch.uint8))  # warm-up: the model runs on this device
 
-    app = FastAPI(title="fcnseg",
-                  description=f"Semantic segmentation with {segmenter.model_name} ({len(segmenter.classes)} classes)")
+    app = FastAPI(
+        title="fcnseg",
+        description=f"Semantic segmentation with {segmenter.model_name} ({len(segmenter.classes)} classes)",
+    )
     # What the endpoints below read, per request, from ``request.app.state``.
     app.state.segmenter = segmenter
     app.state.limits = limits
@@ -126,14 +143,19 @@ def _add_guards(app: FastAPI, api_key: str | None, cors_origins: Sequence[str]) 
     limits = app.state.limits
     app.add_middleware(BodyDeadline, timeout=limits.body_timeout_s)
     app.add_middleware(UploadSlots, queue=app.state.uploads)
-    app.add_middleware(UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + _MULTIPART_SLACK,
-                       message=limits.upload_message())
+    app.add_middleware(
+        UploadSizeLimit, max_body_bytes=limits.max_upload_bytes + _MULTIPART_SLACK, message=limits.upload_message()
+    )
     if api_key is not None:
         app.add_middleware(ApiKeyCheck, key=api_key, open_paths=frozenset({"/", "/health"}))
     if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key"],
-                           expose_headers=["X-Segment-Seconds", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key"],
+            expose_headers=["X-Segment-Seconds", "Retry-After"],
+        )
 
 
 def _add_endpoints(app: FastAPI) -> None:
@@ -152,17 +174,24 @@ def health(request: Request) -> dict[str, Any]:
     state = request.app.state
     segmenter, uploads = state.segmenter, state.uploads
     return {
-        "status": "ok", "ready": uploads.in_progress < uploads.slots, "model": segmenter.model_name,
-        "classes": segmenter.classes, "num_classes": len(segmenter.classes),
-        "palette": [list(colour) for colour in segmenter.palette], "auth_required": state.auth_required,
+        "status": "ok",
+        "ready": uploads.in_progress < uploads.slots,
+        "model": segmenter.model_name,
+        "classes": segmenter.classes,
+        "num_classes": len(segmenter.classes),
+        "palette": [list(colour) for colour in segmenter.palette],
+        "auth_required": state.auth_required,
         "uploads": {"in_progress": uploads.in_progress, "waiting": uploads.waiting, "slots": uploads.slots},
         "limits": asdict(state.limits),
     }
 
 
 async def segment(
-    request: Request, file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
-    output_format: Literal["png", "json"] = Query("png", alias="format", description="png: the mask; json: counts, mask and overlay"),
+    request: Request,
+    file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
+    output_format: Literal["png", "json"] = Query(
+        "png", alias="format", description="png: the mask; json: counts, mask and overlay"
+    ),
     alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours (json)"),
     confidence: bool = Query(False, description="json: add the mean top-1 probability and its map as a 16-bit PNG"),
 ) -> Response:
@@ -195,20 +224,34 @@ def _segment_upload(state: Any, data: bytes, name: str, output_format: str, alph
         return Response(mask_png, media_type="image/png", headers=headers)
     body = _json_body(segmenter, image, mask, mask_png, name, alpha, seconds)
     if confidence:
-        body["confidence"] = {"mean_top1": float(result.top1.mean()),
-                              "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii")}
+        body["confidence"] = {
+            "mean_top1": float(result.top1.mean()),
+            "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii"),
+        }
     return JSONResponse(body, headers=headers)
 
 
-def _json_body(segmenter: Segmenter, image: torch.Tensor, mask: torch.Tensor, mask_png: bytes, name: str,
-               alpha: float, seconds: float) -> dict[str, Any]:
+def _json_body(
+    segmenter: Segmenter,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    mask_png: bytes,
+    name: str,
+    alpha: float,
+    seconds: float,
+) -> dict[str, Any]:
     """``?format=json``: class names, per-class pixel counts, the classes present, the mask and an overlay."""
     counts = segmenter.class_counts(mask)
     overlay_png = png_bytes(overlay_image(image, mask, segmenter.palette, alpha=alpha))
     return {
-        "model": segmenter.model_name, "file": name, "width": int(image.shape[-1]), "height": int(image.shape[-2]),
-        "classes": segmenter.classes, "pixel_counts": {count.name: count.pixels for count in counts},
+        "model": segmenter.model_name,
+        "file": name,
+        "width": int(image.shape[-1]),
+        "height": int(image.shape[-2]),
+        "classes": segmenter.classes,
+        "pixel_counts": {count.name: count.pixels for count in counts},
         "present": [c.to_dict() for c in sorted(counts, key=lambda c: -c.pixels) if c.pixels > 0],
         "mask_png": base64.b64encode(mask_png).decode("ascii"),
-        "overlay_png": base64.b64encode(overlay_png).decode("ascii"), "segment_seconds": seconds,
+        "overlay_png": base64.b64encode(overlay_png).decode("ascii"),
+        "segment_seconds": seconds,
     }

@@ -66,8 +66,10 @@ def probe_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:
             f"'{name}' is not an image this service can read (first bytes {start!r}); send a JPEG, PNG, BMP, TIFF or WebP file"
         ) from None
     if info.pixels > max_pixels:
-        raise TooLarge(f"'{name}' is {info.width}x{info.height} = {info.pixels:,} pixels; this service accepts at most "
-                       f"{max_pixels:,} pixels per image (resize it, or start the server with a larger --max-pixels)")
+        raise TooLarge(
+            f"'{name}' is {info.width}x{info.height} = {info.pixels:,} pixels; this service accepts at most "
+            f"{max_pixels:,} pixels per image (resize it, or start the server with a larger --max-pixels)"
+        )
     shortfall = jpeg_data_shortfall(data) if info.format == "JPEG" else None
     if shortfall is not None:
         held, needed = shortfall

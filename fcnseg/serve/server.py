@@ -15,8 +15,10 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-_HEAD_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                          b"connection: close\r\ncontent-length: 35\r\n\r\nthe request head arrived too slowly")
+_HEAD_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: 35\r\n\r\nthe request head arrived too slowly"
+)
 
 
 class _HeadDeadlineProtocol(H11Protocol):

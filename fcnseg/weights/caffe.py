@@ -27,10 +27,13 @@ logger = logging.getLogger(__name__)
 SCALE_LAYERS = {"scale_pool4": "score_pool4", "scale_pool3": "score_pool3"}
 #: Every reference layer name of the FCN family (the layer names of the reference Caffe prototxts:
 #: VGG16's conv1_1 ... conv5_3 and AlexNet's conv1 ... conv5).
-REFERENCE_NAMES = frozenset([f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
-                            + [f"conv{s}" for s in range(1, 6)]
-                            + ["fc6", "fc7", "score_fr", "score_pool4", "score_pool3"]
-                            + ["upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8"] + list(SCALE_LAYERS))
+REFERENCE_NAMES = frozenset(
+    [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)]
+    + [f"conv{s}" for s in range(1, 6)]
+    + ["fc6", "fc7", "score_fr", "score_pool4", "score_pool3"]
+    + ["upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8"]
+    + list(SCALE_LAYERS)
+)
 
 
 def _without_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -48,8 +51,10 @@ def _fit_blob(layer: CaffeLayer, index: int, kind: str, target: tuple[int, ...],
         # fc6/fc7 as InnerProduct: (out, in*kh*kw), rows flattened as (channel, row, column).
         fits = _without_leading_ones(stored) == (target[0], math.prod(target[1:]))
     if not fits:
-        raise WeightsError(f"{source}: layer {layer.name!r} ({layer.type}) {kind} has shape {stored} in the file "
-                           f"but the model expects {target}")
+        raise WeightsError(
+            f"{source}: layer {layer.name!r} ({layer.type}) {kind} has shape {stored} in the file "
+            f"but the model expects {target}"
+        )
     return torch.from_numpy(layer.blob(index, source).reshape(target))
 
 
@@ -57,8 +62,10 @@ def _check_scale(model: ReferenceNet, layer: CaffeLayer, source: str) -> float:
     """The value of an at-once scale layer, checked against what the model can hold."""
     scales = model.fixed_scales()
     if layer.name not in scales:
-        raise WeightsError(f"{source}: the file has {layer.name!r}, the fixed skip scale of FCN-8s at-once; "
-                           "its skip scores only fit that model: create 'fcn8s_atonce'")
+        raise WeightsError(
+            f"{source}: the file has {layer.name!r}, the fixed skip scale of FCN-8s at-once; "
+            "its skip scores only fit that model: create 'fcn8s_atonce'"
+        )
     if len(layer) != 1:
         raise WeightsError(f"{source}: layer {layer.name!r} has {len(layer)} blobs; a fixed scale has exactly 1")
     channels = model.reference_layers()[SCALE_LAYERS[layer.name]].in_channels
@@ -76,8 +83,9 @@ def _check_scale(model: ReferenceNet, layer: CaffeLayer, source: str) -> float:
     value = float(values.flat[0])
     expected = float(scales[layer.name])
     if value != expected:
-        logger.warning("%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value,
-                       expected)
+        logger.warning(
+            "%s: %s is %g in the file (the model had %g); using the file's value", source, layer.name, value, expected
+        )
     return value
 
 
@@ -145,10 +153,17 @@ def _require_same_layers(model: ReferenceNet, source: str, loaded: list[str], sk
     missing = [name for name in wanted if name not in loaded and not name.startswith("upscore")]
     if extra or missing:
         name = model.config["name"] if isinstance(model, SegmentationModel) else type(model).__name__
-        raise WeightsError(f"{source}: not the weights of a trained {name}: "
-                           + "; ".join(f"{what} {names}" for what, names in
-                                       (("the file has layers the model lacks:", extra),
-                                        ("the model has layers the file lacks:", missing)) if names))
+        raise WeightsError(
+            f"{source}: not the weights of a trained {name}: "
+            + "; ".join(
+                f"{what} {names}"
+                for what, names in (
+                    ("the file has layers the model lacks:", extra),
+                    ("the model has layers the file lacks:", missing),
+                )
+                if names
+            )
+        )
 
 
 def _report(source: str, skipped: list[str], missing: list[str]) -> None:

@@ -38,23 +38,28 @@ _MESSAGES: tuple[tuple[str, list[tuple[str, int, int, bool, str | None]]], ...] 
     (
         "BlobProto",
         [
-            ("num", 1, _F.TYPE_INT64, False, None), ("channels", 2, _F.TYPE_INT64, False, None),
-            ("height", 3, _F.TYPE_INT64, False, None), ("width", 4, _F.TYPE_INT64, False, None),
-            ("data", 5, _F.TYPE_FLOAT, True, None), ("shape", 7, _F.TYPE_MESSAGE, False, "BlobShape"),
+            ("num", 1, _F.TYPE_INT64, False, None),
+            ("channels", 2, _F.TYPE_INT64, False, None),
+            ("height", 3, _F.TYPE_INT64, False, None),
+            ("width", 4, _F.TYPE_INT64, False, None),
+            ("data", 5, _F.TYPE_FLOAT, True, None),
+            ("shape", 7, _F.TYPE_MESSAGE, False, "BlobShape"),
             ("double_data", 8, _F.TYPE_DOUBLE, True, None),
         ],
     ),
     (
         "LayerParameter",
         [
-            ("name", 1, _F.TYPE_BYTES, False, None), ("type", 2, _F.TYPE_BYTES, False, None),
+            ("name", 1, _F.TYPE_BYTES, False, None),
+            ("type", 2, _F.TYPE_BYTES, False, None),
             ("blobs", 7, _F.TYPE_MESSAGE, True, "BlobProto"),
         ],
     ),
     (
         "V0LayerParameter",
         [
-            ("name", 1, _F.TYPE_BYTES, False, None), ("type", 2, _F.TYPE_BYTES, False, None),
+            ("name", 1, _F.TYPE_BYTES, False, None),
+            ("type", 2, _F.TYPE_BYTES, False, None),
             ("blobs", 50, _F.TYPE_MESSAGE, True, "BlobProto"),
         ],
     ),
@@ -70,7 +75,8 @@ _MESSAGES: tuple[tuple[str, list[tuple[str, int, int, bool, str | None]]], ...] 
     (
         "NetParameter",
         [
-            ("name", 1, _F.TYPE_BYTES, False, None), ("layers", 2, _F.TYPE_MESSAGE, True, "V1LayerParameter"),
+            ("name", 1, _F.TYPE_BYTES, False, None),
+            ("layers", 2, _F.TYPE_MESSAGE, True, "V1LayerParameter"),
             ("layer", 100, _F.TYPE_MESSAGE, True, "LayerParameter"),
         ],
     ),

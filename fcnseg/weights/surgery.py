@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -51,8 +51,9 @@ def _skip_scale(state: StateDict, score_layer: str) -> float:
     return float(state[key]) if key in state else 1.0
 
 
-def transfer_fcn_state(source: StateDict, target: StateDict,
-                       source_name: str = "source FCN") -> dict[str, torch.Tensor]:
+def transfer_fcn_state(
+    source: StateDict, target: StateDict, source_name: str = "source FCN"
+) -> dict[str, torch.Tensor]:
     """Weights of ``source`` laid onto an FCN of another stride (e.g. FCN-32s -> FCN-16s -> FCN-8s).
 
     Returns a new state dict shaped like ``target``: every tensor both models have is copied (shapes checked); skip
@@ -85,8 +86,9 @@ def transfer_fcn_state(source: StateDict, target: StateDict,
     return out
 
 
-def change_num_classes_state(state: StateDict, num_classes: int,
-                             keep: Mapping[int, int] | None = None) -> dict[str, torch.Tensor]:
+def change_num_classes_state(
+    state: StateDict, num_classes: int, keep: Mapping[int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """An FCN state dict for ``num_classes`` classes (fine-tuning to a new task).
 
     The score layers restart at zero and the upsampling layers at the bilinear kernel, except for the classes in
@@ -150,8 +152,10 @@ def with_num_classes(model: nn.Module, num_classes: int, keep: Mapping[int, int]
     (``{new_index: old_index}``, see :func:`class_index_map`). ``model`` is not changed.
     """
     if not isinstance(model, SegmentationModel):
-        raise WeightsError(f"{type(model).__name__} is not an fcnseg model (fcnseg.models.SegmentationModel): "
-                           "only fcnseg models can change their classes")
+        raise WeightsError(
+            f"{type(model).__name__} is not an fcnseg model (fcnseg.models.SegmentationModel): "
+            "only fcnseg models can change their classes"
+        )
     config = dict(model.config)
     name = config.pop("name")
     config["num_classes"] = num_classes

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 import urllib.error
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -24,16 +25,18 @@ from ..preprocessing import TORCHVISION
 from .checks import WeightsError, assign_reference_weights, load_without_code
 
 #: Reference names of the 13 VGG16 convolutions, in order.
-VGG16_CONV_NAMES = tuple(f"conv{stage}_{index}" for stage,
-                         count in enumerate((2, 2, 3, 3, 3), start=1) for index in range(1, count + 1))
+VGG16_CONV_NAMES = tuple(
+    f"conv{stage}_{index}" for stage, count in enumerate((2, 2, 3, 3, 3), start=1) for index in range(1, count + 1)
+)
 #: torchvision classifier index -> (reference name, kernel side of the equivalent convolution).
 CLASSIFIER_LAYERS = {0: ("fc6", 7), 3: ("fc7", 1)}
 
 Source = Union[None, str, os.PathLike, Mapping[str, torch.Tensor], Any]
 
 
-def vgg16_from_torchvision(state: Mapping[str, torch.Tensor],
-                           source: str = "torchvision VGG16") -> dict[str, torch.Tensor]:
+def vgg16_from_torchvision(
+    state: Mapping[str, torch.Tensor], source: str = "torchvision VGG16"
+) -> dict[str, torch.Tensor]:
     """Rename a torchvision VGG16 state dict to reference names, fc6/fc7 reshaped into convolutions.
 
     Pure: returns new tensors keyed ``"conv1_1.weight"`` ... ``"fc7.bias"`` (the layout of
@@ -44,11 +47,16 @@ def vgg16_from_torchvision(state: Mapping[str, torch.Tensor],
     """
     if any(key.endswith("running_mean") for key in state):
         raise WeightsError(f"{source}: a batch-norm VGG (vgg16_bn); the FCN trunk is plain VGG16")
-    conv_indices = sorted(int(match.group(1)) for key, value in state.items()
-                          if (match := re.fullmatch(r"features\.(\d+)\.weight", key)) and value.dim() == 4)
+    conv_indices = sorted(
+        int(match.group(1))
+        for key, value in state.items()
+        if (match := re.fullmatch(r"features\.(\d+)\.weight", key)) and value.dim() == 4
+    )
     if len(conv_indices) != len(VGG16_CONV_NAMES):
-        raise WeightsError(f"{source}: not a torchvision VGG16 state dict: {len(conv_indices)} convolutions under "
-                           f"'features.N.weight', VGG16 has {len(VGG16_CONV_NAMES)}")
+        raise WeightsError(
+            f"{source}: not a torchvision VGG16 state dict: {len(conv_indices)} convolutions under "
+            f"'features.N.weight', VGG16 has {len(VGG16_CONV_NAMES)}"
+        )
     out: dict[str, torch.Tensor] = {}
     for name, index in zip(VGG16_CONV_NAMES, conv_indices):
         out[f"{name}.weight"] = state[f"features.{index}.weight"].detach().clone()
@@ -57,12 +65,15 @@ def vgg16_from_torchvision(state: Mapping[str, torch.Tensor],
         weight = _require(state, f"classifier.{index}.weight", source)
         bias = _require(state, f"classifier.{index}.bias", source)
         if torch.isnan(weight).any() or torch.isnan(bias).any():
-            raise WeightsError(f"{source}: classifier.{index} ({name}) holds NaN: these are feature-only weights "
-                               "(torchvision IMAGENET1K_FEATURES), which cannot supply fc6/fc7; use IMAGENET1K_V1")
+            raise WeightsError(
+                f"{source}: classifier.{index} ({name}) holds NaN: these are feature-only weights "
+                "(torchvision IMAGENET1K_FEATURES), which cannot supply fc6/fc7; use IMAGENET1K_V1"
+            )
         outputs, inputs = weight.shape
         if inputs % (kernel * kernel):
-            raise WeightsError(f"{source}: classifier.{index}.weight ({name}) has {inputs} inputs, "
-                               f"not a multiple of {kernel}x{kernel}")
+            raise WeightsError(
+                f"{source}: classifier.{index}.weight ({name}) has {inputs} inputs, not a multiple of {kernel}x{kernel}"
+            )
         # torchvision flattens pool5 as (channel, row, column): exactly a conv weight's layout.
         out[f"{name}.weight"] = weight.detach().reshape(outputs, inputs // (kernel * kernel), kernel, kernel).clone()
         out[f"{name}.bias"] = bias.detach().clone()
@@ -141,8 +152,10 @@ def download_vgg16_state(weights: Any = None, progress: bool = True) -> dict[str
 
 def _refuse_feature_weights(weights: Any) -> None:
     if getattr(weights, "name", "") == "IMAGENET1K_FEATURES":
-        raise WeightsError("VGG16_Weights.IMAGENET1K_FEATURES has NaN classifier weights and cannot supply fc6/fc7; "
-                           "use VGG16_Weights.IMAGENET1K_V1")
+        raise WeightsError(
+            "VGG16_Weights.IMAGENET1K_FEATURES has NaN classifier weights and cannot supply fc6/fc7; "
+            "use VGG16_Weights.IMAGENET1K_V1"
+        )
 
 
 def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress: bool = True) -> list[str]:

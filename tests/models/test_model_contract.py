@@ -18,12 +18,12 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_model
 from torch import nn
 
 import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.models import ForwardMemory, ReferenceNet, SegmentationModel
-from tiny_models import tiny_model
 
 TINY = 0.0625
 CLASSES = 5  # a SIFT Flow net splits them 2 semantic + 3 geometric
@@ -51,8 +51,10 @@ def _parameters(name: str) -> int:
         return sum(p.numel() for p in fcnseg.create_model(name, num_classes=CLASSES, width=width_of(name)).parameters())
 
 
-MODELS = [pytest.param(name, marks=pytest.mark.slow) if _parameters(name) > SLOW_PARAMETERS else name
-          for name in fcnseg.list_models()]
+MODELS = [
+    pytest.param(name, marks=pytest.mark.slow) if _parameters(name) > SLOW_PARAMETERS else name
+    for name in fcnseg.list_models()
+]
 
 
 def build(name: str, **options) -> nn.Module:
@@ -97,7 +99,9 @@ def test_gradients_reach_every_learnable_parameter_and_no_frozen_one(name, fast_
 def test_checkpoint_round_trip_gives_the_same_model_and_logits(name, tmp_path):
     model = random_model(name).eval()
     classes = [f"c{i}" for i in range(CLASSES)]
-    path = save_checkpoint(tmp_path / "m.safetensors", model, classes=classes, palette=[(i, i, i) for i in range(CLASSES)])
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", model, classes=classes, palette=[(i, i, i) for i in range(CLASSES)]
+    )
     loaded = load_checkpoint(path)
     assert loaded.model.config == model.config and loaded.classes == classes
     x = blob(model, 1, 45, 38)
@@ -144,12 +148,13 @@ ESTIMATE_SIZES = [(1, 1), (37, 53), (500, 375), (1024, 2048), (3000, 4000)]
 
 def closest_to_zero(model, pixel: tuple[int, ...]) -> bool:
     """Whether no one-level step of one channel brings the blob of ``pixel`` closer to zero (summed |blob|)."""
+
     def distance(values):
         return float(model.prepare_input(torch.tensor(values, dtype=torch.uint8).view(-1, 1, 1)).abs().sum())
 
     start = distance(pixel)
-    steps = [pixel[:c] + (pixel[c] + d,) + pixel[c + 1:] for c in range(len(pixel)) for d in (-1, 1)]
-    return all(start <= distance(step) for step in steps if 0 <= min(step) and max(step) <= 255)
+    steps = [pixel[:c] + (pixel[c] + d,) + pixel[c + 1 :] for c in range(len(pixel)) for d in (-1, 1)]
+    return all(start <= distance(step) for step in steps if min(step) >= 0 and max(step) <= 255)
 
 
 def check_contract(model, name: str) -> None:
@@ -257,12 +262,16 @@ def stub_export(path, model) -> None:
     from fcnseg.export.onnx import onnx_metadata
 
     shape = ["batch", 3, "height", "width"]
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "stub",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "stub",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    checkpoint = Checkpoint(model=model, classes=[f"c{i}" for i in range(CLASSES)],
-                            palette=[(i, i, i) for i in range(CLASSES)])
+    checkpoint = Checkpoint(
+        model=model, classes=[f"c{i}" for i in range(CLASSES)], palette=[(i, i, i) for i in range(CLASSES)]
+    )
     for key, value in onnx_metadata(checkpoint).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -291,8 +300,11 @@ def test_a_file_with_the_first_tiling_entry_rebuilds_the_tiling_from_the_config(
         model = build(name)
     stub_export(tmp_path / "m.onnx", model)
     proto = onnx.load(str(tmp_path / "m.onnx"))
-    first = {"grid": model.grid, "context_margin": model.context_margin(),
-             "forward_bytes": {"hw": 1.0, "h": 0.0, "w": 0.0, "one": 0.0}}
+    first = {
+        "grid": model.grid,
+        "context_margin": model.context_margin(),
+        "forward_bytes": {"hw": 1.0, "h": 0.0, "w": 0.0, "one": 0.0},
+    }
     next(entry for entry in proto.metadata_props if entry.key == "tiling").value = json.dumps(first)
     onnx.save(proto, str(tmp_path / "old.onnx"))
     same_tiling(OnnxModel(tmp_path / "old.onnx", "onnxruntime"), model)
