@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, device=context.device, fast_paths=not args.no_fast_paths,
             memory_budget_bytes=int(args.memory_budget_mb * 2**20), margin=args.margin,
             tile=None if args.tile_size is None else Tiling(args.tile_size, args.margin),
-            tta_scales=args.tta_scales, tta_flip=args.tta_flip, runtime=args.runtime, dtype=args.dtype,
+            tta_scales=args.tta_scales, tta_flip=args.tta_flip, dtype=args.dtype,
+            runtime="torch" if args.mc_dropout and args.runtime == "auto" else args.runtime,  # dropout is torch's
         )  # fmt: skip
         return _predict(args, predictor, checkpoint, context)
     finally:

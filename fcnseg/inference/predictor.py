@@ -334,5 +334,5 @@ def load_predictor(checkpoint: str | os.PathLike[str], runtime: str | None = Non
 
     options.setdefault("device", "auto")
     loaded, options["dtype"] = load_model_file(checkpoint, runtime, dtype=options.get("dtype", "float32"),
-                                               device=options["device"])
+                                               device=options["device"], fast_paths=options.get("fast_paths") is not False)
     return Predictor(loaded.model, **options), loaded
