@@ -12,9 +12,10 @@ Two measurements, every claim a ratio within the run:
 2. **End to end** (the first model, fresh ``fcnseg predict`` processes, ``--threads`` threads,
    ``--workers`` decode processes): ``--images`` generated PNGs and ``--few`` of them, predicted with
    ``--runtime torch``, with the default ``auto`` (the compiled cache already made) and with the
-   compiled ``.onnx`` file itself; the marginal seconds per image are the difference of the two wall
-   times over the difference of the counts (start-up and loading cancel). The masks of torch and auto
-   are compared pixel by pixel.
+   compiled ``.onnx`` file itself, the candidates side by side in each round; the marginal seconds per
+   image are the difference of the two folders' times as the command reports them (its images over
+   its images/s: start-up and loading left out) over the difference of the counts; start-up and
+   loading are the process's wall time less that. The masks of torch and auto are compared pixel by pixel.
 
 The cache lives in a temporary ``$FCNSEG_HOME``, removed afterwards.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -83,7 +85,9 @@ def model_alone(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
             "compile_s": round(first, 2), "cached_load_s": round(cached, 2), "times": times}
 
 
-def predict_wall(model: str, folder: Path, out: Path, runtime: list[str], args: argparse.Namespace) -> float:
+def predict_seconds(model: str, folder: Path, out: Path, runtime: list[str], args: argparse.Namespace
+                    ) -> tuple[float, float]:
+    """(wall seconds of the process, seconds the command reports for its images: start-up and loading left out)."""
     command = [sys.executable, "-m", "fcnseg", "predict", model, str(folder), "--out", str(out), "--device", "cpu",
                "--workers", str(args.workers), *runtime]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": str(args.threads)}
@@ -91,7 +95,9 @@ def predict_wall(model: str, folder: Path, out: Path, runtime: list[str], args: 
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed: {done.stderr[-1500:]}")
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    images, rate = re.search(r"wrote (\d+) mask.*?([\d.]+) images/s", done.stdout).groups()
+    return wall, int(images) / float(rate)
 
 
 def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -111,21 +117,27 @@ def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[s
     candidates = {"torch": (str(checkpoint), ["--runtime", "torch"]), "auto": (str(checkpoint), []),
                   "onnx_export": (str(onnx_file), ["--runtime", "openvino"])}
     walls: dict[str, dict[int, list[float]]] = {name: {count: [] for count in folders} for name in candidates}
+    pipeline: dict[str, dict[int, list[float]]] = {name: {count: [] for count in folders} for name in candidates}
     for round_index in range(args.e2e_rounds):
-        for name, (model, runtime) in candidates.items():
-            for count, folder in folders.items():
+        for count, folder in folders.items():
+            for name, (model, runtime) in candidates.items():  # the candidates side by side in time
                 out = root / f"out_{name}_{count}_{round_index}"
-                walls[name][count].append(predict_wall(model, folder, out, runtime, args))
-        print(f"  round {round_index + 1}: " + ", ".join(f"{n} {w[args.images][-1]:.1f}s" for n, w in walls.items()),
+                wall, seconds = predict_seconds(model, folder, out, runtime, args)
+                walls[name][count].append(wall)
+                pipeline[name][count].append(seconds)
+        print(f"  round {round_index + 1}: " + ", ".join(f"{n} {w[args.images][-1]:.1f}s" for n, w in pipeline.items()),
               flush=True)
-    marginal = {name: (median(w[args.images]) - median(w[args.few])) / (args.images - args.few) for name, w in walls.items()}
+    span = args.images - args.few
+    marginal = {name: (median(w[args.images]) - median(w[args.few])) / span for name, w in pipeline.items()}
+    startup = {name: median(walls[name][args.few]) - median(pipeline[name][args.few]) for name in candidates}
     masks = [(np.asarray(Image.open(root / f"out_torch_{args.images}_0" / f"frame{i:04d}.png")),
               np.asarray(Image.open(root / f"out_auto_{args.images}_0" / f"frame{i:04d}.png"))) for i in range(args.images)]
     equal = sum(int((a == b).sum()) for a, b in masks) / sum(a.size for a, _ in masks)
     return {"marginal_ms_per_image": {name: round(1000 * value, 1) for name, value in marginal.items()},
             "auto_vs_torch": round(marginal["auto"] / marginal["torch"], 3),
             "auto_vs_onnx_export": round(marginal["auto"] / marginal["onnx_export"], 3),
-            "mask_pixels_equal_torch_auto": equal, "walls_s": walls}
+            "startup_and_load_s": {name: round(value, 2) for name, value in startup.items()},
+            "mask_pixels_equal_torch_auto": equal, "pipeline_s": pipeline, "walls_s": walls}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=9, help="model-alone rounds (default 9)")
     parser.add_argument("--images", type=int, default=24, help="end to end: the larger folder (default 24)")
     parser.add_argument("--few", type=int, default=4, help="end to end: the smaller folder (default 4)")
-    parser.add_argument("--e2e-rounds", type=int, default=1, help="end-to-end rounds (default 1)")
+    parser.add_argument("--e2e-rounds", type=int, default=3, help="end-to-end rounds (default 3)")
     parser.add_argument("--workers", type=int, default=0, help="fcnseg predict --workers (default 0)")
     parser.add_argument("--no-e2e", action="store_true", help="the model-alone figures only")
     parser.add_argument("--quick", action="store_true", help="smoke run: 192x256, 3 rounds, 6 and 2 images")
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_e2e:
             print(f"end to end: {args.models[0]}, {args.images} and {args.few} images", flush=True)
             e2e = end_to_end(root / f"{args.models[0]}.safetensors", root, args)
-            print(f"  {({k: v for k, v in e2e.items() if k != 'walls_s'})}", flush=True)
+            print(f"  {({k: v for k, v in e2e.items() if k not in ('walls_s', 'pipeline_s')})}", flush=True)
     config = {"size": list(args.size), "threads": args.threads, "rounds": args.rounds, "images": args.images,
               "few": args.few, "workers": args.workers, "weights": "random, score layers N(0, 0.01^2)"}
     document = harness.results_document("predict_backend", info, config=config, model_alone=results, end_to_end=e2e)
