@@ -139,3 +139,16 @@ def test_mc_dropout_in_fcnseg_predict_runs_torch(tiny_checkpoint, tmp_path, expo
     status = main(["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
                    "--device", "cpu", "--workers", "0", "--mc-dropout", "2", "--confidence"])
     assert status == 0 and export_calls == [] and (tmp_path / "out" / "a_mutual_info.png").is_file()
+
+
+def test_a_gpu_runs_torch(tiny_checkpoint, export_calls, monkeypatch):
+    monkeypatch.setattr(compiled, "resolve_device", lambda device: torch.device("cuda"))
+    assert compiled.load_compiled_checkpoint(tiny_checkpoint, device="cuda") is None and export_calls == []
+
+
+def test_test_time_augmentation_runs_compiled_with_the_torch_masks(tiny_checkpoint):
+    tta = {"tta_scales": (0.75, 1.0), "tta_flip": True}
+    predictor, _ = load_predictor(tiny_checkpoint, runtime="auto", device="cpu", **tta)
+    reference, _ = load_predictor(tiny_checkpoint, runtime="torch", device="cpu", **tta)
+    assert isinstance(predictor.model, OnnxModel)
+    assert all(torch.equal(predictor.mask(image), reference.mask(image)) for image in _images(2))
