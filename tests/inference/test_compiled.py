@@ -152,3 +152,34 @@ def test_test_time_augmentation_runs_compiled_with_the_torch_masks(tiny_checkpoi
     reference, _ = load_predictor(tiny_checkpoint, runtime="torch", device="cpu", **tta)
     assert isinstance(predictor.model, OnnxModel)
     assert all(torch.equal(predictor.mask(image), reference.mask(image)) for image in _images(2))
+
+
+def test_serve_runs_the_compiled_model(tiny_checkpoint):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fcnseg.serve import create_app
+
+    assert isinstance(create_app(tiny_checkpoint, runtime="auto").state.segmenter.predictor.model, OnnxModel)
+
+
+def test_a_squeeze_and_excitation_net_compiled_still_refuses_inexact_tiles(tmp_path, monkeypatch):
+    """The ONNX file does not say whether tiles are exact; the compiled model takes it from the model's config."""
+    monkeypatch.setattr(compiled, "COMPILED_FAMILIES", ("mobilenet_v3",))
+    path = save_checkpoint(tmp_path / "se.safetensors", tiny_model("fcn8s_mobilenet_v3_large", 3, width=1.0),
+                           classes=TINY_CLASSES, palette=TINY_PALETTE)
+    with pytest.raises(ValueError, match="squeeze-and-excitation"):
+        load_predictor(path, runtime="auto", device="cpu", tile=64)
+    predictor, _ = load_predictor(path, runtime="auto", device="cpu")
+    assert isinstance(predictor.model, OnnxModel) and predictor.model.exact_tiling is False
+
+
+def test_mc_dropout_on_an_onnx_file_says_it_has_no_dropout(tiny_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from fcnseg.cli import main
+    from fcnseg.export.onnx import export_onnx
+
+    export_onnx(tiny_checkpoint, tmp_path / "m.onnx", exporter="torchscript", check_shapes=[(1, 3, 32, 32)])
+    Image.fromarray(_images(1)[0].permute(1, 2, 0).numpy()).save(tmp_path / "a.png")
+    status = main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
+                   "--workers", "0", "--mc-dropout", "2"])
+    assert status == 2 and "no dropout layers" in capsys.readouterr().err
