@@ -142,19 +142,19 @@ def _openvino_parity(model: torch.nn.Module, path: Path) -> list[Any]:
 
 def _export(checkpoint: Path, out: Path) -> str:
     """Write the verified ONNX file of ``checkpoint`` to ``out``; the exporter used. Raises :class:`CompileError`."""
-    from ..export.onnx import ExportError, export_onnx
+    from ..export.onnx import export_onnx
 
     loaded = load_checkpoint(checkpoint, fast_paths=False)  # a damaged checkpoint raises CheckpointError, as in torch
     problems = []
     for exporter in EXPORTERS:
-        try:
+        try:  # any failure of the exporters or runtimes on this model is a reason to run torch, not to stop
             with warnings.catch_warnings():  # the tracers' notes are not the user's concern here
                 warnings.simplefilter("ignore")
                 export_onnx(loaded, out, exporter=exporter)
-        except ExportError as error:
-            problems.append(f"{exporter}: {str(error).splitlines()[0]}")
+            results = _openvino_parity(loaded.model, out)
+        except Exception as error:
+            problems.append(f"{exporter}: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}")
             continue
-        results = _openvino_parity(loaded.model, out)
         if all(result.ok for result in results):
             return exporter
         problems.append(f"{exporter}: OpenVINO does not reproduce torch: " + "; ".join(r.describe() for r in results))

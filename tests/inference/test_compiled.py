@@ -105,17 +105,21 @@ def test_a_family_not_faster_compiled_stays_in_torch(tiny_checkpoint, export_cal
 
 
 def test_a_failed_export_runs_torch_with_one_line_and_is_not_retried(tiny_checkpoint, monkeypatch, capsys):
+    import fcnseg.export.onnx
+
     calls = []
 
-    def refuse(checkpoint, out):
-        calls.append(checkpoint)
-        raise compiled.CompileError("torchscript: refused")
+    def refuse(checkpoint, out, exporter):
+        calls.append(exporter)
+        raise fcnseg.export.onnx.ExportError("refused")
 
-    monkeypatch.setattr(compiled, "_export", refuse)
+    monkeypatch.setattr(compiled, "EXPORTERS", ("torchscript", "dynamo"))
+    monkeypatch.setattr(fcnseg.export.onnx, "export_onnx", refuse)
     for _ in range(2):
         loaded, _ = load_model_file(tiny_checkpoint, "auto", device="cpu")
         assert not isinstance(loaded.model, OnnxModel)
-    assert len(calls) == 1
+    assert calls == ["torchscript", "dynamo"]  # each exporter tried once, the failure recorded
+    assert not list(compiled.cache_folder().glob("*.onnx"))
     notes = [line for line in capsys.readouterr().err.splitlines() if "runs in torch" in line]
     assert len(notes) == 2 and "refused" in notes[-1] and "delete it to try again" in notes[-1]
 
