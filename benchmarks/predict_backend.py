@@ -19,8 +19,8 @@ Two measurements, every claim a ratio within the run:
 
 The cache lives in a temporary ``$FCNSEG_HOME``, removed afterwards.
 
-    .venv/bin/python benchmarks/predict_backend.py                        # MobileNetV3 + VGG 0.25 + ResNet-18, 24 images
-    .venv/bin/python benchmarks/predict_backend.py --quick                # smoke run: 192x256, 3 rounds, 6 images
+    .venv/bin/python benchmarks/predict_backend.py              # MobileNetV3 + VGG 0.25 + ResNet-18, 24 images
+    .venv/bin/python benchmarks/predict_backend.py --quick      # smoke run: 192x256, 3 rounds, 6 images
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[s
 
     rng = np.random.default_rng(1)
     folders = {count: root / f"in{count}" for count in (args.few, args.images)}
-    for count, folder in folders.items():
+    for folder in folders.values():
         folder.mkdir()
     height, width = args.size
     for number in range(args.images):
@@ -130,8 +130,10 @@ def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[s
     span = args.images - args.few
     marginal = {name: (median(w[args.images]) - median(w[args.few])) / span for name, w in pipeline.items()}
     startup = {name: median(walls[name][args.few]) - median(pipeline[name][args.few]) for name in candidates}
-    masks = [(np.asarray(Image.open(root / f"out_torch_{args.images}_0" / f"frame{i:04d}.png")),
-              np.asarray(Image.open(root / f"out_auto_{args.images}_0" / f"frame{i:04d}.png"))) for i in range(args.images)]
+    def mask(name: str, number: int) -> np.ndarray:
+        return np.asarray(Image.open(root / f"out_{name}_{args.images}_0" / f"frame{number:04d}.png"))
+
+    masks = [(mask("torch", i), mask("auto", i)) for i in range(args.images)]
     equal = sum(int((a == b).sum()) for a, b in masks) / sum(a.size for a, _ in masks)
     return {"marginal_ms_per_image": {name: round(1000 * value, 1) for name, value in marginal.items()},
             "auto_vs_torch": round(marginal["auto"] / marginal["torch"], 3),
@@ -153,7 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-e2e", action="store_true", help="the model-alone figures only")
     parser.add_argument("--quick", action="store_true", help="smoke run: 192x256, 3 rounds, 6 and 2 images")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per fcnseg predict run")
-    parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/predict_backend[_quick].json")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="default benchmarks/results/predict_backend[_quick].json")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.rounds, args.images, args.few = (192, 256), 3, 6, 2

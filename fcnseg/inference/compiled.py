@@ -231,5 +231,6 @@ def load_compiled_checkpoint(source: str | Path, *, dtype: str = "float32", devi
         model.exact_tiling = bool(getattr(create_model(config.pop("name"), **config), "exact_tiling", True))
     return Checkpoint(model=model, classes=list(description["classes"]),
                       palette=[tuple(colour) for colour in description["palette"]],
-                      ignore_index=int(description.get("ignore_index", 255)), recipe=dict(description.get("recipe", {})),
+                      ignore_index=int(description.get("ignore_index", 255)),
+                      recipe=dict(description.get("recipe", {})),
                       extra={**description.get("extra", {}), "onnx": str(onnx_path), "runtime": COMPILED_RUNTIME})

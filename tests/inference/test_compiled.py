@@ -31,13 +31,15 @@ def compile_tiny_vgg(monkeypatch):
 def export_calls(monkeypatch):
     """A list that grows by one checkpoint path per export made."""
     calls, export = [], compiled._export
-    monkeypatch.setattr(compiled, "_export", lambda checkpoint, out: calls.append(checkpoint) or export(checkpoint, out))
+    monkeypatch.setattr(compiled, "_export",
+                        lambda checkpoint, out: calls.append(checkpoint) or export(checkpoint, out))
     return calls
 
 
 def _images(count: int = 3) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(5)
-    return [torch.randint(0, 256, (3, 40 + 9 * i, 52 - 5 * i), dtype=torch.uint8, generator=generator) for i in range(count)]
+    return [torch.randint(0, 256, (3, 40 + 9 * i, 52 - 5 * i), dtype=torch.uint8, generator=generator)
+            for i in range(count)]
 
 
 def test_compiled_masks_equal_the_torch_forwards(tiny_checkpoint):
@@ -62,13 +64,14 @@ def test_the_cache_is_made_once_and_reused(tiny_checkpoint, export_calls, fcnseg
 def test_a_changed_checkpoint_gets_a_new_fingerprint_and_export(tiny_checkpoint, export_calls):
     before = compiled.fingerprint(tiny_checkpoint)
     load_model_file(tiny_checkpoint, "auto", device="cpu")
-    save_checkpoint(tiny_checkpoint, tiny_model("fcn8s", len(TINY_CLASSES), score_std=1.0, seed=1), classes=TINY_CLASSES,
-                    palette=TINY_PALETTE)
+    save_checkpoint(tiny_checkpoint, tiny_model("fcn8s", len(TINY_CLASSES), score_std=1.0, seed=1),
+                    classes=TINY_CLASSES, palette=TINY_PALETTE)
     assert compiled.fingerprint(tiny_checkpoint) != before
     loaded, _ = load_model_file(tiny_checkpoint, "auto", device="cpu")
     assert len(export_calls) == 2
     image = _images(1)[0]
-    assert torch.equal(Predictor(loaded.model).mask(image), Predictor(load_checkpoint(tiny_checkpoint).model).mask(image))
+    expected = Predictor(load_checkpoint(tiny_checkpoint).model).mask(image)
+    assert torch.equal(Predictor(loaded.model).mask(image), expected)
 
 
 def test_a_damaged_cache_file_is_made_again_never_trusted(tiny_checkpoint, export_calls, fcnseg_home, capsys):
