@@ -30,12 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 import torch
-from torch import nn
-
-import harness
 from harness import gib
+from torch import nn
 
 import fcnseg
 from fcnseg.inference.predictor import Predictor
@@ -65,7 +64,11 @@ def child(args: argparse.Namespace) -> int:
     """One mode in this process: prints peak memory and time as JSON, saves the mask."""
     height, width = args.image_size
     model = build_model(args.width)
-    tiling = tiling_for_budget(model, int(args.budget_gib * 2**30)) if args.tile is None else Tiling(args.tile).for_model(model)
+    tiling = (
+        tiling_for_budget(model, int(args.budget_gib * 2**30))
+        if args.tile is None
+        else Tiling(args.tile).for_model(model)
+    )
     tile = tiling if args.child.startswith("tiled") else None
     predictor = Predictor(model, fast_paths=not args.child.endswith("_plain"), tile=tile)
     image = make_image(height, width)
@@ -74,21 +77,31 @@ def child(args: argparse.Namespace) -> int:
     mask = predictor.mask(image)
     seconds = time.perf_counter() - start
     np.save(args.mask_out, mask.numpy())
-    return harness.print_child_result({"seconds": seconds, "peak_rss": harness.peak_rss_bytes(), "rss_after_build": built,
-                                       "tile_size": tiling.tile_size if tile else None,
-                                       "margin": tiling.margin if tile else None})
+    return harness.print_child_result(
+        {
+            "seconds": seconds,
+            "peak_rss": harness.peak_rss_bytes(),
+            "rss_after_build": built,
+            "tile_size": tiling.tile_size if tile else None,
+            "margin": tiling.margin if tile else None,
+        }
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=harness.parse_size, default=(3000, 4000), help="HxW (default 3000x4000)")
     parser.add_argument("--width", type=float, default=None, help="channel multiplier (default 1.0; --quick 0.125)")
-    parser.add_argument("--budget-gib", type=float, default=None, help="memory budget of inference (default 3; --quick 0.6)")
+    parser.add_argument(
+        "--budget-gib", type=float, default=None, help="memory budget of inference (default 3; --quick 0.6)"
+    )
     parser.add_argument(
         "--mmap-threshold-mib", type=float, default=None, help="run the modes with MALLOC_MMAP_THRESHOLD_ at this size"
     )
     parser.add_argument("--tile", type=int, default=None, help="tile size instead of the one derived from the budget")
-    parser.add_argument("--modes", type=lambda s: s.split(","), default=["whole", "tiled"], help=f"some of {','.join(MODES)}")
+    parser.add_argument(
+        "--modes", type=lambda s: s.split(","), default=["whole", "tiled"], help=f"some of {','.join(MODES)}"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per mode")
     parser.add_argument("--quick", action="store_true", help="a light network (width 0.125) and budget")
@@ -114,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     info = harness.machine_info(torch.device("cpu"))
     model = build_model(args.width)
     estimate = model.estimate_forward_bytes(height, width)
-    tiling = tiling_for_budget(model, int(args.budget_gib * 2**30)) if args.tile is None else Tiling(tile_size=args.tile)
+    tiling = (
+        tiling_for_budget(model, int(args.budget_gib * 2**30)) if args.tile is None else Tiling(tile_size=args.tile)
+    )
     print(f"{height}x{width} image, fcn8s width {args.width}: whole-image forward estimated {gib(estimate)} GiB; "
           f"budget {args.budget_gib} GiB -> tiles of {tiling.tile_size} px + {tiling.margin} px margin")  # fmt: skip
     del model
@@ -128,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.tile is not None:
                 child_args += ["--tile", str(args.tile)]
             print(f"running {mode} ...", flush=True)
-            env = {"MALLOC_MMAP_THRESHOLD_": str(int(args.mmap_threshold_mib * 2**20))} if args.mmap_threshold_mib else None
+            env = (
+                {"MALLOC_MMAP_THRESHOLD_": str(int(args.mmap_threshold_mib * 2**20))}
+                if args.mmap_threshold_mib
+                else None
+            )
             result = harness.run_child(Path(__file__), mode, child_args, timeout=args.timeout, env=env)
             if "error" not in result:
                 result["peak_rss_gib"] = gib(result.pop("peak_rss"))
@@ -137,10 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                 result["seconds"] = round(result["seconds"], 2)
                 result["mask"] = np.load(mask_path)
             results[mode] = result
-            print(f"  {mode}: {({k: v for k, v in result.items() if k != 'mask'})}", flush=True)
+            print(f"  {mode}: { ({k: v for k, v in result.items() if k != 'mask'}) }", flush=True)
         masks = {mode: r.pop("mask") for mode, r in results.items() if "mask" in r}
     comparisons = {}
-    for whole, tiled in (("whole", "tiled"), ("whole_plain", "tiled_plain"), ("whole_plain", "whole"), ("tiled_plain", "tiled")):
+    for whole, tiled in (
+        ("whole", "tiled"),
+        ("whole_plain", "tiled_plain"),
+        ("whole_plain", "whole"),
+        ("tiled_plain", "tiled"),
+    ):
         if whole in masks and tiled in masks:
             agree = float((masks[whole] == masks[tiled]).mean())
             comparisons[f"{tiled}_vs_{whole}_mask_agreement"] = round(agree, 6)
@@ -151,13 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     for tiled, whole in (("tiled", "whole"), ("tiled_plain", "whole_plain")):
         if "seconds" in results.get(tiled, {}) and "seconds" in results.get(whole, {}):
             summary[f"{tiled}_time_vs_{whole}"] = round(results[tiled]["seconds"] / results[whole]["seconds"], 3)
-            summary[f"{tiled}_peak_rss_vs_{whole}"] = round(results[tiled]["peak_rss_gib"] / results[whole]["peak_rss_gib"], 3)
+            summary[f"{tiled}_peak_rss_vs_{whole}"] = round(
+                results[tiled]["peak_rss_gib"] / results[whole]["peak_rss_gib"], 3
+            )
     output = harness.results_document(
-        "large_image", info,
-        config={"image_size": [height, width], "width": args.width, "budget_gib": args.budget_gib,
-                "tile_size": tiling.tile_size, "margin": tiling.margin,
-                "whole_image_forward_estimate_gib": gib(estimate), "quick": args.quick,
-                "malloc_mmap_threshold_mib": args.mmap_threshold_mib},  # fmt: skip
+        "large_image",
+        info,
+        config={
+            "image_size": [height, width],
+            "width": args.width,
+            "budget_gib": args.budget_gib,
+            "tile_size": tiling.tile_size,
+            "margin": tiling.margin,
+            "whole_image_forward_estimate_gib": gib(estimate),
+            "quick": args.quick,
+            "malloc_mmap_threshold_mib": args.mmap_threshold_mib,
+        },  # fmt: skip
         summary=summary,
         results=results,
     )

@@ -31,9 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import harness
+import torch
 from harness import PROJECT_ROOT
 
 from fcnseg.checkpoint import read_description
@@ -49,23 +48,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=CAMVID, help="CamVid folder (images/, masks/, train.txt, val.txt)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--minutes", type=float, default=None, help="training wall-clock budget (default 30; --quick 2)")
-    parser.add_argument("--evals", type=int, default=None, help="validations spread over the budget (default 10; --quick 3)")
-    parser.add_argument("--width", type=float, default=None, help="channel multiplier (default: the recipe's on CPU, 1.0 on GPU)")
-    parser.add_argument("--resolution", default=None, help="HxW to train and validate at, or native (default: the recipe's on "
-                        "CPU, native on GPU)")
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="training wall-clock budget (default 30; --quick 2)"
+    )
+    parser.add_argument(
+        "--evals", type=int, default=None, help="validations spread over the budget (default 10; --quick 3)"
+    )
+    parser.add_argument(
+        "--width", type=float, default=None, help="channel multiplier (default: the recipe's on CPU, 1.0 on GPU)"
+    )
+    parser.add_argument(
+        "--resolution",
+        default=None,
+        help="HxW to train and validate at, or native (default: the recipe's on CPU, native on GPU)",
+    )
     parser.add_argument("--recipe", default="camvid", help="engine recipe (default camvid)")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="step-based schedule of this length (default: over the clock)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="step-based schedule of this length (default: over the clock)"
+    )
     parser.add_argument("--class-weights", choices=["none", "median-frequency"], default="none")
-    parser.add_argument("--init", default=None, help="initial weights for the engine (e.g. a VGG16 source); default scratch")
+    parser.add_argument(
+        "--init", default=None, help="initial weights for the engine (e.g. a VGG16 source); default scratch"
+    )
     parser.add_argument("--val-limit", type=int, default=None, help="validate on the first N val images only")
     parser.add_argument("--no-fast-paths", action="store_true", help="train every layer as written (same gradients)")
-    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on a CPU with native bf16 (default fp32)")
+    parser.add_argument(
+        "--cpu-bf16", action="store_true", help="bf16 autocast on a CPU with native bf16 (default fp32)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/learn_camvid_<device>)")
-    parser.add_argument("--json", type=Path, default=None, help="curve JSON (default benchmarks/results/learn_camvid_<device>.json)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="curve JSON (default benchmarks/results/learn_camvid_<device>.json)"
+    )
     parser.add_argument("--quick", action="store_true", help="2-minute smoke run")
     args = parser.parse_args(argv)
     args.minutes = args.minutes if args.minutes is not None else (2.0 if args.quick else 30.0)
@@ -85,7 +101,11 @@ def settings_for(args: argparse.Namespace, device: torch.device) -> list[tuple[s
         ("class_weights", None if args.class_weights == "none" else args.class_weights),
     ]  # fmt: skip
     if args.steps:
-        settings += [("recipe.minutes", None), ("recipe.steps", args.steps), ("recipe.val_every", max(1, args.steps // args.evals))]
+        settings += [
+            ("recipe.minutes", None),
+            ("recipe.steps", args.steps),
+            ("recipe.val_every", max(1, args.steps // args.evals)),
+        ]
     else:
         settings.append(("recipe.minutes", args.minutes))
     if args.width or gpu:
@@ -134,7 +154,10 @@ def plot(curve: list[dict[str, Any]], losses: list[tuple[float, float]], path: P
         times, values = [t / 60 for t, _ in losses], [value for _, value in losses]
         right.plot(times, values, linewidth=0.6, alpha=0.4, label="per step")
         window = max(1, len(values) // 30)
-        smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        smooth = [
+            sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))
+        ]
         right.plot(times, smooth, linewidth=1.5, label=f"mean of {window}")
         right.legend()
     right.set_xlabel("training wall time (min)")

@@ -25,15 +25,15 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
-from torch import nn
+from typing import Any
 
 import harness
+import torch
 from harness import SEED_PATH, median
 from speed import load_seed_module
+from torch import nn
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
@@ -76,8 +76,12 @@ def memory_child(label: str, size: int, seed_path: Path) -> int:
 
 def checkpoint_bytes(model: nn.Module) -> int:
     with tempfile.TemporaryDirectory() as directory:
-        path = save_checkpoint(Path(directory) / "model.safetensors", model,
-                               classes=[f"c{i}" for i in range(NUM_CLASSES)], palette=[(0, 0, 0)] * NUM_CLASSES)
+        path = save_checkpoint(
+            Path(directory) / "model.safetensors",
+            model,
+            classes=[f"c{i}" for i in range(NUM_CLASSES)],
+            palette=[(0, 0, 0)] * NUM_CLASSES,
+        )
         return path.stat().st_size
 
 
@@ -89,7 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plain", action="store_true", help="add each model without its fast paths (<name>_plain)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-candidate peak-memory processes")
     parser.add_argument("--quick", action="store_true", help="smoke run: 192 px, 2 rounds")
-    parser.add_argument("--json", type=Path, default=None, help="output (default benchmarks/results/models_table[_quick].json)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="output (default benchmarks/results/models_table[_quick].json)"
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
     parser.add_argument("--seed", type=Path, default=SEED_PATH, help=f"the seed FCN-8s (default {SEED_PATH})")
     harness.add_child_argument(parser)  # a candidate's label: its peak memory, measured in a fresh process
@@ -108,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     device = torch.device("cpu")
     info = harness.machine_info(device)
-    print(f"machine: {info['cpu']} ({info['usable_cpus']} usable CPUs, {info['torch_threads']} threads), "
-          f"torch {info['torch']}, load {info['load_average_start']}; {size}x{size}, {repeats} rounds")
+    print(
+        f"machine: {info['cpu']} ({info['usable_cpus']} usable CPUs, {info['torch_threads']} threads), "
+        f"torch {info['torch']}, load {info['load_average_start']}; {size}x{size}, {repeats} rounds"
+    )
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     labels = ["seed", *CANDIDATES, *([f"{label}_plain" for label in CANDIDATES] if args.plain else [])]
     models = {label: build(label, args.seed) for label in labels}
@@ -121,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for label in labels:
         model = models[label]
-        record = {"candidate": label, "parameters": sum(p.numel() for p in model.parameters()),
-                  "gflop": round(flops[label] / 1e9, 1), "median_s": round(median(times[label]), 4),
-                  "times_s": [round(t, 4) for t in times[label]],
-                  "time_vs_seed": round(median(times[label]) / seed_s, 3)}
+        record = {
+            "candidate": label,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "gflop": round(flops[label] / 1e9, 1),
+            "median_s": round(median(times[label]), 4),
+            "times_s": [round(t, 4) for t in times[label]],
+            "time_vs_seed": round(median(times[label]) / seed_s, 3),
+        }
         if label != "seed":
             record["checkpoint_mb"] = round(checkpoint_bytes(model) / 1e6, 1)
         records.append(record)
@@ -132,23 +144,56 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_memory:
         print("peak memory: one fresh process per candidate")
         for record in records:
-            result = harness.run_child(Path(__file__), record["candidate"], ["--size", str(size), "--seed", str(args.seed)],
-                                       env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
+            result = harness.run_child(
+                Path(__file__),
+                record["candidate"],
+                ["--size", str(size), "--seed", str(args.seed)],
+                env={"OMP_NUM_THREADS": str(torch.get_num_threads())},
+            )
             if "peak_rss" in result:
                 record["peak_rss_gib"] = harness.gib(result["peak_rss"])
                 record["peak_over_imports_gib"] = harness.gib(result["peak_rss"] - result["rss_before_build"])
             if "error" in result:
                 print(f"  {record['candidate']}: {result['error'][:300]}")
-    header = ["model", "parameters", f"GFLOP {size}px", "median s", "time vs seed", "peak RSS GiB",
-              "of which model GiB", "checkpoint MB"]
-    rows = [[r["candidate"], f"{r['parameters']:,}", r["gflop"], r["median_s"], r["time_vs_seed"],
-             r.get("peak_rss_gib", ""), r.get("peak_over_imports_gib", ""), r.get("checkpoint_mb", "")] for r in records]
+    header = [
+        "model",
+        "parameters",
+        f"GFLOP {size}px",
+        "median s",
+        "time vs seed",
+        "peak RSS GiB",
+        "of which model GiB",
+        "checkpoint MB",
+    ]
+    rows = [
+        [
+            r["candidate"],
+            f"{r['parameters']:,}",
+            r["gflop"],
+            r["median_s"],
+            r["time_vs_seed"],
+            r.get("peak_rss_gib", ""),
+            r.get("peak_over_imports_gib", ""),
+            r.get("checkpoint_mb", ""),
+        ]
+        for r in records
+    ]
     text = harness.format_table(rows, header)
     print("\n" + text)
-    result = harness.results_document("models_table", info,
-                                      config={"size": size, "repeats": repeats, "num_classes": NUM_CLASSES,
-                                              "dtype": "float32", "batch": 1, "quick": args.quick},
-                                      time=time.strftime("%Y-%m-%d %H:%M:%S %Z"), results=records)
+    result = harness.results_document(
+        "models_table",
+        info,
+        config={
+            "size": size,
+            "repeats": repeats,
+            "num_classes": NUM_CLASSES,
+            "dtype": "float32",
+            "batch": 1,
+            "quick": args.quick,
+        },
+        time=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        results=records,
+    )
     harness.write_json(args.json or harness.results_path("models_table", args.quick), result)
     if args.markdown:
         harness.atomic_write_text(args.markdown, text + "\n")

@@ -35,12 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 import torch
-from PIL import Image
-
-import harness
 from harness import PROJECT_ROOT, median
+from PIL import Image
 
 import fcnseg  # noqa: E402
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -80,16 +79,36 @@ def model_alone(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
         agreement = float((candidates["torch"]().argmax(1) == candidates["openvino"]().argmax(1)).float().mean())
         times = harness.interleaved_times(candidates, repeats=args.rounds, warmup=2, device=torch.device("cpu"))
     medians = {name: median(values) for name, values in times.items()}
-    return {"torch_ms": round(1000 * medians["torch"], 1), "openvino_ms": round(1000 * medians["openvino"], 1),
-            "openvino_vs_torch": round(medians["openvino"] / medians["torch"], 3), "mask_agreement": agreement,
-            "compile_s": round(first, 2), "cached_load_s": round(cached, 2), "times": times}
+    return {
+        "torch_ms": round(1000 * medians["torch"], 1),
+        "openvino_ms": round(1000 * medians["openvino"], 1),
+        "openvino_vs_torch": round(medians["openvino"] / medians["torch"], 3),
+        "mask_agreement": agreement,
+        "compile_s": round(first, 2),
+        "cached_load_s": round(cached, 2),
+        "times": times,
+    }
 
 
-def predict_seconds(model: str, folder: Path, out: Path, runtime: list[str], args: argparse.Namespace
-                    ) -> tuple[float, float]:
+def predict_seconds(
+    model: str, folder: Path, out: Path, runtime: list[str], args: argparse.Namespace
+) -> tuple[float, float]:
     """(wall seconds of the process, seconds the command reports for its images: start-up and loading left out)."""
-    command = [sys.executable, "-m", "fcnseg", "predict", model, str(folder), "--out", str(out), "--device", "cpu",
-               "--workers", str(args.workers), *runtime]
+    command = [
+        sys.executable,
+        "-m",
+        "fcnseg",
+        "predict",
+        model,
+        str(folder),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        str(args.workers),
+        *runtime,
+    ]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -114,8 +133,11 @@ def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[s
             if number < count:
                 image.save(folder / f"frame{number:04d}.png", compress_level=1)
     onnx_file = compiled.compiled_file(checkpoint)  # made by model_alone already: the cache is warm
-    candidates = {"torch": (str(checkpoint), ["--runtime", "torch"]), "auto": (str(checkpoint), []),
-                  "onnx_export": (str(onnx_file), ["--runtime", "openvino"])}
+    candidates = {
+        "torch": (str(checkpoint), ["--runtime", "torch"]),
+        "auto": (str(checkpoint), []),
+        "onnx_export": (str(onnx_file), ["--runtime", "openvino"]),
+    }
     walls: dict[str, dict[int, list[float]]] = {name: {count: [] for count in folders} for name in candidates}
     pipeline: dict[str, dict[int, list[float]]] = {name: {count: [] for count in folders} for name in candidates}
     for round_index in range(args.e2e_rounds):
@@ -125,21 +147,28 @@ def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[s
                 wall, seconds = predict_seconds(model, folder, out, runtime, args)
                 walls[name][count].append(wall)
                 pipeline[name][count].append(seconds)
-        print(f"  round {round_index + 1}: " + ", ".join(f"{n} {w[args.images][-1]:.1f}s" for n, w in pipeline.items()),
-              flush=True)
+        print(
+            f"  round {round_index + 1}: " + ", ".join(f"{n} {w[args.images][-1]:.1f}s" for n, w in pipeline.items()),
+            flush=True,
+        )
     span = args.images - args.few
     marginal = {name: (median(w[args.images]) - median(w[args.few])) / span for name, w in pipeline.items()}
     startup = {name: median(walls[name][args.few]) - median(pipeline[name][args.few]) for name in candidates}
+
     def mask(name: str, number: int) -> np.ndarray:
         return np.asarray(Image.open(root / f"out_{name}_{args.images}_0" / f"frame{number:04d}.png"))
 
     masks = [(mask("torch", i), mask("auto", i)) for i in range(args.images)]
     equal = sum(int((a == b).sum()) for a, b in masks) / sum(a.size for a, _ in masks)
-    return {"marginal_ms_per_image": {name: round(1000 * value, 1) for name, value in marginal.items()},
-            "auto_vs_torch": round(marginal["auto"] / marginal["torch"], 3),
-            "auto_vs_onnx_export": round(marginal["auto"] / marginal["onnx_export"], 3),
-            "startup_and_load_s": {name: round(value, 2) for name, value in startup.items()},
-            "mask_pixels_equal_torch_auto": equal, "pipeline_s": pipeline, "walls_s": walls}
+    return {
+        "marginal_ms_per_image": {name: round(1000 * value, 1) for name, value in marginal.items()},
+        "auto_vs_torch": round(marginal["auto"] / marginal["torch"], 3),
+        "auto_vs_onnx_export": round(marginal["auto"] / marginal["onnx_export"], 3),
+        "startup_and_load_s": {name: round(value, 2) for name, value in startup.items()},
+        "mask_pixels_equal_torch_auto": equal,
+        "pipeline_s": pipeline,
+        "walls_s": walls,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -155,8 +184,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-e2e", action="store_true", help="the model-alone figures only")
     parser.add_argument("--quick", action="store_true", help="smoke run: 192x256, 3 rounds, 6 and 2 images")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per fcnseg predict run")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="default benchmarks/results/predict_backend[_quick].json")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default benchmarks/results/predict_backend[_quick].json"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.rounds, args.images, args.few = (192, 256), 3, 6, 2
@@ -178,14 +208,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: model alone at {args.size[0]}x{args.size[1]}, {args.threads} thread(s)", flush=True)
             checkpoint = write_checkpoint(root / f"{name}.safetensors", name)
             results[name] = model_alone(checkpoint, args)
-            print(f"  {({k: v for k, v in results[name].items() if k != 'times'})}", flush=True)
+            print(f"  { ({k: v for k, v in results[name].items() if k != 'times'}) }", flush=True)
         e2e = None
         if not args.no_e2e:
             print(f"end to end: {args.models[0]}, {args.images} and {args.few} images", flush=True)
             e2e = end_to_end(root / f"{args.models[0]}.safetensors", root, args)
-            print(f"  {({k: v for k, v in e2e.items() if k not in ('walls_s', 'pipeline_s')})}", flush=True)
-    config = {"size": list(args.size), "threads": args.threads, "rounds": args.rounds, "images": args.images,
-              "few": args.few, "workers": args.workers, "weights": "random, score layers N(0, 0.01^2)"}
+            print(f"  { ({k: v for k, v in e2e.items() if k not in ('walls_s', 'pipeline_s')}) }", flush=True)
+    config = {
+        "size": list(args.size),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "images": args.images,
+        "few": args.few,
+        "workers": args.workers,
+        "weights": "random, score layers N(0, 0.01^2)",
+    }
     document = harness.results_document("predict_backend", info, config=config, model_alone=results, end_to_end=e2e)
     harness.write_json(args.json or harness.results_path("predict_backend", args.quick), document)
     return 0

@@ -35,12 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 import torch
-from PIL import Image
-
-import harness
 from harness import PROJECT_ROOT, gib
+from PIL import Image
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
@@ -64,7 +63,9 @@ def write_folder(folder: Path, count: int, height: int, width: int) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for number in range(count):
-        Image.fromarray(harness.synthetic_image(height, width, rng)).save(folder / f"frame{number:05d}.png", compress_level=1)
+        Image.fromarray(harness.synthetic_image(height, width, rng)).save(
+            folder / f"frame{number:05d}.png", compress_level=1
+        )
 
 
 def run_mode(mode: str, checkpoint: Path, folder: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -74,8 +75,10 @@ def run_mode(mode: str, checkpoint: Path, folder: Path, out: Path, args: argpars
         "no_stream": ([sys.executable, *predict, "--no-stream"], 2),
         "stream": ([sys.executable, *predict, *stream], 2),
         "stream_batch1": ([sys.executable, *predict, "--workers", str(args.workers), "--batch-size", "1"], 2),
-        "torchrun_2x1": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          *predict, *stream], 1),
+        "torchrun_2x1": (
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *predict, *stream],
+            1,
+        ),
     }[mode]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
@@ -101,15 +104,29 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 result = run_mode(mode, checkpoint, root / "in", root / f"out_{mode}_{round_index}", args)
                 results[mode].append(result)
                 print(f"  round {round_index + 1}: {mode}: {result.get('summary', result.get('error'))}", flush=True)
-    medians = {mode: harness.median([r["images_per_s"] for r in runs]) for mode, runs in results.items()
-               if runs and all("images_per_s" in r for r in runs)}
+    medians = {
+        mode: harness.median([r["images_per_s"] for r in runs])
+        for mode, runs in results.items()
+        if runs and all("images_per_s" in r for r in runs)
+    }
     summary = {f"{mode}_images_per_s": round(rate, 3) for mode, rate in medians.items()}
-    for faster, slower in (("stream", "no_stream"), ("stream_batch1", "no_stream"), ("stream", "stream_batch1"),
-                           ("torchrun_2x1", "stream"), ("torchrun_2x1", "no_stream")):
+    for faster, slower in (
+        ("stream", "no_stream"),
+        ("stream_batch1", "no_stream"),
+        ("stream", "stream_batch1"),
+        ("torchrun_2x1", "stream"),
+        ("torchrun_2x1", "no_stream"),
+    ):
         if faster in medians and slower in medians:
             summary[f"{faster}_vs_{slower}"] = round(medians[faster] / medians[slower], 3)
-    config = {"images": args.images, "image_size": [height, width], "model": f"fcn8s width {args.width}, random weights",
-              "workers": args.workers, "batch_size": args.batch_size, "rounds": args.rounds}
+    config = {
+        "images": args.images,
+        "image_size": [height, width],
+        "model": f"fcn8s width {args.width}, random weights",
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+    }
     return {"config": config, "summary": summary, "results": results}
 
 
@@ -118,9 +135,22 @@ def write_mosaic(path: Path, size: int) -> None:
 
     rng = np.random.default_rng(0)
     block = 2048
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
-                       transform=rasterio.Affine(0.3, 0.0, 400000.0, 0.0, -0.3, 5000000.0), tiled=True,
-                       blockxsize=512, blockysize=512, compress="deflate", BIGTIFF="YES") as target:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=rasterio.Affine(0.3, 0.0, 400000.0, 0.0, -0.3, 5000000.0),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        BIGTIFF="YES",
+    ) as target:
         for top in range(0, size, block):
             for left in range(0, size, block):
                 height, width = min(block, size - top), min(block, size - left)
@@ -134,10 +164,27 @@ def mosaic_child(args: argparse.Namespace) -> int:
 
     before = harness.current_rss_bytes()
     start = time.perf_counter()
-    code = main(["predict", args.checkpoint, args.mosaic_file, "--out", args.out, "--device", "cpu",
-                 "--memory-budget-mb", str(args.budget_mb)])
-    return harness.print_child_result({"code": code, "seconds": time.perf_counter() - start,
-                                       "peak_rss": harness.peak_rss_bytes(), "rss_before": before})
+    code = main(
+        [
+            "predict",
+            args.checkpoint,
+            args.mosaic_file,
+            "--out",
+            args.out,
+            "--device",
+            "cpu",
+            "--memory-budget-mb",
+            str(args.budget_mb),
+        ]
+    )
+    return harness.print_child_result(
+        {
+            "code": code,
+            "seconds": time.perf_counter() - start,
+            "peak_rss": harness.peak_rss_bytes(),
+            "rss_before": before,
+        }
+    )
 
 
 def mosaic(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,23 +196,48 @@ def mosaic(args: argparse.Namespace) -> dict[str, Any]:
             print(f"writing a {size} x {size} GeoTIFF ...", flush=True)
             write_mosaic(root / "mosaic.tif", size)
             checkpoint = write_checkpoint(root / "model.safetensors", args.mosaic_width)
-            child = ["--checkpoint", str(checkpoint), "--mosaic-file", str(root / "mosaic.tif"),
-                     "--out", str(root / "out"), "--budget-mb", str(args.budget_mb)]
-            result = harness.run_child(Path(__file__), "mosaic", child, timeout=args.timeout,
-                                       env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
+            child = [
+                "--checkpoint",
+                str(checkpoint),
+                "--mosaic-file",
+                str(root / "mosaic.tif"),
+                "--out",
+                str(root / "out"),
+                "--budget-mb",
+                str(args.budget_mb),
+            ]
+            result = harness.run_child(
+                Path(__file__),
+                "mosaic",
+                child,
+                timeout=args.timeout,
+                env={"OMP_NUM_THREADS": str(torch.get_num_threads())},
+            )
             mask = root / "out" / "mosaic.tif"
             if "error" not in result:
-                result.update(peak_rss_gib=gib(result.pop("peak_rss")), rss_before_gib=gib(result.pop("rss_before")),
-                              decoded_image_gib=gib(3 * size**2), mask_file_mib=round(mask.stat().st_size / 2**20, 2),
-                              megapixels_per_s=round(size**2 / 1e6 / result["seconds"], 3))
+                result.update(
+                    peak_rss_gib=gib(result.pop("peak_rss")),
+                    rss_before_gib=gib(result.pop("rss_before")),
+                    decoded_image_gib=gib(3 * size**2),
+                    mask_file_mib=round(mask.stat().st_size / 2**20, 2),
+                    megapixels_per_s=round(size**2 / 1e6 / result["seconds"], 3),
+                )
             results[f"{size}x{size}"] = result
             print(f"  {size}x{size}: {result}", flush=True)
     small, large = results.values()
     summary = {"budget_mb": args.budget_mb}
     if "peak_rss_gib" in small and "peak_rss_gib" in large:
-        summary.update(large_peak_rss_gib=large["peak_rss_gib"], large_decoded_image_gib=large["decoded_image_gib"],
-                       peak_rss_large_vs_small=round(large["peak_rss_gib"] / small["peak_rss_gib"], 3), pixels_large_vs_small=16)
-    config = {"mosaic": args.mosaic, "model": f"fcn8s width {args.mosaic_width}, random weights", "budget_mb": args.budget_mb}
+        summary.update(
+            large_peak_rss_gib=large["peak_rss_gib"],
+            large_decoded_image_gib=large["decoded_image_gib"],
+            peak_rss_large_vs_small=round(large["peak_rss_gib"] / small["peak_rss_gib"], 3),
+            pixels_large_vs_small=16,
+        )
+    config = {
+        "mosaic": args.mosaic,
+        "model": f"fcn8s width {args.mosaic_width}, random weights",
+        "budget_mb": args.budget_mb,
+    }
     return {"config": config, "summary": summary, "results": results}
 
 
@@ -182,7 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mosaic-width", type=float, default=0.0625, help="channel multiplier for --mosaic")
     parser.add_argument("--budget-mb", type=float, default=512, help="--memory-budget-mb for --mosaic (default 512)")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per run")
-    parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/predict_stream[_mosaic].json")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default benchmarks/results/predict_stream[_mosaic].json"
+    )
     harness.add_child_argument(parser, choices=["mosaic"])
     for hidden in ("--checkpoint", "--mosaic-file", "--out"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)

@@ -48,19 +48,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 import torch
-from PIL import Image
-
-import harness
 from harness import PROJECT_ROOT
+from PIL import Image
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.data.palette import default_palette
 
 httpx = __import__("httpx")  # the test extra; a clear ImportError when absent
-
 
 
 @dataclass(frozen=True)
@@ -100,8 +98,21 @@ def request_pool(seed: int, distinct: int, max_pixels: int) -> list[Upload]:
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def server_child(stats_path: Path, serve_args: list[str]) -> int:
@@ -118,9 +129,12 @@ def server_child(stats_path: Path, serve_args: list[str]) -> int:
     def report() -> None:
         while True:
             info = libc.mallinfo2()
-            stats = {"malloc_in_use_mib": (info.uordblks + info.hblkhd) / 2**20, "malloc_mapped_mib": info.hblkhd / 2**20,
-                     "malloc_heap_free_mib": info.fordblks / 2**20,
-                     "python_blocks_k": sys.getallocatedblocks() / 1000}  # (gc.get_objects() from a thread is unsafe)
+            stats = {
+                "malloc_in_use_mib": (info.uordblks + info.hblkhd) / 2**20,
+                "malloc_mapped_mib": info.hblkhd / 2**20,
+                "malloc_heap_free_mib": info.fordblks / 2**20,
+                "python_blocks_k": sys.getallocatedblocks() / 1000,
+            }  # (gc.get_objects() from a thread is unsafe)
             harness.atomic_write_text(stats_path, json.dumps(stats))
             time.sleep(1.0)
 
@@ -137,7 +151,10 @@ def free_port() -> int:
 def memory_sample(pid: int, stats_path: Path) -> dict[str, float]:
     """The server's RSS (all, and anonymous: not the mapped library files) and its last allocator statistics, in MiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    sample = {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "rss_anon_mib": int(fields["RssAnon"].split()[0]) / 1024}
+    sample = {
+        "rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
+        "rss_anon_mib": int(fields["RssAnon"].split()[0]) / 1024,
+    }
     try:
         sample |= json.loads(stats_path.read_text())
     except (OSError, ValueError):
@@ -151,9 +168,22 @@ def cpu_and_faults(pid: int) -> tuple[float, int]:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
-def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: list[str], stats_path: Path) -> subprocess.Popen:
-    command = [sys.executable, str(Path(__file__).resolve()), harness.CHILD_FLAG, "server", str(stats_path), str(checkpoint),
-               "--port", str(port), "--log-level", "warning", *extra_args]
+def start_server(
+    checkpoint: Path, port: int, env: dict[str, str], extra_args: list[str], stats_path: Path
+) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        harness.CHILD_FLAG,
+        "server",
+        str(stats_path),
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra_args,
+    ]
     child_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **env}
     server = subprocess.Popen(command, env=child_env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -171,13 +201,17 @@ def start_server(checkpoint: Path, port: int, env: dict[str, str], extra_args: l
 
 def slope_per_1000(samples: list[dict[str, float]], warmup: int, key: str = "rss_mib") -> float:
     """Least-squares slope of ``key`` (MiB) against requests done, per 1,000 requests, after ``warmup``."""
-    points = np.array([(s["requests"], s[key]) for s in samples if s["requests"] >= warmup and key in s], dtype=np.float64)
+    points = np.array(
+        [(s["requests"], s[key]) for s in samples if s["requests"] >= warmup and key in s], dtype=np.float64
+    )
     if len(points) < 2:
         return float("nan")
     return float(np.polyfit(points[:, 0], points[:, 1], 1)[0] * 1000)
 
 
-def run_candidate(name: str, items: list[str], args: argparse.Namespace, checkpoint: Path, pool: list[Upload]) -> dict[str, Any]:
+def run_candidate(
+    name: str, items: list[str], args: argparse.Namespace, checkpoint: Path, pool: list[Upload]
+) -> dict[str, Any]:
     env = dict(item.split("=", 1) for item in items if not item.startswith("--"))
     options = [f"--max-pixels={args.max_pixels}"] + [item for item in items if item.startswith("--")] + args.server_args
     port = free_port()
@@ -205,8 +239,11 @@ def run_candidate(name: str, items: list[str], args: argparse.Namespace, checkpo
             done += 1
             if done % args.sample_every == 0:
                 samples.append({"requests": done, **memory_sample(server.pid, stats_path)})
-                print(f"  {name}: {done:5d} requests, {time.perf_counter() - start:6.1f} s, "
-                      + ", ".join(f"{k} {v}" for k, v in samples[-1].items() if k != "requests"), flush=True)
+                print(
+                    f"  {name}: {done:5d} requests, {time.perf_counter() - start:6.1f} s, "
+                    + ", ".join(f"{k} {v}" for k, v in samples[-1].items() if k != "requests"),
+                    flush=True,
+                )
 
     try:
         with ThreadPoolExecutor(args.clients) as clients:
@@ -256,14 +293,23 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client threads sending at once")
     parser.add_argument("--distinct", type=int, default=60, help="distinct images in the mix")
     parser.add_argument("--width", type=float, default=0.0625, help="FCN-8s width of the checkpoint")
-    parser.add_argument("--max-pixels", type=int, default=1_000_000, help="largest image of the mix, and the server's limit")
+    parser.add_argument(
+        "--max-pixels", type=int, default=1_000_000, help="largest image of the mix, and the server's limit"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--candidate", action="append", default=[], metavar="NAME:VAR=VALUE,...",
-                        help="a server to measure, with extra options and environment variables "
-                        "(repeatable; default: the service as shipped)")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE,...",
+        help="a server to measure, with extra options and environment variables "
+        "(repeatable; default: the service as shipped)",
+    )
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra fcnseg serve options (last)")
     parser.add_argument("--json", type=Path, default=harness.results_path("serve_memory"))
-    parser.add_argument("--quick", action="store_true", help="write *_quick.json (a smoke run never overwrites a real one)")
+    parser.add_argument(
+        "--quick", action="store_true", help="write *_quick.json (a smoke run never overwrites a real one)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.json = args.json.with_name(args.json.stem + "_quick.json")
@@ -273,34 +319,72 @@ def main() -> None:
     torch.manual_seed(0)
     model = fcnseg.create_model("fcn8s", num_classes=11, width=args.width).eval()
     pool = request_pool(args.seed, args.distinct, args.max_pixels)
-    print(f"{len(pool)} distinct uploads, {sum(len(u.data) for u in pool) / 2**20:.1f} MiB in all; "
-          f"{args.requests} requests per candidate from {args.clients} clients")
+    print(
+        f"{len(pool)} distinct uploads, {sum(len(u.data) for u in pool) / 2**20:.1f} MiB in all; "
+        f"{args.requests} requests per candidate from {args.clients} clients"
+    )
     results = []
     with tempfile.TemporaryDirectory() as folder:
         classes = [f"c{i}" for i in range(11)]
-        checkpoint = save_checkpoint(Path(folder) / "fcn8s.safetensors", model, classes=classes, palette=default_palette(11))
+        checkpoint = save_checkpoint(
+            Path(folder) / "fcn8s.safetensors", model, classes=classes, palette=default_palette(11)
+        )
         for name, items in candidates:
             print(f"candidate {name} {' '.join(items)}", flush=True)
             results.append(run_candidate(name, items, args, checkpoint, pool))
             result = results[-1]
-            print(f"  {name}: slope after {args.warmup} requests {result['slope_mib_per_1000']:+.2f} MiB / 1,000 requests "
-                  f"(malloc in use {result['slope_in_use_mib_per_1000']:+.2f}), RSS {result['rss_at_warmup_mib']} -> "
-                  f"{result['rss_end_mib']} MiB (max {result['rss_max_mib']}, "
-                  f"after malloc_trim {result['after_malloc_trim']['rss_mib']}), "
-                  f"{result['unexpected_answers']} unexpected answers, {result['seconds']} s", flush=True)
-    print(harness.format_table(
-        [[r["name"], " ".join(r["server_options"] + [f"{k}={v}" for k, v in r["env"].items()]), r["slope_mib_per_1000"],
-          r["slope_in_use_mib_per_1000"], r["rss_start_mib"], r["rss_at_warmup_mib"], r["rss_end_mib"], r["rss_max_mib"],
-          r["after_malloc_trim"]["rss_mib"], r["server_cpu_ms_per_request"], r["minor_faults_per_request"],
-          r["unexpected_answers"]] for r in results],
-        ["candidate", "options", "RSS slope MiB/1000 req", "in-use slope", "RSS start", "RSS at warm-up", "RSS end",
-         "RSS max", "RSS after trim", "CPU ms/req", "faults/req", "unexpected"],
-    ))
-    harness.write_json(args.json, harness.results_document(
-        "serve_memory", machine,
-        settings={k: v for k, v in vars(args).items() if k != "json"},
-        candidates=results,
-    ))
+            print(
+                f"  {name}: slope after {args.warmup} requests {result['slope_mib_per_1000']:+.2f} MiB / 1,000 requests "
+                f"(malloc in use {result['slope_in_use_mib_per_1000']:+.2f}), RSS {result['rss_at_warmup_mib']} -> "
+                f"{result['rss_end_mib']} MiB (max {result['rss_max_mib']}, "
+                f"after malloc_trim {result['after_malloc_trim']['rss_mib']}), "
+                f"{result['unexpected_answers']} unexpected answers, {result['seconds']} s",
+                flush=True,
+            )
+    print(
+        harness.format_table(
+            [
+                [
+                    r["name"],
+                    " ".join(r["server_options"] + [f"{k}={v}" for k, v in r["env"].items()]),
+                    r["slope_mib_per_1000"],
+                    r["slope_in_use_mib_per_1000"],
+                    r["rss_start_mib"],
+                    r["rss_at_warmup_mib"],
+                    r["rss_end_mib"],
+                    r["rss_max_mib"],
+                    r["after_malloc_trim"]["rss_mib"],
+                    r["server_cpu_ms_per_request"],
+                    r["minor_faults_per_request"],
+                    r["unexpected_answers"],
+                ]
+                for r in results
+            ],
+            [
+                "candidate",
+                "options",
+                "RSS slope MiB/1000 req",
+                "in-use slope",
+                "RSS start",
+                "RSS at warm-up",
+                "RSS end",
+                "RSS max",
+                "RSS after trim",
+                "CPU ms/req",
+                "faults/req",
+                "unexpected",
+            ],
+        )
+    )
+    harness.write_json(
+        args.json,
+        harness.results_document(
+            "serve_memory",
+            machine,
+            settings={k: v for k, v in vars(args).items() if k != "json"},
+            candidates=results,
+        ),
+    )
 
 
 if __name__ == "__main__":

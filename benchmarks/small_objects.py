@@ -66,22 +66,47 @@ def splits(folder: Path) -> tuple[Path, Path]:
 
 def train_row(name: str, seed: int, args: argparse.Namespace, train_split: Path) -> Path:
     out = args.runs / f"{name}_s{seed}"
-    if (out / "last.safetensors").is_file() and json.loads((out / "run.json").read_text())["recipe"]["steps"] == args.steps:
+    if (out / "last.safetensors").is_file() and json.loads((out / "run.json").read_text())["recipe"][
+        "steps"
+    ] == args.steps:
         state = out / "train_state.pt"
         from fcnseg.engine.state import load_train_state
 
         if load_train_state(state)["step"] >= args.steps:
             return out  # finished earlier
-    command = ["train", "--recipe", "camvid", "--root", str(CAMVID), "--out", str(out), "--overwrite",
-               "--train-split", str(train_split), "--steps", str(args.steps), "--set", "recipe.minutes=none",
-               "--val-every", str(args.steps), "--seed", str(seed), "--overlays", "0", "--no-progress",
-               "--threads", str(args.threads)] + (["--cpu-bf16"] if args.cpu_bf16 else [])
+    command = [
+        "train",
+        "--recipe",
+        "camvid",
+        "--root",
+        str(CAMVID),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--train-split",
+        str(train_split),
+        "--steps",
+        str(args.steps),
+        "--set",
+        "recipe.minutes=none",
+        "--val-every",
+        str(args.steps),
+        "--seed",
+        str(seed),
+        "--overlays",
+        "0",
+        "--no-progress",
+        "--threads",
+        str(args.threads),
+    ] + (["--cpu-bf16"] if args.cpu_bf16 else [])
     for setting in ROWS[name].get("set", []):
         command += ["--set", setting]
     if "init_from" in ROWS[name]:
         start = args.runs / f"{ROWS[name]['init_from']}_s{seed}" / "last.safetensors"
         if not start.is_file():
-            raise SystemExit(f"row {name} starts from {start}: train the {ROWS[name]['init_from']} row (same seed) first")
+            raise SystemExit(
+                f"row {name} starts from {start}: train the {ROWS[name]['init_from']} row (same seed) first"
+            )
         command += ["--init", f"checkpoint:{start}"]
     if fcnseg(command) != 0:
         raise SystemExit(f"training row {name} failed")
@@ -89,17 +114,36 @@ def train_row(name: str, seed: int, args: argparse.Namespace, train_split: Path)
 
 
 def evaluate_row(run: Path, split: Path | str, options: list[str], json_path: Path) -> dict[str, Any]:
-    if fcnseg(["eval", str(run / "last.safetensors"), "--split", str(split), "--detail", "--json", str(json_path),
-               *options]) != 0:
+    if (
+        fcnseg(
+            [
+                "eval",
+                str(run / "last.safetensors"),
+                "--split",
+                str(split),
+                "--detail",
+                "--json",
+                str(json_path),
+                *options,
+            ]
+        )
+        != 0
+    ):
         raise SystemExit(f"evaluating {run} failed")
     document = json.loads(json_path.read_text())
     classes, detail = document["classes"], document["detail"]
     iu = dict(zip(classes, document["iu"]))
     thin = [iu[name] for name in THIN if iu.get(name) is not None]
     small = next(b for b in detail["size"]["bins"] if b["name"] == "small")
-    return {"mean_iu": document["mean_iu"], "mean_acc": document["mean_acc"], **{f"iu_{n}": iu.get(n) for n in THIN},
-            "thin_mean_iu": sum(thin) / len(thin) if thin else None, "small_mean_iu": small["mean_iu"],
-            "small_pixel_acc": small["pixel_acc"], "boundary_iou": detail["boundary"]["mean_boundary_iou"]}
+    return {
+        "mean_iu": document["mean_iu"],
+        "mean_acc": document["mean_acc"],
+        **{f"iu_{n}": iu.get(n) for n in THIN},
+        "thin_mean_iu": sum(thin) / len(thin) if thin else None,
+        "small_mean_iu": small["mean_iu"],
+        "small_pixel_acc": small["pixel_acc"],
+        "boundary_iou": detail["boundary"]["mean_boundary_iou"],
+    }
 
 
 def seconds_per_step(run: Path) -> float | None:
@@ -130,16 +174,24 @@ def main(argv: list[str] | None = None) -> int:
             row = ROWS[name]
             run = train_row(row.get("from", name), seed, args, train_split)
             options = row.get("eval", [])
-            record = {"seconds_per_step": seconds_per_step(run), "steps": args.steps, "init_from": row.get("init_from"),
-                      "settings": row.get("set", []), "eval_options": options,
-                      "val": evaluate_row(run, "val", options, run / f"eval_val_{name}.json"),
-                      "unseen": evaluate_row(run, unseen, options, run / f"eval_unseen_{name}.json")}
+            record = {
+                "seconds_per_step": seconds_per_step(run),
+                "steps": args.steps,
+                "init_from": row.get("init_from"),
+                "settings": row.get("set", []),
+                "eval_options": options,
+                "val": evaluate_row(run, "val", options, run / f"eval_val_{name}.json"),
+                "unseen": evaluate_row(run, unseen, options, run / f"eval_unseen_{name}.json"),
+            }
             # Re-read before writing: several processes (e.g. one thread each) may share the file.
             rows = {**read_results(args.json)["rows"], f"{name}_s{seed}": record}
             results = harness.results_document("small_objects", machine, config=config, rows=rows)
             harness.write_json(args.json, results)
-            print(f"{name} seed {seed}: val mean IU {record['val']['mean_iu']:.3f}, thin {record['val']['thin_mean_iu']:.3f}; "
-                  f"unseen {record['unseen']['mean_iu']:.3f}", flush=True)
+            print(
+                f"{name} seed {seed}: val mean IU {record['val']['mean_iu']:.3f}, thin {record['val']['thin_mean_iu']:.3f}; "
+                f"unseen {record['unseen']['mean_iu']:.3f}",
+                flush=True,
+            )
     harness.atomic_write_text(args.json.with_suffix(".md"), table(results) + "\n")
     return 0
 
@@ -154,15 +206,28 @@ def read_results(path: Path) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     columns = ["mean_iu", "mean_acc", *[f"iu_{n}" for n in THIN], "thin_mean_iu", "small_mean_iu", "boundary_iou"]
-    header = ["row", "steps", "s/step", *[f"val {c}" for c in columns], *[f"unseen {c}" for c in ("mean_iu", "thin_mean_iu", "small_mean_iu")]]
+    header = [
+        "row",
+        "steps",
+        "s/step",
+        *[f"val {c}" for c in columns],
+        *[f"unseen {c}" for c in ("mean_iu", "thin_mean_iu", "small_mean_iu")],
+    ]
     rows = []
     for name, record in results["rows"].items():
         value = lambda split, key: "" if record[split].get(key) is None else f"{record[split][key]:.3f}"  # noqa: E731
         steps = str(record["steps"])
         if record.get("init_from"):
             steps = f"+{steps} from {record['init_from']}"
-        rows.append([name, steps, f"{record['seconds_per_step'] or 0:.2f}", *[value("val", c) for c in columns],
-                     *[value("unseen", c) for c in ("mean_iu", "thin_mean_iu", "small_mean_iu")]])
+        rows.append(
+            [
+                name,
+                steps,
+                f"{record['seconds_per_step'] or 0:.2f}",
+                *[value("val", c) for c in columns],
+                *[value("unseen", c) for c in ("mean_iu", "thin_mean_iu", "small_mean_iu")],
+            ]
+        )
     return harness.format_table(rows, header)
 
 

@@ -30,15 +30,15 @@ import argparse
 import importlib.util
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import Any
 
 import harness
+import torch
+import torch.nn.functional as F
 from harness import SEED_PATH, gib, median
+from torch import nn
 
 import fcnseg
 
@@ -101,7 +101,9 @@ def build_module(name: str, width: float, device: torch.device, mode: str = "inf
     return model
 
 
-def inference_callable(name: str, width: float, device: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+def inference_callable(
+    name: str, width: float, device: torch.device
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
     """``forward(x) -> logits`` for an inference candidate, and facts about it (e.g. compile time)."""
     facts: dict[str, Any] = {}
     model = build_module(name, width, device).eval()
@@ -182,15 +184,23 @@ def memory_child(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         run()
         seconds = time.perf_counter() - start
-    return harness.print_child_result({"peak_rss": harness.peak_rss_bytes(), "rss_after_build": built,
-                                       "rss_before_build": before, "seconds": seconds})
+    return harness.print_child_result(
+        {"peak_rss": harness.peak_rss_bytes(), "rss_after_build": built, "rss_before_build": before, "seconds": seconds}
+    )
 
 
 def memory_of(name: str, mode: str, batch: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {}  # measured in-process (see measure_cuda_memory)
     child_args = ["--child-mode", mode, "--child-batch", str(batch), "--device", "cpu"]
-    child_args += ["--size", f"{args.size[0]}x{args.size[1]}", "--width", str(args.width), "--threads", str(torch.get_num_threads())]
+    child_args += [
+        "--size",
+        f"{args.size[0]}x{args.size[1]}",
+        "--width",
+        str(args.width),
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     result = harness.run_child(Path(__file__), name, child_args)
     if "error" in result:
         print(f"  memory probe {name}/{mode}/b{batch}: {result['error'][:300]}")
@@ -206,7 +216,9 @@ def measure_cuda_memory(run: Callable[[], Any], device: torch.device) -> dict[st
     return {"peak_cuda_allocated_gib": gib(torch.cuda.max_memory_allocated(device))}
 
 
-def run_phase(mode: str, names: list[str], batch: int, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+def run_phase(
+    mode: str, names: list[str], batch: int, args: argparse.Namespace, device: torch.device
+) -> list[dict[str, Any]]:
     """Time every candidate of one mode at one batch size, interleaved with the reference matmul."""
     height, width = args.size
     print(f"\n[{mode}] batch {batch}, {height}x{width}, width {args.width}, {args.repeats} rounds")
@@ -238,7 +250,9 @@ def run_phase(mode: str, names: list[str], batch: int, args: argparse.Namespace,
             for name, run in runs.items():
                 run()  # allocator warm
                 facts.setdefault(name, {}).update(measure_cuda_memory(run, device))
-        times = harness.interleaved_times(runs, repeats=args.repeats, warmup=args.warmup, device=device, number=args.number)
+        times = harness.interleaved_times(
+            runs, repeats=args.repeats, warmup=args.warmup, device=device, number=args.number
+        )
         flops = {}
         if not args.no_flops:
             for name, run in runs.items():
@@ -246,7 +260,12 @@ def run_phase(mode: str, names: list[str], batch: int, args: argparse.Namespace,
                     flops[name] = harness.count_flops(run)
     records = []
     for name, seconds in times.items():
-        record: dict[str, Any] = {"candidate": name, "mode": mode, "batch": batch, "median_s": round(median(seconds), 4)}
+        record: dict[str, Any] = {
+            "candidate": name,
+            "mode": mode,
+            "batch": batch,
+            "median_s": round(median(seconds), 4),
+        }
         record["times_s"] = [round(t, 4) for t in seconds]
         if name.startswith("matmul"):
             record["gflops"] = round(harness.matmul_flops(args.matmul_size) / median(seconds) / 1e9, 1)
@@ -274,7 +293,9 @@ def ratios_and_rates(records: list[dict[str, Any]], nominal_gflop: dict[str, flo
             other = by_key.get((baseline, mode, batch))
             if other is not None and baseline != name and name.startswith("fcn8s"):
                 summary[f"{name}_{mode}_vs_{baseline}{suffix}"] = round(record["median_s"] / other["median_s"], 3)
-        matmul = next((r for (n, m, b), r in by_key.items() if n.startswith("matmul") and m == mode and b == batch), None)
+        matmul = next(
+            (r for (n, m, b), r in by_key.items() if n.startswith("matmul") and m == mode and b == batch), None
+        )
         if matmul and "gflops" in record:
             record["fraction_of_matmul"] = round(record["gflops"] / matmul["gflops"], 3)
             nominal = nominal_gflop.get(mode)
@@ -284,7 +305,9 @@ def ratios_and_rates(records: list[dict[str, Any]], nominal_gflop: dict[str, flo
     for (name, mode, batch), record in by_key.items():
         single = by_key.get((name, mode, 1))
         if batch != 1 and single is not None and not name.startswith("matmul"):
-            summary[f"{name}_{mode}_per_image_b{batch}_vs_b1"] = round(record["median_s"] / batch / single["median_s"], 3)
+            summary[f"{name}_{mode}_per_image_b{batch}_vs_b1"] = round(
+                record["median_s"] / batch / single["median_s"], 3
+            )
     return summary
 
 
@@ -301,34 +324,67 @@ def table(records: list[dict[str, Any]]) -> str:
                 r.get("gflop", ""), r.get("gflops", ""), r.get("fraction_of_matmul", ""), memory,
             ]
         )  # fmt: skip
-    header = ["candidate", "mode", "batch", "median s", "img/s", "time vs seed", "GFLOP run", "GFLOP/s", "of matmul", "peak mem GiB"]
+    header = [
+        "candidate",
+        "mode",
+        "batch",
+        "median s",
+        "img/s",
+        "time vs seed",
+        "GFLOP run",
+        "GFLOP/s",
+        "of matmul",
+        "peak mem GiB",
+    ]
     return harness.format_table(rows, header)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    parser.add_argument("--size", type=harness.parse_size, default=None, help="input N or HxW (default 500; --quick 192)")
     parser.add_argument(
-        "--width", type=float, default=1.0, help="fcnseg channel multiplier (1.0 = the paper's net; the seed is always 1.0)"
+        "--size", type=harness.parse_size, default=None, help="input N or HxW (default 500; --quick 192)"
     )
-    parser.add_argument("--batch-sizes", type=lambda s: [int(b) for b in s.split(",")], default=None, help="default CPU 1,2; GPU 1,8")
+    parser.add_argument(
+        "--width",
+        type=float,
+        default=1.0,
+        help="fcnseg channel multiplier (1.0 = the paper's net; the seed is always 1.0)",
+    )
+    parser.add_argument(
+        "--batch-sizes", type=lambda s: [int(b) for b in s.split(",")], default=None, help="default CPU 1,2; GPU 1,8"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 2)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per candidate before the rounds (CPU 1, GPU 3)")
-    parser.add_argument("--number", type=int, default=None, help="calls per candidate per round, averaged (CPU 1, GPU 10)")
-    parser.add_argument("--infer", type=lambda s: s.split(","), default=None, help="inference candidates, comma-separated")
-    parser.add_argument("--train", type=lambda s: [n for n in s.split(",") if n], default=None, help="training candidates ('' for none)")
     parser.add_argument(
-        "--train-batch-sizes", type=lambda s: [int(b) for b in s.split(",")], default=None, help="default CPU 1; GPU 1,8"
+        "--warmup", type=int, default=None, help="untimed calls per candidate before the rounds (CPU 1, GPU 3)"
     )
-    parser.add_argument("--compile", action="store_true", help="add torch.compile candidates (compile time is reported)")
+    parser.add_argument(
+        "--number", type=int, default=None, help="calls per candidate per round, averaged (CPU 1, GPU 10)"
+    )
+    parser.add_argument(
+        "--infer", type=lambda s: s.split(","), default=None, help="inference candidates, comma-separated"
+    )
+    parser.add_argument(
+        "--train", type=lambda s: [n for n in s.split(",") if n], default=None, help="training candidates ('' for none)"
+    )
+    parser.add_argument(
+        "--train-batch-sizes",
+        type=lambda s: [int(b) for b in s.split(",")],
+        default=None,
+        help="default CPU 1; GPU 1,8",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="add torch.compile candidates (compile time is reported)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-candidate peak-memory processes")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory processes, no timing")
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra call per candidate)")
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 192 px, batch 1, 2 rounds, no memory probes")
-    parser.add_argument("--json", type=Path, default=None, help="output (default benchmarks/results/speed_<device>[_quick].json)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="output (default benchmarks/results/speed_<device>[_quick].json)"
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
     harness.add_child_argument(parser)  # a candidate's name: its peak memory, measured in a fresh process
     parser.add_argument("--child-mode", choices=["infer", "train"], help=argparse.SUPPRESS)
@@ -402,16 +458,31 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {record['candidate']}/{record['mode']}: {record.get('peak_rss_gib', '?')} GiB")
     summary = ratios_and_rates(records, nominal)
     for record in records:
-        seed = next((r for r in records if r["candidate"] == "seed" and r["mode"] == record["mode"] and r["batch"] == record["batch"]), None)
+        seed = next(
+            (
+                r
+                for r in records
+                if r["candidate"] == "seed" and r["mode"] == record["mode"] and r["batch"] == record["batch"]
+            ),
+            None,
+        )
         if seed and "median_s" in seed and "median_s" in record and not record["candidate"].startswith("matmul"):
             record["vs_seed"] = round(record["median_s"] / seed["median_s"], 3)
     result = harness.results_document(
-        "speed", info,
+        "speed",
+        info,
         config={
-            "size": list(args.size), "width": args.width, "num_classes": NUM_CLASSES, "batch_sizes": batches,
-            "train_batch_sizes": train_batches, "repeats": args.repeats, "warmup": args.warmup, "calls_per_round": args.number,
+            "size": list(args.size),
+            "width": args.width,
+            "num_classes": NUM_CLASSES,
+            "batch_sizes": batches,
+            "train_batch_sizes": train_batches,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "calls_per_round": args.number,
             "dtype": "float32 (bf16 where named)",
-            "quick": args.quick, "device": str(device),
+            "quick": args.quick,
+            "device": str(device),
         },  # fmt: skip
         nominal_gflop={m: round(g, 1) for m, g in nominal.items()},
         ratios=summary,

@@ -76,9 +76,16 @@ def pure_step_probe(steps: int, skip: int, threads: int) -> dict[str, Any]:
         options = {key: value for key, value in config.model.items() if key != "name"}
         model = create_model(config.model["name"], num_classes=classes, fast_paths=config.fast_paths, **options)
         loss = loss_for_model(build_loss(recipe.loss, reduction=recipe.reduction, ignore_index=255), model)
-        optimizer = build_optimizer(model, name=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay, bias_lr_mult=recipe.bias_lr_mult,
-                                    bias_decay=recipe.bias_decay, norm_decay=recipe.norm_decay)
+        optimizer = build_optimizer(
+            model,
+            name=recipe.optimizer,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            bias_lr_mult=recipe.bias_lr_mult,
+            bias_decay=recipe.bias_decay,
+            norm_decay=recipe.norm_decay,
+        )
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (BATCH, 3, *NOMINAL), dtype=torch.uint8, generator=generator)
         masks = torch.randint(0, classes, (BATCH, *NOMINAL), generator=generator)
@@ -98,8 +105,13 @@ def pure_step_probe(steps: int, skip: int, threads: int) -> dict[str, Any]:
             step()
             times.append(time.perf_counter() - started)
     timed = times[skip:]
-    return {"s_per_step": statistics.mean(timed), "median_s_per_step": statistics.median(timed), "steps": steps,
-            "bf16": bf16, "threads": threads}
+    return {
+        "s_per_step": statistics.mean(timed),
+        "median_s_per_step": statistics.median(timed),
+        "steps": steps,
+        "bf16": bf16,
+        "threads": threads,
+    }
 
 
 # --- fcnseg train ------------------------------------------------------------------------------
@@ -108,10 +120,37 @@ def pure_step_probe(steps: int, skip: int, threads: int) -> dict[str, Any]:
 def train_variant(name: str, args: argparse.Namespace, bf16: bool) -> dict[str, Any]:
     """One ``fcnseg train`` run of ``--steps`` steps in a fresh process; its per-step times from metrics.jsonl."""
     out = args.runs / name
-    command = [sys.executable, "-m", "fcnseg", "train", "--recipe", "camvid", "--root", str(args.root), "--out", str(out),
-               "--overwrite", *MODEL, "--steps", str(args.steps), "--evals", "1", "--val-limit", "1", "--overlays", "0",
-               "--threads", str(args.threads), "--seed", "0", "--log-every", "1", "--no-progress",
-               *(["--cpu-bf16"] if bf16 else []), *VARIANTS[name]]
+    command = [
+        sys.executable,
+        "-m",
+        "fcnseg",
+        "train",
+        "--recipe",
+        "camvid",
+        "--root",
+        str(args.root),
+        "--out",
+        str(out),
+        "--overwrite",
+        *MODEL,
+        "--steps",
+        str(args.steps),
+        "--evals",
+        "1",
+        "--val-limit",
+        "1",
+        "--overlays",
+        "0",
+        "--threads",
+        str(args.threads),
+        "--seed",
+        "0",
+        "--log-every",
+        "1",
+        "--no-progress",
+        *(["--cpu-bf16"] if bf16 else []),
+        *VARIANTS[name],
+    ]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
@@ -120,12 +159,17 @@ def train_variant(name: str, args: argparse.Namespace, bf16: bool) -> dict[str, 
         raise SystemExit(f"fcnseg train ({name}) failed (exit {done.returncode}): {done.stderr[-2000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     clock = [0.0] + [r["train_seconds"] for r in records if "loss" in r]
-    durations = [b - a for a, b in zip(clock, clock[1:])][args.skip:]
+    durations = [b - a for a, b in zip(clock, clock[1:])][args.skip :]
     cache_line = next((line for line in done.stderr.splitlines() if "cached in memory" in line), None)
-    return {"s_per_step": statistics.mean(durations), "median_s_per_step": statistics.median(durations),
-            "steps_timed": len(durations), "wall_s": round(wall, 1),
-            "outside_loop_s": round(wall - max(r["time"] for r in records), 1),
-            "cache": cache_line, "command": " ".join(command[1:])}
+    return {
+        "s_per_step": statistics.mean(durations),
+        "median_s_per_step": statistics.median(durations),
+        "steps_timed": len(durations),
+        "wall_s": round(wall, 1),
+        "outside_loop_s": round(wall - max(r["time"] for r in records), 1),
+        "cache": cache_line,
+        "command": " ".join(command[1:]),
+    }
 
 
 # --- rounds and the summary --------------------------------------------------------------------
@@ -136,9 +180,12 @@ def summarise(rounds: list[dict[str, Any]], variants: list[str]) -> dict[str, An
     summary: dict[str, Any] = {"pure": {"s_per_step": round(pure, 4), "steps_per_30_min": round(HALF_HOUR / pure)}}
     for name in variants:
         per_step = statistics.median(r[name]["s_per_step"] for r in rounds)
-        summary[name] = {"s_per_step": round(per_step, 4), "pure_over_train": round(pure / per_step, 3),
-                         "steps_per_30_min": round(HALF_HOUR / per_step),
-                         "outside_loop_s": statistics.median(r[name]["outside_loop_s"] for r in rounds)}
+        summary[name] = {
+            "s_per_step": round(per_step, 4),
+            "pure_over_train": round(pure / per_step, 3),
+            "steps_per_30_min": round(HALF_HOUR / per_step),
+            "outside_loop_s": statistics.median(r[name]["outside_loop_s"] for r in rounds),
+        }
     return summary
 
 
@@ -173,25 +220,61 @@ def main(argv: list[str] | None = None) -> int:
     machine = harness.machine_info(torch.device("cpu"))
     rounds = []
     for index in range(args.rounds):
-        record: dict[str, Any] = {"pure": harness.run_probe(Path(__file__), ["--probe", "pure", "--pure-steps",
-                                  str(args.pure_steps), "--skip", str(args.skip), "--threads", str(args.threads)])}
+        record: dict[str, Any] = {
+            "pure": harness.run_probe(
+                Path(__file__),
+                [
+                    "--probe",
+                    "pure",
+                    "--pure-steps",
+                    str(args.pure_steps),
+                    "--skip",
+                    str(args.skip),
+                    "--threads",
+                    str(args.threads),
+                ],
+            )
+        }
         if "error" in record["pure"]:
             raise SystemExit(record["pure"]["error"])
         for name in variants:
             record[name] = train_variant(name, args, bf16)
         rounds.append(record)
-        print(f"round {index + 1}/{args.rounds}: " + ", ".join(f"{name} {r['s_per_step']:.3f} s/step"
-                                                               for name, r in record.items()), flush=True)
+        print(
+            f"round {index + 1}/{args.rounds}: "
+            + ", ".join(f"{name} {r['s_per_step']:.3f} s/step" for name, r in record.items()),
+            flush=True,
+        )
     summary = summarise(rounds, variants)
     machine["load_average_end"] = list(os.getloadavg())
-    config = {"recipe": "camvid", "model": "fcn8s_mobilenet_v3_large width 1", "batch": [BATCH, 3, *NOMINAL],
-              "bf16": bf16, "threads": args.threads, "steps": args.steps, "pure_steps": args.pure_steps,
-              "skip": args.skip, "rounds": args.rounds, "variants": {name: VARIANTS[name] for name in variants}}
-    harness.write_json(args.json, {"benchmark": "train_rate", "command": " ".join(["benchmarks/train_rate.py", *(argv or sys.argv[1:])]),
-                                   "machine": machine, "config": config, "summary": summary, "rounds": rounds})
+    config = {
+        "recipe": "camvid",
+        "model": "fcn8s_mobilenet_v3_large width 1",
+        "batch": [BATCH, 3, *NOMINAL],
+        "bf16": bf16,
+        "threads": args.threads,
+        "steps": args.steps,
+        "pure_steps": args.pure_steps,
+        "skip": args.skip,
+        "rounds": args.rounds,
+        "variants": {name: VARIANTS[name] for name in variants},
+    }
+    harness.write_json(
+        args.json,
+        {
+            "benchmark": "train_rate",
+            "command": " ".join(["benchmarks/train_rate.py", *(argv or sys.argv[1:])]),
+            "machine": machine,
+            "config": config,
+            "summary": summary,
+            "rounds": rounds,
+        },
+    )
     for name, figures in summary.items():
-        print(f"{name:>10}: {figures['s_per_step']:.3f} s/step, {figures['steps_per_30_min']} steps per 30 min"
-              + (f", pure/train {figures['pure_over_train']:.2f}" if name != "pure" else ""))
+        print(
+            f"{name:>10}: {figures['s_per_step']:.3f} s/step, {figures['steps_per_30_min']} steps per 30 min"
+            + (f", pure/train {figures['pure_over_train']:.2f}" if name != "pure" else "")
+        )
     return 0
 
 

@@ -25,8 +25,17 @@ __version__ = "0.2.0"
 
 #: Sub-packages and modules imported on first attribute access.
 _LAZY_MODULES = (
-    "checkpoint", "commands", "data", "device", "engine", "evaluation", "export", "files", "inference",
-    "predict", "serve",
+    "checkpoint",
+    "commands",
+    "data",
+    "device",
+    "engine",
+    "evaluation",
+    "export",
+    "files",
+    "inference",
+    "predict",
+    "serve",
 )
 #: Public names re-exported from the packages that own them, also imported on first use.
 _LAZY_NAMES = {

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -111,7 +112,9 @@ def read_description(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not an fcnseg checkpoint (not a safetensors file: {error})") from None
     if _METADATA_KEY not in metadata:
-        raise CheckpointError(f"{path}: a safetensors file, but not an fcnseg checkpoint (no '{_METADATA_KEY}' metadata)")
+        raise CheckpointError(
+            f"{path}: a safetensors file, but not an fcnseg checkpoint (no '{_METADATA_KEY}' metadata)"
+        )
     try:
         description = json.loads(metadata[_METADATA_KEY])
     except json.JSONDecodeError as error:
@@ -144,11 +147,16 @@ def check_description(description: Any, path: str | os.PathLike[str]) -> dict[st
     num_classes = config.get("num_classes")
     if not _is_int(num_classes) or num_classes < 1:
         fail("config.num_classes", "an integer >= 1", num_classes)
-    if not isinstance(classes, list) or len(classes) != num_classes or not all(isinstance(c, str) and c for c in classes):
+    if (
+        not isinstance(classes, list)
+        or len(classes) != num_classes
+        or not all(isinstance(c, str) and c for c in classes)
+    ):
         fail("classes", f"a list of {num_classes} non-empty names", classes)
     palette = description.get("palette")
     colours_ok = isinstance(palette, list) and all(
-        isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in palette)
+        isinstance(c, list) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c) for c in palette
+    )
     if not colours_ok or len(palette) < num_classes:
         fail("palette", f"at least {num_classes} [R, G, B] colours of integers 0..255", palette)
     if not _is_int(description.get("ignore_index", 255)) or not 0 <= description.get("ignore_index", 255) <= 65535:
@@ -163,8 +171,9 @@ def check_description(description: Any, path: str | os.PathLike[str]) -> dict[st
     return description
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
-                    fast_paths: bool = True) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *, fast_paths: bool = True
+) -> Checkpoint:
     """Rebuild the model described by a checkpoint and load its weights (no pickle involved).
 
     Every field is checked (:func:`check_description`), and every tensor against the model the
@@ -188,8 +197,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"{path}: weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for key, tensor in state.items():
         if tensor.dtype != expected[key].dtype or tensor.shape != expected[key].shape:
-            raise CheckpointError(f"{path}: tensor {key} is {tensor.dtype} {tuple(tensor.shape)}; {name} expects "
-                                  f"{expected[key].dtype} {tuple(expected[key].shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {key} is {tensor.dtype} {tuple(tensor.shape)}; {name} expects "
+                f"{expected[key].dtype} {tuple(expected[key].shape)}"
+            )
         check_finite(key, tensor, str(path))
     model.load_state_dict(state)
     model.preprocessing = Preprocessing.from_dict(description["preprocessing"])

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import platform
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 
@@ -44,10 +44,18 @@ def version_line() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for semantic segmentation.",
-                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=version_line(),
-                        help="print fcnseg's version (with torch's and Python's) and exit")
+    parser = argparse.ArgumentParser(
+        prog="fcnseg",
+        description="Fully Convolutional Networks for semantic segmentation.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_line(),
+        help="print fcnseg's version (with torch's and Python's) and exit",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(f"fcnseg.commands.{module_name}")

@@ -25,5 +25,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {spec!r} asked for, but CUDA is not available on this machine (use --device cpu)")
         if index and int(index) >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ValueError(
+                f"device {spec!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     return torch.device(f"{kind}:{index}" if index else kind)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Collection, Iterator
 
 _TEMPORARY_PREFIX, _TEMPORARY_SUFFIX = ".", ".tmp"
 
@@ -25,8 +25,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TEMPORARY_PREFIX}{target.name}.", suffix=_TEMPORARY_SUFFIX,
-                                    dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f"{_TEMPORARY_PREFIX}{target.name}.", suffix=_TEMPORARY_SUFFIX, dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask).
@@ -86,7 +87,7 @@ def temporary_file_target(name: str) -> str | None:
     when ``name`` is not such a temporary file."""
     if not (name.startswith(_TEMPORARY_PREFIX) and name.endswith(_TEMPORARY_SUFFIX)):
         return None
-    target, dot, random_part = name[len(_TEMPORARY_PREFIX):-len(_TEMPORARY_SUFFIX)].rpartition(".")
+    target, dot, random_part = name[len(_TEMPORARY_PREFIX) : -len(_TEMPORARY_SUFFIX)].rpartition(".")
     return target if dot and target and random_part and _is_random_part(random_part) else None
 
 
@@ -94,8 +95,9 @@ def _is_random_part(text: str) -> bool:
     return all(char.isascii() and (char.isalnum() or char == "_") for char in text)
 
 
-def sweep_temporary_files(folder: str | os.PathLike[str], names: Collection[str] | None = None, *,
-                          below: bool = True) -> list[Path]:
+def sweep_temporary_files(
+    folder: str | os.PathLike[str], names: Collection[str] | None = None, *, below: bool = True
+) -> list[Path]:
     """Remove what interrupted atomic writes left in ``folder`` (and its sub-folders, unless ``below`` is False);
     returns the files removed.
 

@@ -14,8 +14,9 @@ would then pad with ``-mean`` instead of zero.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -48,7 +49,11 @@ class Preprocessing:
             object.__setattr__(self, field_name, tuple(float(v) for v in values))
         if any(s == 0 for s in self.std):
             raise ValueError(f"std must be non-zero, got {self.std!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale < float("inf"):
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or not 0 < self.scale < float("inf")
+        ):
             raise ValueError(f"scale must be a positive number, got {self.scale!r}")
         if not all(math.isfinite(v) for v in self.mean + self.std):
             raise ValueError(f"mean and std must be finite, got {self.mean!r} and {self.std!r}")
@@ -63,7 +68,7 @@ class Preprocessing:
         return asdict(self) | {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Preprocessing":
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
         """Inverse of :meth:`to_dict`; unknown or missing keys are an error."""
         keys = {"channel_order", "scale", "mean", "std"}
         if not isinstance(data, Mapping) or set(data) != keys:

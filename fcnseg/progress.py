@@ -17,7 +17,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO, TypeVar
 
 from tqdm import tqdm
 
@@ -59,8 +60,18 @@ class Progress:
     :func:`line_seconds`. Use it as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, total: float | None, *, label: str, unit: str, show: bool = True, initial: float = 0,
-                 unit_scale: bool = False, stream: TextIO | None = None, every: float | None = None) -> None:
+    def __init__(
+        self,
+        total: float | None,
+        *,
+        label: str,
+        unit: str,
+        show: bool = True,
+        initial: float = 0,
+        unit_scale: bool = False,
+        stream: TextIO | None = None,
+        every: float | None = None,
+    ) -> None:
         self.stream = sys.stderr if stream is None else stream
         self.show, self.terminal = show, show and is_terminal(self.stream)
         self.total, self.done, self.initial = total, initial, initial
@@ -69,8 +80,19 @@ class Progress:
         self.started = self.last_line = time.perf_counter()
         self.postfix: dict[str, Any] = {}
         self.printed: float | None = None  # the position the last line showed
-        self.bar = tqdm(total=total, initial=initial, desc=label, unit=unit, unit_scale=unit_scale,
-                        dynamic_ncols=True, file=self.stream) if self.terminal else None
+        self.bar = (
+            tqdm(
+                total=total,
+                initial=initial,
+                desc=label,
+                unit=unit,
+                unit_scale=unit_scale,
+                dynamic_ncols=True,
+                file=self.stream,
+            )
+            if self.terminal
+            else None
+        )
 
     @property
     def lines(self) -> bool:

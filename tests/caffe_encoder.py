@@ -13,7 +13,7 @@ fields), with the field numbers of Caffe's caffe.proto:
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -60,8 +60,9 @@ def fcnseg_home(tmp_path, monkeypatch) -> Path:
 def tiny_checkpoint(tmp_path) -> Path:
     """tmp_path/tiny.safetensors: a tiny FCN-8s whose score layers are random N(0, 1) (the paper's zero init
     would predict class 0 everywhere; these masks differ by image), classes ``tiny_models.TINY_CLASSES``."""
-    from fcnseg.checkpoint import save_checkpoint
     from tiny_models import TINY_CLASSES, TINY_PALETTE, tiny_model
+
+    from fcnseg.checkpoint import save_checkpoint
 
     model = tiny_model("fcn8s", len(TINY_CLASSES), score_std=1.0)
     return save_checkpoint(tmp_path / "tiny.safetensors", model, classes=TINY_CLASSES, palette=TINY_PALETTE)

@@ -11,7 +11,6 @@ from PIL import Image
 
 from fcnseg.data import voc_palette
 
-
 CLASSES = ["background", "cat", "dog", "bird"]
 
 

@@ -7,7 +7,8 @@ agree) says so where it calls it. The conftest fixture ``tiny_checkpoint`` saves
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 
@@ -112,4 +113,3 @@ def _std_of(key: str, parameter: torch.nn.Parameter, score_std, score_bias_std, 
             return score_bias_std if score_bias_std is not None else bias_std
         return score_std.get(layer) if isinstance(score_std, Mapping) else score_std
     return bias_std if is_bias and parameter.requires_grad else None
-

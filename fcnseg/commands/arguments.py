@@ -20,10 +20,17 @@ def key_value(text: str) -> tuple[str, Any]:
 
 def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
     """``--tta-scales`` and ``--tta-flip``: test-time augmentation of the Predictor (off by default)."""
-    parser.add_argument("--tta-scales", type=scales, default=(1.0,), metavar="S,S,...",
-                        help="test-time augmentation: predict at these scales (e.g. 0.75,1,1.25) and average the logits "
-                             "resized to the input (default 1: off)")
-    parser.add_argument("--tta-flip", action="store_true", help="test-time augmentation: average with the mirrored image")
+    parser.add_argument(
+        "--tta-scales",
+        type=scales,
+        default=(1.0,),
+        metavar="S,S,...",
+        help="test-time augmentation: predict at these scales (e.g. 0.75,1,1.25) and average the logits "
+        "resized to the input (default 1: off)",
+    )
+    parser.add_argument(
+        "--tta-flip", action="store_true", help="test-time augmentation: average with the mirrored image"
+    )
 
 
 def scales(text: str) -> tuple[float, ...]:
@@ -39,10 +46,18 @@ def scales(text: str) -> tuple[float, ...]:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--runtime`` and ``--dtype``: how a checkpoint or an ``.onnx`` export is run."""
-    parser.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
-                        help="auto (default): a MobileNetV3 or ResNet checkpoint on the CPU in float32 runs compiled to "
-                             "OpenVINO fp32 (exported once, verified against torch, cached), any other in torch; "
-                             "torch: the checkpoint in torch, always; an .onnx export (fp32 or int8) runs on the CPU in "
-                             "openvino (the default when installed) or onnxruntime: pip install 'fcnseg[runtimes]'")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16: torch autocast, or OpenVINO bf16 inference (changes numerics; default float32)")
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        default="auto",
+        help="auto (default): a MobileNetV3 or ResNet checkpoint on the CPU in float32 runs compiled to "
+        "OpenVINO fp32 (exported once, verified against torch, cached), any other in torch; "
+        "torch: the checkpoint in torch, always; an .onnx export (fp32 or int8) runs on the CPU in "
+        "openvino (the default when installed) or onnxruntime: pip install 'fcnseg[runtimes]'",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: torch autocast, or OpenVINO bf16 inference (changes numerics; default float32)",
+    )

@@ -7,7 +7,8 @@ import contextlib
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from .arguments import key_value
 
@@ -43,20 +44,41 @@ The split "none" means no split (train --val-split none: no validation); no none
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..data import DATASET_KINDS
 
-    parser = subparsers.add_parser(NAME, help=HELP, description=HELP, epilog=FOLDER_OPTIONS_HELP,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description=HELP,
+        epilog=FOLDER_OPTIONS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data", default="synthetic", metavar="KIND", help="dataset kind: " + ", ".join(DATASET_KINDS))
     parser.add_argument("--root", default=None, metavar="PATH", help="dataset folder (none for synthetic)")
     parser.add_argument("--split", default="train", help="split name or path to an id list (default train)")
-    parser.add_argument("--val-split", default=None, metavar="SPLIT",
-                        help="split checked against --split (classes only in one, identical files); "
-                             "default val for --split train (when it opens), none to skip")
-    parser.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                        help="dataset option, e.g. num_classes=11, binary=true, colors=FILE (JSON values; see below)")
-    parser.add_argument("--no-check", action="store_true", help="read masks only (no image decoding, size or EXIF checks)")
-    parser.add_argument("--fix", default=None, metavar="OUT",
-                        help="write a corrected copy of the items of --split and --val-split (folder datasets) to "
-                             "the new folder OUT; the original is not touched")
+    parser.add_argument(
+        "--val-split",
+        default=None,
+        metavar="SPLIT",
+        help="split checked against --split (classes only in one, identical files); "
+        "default val for --split train (when it opens), none to skip",
+    )
+    parser.add_argument(
+        "--data-option",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. num_classes=11, binary=true, colors=FILE (JSON values; see below)",
+    )
+    parser.add_argument(
+        "--no-check", action="store_true", help="read masks only (no image decoding, size or EXIF checks)"
+    )
+    parser.add_argument(
+        "--fix",
+        default=None,
+        metavar="OUT",
+        help="write a corrected copy of the items of --split and --val-split (folder datasets) to "
+        "the new folder OUT; the original is not touched",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -135,9 +157,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:  # e.g. --fix OUT cannot be written (no space, no permission, ...)
         return _fail(f"cannot write the fixed copy to {args.fix}: {error}" if args.fix else str(error))
     # A written copy is the answer to the errors; without one, errors are a dataset error (2) like any other.
-    closing = None if args.fix or not errors else (
-        f"{errors} error{'s' if errors > 1 else ''} above: the dataset cannot be used as it is; --fix OUT writes a "
-        "corrected copy (converting what it can, leaving out and listing the items it cannot)")
+    closing = (
+        None
+        if args.fix or not errors
+        else (
+            f"{errors} error{'s' if errors > 1 else ''} above: the dataset cannot be used as it is; --fix OUT writes a "
+            "corrected copy (converting what it can, leaving out and listing the items it cannot)"
+        )
+    )
     items = len(dataset) + len(getattr(dataset, "dropped", ()))
     rows = [] if stats is None else [
         {"id": index, "class": name, "pixels": int(stats.pixel_counts[index]),
@@ -147,11 +174,23 @@ def run(args: argparse.Namespace) -> int:
         for (index, name), weight in zip(enumerate(dataset.classes), stats.median_frequency_weights())
     ]  # fmt: skip
     if args.json:
-        print(json.dumps({"items": items, "ignore_index": dataset.ignore_index, "split": dataset.split_info,
-                          "findings": [vars(finding) for finding in findings], "fixed": fixed, "classes": rows}))
+        print(
+            json.dumps(
+                {
+                    "items": items,
+                    "ignore_index": dataset.ignore_index,
+                    "split": dataset.split_info,
+                    "findings": [vars(finding) for finding in findings],
+                    "fixed": fixed,
+                    "classes": rows,
+                }
+            )
+        )
         return _fail(closing) if closing else 0
-    print(f"{items} items{_split_text(dataset.split_info)}, {dataset.num_classes} classes, "
-          f"ignore value {dataset.ignore_index}" + ("" if errors else ": all readable"))
+    print(
+        f"{items} items{_split_text(dataset.split_info)}, {dataset.num_classes} classes, "
+        f"ignore value {dataset.ignore_index}" + ("" if errors else ": all readable")
+    )
     for finding in findings:
         print(f"{finding.severity}: {finding.message}")
         print("".join(f"    {line}\n" for line in finding.detail.splitlines()), end="")
@@ -160,7 +199,9 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         print(f"{'id':>3} {'class':<16} {'pixels':>12} {'share':>7} {'images':>7} {'freq':>7} {'weight':>8}")
         for row in rows:
-            print(f"{row['id']:>3} {row['class']:<16} {row['pixels']:>12,} {row['share']:>7.2%} {row['images']:>7} "
-                  f"{row['frequency']:>7.4f} {row['weight']:>8.4f}")
+            print(
+                f"{row['id']:>3} {row['class']:<16} {row['pixels']:>12,} {row['share']:>7.2%} {row['images']:>7} "
+                f"{row['frequency']:>7.4f} {row['weight']:>8.4f}"
+            )
         print("weight = median(freq) / freq, freq = class pixels / pixels of the images holding the class (SegNet)")
     return _fail(closing) if closing else 0

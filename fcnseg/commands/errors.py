@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 BAD_INPUT, FAILED = 2, 1
 
@@ -28,8 +28,12 @@ class CommandError(Exception):
         self.quiet = quiet
 
 
-def reports_errors(command: str, *, bad_input: tuple[type[BaseException], ...] = (ValueError,),
-                   failed: tuple[type[BaseException], ...] = ()) -> Callable[[Run], Run]:
+def reports_errors(
+    command: str,
+    *,
+    bad_input: tuple[type[BaseException], ...] = (ValueError,),
+    failed: tuple[type[BaseException], ...] = (),
+) -> Callable[[Run], Run]:
     """Decorate the ``run(args)`` of ``fcnseg <command>``: :class:`CommandError` and ``bad_input`` give 2,
     ``failed`` gives 1 (an error that is both is bad input), each with one line on stderr."""
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ..checkpoint import Checkpoint, CheckpointError
-from ..files import atomic_write_text
 from ..evaluation.metrics import format_report, json_safe
+from ..files import atomic_write_text
 from .arguments import add_runtime_arguments, add_tta_arguments, key_value
 from .errors import reports_errors
 
@@ -23,38 +23,74 @@ HELP = "evaluate a checkpoint on a dataset split (pixel acc, mean acc, mean IU, 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..data import DATASET_KINDS
 
-    parser = subparsers.add_parser(NAME, help=HELP, description=HELP + ". Without --data, the dataset the checkpoint "
-                                   "was trained on (kind, root and options, as recorded in it).")
-    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)")
-    parser.add_argument("--data", default=None, choices=DATASET_KINDS, help="dataset kind (default: the training data's)")
-    parser.add_argument("--root", default=None,
-                        help="dataset folder (not for synthetic); alone (no --data), it overrides the recorded root "
-                             "and keeps the recorded options: the same data, moved")
+    parser = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description=HELP + ". Without --data, the dataset the checkpoint "
+        "was trained on (kind, root and options, as recorded in it).",
+    )
+    parser.add_argument(
+        "checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)"
+    )
+    parser.add_argument(
+        "--data", default=None, choices=DATASET_KINDS, help="dataset kind (default: the training data's)"
+    )
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="dataset folder (not for synthetic); alone (no --data), it overrides the recorded root "
+        "and keeps the recorded options: the same data, moved",
+    )
     parser.add_argument("--split", default="val", help="split name or list file (default val)")
-    parser.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                        help="dataset option, VALUE as JSON if it parses (e.g. num_images=32, sbd_root=PATH); repeatable; "
-                             "on the training data's kind and root, over the options recorded in the checkpoint")
+    parser.add_argument(
+        "--data-option",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, VALUE as JSON if it parses (e.g. num_images=32, sbd_root=PATH); repeatable; "
+        "on the training data's kind and root, over the options recorded in the checkpoint",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--json", type=Path, default=None, help="write the metrics, per-class IU and the matrix as JSON")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write the metrics, per-class IU and the matrix as JSON"
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for metrics.json and confusion_matrix.png")
     parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--tile-size", type=int, default=None, help="evaluate in tiles (same result, bounded memory)")
-    parser.add_argument("--no-fast-paths", action="store_true",
-                        help="run every layer as written instead of the model's exact fast paths (same masks)")
+    parser.add_argument(
+        "--no-fast-paths",
+        action="store_true",
+        help="run every layer as written instead of the model's exact fast paths (same masks)",
+    )
     add_tta_arguments(parser)
     add_runtime_arguments(parser)
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress on stderr (by default a bar on a terminal, elsewhere a line every 30 s)")
-    parser.add_argument("--detail", action="store_true",
-                        help="also IU by object size (segments < 32x32, 32x32-96x96, > 96x96 px), boundary IoU (band 2%% of "
-                             "the diagonal), Dice/F1 per class and per-image mean IU; with --out, worst_images.png")
-    parser.add_argument("--worst", type=int, default=6, metavar="K",
-                        help="worst images listed and drawn in worst_images.png (default 6)")
-    parser.add_argument("--calibration", action="store_true",
-                        help="also report the expected calibration error of the top-1 probability: ECE = sum_b (n_b/N) "
-                             "|acc_b - conf_b| over 15 equal-width bins (b/15, (b+1)/15] of all non-ignored pixels; "
-                             "with --out, also reliability_diagram.png")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress on stderr (by default a bar on a terminal, elsewhere a line every 30 s)",
+    )
+    parser.add_argument(
+        "--detail",
+        action="store_true",
+        help="also IU by object size (segments < 32x32, 32x32-96x96, > 96x96 px), boundary IoU (band 2%% of "
+        "the diagonal), Dice/F1 per class and per-image mean IU; with --out, worst_images.png",
+    )
+    parser.add_argument(
+        "--worst",
+        type=int,
+        default=6,
+        metavar="K",
+        help="worst images listed and drawn in worst_images.png (default 6)",
+    )
+    parser.add_argument(
+        "--calibration",
+        action="store_true",
+        help="also report the expected calibration error of the top-1 probability: ECE = sum_b (n_b/N) "
+        "|acc_b - conf_b| over 15 equal-width bins (b/15, (b+1)/15] of all non-ignored pixels; "
+        "with --out, also reliability_diagram.png",
+    )
 
 
 def _same_root(given: str | None, recorded: str | None) -> bool:
@@ -75,8 +111,10 @@ def data_spec(args: argparse.Namespace, checkpoint: Checkpoint) -> tuple[str, st
     root = recorded.get("root") if from_checkpoint else args.root
     if from_checkpoint and root and not Path(root).exists():
         where = "" if Path(root).is_absolute() else " (relative to the folder training ran in)"
-        raise CheckpointError(f"dataset folder {root}{where} does not exist; it is the training data's root recorded in "
-                              f"{args.checkpoint}: give --root DIR, which overrides the recorded root")
+        raise CheckpointError(
+            f"dataset folder {root}{where} does not exist; it is the training data's root recorded in "
+            f"{args.checkpoint}: give --root DIR, which overrides the recorded root"
+        )
     # --root alone moves the training data (its options still apply); --data names other data unless it is the same.
     same = kind == recorded.get("kind") and (not args.data or _same_root(root, recorded.get("root")))
     options = {**(recorded.get("options") or {} if same else {}), **dict(args.data_option)}
@@ -90,8 +128,10 @@ def data_spec(args: argparse.Namespace, checkpoint: Checkpoint) -> tuple[str, st
 def check_classes(checkpoint_classes: list[str], data_classes: list[str], checkpoint_path: str) -> None:
     """Raise :class:`CheckpointError` when the checkpoint's classes are not the dataset's."""
     if len(checkpoint_classes) != len(data_classes):
-        raise CheckpointError(f"{checkpoint_path} predicts {len(checkpoint_classes)} classes but the dataset has "
-                              f"{len(data_classes)} ({', '.join(data_classes)})")
+        raise CheckpointError(
+            f"{checkpoint_path} predicts {len(checkpoint_classes)} classes but the dataset has "
+            f"{len(data_classes)} ({', '.join(data_classes)})"
+        )
     differ = [(i, a, b) for i, (a, b) in enumerate(zip(checkpoint_classes, data_classes)) if a != b]
     if differ:
         shown = "; ".join(f"id {i}: checkpoint {a!r}, dataset {b!r}" for i, a, b in differ[:5])
@@ -105,15 +145,24 @@ def worst_images(scores: list[float], count: int) -> list[int]:
 
 def format_detail(detail: dict[str, Any], dataset: Any, worst: int = 5) -> str:
     """The small-object figures of ``--detail``, as printed; the ``worst`` images by mean IU are listed."""
-    lines = ["", "by object size (ground-truth segments): " + "  ".join(
-        f"{b['name']} {b['segments']:,} segments, pixel acc {b['pixel_acc']:.4f}, mean IU {b['mean_iu']:.4f}"
-        for b in detail["size"]["bins"])]
-    lines.append(f"mean boundary IoU {detail['boundary']['mean_boundary_iou']:.4f} (band "
-                 f"{detail['boundary']['ratio']:.0%} of the diagonal); mean Dice {detail['dice']['mean_dice']:.4f}")
+    lines = [
+        "",
+        "by object size (ground-truth segments): "
+        + "  ".join(
+            f"{b['name']} {b['segments']:,} segments, pixel acc {b['pixel_acc']:.4f}, mean IU {b['mean_iu']:.4f}"
+            for b in detail["size"]["bins"]
+        ),
+    ]
+    lines.append(
+        f"mean boundary IoU {detail['boundary']['mean_boundary_iou']:.4f} (band "
+        f"{detail['boundary']['ratio']:.0%} of the diagonal); mean Dice {detail['dice']['mean_dice']:.4f}"
+    )
     per_image = detail["per_image"]
     scores = per_image["mean_iu"]
-    lines.append(f"per-image mean IU: mean {per_image['mean']:.4f}; worst: "
-                 + ", ".join(f"{_image_id(dataset, i)} {scores[i]:.3f}" for i in worst_images(scores, worst)))
+    lines.append(
+        f"per-image mean IU: mean {per_image['mean']:.4f}; worst: "
+        + ", ".join(f"{_image_id(dataset, i)} {scores[i]:.3f}" for i in worst_images(scores, worst))
+    )
     return "\n".join(lines)
 
 
@@ -127,11 +176,16 @@ def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint,
     """``fcnseg eval`` of a model with several heads: the four metrics and the class table of each head."""
     from ..evaluation.loop import head_confusion_matrices
 
-    matrices = head_confusion_matrices(predictor, dataset, ignore_index=checkpoint.ignore_index, num_workers=args.workers,
-                                       progress=not args.no_progress)
+    matrices = head_confusion_matrices(
+        predictor,
+        dataset,
+        ignore_index=checkpoint.ignore_index,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
     reports, start = {}, 0
     for name, matrix in matrices.items():
-        classes = checkpoint.classes[start:start + matrix.num_classes]
+        classes = checkpoint.classes[start : start + matrix.num_classes]
         start += matrix.num_classes
         reports[name] = matrix.report(classes)
         print(f"head {name} ({len(classes)} classes):\n{format_report(reports[name])}\n")
@@ -145,16 +199,23 @@ def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint,
 
 @reports_errors(NAME)
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.calibration_error import calibrate, reliability_diagram
     from ..data import open_dataset
-    from ..evaluation.loop import confusion_matrix
-    from ..inference.predictor import load_predictor
+    from ..evaluation.calibration_error import calibrate, reliability_diagram
     from ..evaluation.detail_metrics import BoundaryIoU, DiceScore, PerImageIU, SizeIU
     from ..evaluation.figures import confusion_matrix_figure, worst_images_figure
+    from ..evaluation.loop import confusion_matrix
+    from ..inference.predictor import load_predictor
 
-    predictor, checkpoint = load_predictor(args.checkpoint, device=args.device, fast_paths=not args.no_fast_paths,
-                                           tile=args.tile_size, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
-                                           runtime=args.runtime, dtype=args.dtype)
+    predictor, checkpoint = load_predictor(
+        args.checkpoint,
+        device=args.device,
+        fast_paths=not args.no_fast_paths,
+        tile=args.tile_size,
+        tta_scales=args.tta_scales,
+        tta_flip=args.tta_flip,
+        runtime=args.runtime,
+        dtype=args.dtype,
+    )
     kind, root, options = data_spec(args, checkpoint)
     dataset = open_dataset(kind, root, args.split, **options)
     check_classes(checkpoint.classes, list(dataset.classes), args.checkpoint)
@@ -163,51 +224,94 @@ def run(args: argparse.Namespace) -> int:
     n, ignore = len(checkpoint.classes), checkpoint.ignore_index
     if getattr(checkpoint.model, "heads", None):  # e.g. SIFT Flow: one report per head
         return _run_heads(args, predictor, checkpoint, dataset)
-    detail = {"size": SizeIU(n, ignore), "boundary": BoundaryIoU(n, ignore), "dice": DiceScore(n, ignore),
-              "per_image": PerImageIU(n, ignore)} if args.detail else {}
+    detail = (
+        {
+            "size": SizeIU(n, ignore),
+            "boundary": BoundaryIoU(n, ignore),
+            "dice": DiceScore(n, ignore),
+            "per_image": PerImageIU(n, ignore),
+        }
+        if args.detail
+        else {}
+    )
     # A bad file or a label outside the classes raises a DatasetError or ValueError: one line, status 2.
     if args.calibration:  # one pass gives both: the masks are the arg-max of the probabilities binned
-        matrix, bins = calibrate(predictor, dataset, n, ignore, num_workers=args.workers,
-                                 progress=not args.no_progress, accumulators=list(detail.values()))
+        matrix, bins = calibrate(
+            predictor,
+            dataset,
+            n,
+            ignore,
+            num_workers=args.workers,
+            progress=not args.no_progress,
+            accumulators=list(detail.values()),
+        )
     else:
-        matrix = confusion_matrix(predictor, dataset, n, ignore_index=ignore, num_workers=args.workers,
-                                  progress=not args.no_progress, accumulators=list(detail.values()))
+        matrix = confusion_matrix(
+            predictor,
+            dataset,
+            n,
+            ignore_index=ignore,
+            num_workers=args.workers,
+            progress=not args.no_progress,
+            accumulators=list(detail.values()),
+        )
     result = matrix.report(checkpoint.classes)
     name = checkpoint.model.config.get("name", "model")
     shown_options = {k: v for k, v in options.items() if k not in ("classes", "ignore_index")}
-    print(f"{args.checkpoint} ({name}, {len(checkpoint.classes)} classes) on {kind} {args.split}"
-          f"{' ' + json.dumps(shown_options) if shown_options else ''}: {len(dataset)} images")
+    print(
+        f"{args.checkpoint} ({name}, {len(checkpoint.classes)} classes) on {kind} {args.split}"
+        f"{' ' + json.dumps(shown_options) if shown_options else ''}: {len(dataset)} images"
+    )
     print(format_report(result))
     if args.calibration:
         result["calibration"] = calibration = bins.compute()
-        print(f"calibration: ECE {calibration['ece']:.4f}, MCE {calibration['mce']:.4f} ({bins.num_bins} bins, "
-              f"{calibration['pixels']:,} pixels; accuracy {calibration['accuracy']:.4f}, "
-              f"mean top-1 probability {calibration['mean_confidence']:.4f})")
+        print(
+            f"calibration: ECE {calibration['ece']:.4f}, MCE {calibration['mce']:.4f} ({bins.num_bins} bins, "
+            f"{calibration['pixels']:,} pixels; accuracy {calibration['accuracy']:.4f}, "
+            f"mean top-1 probability {calibration['mean_confidence']:.4f})"
+        )
     if detail:
         result["detail"] = {name: accumulator.compute() for name, accumulator in detail.items()}
         print(format_detail(result["detail"], dataset, args.worst))  # the images of worst_images.png
-    document = json_safe({"checkpoint": str(args.checkpoint), "data": {"kind": kind, "root": root, "options": options,
-                          "split": args.split, "images": len(dataset)}, **result})
+    document = json_safe(
+        {
+            "checkpoint": str(args.checkpoint),
+            "data": {"kind": kind, "root": root, "options": options, "split": args.split, "images": len(dataset)},
+            **result,
+        }
+    )
     text = json.dumps(document, indent=2) + "\n"
     if args.json:
         atomic_write_text(args.json, text)
         print(f"wrote {args.json}")
     if args.out:
         atomic_write_text(args.out / "metrics.json", text)
-        confusion_matrix_figure(matrix.matrix, checkpoint.classes, args.out / "confusion_matrix.png",
-                                title=f"{Path(args.checkpoint).name} on {kind} {args.split}: mean IU {result['mean_iu']:.3f}")
+        confusion_matrix_figure(
+            matrix.matrix,
+            checkpoint.classes,
+            args.out / "confusion_matrix.png",
+            title=f"{Path(args.checkpoint).name} on {kind} {args.split}: mean IU {result['mean_iu']:.3f}",
+        )
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion_matrix.png'}")
         if detail:
             scores = result["detail"]["per_image"]["mean_iu"]
             worst = worst_images(scores, args.worst)
             items = [dataset[i] for i in worst]  # predicted again: only these k masks are kept
-            worst_images_figure([image for image, _ in items], [mask for _, mask in items],
-                                [predictor.mask(image) for image, _ in items], [scores[i] for i in worst],
-                                checkpoint.palette, args.out / "worst_images.png", args.worst,
-                                ids=[_image_id(dataset, i) for i in worst], classes=checkpoint.classes)
+            worst_images_figure(
+                [image for image, _ in items],
+                [mask for _, mask in items],
+                [predictor.mask(image) for image, _ in items],
+                [scores[i] for i in worst],
+                checkpoint.palette,
+                args.out / "worst_images.png",
+                args.worst,
+                ids=[_image_id(dataset, i) for i in worst],
+                classes=checkpoint.classes,
+            )
             print(f"wrote {args.out / 'worst_images.png'}")
         if args.calibration:
-            reliability_diagram(bins, args.out / "reliability_diagram.png",
-                                title=f"{Path(args.checkpoint).name} on {kind} {args.split}")
+            reliability_diagram(
+                bins, args.out / "reliability_diagram.png", title=f"{Path(args.checkpoint).name} on {kind} {args.split}"
+            )
             print(f"wrote {args.out / 'reliability_diagram.png'}")
     return 0

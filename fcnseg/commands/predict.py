@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..files import atomic_write_bytes
+from ..inference.tiling import Tiling
 from ..predict.images import list_images, max_pixels_for
 from ..predict.manifest import MANIFEST_FOLDER, RESUME_CHECKS, settings_fingerprint
 from ..predict.stream import PredictOptions, Summary, output_names, predict_files
-from ..inference.tiling import Tiling
 from .arguments import add_runtime_arguments, add_tta_arguments
 from .errors import CommandError, reports_errors
 
@@ -55,47 +55,100 @@ mosaics (with the geo extra, rasterio):
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(NAME, help=HELP, description=HELP, epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)")
+    parser = subparsers.add_parser(
+        NAME, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)"
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or glob patterns")
-    parser.add_argument("--out", required=True, type=Path, help="output folder: <stem>.png masks (class ids, palette PNG)")
-    parser.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.<format>: the image blended with the mask")
-    parser.add_argument("--overlay-format", choices=("png", "jpg"), default="png", help="overlay file format (default png)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder: <stem>.png masks (class ids, palette PNG)"
+    )
+    parser.add_argument(
+        "--overlay", action="store_true", help="also write <stem>_overlay.<format>: the image blended with the mask"
+    )
+    parser.add_argument(
+        "--overlay-format", choices=("png", "jpg"), default="png", help="overlay file format (default png)"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
     parser.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--tile-size", type=int, default=None,
-                        help="always predict in tiles with this core size in px (multiple of 32); same masks as whole-image")
-    parser.add_argument("--margin", type=int, default=None, help="context around each tile (default: the receptive field, 288 px)")
-    parser.add_argument("--no-fast-paths", action="store_true",
-                        help="run every layer as written instead of the model's exact fast paths "
-                             "(same masks; the fast paths take ~0.7x the time on the CPU)")
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="always predict in tiles with this core size in px (multiple of 32); same masks as whole-image",
+    )
+    parser.add_argument(
+        "--margin", type=int, default=None, help="context around each tile (default: the receptive field, 288 px)"
+    )
+    parser.add_argument(
+        "--no-fast-paths",
+        action="store_true",
+        help="run every layer as written instead of the model's exact fast paths "
+        "(same masks; the fast paths take ~0.7x the time on the CPU)",
+    )
     add_tta_arguments(parser)
     add_runtime_arguments(parser)
-    parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
-                        help="images whose forward pass would need more are tiled to fit; images too large to hold "
-                             "decoded within it (budget / 12 bytes per pixel) are refused from their header "
-                             "(default %(default)s MiB)")
-    parser.add_argument("--confidence", action="store_true",
-                        help="also write <stem>_confidence and <stem>_entropy maps (encodings below)")
-    parser.add_argument("--confidence-format", choices=("png", "npy"), default="png",
-                        help="confidence maps as 16-bit PNGs (default) or float16 .npy")
-    parser.add_argument("--probabilities", action="store_true", help="also write <stem>_probs.npy: float16 softmax (C, H, W)")
-    parser.add_argument("--mc-dropout", type=int, default=0, metavar="N",
-                        help="MC-dropout: average N passes with fc6/fc7 dropout on (N forward passes per image; default 0: off)")
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=DEFAULT_BUDGET_MB,
+        help="images whose forward pass would need more are tiled to fit; images too large to hold "
+        "decoded within it (budget / 12 bytes per pixel) are refused from their header "
+        "(default %(default)s MiB)",
+    )
+    parser.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write <stem>_confidence and <stem>_entropy maps (encodings below)",
+    )
+    parser.add_argument(
+        "--confidence-format",
+        choices=("png", "npy"),
+        default="png",
+        help="confidence maps as 16-bit PNGs (default) or float16 .npy",
+    )
+    parser.add_argument(
+        "--probabilities", action="store_true", help="also write <stem>_probs.npy: float16 softmax (C, H, W)"
+    )
+    parser.add_argument(
+        "--mc-dropout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="MC-dropout: average N passes with fc6/fc7 dropout on (N forward passes per image; default 0: off)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks, per image (default 0)")
-    parser.add_argument("--workers", type=int, default=max(0, min(4, (os.cpu_count() or 1) - 1)),
-                        help="processes that decode images ahead of the model (default: one core fewer than the "
-                             "machine has, at most 4: %(default)s here)")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="images of one size predicted together (default 8; fewer when the memory budget needs it)")
-    parser.add_argument("--overwrite", action="store_true", help="predict every input again, whatever the manifest records")
-    parser.add_argument("--resume-check", choices=RESUME_CHECKS, default=RESUME_CHECKS[0],
-                        help="how an input recorded in the manifest is found unchanged: by its size and modification "
-                             "time (default %(default)s, reads nothing) or by the SHA-256 of its bytes (hash: reads "
-                             "each input once more; catches a file rewritten with the same size and time)")
-    parser.add_argument("--no-stream", action="store_true",
-                        help="the one-at-a-time loop: read, predict and write each image in turn, in one thread")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=max(0, min(4, (os.cpu_count() or 1) - 1)),
+        help="processes that decode images ahead of the model (default: one core fewer than the "
+        "machine has, at most 4: %(default)s here)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images of one size predicted together (default 8; fewer when the memory budget needs it)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="predict every input again, whatever the manifest records"
+    )
+    parser.add_argument(
+        "--resume-check",
+        choices=RESUME_CHECKS,
+        default=RESUME_CHECKS[0],
+        help="how an input recorded in the manifest is found unchanged: by its size and modification "
+        "time (default %(default)s, reads nothing) or by the SHA-256 of its bytes (hash: reads "
+        "each input once more; catches a file rewritten with the same size and time)",
+    )
+    parser.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="the one-at-a-time loop: read, predict and write each image in turn, in one thread",
+    )
 
 
 #: Arguments that do not change what is written: a run resumed with other values reuses the manifest.
@@ -110,8 +163,11 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.predictor import load_predictor
     from ..inference.runtimes import is_onnx_file
 
-    for name, value, least, what in (("--mc-dropout", args.mc_dropout, 0, "passes"), ("--workers", args.workers, 0, "processes"),
-                                     ("--batch-size", args.batch_size, 1, "images")):
+    for name, value, least, what in (
+        ("--mc-dropout", args.mc_dropout, 0, "passes"),
+        ("--workers", args.workers, 0, "processes"),
+        ("--batch-size", args.batch_size, 1, "images"),
+    ):
         if value < least:
             raise CommandError(f"{name} must be a number of {what} >= {least}, got {value}")
     try:  # not a checkpoint, a budget too small for even one tile, a missing GPU: bad input (status 2)
@@ -138,9 +194,14 @@ def _predict(args: argparse.Namespace, predictor: Predictor, checkpoint: Checkpo
     if args.mc_dropout and not rates:  # every process refuses; the first one says why
         raise CommandError(f"--mc-dropout: {args.checkpoint} has no dropout layers", quiet=not main)
     if args.mc_dropout and not any(rates):
-        say(f"fcnseg predict: note: {args.checkpoint} has dropout rate 0: every MC-dropout pass is the same", file=sys.stderr)
-    options = PredictOptions(**{f.name: getattr(args, f.name) for f in fields(PredictOptions) if f.name != "max_pixels"},
-                             max_pixels=max_pixels_for(int(args.memory_budget_mb * 2**20)))
+        say(
+            f"fcnseg predict: note: {args.checkpoint} has dropout rate 0: every MC-dropout pass is the same",
+            file=sys.stderr,
+        )
+    options = PredictOptions(
+        **{f.name: getattr(args, f.name) for f in fields(PredictOptions) if f.name != "max_pixels"},
+        max_pixels=max_pixels_for(int(args.memory_budget_mb * 2**20)),
+    )
     paths, problems, skipped = list_images(args.inputs)
     writers: dict[str, Path] = {}
     inputs = {path.resolve() for path in paths}
@@ -148,12 +209,24 @@ def _predict(args: argparse.Namespace, predictor: Predictor, checkpoint: Checkpo
     for path in paths:
         for name in output_names(path, options):
             if name in writers or out / name in inputs:
-                problem = (f"{writers[name]} and {path} would both write {args.out / name}" if name in writers else
-                           f"predicting {path} would overwrite the input {args.out / name}")
+                problem = (
+                    f"{writers[name]} and {path} would both write {args.out / name}"
+                    if name in writers
+                    else f"predicting {path} would overwrite the input {args.out / name}"
+                )
                 raise CommandError(f"{problem}; predict them into different --out folders", quiet=not main)
             writers[name] = path
-    summary = predict_files(predictor, checkpoint.classes, checkpoint.palette, paths, args.out, options,
-                            settings_fingerprint(_settings(args)), context.rank, context.world_size)
+    summary = predict_files(
+        predictor,
+        checkpoint.classes,
+        checkpoint.palette,
+        paths,
+        args.out,
+        options,
+        settings_fingerprint(_settings(args)),
+        context.rank,
+        context.world_size,
+    )
     summaries = gather_objects(summary)
     failed = list(problems) + [line for each in summaries for line in each.failed]
     if main:
@@ -176,10 +249,15 @@ def _report(args: argparse.Namespace, summaries: list[Summary], failed: list[str
     seconds = max(each.seconds for each in summaries)
     kept = f"; {done} found done in {args.out / MANIFEST_FOLDER} and kept" if done else ""
     processes = f" by {len(summaries)} processes" if len(summaries) > 1 else ""
-    print(f"wrote {predicted} mask(s) to {args.out}{kept}; {seconds:.1f} s{processes}, {predicted / max(seconds, 1e-9):.2f} images/s")
+    print(
+        f"wrote {predicted} mask(s) to {args.out}{kept}; {seconds:.1f} s{processes}, {predicted / max(seconds, 1e-9):.2f} images/s"
+    )
     if skipped:
-        print(f"fcnseg predict: left out {len(skipped)} folder entr{'y' if len(skipped) == 1 else 'ies'} that are not "
-              "images:", file=sys.stderr)
+        print(
+            f"fcnseg predict: left out {len(skipped)} folder entr{'y' if len(skipped) == 1 else 'ies'} that are not "
+            "images:",
+            file=sys.stderr,
+        )
         for reason in skipped[:20] + ([f"... and {len(skipped) - 20} more"] if len(skipped) > 20 else []):
             print(f"  {reason}", file=sys.stderr)
     failures = args.out / FAILED_LIST

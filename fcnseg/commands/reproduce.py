@@ -18,20 +18,29 @@ def _positive(text: str) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(NAME, help=HELP, description=HELP + " (seg11valid = VOC2011 segmentation val "
-                                   "minus SBD train, 736 images; the weights are fetched and converted on first use)")
+    parser = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description=HELP + " (seg11valid = VOC2011 segmentation val "
+        "minus SBD train, 736 images; the weights are fetched and converted on first use)",
+    )
     parser.add_argument("name", help="published weights, e.g. fcn8s-voc")
     parser.add_argument("--voc", required=True, help="VOCdevkit or VOC20xx folder (VOC2012 holds every VOC2011 image)")
     parser.add_argument("--sbd", required=True, help="the SBD 'dataset' folder holding train.txt (or train.txt itself)")
-    parser.add_argument("--voc2011-val", default=None,
-                        help="the VOC2011 segmentation val.txt (default: from a VOC2011 folder beside --voc)")
+    parser.add_argument(
+        "--voc2011-val",
+        default=None,
+        help="the VOC2011 segmentation val.txt (default: from a VOC2011 folder beside --voc)",
+    )
     parser.add_argument("--limit", type=_positive, default=None, help="score only the first N images (a quick check)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
 
 
 def format_comparison(metrics: dict, published: tuple) -> str:
     """The four metrics in percent, with each published source's figure and the difference (measured - published)."""
-    header = f"{'metric':<10} {'measured':>9}" + "".join(f" {f'[{i}]':>7} {'diff':>7}" for i in range(1, len(published) + 1))
+    header = f"{'metric':<10} {'measured':>9}" + "".join(
+        f" {f'[{i}]':>7} {'diff':>7}" for i in range(1, len(published) + 1)
+    )
     lines = [header]
     for key, label in METRICS:
         measured = 100 * metrics[key]

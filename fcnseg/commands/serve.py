@@ -38,40 +38,83 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         NAME, help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument(
+        "checkpoint", help="an fcnseg checkpoint (.safetensors), a registry name, or an ONNX export (.onnx)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"
+    )
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB (default 10)")
-    parser.add_argument("--max-pixels", type=int, default=4_000_000, help="largest accepted image, width x height (default 4000000)")
+    parser.add_argument(
+        "--max-pixels", type=int, default=4_000_000, help="largest accepted image, width x height (default 4000000)"
+    )
     parser.add_argument(
         "--memory-budget-mb",
         type=float,
         default=2048,
         help="forward passes needing more memory run in tiles, same mask (default 2048)",
     )
-    parser.add_argument("--max-concurrent-uploads", type=int, default=4, metavar="N",
-                        help="uploads read and processed at once; more wait for a slot before their body is read (default 4)")
-    parser.add_argument("--queue-timeout", type=_seconds, default=30.0, metavar="S",
-                        help="seconds an upload may wait for a slot before it gets 503 with Retry-After (default 30)")
-    parser.add_argument("--body-timeout", type=_seconds, default=60.0, metavar="S",
-                        help="seconds for a whole request body to arrive; slower or stalled uploads get 408 (default 60)")
-    parser.add_argument("--header-timeout", type=_seconds, default=10.0, metavar="S",
-                        help="seconds for a request head to arrive, from the connection or the previous answer; "
-                        "the connection is closed beyond (default 10)")
-    parser.add_argument("--api-key", default=None, metavar="KEY",
-                        help=f"require this key on every request but /health and the page (default: ${API_KEY_VARIABLE} if set)")
-    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                        help="a web origin whose pages may call the service, e.g. https://app.example.org "
-                        "(repeatable; '*' for any; default none: only pages served from this server)")
-    parser.add_argument("--malloc-mmap-threshold-mib", type=float, default=1.0, metavar="MIB",
-                        help="glibc: allocations from this size on are mapped alone and returned to the system when "
-                        "freed, which keeps memory flat under images of many sizes (default 1; 0 keeps glibc's "
-                        "sliding threshold; MALLOC_MMAP_THRESHOLD_ in the environment wins)")
+    parser.add_argument(
+        "--max-concurrent-uploads",
+        type=int,
+        default=4,
+        metavar="N",
+        help="uploads read and processed at once; more wait for a slot before their body is read (default 4)",
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds an upload may wait for a slot before it gets 503 with Retry-After (default 30)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="seconds for a whole request body to arrive; slower or stalled uploads get 408 (default 60)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds for a request head to arrive, from the connection or the previous answer; "
+        "the connection is closed beyond (default 10)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"require this key on every request but /health and the page (default: ${API_KEY_VARIABLE} if set)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin whose pages may call the service, e.g. https://app.example.org "
+        "(repeatable; '*' for any; default none: only pages served from this server)",
+    )
+    parser.add_argument(
+        "--malloc-mmap-threshold-mib",
+        type=float,
+        default=1.0,
+        metavar="MIB",
+        help="glibc: allocations from this size on are mapped alone and returned to the system when "
+        "freed, which keeps memory flat under images of many sizes (default 1; 0 keeps glibc's "
+        "sliding threshold; MALLOC_MMAP_THRESHOLD_ in the environment wins)",
+    )
     add_tta_arguments(parser)
     add_runtime_arguments(parser)
-    parser.add_argument("--no-fast-paths", action="store_true",
-                        help="run every layer as written instead of the model's exact fast paths (same masks)")
+    parser.add_argument(
+        "--no-fast-paths",
+        action="store_true",
+        help="run every layer as written instead of the model's exact fast paths (same masks)",
+    )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -100,9 +143,16 @@ def run(args: argparse.Namespace) -> int:
         source = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
         raise CommandError(f"{source} is empty; give a non-empty key, or none to serve without one")
     app = create_app(
-        args.checkpoint, limits=limits, device=args.device, fast_paths=not args.no_fast_paths,
-        api_key=api_key, cors_origins=args.cors_origin, tta_scales=args.tta_scales, tta_flip=args.tta_flip,
-        runtime=args.runtime, dtype=args.dtype,
+        args.checkpoint,
+        limits=limits,
+        device=args.device,
+        fast_paths=not args.no_fast_paths,
+        api_key=api_key,
+        cors_origins=args.cors_origin,
+        tta_scales=args.tta_scales,
+        tta_flip=args.tta_flip,
+        runtime=args.runtime,
+        dtype=args.dtype,
     )
     access = "API key required" if api_key else "no API key"
     model = app.state.segmenter.model_name

@@ -22,8 +22,12 @@ FLAGS = [
     ("--model", "model.name", "model name (fcnseg models lists them)"),
     ("--width", "model.width", "channel multiplier (1.0 is the paper's net)"),
     ("--dropout", "model.dropout", "dropout after fc6/fc7"),
-    ("--init", "init", "initial weights: imagenet[:NAME|PATH] (torchvision, any backbone but AlexNet), "
-                       "vgg16-torchvision[:PATH], caffe:PATH.caffemodel, checkpoint:PATH or scratch"),
+    (
+        "--init",
+        "init",
+        "initial weights: imagenet[:NAME|PATH] (torchvision, any backbone but AlexNet), "
+        "vgg16-torchvision[:PATH], caffe:PATH.caffemodel, checkpoint:PATH or scratch",
+    ),
     ("--data", "data", "dataset kind: synthetic, voc, sbd, folder, coco, pascal_context, siftflow, nyud"),
     ("--root", "root", "dataset folder (none for synthetic)"),
     ("--train-split", "train_split", "training split name or id-list file"),
@@ -39,10 +43,18 @@ FLAGS = [
     ("--loss", "recipe.loss", "ce (the paper's), focal, ohem or lovasz; options as --set recipe.loss_options.gamma=2"),
     ("--reduction", "recipe.reduction", "loss over each image: sum (the paper) or mean over pixels"),
     ("--steps", "recipe.steps", "optimiser steps, also over a clock recipe (with --resume: extend the run to N steps)"),
-    ("--minutes", "recipe.minutes", "train to the clock: the schedule spans N minutes of training (with --resume: extend)"),
+    (
+        "--minutes",
+        "recipe.minutes",
+        "train to the clock: the schedule spans N minutes of training (with --resume: extend)",
+    ),
     ("--batch-size", "recipe.batch_size", "images per optimiser step, over all processes"),
-    ("--crop-size", "recipe.crop_size", "crop side in px, [H,W], resize (the dataset's resize size, if any: every "
-                                        "batch exactly that size) or native (batches padded to their largest image)"),
+    (
+        "--crop-size",
+        "recipe.crop_size",
+        "crop side in px, [H,W], resize (the dataset's resize size, if any: every "
+        "batch exactly that size) or native (batches padded to their largest image)",
+    ),
     ("--val-every", "recipe.val_every", "validate every N steps (step-based runs; over --evals)"),
     ("--evals", "recipe.evals", "validations evenly spaced over the run, steps or clock, the last at the end"),
     ("--accumulate", "accumulate", "micro-batches per step (gradient accumulation)"),
@@ -57,21 +69,53 @@ FLAGS = [
 ]
 #: Switches: (flag, setting, value it sets, help).
 SWITCHES = [
-    ("--learnable-upsampling", "model.learnable_upsampling", True, "train the bilinear deconvolutions (frozen in the paper)"),
+    (
+        "--learnable-upsampling",
+        "model.learnable_upsampling",
+        True,
+        "train the bilinear deconvolutions (frozen in the paper)",
+    ),
     ("--no-augment", "recipe.augment", False, "no random scale, flip or colour jitter"),
     ("--no-amp", "recipe.amp", False, "no mixed precision on the GPU"),
-    ("--cpu-bf16", "cpu_bf16", True, "bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX): faster, bf16 numerics"),
-    ("--no-cache", "cache_in_memory", False, "read, decode and resize every item every step, even when the decoded "
-                                             "splits fit in memory (by default cached when within min(2 GiB, memory/4))"),
+    (
+        "--cpu-bf16",
+        "cpu_bf16",
+        True,
+        "bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX): faster, bf16 numerics",
+    ),
+    (
+        "--no-cache",
+        "cache_in_memory",
+        False,
+        "read, decode and resize every item every step, even when the decoded "
+        "splits fit in memory (by default cached when within min(2 GiB, memory/4))",
+    ),
     ("--no-fast-paths", "fast_paths", False, "every layer as written (the exact fast paths give the same gradients)"),
     ("--no-progress", "progress", False, "no progress bar"),
-    ("--tensorboard", "tensorboard", True, "TensorBoard event files in RUN_DIR/tensorboard: loss, lr, validation metrics, "
-                                           "per-class IU, images (pip install 'fcnseg[tensorboard]')"),
+    (
+        "--tensorboard",
+        "tensorboard",
+        True,
+        "TensorBoard event files in RUN_DIR/tensorboard: loss, lr, validation metrics, "
+        "per-class IU, images (pip install 'fcnseg[tensorboard]')",
+    ),
 ]
 #: Settings a resumed run may change (its length and its bookkeeping, not its numerics).
-RESUMABLE = {"recipe.steps", "recipe.minutes", "recipe.evals", "recipe.val_every", "checkpoint_every",
-             "checkpoint_minutes", "log_every", "progress", "workers", "val_limit", "overlays", "tensorboard",
-             "cache_in_memory"}
+RESUMABLE = {
+    "recipe.steps",
+    "recipe.minutes",
+    "recipe.evals",
+    "recipe.val_every",
+    "checkpoint_every",
+    "checkpoint_minutes",
+    "log_every",
+    "progress",
+    "workers",
+    "val_limit",
+    "overlays",
+    "tensorboard",
+    "cache_in_memory",
+}
 
 
 def _destination(key: str) -> str:
@@ -91,28 +135,56 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     presets = "\n".join(f"  {name:<8} {text}" for name, text in list_presets().items())
     parser = subparsers.add_parser(
-        NAME, help=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        NAME,
+        help=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=HELP + ".\n\nSettings are layered: the recipe preset, then --config, then the flags, then --set "
         "(in order).\nEvery setting has a dotted key (seed, model.width, recipe.lr, data_options.size); the flags below "
-        f"are the common ones.\n\nrecipes (--recipe NAME, or a .json/.yaml file with an optional \"base\"):\n{presets}")
+        f'are the common ones.\n\nrecipes (--recipe NAME, or a .json/.yaml file with an optional "base"):\n{presets}',
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="RUN_DIR", help="new run directory (checkpoints, metrics.jsonl, pictures)")
-    where.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped (its run.json); "
-                       f"only {', '.join(sorted(RESUMABLE))} may change")
+    where.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR where it stopped (its run.json); "
+        f"only {', '.join(sorted(RESUMABLE))} may change",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    parser.add_argument("--recipe", default=None, help="recipe preset or file (default: modern with a GPU, cpu without)")
+    parser.add_argument(
+        "--recipe", default=None, help="recipe preset or file (default: modern with a GPU, cpu without)"
+    )
     parser.add_argument("--config", metavar="FILE", help="a run.json or YAML file of settings, over the recipe")
-    parser.add_argument("--set", dest="settings", type=_raw_pair, action="append", default=[], metavar="KEY=VALUE",
-                        help="any setting by its dotted key, e.g. recipe.poly_power=1.0 (typed and checked; repeatable)")
-    parser.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                        help="dataset option for both splits (data_options.KEY), e.g. size=64 (JSON values)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        type=_raw_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting by its dotted key, e.g. recipe.poly_power=1.0 (typed and checked; repeatable)",
+    )
+    parser.add_argument(
+        "--data-option",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option for both splits (data_options.KEY), e.g. size=64 (JSON values)",
+    )
     flags = parser.add_argument_group("common settings (defaults from the recipe)")
     for flag, key, text in FLAGS:
-        flags.add_argument(flag, dest=_destination(key), default=None, metavar=flag[2:].upper().replace("-", "_"),
-                           help=f"{text} [{key}]")
+        flags.add_argument(
+            flag,
+            dest=_destination(key),
+            default=None,
+            metavar=flag[2:].upper().replace("-", "_"),
+            help=f"{text} [{key}]",
+        )
     for flag, key, value, text in SWITCHES:
-        flags.add_argument(flag, dest=_destination(key), action="store_const", const=value, default=None,
-                           help=f"{text} [{key}]")
+        flags.add_argument(
+            flag, dest=_destination(key), action="store_const", const=value, default=None, help=f"{text} [{key}]"
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
@@ -125,8 +197,11 @@ def settings_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
     ``--val-every`` wins for a step-counted run.
     """
     pairs = [(f"data_options.{key}", value) for key, value in args.data_option]
-    pairs += [(name[len("setting:"):], value) for name, value in vars(args).items()
-              if name.startswith("setting:") and value is not None]
+    pairs += [
+        (name[len("setting:") :], value)
+        for name, value in vars(args).items()
+        if name.startswith("setting:") and value is not None
+    ]
     pairs += list(args.settings)
     from ..engine.config import resolve_key
 
@@ -146,11 +221,16 @@ def default_recipe(settings: list[tuple[str, object]]) -> str:
     gpu = str(device).startswith(("cuda", "gpu")) or (device == "auto" and torch.cuda.is_available())
     if not gpu:
         keys = {key for key, _ in settings}
-        length = "the length you gave" if keys & {"recipe.steps", "recipe.minutes"} else \
-            "10 minutes of training plus validation"
+        length = (
+            "the length you gave"
+            if keys & {"recipe.steps", "recipe.minutes"}
+            else "10 minutes of training plus validation"
+        )
         logging.getLogger("fcnseg.train").info(
             "no --recipe and no GPU: the 'cpu' recipe (fcn8s width 0.25, %s); "
-            "--recipe modern trains the full-width net for 20,000 steps", length)
+            "--recipe modern trains the full-width net for 20,000 steps",
+            length,
+        )
     return "modern" if gpu else "cpu"
 
 
@@ -166,12 +246,17 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             refused = sorted({key for key, _ in settings} - RESUMABLE)
             if refused:
-                raise CommandError(f"--resume keeps the run's settings; {', '.join(refused)} cannot change "
-                                   f"(these can: {', '.join(sorted(RESUMABLE))})")
+                raise CommandError(
+                    f"--resume keeps the run's settings; {', '.join(refused)} cannot change "
+                    f"(these can: {', '.join(sorted(RESUMABLE))})"
+                )
             result = train(None, args.resume, resume=True, changes=settings)
         else:
-            result = train(build_config(args.recipe or default_recipe(settings), args.config, settings), args.out,
-                           overwrite=args.overwrite)
+            result = train(
+                build_config(args.recipe or default_recipe(settings), args.config, settings),
+                args.out,
+                overwrite=args.overwrite,
+            )
     except TrainingDiverged as error:
         print(f"fcnseg train: stopped: {error}", file=sys.stderr)
         return 1
@@ -182,7 +267,9 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed()
     if rank == 0:
         metrics = result.last_metrics
-        print(f"done: {result.step} steps in {result.seconds:.1f} s; "
-              f"val mean IU {metrics.get('mean_iu', float('nan')):.4f} (best {result.best_mean_iu:.4f}); "
-              f"run directory {result.out_dir}")
+        print(
+            f"done: {result.step} steps in {result.seconds:.1f} s; "
+            f"val mean IU {metrics.get('mean_iu', float('nan')):.4f} (best {result.best_mean_iu:.4f}); "
+            f"run directory {result.out_dir}"
+        )
     return 0

@@ -34,7 +34,6 @@ from .synthetic import SHAPE_CLASSES, SyntheticShapes
 from .transforms import EvalTransform, TrainTransform
 from .voc import VOC_CLASSES, VOCDataset
 
-
 #: Dataset kinds and their classes; every class takes ``(root, split, **options)``
 #: except synthetic, which takes ``(split, **options)`` and no root.
 _KINDS: dict[str, type[SegmentationDataset]] = {
@@ -96,12 +95,15 @@ def open_dataset(
     anything wrong with the files.
     """
     if split is not None and str(split) == NO_SPLIT:
-        raise DatasetError(f"split {NO_SPLIT!r} means no split (e.g. --val-split none: no validation); there is nothing to open")
+        raise DatasetError(
+            f"split {NO_SPLIT!r} means no split (e.g. --val-split none: no validation); there is nothing to open"
+        )
     if kind not in _KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {sorted(_KINDS)}")
     resize = options.pop("resize", None)
-    if resize is not None and not (isinstance(resize, (list, tuple)) and len(resize) == 2
-                                   and all(isinstance(v, int) and v > 0 for v in resize)):
+    if resize is not None and not (
+        isinstance(resize, (list, tuple)) and len(resize) == 2 and all(isinstance(v, int) and v > 0 for v in resize)
+    ):
         raise DatasetError(f"resize must be [height, width] in pixels, got {resize!r}")
     _check_options(kind, options)
     if kind == "synthetic":

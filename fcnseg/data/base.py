@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +27,14 @@ def resize_item(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) 
     from PIL import Image
 
     height, width = size
-    pictures = [Image.fromarray(part.permute(1, 2, 0).numpy()).resize((width, height), Image.Resampling.LANCZOS)
-                for part in image.split(3)]
-    rows = [Image.fromarray(row.numpy().astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
-            for row in mask.reshape(-1, *mask.shape[-2:])]
+    pictures = [
+        Image.fromarray(part.permute(1, 2, 0).numpy()).resize((width, height), Image.Resampling.LANCZOS)
+        for part in image.split(3)
+    ]
+    rows = [
+        Image.fromarray(row.numpy().astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
+        for row in mask.reshape(-1, *mask.shape[-2:])
+    ]
     resized = np.concatenate([np.asarray(picture) for picture in pictures], axis=2)
     ids = np.stack([np.asarray(row) for row in rows]).reshape(*mask.shape[:-2], height, width)
     return torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous(), torch.from_numpy(ids.astype(np.int64))
@@ -155,8 +160,10 @@ class SegmentationDataset(Dataset):
             self._check_range(labels, 0, self.num_classes, index, "")
             return
         if labels.ndim != 3 or labels.shape[0] != len(self.heads):
-            raise DatasetError(f"{self.describe(index)}: mask has shape {labels.shape}; expected one row per head "
-                               f"{[name for name, _ in self.heads]} ({len(self.heads)}, H, W)")
+            raise DatasetError(
+                f"{self.describe(index)}: mask has shape {labels.shape}; expected one row per head "
+                f"{[name for name, _ in self.heads]} ({len(self.heads)}, H, W)"
+            )
         start = 0
         for row, (name, count) in zip(labels, self.heads):
             self._check_range(row, start, start + count, index, f" ({name} labels)")

@@ -59,21 +59,28 @@ def _pycocotools() -> Any:
     try:
         from pycocotools.coco import COCO
     except ImportError:
-        raise DatasetError('the coco dataset reads its annotations with pycocotools, which is not installed; '
-                           'install the extra: pip install "fcnseg[coco]"') from None
+        raise DatasetError(
+            "the coco dataset reads its annotations with pycocotools, which is not installed; "
+            'install the extra: pip install "fcnseg[coco]"'
+        ) from None
     return COCO
 
 
 def _read_annotation_file(path: Path) -> dict[str, list]:
     if not path.is_file():
-        raise DatasetError(f"COCO annotation file {path} does not exist; expected <root>/annotations/instances_<split>.json")
+        raise DatasetError(
+            f"COCO annotation file {path} does not exist; expected <root>/annotations/instances_<split>.json"
+        )
     try:
         with open(path, encoding="utf-8") as handle:
             content = json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DatasetError(f"COCO annotation file {path} cannot be read as JSON ({error})") from None
-    missing = [key for key in ("images", "annotations", "categories")
-               if not isinstance(content, dict) or not isinstance(content.get(key), list)]
+    missing = [
+        key
+        for key in ("images", "annotations", "categories")
+        if not isinstance(content, dict) or not isinstance(content.get(key), list)
+    ]
     if missing:
         raise DatasetError(f"COCO annotation file {path} has no list {missing}; expected an instances_*.json file")
     return content
@@ -111,17 +118,21 @@ class COCODataset(PairedFileDataset):
             class_of = {coco_id: index for index, coco_id in enumerate(VOC_CATEGORY_IDS, start=1)}
             classes, palette = list(VOC_CLASSES), voc_palette(len(VOC_CLASSES))
         else:
-            names = {int(c["id"]): str(_field(c, "name", annotation_file, f"category {c['id']}"))
-                     for c in content["categories"]}
+            names = {
+                int(c["id"]): str(_field(c, "name", annotation_file, f"category {c['id']}"))
+                for c in content["categories"]
+            }
             class_of = {coco_id: index for index, coco_id in enumerate(coco_ids, start=1)}
             classes = ["background"] + [names[coco_id] for coco_id in coco_ids]
             palette = default_palette(len(classes))
         images = {}
         for image in content["images"]:
             key = str(_field(image, "id", annotation_file, "an image"))
-            images[key] = (str(_field(image, "file_name", annotation_file, f"image {key}")),
-                           int(_field(image, "height", annotation_file, f"image {key}")),
-                           int(_field(image, "width", annotation_file, f"image {key}")))
+            images[key] = (
+                str(_field(image, "file_name", annotation_file, f"image {key}")),
+                int(_field(image, "height", annotation_file, f"image {key}")),
+                int(_field(image, "width", annotation_file, f"image {key}")),
+            )
         #: image id -> [(segmentation, class id, area)] of its kept annotations, in file order
         self.annotations: dict[str, list[tuple[Any, int, float]]] = {key: [] for key in images}
         for number, annotation in enumerate(content["annotations"]):
@@ -131,17 +142,29 @@ class COCODataset(PairedFileDataset):
             if class_id is None:
                 continue
             if key not in images:
-                raise DatasetError(f"COCO annotation file {annotation_file}: {what} refers to image {key}, "
-                                   "which is not in its images")
-            self.annotations[key].append((_field(annotation, "segmentation", annotation_file, what), class_id,
-                                          float(annotation.get("area", 0.0))))
+                raise DatasetError(
+                    f"COCO annotation file {annotation_file}: {what} refers to image {key}, which is not in its images"
+                )
+            self.annotations[key].append(
+                (
+                    _field(annotation, "segmentation", annotation_file, what),
+                    class_id,
+                    float(annotation.get("area", 0.0)),
+                )
+            )
         if keep_empty is None:
             keep_empty = not split.startswith("train")
-        ids = sorted((key for key in images if keep_empty or
-                      sum(area for _, _, area in self.annotations[key]) > MIN_TRAIN_AREA), key=_image_order)
+        ids = sorted(
+            (key for key in images if keep_empty or sum(area for _, _, area in self.annotations[key]) > MIN_TRAIN_AREA),
+            key=_image_order,
+        )
         self.sizes = {key: images[key][1:] for key in ids}
-        self.split_info = {"split": split, "source": str(annotation_file), "categories": categories,
-                           "keep_empty": keep_empty}
+        self.split_info = {
+            "split": split,
+            "source": str(annotation_file),
+            "categories": categories,
+            "keep_empty": keep_empty,
+        }
         super().__init__(
             name=f"COCO {root} split {split}",
             ids=ids,
@@ -165,11 +188,15 @@ class COCODataset(PairedFileDataset):
             try:
                 inside = coco.annToMask({"image_id": key, "segmentation": segmentation}).astype(bool)
             except Exception as error:  # pycocotools raises TypeError, ValueError, plain Exception
-                raise DatasetError(f"{self.describe(index)}: an annotation's segmentation cannot be decoded "
-                                   f"({type(error).__name__}: {error}); expected polygons or RLE") from None
+                raise DatasetError(
+                    f"{self.describe(index)}: an annotation's segmentation cannot be decoded "
+                    f"({type(error).__name__}: {error}); expected polygons or RLE"
+                ) from None
             if inside.shape != label.shape:
-                raise DatasetError(f"{self.describe(index)}: an RLE segmentation is {inside.shape[1]}x{inside.shape[0]}"
-                                   f" but the image is {width}x{height} in the annotation file")
+                raise DatasetError(
+                    f"{self.describe(index)}: an RLE segmentation is {inside.shape[1]}x{inside.shape[0]}"
+                    f" but the image is {width}x{height} in the annotation file"
+                )
             label[inside] = class_id
             covered += inside
         label[covered > 1] = self.ignore_index

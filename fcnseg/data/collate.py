@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -44,8 +44,10 @@ class PadCollate:
         masks = torch.full((len(batch), *rows, height, width), self.ignore_index, dtype=torch.int64)
         for index, (image, mask) in enumerate(batch):
             if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != channels:
-                raise TypeError(f"item {index}: expected a uint8 image ({channels}, H, W) (one channel per fill value), "
-                                f"got {image.dtype} {tuple(image.shape)}")
+                raise TypeError(
+                    f"item {index}: expected a uint8 image ({channels}, H, W) (one channel per fill value), "
+                    f"got {image.dtype} {tuple(image.shape)}"
+                )
             if mask.shape[-2:] != image.shape[-2:] or mask.shape[:-2] != rows:
                 raise ValueError(
                     f"item {index}: mask {tuple(mask.shape)} does not match image {tuple(image.shape[-2:])}"

@@ -81,7 +81,9 @@ class ColourTable:
         """The table in the file format this module reads."""
         lines = ["# fcnseg colour table: R G B id [name]; edit ids/names, 255 (the ignore value) = not labelled"]
         for colour, index in sorted(self.entries.items(), key=lambda item: (item[1], item[0])):
-            lines.append(f"{colour[0]:>3} {colour[1]:>3} {colour[2]:>3} {index:>4}  {self.names.get(index, '')}".rstrip())
+            lines.append(
+                f"{colour[0]:>3} {colour[1]:>3} {colour[2]:>3} {index:>4}  {self.names.get(index, '')}".rstrip()
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -158,7 +160,10 @@ def unlabelled_colours(
 
 
 def propose_colour_table(
-    colours: dict[Colour, int] | set[Colour], ignore_index: int = 255, *, num_classes: int | None = None,
+    colours: dict[Colour, int] | set[Colour],
+    ignore_index: int = 255,
+    *,
+    num_classes: int | None = None,
     borders: dict[Colour, int] | None = None,
 ) -> ColourTable | None:
     """A table for the colours found in masks, or None if there are too many to be labels.
@@ -179,7 +184,9 @@ def propose_colour_table(
     others = [colour for colour in found if colour != VOC_VOID_COLOUR]
     void = {VOC_VOID_COLOUR: ignore_index} if VOC_VOID_COLOUR in found else {}
     # The 255-colour VOC palette holds many colours of other datasets (CamVid's): its ids only where they fit.
-    if all(c in voc for c in others) and (num_classes is None or max((voc[c] for c in others), default=0) < num_classes):
+    if all(c in voc for c in others) and (
+        num_classes is None or max((voc[c] for c in others), default=0) < num_classes
+    ):
         return ColourTable({**{colour: voc[colour] for colour in others}, **void})
     counts = {colour: (colours[colour] if isinstance(colours, dict) else 0) for colour in others}
     unlabelled = list(void) + unlabelled_colours(counts, borders, num_classes)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -84,9 +84,7 @@ def _mask_drawn_on_stored_pixels(dataset: SegmentationDataset, index: int, mask_
     return orientation != 1 and tuple(mask_shape) == (height, width)
 
 
-def survey(
-    dataset: SegmentationDataset, *, max_items: int | None = None, decode_images: bool = True
-) -> Survey:
+def survey(dataset: SegmentationDataset, *, max_items: int | None = None, decode_images: bool = True) -> Survey:
     """Read each (sampled) item's mask, and image if ``decode_images``; collect what :func:`diagnose` reports."""
     result = Survey(dataset, _sample(len(dataset), max_items))
     result.missing = list(getattr(dataset, "dropped", []))  # opened with skip_bad: a missing file is no item
@@ -101,7 +99,11 @@ def survey(
             result.values.update(values.tolist())
             if decode_images:
                 image = dataset.load_image(index)
-                if image.shape[-2:] != mask.shape and has_files and _mask_drawn_on_stored_pixels(dataset, index, mask.shape):
+                if (
+                    image.shape[-2:] != mask.shape
+                    and has_files
+                    and _mask_drawn_on_stored_pixels(dataset, index, mask.shape)
+                ):
                     result.rotated_items.append(index)
                     continue
                 dataset.check_size(image, mask, index)
@@ -146,10 +148,17 @@ def _proposal_text(table: ColourTable, surveys: Sequence[Survey], ignore_index: 
     elif labelled:
         text += " (check each against classes.txt, line i = id i)"
     for colour in [c for c, index in table.entries.items() if index == ignore_index]:
-        why = ("black" if colour == BLACK else "the VOC void colour" if colour == VOC_VOID_COLOUR else
-               f"{borders[colour] / max(colours[colour], 1):.0%} of its pixels on region borders")
-        text += (f", and {colour} as {ignore_index}, the ignore value (not trained, not scored): it looks unlabelled "
-                 f"({why}, {colours[colour] / total:.1%} of the pixels)")
+        why = (
+            "black"
+            if colour == BLACK
+            else "the VOC void colour"
+            if colour == VOC_VOID_COLOUR
+            else f"{borders[colour] / max(colours[colour], 1):.0%} of its pixels on region borders"
+        )
+        text += (
+            f", and {colour} as {ignore_index}, the ignore value (not trained, not scored): it looks unlabelled "
+            f"({why}, {colours[colour] / total:.1%} of the pixels)"
+        )
     return text
 
 
@@ -160,8 +169,13 @@ def _examples(dataset: SegmentationDataset, indices: list[int], count: int = 2) 
 
 def _class_list(dataset: SegmentationDataset, ids: np.ndarray, other_pixels: np.ndarray | None) -> str:
     def one(c: int) -> str:
-        extra = f"; {int(other_pixels[c]):,} pixels in the other split" if other_pixels is not None and other_pixels[c] else ""
+        extra = (
+            f"; {int(other_pixels[c]):,} pixels in the other split"
+            if other_pixels is not None and other_pixels[c]
+            else ""
+        )
         return f"{dataset.classes[c]} (id {c}{extra})"
+
     return ", ".join(one(int(c)) for c in ids[:12]) + (", ..." if len(ids) > 12 else "")
 
 
@@ -180,8 +194,10 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
     found += [Finding("error", "bad-item", f"bad item {item}: {message}") for item, message in _bad_items(train)]
     if other is not None:  # every problem in one pass: the other split's unusable items too
         name = (other.dataset.split_info or {}).get("split", "other")
-        found += [Finding("error", "other-bad-item", f"bad item {item} of the other split ({name}): {message}")
-                  for item, message in _bad_items(other)]
+        found += [
+            Finding("error", "other-bad-item", f"bad item {item} of the other split ({name}): {message}")
+            for item, message in _bad_items(other)
+        ]
     if train.colour_items:
         table = colour_table_for([train] + ([other] if other else []))
         message = (f"{len(train.colour_items)} masks are RGB colour images ({_examples(dataset, train.colour_items)}), "
@@ -200,49 +216,103 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             detail = table.text()
         found.append(Finding("error", "colour-masks", message, detail))
     if train.lossy_items:
-        found.append(Finding("error", "jpeg-masks", (
-            f"{len(train.lossy_items)} masks are JPEG files ({_examples(dataset, train.lossy_items)}); expected lossless "
-            "PNG: JPEG compression changes class ids along every edge, so they are refused (export the masks as PNG)")))
+        found.append(
+            Finding(
+                "error",
+                "jpeg-masks",
+                (
+                    f"{len(train.lossy_items)} masks are JPEG files ({_examples(dataset, train.lossy_items)}); expected lossless "
+                    "PNG: JPEG compression changes class ids along every edge, so they are refused (export the masks as PNG)"
+                ),
+            )
+        )
     if train.rotated_items:
-        found.append(Finding("error", "exif-rotation", (
-            f"{len(train.rotated_items)} masks have the size of their image as stored, but the image carries an EXIF "
-            f"rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were drawn on the "
-            "unrotated pixels; --fix OUT writes them rotated the same way")))
+        found.append(
+            Finding(
+                "error",
+                "exif-rotation",
+                (
+                    f"{len(train.rotated_items)} masks have the size of their image as stored, but the image carries an EXIF "
+                    f"rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were drawn on the "
+                    "unrotated pixels; --fix OUT writes them rotated the same way"
+                ),
+            )
+        )
     if train.looks_binary:
         # 255 ignored leaves class 0 alone to learn: a run would "succeed" with every score perfect, so it is an error.
         ignored = dataset.ignore_index == 255
-        found.append(Finding("error" if ignored else "warning", "binary-masks", (
-            f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if ignored else 'no class'}: "
-            "there is no trainable foreground (255 is never trained nor scored: a run learns class 0 alone and every "
-            "score reads perfect); open with "
-            "--data-option binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks")))
+        found.append(
+            Finding(
+                "error" if ignored else "warning",
+                "binary-masks",
+                (
+                    f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if ignored else 'no class'}: "
+                    "there is no trainable foreground (255 is never trained nor scored: a run learns class 0 alone and every "
+                    "score reads perfect); open with "
+                    "--data-option binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks"
+                ),
+            )
+        )
     readable = checked - len(train.bad) - len(train.colour_items) - len(train.lossy_items) - len(train.rotated_items)
     other_pixels = other.class_pixels if other is not None else None
     if readable and train.class_pixels is not None:
         missing = np.flatnonzero(train.class_pixels == 0)
         if len(missing):
-            found.append(Finding("warning", "class-missing", (
-                f"{len(missing)} of {dataset.num_classes} classes never occur in the {readable} readable train masks "
-                f"checked: {_class_list(dataset, missing, other_pixels)}; the model cannot learn them")))
+            found.append(
+                Finding(
+                    "warning",
+                    "class-missing",
+                    (
+                        f"{len(missing)} of {dataset.num_classes} classes never occur in the {readable} readable train masks "
+                        f"checked: {_class_list(dataset, missing, other_pixels)}; the model cannot learn them"
+                    ),
+                )
+            )
     if other is not None and other_pixels is not None and other.dataset.num_classes == dataset.num_classes:
         absent = np.flatnonzero(other_pixels == 0)
         if len(absent) and len(absent) < dataset.num_classes:
-            found.append(Finding("info", "class-not-in-other", (
-                f"classes absent from the other split ({len(other.indices)} masks checked): "
-                f"{_class_list(dataset, absent, None)}; their IU is not measured, mean IU averages the rest")))
+            found.append(
+                Finding(
+                    "info",
+                    "class-not-in-other",
+                    (
+                        f"classes absent from the other split ({len(other.indices)} masks checked): "
+                        f"{_class_list(dataset, absent, None)}; their IU is not measured, mean IU averages the rest"
+                    ),
+                )
+            )
         same = [(train.digests[d], i) for d, i in other.digests.items() if d in train.digests]
         if same:
             pairs = ", ".join(f"{dataset.ids[a]} = {other.dataset.ids[b]}" for a, b in same[:3])
-            found.append(Finding("warning", "duplicates", (
-                f"{len(same)} image files of the other split are identical to images of this split ({pairs}"
-                f"{', ...' if len(same) > 3 else ''}): scores on them measure memory, not generalisation")))
+            found.append(
+                Finding(
+                    "warning",
+                    "duplicates",
+                    (
+                        f"{len(same)} image files of the other split are identical to images of this split ({pairs}"
+                        f"{', ...' if len(same) > 3 else ''}): scores on them measure memory, not generalisation"
+                    ),
+                )
+            )
         # said of the other split only when this split's findings do not say it already
-        if any(theirs and not ours for theirs, ours in ((other.colour_items, train.colour_items),
-                                                        (other.lossy_items, train.lossy_items),
-                                                        (other.rotated_items, train.rotated_items))):
-            found.append(Finding("info", "other-unreadable", (
-                "some masks of the other split are colour, JPEG or unrotated masks; check that split itself "
-                "(fcnseg data --split ...)")))
+        if any(
+            theirs and not ours
+            for theirs, ours in (
+                (other.colour_items, train.colour_items),
+                (other.lossy_items, train.lossy_items),
+                (other.rotated_items, train.rotated_items),
+            )
+        ):
+            found.append(
+                Finding(
+                    "info",
+                    "other-unreadable",
+                    (
+                        "some masks of the other split are colour, JPEG or unrotated masks; check that split itself "
+                        "(fcnseg data --split ...)"
+                    ),
+                )
+            )
     return found
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +29,8 @@ import torch
 from .base import Transform
 from .colours import ColourTable, read_colour_table
 from .errors import ColourMaskError, DatasetError
-from .palette import Colour
 from .paired import PairedFileDataset
+from .palette import Colour
 from .readers import IMAGE_SUFFIXES, MASK_SUFFIXES, read_class_names, read_colour_mask, read_id_list, read_mask_file
 
 #: Split names an automatic split answers to.
@@ -139,8 +140,9 @@ class FolderDataset(PairedFileDataset):
         self.root = str(root)
         self.binary = bool(binary)
         self.colour_table: ColourTable | None = read_colour_table(colors) if colors is not None else None
-        class_names = _class_names(root, classes, num_classes, self.binary, self.colour_table, ignore_index,
-                                   root / masks_dir)
+        class_names = _class_names(
+            root, classes, num_classes, self.binary, self.colour_table, ignore_index, root / masks_dir
+        )
         images = _files_by_stem(root / images_dir, IMAGE_SUFFIXES, "image")
         masks = _files_by_stem(root / masks_dir, MASK_SUFFIXES, "mask")
         if not images:
@@ -195,12 +197,16 @@ def _masks_hint(masks_dir: Path) -> str:
         except DatasetError:
             continue  # a bad file is reported when the items are read
     if not colour and 255 in values and values <= {0, 255}:
-        return (f", and its masks look binary (only the values 0 and 255 in the {len(picked)} read, e.g. {picked[0]}): "
-                "pass binary=true (0 -> class 0 background, any other value -> class 1 foreground; num_classes=2 "
-                "would leave 255 as the ignore value and nothing to learn)")
+        return (
+            f", and its masks look binary (only the values 0 and 255 in the {len(picked)} read, e.g. {picked[0]}): "
+            "pass binary=true (0 -> class 0 background, any other value -> class 1 foreground; num_classes=2 "
+            "would leave 255 as the ignore value and nothing to learn)"
+        )
     if colour:
-        return (f", and its masks are RGB colour images ({len(colour)} of the {len(picked)} read, e.g. {colour[0]}): pass "
-                "num_classes=N and `fcnseg data` proposes a colour table to pass as colors=FILE")
+        return (
+            f", and its masks are RGB colour images ({len(colour)} of the {len(picked)} read, e.g. {colour[0]}): pass "
+            "num_classes=N and `fcnseg data` proposes a colour table to pass as colors=FILE"
+        )
     return ""
 
 

@@ -81,7 +81,9 @@ def surface_normals(points: np.ndarray, valid: np.ndarray, radius: int, step: in
     covariance = np.empty(points.shape[:2] + (3, 3))
     for i in range(3):
         for j in range(i, 3):
-            covariance[..., i, j] = covariance[..., j, i] = mean(points[..., i] * points[..., j]) - centre[i] * centre[j]
+            covariance[..., i, j] = covariance[..., j, i] = (
+                mean(points[..., i] * points[..., j]) - centre[i] * centre[j]
+            )
     enough = (valid & (share * size * size >= 3 - 1e-6))[::step, ::step]
     covariance, points = covariance[::step, ::step], points[::step, ::step]
     covariance[~enough] = np.eye(3)  # placeholder, masked below

@@ -25,8 +25,8 @@ it is computed once. Delete the computed files to recompute them (e.g. with othe
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,8 +56,10 @@ def read_depth_file(path: PathLike) -> np.ndarray:
     """A 16-bit depth PNG in millimetres as float64 metres (H, W)."""
     with _open_decoded(path, "depth image") as image:
         if image.mode not in _DEPTH_MODES:
-            raise DatasetError(f"depth image {path} is a {image.mode} image; expected one channel of 16-bit "
-                               "depth in millimetres (mode I;16)")
+            raise DatasetError(
+                f"depth image {path} is a {image.mode} image; expected one channel of 16-bit "
+                "depth in millimetres (mode I;16)"
+            )
         return np.asarray(image, dtype=np.float64) / 1000.0
 
 
@@ -78,8 +80,10 @@ class NYUDDataset(PairedFileDataset):
     ) -> None:
         root = Path(root)
         if not (root / "data").is_dir():
-            raise DatasetError(f"NYUDv2 folder {root} has no data/ folder; expected the reference's prepared data "
-                               "(data/images, data/depth or data/hha, segmentation/, <split>.txt)")
+            raise DatasetError(
+                f"NYUDv2 folder {root} has no data/ folder; expected the reference's prepared data "
+                "(data/images, data/depth or data/hha, segmentation/, <split>.txt)"
+            )
         if modality not in MODALITIES:
             raise DatasetError(f"modality={modality!r}; expected one of {', '.join(MODALITIES)}")
         if intrinsics is not None and (len(intrinsics) != 4 or not all(float(v) > 0 for v in intrinsics)):
@@ -115,8 +119,10 @@ class NYUDDataset(PairedFileDataset):
             return hha
         color = super().load_image(index)
         if color.shape != hha.shape:
-            raise DatasetError(f"{self.describe(index)}: the colour image is {tuple(color.shape)} but the HHA image "
-                               f"{tuple(hha.shape)}; expected the same size")
+            raise DatasetError(
+                f"{self.describe(index)}: the colour image is {tuple(color.shape)} but the HHA image "
+                f"{tuple(hha.shape)}; expected the same size"
+            )
         return torch.cat([color, hha])
 
     def load_hha(self, index: int) -> torch.Tensor:
@@ -126,14 +132,18 @@ class NYUDDataset(PairedFileDataset):
         if cached.exists():
             return read_image_file(cached)
         if not depth_path.exists():
-            raise DatasetError(f"{self.name}: HHA image {cached} does not exist, nor the depth image {depth_path} "
-                               "to compute it from; expected one of them")
+            raise DatasetError(
+                f"{self.name}: HHA image {cached} does not exist, nor the depth image {depth_path} "
+                "to compute it from; expected one of them"
+            )
         depth = read_depth_file(depth_path)
         hha = hha_from_depth(depth, self.intrinsics or nyud_intrinsics(*depth.shape))
         try:
             with atomic_path(cached) as tmp:
                 Image.fromarray(hha).save(tmp, format="PNG")
         except OSError as error:
-            raise DatasetError(f"cannot write the computed HHA image {cached} ({error}); expected a writable "
-                               "folder (pass hha_dir=<folder>)") from None
+            raise DatasetError(
+                f"cannot write the computed HHA image {cached} ({error}); expected a writable "
+                "folder (pass hha_dir=<folder>)"
+            ) from None
         return torch.from_numpy(hha).permute(2, 0, 1).contiguous()

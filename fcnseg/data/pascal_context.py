@@ -64,8 +64,10 @@ def task_lookup(labels_file: Path, task_file: Path) -> tuple[list[str], np.ndarr
         key = name.replace(" ", "")
         key = key if key in full else TASK_NAME_ALIASES.get(key, key)
         if key not in full:
-            raise DatasetError(f"class {name!r} of {task_file} is not in {labels_file}; expected every task class "
-                               "among the full labels")
+            raise DatasetError(
+                f"class {name!r} of {task_file} is not in {labels_file}; expected every task class "
+                "among the full labels"
+            )
         lookup[full[key]] = class_id
     return ["background", *names], lookup
 
@@ -85,8 +87,10 @@ class PascalContextDataset(PairedFileDataset):
     ) -> None:
         root = Path(root)
         if not (root / "trainval").is_dir():
-            raise DatasetError(f"PASCAL-Context folder {root} has no trainval/ folder; expected the unpacked "
-                               "annotation release (trainval/<id>.mat, labels.txt, 59_labels.txt)")
+            raise DatasetError(
+                f"PASCAL-Context folder {root} has no trainval/ folder; expected the unpacked "
+                "annotation release (trainval/<id>.mat, labels.txt, 59_labels.txt)"
+            )
         if voc_root is None and not (root / "JPEGImages").is_dir():
             raise DatasetError("PASCAL-Context images are VOC2010's: pass voc_root=<VOC2010 folder or VOCdevkit>")
         voc_path = root if voc_root is None else Path(voc_root)

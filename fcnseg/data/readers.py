@@ -16,7 +16,6 @@ before they are opened, so a read never blocks.
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import stat
@@ -98,7 +97,9 @@ def jpeg_data_shortfall(data: bytes) -> tuple[int, int] | None:
         return None
     sampling = [(header[7 + 3 * i] >> 4, header[7 + 3 * i] & 15) for i in range(count[0])]
     h_max, v_max = max(h for h, _ in sampling) or 1, max(v for _, v in sampling) or 1
-    blocks = sum(_ceil_div(_ceil_div(width * h, h_max), 8) * _ceil_div(_ceil_div(height * v, v_max), 8) for h, v in sampling)
+    blocks = sum(
+        _ceil_div(_ceil_div(width * h, h_max), 8) * _ceil_div(_ceil_div(height * v, v_max), 8) for h, v in sampling
+    )
     needed, held = blocks * _MIN_BITS_PER_BLOCK[marker] // 8, len(data) - position
     return (held, needed) if held < needed else None
 
@@ -160,9 +161,10 @@ def decode_jpeg_fully(data: bytes) -> Image.Image | None:
         image.close()
         if "truncated" not in str(error):
             raise
-        raise JpegDataRanOut(f"its coded data ends before the {image.width}x{image.height} picture its header "
-                             "describes is complete (the file was cut short, or its header claims a larger size)"
-                             ) from None
+        raise JpegDataRanOut(
+            f"its coded data ends before the {image.width}x{image.height} picture its header "
+            "describes is complete (the file was cut short, or its header claims a larger size)"
+        ) from None
     return image
 
 
@@ -215,7 +217,9 @@ def _open_decoded(path: PathLike, what: str, max_pixels: int | None = None) -> I
             raise ImageTooLargeError(f"{what} {path} has too many pixels to decode safely ({error})") from None
         if isinstance(error, DatasetError) or not isinstance(error, (OSError, SyntaxError, ValueError)):
             raise
-        problem = "is truncated" if "truncated" in str(error) else "cannot be decoded"  # UnidentifiedImageError is an OSError
+        problem = (
+            "is truncated" if "truncated" in str(error) else "cannot be decoded"
+        )  # UnidentifiedImageError is an OSError
         raise DatasetError(
             f"{what} {path} {problem} ({type(error).__name__}: {error}); expected a complete image file"
         ) from None
@@ -289,7 +293,9 @@ def read_colour_mask(path: PathLike) -> np.ndarray:
     with _open_decoded(path, "mask") as image:
         _refuse_jpeg_mask(image, path)
         if image.mode not in _COLOUR_MODES:
-            raise DatasetError(f"mask {path} is a {image.mode} image; expected colours (mode {', '.join(_COLOUR_MODES)})")
+            raise DatasetError(
+                f"mask {path} is a {image.mode} image; expected colours (mode {', '.join(_COLOUR_MODES)})"
+            )
         return np.asarray(image.convert("RGB"))
 
 
@@ -327,14 +333,19 @@ def read_mat_label(path: PathLike, variable: str, expected: str) -> np.ndarray:
     """
     content = load_mat_file(path)
     if variable not in content:
-        raise DatasetError(f"mask {path} has no variable {variable!r}; expected {expected} "
-                           f"(found variables: {sorted(k for k in content if not k.startswith('__'))})")
+        raise DatasetError(
+            f"mask {path} has no variable {variable!r}; expected {expected} "
+            f"(found variables: {sorted(k for k in content if not k.startswith('__'))})"
+        )
     label = np.asarray(content[variable])
     whole = np.issubdtype(label.dtype, np.integer) or (
-        np.issubdtype(label.dtype, np.floating) and bool(np.all(np.isfinite(label) & (label == np.round(label)))))
+        np.issubdtype(label.dtype, np.floating) and bool(np.all(np.isfinite(label) & (label == np.round(label))))
+    )
     if label.ndim != 2 or not whole:
-        raise DatasetError(f"mask {path}: {variable} is {label.dtype} with shape {label.shape}; "
-                           f"expected a 2-D array of whole numbers ({expected})")
+        raise DatasetError(
+            f"mask {path}: {variable} is {label.dtype} with shape {label.shape}; "
+            f"expected a 2-D array of whole numbers ({expected})"
+        )
     return label.astype(np.int64)
 
 

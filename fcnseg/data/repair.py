@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -58,7 +58,9 @@ def _fixed_mask(
         mask = (mask != 0).long() if binary else mask
     if index in found.rotated_items:  # drawn on the stored pixels: turn it as the image is turned
         method = EXIF_TRANSPOSE[read_image_header(dataset.image_paths[index])[2]]
-        mask = torch.from_numpy(np.asarray(Image.fromarray(mask.numpy().astype(np.int32)).transpose(method)).astype(np.int64))
+        mask = torch.from_numpy(
+            np.asarray(Image.fromarray(mask.numpy().astype(np.int32)).transpose(method)).astype(np.int64)
+        )
     dataset.check_size(dataset.load_image(index), mask, index)
     if not binary:
         dataset.check_labels(mask, index)
@@ -110,13 +112,18 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
             kept.append(dataset.ids[index])
         split = dataset.split_info["split"] if dataset.split_info else "all"
         if split != "all":
-            (out / f"{Path(split).stem}.txt").write_text("".join(f"{stem}\n" for stem in kept), "utf-8", "surrogateescape")
+            (out / f"{Path(split).stem}.txt").write_text(
+                "".join(f"{stem}\n" for stem in kept), "utf-8", "surrogateescape"
+            )
         changes = ", ".join(f"{count} {what}" for count, what in (
             (len(checked.colour_items), "masks converted from colours"), (len(kept) * binary, "masks written 0/1"),
             (len(checked.rotated_items), "masks rotated as their image's EXIF orientation")) if count)  # fmt: skip
         listed = len(dataset) + len(checked.missing)  # the items the split lists, those dropped when opened too
-        report.append(f"{split}: {len(kept)} of {listed} items written" + (f" ({changes})" if changes else "")
-                      + (f"; {len(left_out)} left out:" if left_out else ""))
+        report.append(
+            f"{split}: {len(kept)} of {listed} items written"
+            + (f" ({changes})" if changes else "")
+            + (f"; {len(left_out)} left out:" if left_out else "")
+        )
         report += left_out
     (out / "classes.txt").write_text("".join(f"{name}\n" for name in classes), "utf-8")
     if table is not None:

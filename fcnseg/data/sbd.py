@@ -43,7 +43,9 @@ def resolve_sbd_root(root: PathLike) -> Path:
     for candidate in (root, root / "dataset"):
         if (candidate / "cls").is_dir() and (candidate / "img").is_dir():
             return candidate
-    raise DatasetError(f"{root} is not an SBD 'dataset' folder; expected img/ and cls/ in it (or in {root / 'dataset'})")
+    raise DatasetError(
+        f"{root} is not an SBD 'dataset' folder; expected img/ and cls/ in it (or in {root / 'dataset'})"
+    )
 
 
 def sbd_split_ids(sbd_dir: Path, split: PathLike) -> list[str]:
@@ -80,8 +82,13 @@ class SBDDataset(PairedFileDataset):
             sbd_ids = sbd_split_ids(sbd_dir, "train") + sbd_split_ids(sbd_dir, "val")
             from_voc = set(voc_train)
             ids = sorted((from_voc | set(sbd_ids)) - voc_val)
-            image_paths = [voc_dir / "JPEGImages" / f"{i}.jpg" if i in from_voc else sbd_dir / "img" / f"{i}.jpg" for i in ids]
-            mask_paths = [voc_dir / "SegmentationClass" / f"{i}.png" if i in from_voc else sbd_dir / "cls" / f"{i}.mat" for i in ids]
+            image_paths = [
+                voc_dir / "JPEGImages" / f"{i}.jpg" if i in from_voc else sbd_dir / "img" / f"{i}.jpg" for i in ids
+            ]
+            mask_paths = [
+                voc_dir / "SegmentationClass" / f"{i}.png" if i in from_voc else sbd_dir / "cls" / f"{i}.mat"
+                for i in ids
+            ]
         else:
             ids = sbd_split_ids(sbd_dir, split)
             image_paths = [sbd_dir / "img" / f"{item}.jpg" for item in ids]

@@ -70,8 +70,10 @@ class SIFTFlowDataset(PairedFileDataset):
     ) -> None:
         root = Path(root)
         if not (root / "Images").is_dir():
-            raise DatasetError(f"SIFT Flow folder {root} has no Images/ folder; expected the unpacked "
-                               f"SiftFlowDataset.zip (Images/, SemanticLabels/, GeoLabels/)")
+            raise DatasetError(
+                f"SIFT Flow folder {root} has no Images/ folder; expected the unpacked "
+                f"SiftFlowDataset.zip (Images/, SemanticLabels/, GeoLabels/)"
+            )
         if labels not in LABEL_KINDS:
             raise DatasetError(f"labels={labels!r}; expected one of {', '.join(LABEL_KINDS)}")
         self.root, self.labels = str(root), labels
@@ -81,8 +83,9 @@ class SIFTFlowDataset(PairedFileDataset):
         self.split_info = {"split": text, "source": str(source)}
         semantic = [root / "SemanticLabels" / _SUBFOLDER / f"{i}.mat" for i in ids]
         geometric = [root / "GeoLabels" / _SUBFOLDER / f"{i}.mat" for i in ids]
-        classes = {"semantic": SEMANTIC_CLASSES, "geometric": GEOMETRIC_CLASSES}.get(labels,
-                                                                                    SEMANTIC_CLASSES + GEOMETRIC_CLASSES)
+        classes = {"semantic": SEMANTIC_CLASSES, "geometric": GEOMETRIC_CLASSES}.get(
+            labels, SEMANTIC_CLASSES + GEOMETRIC_CLASSES
+        )
         if labels == "both":
             self.heads = (("sem", len(SEMANTIC_CLASSES)), ("geo", len(GEOMETRIC_CLASSES)))
         self.geo_paths = {str(s): str(g) for s, g in zip(semantic, geometric)}
@@ -103,19 +106,23 @@ class SIFTFlowDataset(PairedFileDataset):
         return text[:-1] + f", geometric {self.geo_paths[self.mask_paths[index]]})" if self.labels == "both" else text
 
     def _geometric(self, path: str, offset: int) -> np.ndarray:
-        return _shifted(read_mat_label(path, "S", "a SIFT Flow GeoLabels file"), len(GEOMETRIC_CLASSES),
-                        self.ignore_index, offset)
+        return _shifted(
+            read_mat_label(path, "S", "a SIFT Flow GeoLabels file"), len(GEOMETRIC_CLASSES), self.ignore_index, offset
+        )
 
     def load_mask(self, index: int) -> torch.Tensor:
         path = self.mask_paths[index]
         if self.labels == "geometric":
             return torch.from_numpy(self._geometric(path, 0))
-        semantic = _shifted(read_mat_label(path, "S", "a SIFT Flow SemanticLabels file"), len(SEMANTIC_CLASSES),
-                            self.ignore_index, 0)
+        semantic = _shifted(
+            read_mat_label(path, "S", "a SIFT Flow SemanticLabels file"), len(SEMANTIC_CLASSES), self.ignore_index, 0
+        )
         if self.labels == "semantic":
             return torch.from_numpy(semantic)
         geometric = self._geometric(self.geo_paths[path], len(SEMANTIC_CLASSES))
         if geometric.shape != semantic.shape:
-            raise DatasetError(f"{self.describe(index)}: the semantic labels are {semantic.shape} but the geometric "
-                               f"ones {geometric.shape}; expected the same size")
+            raise DatasetError(
+                f"{self.describe(index)}: the semantic labels are {semantic.shape} but the geometric "
+                f"ones {geometric.shape}; expected the same size"
+            )
         return torch.from_numpy(np.stack([semantic, geometric]))

@@ -36,7 +36,7 @@ random streams: the stream of an item is ``SeedSequence([seed, split_code, index
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

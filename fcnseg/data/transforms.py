@@ -13,7 +13,7 @@ half a source pixel against the image.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -57,7 +57,9 @@ class RandomScale:
         return _resize_typed(image, mask, size)
 
 
-def _resize_typed(image: torch.Tensor, mask: torch.Tensor, size: Sequence[int]) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+def _resize_typed(
+    image: torch.Tensor, mask: torch.Tensor, size: Sequence[int]
+) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
     image = image if isinstance(image, tv_tensors.Image) else tv_tensors.Image(image)
     mask = mask if isinstance(mask, tv_tensors.Mask) else tv_tensors.Mask(mask)
     if tuple(size) == tuple(image.shape[-2:]):

@@ -59,9 +59,7 @@ def resolve_voc_root(root: PathLike, year: str | int | None = None) -> Path:
     if len(years) == 1:
         return years[0]
     if not years:
-        raise DatasetError(
-            f"{root} is neither a VOC20xx folder (with JPEGImages/) nor a VOCdevkit folder holding one"
-        )
+        raise DatasetError(f"{root} is neither a VOC20xx folder (with JPEGImages/) nor a VOCdevkit folder holding one")
     raise DatasetError(f"{root} holds several VOC years {[p.name for p in years]}; pass year=")
 
 
@@ -113,7 +111,9 @@ def seg11valid_ids(voc_dir: Path, *, sbd_root: PathLike | None, voc2011_val: Pat
     sbd_train = set(read_id_list(_sbd_train_list(sbd_root), "SBD train list"))
     val = read_id_list(_voc2011_val_list(voc_dir, voc2011_val), "VOC2011 val list")
     ids = [item for item in val if item not in sbd_train]
-    logger.info("seg11valid: %d VOC2011 val ids minus SBD train = %d ids (736 with the official files)", len(val), len(ids))
+    logger.info(
+        "seg11valid: %d VOC2011 val ids minus SBD train = %d ids (736 with the official files)", len(val), len(ids)
+    )
     return ids
 
 

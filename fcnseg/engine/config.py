@@ -61,7 +61,9 @@ class TrainConfig:
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.class_weights not in (None, "median-frequency", "effective-number"):
-            raise ValueError(f"class_weights must be none, median-frequency or effective-number, got {self.class_weights!r}")
+            raise ValueError(
+                f"class_weights must be none, median-frequency or effective-number, got {self.class_weights!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -69,7 +71,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = _upgrade(dict(data))
         unknown = set(data) - set(_FIELDS)
         if unknown:
@@ -139,7 +141,16 @@ def convert(text: Any, kind: Any, key: str) -> Any:
     if kind is Any:
         return value
     if kind is bool:
-        table = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+        table = {
+            "true": True,
+            "yes": True,
+            "on": True,
+            "1": True,
+            "false": False,
+            "no": False,
+            "off": False,
+            "0": False,
+        }
         if isinstance(value, bool):
             return value
         if str(text).strip().lower() in table:
@@ -200,8 +211,9 @@ def set_value(settings: dict[str, Any], key: str, value: Any) -> None:
     settings[last] = typed
 
 
-def build_config(preset: str | None = None, config_file: str | None = None,
-                 settings: typing.Sequence[tuple[str, Any]] = ()) -> TrainConfig:
+def build_config(
+    preset: str | None = None, config_file: str | None = None, settings: typing.Sequence[tuple[str, Any]] = ()
+) -> TrainConfig:
     """Defaults, then ``preset``, then ``config_file``, then ``settings`` (``(dotted key, value)`` pairs, in order)."""
     data = TrainConfig(recipe=Recipe()).to_dict()
     if preset:

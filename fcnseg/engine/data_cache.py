@@ -86,15 +86,27 @@ def in_memory(dataset: SegmentationDataset, limit: int | None = None) -> InMemor
             return None
         images.append(image)
         masks.append(mask.to(torch.uint8) if small else mask)
-    cached = InMemoryDataset(images, masks, classes=dataset.classes, ids=dataset.ids, palette=dataset.palette,
-                             ignore_index=dataset.ignore_index)
+    cached = InMemoryDataset(
+        images,
+        masks,
+        classes=dataset.classes,
+        ids=dataset.ids,
+        palette=dataset.palette,
+        ignore_index=dataset.ignore_index,
+    )
     cached.split_info = dataset.split_info  # run.json records how the split was made, cached or not
     cached.cached_bytes = total
     return cached
 
 
-def cache_splits(setting: bool | None, train_set: SegmentationDataset, val_set: SegmentationDataset | None, *,
-                 processes: int = 1, say: bool = True) -> tuple[Any, Any]:
+def cache_splits(
+    setting: bool | None,
+    train_set: SegmentationDataset,
+    val_set: SegmentationDataset | None,
+    *,
+    processes: int = 1,
+    say: bool = True,
+) -> tuple[Any, Any]:
     """The training and validation sets, each cached in memory where ``setting`` (see the module) says so.
 
     With ``say``, logs one line: what was cached and how much, or why not.
@@ -130,12 +142,16 @@ def _cache_line(cached: dict[str, InMemoryDataset], too_big: dict[str, int], bud
         splits = " + ".join(f"{name} {len(item)} images" for name, item in cached.items())
         total = sum(item.cached_bytes for item in cached.values())
         why = "as asked" if budget is None else f"within the budget of {_size(budget)}, {rule}"
-        parts.append(f"cached in memory: {splits}, {_size(total)} decoded, read in {seconds:.1f} s ({why}; "
-                     "--no-cache reads from disk every step)")
+        parts.append(
+            f"cached in memory: {splits}, {_size(total)} decoded, read in {seconds:.1f} s ({why}; "
+            "--no-cache reads from disk every step)"
+        )
     if too_big:
         sizes = ", ".join(f"{name} ~{_size(size)}" for name, size in too_big.items())
-        parts.append(f"not cached in memory: {sizes} decoded, over what is left of the budget of {_size(budget or 0)}, "
-                     f"{rule} (read from disk every step; --set cache_in_memory=true caches anyway)")
+        parts.append(
+            f"not cached in memory: {sizes} decoded, over what is left of the budget of {_size(budget or 0)}, "
+            f"{rule} (read from disk every step; --set cache_in_memory=true caches anyway)"
+        )
     return "; ".join(parts)
 
 

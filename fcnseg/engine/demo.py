@@ -29,9 +29,9 @@ import torch
 
 from ..data import open_dataset
 from ..evaluation.loop import evaluate
+from ..evaluation.metrics import json_safe
 from ..files import atomic_write_text
 from ..inference.predictor import load_predictor
-from ..evaluation.metrics import json_safe
 from ..predict.images import overlay_image, save_image, save_mask_png
 from .config import TrainConfig, build_config
 from .train import BEST_CHECKPOINT, CURVES_FILE, OVERLAYS_FILE, train
@@ -52,14 +52,25 @@ class DemoResult:
     out_dir: Path
 
 
-def demo_config(*, steps: int | None = None, seed: int = 0, threads: int = DEMO_THREADS, progress: bool = True,
-                train_images: int | None = None, val_images: int | None = None,
-                size: int | None = None) -> TrainConfig:
+def demo_config(
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    threads: int = DEMO_THREADS,
+    progress: bool = True,
+    train_images: int | None = None,
+    val_images: int | None = None,
+    size: int | None = None,
+) -> TrainConfig:
     """The ``demo`` recipe's run; ``steps``, ``train_images``, ``val_images`` and ``size`` shrink it (smoke tests)."""
     settings: list[tuple[str, Any]] = [("seed", seed), ("threads", threads), ("progress", progress), ("device", "cpu")]
     if steps is not None:
         settings += [("recipe.steps", steps), ("recipe.val_every", min(250, steps))]
-    optional = {"data_options.num_images": train_images, "val_data_options.num_images": val_images, "data_options.size": size}
+    optional = {
+        "data_options.num_images": train_images,
+        "val_data_options.num_images": val_images,
+        "data_options.size": size,
+    }
     settings += [(key, value) for key, value in optional.items() if value is not None]
     return build_config("demo", settings=settings)
 
@@ -72,8 +83,12 @@ def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
     torch.set_num_threads(config.threads)  # evaluation and prediction too, not only training
     result = train(config, out_dir, overwrite=True)
     predictor, checkpoint = load_predictor(out_dir / BEST_CHECKPOINT, device="cpu")
-    val_set = open_dataset(config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options})
-    metrics = evaluate(predictor, val_set, len(checkpoint.classes), ignore_index=checkpoint.ignore_index, progress=False)
+    val_set = open_dataset(
+        config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options}
+    )
+    metrics = evaluate(
+        predictor, val_set, len(checkpoint.classes), ignore_index=checkpoint.ignore_index, progress=False
+    )
     for index in range(min(PREDICTED_IMAGES, len(val_set))):
         image, _ = val_set[index]
         predicted = predictor.mask(image)
@@ -81,8 +96,16 @@ def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
         save_mask_png(predicted, checkpoint.palette, stem.with_suffix(".png"))
         save_image(overlay_image(image, predicted, checkpoint.palette), stem.parent / f"{stem.name}_overlay.png")
     atomic_write_text(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
-    return DemoResult(metrics=metrics, classes=checkpoint.classes, config=config, seconds=time.perf_counter() - started,
-                      train_seconds=result.seconds, steps=result.step, val_images=len(val_set), out_dir=out_dir)
+    return DemoResult(
+        metrics=metrics,
+        classes=checkpoint.classes,
+        config=config,
+        seconds=time.perf_counter() - started,
+        train_seconds=result.seconds,
+        steps=result.step,
+        val_images=len(val_set),
+        out_dir=out_dir,
+    )
 
 
 def summary(result: DemoResult) -> str:

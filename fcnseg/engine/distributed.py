@@ -53,7 +53,11 @@ def init_distributed(device_spec: str = "auto", timeout: timedelta | None = None
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None, timeout=timeout)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            device_id=device if device.type == "cuda" else None,
+            timeout=timeout,
+        )
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

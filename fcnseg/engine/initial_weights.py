@@ -26,11 +26,15 @@ def apply_initial_weights(model: nn.Module, spec: str | None) -> str:
         return "scratch (He initialisation, score layers at zero)"
     kind, _, path = spec.partition(":")
     if kind not in INIT_KINDS:
-        raise ValueError(f"unknown --init {spec!r}; expected one of {', '.join(INIT_KINDS)} (with ':PATH' where needed)")
+        raise ValueError(
+            f"unknown --init {spec!r}; expected one of {', '.join(INIT_KINDS)} (with ':PATH' where needed)"
+        )
     try:
         from .. import weights
     except ImportError as error:  # the models engineer's package; named so the lead can see what is missing
-        raise NotImplementedError(f"--init {kind} is not available yet: fcnseg.weights cannot be imported ({error})") from None
+        raise NotImplementedError(
+            f"--init {kind} is not available yet: fcnseg.weights cannot be imported ({error})"
+        ) from None
     if kind == "imagenet":  # a PATH that does not exist is taken as a weights name (the error lists both)
         loaded = weights.load_imagenet(model, path or None)
         return f"torchvision ImageNet weights ({path or 'DEFAULT'}): {', '.join(loaded)}"

@@ -13,8 +13,9 @@ package: ``pip install 'fcnseg[tensorboard]'``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,8 +57,11 @@ class LiveCurves:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self.writer.add_scalar(prefix + key, value, step)
-            names = classes if len(values.get("iu") or []) == len(classes) else \
-                [str(index) for index in range(len(values.get("iu") or []))]
+            names = (
+                classes
+                if len(values.get("iu") or []) == len(classes)
+                else [str(index) for index in range(len(values.get("iu") or []))]
+            )
             for name, iu in zip(names, values.get("iu") or []):
                 if iu is not None and math.isfinite(iu):
                     self.writer.add_scalar(f"{prefix}iu/{name}", iu, step)
@@ -71,8 +75,9 @@ class LiveCurves:
             image, truth = dataset[index]
             prediction = predictor.mask(image)
             rgb = image[:3]  # a colour + depth input: its colour channels
-            panels = [rgb.permute(1, 2, 0).numpy()] + [np.asarray(overlay_image(rgb, torch.as_tensor(mask), dataset.palette))
-                                                       for mask in (truth, prediction)]
+            panels = [rgb.permute(1, 2, 0).numpy()] + [
+                np.asarray(overlay_image(rgb, torch.as_tensor(mask), dataset.palette)) for mask in (truth, prediction)
+            ]
             self.writer.add_image(f"val_images/{number}", np.concatenate(panels, axis=1), step, dataformats="HWC")
 
     def flush(self) -> None:

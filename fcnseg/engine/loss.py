@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,9 @@ REDUCTIONS = ("sum", "mean")
 class SegmentationLoss:
     """Cross-entropy over pixels, ignoring ``ignore_index``, optionally class-weighted."""
 
-    def __init__(self, reduction: Reduction = "mean", *, ignore_index: int = 255, weight: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, reduction: Reduction = "mean", *, ignore_index: int = 255, weight: torch.Tensor | None = None
+    ) -> None:
         if reduction not in REDUCTIONS:
             raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
@@ -57,7 +60,9 @@ class SegmentationLoss:
         weight = self.weight.to(target.device)
         return weight[target[valid]].sum()
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor, normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, normalizer: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
         """The loss of ``logits`` (N, C, H, W) against ``target`` (N, H, W).
 
         ``normalizer`` is the divisor of the whole global batch (see the module docstring);
@@ -82,8 +87,9 @@ def segmentation_loss(
     return SegmentationLoss(reduction, ignore_index=ignore_index, weight=weight)(logits, target)
 
 
-def _pixel_log_probability(logits: torch.Tensor, target: torch.Tensor,
-                           ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pixel_log_probability(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p of the true class (N, H, W), valid-pixel mask, target with ignored pixels set to class 0)."""
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target))
@@ -100,8 +106,15 @@ class FocalLoss(SegmentationLoss):
     exactly like the cross-entropy: a sum over pixels with the same normaliser.
     """
 
-    def __init__(self, reduction: Reduction = "mean", *, ignore_index: int = 255, weight: torch.Tensor | None = None,
-                 gamma: float = 2.0, alpha: float | Sequence[float] | torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        reduction: Reduction = "mean",
+        *,
+        ignore_index: int = 255,
+        weight: torch.Tensor | None = None,
+        gamma: float = 2.0,
+        alpha: float | Sequence[float] | torch.Tensor | None = None,
+    ) -> None:
         super().__init__(reduction, ignore_index=ignore_index, weight=weight)
         if not gamma >= 0:
             raise ValueError(f"focal loss gamma must be >= 0, got {gamma}")
@@ -136,8 +149,15 @@ class OHEMLoss(SegmentationLoss):
     ``min_kept`` floor is applied to each micro-batch (and each DDP rank) separately.
     """
 
-    def __init__(self, reduction: Reduction = "mean", *, ignore_index: int = 255, weight: torch.Tensor | None = None,
-                 thresh: float | None = 0.7, min_kept: int = 100_000) -> None:
+    def __init__(
+        self,
+        reduction: Reduction = "mean",
+        *,
+        ignore_index: int = 255,
+        weight: torch.Tensor | None = None,
+        thresh: float | None = 0.7,
+        min_kept: int = 100_000,
+    ) -> None:
         super().__init__(reduction, ignore_index=ignore_index, weight=weight)
         if thresh is not None and not 0 < thresh <= 1:
             raise ValueError(f"OHEM thresh must be a probability in (0, 1], got {thresh}")
@@ -188,8 +208,14 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     image-weighted mean of the pieces' losses, the batch's loss only in one piece.
     """
 
-    def __init__(self, reduction: Reduction = "mean", *, ignore_index: int = 255, weight: torch.Tensor | None = None,
-                 per_image: bool = True) -> None:
+    def __init__(
+        self,
+        reduction: Reduction = "mean",
+        *,
+        ignore_index: int = 255,
+        weight: torch.Tensor | None = None,
+        per_image: bool = True,
+    ) -> None:
         super().__init__(reduction, ignore_index=ignore_index, weight=weight)
         self.per_image = bool(per_image)
 
@@ -205,11 +231,21 @@ class LovaszSoftmaxLoss(SegmentationLoss):
 
 
 LOSSES: dict[str, type[SegmentationLoss]] = {
-    "ce": SegmentationLoss, "focal": FocalLoss, "ohem": OHEMLoss, "lovasz": LovaszSoftmaxLoss}
+    "ce": SegmentationLoss,
+    "focal": FocalLoss,
+    "ohem": OHEMLoss,
+    "lovasz": LovaszSoftmaxLoss,
+}
 
 
-def build_loss(name: str, *, reduction: Reduction = "mean", ignore_index: int = 255,
-               weight: torch.Tensor | None = None, **options: Any) -> SegmentationLoss:
+def build_loss(
+    name: str,
+    *,
+    reduction: Reduction = "mean",
+    ignore_index: int = 255,
+    weight: torch.Tensor | None = None,
+    **options: Any,
+) -> SegmentationLoss:
     """The loss called ``name`` (a key of :data:`LOSSES`) with its own ``options``
     (focal: gamma, alpha; ohem: thresh, min_kept; lovasz: per_image)."""
     if name not in LOSSES:
@@ -218,8 +254,9 @@ def build_loss(name: str, *, reduction: Reduction = "mean", ignore_index: int = 
     accepted = set(inspect.signature(loss_class).parameters) - {"reduction", "ignore_index", "weight"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(f"loss {name!r} takes no option {', '.join(unknown)} "
-                         f"(its options: {', '.join(sorted(accepted)) or 'none'})")
+        raise ValueError(
+            f"loss {name!r} takes no option {', '.join(unknown)} (its options: {', '.join(sorted(accepted)) or 'none'})"
+        )
     return loss_class(reduction, ignore_index=ignore_index, weight=weight, **options)
 
 
@@ -256,19 +293,23 @@ class HeadsLoss(SegmentationLoss):
                 if torch.is_tensor(value) and value.numel() > 1:
                     if value.numel() != total:
                         raise ValueError(f"{name} has {value.numel()} values for heads of {total} classes in all")
-                    setattr(head, name, value[start:start + count])
+                    setattr(head, name, value[start : start + count])
             self.losses.append(head)
 
     def head_targets(self, target: torch.Tensor) -> list[torch.Tensor]:
         """Each head's target (N, H, W) with ids from 0, ignore kept."""
         if target.dim() != 4 or target.shape[1] != len(self.heads):
-            raise ValueError(f"a loss over heads {[name for name, _ in self.heads]} needs targets with one row per "
-                             f"head (N, {len(self.heads)}, H, W), got {tuple(target.shape)}")
-        return [torch.where(row == self.ignore_index, row, row - start) for row, start in zip(target.unbind(1), self.starts)]
+            raise ValueError(
+                f"a loss over heads {[name for name, _ in self.heads]} needs targets with one row per "
+                f"head (N, {len(self.heads)}, H, W), got {tuple(target.shape)}"
+            )
+        return [
+            torch.where(row == self.ignore_index, row, row - start) for row, start in zip(target.unbind(1), self.starts)
+        ]
 
     def summed(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pieces = zip(self.losses, self.starts, self.heads, self.head_targets(target))
-        return sum(loss.summed(logits[:, start:start + count], row) for loss, start, (_, count), row in pieces)
+        return sum(loss.summed(logits[:, start : start + count], row) for loss, start, (_, count), row in pieces)
 
     def normalizer(self, target: torch.Tensor) -> torch.Tensor:
         return torch.stack([loss.normalizer(row) for loss, row in zip(self.losses, self.head_targets(target))]).mean()

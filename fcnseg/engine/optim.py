@@ -18,8 +18,17 @@ import torch
 from torch import nn
 
 # Layers whose weight is a per-channel scale, not a filter: decaying it pulls activations to zero.
-NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
-               nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
+NORM_LAYERS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+)
 
 
 def parameter_groups(
@@ -39,9 +48,15 @@ def parameter_groups(
     Parameters with ``requires_grad=False`` (the frozen upsampling) are left out
     entirely. Each group carries a ``"name"`` for logs.
     """
-    norm_scales = set() if norm_decay else {
-        id(module.weight) for module in model.modules()
-        if isinstance(module, NORM_LAYERS) and isinstance(getattr(module, "weight", None), nn.Parameter)}
+    norm_scales = (
+        set()
+        if norm_decay
+        else {
+            id(module.weight)
+            for module in model.modules()
+            if isinstance(module, NORM_LAYERS) and isinstance(getattr(module, "weight", None), nn.Parameter)
+        }
+    )
     weights: list[nn.Parameter] = []
     biases: list[nn.Parameter] = []
     norms: list[nn.Parameter] = []
@@ -54,7 +69,12 @@ def parameter_groups(
             (biases if name.endswith("bias") else weights).append(parameter)
     groups = [
         {"name": "weights", "params": weights, "lr": lr, "weight_decay": weight_decay},
-        {"name": "biases", "params": biases, "lr": lr * bias_lr_mult, "weight_decay": weight_decay if bias_decay else 0.0},
+        {
+            "name": "biases",
+            "params": biases,
+            "lr": lr * bias_lr_mult,
+            "weight_decay": weight_decay if bias_decay else 0.0,
+        },
         {"name": "norms", "params": norms, "lr": lr, "weight_decay": 0.0},
     ]
     return [group for group in groups if group["params"]]
@@ -72,8 +92,9 @@ def build_optimizer(
     norm_decay: bool = True,
 ) -> torch.optim.Optimizer:
     """``"sgd"`` (with ``momentum``, the paper's solver) or ``"adamw"`` (``momentum`` is beta1)."""
-    groups = parameter_groups(model, lr=lr, weight_decay=weight_decay, bias_lr_mult=bias_lr_mult,
-                              bias_decay=bias_decay, norm_decay=norm_decay)
+    groups = parameter_groups(
+        model, lr=lr, weight_decay=weight_decay, bias_lr_mult=bias_lr_mult, bias_decay=bias_decay, norm_decay=norm_decay
+    )
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if name == "sgd":

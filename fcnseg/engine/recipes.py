@@ -58,9 +58,14 @@ class Recipe:
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("reduction", REDUCTIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"recipe.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = {"lr": self.lr, "batch_size": self.batch_size, "steps": self.steps, "evals": self.evals,
-                    "val_every": self.val_every if self.val_every is not None else 1,
-                    "minutes": self.minutes if self.minutes is not None else 1}
+        positive = {
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "steps": self.steps,
+            "evals": self.evals,
+            "val_every": self.val_every if self.val_every is not None else 1,
+            "minutes": self.minutes if self.minutes is not None else 1,
+        }
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"recipe.{name} must be > 0, got {value!r}")
@@ -77,7 +82,7 @@ class Recipe:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
@@ -89,7 +94,7 @@ class Recipe:
             data["crop_size"] = tuple(data["crop_size"])
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed (unknown field names are an error)."""
         return Recipe.from_dict({**self.to_dict(), **changes})
 
@@ -99,8 +104,10 @@ def _check_crop_size(value: Any) -> None:
     whole = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides)
     if value is None or value == CROP_TO_RESIZE or (whole and len(sides) in (1, 2)):
         return
-    raise ValueError(f"recipe.crop_size must be a side in px, [height, width], {CROP_TO_RESIZE!r} (the dataset's "
-                     f"resize size) or null (native size, batches padded to their largest image); got {value!r}")
+    raise ValueError(
+        f"recipe.crop_size must be a side in px, [height, width], {CROP_TO_RESIZE!r} (the dataset's "
+        f"resize size) or null (native size, batches padded to their largest image); got {value!r}"
+    )
 
 
 def list_presets() -> dict[str, str]:

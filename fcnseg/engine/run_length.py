@@ -49,7 +49,7 @@ class RunLength:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
 
     @classmethod
-    def of(cls, recipe: Any) -> "RunLength":
+    def of(cls, recipe: Any) -> RunLength:
         """The length a :class:`~fcnseg.engine.recipes.Recipe` asks for (its minutes when set, else its steps)."""
         if recipe.minutes is None:
             return cls(steps=recipe.steps, evals=recipe.evals, val_every=recipe.val_every)
@@ -122,4 +122,3 @@ class RunLength:
         if self.total < 600:
             return f"step {position.step}, {position.seconds:.1f}/{self.total:g} s"
         return f"step {position.step}, {position.seconds / 60:.1f}/{self.total / 60:g} min"
-

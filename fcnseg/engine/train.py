@@ -39,9 +39,10 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,14 +53,14 @@ from ..checkpoint import save_checkpoint
 from ..data import NO_SPLIT, DatasetError, PadCollate, SegmentationDataset, TrainTransform, open_dataset
 from ..data.doctor import diagnose
 from ..data.statistics import class_statistics, median_frequency_weights
+from ..evaluation.figures import plot_curves, validation_overlays
 from ..evaluation.loop import evaluate
+from ..evaluation.metrics import json_safe
 from ..files import atomic_write_text, sweep_temporary_files
 from ..inference.predictor import Predictor
-from ..evaluation.metrics import json_safe
 from ..models import create_model
 from ..preprocessing import model_input
 from ..progress import Progress
-from ..evaluation.figures import plot_curves, validation_overlays
 from .config import TrainConfig, get_value, resolve_key, set_value
 from .data_cache import cache_splits, in_memory  # noqa: F401 (in_memory: the engine's name for it before)
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, init_distributed
@@ -68,7 +69,7 @@ from .live_curves import IMAGES_SHOWN, LiveCurves, require_tensorboard
 from .loss import SegmentationLoss, build_loss, effective_number_weights, loss_for_model
 from .optim import LRFactor, build_optimizer
 from .recipes import CROP_TO_RESIZE
-from .run_length import CLOCK_RESOLUTION, Position, RunLength
+from .run_length import Position, RunLength
 from .sampling import EpochBatchSampler, SeededSamples
 from .state import STATE_FILE, capture_rng_state, load_train_state, restore_rng_state, save_train_state
 
@@ -149,8 +150,12 @@ def determinism(threads: int | None, device: torch.device) -> Iterator[None]:
     """On the CPU: a fixed thread count and deterministic kernels, so a resumed run computes bit for bit
     the same. On a GPU speed wins (cuDNN autotuning); a resumed run matches only to rounding there.
     The process's previous settings come back afterwards."""
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     try:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -206,35 +211,60 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
     train_set = open_dataset(config.data, config.root, config.train_split, **config.data_options)
     val_set = None
     if config.val_split != NO_SPLIT:
-        val_set = open_dataset(config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options})
+        val_set = open_dataset(
+            config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options}
+        )
         if list(val_set.classes) != list(train_set.classes):
             raise ValueError(f"validation classes {val_set.classes} differ from training classes {train_set.classes}")
     if check_data and ctx.is_main:
         check_datasets(train_set, val_set)
     with one_thread():
-        train_set, val_set = cache_splits(config.cache_in_memory, train_set, val_set, processes=ctx.world_size,
-                                          say=ctx.is_main)
+        train_set, val_set = cache_splits(
+            config.cache_in_memory, train_set, val_set, processes=ctx.world_size, say=ctx.is_main
+        )
     if recipe.name == "paper" and config.init in (None, "", "scratch"):
-        logger.warning("warning: the paper recipe's learning rates (1e-10 ... 1e-14 on a summed loss) assume ImageNet or "
-                       "coarser-FCN weights; from scratch it will not learn (give --init vgg16-torchvision or caffe:PATH)")
+        logger.warning(
+            "warning: the paper recipe's learning rates (1e-10 ... 1e-14 on a summed loss) assume ImageNet or "
+            "coarser-FCN weights; from scratch it will not learn (give --init vgg16-torchvision or caffe:PATH)"
+        )
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     options = {key: value for key, value in config.model.items() if key != "name"}
-    model = create_model(config.model["name"], num_classes=train_set.num_classes, fast_paths=config.fast_paths, **options)
+    model = create_model(
+        config.model["name"], num_classes=train_set.num_classes, fast_paths=config.fast_paths, **options
+    )
     init_description = apply_initial_weights(model, config.init)
     model.to(ctx.device)
 
     weight = None
     if config.class_weights is not None:
         statistics = class_statistics(train_set, train_set.num_classes)
-        weight = median_frequency_weights(statistics) if config.class_weights == "median-frequency" else \
-            effective_number_weights(statistics, _beta(config.class_weight_beta, statistics.pixel_counts))
-    loss = loss_for_model(build_loss(recipe.loss, reduction=recipe.reduction, ignore_index=train_set.ignore_index,
-                                     weight=weight, **recipe.loss_options), model)  # one loss per head of a multi-head net
+        weight = (
+            median_frequency_weights(statistics)
+            if config.class_weights == "median-frequency"
+            else effective_number_weights(statistics, _beta(config.class_weight_beta, statistics.pixel_counts))
+        )
+    loss = loss_for_model(
+        build_loss(
+            recipe.loss,
+            reduction=recipe.reduction,
+            ignore_index=train_set.ignore_index,
+            weight=weight,
+            **recipe.loss_options,
+        ),
+        model,
+    )  # one loss per head of a multi-head net
 
-    optimizer = build_optimizer(model, name=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, bias_lr_mult=recipe.bias_lr_mult,
-                                bias_decay=recipe.bias_decay, norm_decay=recipe.norm_decay)
+    optimizer = build_optimizer(
+        model,
+        name=recipe.optimizer,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        bias_lr_mult=recipe.bias_lr_mult,
+        bias_decay=recipe.bias_decay,
+        norm_decay=recipe.norm_decay,
+    )
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]  # the factor of the schedule multiplies this
     lr_factor = schedule_for(recipe)
@@ -250,13 +280,29 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
     network: nn.Module = model
     if ctx.distributed:
         if ctx.device.type == "cuda":  # one set of BatchNorm statistics over all GPUs (gloo CPU runs keep their own)
-            network = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter tensors: the optimiser still holds them
+            network = model = nn.SyncBatchNorm.convert_sync_batchnorm(
+                model
+            )  # same parameter tensors: the optimiser still holds them
         network = DistributedDataParallel(network, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     # Each rank draws its own dropout masks from here on.
     torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)
-    return Run(config=config, ctx=ctx, out_dir=Path(out_dir), model=model, network=network, optimizer=optimizer,
-               lr_factor=lr_factor, loss=loss, train_set=train_set, val_set=val_set, micro_batch=micro,
-               amp_dtype=amp_dtype, scaler=scaler, length=RunLength.of(recipe), init_description=init_description)
+    return Run(
+        config=config,
+        ctx=ctx,
+        out_dir=Path(out_dir),
+        model=model,
+        network=network,
+        optimizer=optimizer,
+        lr_factor=lr_factor,
+        loss=loss,
+        train_set=train_set,
+        val_set=val_set,
+        micro_batch=micro,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        length=RunLength.of(recipe),
+        init_description=init_description,
+    )
 
 
 def _beta(beta: float | None, pixel_counts: Any) -> float:
@@ -325,8 +371,14 @@ def train_loader(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             fill=fill,
             ignore_index=run.train_set.ignore_index,
         )
-    sampler = EpochBatchSampler(len(run.train_set), run.micro_batch, seed=config.seed, rank=run.ctx.rank,
-                                world_size=run.ctx.world_size, start_batch=run.step * config.accumulate)
+    sampler = EpochBatchSampler(
+        len(run.train_set),
+        run.micro_batch,
+        seed=config.seed,
+        rank=run.ctx.rank,
+        world_size=run.ctx.world_size,
+        start_batch=run.step * config.accumulate,
+    )
     loader = DataLoader(
         SeededSamples(run.train_set, transform),
         batch_sampler=sampler,
@@ -396,7 +448,11 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
 
 def _kept(run: Run) -> str:
     last = run.out_dir / LAST_CHECKPOINT
-    return f"the last good checkpoint {last} (step {_saved_step(run)}) is kept" if last.is_file() else "no checkpoint was saved yet"
+    return (
+        f"the last good checkpoint {last} (step {_saved_step(run)}) is kept"
+        if last.is_file()
+        else "no checkpoint was saved yet"
+    )
 
 
 def _saved_step(run: Run) -> Any:
@@ -432,8 +488,14 @@ def validate(run: Run) -> dict[str, Any] | None:
             generator=torch.Generator(),
         )
     predictor = Predictor(run.model, dtype=run.amp_dtype)
-    return evaluate(predictor, data, run.val_set.num_classes, ignore_index=run.val_set.ignore_index,
-                    num_workers=config.workers, progress=config.progress and ctx.is_main)
+    return evaluate(
+        predictor,
+        data,
+        run.val_set.num_classes,
+        ignore_index=run.val_set.ignore_index,
+        num_workers=config.workers,
+        progress=config.progress and ctx.is_main,
+    )
 
 
 # --- saving and resuming ----------------------------------------------------------------------
@@ -453,33 +515,44 @@ def _checkpoint_extra(run: Run, metrics: dict[str, Any] | None) -> dict[str, Any
 def save_model(run: Run, path: Path, metrics: dict[str, Any] | None) -> None:
     """A self-describing checkpoint of the current weights (rank 0 only)."""
     if run.ctx.is_main:
-        save_checkpoint(path, run.model, classes=run.classes, palette=run.train_set.palette,
-                        ignore_index=run.train_set.ignore_index, recipe=run.config.recipe.to_dict(),
-                        extra=_checkpoint_extra(run, metrics))
+        save_checkpoint(
+            path,
+            run.model,
+            classes=run.classes,
+            palette=run.train_set.palette,
+            ignore_index=run.train_set.ignore_index,
+            recipe=run.config.recipe.to_dict(),
+            extra=_checkpoint_extra(run, metrics),
+        )
 
 
 def save_state(run: Run) -> None:
     """``train_state.pt``: everything to continue exactly (RNG states gathered from every rank)."""
     rng = gather_objects(capture_rng_state())
     if run.ctx.is_main:
-        save_train_state(run.out_dir / STATE_FILE, {
-            "step": run.step,
-            "best_mean_iu": run.best_mean_iu,
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "train_seconds": run.train_seconds,
-            "scaler": run.scaler.state_dict() if run.scaler else {},
-            "rng": rng,
-            "world_size": run.ctx.world_size,
-        })
+        save_train_state(
+            run.out_dir / STATE_FILE,
+            {
+                "step": run.step,
+                "best_mean_iu": run.best_mean_iu,
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "train_seconds": run.train_seconds,
+                "scaler": run.scaler.state_dict() if run.scaler else {},
+                "rng": rng,
+                "world_size": run.ctx.world_size,
+            },
+        )
     barrier()
 
 
 def restore_state(run: Run, state: dict[str, Any]) -> None:
     """Put a run back where ``state`` (from :func:`save_state`) left it."""
     if state.get("world_size", 1) != run.ctx.world_size:
-        raise ValueError(f"the run was saved with {state['world_size']} process(es); resume it with as many "
-                         f"(this one has {run.ctx.world_size})")
+        raise ValueError(
+            f"the run was saved with {state['world_size']} process(es); resume it with as many "
+            f"(this one has {run.ctx.world_size})"
+        )
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     if run.scaler and state.get("scaler"):
@@ -523,8 +596,15 @@ def _draw_pictures(run: Run, *, overlays: bool) -> None:
 # --- the loop ---------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          changes: Sequence[tuple[str, Any]] = (), ctx: DistContext | None = None) -> TrainResult:
+def train(
+    config: TrainConfig | None,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    changes: Sequence[tuple[str, Any]] = (),
+    ctx: DistContext | None = None,
+) -> TrainResult:
     """Train ``config`` into ``out_dir``, or, with ``resume``, continue the run saved there (``config`` unused).
 
     A new run refuses an ``out_dir`` that already holds a run unless ``overwrite``.
@@ -549,8 +629,9 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
     elif config is None:
         raise ValueError("train needs a TrainConfig unless it resumes a run")
     elif (out_dir / RUN_FILE).exists() and not overwrite:
-        raise ValueError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, "
-                         "or replace it with --overwrite")
+        raise ValueError(
+            f"{out_dir} already holds a run: continue it with --resume {out_dir}, or replace it with --overwrite"
+        )
     if config.tensorboard:
         require_tensorboard()
     ctx = ctx or init_distributed(config.device)
@@ -560,7 +641,12 @@ def train(config: TrainConfig | None, out_dir: str | Path, *, resume: bool = Fal
             return _train(config, out_dir, ctx, saved_state, stop, list(changes))
     except BaseException as error:
         # A run that failed before saving anything leaves no half-made folder behind.
-        if created and ctx.is_main and not (out_dir / STATE_FILE).exists() and not isinstance(error, TrainingInterrupted):
+        if (
+            created
+            and ctx.is_main
+            and not (out_dir / STATE_FILE).exists()
+            and not isinstance(error, TrainingInterrupted)
+        ):
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
 
@@ -570,9 +656,11 @@ def _refuse_a_finished_resume(config: TrainConfig, state: dict[str, Any], out_di
     position = Position(int(state.get("step", 0)), float(state.get("train_seconds", 0.0)))
     length, minutes = RunLength.of(config.recipe), position.seconds / 60.0
     if length.finished(position):
-        raise ValueError(f"{out_dir} has trained {position.step} steps ({minutes:.1f} min), which covers "
-                         f"{length.describe()}: nothing to train; to continue, ask for more with --steps N "
-                         f"(over {position.step}) or --minutes N (over {minutes:.1f})")
+        raise ValueError(
+            f"{out_dir} has trained {position.step} steps ({minutes:.1f} min), which covers "
+            f"{length.describe()}: nothing to train; to continue, ask for more with --steps N "
+            f"(over {position.step}) or --minutes N (over {minutes:.1f})"
+        )
 
 
 @contextlib.contextmanager
@@ -596,8 +684,14 @@ def _stop_signals() -> Iterator[dict[str, Any]]:
             signal.signal(sig, handler)
 
 
-def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: dict[str, Any] | None,
-           stop: dict[str, Any], changes: list[tuple[str, Any]]) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    out_dir: Path,
+    ctx: DistContext,
+    saved_state: dict[str, Any] | None,
+    stop: dict[str, Any],
+    changes: list[tuple[str, Any]],
+) -> TrainResult:
     """The body of :func:`train`, under the run's determinism settings."""
     run = _start(config, out_dir, ctx, saved_state, changes)
     curves = None
@@ -613,8 +707,13 @@ def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: di
             curves.close()
 
 
-def _start(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: dict[str, Any] | None,
-           changes: list[tuple[str, Any]]) -> Run:
+def _start(
+    config: TrainConfig,
+    out_dir: Path,
+    ctx: DistContext,
+    saved_state: dict[str, Any] | None,
+    changes: list[tuple[str, Any]],
+) -> Run:
     """The run folder made (or swept), the run built and, on resume, restored; run.json written; the first line said."""
     resume = saved_state is not None
     if ctx.is_main:
@@ -634,13 +733,25 @@ def _start(config: TrainConfig, out_dir: Path, ctx: DistContext, saved_state: di
     if ctx.is_main:
         recipe = config.recipe
         where = f"resuming at step {run.step} ({run.train_seconds / 60:.1f} min trained)" if resume else "training"
-        logger.info("%s %s width %g, %d classes, init %s; recipe %s; %s of %d images (%d process(es) x %d x %d)",
-                    where, config.model["name"], config.model.get("width", 1.0), run.model.num_classes,
-                    run.init_description, recipe.name, run.length.describe(), recipe.batch_size, ctx.world_size,
-                    config.accumulate, run.micro_batch)
+        logger.info(
+            "%s %s width %g, %d classes, init %s; recipe %s; %s of %d images (%d process(es) x %d x %d)",
+            where,
+            config.model["name"],
+            config.model.get("width", 1.0),
+            run.model.num_classes,
+            run.init_description,
+            recipe.name,
+            run.length.describe(),
+            recipe.batch_size,
+            ctx.world_size,
+            config.accumulate,
+            run.micro_batch,
+        )
         if changes:
-            logger.info("changed on resume: %s (schedule recomputed for the new length)",
-                        ", ".join(f"{key}={value}" for key, value in changes))
+            logger.info(
+                "changed on resume: %s (schedule recomputed for the new length)",
+                ", ".join(f"{key}={value}" for key, value in changes),
+            )
     return run
 
 
@@ -675,8 +786,17 @@ def _loop(run: Run, stop: dict[str, Any], progress: Any, curves: LiveCurves | No
         final = run.finished
         if run.step % config.log_every == 0 or final:
             elapsed = time.perf_counter() - started
-            _append_record(run, {"step": run.step, "loss": loss, "lr": lr, "images_per_s": images_seen / elapsed,
-                                 "time": elapsed, "train_seconds": round(run.train_seconds, 3)})
+            _append_record(
+                run,
+                {
+                    "step": run.step,
+                    "loss": loss,
+                    "lr": lr,
+                    "images_per_s": images_seen / elapsed,
+                    "time": elapsed,
+                    "train_seconds": round(run.train_seconds, 3),
+                },
+            )
             progress.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}")
             if curves is not None:
                 curves.training(run.step, loss, lr)
@@ -700,9 +820,16 @@ def _loop(run: Run, stop: dict[str, Any], progress: Any, curves: LiveCurves | No
         if stopping and not final:
             raise TrainingInterrupted(
                 f"stopped by {stopping.name} at step {run.step}; the state is saved in {out_dir}: continue with "
-                f"fcnseg train --resume {out_dir}", SIGNAL_EXIT_CODES[stopping])
-    return TrainResult(step=run.step, best_mean_iu=run.best_mean_iu, last_metrics=last_metrics, out_dir=out_dir,
-                       seconds=time.perf_counter() - started)
+                f"fcnseg train --resume {out_dir}",
+                SIGNAL_EXIT_CODES[stopping],
+            )
+    return TrainResult(
+        step=run.step,
+        best_mean_iu=run.best_mean_iu,
+        last_metrics=last_metrics,
+        out_dir=out_dir,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _validation(run: Run, final: bool, started: float, curves: LiveCurves | None) -> dict[str, Any] | None:
@@ -710,20 +837,37 @@ def _validation(run: Run, final: bool, started: float, curves: LiveCurves | None
     began = time.perf_counter()
     metrics = validate(run)
     if metrics is not None:
-        _append_record(run, {"step": run.step, "val": metrics, "time": time.perf_counter() - started,
-                             "train_seconds": round(run.train_seconds, 3)})
+        _append_record(
+            run,
+            {
+                "step": run.step,
+                "val": metrics,
+                "time": time.perf_counter() - started,
+                "train_seconds": round(run.train_seconds, 3),
+            },
+        )
     better = metrics is not None and metrics["mean_iu"] > run.best_mean_iu
     if better or (final and not (run.out_dir / BEST_CHECKPOINT).exists()):  # no validation: best = final
         run.best_mean_iu = max(run.best_mean_iu, metrics["mean_iu"]) if metrics else run.best_mean_iu
         save_model(run, run.out_dir / BEST_CHECKPOINT, metrics)
     if metrics is not None and run.ctx.is_main:
-        logger.info("val: %s, mean IU %.4f (best %.4f), pixel acc %.3f, %.1f s", run.length.where(run.position),
-                    metrics["mean_iu"], run.best_mean_iu, metrics["pixel_acc"], time.perf_counter() - began)
+        logger.info(
+            "val: %s, mean IU %.4f (best %.4f), pixel acc %.3f, %.1f s",
+            run.length.where(run.position),
+            metrics["mean_iu"],
+            run.best_mean_iu,
+            metrics["pixel_acc"],
+            time.perf_counter() - began,
+        )
         if curves is not None:
             curves.validation(run.step, metrics, run.classes)
             if run.config.overlays > 0:
-                curves.images(run.step, Predictor(run.model, dtype=run.amp_dtype), run.val_set,
-                              min(run.config.overlays, IMAGES_SHOWN))
+                curves.images(
+                    run.step,
+                    Predictor(run.model, dtype=run.amp_dtype),
+                    run.val_set,
+                    min(run.config.overlays, IMAGES_SHOWN),
+                )
     _draw_pictures(run, overlays=final)
     return metrics
 
@@ -744,8 +888,13 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
 def _progress(run: Run) -> Progress:
     """A bar over the steps (or the seconds of the clock) on a terminal; elsewhere a plain line every 30 s."""
     length = run.length
-    return Progress(length.total, initial=length.along(run.position), label="train", unit=length.unit,
-                    show=run.config.progress and run.ctx.is_main)
+    return Progress(
+        length.total,
+        initial=length.along(run.position),
+        label="train",
+        unit=length.unit,
+        show=run.config.progress and run.ctx.is_main,
+    )
 
 
 @contextlib.contextmanager

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ..inference.predictor import Predictor
 from .detail_metrics import CountAccumulator
 from .loop import batch_progress, dataset_batches
-from ..inference.predictor import Predictor
 from .metrics import ConfusionMatrix
 
 DEFAULT_BINS = 15
@@ -40,16 +42,20 @@ class ReliabilityBins(CountAccumulator):
         if num_bins < 1:
             raise ValueError(f"num_bins must be >= 1, got {num_bins}")
         self.num_bins, self.ignore_index = int(num_bins), int(ignore_index)
-        self.counts = {"pixels": torch.zeros(num_bins, dtype=torch.int64),
-                       "correct": torch.zeros(num_bins, dtype=torch.int64),
-                       "confidence": torch.zeros(num_bins, dtype=torch.float64)}
+        self.counts = {
+            "pixels": torch.zeros(num_bins, dtype=torch.int64),
+            "correct": torch.zeros(num_bins, dtype=torch.int64),
+            "confidence": torch.zeros(num_bins, dtype=torch.float64),
+        }
 
     @torch.no_grad()
     def update(self, top1: torch.Tensor, pred: torch.Tensor, target: torch.Tensor) -> ReliabilityBins:
         """Add pixels: top-1 probabilities, predicted classes and labels of one shape; returns ``self``."""
         if not top1.shape == pred.shape == target.shape:
-            raise ValueError(f"expected top-1 probabilities, predictions and targets of one shape, got "
-                             f"{tuple(top1.shape)}, {tuple(pred.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"expected top-1 probabilities, predictions and targets of one shape, got "
+                f"{tuple(top1.shape)}, {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         target = target.to(top1.device).reshape(-1)
         keep = target != self.ignore_index
         confidence = top1.reshape(-1)[keep].double()
@@ -74,9 +80,16 @@ class ReliabilityBins(CountAccumulator):
             "pixels": int(total),
             "accuracy": float(correct.sum() / total) if total else math.nan,
             "mean_confidence": float(confidence.sum() / total) if total else math.nan,
-            "bins": [{"lower": b / self.num_bins, "upper": (b + 1) / self.num_bins, "pixels": int(pixels[b]),
-                      "accuracy": float(accuracy[b]), "confidence": float(mean_confidence[b])}
-                     for b in range(self.num_bins)],
+            "bins": [
+                {
+                    "lower": b / self.num_bins,
+                    "upper": (b + 1) / self.num_bins,
+                    "pixels": int(pixels[b]),
+                    "accuracy": float(accuracy[b]),
+                    "confidence": float(mean_confidence[b]),
+                }
+                for b in range(self.num_bins)
+            ],
         }
 
 
@@ -125,11 +138,24 @@ def reliability_diagram(bins: ReliabilityBins, path: str | os.PathLike[str], tit
     figure = Figure(figsize=(5, 6))
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(lower, accuracy, width=width, align="edge", color="#4878cf", edgecolor="black", label="accuracy")
-    top.bar(lower, np.nan_to_num(confidence - accuracy), bottom=accuracy, width=width, align="edge",
-            color="#d65f5f", alpha=0.35, edgecolor="#d65f5f", label="gap to mean confidence")
+    top.bar(
+        lower,
+        np.nan_to_num(confidence - accuracy),
+        bottom=accuracy,
+        width=width,
+        align="edge",
+        color="#d65f5f",
+        alpha=0.35,
+        edgecolor="#d65f5f",
+        label="gap to mean confidence",
+    )
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-            title=f"{title + ': ' if title else ''}ECE {result['ece']:.4f} ({bins.num_bins} bins)")
+    top.set(
+        ylabel="accuracy",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"{title + ': ' if title else ''}ECE {result['ece']:.4f} ({bins.num_bins} bins)",
+    )
     top.legend(loc="upper left", fontsize="small")
     bottom.bar(lower, share, width=width, align="edge", color="grey", edgecolor="black")
     bottom.set(xlabel="top-1 probability", ylabel="share of pixels")

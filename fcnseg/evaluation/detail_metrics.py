@@ -52,7 +52,7 @@ Per-image mean IU (:class:`PerImageIU`)
 from __future__ import annotations
 
 import math
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
@@ -65,21 +65,30 @@ SIZE_EDGES = (32 * 32, 96 * 96)
 SIZE_NAMES = ("small", "medium", "large")
 
 
-def _class_maps(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _class_maps(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``pred`` and ``target`` as checked (N, H, W) int64 tensors on the target's device."""
     if pred.shape != target.shape or pred.dim() not in (2, 3):
-        raise ValueError(f"expected a prediction and a target of one shape, (N, H, W) or (H, W), "
-                         f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"expected a prediction and a target of one shape, (N, H, W) or (H, W), "
+            f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if pred.is_floating_point() or target.is_floating_point():
         raise TypeError(f"expected integer class maps, got {pred.dtype} prediction and {target.dtype} target")
     pred = pred.reshape(-1, *pred.shape[-2:]).to(target.device, torch.int64)
     target = target.reshape(-1, *target.shape[-2:]).to(torch.int64)
-    bad = torch.cat([pred[(pred < 0) | (pred >= num_classes)],
-                     target[((target < 0) | (target >= num_classes)) & (target != ignore_index)]])
+    bad = torch.cat(
+        [
+            pred[(pred < 0) | (pred >= num_classes)],
+            target[((target < 0) | (target >= num_classes)) & (target != ignore_index)],
+        ]
+    )
     if bad.numel():
-        raise ValueError(f"class values {sorted(set(bad.unique()[:10].tolist()))} out of range: expected "
-                         f"0..{num_classes - 1} (or {ignore_index}, ignored, in the target)")
+        raise ValueError(
+            f"class values {sorted(set(bad.unique()[:10].tolist()))} out of range: expected "
+            f"0..{num_classes - 1} (or {ignore_index}, ignored, in the target)"
+        )
     return pred, target
 
 
@@ -106,9 +115,11 @@ class CountAccumulator:
     def merge(self, other: CountAccumulator) -> None:
         """Add the counts of ``other`` (an accumulator of the same kind and settings)."""
         if type(other) is not type(self) or {k: v.shape for k, v in other.counts.items()} != {
-                k: v.shape for k, v in self.counts.items()}:
-            raise ValueError(f"cannot merge a {type(other).__name__} with different settings "
-                             f"into this {type(self).__name__}")
+            k: v.shape for k, v in self.counts.items()
+        }:
+            raise ValueError(
+                f"cannot merge a {type(other).__name__} with different settings into this {type(self).__name__}"
+            )
         for name, value in other.counts.items():
             self.counts[name] += value
 
@@ -129,14 +140,24 @@ class CountAccumulator:
 class SizeIU(CountAccumulator):
     """Accuracy and IU of ground-truth segments binned by area (see the module docstring)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, *, edges: Sequence[int] = SIZE_EDGES,
-                 names: Sequence[str] | None = None, connectivity: int = 8) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        *,
+        edges: Sequence[int] = SIZE_EDGES,
+        names: Sequence[str] | None = None,
+        connectivity: int = 8,
+    ) -> None:
         edges = [int(e) for e in edges]
         if not edges or edges[0] < 1 or any(a >= b for a, b in zip(edges, edges[1:])):
             raise ValueError(f"size bin edges must be increasing positive pixel areas, got {edges}")
         if names is None:
-            names = SIZE_NAMES if tuple(edges) == SIZE_EDGES else (
-                [f"<{edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"])
+            names = (
+                SIZE_NAMES
+                if tuple(edges) == SIZE_EDGES
+                else ([f"<{edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"])
+            )
         if len(names) != len(edges) + 1:
             raise ValueError(f"{len(edges)} size bin edges need {len(edges) + 1} names, got {list(names)}")
         if connectivity not in (4, 8):
@@ -163,8 +184,9 @@ class SizeIU(CountAccumulator):
 
     def _add_image(self, pred: np.ndarray, target: np.ndarray) -> None:
         valid = target != self.ignore_index
-        present = np.bincount(target[valid], minlength=self.num_classes) + \
-            np.bincount(pred[valid], minlength=self.num_classes)
+        present = np.bincount(target[valid], minlength=self.num_classes) + np.bincount(
+            pred[valid], minlength=self.num_classes
+        )
         for c in np.flatnonzero(present):
             truth, predicted = target == c, pred == c
             false_positive = predicted & valid & ~truth
@@ -188,11 +210,21 @@ class SizeIU(CountAccumulator):
         tp, gt, fp, segments = (self.counts[key] for key in ("tp", "gt", "fp", "segments"))
         acc, iu = _ratio(tp, gt), _ratio(tp, gt + fp)
         bounds = [0, *self.edges, None]
-        bins = [{"name": name, "min_area": bounds[b], "max_area": bounds[b + 1],
-                 "segments": int(segments[:, b].sum()), "pixels": int(gt[:, b].sum()),
-                 "pixel_acc": float(_ratio(tp[:, b].sum(), gt[:, b].sum())), "mean_iu": float(iu[:, b].nanmean()),
-                 "acc": _floats(acc[:, b]), "iu": _floats(iu[:, b]), "class_segments": segments[:, b].tolist()}
-                for b, name in enumerate(self.names)]
+        bins = [
+            {
+                "name": name,
+                "min_area": bounds[b],
+                "max_area": bounds[b + 1],
+                "segments": int(segments[:, b].sum()),
+                "pixels": int(gt[:, b].sum()),
+                "pixel_acc": float(_ratio(tp[:, b].sum(), gt[:, b].sum())),
+                "mean_iu": float(iu[:, b].nanmean()),
+                "acc": _floats(acc[:, b]),
+                "iu": _floats(iu[:, b]),
+                "class_segments": segments[:, b].tolist(),
+            }
+            for b, name in enumerate(self.names)
+        ]
         return {"connectivity": self.connectivity, "bins": bins}
 
 
@@ -329,5 +361,8 @@ class PerImageIU:
         """``{"mean": mean over images (NaN ones left out), "ids": [...], "mean_iu": [...]}``; an
         image without any non-ignored pixel has NaN."""
         finite = [v for v in self.values if not math.isnan(v)]
-        return {"mean": sum(finite) / len(finite) if finite else math.nan, "ids": list(self.ids),
-                "mean_iu": list(self.values)}
+        return {
+            "mean": sum(finite) / len(finite) if finite else math.nan,
+            "ids": list(self.ids),
+            "mean_iu": list(self.values),
+        }

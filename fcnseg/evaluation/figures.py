@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,8 +76,16 @@ def plot_curves(metrics_jsonl: str | os.PathLike[str], out_png: str | os.PathLik
 
     steps, losses = _series(records, "loss")
     if steps:
-        loss_axes.plot(steps, losses, color="tab:blue", linewidth=1, alpha=0.35 if len(steps) > 20 else 1, label="loss",
-                       markersize=4, **_markers_if_few(steps))
+        loss_axes.plot(
+            steps,
+            losses,
+            color="tab:blue",
+            linewidth=1,
+            alpha=0.35 if len(steps) > 20 else 1,
+            label="loss",
+            markersize=4,
+            **_markers_if_few(steps),
+        )
         if len(steps) > 20:  # a running mean makes the trend readable through the noise
             window = max(2, len(steps) // 20)
             smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
@@ -90,20 +99,31 @@ def plot_curves(metrics_jsonl: str | os.PathLike[str], out_png: str | os.PathLik
     loss_axes.grid(alpha=0.3)
 
     drawn = False
-    for key, label, style in (("mean_iu", "mean IU", "-"), ("pixel_acc", "pixel acc", "--"),
-                              ("mean_acc", "mean acc", ":"), ("fw_iu", "fw IU", "-.")):
+    for key, label, style in (
+        ("mean_iu", "mean IU", "-"),
+        ("pixel_acc", "pixel acc", "--"),
+        ("mean_acc", "mean acc", ":"),
+        ("fw_iu", "fw IU", "-."),
+    ):
         steps, values = _series(records, key)
         if steps:
             marks = {"marker": "o"} if key == "mean_iu" else _markers_if_few(steps)  # mean IU: always marked
-            metric_axes.plot(steps, values, style, label=label, linewidth=2 if key == "mean_iu" else 1, markersize=3,
-                             **marks)
+            metric_axes.plot(
+                steps, values, style, label=label, linewidth=2 if key == "mean_iu" else 1, markersize=3, **marks
+            )
             drawn = True
     if drawn:
         steps, values = _series(records, "mean_iu")
         if values:
             best = int(np.argmax(values))
-            metric_axes.annotate(f"best {values[best]:.3f}", (steps[best], values[best]), textcoords="offset points",
-                                 xytext=(0, -14), ha="center", fontsize=8)
+            metric_axes.annotate(
+                f"best {values[best]:.3f}",
+                (steps[best], values[best]),
+                textcoords="offset points",
+                xytext=(0, -14),
+                ha="center",
+                fontsize=8,
+            )
         metric_axes.legend(loc="lower right")
     else:
         metric_axes.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=metric_axes.transAxes)
@@ -137,8 +157,10 @@ def overlay_grid(
     from ..predict.images import overlay_image
 
     if len(images) == 0 or len(images) != len(masks_pred) or (masks_gt is not None and len(masks_gt) != len(images)):
-        raise ValueError(f"overlay_grid needs as many masks as images, got {len(images)} images, "
-                         f"{len(masks_pred)} predictions, {None if masks_gt is None else len(masks_gt)} ground truths")
+        raise ValueError(
+            f"overlay_grid needs as many masks as images, got {len(images)} images, "
+            f"{len(masks_pred)} predictions, {None if masks_gt is None else len(masks_gt)} ground truths"
+        )
     columns = ["image"] + (["ground truth"] if masks_gt is not None else []) + ["prediction"]
     height, width = images[0].shape[-2:]
     cell = 2.6
@@ -190,8 +212,15 @@ def validation_overlays(
         preds.append(predictor.mask(image))
         describe = getattr(dataset, "describe", None)
         titles.append(Path(describe(index)).stem if describe else str(index))
-    return overlay_grid(images, preds, gts, palette if palette is not None else dataset.palette, png, titles=titles,
-                        classes=getattr(dataset, "classes", None))
+    return overlay_grid(
+        images,
+        preds,
+        gts,
+        palette if palette is not None else dataset.palette,
+        png,
+        titles=titles,
+        classes=getattr(dataset, "classes", None),
+    )
 
 
 def confusion_matrix_figure(
@@ -227,8 +256,15 @@ def confusion_matrix_figure(
             for pred in range(n):
                 if totals[gt, 0] > 0 and counts[gt, pred] > 0:
                     value = rates[gt, pred]
-                    ax.text(pred, gt, f"{100 * value:.0f}" if value >= 0.005 else "<1", ha="center", va="center",
-                            fontsize=7, color="white" if value > 0.5 else "black")
+                    ax.text(
+                        pred,
+                        gt,
+                        f"{100 * value:.0f}" if value >= 0.005 else "<1",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > 0.5 else "black",
+                    )
     ax.set_title(title or "confusion matrix (% of each ground-truth row)", fontsize=10)
     return _save(figure, png)
 
@@ -256,11 +292,20 @@ def worst_images_figure(
     if k < 1:
         raise ValueError(f"worst_images_figure: k must be at least 1, got {k}")
     if not len(images) == len(targets) == len(preds) == len(values) or (ids is not None and len(ids) != len(values)):
-        raise ValueError(f"worst_images_figure needs one target, prediction, score (and id) per image, "
-                         f"got {len(images)} images, {len(targets)} targets, {len(preds)} predictions, {len(values)} scores")
+        raise ValueError(
+            f"worst_images_figure needs one target, prediction, score (and id) per image, "
+            f"got {len(images)} images, {len(targets)} targets, {len(preds)} predictions, {len(values)} scores"
+        )
     order = [int(i) for i in np.argsort(values, kind="stable") if not math.isnan(values[i])][:k]
     if not order:
         raise ValueError("worst_images_figure: no image has a score (all NaN or none given)")
     titles = [f"{ids[i] if ids is not None else i}: {values[i]:.3f}" for i in order]
-    return overlay_grid([images[i] for i in order], [preds[i] for i in order], [targets[i] for i in order],
-                        palette, path, titles=titles, classes=classes)
+    return overlay_grid(
+        [images[i] for i in order],
+        [preds[i] for i in order],
+        [targets[i] for i in order],
+        palette,
+        path,
+        titles=titles,
+        classes=classes,
+    )

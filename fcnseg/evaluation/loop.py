@@ -15,10 +15,12 @@ under ``"heads"`` (:func:`head_confusion_matrices`).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
 from ..inference.predictor import Predictor
 from ..progress import Progress
 from .metrics import ConfusionMatrix
@@ -50,11 +52,13 @@ def batch_progress(batches: Iterable, label: str, show: bool) -> Progress:
 
 
 def _one_item_batch(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    (image, mask), = items
+    ((image, mask),) = items
     return image.unsqueeze(0), mask.unsqueeze(0)
 
 
-def as_predictor(model: torch.nn.Module | Predictor, device: str | torch.device | None = None, **options: Any) -> Predictor:
+def as_predictor(
+    model: torch.nn.Module | Predictor, device: str | torch.device | None = None, **options: Any
+) -> Predictor:
     """``model`` itself when it is a :class:`Predictor`, else a Predictor for it (``options`` as Predictor's)."""
     return model if isinstance(model, Predictor) else Predictor(model, device=device, **options)
 
@@ -82,8 +86,10 @@ def confusion_matrix(
     ``update(pred, target)`` too, and are summed over ranks at the end.
     """
     if _heads(model):
-        raise ValueError(f"the model has several heads {[name for name, _ in _heads(model)]}: one confusion matrix "
-                         "cannot score them; use head_confusion_matrices or evaluate (which reports every head)")
+        raise ValueError(
+            f"the model has several heads {[name for name, _ in _heads(model)]}: one confusion matrix "
+            "cannot score them; use head_confusion_matrices or evaluate (which reports every head)"
+        )
     predictor = as_predictor(model, device, **predictor_options)
     matrix = ConfusionMatrix(num_classes, ignore_index, device=predictor.device)
     batches = dataset_batches(data, num_workers)
@@ -151,7 +157,7 @@ def head_confusion_matrices(
                 logits, start = predictor.logits(image), 0
                 for (name, count), row in zip(heads, mask):
                     target = torch.where(row == ignore_index, row, row - start)
-                    matrices[name].update(logits[start:start + count].argmax(0).to(predictor.device), target)
+                    matrices[name].update(logits[start : start + count].argmax(0).to(predictor.device), target)
                     start += count
             shown.update()
     for matrix in matrices.values():
@@ -168,6 +174,8 @@ def evaluate_heads(
 ) -> dict[str, Any]:
     """The first head's metrics (what training tracks, e.g. SIFT Flow's semantic mean IU) and every
     head's ``ConfusionMatrix.compute()`` under ``"heads"``: ``{name: metrics}``."""
-    results = {name: matrix.compute() for name, matrix in
-               head_confusion_matrices(model, data, device, ignore_index, **options).items()}
+    results = {
+        name: matrix.compute()
+        for name, matrix in head_confusion_matrices(model, data, device, ignore_index, **options).items()
+    }
     return {**next(iter(results.values())), "heads": results}

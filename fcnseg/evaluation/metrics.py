@@ -42,7 +42,7 @@ class ConfusionMatrix:
         self.matrix = torch.zeros_like(self.matrix)
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> "ConfusionMatrix":
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> ConfusionMatrix:
         """Add a batch: ``pred`` and ``target`` are integer class maps of the same shape; returns ``self``.
 
         Target pixels equal to ``ignore_index`` are dropped (whatever was predicted there).
@@ -52,8 +52,10 @@ class ConfusionMatrix:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
         if pred.is_floating_point() or target.is_floating_point():
-            raise TypeError(f"expected integer class maps, got {pred.dtype} prediction and {target.dtype} target "
-                            "(take argmax over the class dimension of the logits first)")
+            raise TypeError(
+                f"expected integer class maps, got {pred.dtype} prediction and {target.dtype} target "
+                "(take argmax over the class dimension of the logits first)"
+            )
         if self.matrix.device != target.device:
             if self._device is None and self.matrix.count_nonzero() == 0:
                 self.matrix = self.matrix.to(target.device)  # follow the data's device on first use
@@ -93,8 +95,14 @@ class ConfusionMatrix:
         total = gt_total.sum()
         acc = torch.where(in_gt, correct / gt_total.clamp(min=1), nan)
         if total == 0:
-            return {"pixel_acc": math.nan, "mean_acc": math.nan, "mean_iu": math.nan, "fw_iu": math.nan,
-                    "iu": [math.nan] * self.num_classes, "acc": [math.nan] * self.num_classes}
+            return {
+                "pixel_acc": math.nan,
+                "mean_acc": math.nan,
+                "mean_iu": math.nan,
+                "fw_iu": math.nan,
+                "iu": [math.nan] * self.num_classes,
+                "acc": [math.nan] * self.num_classes,
+            }
         return {
             "pixel_acc": float(correct.sum() / total),
             "mean_acc": float((correct[in_gt] / gt_total[in_gt]).mean()),
@@ -108,22 +116,38 @@ class ConfusionMatrix:
         """:meth:`compute` plus a per-class table (IU, accuracy, ground-truth pixels) and the raw matrix."""
         metrics = self.compute()
         totals = self.matrix.cpu().sum(dim=1).tolist()
-        per_class = {name: {"iu": iu, "acc": acc, "pixels": int(t)}
-                     for name, iu, acc, t in zip(classes, metrics["iu"], metrics["acc"], totals)}
+        per_class = {
+            name: {"iu": iu, "acc": acc, "pixels": int(t)}
+            for name, iu, acc, t in zip(classes, metrics["iu"], metrics["acc"], totals)
+        }
         absent = [name for name, t in zip(classes, totals) if t == 0]
-        return {**metrics, "classes": list(classes), "per_class": per_class, "classes_without_ground_truth": absent,
-                "confusion_matrix": self.matrix.cpu().tolist()}
+        return {
+            **metrics,
+            "classes": list(classes),
+            "per_class": per_class,
+            "classes_without_ground_truth": absent,
+            "confusion_matrix": self.matrix.cpu().tolist(),
+        }
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The four metrics and the per-class table of :meth:`ConfusionMatrix.report`, as ``fcnseg eval`` prints them."""
-    lines = [f"{label:<10} {report[key]:.4f}" for key, label in
-             (("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"), ("mean_iu", "mean IU"), ("fw_iu", "fw IU"))]
+    lines = [
+        f"{label:<10} {report[key]:.4f}"
+        for key, label in (
+            ("pixel_acc", "pixel acc"),
+            ("mean_acc", "mean acc"),
+            ("mean_iu", "mean IU"),
+            ("fw_iu", "fw IU"),
+        )
+    ]
     absent = report.get("classes_without_ground_truth", [])
     if absent:
         counted = len(report["classes"]) - sum(math.isnan(v) for v in report["iu"])
-        lines.append(f"warning: {len(absent)} class(es) have no ground-truth pixels here ({', '.join(absent)}); "
-                     f"mean IU is over {counted} of {len(report['classes'])} classes")
+        lines.append(
+            f"warning: {len(absent)} class(es) have no ground-truth pixels here ({', '.join(absent)}); "
+            f"mean IU is over {counted} of {len(report['classes'])} classes"
+        )
     width = max(12, *(len(name) for name in report["classes"]))
     lines += ["", f"{'class':<{width}} {'IU':>7} {'acc':>7} {'pixels':>12}"]
     for name, row in report["per_class"].items():

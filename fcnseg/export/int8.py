@@ -42,24 +42,31 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from .agreement import PixelAgreement
-from .onnx import (DEFAULT_CHECK_SHAPES, INPUT_NAME, ExportError, ParityTolerance, _name_dynamic_dims, _require_onnx,
-                     export_onnx)
+from ..evaluation.metrics import ConfusionMatrix
 from ..files import atomic_path
 from ..inference.predictor import Predictor
-from ..evaluation.metrics import ConfusionMatrix
-from ..preprocessing import preprocess
 from ..inference.runtimes import installed_runtimes
+from ..preprocessing import preprocess
+from .agreement import PixelAgreement
+from .onnx import (
+    DEFAULT_CHECK_SHAPES,
+    INPUT_NAME,
+    ExportError,
+    ParityTolerance,
+    _name_dynamic_dims,
+    _require_onnx,
+    export_onnx,
+)
 
-METHODS: dict[str, tuple[str, ...]] = {"nncf": ("performance", "mixed"),
-                                       "onnxruntime": ("minmax", "percentile")}
+METHODS: dict[str, tuple[str, ...]] = {"nncf": ("performance", "mixed"), "onnxruntime": ("minmax", "percentile")}
 QUANTIZERS: tuple[str, ...] = tuple(METHODS)
 #: Pooled share of calibration pixels whose int8 class must equal the fp32 model's, in every runtime.
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -83,10 +90,13 @@ def check_int8_settings(quantizer: str, method: str | None, min_agreement: float
         raise Int8SettingsError(f"unknown quantizer {quantizer!r}; choose one of {', '.join(QUANTIZERS)}")
     method = method or METHODS[quantizer][0]
     if method not in METHODS[quantizer]:
-        raise Int8SettingsError(f"--method: the {quantizer} quantizer has methods {', '.join(METHODS[quantizer])}, "
-                                f"not {method!r}")
+        raise Int8SettingsError(
+            f"--method: the {quantizer} quantizer has methods {', '.join(METHODS[quantizer])}, not {method!r}"
+        )
     if not 0 < min_agreement <= 1:
-        raise Int8SettingsError(f"--min-agreement: the agreement threshold is a fraction in (0, 1], got {min_agreement}")
+        raise Int8SettingsError(
+            f"--min-agreement: the agreement threshold is a fraction in (0, 1], got {min_agreement}"
+        )
     if accuracy_control and quantizer != "nncf":
         raise Int8SettingsError(f"--accuracy-control is NNCF's; the {quantizer} quantizer has none")
     return method
@@ -110,7 +120,9 @@ def _spread(count: int, limit: int | None) -> list[int]:
     return [int(i * count / limit) for i in range(limit)]
 
 
-def calibration_folder(folder: str | os.PathLike[str], limit: int | None = DEFAULT_CALIBRATION_IMAGES) -> CalibrationSet:
+def calibration_folder(
+    folder: str | os.PathLike[str], limit: int | None = DEFAULT_CALIBRATION_IMAGES
+) -> CalibrationSet:
     """Images of a folder (sorted, ``limit`` of them spread over it), at their own sizes.
 
     A file that cannot be read (truncated, not an image) is skipped and listed in ``skipped`` with
@@ -121,7 +133,9 @@ def calibration_folder(folder: str | os.PathLike[str], limit: int | None = DEFAU
     from ..predict.images import ImageError, list_images, load_image
 
     if not Path(folder).is_dir():
-        raise ValueError(f"--calibrate {folder}: not a folder of images (give --calibrate-data KIND for a dataset split)")
+        raise ValueError(
+            f"--calibrate {folder}: not a folder of images (give --calibrate-data KIND for a dataset split)"
+        )
     paths, problems, _ = list_images([folder])  # other files of the folder are skipped
     if not paths:
         raise ValueError(problems[0])
@@ -139,20 +153,26 @@ def calibration_folder(folder: str | os.PathLike[str], limit: int | None = DEFAU
             except ImageError as error:
                 skipped.append(str(error))
     if not images:
-        raise ValueError(f"--calibrate {folder}: none of its {len(paths)} image files can be read; "
-                         f"the first: {skipped[0]}")
+        raise ValueError(
+            f"--calibrate {folder}: none of its {len(paths)} image files can be read; the first: {skipped[0]}"
+        )
     return CalibrationSet([images[i] for i in sorted(images)], None, str(folder), skipped=skipped)
 
 
-def calibration_split(kind: str, root: str | None, split: str, limit: int | None = DEFAULT_CALIBRATION_IMAGES,
-                      **options: Any) -> CalibrationSet:
+def calibration_split(
+    kind: str, root: str | None, split: str, limit: int | None = DEFAULT_CALIBRATION_IMAGES, **options: Any
+) -> CalibrationSet:
     """Labelled images of a dataset split (:func:`fcnseg.data.open_dataset`), ``limit`` of them spread over it."""
     from ..data import open_dataset
 
     dataset = open_dataset(kind, root, split, **options)
     items = [dataset[i] for i in _spread(len(dataset), limit)]
-    return CalibrationSet([image for image, _ in items], [mask for _, mask in items],
-                          f"{kind} {root or ''} {split}".replace("  ", " "), list(dataset.classes))
+    return CalibrationSet(
+        [image for image, _ in items],
+        [mask for _, mask in items],
+        f"{kind} {root or ''} {split}".replace("  ", " "),
+        list(dataset.classes),
+    )
 
 
 @dataclass(frozen=True)
@@ -166,10 +186,14 @@ class Agreement:
 
     def describe(self, threshold: float) -> str:
         verdict = "ok" if self.pixels >= threshold else "REFUSED"
-        text = (f"{self.runtime}: masks agree with fp32 on {100 * self.pixels:.2f}% of pixels (worst image "
-                f"{100 * self.worst_image:.2f}%; need {100 * threshold:g}%)")
+        text = (
+            f"{self.runtime}: masks agree with fp32 on {100 * self.pixels:.2f}% of pixels (worst image "
+            f"{100 * self.worst_image:.2f}%; need {100 * threshold:g}%)"
+        )
         if self.mean_iu:
-            text += f", mean IU {self.mean_iu[0]:.4f} -> {self.mean_iu[1]:.4f} ({self.mean_iu[1] - self.mean_iu[0]:+.4f})"
+            text += (
+                f", mean IU {self.mean_iu[0]:.4f} -> {self.mean_iu[1]:.4f} ({self.mean_iu[1] - self.mean_iu[0]:+.4f})"
+            )
         return f"{text} -> {verdict}"
 
 
@@ -219,8 +243,9 @@ def _without_cuda_runtime_notice() -> Iterator[None]:
         logger.removeFilter(notice)
 
 
-def _quantize_nncf(fp32: Path, blobs: list, method: str,
-                   restore_agreement: tuple[list[torch.Tensor], float] | None = None) -> Any:
+def _quantize_nncf(
+    fp32: Path, blobs: list, method: str, restore_agreement: tuple[list[torch.Tensor], float] | None = None
+) -> Any:
     """NNCF's quantization of ``fp32``; with ``restore_agreement`` ``(fp32 masks, min_agreement)``, its accuracy control."""
     with _without_cuda_runtime_notice():
         return _run_nncf(fp32, blobs, method, restore_agreement)
@@ -230,8 +255,9 @@ def _run_nncf(fp32: Path, blobs: list, method: str, restore_agreement: tuple[lis
     try:
         import nncf
     except ImportError:
-        raise QuantizationError("the nncf quantizer needs the 'int8' extra: pip install 'fcnseg[int8]' "
-                                "(or --quantizer onnxruntime)") from None
+        raise QuantizationError(
+            "the nncf quantizer needs the 'int8' extra: pip install 'fcnseg[int8]' (or --quantizer onnxruntime)"
+        ) from None
     onnx, _ = _require_onnx()
     nncf.set_log_level(logging.ERROR)
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[method]
@@ -242,8 +268,15 @@ def _run_nncf(fp32: Path, blobs: list, method: str, restore_agreement: tuple[lis
     validation = nncf.Dataset(list(zip(blobs, masks)), lambda item: {INPUT_NAME: item[0]})
     max_drop = max(0.0, 1.0 - min_agreement - ACCURACY_CONTROL_MARGIN)
     return nncf.quantize_with_accuracy_control(
-        _unshare_weights(onnx.load(str(fp32))), dataset, validation, _MaskAgreement(), max_drop=max_drop,
-        drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=len(blobs))
+        _unshare_weights(onnx.load(str(fp32))),
+        dataset,
+        validation,
+        _MaskAgreement(),
+        max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        preset=preset,
+        subset_size=len(blobs),
+    )
 
 
 def _unshare_weights(proto: Any) -> Any:
@@ -281,8 +314,9 @@ class _MaskAgreement:
         if model is not self._model:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
-            self._session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                                         providers=["CPUExecutionProvider"])
+            self._session = onnxruntime.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
             self._model = model
         return self._session.run(None, {INPUT_NAME: blob})[0][0].argmax(0)
 
@@ -296,16 +330,26 @@ class _MaskAgreement:
 def count_fp32_layers(proto: Any) -> tuple[int, int]:
     """(layers with weights whose weights are not int8-quantized, layers with weights) of a QDQ graph."""
     produced_by = {output: node for node in proto.graph.node for output in node.output}
-    with_weights = [node for node in proto.graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-                    and len(node.input) > 1]
-    fp32 = sum(1 for node in with_weights
-               if getattr(produced_by.get(node.input[1]), "op_type", None) != "DequantizeLinear")
+    with_weights = [
+        node
+        for node in proto.graph.node
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1
+    ]
+    fp32 = sum(
+        1 for node in with_weights if getattr(produced_by.get(node.input[1]), "op_type", None) != "DequantizeLinear"
+    )
     return fp32, len(with_weights)
 
 
 def _quantize_onnxruntime(fp32: Path, blobs: list, method: str, folder: Path) -> Any:
     onnx, _ = _require_onnx()
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -320,13 +364,27 @@ def _quantize_onnxruntime(fp32: Path, blobs: list, method: str, folder: Path) ->
     prepared, quantized = folder / "prepared.onnx", folder / "int8.onnx"
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     calibration = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
-    quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibration)
+    quantize_static(
+        str(prepared),
+        str(quantized),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=calibration,
+    )
     return onnx.load(str(quantized))
 
 
-def _agreement(runtime: str, path: Path, calibration: CalibrationSet, reference: list[torch.Tensor],
-               num_classes: int, ignore_index: int) -> Agreement:
+def _agreement(
+    runtime: str,
+    path: Path,
+    calibration: CalibrationSet,
+    reference: list[torch.Tensor],
+    num_classes: int,
+    ignore_index: int,
+) -> Agreement:
     from ..inference.runtimes import OnnxModel
 
     predictor = Predictor(OnnxModel(path, runtime))
@@ -390,9 +448,17 @@ def export_int8(
         except Exception as error:
             raise QuantizationError(f"{quantizer} quantization failed: {type(error).__name__}: {error}") from error
         metadata = {entry.key: entry.value for entry in onnx.load(str(fp32), load_external_data=False).metadata_props}
-    metadata["quantization"] = json.dumps({
-        "format": "QDQ int8", "quantizer": quantizer, "method": method, "calibration": calibration.source,
-        "images": len(calibration.images), "min_agreement": min_agreement, "accuracy_control": accuracy_control})
+    metadata["quantization"] = json.dumps(
+        {
+            "format": "QDQ int8",
+            "quantizer": quantizer,
+            "method": method,
+            "calibration": calibration.source,
+            "images": len(calibration.images),
+            "min_agreement": min_agreement,
+            "accuracy_control": accuracy_control,
+        }
+    )
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -400,17 +466,30 @@ def export_int8(
     _name_dynamic_dims(proto)
     proto.doc_string = f"fcnseg int8 ({quantizer} {method}, {len(blobs)} calibration images); see metadata 'input'"
 
-    report = Int8Report(Path(out), quantizer, method, len(blobs), min_agreement, accuracy_control=accuracy_control,
-                        fp32_layers=count_fp32_layers(proto))
+    report = Int8Report(
+        Path(out),
+        quantizer,
+        method,
+        len(blobs),
+        min_agreement,
+        accuracy_control=accuracy_control,
+        fp32_layers=count_fp32_layers(proto),
+    )
     with atomic_path(out) as tmp:  # renamed onto ``out`` only if every runtime agrees with fp32
         tmp.write_bytes(proto.SerializeToString())
         for runtime in runtimes:
-            report.agreements.append(_agreement(runtime, tmp, calibration, reference, predictor.num_classes,
-                                                checkpoint.ignore_index))
+            report.agreements.append(
+                _agreement(runtime, tmp, calibration, reference, predictor.num_classes, checkpoint.ignore_index)
+            )
         report.seconds = time.perf_counter() - started
         if not report.ok:
             details = "\n  ".join(a.describe(min_agreement) for a in report.agreements)
-            hint = ("\n  (--accuracy-control keeps the layers that cost most agreement in fp32 until it is met)"
-                    if quantizer == "nncf" and not accuracy_control else "")
-            raise QuantizationError(f"the int8 model does not agree with fp32; {out} was not written:\n  {details}{hint}")
+            hint = (
+                "\n  (--accuracy-control keeps the layers that cost most agreement in fp32 until it is met)"
+                if quantizer == "nncf" and not accuracy_control
+                else ""
+            )
+            raise QuantizationError(
+                f"the int8 model does not agree with fp32; {out} was not written:\n  {details}{hint}"
+            )
     return report

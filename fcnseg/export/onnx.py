@@ -34,9 +34,10 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -143,7 +144,7 @@ class WithSoftmax(torch.nn.Module):
         super().__init__()
         self.model, self.preprocessing = model, model.preprocessing
 
-    def set_fast_paths(self, enabled: bool) -> "WithSoftmax":
+    def set_fast_paths(self, enabled: bool) -> WithSoftmax:
         self.model.set_fast_paths(enabled)
         return self
 
@@ -163,8 +164,11 @@ def tiling_metadata(model: torch.nn.Module) -> dict[str, Any]:
     hw = (f_bb - f_ba - f_ab + f_aa) / (b - a) ** 2
     h, w = (f_ba - f_aa) / (b - a) - hw * a, (f_ab - f_aa) / (b - a) - hw * a
     one = f_aa - hw * a * a - (h + w) * a
-    return {"grid": int(model.grid), "context_margin": int(model.context_margin()),
-            "forward_bytes": {"hw": hw, "h": h, "w": w, "one": one}}
+    return {
+        "grid": int(model.grid),
+        "context_margin": int(model.context_margin()),
+        "forward_bytes": {"hw": hw, "h": h, "w": w, "one": one},
+    }
 
 
 def onnx_metadata(checkpoint: Checkpoint, output: str = OUTPUT_NAME) -> dict[str, str]:
@@ -199,7 +203,9 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ExportError(f"{path}: not an ONNX model ({error})") from None
     props = {entry.key: entry.value for entry in proto.metadata_props}
     if json.loads(props.get("format", "null")) != METADATA_FORMAT:
-        raise ExportError(f"{path}: an ONNX model, but not an fcnseg export (metadata 'format' is {props.get('format')!r})")
+        raise ExportError(
+            f"{path}: an ONNX model, but not an fcnseg export (metadata 'format' is {props.get('format')!r})"
+        )
     decoded = {key: json.loads(value) for key, value in props.items()}
     decoded["preprocessing"] = Preprocessing.from_dict(decoded["preprocessing"])
     decoded["palette"] = [tuple(colour) for colour in decoded["palette"]]
@@ -207,8 +213,9 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return decoded
 
 
-def _export_proto(model: torch.nn.Module, example: torch.Tensor, exporter: str, opset: int | None,
-                  output: str = OUTPUT_NAME) -> Any:
+def _export_proto(
+    model: torch.nn.Module, example: torch.Tensor, exporter: str, opset: int | None, output: str = OUTPUT_NAME
+) -> Any:
     """The model as an in-memory ONNX ``ModelProto`` with dynamic batch, height and width.
 
     The plain forward is exported: the fast paths' padding trim is planned per input size
@@ -363,7 +370,9 @@ def export_onnx(
     for key, value in onnx_metadata(checkpoint, output).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = f"fcnseg {checkpoint.model.config.get('name', 'FCN')} ({len(checkpoint.classes)} classes); see metadata 'input'"
+    proto.doc_string = (
+        f"fcnseg {checkpoint.model.config.get('name', 'FCN')} ({len(checkpoint.classes)} classes); see metadata 'input'"
+    )
     data = proto.SerializeToString()
     if len(data) > _PROTOBUF_LIMIT:
         raise ExportError(f"the model is {len(data) / 2**30:.1f} GiB: over the 2 GiB limit of a single ONNX file")

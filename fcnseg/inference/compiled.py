@@ -80,21 +80,30 @@ def export_settings() -> dict[str, Any]:
 
     from ..export.onnx import DEFAULT_CHECK_SHAPES, ParityTolerance
 
-    return {"exporters": list(EXPORTERS), "check_shapes": [list(s) for s in DEFAULT_CHECK_SHAPES],
-            "tolerance": asdict(ParityTolerance()), "runtime": COMPILED_RUNTIME, "dtype": "float32"}
+    return {
+        "exporters": list(EXPORTERS),
+        "check_shapes": [list(s) for s in DEFAULT_CHECK_SHAPES],
+        "tolerance": asdict(ParityTolerance()),
+        "runtime": COMPILED_RUNTIME,
+        "dtype": "float32",
+    }
 
 
 def fingerprint(checkpoint: str | Path) -> str:
     """SHA-256 of the checkpoint file's bytes, :func:`export_settings` and the package versions."""
     from ..weights.download import file_digest
 
-    key = {"checkpoint_sha256": file_digest(Path(checkpoint), "sha256"), "settings": export_settings(),
-           "versions": _versions()}
+    key = {
+        "checkpoint_sha256": file_digest(Path(checkpoint), "sha256"),
+        "settings": export_settings(),
+        "versions": _versions(),
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def torch_reason(config: dict[str, Any], *, dtype: str = "float32", device: Any = None,
-                 fast_paths: bool = True) -> str | None:
+def torch_reason(
+    config: dict[str, Any], *, dtype: str = "float32", device: Any = None, fast_paths: bool = True
+) -> str | None:
     """Why a checkpoint with model ``config`` runs in torch rather than compiled; None: compile it."""
     from ..models import create_model
 
@@ -131,12 +140,18 @@ def _openvino_parity(model: torch.nn.Module, path: Path) -> list[Any]:
             expected, actual = model(blob), compiled(blob)
         same = actual.shape == expected.shape
         largest = float(expected.abs().max())
-        results.append(ParityResult(
-            shape=tuple(shape), output_shape=tuple(actual.shape),
-            max_abs_diff=float((actual - expected).abs().max()) if same else float("inf"), max_abs_logit=largest,
-            allowed_diff=tolerance.rtol * largest + tolerance.atol,
-            mask_agreement=pixel_agreement(actual.argmax(1).numpy(), expected.argmax(1).numpy()) if same else 0.0,
-            min_mask_agreement=tolerance.min_mask_agreement, output=OUTPUT_NAME))
+        results.append(
+            ParityResult(
+                shape=tuple(shape),
+                output_shape=tuple(actual.shape),
+                max_abs_diff=float((actual - expected).abs().max()) if same else float("inf"),
+                max_abs_logit=largest,
+                allowed_diff=tolerance.rtol * largest + tolerance.atol,
+                mask_agreement=pixel_agreement(actual.argmax(1).numpy(), expected.argmax(1).numpy()) if same else 0.0,
+                min_mask_agreement=tolerance.min_mask_agreement,
+                output=OUTPUT_NAME,
+            )
+        )
     return results
 
 
@@ -192,8 +207,13 @@ def compiled_file(checkpoint: str | Path) -> Path:
     if entry_path.exists() or onnx_path.exists():
         _note(f"the compiled file of {checkpoint} in {cache_folder()} is damaged or incomplete; making it again")
     _note(f"compiling {checkpoint} for {COMPILED_RUNTIME} (once; cached in {cache_folder()})")
-    record: dict[str, Any] = {"format": ENTRY_FORMAT, "fingerprint": key, "checkpoint": str(checkpoint.resolve()),
-                              "settings": export_settings(), "versions": _versions()}
+    record: dict[str, Any] = {
+        "format": ENTRY_FORMAT,
+        "fingerprint": key,
+        "checkpoint": str(checkpoint.resolve()),
+        "settings": export_settings(),
+        "versions": _versions(),
+    }
     try:
         with atomic_path(onnx_path) as tmp:
             record["exporter"] = _export(checkpoint, tmp)
@@ -205,8 +225,9 @@ def compiled_file(checkpoint: str | Path) -> Path:
     return onnx_path
 
 
-def load_compiled_checkpoint(source: str | Path, *, dtype: str = "float32", device: Any = None,
-                             fast_paths: bool = True) -> Checkpoint | None:
+def load_compiled_checkpoint(
+    source: str | Path, *, dtype: str = "float32", device: Any = None, fast_paths: bool = True
+) -> Checkpoint | None:
     """The checkpoint ``source`` with its model compiled (:class:`OnnxModel` in OpenVINO fp32), or None: run torch.
 
     Classes, palette, recipe and ``extra`` come from the checkpoint's description, as
@@ -229,8 +250,11 @@ def load_compiled_checkpoint(source: str | Path, *, dtype: str = "float32", devi
         from ..models import create_model
 
         model.exact_tiling = bool(getattr(create_model(config.pop("name"), **config), "exact_tiling", True))
-    return Checkpoint(model=model, classes=list(description["classes"]),
-                      palette=[tuple(colour) for colour in description["palette"]],
-                      ignore_index=int(description.get("ignore_index", 255)),
-                      recipe=dict(description.get("recipe", {})),
-                      extra={**description.get("extra", {}), "onnx": str(onnx_path), "runtime": COMPILED_RUNTIME})
+    return Checkpoint(
+        model=model,
+        classes=list(description["classes"]),
+        palette=[tuple(colour) for colour in description["palette"]],
+        ignore_index=int(description.get("ignore_index", 255)),
+        recipe=dict(description.get("recipe", {})),
+        extra={**description.get("extra", {}), "onnx": str(onnx_path), "runtime": COMPILED_RUNTIME},
+    )

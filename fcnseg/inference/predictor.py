@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -124,12 +124,18 @@ class Predictor:
         else:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
         self.memory_budget_bytes, self.margin = memory_budget_bytes, margin
-        self.tiling = None if tile is None else (tile if isinstance(tile, Tiling) else Tiling(int(tile), margin)).for_model(self.model)
+        self.tiling = (
+            None
+            if tile is None
+            else (tile if isinstance(tile, Tiling) else Tiling(int(tile), margin)).for_model(self.model)
+        )
         if self.tiling is not None:
             self._refuse_inexact_tiling("tiling was asked for")
         if memory_budget_bytes is not None:  # a budget too small for one tile is an error now, not per image
             tiling_for_budget(self.model, memory_budget_bytes, margin)
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.model, dynamic=False) if compile else self.model
+        )
         self.num_classes = int(self.model.num_classes)
         self.in_channels = int(getattr(self.model, "in_channels", 3))  # 6 for colour + HHA
         self.mask_dtype = torch.uint8 if self.num_classes <= 256 else torch.int64
@@ -180,8 +186,10 @@ class Predictor:
     def _refuse_inexact_tiling(self, why: str) -> None:
         if not getattr(self.model, "exact_tiling", True):
             name = getattr(self.model, "config", {}).get("name", type(self.model).__name__)
-            raise ValueError(f"{why}, but {name} has a layer that sees the whole image (squeeze-and-excitation): tiles "
-                             "would change its logits; give a larger memory budget, or a smaller image")
+            raise ValueError(
+                f"{why}, but {name} has a layer that sees the whole image (squeeze-and-excitation): tiles "
+                "would change its logits; give a larger memory budget, or a smaller image"
+            )
 
     @property
     def augments(self) -> bool:
@@ -194,9 +202,16 @@ class Predictor:
         total, passes = None, 0
         for scale in self.tta_scales:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = image if size == (height, width) else F.interpolate(
-                image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)[0].round().clamp(
-                0, 255).to(torch.uint8)
+            scaled = (
+                image
+                if size == (height, width)
+                else F.interpolate(
+                    image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1
+                )[0]
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
             for flip in (False, True) if self.tta_flip else (False,):
                 logits = torch.empty((self.num_classes, *size), dtype=torch.float32, device=self.device)
                 for tile, core in self._per_tile(scaled.flip(-1) if flip else scaled, progress, augment=False):
@@ -209,9 +224,13 @@ class Predictor:
                 passes += 1
         return total / passes
 
-    def _per_tile(self, image: torch.Tensor, progress: Callable | None,
-                  run: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  augment: bool = True) -> Iterator[tuple[Tile, torch.Tensor]]:
+    def _per_tile(
+        self,
+        image: torch.Tensor,
+        progress: Callable | None,
+        run: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        augment: bool = True,
+    ) -> Iterator[tuple[Tile, torch.Tensor]]:
         """``(tile, run(window) cut to the core)`` per tile; ``run`` defaults to the logits (C, h, w).
 
         With test-time augmentation (and the default ``run``), one tile: the whole image's averaged logits.
@@ -230,6 +249,7 @@ class Predictor:
 
     def _mc_dropout_run(self, samples: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """A tile function: the mean of ``samples`` softmaxes stacked with the mean of their entropies, (C + 1, h, w)."""
+
         def run(window: torch.Tensor) -> torch.Tensor:
             total = sample_entropy = None
             for _ in range(samples):
@@ -238,10 +258,12 @@ class Predictor:
                 total = probabilities if total is None else total.add_(probabilities)
                 sample_entropy = entropy if sample_entropy is None else sample_entropy.add_(entropy)
             return torch.cat([total, sample_entropy[None]]) / samples
+
         return run
 
-    def _probability_tiles(self, image: torch.Tensor, progress: Callable | None, mc_samples: int
-                           ) -> Iterator[tuple[Tile, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    def _probability_tiles(
+        self, image: torch.Tensor, progress: Callable | None, mc_samples: int
+    ) -> Iterator[tuple[Tile, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
         """Per tile core: (tile, probabilities (C, h, w), mean entropy of the MC samples or None, arg-max (h, w))."""
         if not mc_samples:
             for tile, logits in self._per_tile(image, progress):
@@ -260,7 +282,9 @@ class Predictor:
                 logits[:, top:bottom, left:right] = core.float().cpu()
         return logits
 
-    def mask(self, image: torch.Tensor, progress: Callable[[Iterator[Tile]], Iterator[Tile]] | None = None) -> torch.Tensor:
+    def mask(
+        self, image: torch.Tensor, progress: Callable[[Iterator[Tile]], Iterator[Tile]] | None = None
+    ) -> torch.Tensor:
         """Class ids (H, W) on the CPU (uint8 up to 256 classes) for a uint8 RGB image (3, H, W).
 
         Only one tile's logits exist at a time (the arg-max is taken on the device).
@@ -281,8 +305,15 @@ class Predictor:
         """
         return self.confidence(image, mc_samples=mc_samples, seed=seed, keep_probabilities=True).probabilities
 
-    def confidence(self, image: torch.Tensor, progress: Callable[[Iterator[Tile]], Iterator[Tile]] | None = None, *,
-                   mc_samples: int = 0, seed: int = 0, keep_probabilities: bool = False) -> Confidence:
+    def confidence(
+        self,
+        image: torch.Tensor,
+        progress: Callable[[Iterator[Tile]], Iterator[Tile]] | None = None,
+        *,
+        mc_samples: int = 0,
+        seed: int = 0,
+        keep_probabilities: bool = False,
+    ) -> Confidence:
         """Class ids with top-1 probability and entropy maps (and mutual information under MC-dropout).
 
         Computed tile by tile: only one tile's logits exist at a time, unless ``keep_probabilities``
@@ -322,8 +353,9 @@ class Predictor:
             return self._logits(images).argmax(1)
 
 
-def load_predictor(checkpoint: str | os.PathLike[str], runtime: str | None = None,
-                   **options) -> tuple[Predictor, "Checkpoint"]:  # noqa: F821
+def load_predictor(
+    checkpoint: str | os.PathLike[str], runtime: str | None = None, **options
+) -> tuple[Predictor, Checkpoint]:  # noqa: F821
     """A :class:`Predictor` for a checkpoint file or a registry name (``fcnseg weights list``), and the checkpoint.
 
     ``options`` go to :class:`Predictor` (``device`` defaults to ``auto``). An ``.onnx`` export
@@ -333,6 +365,11 @@ def load_predictor(checkpoint: str | os.PathLike[str], runtime: str | None = Non
     from .runtimes import load_model_file
 
     options.setdefault("device", "auto")
-    loaded, options["dtype"] = load_model_file(checkpoint, runtime, dtype=options.get("dtype", "float32"),
-                                               device=options["device"], fast_paths=options.get("fast_paths") is not False)
+    loaded, options["dtype"] = load_model_file(
+        checkpoint,
+        runtime,
+        dtype=options.get("dtype", "float32"),
+        device=options["device"],
+        fast_paths=options.get("fast_paths") is not False,
+    )
     return Predictor(loaded.model, **options), loaded

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,8 +73,10 @@ def resolve_runtime(path: str | os.PathLike[str], runtime: str | None = None) ->
             raise RuntimeBackendError(f"{path} is an ONNX export: run it with onnxruntime or openvino, not torch")
         return runtime or (installed_runtimes() or ["onnxruntime"])[0]
     if runtime not in (None, "torch"):
-        raise RuntimeBackendError(f"the {runtime} runtime runs an ONNX export and {path} is not an .onnx file; "
-                                  f"export it first: fcnseg export {path} --out model.onnx")
+        raise RuntimeBackendError(
+            f"the {runtime} runtime runs an ONNX export and {path} is not an .onnx file; "
+            f"export it first: fcnseg export {path} --out model.onnx"
+        )
     return "torch"
 
 
@@ -98,7 +101,7 @@ def _onnxruntime_session(path: Path, dtype: str, threads: int) -> Callable[[np.n
     return lambda blob: session.run(None, {name: blob})[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _openvino_core() -> Any:
     """One OpenVINO Core per process, as OpenVINO advises (each holds plugins and their thread pools)."""
     return require("openvino").Core()
@@ -107,8 +110,11 @@ def _openvino_core() -> Any:
 def _openvino_model(path: Path, dtype: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     if dtype not in _OPENVINO_PRECISION:
         raise RuntimeBackendError(f"openvino runs {' or '.join(_OPENVINO_PRECISION)} here, not {dtype}")
-    config = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[dtype], "INFERENCE_NUM_THREADS": threads,
-              "PERFORMANCE_HINT": "LATENCY"}
+    config = {
+        "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[dtype],
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
     # Dynamic H and W: one compiled model for every size. A model reshaped to one size was no faster
     # in benchmarks/runtimes.py, and each compiled size holds its own copy of the weights.
     compiled = _openvino_core().compile_model(str(path), "CPU", config)
@@ -131,8 +137,14 @@ class OnnxModel(torch.nn.Module):
     One call at a time (OpenVINO's single infer request), as ``fcnseg serve`` runs a model.
     """
 
-    def __init__(self, path: str | os.PathLike[str], runtime: str = ONNX_RUNTIMES[0], *,
-                 dtype: str = "float32", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        runtime: str = ONNX_RUNTIMES[0],
+        *,
+        dtype: str = "float32",
+        threads: int | None = None,
+    ) -> None:
         super().__init__()
         from ..export.onnx import ExportError, read_onnx_metadata, tiling_metadata
         from ..models import create_model
@@ -154,7 +166,11 @@ class OnnxModel(torch.nn.Module):
             config = dict(self.config)
             with torch.device("meta"):
                 tiling = tiling_metadata(create_model(config.pop("name"), **config))
-        self.grid, self._margin, self._bytes = int(tiling["grid"]), int(tiling["context_margin"]), tiling["forward_bytes"]
+        self.grid, self._margin, self._bytes = (
+            int(tiling["grid"]),
+            int(tiling["context_margin"]),
+            tiling["forward_bytes"],
+        )
         self._run = _SESSIONS[runtime](self.path, dtype, threads or torch.get_num_threads())
 
     def context_margin(self) -> int:
@@ -166,7 +182,7 @@ class OnnxModel(torch.nn.Module):
         c = self._bytes
         return int(c["hw"] * height * width + c["h"] * height + c["w"] * width + c["one"])
 
-    def set_fast_paths(self, enabled: bool) -> "OnnxModel":
+    def set_fast_paths(self, enabled: bool) -> OnnxModel:
         """Nothing to switch: the runtime optimises the graph its own way."""
         return self
 
@@ -178,8 +194,14 @@ class OnnxModel(torch.nn.Module):
         return f"{self.path.name}, runtime={self.runtime}, dtype={self.dtype}"
 
 
-def load_onnx_checkpoint(path: str | os.PathLike[str], runtime: str | None = None, *, dtype: str = "float32",
-                         device: str | torch.device | None = None, threads: int | None = None) -> Checkpoint:
+def load_onnx_checkpoint(
+    path: str | os.PathLike[str],
+    runtime: str | None = None,
+    *,
+    dtype: str = "float32",
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+) -> Checkpoint:
     """A :class:`~fcnseg.checkpoint.Checkpoint` whose model is an :class:`OnnxModel` (classes, palette from the file).
 
     ``runtime`` None is chosen by :func:`resolve_runtime`. The runtimes run on the CPU: a ``device``
@@ -187,15 +209,27 @@ def load_onnx_checkpoint(path: str | os.PathLike[str], runtime: str | None = Non
     """
     runtime = resolve_runtime(path, runtime)
     if device is not None and str(device) not in ("cpu", "auto"):
-        raise RuntimeBackendError(f"the {runtime} runtime runs on the CPU, not on {device}; "
-                                  "use the torch runtime with a checkpoint for a GPU")
+        raise RuntimeBackendError(
+            f"the {runtime} runtime runs on the CPU, not on {device}; use the torch runtime with a checkpoint for a GPU"
+        )
     model = OnnxModel(path, runtime, dtype=dtype, threads=threads)
-    return Checkpoint(model=model, classes=list(model.metadata["classes"]), palette=list(model.metadata["palette"]),
-                      ignore_index=int(model.metadata["ignore_index"]), extra={"onnx": str(path), "runtime": model.runtime})
+    return Checkpoint(
+        model=model,
+        classes=list(model.metadata["classes"]),
+        palette=list(model.metadata["palette"]),
+        ignore_index=int(model.metadata["ignore_index"]),
+        extra={"onnx": str(path), "runtime": model.runtime},
+    )
 
 
-def load_model_file(source: str | os.PathLike[str], runtime: str | None = None, *, dtype: str = "float32",
-                    device: str | torch.device | None = None, fast_paths: bool = True) -> tuple[Checkpoint, str]:
+def load_model_file(
+    source: str | os.PathLike[str],
+    runtime: str | None = None,
+    *,
+    dtype: str = "float32",
+    device: str | torch.device | None = None,
+    fast_paths: bool = True,
+) -> tuple[Checkpoint, str]:
     """The model behind a checkpoint file, a registry name or an ``.onnx`` export, in the runtime that runs it.
 
     ``runtime`` None is chosen by :func:`resolve_runtime`: ``torch`` loads the checkpoint, an ONNX

@@ -35,8 +35,8 @@ most a handful of distinct window shapes, so that stays bounded too.)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -64,7 +64,7 @@ class Tiling:
         if self.margin is not None and self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
 
-    def for_model(self, model: torch.nn.Module) -> "Tiling":
+    def for_model(self, model: torch.nn.Module) -> Tiling:
         """This tiling with sizes on ``model``'s grid and the margin resolved."""
         grid = model.grid
         margin = model.context_margin() if self.margin is None else self.margin

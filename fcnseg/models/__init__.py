@@ -58,15 +58,19 @@ def _register_torchvision(arch: str, stride: int) -> None:
 
 
 #: The registered heads of each torchvision trunk (any other pair: ``FCN(C, stride, backbone=arch)``).
-TORCHVISION_HEADS = {"resnet18": (32, 16, 8), "resnet34": (8,), "resnet50": (32, 16, 8), "resnet101": (8,),
-                     "mobilenet_v3_large": (32, 16, 8)}
+TORCHVISION_HEADS = {
+    "resnet18": (32, 16, 8),
+    "resnet34": (8,),
+    "resnet50": (32, 16, 8),
+    "resnet101": (8,),
+    "mobilenet_v3_large": (32, 16, 8),
+}
 for _arch, _strides in TORCHVISION_HEADS.items():
     for _stride in _strides:
         _register_torchvision(_arch, _stride)
 
 
 from . import siftflow  # noqa: E402  (registers siftflow_fcn32s/16s/8s; imports the registry above)
-
 
 __all__ = [
     "ARCHITECTURES",

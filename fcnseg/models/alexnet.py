@@ -32,8 +32,13 @@ from .geometry import compose, conv_map, receptive_field
 from .kernels import conv_as_matmul
 
 #: The five convolutions: (name, output channels, kernel, stride, padding, groups).
-CONVS = (("conv1", 96, 11, 4, 100, 1), ("conv2", 256, 5, 1, 2, 2), ("conv3", 384, 3, 1, 1, 1),
-         ("conv4", 384, 3, 1, 1, 2), ("conv5", 256, 3, 1, 1, 2))
+CONVS = (
+    ("conv1", 96, 11, 4, 100, 1),
+    ("conv2", 256, 5, 1, 2, 2),
+    ("conv3", 384, 3, 1, 1, 1),
+    ("conv4", 384, 3, 1, 1, 2),
+    ("conv5", 256, 3, 1, 1, 2),
+)
 #: The order of the trunk up to pool5 ("pool": 3x3/2 ceil-mode max-pool; "norm": LRN).
 STEPS = ("conv1", "pool", "norm", "conv2", "pool", "norm", "conv3", "conv4", "conv5", "pool")
 FC_CHANNELS, FC6_KERNEL = 4096, 6

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +33,12 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 }
 #: Reference layer names of each skip, from the coarsest inwards:
 #: (backbone stride, score layer, fixed at-once scale, upsampling that precedes the fusion).
-SKIPS = ((16, "score_pool4", "scale_pool4", "upscore2"), (8, "score_pool3", "scale_pool3", "upscore_pool4"),
-         (4, "score_pool2", "scale_pool2", "upscore_pool3"), (2, "score_pool1", "scale_pool1", "upscore_pool2"))
+SKIPS = (
+    (16, "score_pool4", "scale_pool4", "upscore2"),
+    (8, "score_pool3", "scale_pool3", "upscore_pool4"),
+    (4, "score_pool2", "scale_pool2", "upscore_pool3"),
+    (2, "score_pool1", "scale_pool1", "upscore_pool2"),
+)
 #: Name of the final upsampling layer for each output stride (4 and 2: the skip architecture carried on, FCN-4s/2s).
 FINAL_UPSAMPLING = {32: "upscore", 16: "upscore16", 8: "upscore8", 4: "upscore4", 2: "upscore2s"}
 #: Fixed skip scales of the at-once model (reference ``scale_pool4``/``scale_pool3``).
@@ -120,12 +125,14 @@ class FCN(nn.Module):
         channels, maps = backbone.channels, backbone.coord_maps
         coarsest = max(channels)
         if stride not in channels:
-            raise ValueError(f"stride {stride} needs the backbone's stride-{stride} features; "
-                             f"it has strides {sorted(channels)}")
+            raise ValueError(
+                f"stride {stride} needs the backbone's stride-{stride} features; it has strides {sorted(channels)}"
+            )
 
         # The crops depend on the geometry only, so every head shares them.
         self.skip_names: list[tuple[int, str, str, str]] = [
-            s for s in SKIPS if stride <= s[0] < coarsest and s[0] in channels]
+            s for s in SKIPS if stride <= s[0] < coarsest and s[0] in channels
+        ]
         self.skip_offsets: list[int] = []
         score_map, score_stride, factors = maps[coarsest], coarsest, []  # factors: of each skip's upsampling
         for skip_stride, _, scale_name, _ in self.skip_names:
@@ -150,10 +157,14 @@ class FCN(nn.Module):
                 nn.init.zeros_(getattr(self, layer + suffix).bias)
         default_name = f"fcn{stride}s" + ("_atonce" if atonce else "")
         default_name += "" if backbone_name == "vgg16" else f"_{backbone_name}"
-        self.config: dict[str, Any] = {"name": name or default_name,
-                                       "num_classes": num_classes, "width": width,
-                                       "learnable_upsampling": learnable_upsampling, "dropout": dropout,
-                                       **backbone.options}
+        self.config: dict[str, Any] = {
+            "name": name or default_name,
+            "num_classes": num_classes,
+            "width": width,
+            "learnable_upsampling": learnable_upsampling,
+            "dropout": dropout,
+            **backbone.options,
+        }
         if self.heads is not None:
             self.config["heads"] = [list(head) for head in self.heads]
         self.set_fast_paths(fast_paths)
@@ -174,7 +185,7 @@ class FCN(nn.Module):
     def fast_paths(self) -> bool:
         return self.backbone.fast_paths
 
-    def set_fast_paths(self, enabled: bool) -> "FCN":
+    def set_fast_paths(self, enabled: bool) -> FCN:
         """Switch the exact fast paths of every layer on or off (see the ``fast_paths`` argument)."""
         self.backbone.set_fast_paths(enabled)
         for module in self.modules():
@@ -210,7 +221,9 @@ class FCN(nn.Module):
         """Every layer with weights, under its reference Caffe name."""
         layers = self.backbone.reference_layers()
         names = ["score_fr"] + [n for s in self.skip_names for n in (s[1], s[3])] + [self.final_name]
-        layers.update({name + suffix: getattr(self, name + suffix) for suffix, _ in self.head_layers() for name in names})
+        layers.update(
+            {name + suffix: getattr(self, name + suffix) for suffix, _ in self.head_layers() for name in names}
+        )
         return layers
 
     def crop_offsets(self) -> dict[str, int]:
@@ -245,5 +258,7 @@ def _checked_heads(heads: Sequence[tuple[str, int]], num_classes: int) -> tuple[
     if not checked or any(not name.isidentifier() for name in names) or len(set(names)) != len(names):
         raise ValueError(f"heads must be (name, classes) pairs with distinct identifier names, got {heads!r}")
     if any(classes < 1 for _, classes in checked) or sum(c for _, c in checked) != num_classes:
-        raise ValueError(f"the heads' classes {[c for _, c in checked]} must be >= 1 and sum to num_classes={num_classes}")
+        raise ValueError(
+            f"the heads' classes {[c for _, c in checked]} must be >= 1 and sum to num_classes={num_classes}"
+        )
     return checked

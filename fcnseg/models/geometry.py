@@ -11,9 +11,9 @@ instead of typing the numbers in.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class CoordMap:
     scale: Fraction = Fraction(1)
     shift: Fraction = Fraction(0)
 
-    def then(self, layer: "CoordMap") -> "CoordMap":
+    def then(self, layer: CoordMap) -> CoordMap:
         """Map of this path followed by ``layer`` (``layer``'s input is our output)."""
         return CoordMap(self.scale * layer.scale, self.scale * layer.shift + self.shift)
 

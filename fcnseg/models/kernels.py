@@ -17,7 +17,11 @@ def _weight_matrix(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
     (C, kh, kw) order would copy the 411 MB fc6 weight on every call.
     """
     out_channels = weight.shape[0]
-    if weight.shape[-2:] != (1, 1) and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+    if (
+        weight.shape[-2:] != (1, 1)
+        and not weight.is_contiguous()
+        and weight.is_contiguous(memory_format=torch.channels_last)
+    ):
         return weight.permute(0, 2, 3, 1).reshape(out_channels, -1), True
     return weight.reshape(out_channels, -1), False
 

@@ -66,8 +66,14 @@ class LateFusionFCN(nn.Module):
 
     in_channels = 6
 
-    def __init__(self, num_classes: int, width: float = 1.0, learnable_upsampling: bool = False,
-                 dropout: float = 0.5, fast_paths: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        width: float = 1.0,
+        learnable_upsampling: bool = False,
+        dropout: float = 0.5,
+        fast_paths: bool = True,
+    ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
@@ -81,8 +87,13 @@ class LateFusionFCN(nn.Module):
         self.preprocessing: Preprocessing = TORCHVISION
         self.hha_preprocessing = HHA_CAFFE
         self.caffe_preprocessing = NYUD_CAFFE
-        self.config: dict[str, Any] = {"name": "nyud_fcn32s_color_hha", "num_classes": num_classes, "width": width,
-                                       "learnable_upsampling": learnable_upsampling, "dropout": dropout}
+        self.config: dict[str, Any] = {
+            "name": "nyud_fcn32s_color_hha",
+            "num_classes": num_classes,
+            "width": width,
+            "learnable_upsampling": learnable_upsampling,
+            "dropout": dropout,
+        }
         self.set_fast_paths(fast_paths)
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -93,7 +104,7 @@ class LateFusionFCN(nn.Module):
     def fast_paths(self) -> bool:
         return self.color.backbone.fast_paths
 
-    def set_fast_paths(self, enabled: bool) -> "LateFusionFCN":
+    def set_fast_paths(self, enabled: bool) -> LateFusionFCN:
         """Switch the exact fast paths of both trunks and the upsampling on or off."""
         for stream in (self.color, self.hha):
             stream.backbone.set_fast_paths(enabled)
@@ -115,8 +126,11 @@ class LateFusionFCN(nn.Module):
 
     def reference_layers(self) -> dict[str, nn.Module]:
         """Every layer with weights under its reference name (``conv1_1color``, ``score_frhha``, ``upscore``)."""
-        layers = {name + stream: layer for stream in STREAMS
-                  for name, layer in getattr(self, stream).reference_layers().items()}
+        layers = {
+            name + stream: layer
+            for stream in STREAMS
+            for name, layer in getattr(self, stream).reference_layers().items()
+        }
         return {**layers, "upscore": self.upscore}
 
     def crop_offsets(self) -> dict[str, int]:
@@ -138,7 +152,8 @@ def preprocess_color_hha(images: torch.Tensor, model: nn.Module) -> torch.Tensor
     return torch.cat([color, preprocess(images[..., 3:, :, :], model.hha_preprocessing)], dim=-3)
 
 
-@register_model("nyud_fcn32s_color_hha", "NYUDv2 late fusion: colour and HHA FCN-32s streams, scores averaged "
-                "(6-channel input)")
+@register_model(
+    "nyud_fcn32s_color_hha", "NYUDv2 late fusion: colour and HHA FCN-32s streams, scores averaged (6-channel input)"
+)
 def nyud_fcn32s_color_hha(*, num_classes: int, width: float = 1.0, **options: Any) -> LateFusionFCN:
     return LateFusionFCN(num_classes, width=width, **options)

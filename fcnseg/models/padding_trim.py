@@ -16,8 +16,8 @@ outputs and the same gradients, up to fp32 summation order.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -39,7 +40,9 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
 
 
-def create_model(name: str, *, num_classes: int, width: float = 1.0, fast_paths: bool = True, **options: Any) -> nn.Module:
+def create_model(
+    name: str, *, num_classes: int, width: float = 1.0, fast_paths: bool = True, **options: Any
+) -> nn.Module:
     """Build a registered model.
 
     Args:

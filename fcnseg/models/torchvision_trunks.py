@@ -44,7 +44,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.models.mobilenetv3 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import SqueezeExcitation
 
@@ -94,16 +93,22 @@ def _torchvision_trunk(arch: str, width: float, output_stride: int) -> tuple[nn.
     """torchvision's ``arch`` (random weights) as a Sequential of stages without the classifier."""
     if arch == "mobilenet_v3_large":
         if output_stride not in (32, 16):
-            raise ValueError(f"mobilenet_v3_large: output_stride must be 32 or 16 (torchvision dilates the last "
-                             f"stage only), got {output_stride}")
+            raise ValueError(
+                f"mobilenet_v3_large: output_stride must be 32 or 16 (torchvision dilates the last "
+                f"stage only), got {output_stride}"
+            )
         model = torchvision.models.mobilenet_v3_large(weights=None, width_mult=width, dilated=output_stride == 16)
         return model.features, list(model.features)
     if width != 1.0:
-        raise ValueError(f"{arch}: width must be 1.0 (a ResNet's channels are fixed by its ImageNet architecture; "
-                         f"width scales the VGG16, AlexNet and MobileNetV3 backbones), got {width}")
+        raise ValueError(
+            f"{arch}: width must be 1.0 (a ResNet's channels are fixed by its ImageNet architecture; "
+            f"width scales the VGG16, AlexNet and MobileNetV3 backbones), got {width}"
+        )
     if output_stride != 32 and arch in ("resnet18", "resnet34"):
-        raise ValueError(f"{arch}: output_stride {output_stride} needs dilated blocks, which torchvision's "
-                         "BasicBlock (resnet18/34) does not have; use resnet50 or resnet101")
+        raise ValueError(
+            f"{arch}: output_stride {output_stride} needs dilated blocks, which torchvision's "
+            "BasicBlock (resnet18/34) does not have; use resnet50 or resnet101"
+        )
     dilation = {32: None, 16: [False, False, True], 8: [False, True, True]}
     if output_stride not in dilation:
         raise ValueError(f"{arch}: output_stride must be 32, 16 or 8, got {output_stride}")
@@ -124,8 +129,9 @@ class TorchvisionBackbone(Backbone):
         frozen_bn: keep BatchNorm in eval mode while training.
     """
 
-    def __init__(self, arch: str, width: float = 1.0, dropout: float = 0.0, output_stride: int = 32,
-                 frozen_bn: bool = False) -> None:
+    def __init__(
+        self, arch: str, width: float = 1.0, dropout: float = 0.0, output_stride: int = 32, frozen_bn: bool = False
+    ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown torchvision trunk {arch!r}; available: {', '.join(ARCHITECTURES)}")
@@ -168,7 +174,7 @@ class TorchvisionBackbone(Backbone):
         """Bilinear between cells on integer coordinates: kernel ``2f - 1``, padding ``f - 1``."""
         return 2 * factor - 1, factor - 1
 
-    def train(self, mode: bool = True) -> "TorchvisionBackbone":
+    def train(self, mode: bool = True) -> TorchvisionBackbone:
         super().train(mode)
         if self.frozen_bn:  # statistics stay those loaded (e.g. ImageNet's); batch-1 batches cannot estimate them
             for module in self.modules():

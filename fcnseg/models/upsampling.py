@@ -51,10 +51,12 @@ class BilinearUpsampling(nn.ConvTranspose2d):
     tensors where oneDNN's depthwise kernel is fastest. Same arithmetic, C times less work.
     """
 
-    def __init__(self, channels: int, stride: int, learnable: bool = False, kernel_size: int | None = None,
-                 padding: int = 0) -> None:
-        super().__init__(channels, channels, kernel_size=kernel_size or 2 * stride, stride=stride, padding=padding,
-                         bias=False)
+    def __init__(
+        self, channels: int, stride: int, learnable: bool = False, kernel_size: int | None = None, padding: int = 0
+    ) -> None:
+        super().__init__(
+            channels, channels, kernel_size=kernel_size or 2 * stride, stride=stride, padding=padding, bias=False
+        )
         self.reset_parameters()
         self.weight.requires_grad_(learnable)
         self.fast_paths = False

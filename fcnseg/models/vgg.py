@@ -84,7 +84,9 @@ class VGG16Backbone(Backbone):
         self.drop7 = nn.Dropout(dropout)
         layer_maps += [conv_map(7), conv_map(1)]
         self.coord_maps[32] = compose(layer_maps)
-        self.channels = {2**stage: scaled(VGG16_STAGES[stage - 1][-1], width) for stage in range(1, 5)} | {32: fc_channels}
+        self.channels = {2**stage: scaled(VGG16_STAGES[stage - 1][-1], width) for stage in range(1, 5)} | {
+            32: fc_channels
+        }
         #: The finest stride a head fuses (set by the head): the padding trim re-inserts its band after pool3, so
         #: it applies only when no finer features are used (FCN-32s ... FCN-8s).
         self.finest_stride = 8

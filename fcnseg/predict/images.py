@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ from ..data.errors import ImageTooLargeError
 from ..data.readers import IMAGE_SUFFIXES
 from ..files import atomic_path
 from ..inference.predictor import Predictor, check_image
-
 
 #: Rows blended at a time by :func:`overlay_image` (bounds its float working memory).
 OVERLAY_BAND_ROWS = 256
@@ -173,7 +172,9 @@ def overlay_image(
     return Image.fromarray(out)
 
 
-def with_legend(picture: Image.Image, mask: torch.Tensor, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> Image.Image:
+def with_legend(
+    picture: Image.Image, mask: torch.Tensor, classes: Sequence[str], palette: Sequence[Sequence[int]]
+) -> Image.Image:
     """``picture`` with a band below naming the colour of every class present in ``mask``."""
     from PIL import ImageDraw
 

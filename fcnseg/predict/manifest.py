@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 MANIFEST_FOLDER = ".fcnseg-predict"
 
@@ -76,8 +77,9 @@ class Manifest:
 
     def is_done(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` was predicted under these settings, is unchanged, and its outputs are intact."""
-        records = [record for record in self.records.get(os.path.abspath(path), ())
-                   if record.get("settings") == self.settings]
+        records = [
+            record for record in self.records.get(os.path.abspath(path), ()) if record.get("settings") == self.settings
+        ]
         try:
             size, mtime = input_state(path) if records else (None, None)
             digest = None  # the input is read only when a record of its size asks for its hash

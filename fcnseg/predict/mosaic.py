@@ -20,8 +20,8 @@ import contextlib
 import importlib.util
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,9 +66,14 @@ def reads_by_windows(path: str | os.PathLike[str], max_pixels: int | None) -> bo
         return False
 
 
-def predict_mosaic(predictor: Predictor, path: str | os.PathLike[str], out: str | os.PathLike[str],
-                   palette: Sequence[Sequence[int]], overlay_alpha: float | None = None,
-                   progress: Callable | None = None) -> list[Path]:
+def predict_mosaic(
+    predictor: Predictor,
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    palette: Sequence[Sequence[int]],
+    overlay_alpha: float | None = None,
+    progress: Callable | None = None,
+) -> list[Path]:
     """Write ``<out>/<stem>.tif`` (and ``<stem>_overlay.tif`` with ``overlay_alpha``) window by window.
 
     ``predictor`` needs a memory budget (it sizes the tiles); ``progress`` wraps the tile iterator.
@@ -81,26 +86,55 @@ def predict_mosaic(predictor: Predictor, path: str | os.PathLike[str], out: str 
 
     path, stem = Path(path), Path(out) / Path(path).stem
     if not getattr(predictor.model, "exact_tiling", True):
-        raise MosaicError(f"image {path} is predicted by windows, but this model has a layer that sees the whole image "
-                          "(squeeze-and-excitation): windows would change its logits")
+        raise MosaicError(
+            f"image {path} is predicted by windows, but this model has a layer that sees the whole image "
+            "(squeeze-and-excitation): windows would change its logits"
+        )
     whole = Predictor(predictor.model, dtype=predictor.amp_dtype)  # runs each window as one pass
-    targets = [stem.with_name(stem.name + ".tif")] + ([stem.with_name(stem.name + "_overlay.tif")] if overlay_alpha is not None else [])
+    targets = [stem.with_name(stem.name + ".tif")] + (
+        [stem.with_name(stem.name + "_overlay.tif")] if overlay_alpha is not None else []
+    )
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), _open(path) as source, contextlib.ExitStack() as stack:
             if source.dtypes[0] != "uint8" or source.count not in (1, 3, 4):
-                raise MosaicError(f"image {path} has {source.count} band(s) of {source.dtypes[0]}; expected 1, 3 or 4 "
-                                  "bands of uint8 (rescale it first, e.g. gdal_translate -ot Byte -scale)")
+                raise MosaicError(
+                    f"image {path} has {source.count} band(s) of {source.dtypes[0]}; expected 1, 3 or 4 "
+                    "bands of uint8 (rescale it first, e.g. gdal_translate -ot Byte -scale)"
+                )
             height, width = source.height, source.width
             tiling = predictor.tiling_for(height, width) or tiling_for_budget(
-                predictor.model, predictor.memory_budget_bytes, predictor.margin)
+                predictor.model, predictor.memory_budget_bytes, predictor.margin
+            )
             block = next(size for size in (512, 256, 128, 64, 32, 16) if tiling.tile_size % size == 0)
-            profile = dict(driver="GTiff", width=width, height=height, crs=source.crs, transform=source.transform,
-                           tiled=True, blockxsize=block, blockysize=block, compress="deflate", BIGTIFF="IF_SAFER")
-            mask_file = stack.enter_context(rasterio.open(stack.enter_context(atomic_path(targets[0])), "w", count=1,
-                                                          dtype="uint8" if predictor.num_classes <= 256 else "uint16", **profile))
+            profile = dict(
+                driver="GTiff",
+                width=width,
+                height=height,
+                crs=source.crs,
+                transform=source.transform,
+                tiled=True,
+                blockxsize=block,
+                blockysize=block,
+                compress="deflate",
+                BIGTIFF="IF_SAFER",
+            )
+            mask_file = stack.enter_context(
+                rasterio.open(
+                    stack.enter_context(atomic_path(targets[0])),
+                    "w",
+                    count=1,
+                    dtype="uint8" if predictor.num_classes <= 256 else "uint16",
+                    **profile,
+                )
+            )
             mask_file.write_colormap(1, {i: (*map(int, colour), 255) for i, colour in enumerate(palette)})
-            overlay_file = None if overlay_alpha is None else stack.enter_context(
-                rasterio.open(stack.enter_context(atomic_path(targets[1])), "w", count=3, dtype="uint8", **profile))
+            overlay_file = (
+                None
+                if overlay_alpha is None
+                else stack.enter_context(
+                    rasterio.open(stack.enter_context(atomic_path(targets[1])), "w", count=3, dtype="uint8", **profile)
+                )
+            )
             bands = [1, 2, 3] if source.count >= 3 else [1, 1, 1]
             tiles = plan_tiles(height, width, tiling)
             for tile in progress(iter(tiles)) if progress else tiles:

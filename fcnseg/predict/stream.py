@@ -23,9 +23,10 @@ import functools
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -34,14 +35,16 @@ from ..files import sweep_temporary_files
 from ..inference.confidence import normalised_entropy, save_float16_npy, save_unit_map_view, save_unit_png16
 from ..inference.predictor import Predictor
 from ..progress import Progress
-from .mosaic import WINDOWED_SUFFIXES, MosaicError, predict_mosaic, reads_by_windows
 from .images import ImageError, ImageTooLarge, load_image, overlay_image, save_image, save_mask_png, with_legend
 from .manifest import Manifest, input_state
+from .mosaic import WINDOWED_SUFFIXES, MosaicError, predict_mosaic, reads_by_windows
 from .video import VideoError, is_video, predict_video
 
-TOO_LARGE_HINT = ("raise --memory-budget-mb (the decoded image takes 12 bytes per pixel; --tile-size bounds only the "
-                  "forward pass), or convert it to a tiled GeoTIFF (gdal_translate -co TILED=YES) and install the geo "
-                  "extra (pip install 'fcnseg[geo]') to predict it by windows")
+TOO_LARGE_HINT = (
+    "raise --memory-budget-mb (the decoded image takes 12 bytes per pixel; --tile-size bounds only the "
+    "forward pass), or convert it to a tiled GeoTIFF (gdal_translate -co TILED=YES) and install the geo "
+    "extra (pip install 'fcnseg[geo]') to predict it by windows"
+)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,9 @@ class Writer:
         self.manifest, self.summary, self.report = manifest, summary, report
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._drain, name="fcnseg-predict-writer", daemon=True) if background else None
+        self.thread = (
+            threading.Thread(target=self._drain, name="fcnseg-predict-writer", daemon=True) if background else None
+        )
         if self.thread:
             self.thread.start()
 
@@ -193,8 +198,17 @@ class Writer:
             self.summary.predicted += 1
 
 
-def predict_files(predictor: Predictor, classes: Sequence[str], palette: Sequence[Sequence[int]], paths: Sequence[Path],
-                  out: Path, options: PredictOptions, settings: str, rank: int = 0, world_size: int = 1) -> Summary:
+def predict_files(
+    predictor: Predictor,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    paths: Sequence[Path],
+    out: Path,
+    options: PredictOptions,
+    settings: str,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Summary:
     """Predict this process's share of ``paths`` into ``out``, skipping what the manifest says is done.
 
     ``settings`` is the fingerprint of everything that shapes the outputs
@@ -219,8 +233,17 @@ def predict_files(predictor: Predictor, classes: Sequence[str], palette: Sequenc
 class _Run:
     """One process's loop over its inputs: loader -> (batches, single images, mosaics) -> writer."""
 
-    def __init__(self, predictor: Predictor, classes: Sequence[str], palette: Sequence[Sequence[int]], out: Path,
-                 options: PredictOptions, manifest: Manifest, summary: Summary, show: bool) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        out: Path,
+        options: PredictOptions,
+        manifest: Manifest,
+        summary: Summary,
+        show: bool,
+    ) -> None:
         self.predictor, self.classes, self.palette, self.out, self.options = predictor, classes, palette, out, options
         self.manifest, self.summary, self.show = manifest, summary, show
         self.batch_limits: dict[tuple[int, int], int] = {}
@@ -264,7 +287,11 @@ class _Run:
             self.progress.close()
 
     def _alone(self, image: torch.Tensor) -> bool:
-        return self.options.per_image_maps or self.predictor.augments or self.predictor.tiling_for(*image.shape[-2:]) is not None
+        return (
+            self.options.per_image_maps
+            or self.predictor.augments
+            or self.predictor.tiling_for(*image.shape[-2:]) is not None
+        )
 
     def _batch_limit(self, image: torch.Tensor) -> int:
         """``batch_size`` (1 with ``no_stream``), or fewer if the memory budget cannot hold the batch's forward pass."""
@@ -274,7 +301,9 @@ class _Run:
         if size not in self.batch_limits:
             budget = self.predictor.memory_budget_bytes
             each = self.predictor.model.estimate_forward_bytes(*size)
-            self.batch_limits[size] = max(1, min(self.options.batch_size, budget // each if budget else self.options.batch_size))
+            self.batch_limits[size] = max(
+                1, min(self.options.batch_size, budget // each if budget else self.options.batch_size)
+            )
         return self.batch_limits[size]
 
     def _flush(self) -> None:
@@ -284,15 +313,25 @@ class _Run:
             return
         masks = self.predictor.masks(torch.stack([item.image for item in batch])).to("cpu", self.predictor.mask_dtype)
         paths = [self.todo[item.index] for item in batch]
-        self.writer.put([Finished(path, item.state, self._saves(path.stem, item.image, mask))
-                         for path, item, mask in zip(paths, batch, masks)])
+        self.writer.put(
+            [
+                Finished(path, item.state, self._saves(path.stem, item.image, mask))
+                for path, item, mask in zip(paths, batch, masks)
+            ]
+        )
         self.progress.update(len(batch))
 
     def _saves(self, stem: str, image: torch.Tensor, mask: torch.Tensor) -> list[tuple[Path, Callable[[Path], object]]]:
-        saves: list[tuple[Path, Callable[[Path], object]]] = [(self.out / f"{stem}.png", functools.partial(save_mask_png, mask, self.palette))]
+        saves: list[tuple[Path, Callable[[Path], object]]] = [
+            (self.out / f"{stem}.png", functools.partial(save_mask_png, mask, self.palette))
+        ]
         if self.options.overlay:
-            saves.append((self.out / f"{stem}_overlay.{self.options.overlay_format}",
-                          functools.partial(_save_overlay, image, mask, self.classes, self.palette, self.options.alpha)))
+            saves.append(
+                (
+                    self.out / f"{stem}_overlay.{self.options.overlay_format}",
+                    functools.partial(_save_overlay, image, mask, self.classes, self.palette, self.options.alpha),
+                )
+            )
         return saves
 
     def _single(self, path: Path, item: Loaded) -> None:
@@ -301,32 +340,55 @@ class _Run:
         if not options.per_image_maps:
             mask = self.predictor.mask(item.image, tiles)
             return self.writer.put([Finished(path, item.state, self._saves(path.stem, item.image, mask))])
-        result = self.predictor.confidence(item.image, tiles, mc_samples=options.mc_dropout, seed=options.seed,
-                                           keep_probabilities=options.probabilities)
+        result = self.predictor.confidence(
+            item.image,
+            tiles,
+            mc_samples=options.mc_dropout,
+            seed=options.seed,
+            keep_probabilities=options.probabilities,
+        )
         saves = self._saves(path.stem, item.image, result.mask)
         if options.probabilities:
-            saves.append((self.out / f"{path.stem}_probs.npy", functools.partial(save_float16_npy, result.probabilities)))
+            saves.append(
+                (self.out / f"{path.stem}_probs.npy", functools.partial(save_float16_npy, result.probabilities))
+            )
         if options.confidence:
-            maps = {"confidence": result.top1, "entropy": normalised_entropy(result.entropy, self.predictor.num_classes)}
+            maps = {
+                "confidence": result.top1,
+                "entropy": normalised_entropy(result.entropy, self.predictor.num_classes),
+            }
             if result.mutual_information is not None:
                 maps["mutual_info"] = normalised_entropy(result.mutual_information, self.predictor.num_classes)
             save = save_unit_png16 if options.confidence_format == "png" else save_float16_npy
-            saves += [(self.out / f"{path.stem}_{name}.{options.confidence_format}", functools.partial(save, values))
-                      for name, values in maps.items()]
-            saves += [(self.out / f"{path.stem}_{name}_view.png",
-                       functools.partial(save_unit_map_view, values, name.replace("_", " ")))
-                      for name, values in maps.items()]  # the same maps as a person can read them
+            saves += [
+                (self.out / f"{path.stem}_{name}.{options.confidence_format}", functools.partial(save, values))
+                for name, values in maps.items()
+            ]
+            saves += [
+                (
+                    self.out / f"{path.stem}_{name}_view.png",
+                    functools.partial(save_unit_map_view, values, name.replace("_", " ")),
+                )
+                for name, values in maps.items()
+            ]  # the same maps as a person can read them
         self.writer.put([Finished(path, item.state, saves)])
 
     def _mosaic(self, path: Path, item: Loaded) -> None:
         """A raster read and written by windows (:mod:`fcnseg.predict.mosaic`): masks (and overlays) as GeoTIFFs."""
         if self.options.per_image_maps or self.predictor.augments:
-            return self.report(f"{path}: is predicted by windows (a GeoTIFF, or larger than --memory-budget-mb holds), "
-                               "where --confidence, --probabilities, --mc-dropout and --tta-* are not available")
+            return self.report(
+                f"{path}: is predicted by windows (a GeoTIFF, or larger than --memory-budget-mb holds), "
+                "where --confidence, --probabilities, --mc-dropout and --tta-* are not available"
+            )
         try:
-            written = predict_mosaic(self.predictor, path, self.out, self.palette,
-                                     self.options.alpha if self.options.overlay else None,
-                                     self.progress.parts_bar(path.name, "tile"))
+            written = predict_mosaic(
+                self.predictor,
+                path,
+                self.out,
+                self.palette,
+                self.options.alpha if self.options.overlay else None,
+                self.progress.parts_bar(path.name, "tile"),
+            )
         except MosaicError as error:
             return self.report(str(error))
         self.writer.put([Finished(path, item.state, [], written)])
@@ -334,17 +396,32 @@ class _Run:
     def _video(self, path: Path, item: Loaded) -> None:
         """A video, frame by frame (:mod:`fcnseg.predict.video`): a mask per frame (and an overlay video)."""
         if self.options.per_image_maps:
-            return self.report(f"{path}: is a video, where --confidence, --probabilities and --mc-dropout are not available")
+            return self.report(
+                f"{path}: is a video, where --confidence, --probabilities and --mc-dropout are not available"
+            )
         frames = self.progress.parts_bar(path.name, "frame")
         sweep_temporary_files(self.out / path.stem, below=False)  # what a killed run left among this video's frames
         try:
-            written = predict_video(self.predictor, path, self.out, self.palette, self._batch_limit,
-                                    self.options.alpha if self.options.overlay else None, frames)
+            written = predict_video(
+                self.predictor,
+                path,
+                self.out,
+                self.palette,
+                self._batch_limit,
+                self.options.alpha if self.options.overlay else None,
+                frames,
+            )
         except VideoError as error:
             return self.report(str(error))
         self.writer.put([Finished(path, item.state, [], written)])
 
 
-def _save_overlay(image: torch.Tensor, mask: torch.Tensor, classes: Sequence[str], palette: Sequence[Sequence[int]],
-                  alpha: float, target: Path) -> None:
+def _save_overlay(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    alpha: float,
+    target: Path,
+) -> None:
     save_image(with_legend(overlay_image(image, mask, palette, alpha=alpha), mask, classes, palette), target)

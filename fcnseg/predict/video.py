@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,9 +35,15 @@ def is_video(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def predict_video(predictor: Predictor, path: str | os.PathLike[str], out: str | os.PathLike[str],
-                  palette: Sequence[Sequence[int]], batch_size: int | Callable[[torch.Tensor], int] = 8,
-                  overlay_alpha: float | None = None, progress: Callable | None = None) -> list[Path]:
+def predict_video(
+    predictor: Predictor,
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    palette: Sequence[Sequence[int]],
+    batch_size: int | Callable[[torch.Tensor], int] = 8,
+    overlay_alpha: float | None = None,
+    progress: Callable | None = None,
+) -> list[Path]:
     """Write the masks of every frame of ``path`` (and its overlay video); returns the files written.
 
     ``batch_size``: frames per batch, or a function of a frame that gives it; ``progress`` wraps the frame
@@ -63,7 +69,14 @@ def predict_video(predictor: Predictor, path: str | os.PathLike[str], out: str |
                 for image, mask in zip(frames, masks):
                     written.append(save_mask_png(mask, palette, folder / f"{len(written):06d}.png"))
                     if overlay_alpha is not None:
-                        _encode(encoder, stack, target, source, np.asarray(overlay_image(image, mask, palette, overlay_alpha)))
+                        _encode(
+                            encoder,
+                            stack,
+                            target,
+                            source,
+                            np.asarray(overlay_image(image, mask, palette, overlay_alpha)),
+                        )
+
             frames: list[torch.Tensor] = []
             decoded = container.decode(source)
             for frame in progress(decoded) if progress else decoded:
@@ -81,7 +94,9 @@ def predict_video(predictor: Predictor, path: str | os.PathLike[str], out: str |
                 output, stream = encoder
                 output.mux(stream.encode(None))  # drain the encoder before the file is closed and renamed
     except (av.error.FFmpegError, IndexError) as error:  # IndexError: no video stream
-        raise VideoError(f"video {path} cannot be decoded, or its overlay encoded ({type(error).__name__}: {error})") from None
+        raise VideoError(
+            f"video {path} cannot be decoded, or its overlay encoded ({type(error).__name__}: {error})"
+        ) from None
     if not written:
         raise VideoError(f"video {path} has no frames")
     return written + ([target] if overlay_alpha is not None else [])
@@ -98,5 +113,7 @@ def _encode(encoder: list, stack: contextlib.ExitStack, target: Path, source, pi
         stream.pix_fmt = "yuv420p"
         encoder += [output, stream]
     output, stream = encoder
-    padded = np.pad(picture, ((0, stream.height - picture.shape[0]), (0, stream.width - picture.shape[1]), (0, 0)), mode="edge")
+    padded = np.pad(
+        picture, ((0, stream.height - picture.shape[0]), (0, stream.width - picture.shape[1]), (0, 0)), mode="edge"
+    )
     output.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))

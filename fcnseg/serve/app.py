@@ -25,9 +25,10 @@ from __future__ import annotations
 import base64
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 try:
     from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -114,7 +115,11 @@ def create_app(
     if not isinstance(checkpoint, Checkpoint):  # a file, a registry name, or an ONNX export run in a runtime
         checkpoint, dtype = load_model_file(checkpoint, runtime, dtype=dtype, device=device, fast_paths=fast_paths)
     segmenter = Segmenter(
-        checkpoint, device=device, memory_budget_bytes=limits.memory_budget_bytes, fast_paths=fast_paths, dtype=dtype,
+        checkpoint,
+        device=device,
+        memory_budget_bytes=limits.memory_budget_bytes,
+        fast_paths=fast_paths,
+        dtype=dtype,
         **predictor_options,
     )  # predictor_options: e.g. tta_scales, tta_flip
     segmenter.segment(torch.zeros((3, 32, 32), dtype=torch.uint8))  # warm-up: the model runs on this device
@@ -189,7 +194,9 @@ def health(request: Request) -> dict[str, Any]:
 async def segment(
     request: Request,
     file: UploadFile = File(..., description="the image to segment (JPEG, PNG, ...)"),
-    output_format: Literal["png", "json"] = Query("png", alias="format", description="png: the mask; json: counts, mask and overlay"),
+    output_format: Literal["png", "json"] = Query(
+        "png", alias="format", description="png: the mask; json: counts, mask and overlay"
+    ),
     alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity of the class colours (json)"),
     confidence: bool = Query(False, description="json: add the mean top-1 probability and its map as a 16-bit PNG"),
 ) -> Response:
@@ -222,13 +229,22 @@ def _segment_upload(state: Any, data: bytes, name: str, output_format: str, alph
         return Response(mask_png, media_type="image/png", headers=headers)
     body = _json_body(segmenter, image, mask, mask_png, name, alpha, seconds)
     if confidence:
-        body["confidence"] = {"mean_top1": float(result.top1.mean()),
-                              "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii")}
+        body["confidence"] = {
+            "mean_top1": float(result.top1.mean()),
+            "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii"),
+        }
     return JSONResponse(body, headers=headers)
 
 
-def _json_body(segmenter: Segmenter, image: torch.Tensor, mask: torch.Tensor, mask_png: bytes, name: str,
-               alpha: float, seconds: float) -> dict[str, Any]:
+def _json_body(
+    segmenter: Segmenter,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    mask_png: bytes,
+    name: str,
+    alpha: float,
+    seconds: float,
+) -> dict[str, Any]:
     """``?format=json``: class names, per-class pixel counts, the classes present, the mask and an overlay."""
     counts = segmenter.class_counts(mask)
     overlay_png = png_bytes(overlay_image(image, mask, segmenter.palette, alpha=alpha))

@@ -8,7 +8,8 @@ raises the ``HTTPException`` that FastAPI turns into that answer).
 from __future__ import annotations
 
 import hmac
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 from fastapi import HTTPException
@@ -100,7 +101,9 @@ class UploadSlots:
                 f"the server is busy: {self.queue.slots} uploads are being processed and this one waited "
                 f"{self.queue.queue_timeout:g} s for a turn; retry in {self.retry_after} s"
             )
-            response = JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": str(self.retry_after)})
+            response = JSONResponse(
+                {"detail": message}, status_code=503, headers={"Retry-After": str(self.retry_after)}
+            )
             await response(scope, receive, send)
             return
         try:
@@ -164,5 +167,6 @@ class ApiKeyCheck:
         detail = "this service needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
         if _header(scope, b"authorization") or _header(scope, b"x-api-key"):
             detail = "the API key is wrong"
-        await JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-
+        await JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})(
+            scope, receive, send
+        )

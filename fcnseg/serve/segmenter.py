@@ -23,7 +23,13 @@ class ClassCount:
     fraction: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "color": list(self.color), "pixels": self.pixels, "fraction": self.fraction}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "color": list(self.color),
+            "pixels": self.pixels,
+            "fraction": self.fraction,
+        }
 
 
 class Segmenter:
@@ -38,12 +44,22 @@ class Segmenter:
     """
 
     def __init__(
-        self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu", memory_budget_bytes: int, fast_paths: bool = True,
+        self,
+        checkpoint: Checkpoint,
+        *,
+        device: str | torch.device = "cpu",
+        memory_budget_bytes: int,
+        fast_paths: bool = True,
         **predictor_options: Any,
     ) -> None:
         self.checkpoint = checkpoint
-        self.predictor = Predictor(checkpoint.model, device=device, fast_paths=fast_paths,
-                                   memory_budget_bytes=int(memory_budget_bytes), **predictor_options)
+        self.predictor = Predictor(
+            checkpoint.model,
+            device=device,
+            fast_paths=fast_paths,
+            memory_budget_bytes=int(memory_budget_bytes),
+            **predictor_options,
+        )
         self.model = self.predictor.model
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()

@@ -156,10 +156,17 @@ def _require_same_layers(model: nn.Module, source: str, loaded: list[str], skipp
     missing = [name for name in wanted if name not in loaded and not name.startswith("upscore")]
     if extra or missing:
         name = getattr(model, "config", {}).get("name", type(model).__name__)
-        raise WeightsError(f"{source}: not the weights of a trained {name}: "
-                           + "; ".join(f"{what} {names}" for what, names in
-                                       (("the file has layers the model lacks:", extra),
-                                        ("the model has layers the file lacks:", missing)) if names))
+        raise WeightsError(
+            f"{source}: not the weights of a trained {name}: "
+            + "; ".join(
+                f"{what} {names}"
+                for what, names in (
+                    ("the file has layers the model lacks:", extra),
+                    ("the model has layers the file lacks:", missing),
+                )
+                if names
+            )
+        )
 
 
 def _report(source: str, skipped: list[str], missing: list[str]) -> None:

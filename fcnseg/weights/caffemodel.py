@@ -180,9 +180,7 @@ def read_caffemodel(path: str | os.PathLike[str]) -> list[CaffeLayer]:
             layers.append(CaffeLayer(_decode(layer.name), kind, layer.blobs))
     with_blobs = [layer for layer in layers if len(layer)]
     if not with_blobs:
-        raise WeightsError(
-            f"{path}: not a caffemodel with weights: {len(layers)} layers and no parameter blobs"
-        )
+        raise WeightsError(f"{path}: not a caffemodel with weights: {len(layers)} layers and no parameter blobs")
     names = [layer.name for layer in with_blobs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

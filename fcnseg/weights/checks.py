@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,8 +76,10 @@ def load_without_code(path: str | os.PathLike[str], what: str) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise WeightsError(f"{path}: refused: it holds Python objects other than tensors and plain containers, and "
-                           f"loading those could run code from the file; fcnseg loads {what} without running any code") from None
+        raise WeightsError(
+            f"{path}: refused: it holds Python objects other than tensors and plain containers, and "
+            f"loading those could run code from the file; fcnseg loads {what} without running any code"
+        ) from None
     except Exception as error:  # torch raises RuntimeError, EOFError, ... for damaged files
         first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise WeightsError(f"{path}: not a readable {what} ({type(error).__name__}: {first_line})") from None

@@ -13,12 +13,11 @@ from pathlib import Path
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..models import create_model, list_models
 from ..preprocessing import Preprocessing
+from . import registry
 from .caffe import load_caffe_weights
 from .checks import WeightsError
 from .download import cache_dir, fetch
-from . import registry
 from .registry import KnownWeights
-
 
 #: Class sets a published FCN can be converted with: the names and palette fcnseg's datasets give them.
 CLASS_SETS = ("voc", "siftflow", "nyud")
@@ -50,8 +49,14 @@ def _caffe_input(name: str) -> Preprocessing | None:
 
 
 def convert_caffemodel(
-    path: str | os.PathLike[str], model_name: str, out: str | os.PathLike[str], *, width: float = 1.0,
-    extra: dict | None = None, classes: str = "voc", caffe_input: str = "",
+    path: str | os.PathLike[str],
+    model_name: str,
+    out: str | os.PathLike[str],
+    *,
+    width: float = 1.0,
+    extra: dict | None = None,
+    classes: str = "voc",
+    caffe_input: str = "",
 ) -> Path:
     """Write a published FCN ``.caffemodel`` as an fcnseg checkpoint with the names and palette of ``classes``.
 
@@ -70,8 +75,9 @@ def convert_caffemodel(
     if preprocessing is not None:
         model.caffe_preprocessing = preprocessing  # load_caffe_weights sets it as the model's preprocessing
     load_caffe_weights(model, path, complete=True)
-    return save_checkpoint(out, model, classes=names, palette=palette,
-                           extra={"converted_from": Path(path).name, **(extra or {})})
+    return save_checkpoint(
+        out, model, classes=names, palette=palette, extra={"converted_from": Path(path).name, **(extra or {})}
+    )
 
 
 def checkpoint_path(entry: KnownWeights) -> Path:
@@ -84,11 +90,15 @@ def check_convertible(entry: KnownWeights) -> None:
     if entry.unsupported:
         raise WeightsError(f"{entry.name}: not supported yet: {entry.unsupported}")
     if entry.is_backbone:
-        raise WeightsError(f"{entry.name} is an ImageNet backbone, not a segmentation model: it initialises "
-                           f"training (fcnseg weights fetch {entry.name}, then train --init with that file)")
+        raise WeightsError(
+            f"{entry.name} is an ImageNet backbone, not a segmentation model: it initialises "
+            f"training (fcnseg weights fetch {entry.name}, then train --init with that file)"
+        )
     if entry.model not in list_models():
-        raise WeightsError(f"{entry.name} needs the model {entry.model!r}, which this fcnseg does not have yet "
-                           f"(models: {', '.join(list_models())})")
+        raise WeightsError(
+            f"{entry.name} needs the model {entry.model!r}, which this fcnseg does not have yet "
+            f"(models: {', '.join(list_models())})"
+        )
 
 
 def convert_known(entry: KnownWeights, *, progress: bool = True) -> Path:
@@ -97,8 +107,15 @@ def convert_known(entry: KnownWeights, *, progress: bool = True) -> Path:
     out = checkpoint_path(entry)
     if not out.is_file():
         source = fetch(entry, progress=progress)
-        convert_caffemodel(source, entry.model, out, width=entry.width, classes=entry.classes,
-                           caffe_input=entry.caffe_input, extra={"weights": entry.name, "url": entry.urls[0]})
+        convert_caffemodel(
+            source,
+            entry.model,
+            out,
+            width=entry.width,
+            classes=entry.classes,
+            caffe_input=entry.caffe_input,
+            extra={"weights": entry.name, "url": entry.urls[0]},
+        )
     return out
 
 
@@ -113,7 +130,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], *, progress: bool =
     known = registry.KNOWN_WEIGHTS
     if path.exists() or str(name_or_path) not in known:
         if not path.exists() and not path.suffix and len(path.parts) == 1:  # a bare word: a mistyped name?
-            raise CheckpointError(f"{name_or_path}: neither a checkpoint file nor a known weights name "
-                                  f"({', '.join(known)})")
+            raise CheckpointError(
+                f"{name_or_path}: neither a checkpoint file nor a known weights name ({', '.join(known)})"
+            )
         return path
     return convert_known(known[str(name_or_path)], progress=progress)

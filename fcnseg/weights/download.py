@@ -97,7 +97,9 @@ def fetch(entry: KnownWeights, *, progress: bool = True) -> Path:
         problem = _mismatch(part, entry)
         if problem:
             part.unlink()
-            raise WeightsError(f"{url}: the downloaded file has {problem}; it was deleted, nothing was kept in the cache")
+            raise WeightsError(
+                f"{url}: the downloaded file has {problem}; it was deleted, nothing was kept in the cache"
+            )
         replace_durably(part, target)
         return target
     raise WeightsError(
@@ -110,19 +112,31 @@ def _download(url: str, part: Path, progress: bool) -> None:
     """Complete ``part`` from ``url``, resuming with a Range request from the bytes it already holds."""
     for attempt in range(1, ATTEMPTS + 1):
         offset = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"User-Agent": "fcnseg", **({"Range": f"bytes={offset}-"} if offset else {})})
+        request = urllib.request.Request(
+            url, headers={"User-Agent": "fcnseg", **({"Range": f"bytes={offset}-"} if offset else {})}
+        )
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
                 if offset and response.status != 206:
                     offset = 0  # the server sent the whole file (no Range support): start over
                 elif offset and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
                     part.unlink()
-                    raise ConnectionError(f"asked for bytes from {offset:,}, got {response.headers.get('Content-Range')}")
+                    raise ConnectionError(
+                        f"asked for bytes from {offset:,}, got {response.headers.get('Content-Range')}"
+                    )
                 length = response.headers.get("Content-Length")
                 total = offset + int(length) if length is not None else None
-                with open(part, "ab" if offset else "wb") as out, Progress(
-                    total, initial=offset, label=part.name[: -len(".part")], unit="B", unit_scale=True, show=progress,
-                ) as bar:
+                with (
+                    open(part, "ab" if offset else "wb") as out,
+                    Progress(
+                        total,
+                        initial=offset,
+                        label=part.name[: -len(".part")],
+                        unit="B",
+                        unit_scale=True,
+                        show=progress,
+                    ) as bar,
+                ):
                     while chunk := response.read(_CHUNK):
                         out.write(chunk)
                         bar.update(len(chunk))

@@ -16,8 +16,9 @@ Loading sets ``model.preprocessing = TORCHVISION`` (RGB, /255, ImageNet mean and
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,18 +39,20 @@ def torchvision_weights(arch: str, name: str = "DEFAULT") -> Any:
     try:
         return enum[name.rsplit(".", 1)[-1]]
     except KeyError:
-        raise WeightsError(f"{name!r}: neither a file nor a weights name of torchvision's {arch} "
-                           f"({', '.join(enum.__members__)})") from None
+        raise WeightsError(
+            f"{name!r}: neither a file nor a weights name of torchvision's {arch} ({', '.join(enum.__members__)})"
+        ) from None
 
 
-def trunk_state_from_torchvision(state: Mapping[str, torch.Tensor], backbone: TorchvisionBackbone,
-                                 source: str) -> dict[str, torch.Tensor]:
+def trunk_state_from_torchvision(
+    state: Mapping[str, torch.Tensor], backbone: TorchvisionBackbone, source: str
+) -> dict[str, torch.Tensor]:
     """torchvision's state dict of ``backbone.arch`` keyed as ``backbone.body``, classifier dropped (pure)."""
     prefix = ARCHITECTURES[backbone.arch]
     expected = backbone.body.state_dict()
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        body_key = key[len(prefix):] if key.startswith(prefix) else None
+        body_key = key[len(prefix) :] if key.startswith(prefix) else None
         if body_key in expected:
             check_same_shape(key, value, expected[body_key], source)
             out[body_key] = value.detach()
@@ -57,13 +60,16 @@ def trunk_state_from_torchvision(state: Mapping[str, torch.Tensor], backbone: To
             raise WeightsError(f"{source}: {key!r} is not a tensor of torchvision's {backbone.arch}")
     missing = [key for key in expected if key not in out]
     if missing:
-        raise WeightsError(f"{source}: not a torchvision {backbone.arch} state dict: no {prefix + missing[0]!r} "
-                           f"({len(missing)} of its {len(expected)} trunk tensors missing)")
+        raise WeightsError(
+            f"{source}: not a torchvision {backbone.arch} state dict: no {prefix + missing[0]!r} "
+            f"({len(missing)} of its {len(expected)} trunk tensors missing)"
+        )
     return out
 
 
-def load_imagenet(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor] | None = None, *,
-                  progress: bool = True) -> list[str]:
+def load_imagenet(
+    model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor] | None = None, *, progress: bool = True
+) -> list[str]:
     """Load torchvision's ImageNet weights into ``model``'s backbone; returns the layers (stages) loaded.
 
     ``source``: ``None`` (the architecture's ``DEFAULT`` weights through torchvision's API), a
@@ -75,8 +81,10 @@ def load_imagenet(model: nn.Module, source: str | os.PathLike | Mapping[str, tor
     arch = "vgg16" if isinstance(backbone, VGG16Backbone) else getattr(backbone, "arch", None)
     if arch is None:
         name = getattr(model, "config", {}).get("name", type(model).__name__)
-        raise WeightsError(f"{name} has no torchvision ImageNet weights; FCN-AlexNet's are the Caffe "
-                           "bvlc_alexnet.caffemodel (--init caffe:PATH): torchvision's AlexNet is another net")
+        raise WeightsError(
+            f"{name} has no torchvision ImageNet weights; FCN-AlexNet's are the Caffe "
+            "bvlc_alexnet.caffemodel (--init caffe:PATH): torchvision's AlexNet is another net"
+        )
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         source = torchvision_weights(arch, str(source))
     if isinstance(backbone, VGG16Backbone):
@@ -87,7 +95,7 @@ def load_imagenet(model: nn.Module, source: str | os.PathLike | Mapping[str, tor
         if width != 1.0:
             raise WeightsError(f"torchvision's {arch} weights fit width=1.0 models only; this model has width={width}")
         name = f"torchvision {weights}"
-        state = download_torchvision_state(weights, f"pass a local file: --init imagenet:PATH", progress)
+        state = download_torchvision_state(weights, "pass a local file: --init imagenet:PATH", progress)
     elif isinstance(source, (str, os.PathLike)):
         name, state = str(source), read_state_dict_file(source)
     else:

@@ -18,8 +18,8 @@ Facts and their sources (no checksum is made up: ``checksum=None`` means none is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .checks import WeightsError
 
@@ -72,58 +72,146 @@ class KnownWeights:
         return self.model is None
 
 
-def _voc_fcn(name: str, filename: str, model: str, mean_iu: float, approx_mb: int, description: str,
-             checksum: Checksum | None = None, extra: tuple[Published, ...] = ()) -> KnownWeights:
-    return KnownWeights(name, filename, (_CAFFE_DL + filename,), checksum, model, "voc", "caffe", description,
-                        approx_mb=approx_mb, published=(Published(_README, {"mean_iu": mean_iu}), *extra))
+def _voc_fcn(
+    name: str,
+    filename: str,
+    model: str,
+    mean_iu: float,
+    approx_mb: int,
+    description: str,
+    checksum: Checksum | None = None,
+    extra: tuple[Published, ...] = (),
+) -> KnownWeights:
+    return KnownWeights(
+        name,
+        filename,
+        (_CAFFE_DL + filename,),
+        checksum,
+        model,
+        "voc",
+        "caffe",
+        description,
+        approx_mb=approx_mb,
+        published=(Published(_README, {"mean_iu": mean_iu}), *extra),
+    )
 
 
 #: float32 parameters x 4 bytes of the VGG16 FCN-32s (the 21-class count; the other class counts differ by < 1 MB).
 _FCN32S_MB = 545
 
 
-def _other_dataset(variant: str, dataset: str, stream: str = "", model: str | None = None, description: str = "",
-                   caffe_input: str = "", unsupported: str = "") -> KnownWeights:
+def _other_dataset(
+    variant: str,
+    dataset: str,
+    stream: str = "",
+    model: str | None = None,
+    description: str = "",
+    caffe_input: str = "",
+    unsupported: str = "",
+) -> KnownWeights:
     """A published FCN of PASCAL-Context, SIFT Flow or NYUDv2 (the README gives no seg11valid figures for them)."""
     filename = f"{dataset}-{variant}-{stream + '-' if stream else ''}heavy.caffemodel"
-    return KnownWeights(f"{variant}-{dataset}{'-' + stream if stream else ''}", filename, (_CAFFE_DL + filename,), None,
-                        model or variant, dataset, "caffe", description or f"FCN-{variant[3:]} {dataset}",
-                        approx_mb=_FCN32S_MB * (2 if stream == "color-hha" else 1), caffe_input=caffe_input,
-                        unsupported=unsupported)
+    return KnownWeights(
+        f"{variant}-{dataset}{'-' + stream if stream else ''}",
+        filename,
+        (_CAFFE_DL + filename,),
+        None,
+        model or variant,
+        dataset,
+        "caffe",
+        description or f"FCN-{variant[3:]} {dataset}",
+        approx_mb=_FCN32S_MB * (2 if stream == "color-hha" else 1),
+        caffe_input=caffe_input,
+        unsupported=unsupported,
+    )
 
 
 #: The 59 classes' output order is that of the release's 59_labels.txt, which fcnseg does not bundle (the
 #: pascal_context dataset reads it from the user's copy); naming the outputs without it would risk a wrong order.
-_CONTEXT = ("its 59 classes' output order is that of the release's 59_labels.txt, which fcnseg does not bundle "
-            "(the pascal_context dataset reads the user's copy to train and evaluate)")
+_CONTEXT = (
+    "its 59 classes' output order is that of the release's 59_labels.txt, which fcnseg does not bundle "
+    "(the pascal_context dataset reads the user's copy to train and evaluate)"
+)
 
 _ENTRIES = (
     _voc_fcn("fcn32s-voc", "fcn32s-heavy-pascal.caffemodel", "fcn32s", 63.6, 545, "FCN-32s PASCAL VOC (heavy)"),
     _voc_fcn("fcn16s-voc", "fcn16s-heavy-pascal.caffemodel", "fcn16s", 65.0, 539, "FCN-16s PASCAL VOC (heavy)"),
-    _voc_fcn("fcn8s-voc", "fcn8s-heavy-pascal.caffemodel", "fcn8s", 65.5, 538, "FCN-8s PASCAL VOC (heavy)",
-             Checksum("sha1", "c449ea74dd7d83751d1357d6a8c323fcf4038962"),
-             (Published("paper Table 2, CVPR 2015 FCN-8s (earlier weights)",
-                        {"pixel_acc": 90.3, "mean_acc": 75.9, "mean_iu": 62.7, "fw_iu": 83.2}),)),
-    _voc_fcn("fcn8s-atonce-voc", "fcn8s-atonce-pascal.caffemodel", "fcn8s_atonce", 65.4, 538,
-             "FCN-8s at-once PASCAL VOC"),
+    _voc_fcn(
+        "fcn8s-voc",
+        "fcn8s-heavy-pascal.caffemodel",
+        "fcn8s",
+        65.5,
+        538,
+        "FCN-8s PASCAL VOC (heavy)",
+        Checksum("sha1", "c449ea74dd7d83751d1357d6a8c323fcf4038962"),
+        (
+            Published(
+                "paper Table 2, CVPR 2015 FCN-8s (earlier weights)",
+                {"pixel_acc": 90.3, "mean_acc": 75.9, "mean_iu": 62.7, "fw_iu": 83.2},
+            ),
+        ),
+    ),
+    _voc_fcn(
+        "fcn8s-atonce-voc", "fcn8s-atonce-pascal.caffemodel", "fcn8s_atonce", 65.4, 538, "FCN-8s at-once PASCAL VOC"
+    ),
     _voc_fcn("fcn-alexnet-voc", "fcn-alexnet-pascal.caffemodel", "fcn_alexnet", 48.0, 235, "FCN-AlexNet PASCAL VOC"),
-    KnownWeights("vgg16-caffe", "VGG_ILSVRC_16_layers.caffemodel",
-                 ("http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel",),
-                 Checksum("md5", "441315b0ff6932dbfde97731be7ca852"), None, "imagenet (1000 classes; fc8 unused)",
-                 "caffe", "VGG16 ILSVRC-2014 (the paper's initialisation; train --init caffe:PATH)",
-                 size_bytes=553_432_081, approx_mb=553),
-    KnownWeights("vgg16-torchvision", "vgg16-397923af.pth", ("https://download.pytorch.org/models/vgg16-397923af.pth",),
-                 Checksum("sha256", "397923af"), None, "imagenet (1000 classes; fc8 unused)", "torchvision",
-                 "torchvision VGG16 IMAGENET1K_V1 (train --init vgg16-torchvision:PATH)", approx_mb=553),
+    KnownWeights(
+        "vgg16-caffe",
+        "VGG_ILSVRC_16_layers.caffemodel",
+        ("http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel",),
+        Checksum("md5", "441315b0ff6932dbfde97731be7ca852"),
+        None,
+        "imagenet (1000 classes; fc8 unused)",
+        "caffe",
+        "VGG16 ILSVRC-2014 (the paper's initialisation; train --init caffe:PATH)",
+        size_bytes=553_432_081,
+        approx_mb=553,
+    ),
+    KnownWeights(
+        "vgg16-torchvision",
+        "vgg16-397923af.pth",
+        ("https://download.pytorch.org/models/vgg16-397923af.pth",),
+        Checksum("sha256", "397923af"),
+        None,
+        "imagenet (1000 classes; fc8 unused)",
+        "torchvision",
+        "torchvision VGG16 IMAGENET1K_V1 (train --init vgg16-torchvision:PATH)",
+        approx_mb=553,
+    ),
     *(_other_dataset(f"fcn{s}", "pascalcontext", unsupported=_CONTEXT) for s in ("32s", "16s", "8s")),
-    *(_other_dataset(f"fcn{s}", "siftflow", "", f"siftflow_fcn{s}",
-                     f"FCN-{s} SIFT Flow: 33 semantic + 3 geometric classes, two heads") for s in ("32s", "16s", "8s")),
-    _other_dataset("fcn32s", "nyud", "color", "fcn32s", "FCN-32s NYUDv2 colour (40 classes, NYUDv2 BGR mean)",
-                   caffe_input="nyud-color"),
-    _other_dataset("fcn32s", "nyud", "hha", "fcn32s", "FCN-32s NYUDv2 HHA: give it HHA images (fcnseg.data.hha), "
-                   "not photos", caffe_input="nyud-hha"),
-    _other_dataset("fcn32s", "nyud", "color-hha", "nyud_fcn32s_color_hha", "FCN-32s NYUDv2 colour + HHA late fusion "
-                   "(6-channel input: the nyud dataset's modality=color_hha)"),
+    *(
+        _other_dataset(
+            f"fcn{s}",
+            "siftflow",
+            "",
+            f"siftflow_fcn{s}",
+            f"FCN-{s} SIFT Flow: 33 semantic + 3 geometric classes, two heads",
+        )
+        for s in ("32s", "16s", "8s")
+    ),
+    _other_dataset(
+        "fcn32s",
+        "nyud",
+        "color",
+        "fcn32s",
+        "FCN-32s NYUDv2 colour (40 classes, NYUDv2 BGR mean)",
+        caffe_input="nyud-color",
+    ),
+    _other_dataset(
+        "fcn32s",
+        "nyud",
+        "hha",
+        "fcn32s",
+        "FCN-32s NYUDv2 HHA: give it HHA images (fcnseg.data.hha), not photos",
+        caffe_input="nyud-hha",
+    ),
+    _other_dataset(
+        "fcn32s",
+        "nyud",
+        "color-hha",
+        "nyud_fcn32s_color_hha",
+        "FCN-32s NYUDv2 colour + HHA late fusion (6-channel input: the nyud dataset's modality=color_hha)",
+    ),
 )
 
 #: Registry name -> entry. Tests swap in their own table (monkeypatch this attribute).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -106,9 +106,7 @@ def change_num_classes_state(
     keep = dict(keep or {})
     for new, old in keep.items():
         if not (0 <= new < num_classes and 0 <= old < old_classes):
-            raise WeightsError(
-                f"keep maps class {new} <- {old}, outside 0..{num_classes - 1} <- 0..{old_classes - 1}"
-            )
+            raise WeightsError(f"keep maps class {new} <- {old}, outside 0..{num_classes - 1} <- 0..{old_classes - 1}")
     new_index = torch.tensor(list(keep.keys()), dtype=torch.long)
     old_index = torch.tensor(list(keep.values()), dtype=torch.long)
     out: dict[str, torch.Tensor] = {}

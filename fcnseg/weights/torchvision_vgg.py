@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import re
 import urllib.error
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -73,8 +74,7 @@ def vgg16_from_torchvision(
         outputs, inputs = weight.shape
         if inputs % (kernel * kernel):
             raise WeightsError(
-                f"{source}: classifier.{index}.weight ({name}) has {inputs} inputs, "
-                f"not a multiple of {kernel}x{kernel}"
+                f"{source}: classifier.{index}.weight ({name}) has {inputs} inputs, not a multiple of {kernel}x{kernel}"
             )
         # torchvision flattens pool5 as (channel, row, column): exactly a conv weight's layout.
         out[f"{name}.weight"] = weight.detach().reshape(outputs, inputs // (kernel * kernel), kernel, kernel).clone()

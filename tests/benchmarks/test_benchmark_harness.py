@@ -25,7 +25,10 @@ def test_results_document_is_name_command_machine_then_the_body(harness, monkeyp
     machine = {"cpu": "test cpu", "load_average_start": [1.0, 1.0, 1.0]}
     document = harness.results_document("speed", machine, config={"size": [64, 64]}, results=[])
     assert list(document) == ["benchmark", "command", "machine", "config", "results"]
-    assert document["benchmark"] == "speed" and document["command"] == f"{Path(sys.executable).name} benchmarks/speed.py --quick"
+    assert (
+        document["benchmark"] == "speed"
+        and document["command"] == f"{Path(sys.executable).name} benchmarks/speed.py --quick"
+    )
     assert document["machine"]["cpu"] == "test cpu" and len(document["machine"]["load_average_end"]) == 3
     assert "load_average_end" not in machine  # the caller's facts are not changed
     assert harness.results_path("speed_cpu", quick=True) == BENCHMARKS / "results" / "speed_cpu_quick.json"
@@ -35,14 +38,18 @@ def test_results_document_is_name_command_machine_then_the_body(harness, monkeyp
 def test_a_child_process_gets_the_child_flag_and_its_last_json_line_comes_back(harness, tmp_path):
     script = tmp_path / "child.py"
     script.write_text("import sys, json\nprint('noise')\nprint(json.dumps({'argv': sys.argv[1:]}))\n")
-    assert harness.run_child(script, "tiled", ["--size", "64"]) == {"argv": [harness.CHILD_FLAG, "tiled", "--size", "64"]}
+    assert harness.run_child(script, "tiled", ["--size", "64"]) == {
+        "argv": [harness.CHILD_FLAG, "tiled", "--size", "64"]
+    }
     script.write_text("import sys\nsys.exit(3)\n")
     failed = harness.run_child(script, "tiled", [])
     assert "child tiled failed (exit 3)" in failed["error"]
 
 
-@pytest.mark.parametrize("script, kind", [("large_image", "tiled"), ("speed", "fcn8s"), ("models_table", "fcn8s"),
-                                          ("predict_stream", "mosaic")])
+@pytest.mark.parametrize(
+    "script, kind",
+    [("large_image", "tiled"), ("speed", "fcn8s"), ("models_table", "fcn8s"), ("predict_stream", "mosaic")],
+)
 def test_every_benchmark_that_runs_children_reads_the_one_child_flag(harness, monkeypatch, script, kind):
     assert __import__(script).parse_args([harness.CHILD_FLAG, kind]).child == kind
 
@@ -67,4 +74,3 @@ def test_synthetic_image_is_deterministic_smooth_blobs_plus_noise(harness):
     smooth = harness.synthetic_image(40, 40, np.random.default_rng(0), noise=0.0).astype(np.float64)
     # without noise, the blobs alone: 2 x 2 cells over 40 px, so a step is at most a cell's range over half a cell
     assert np.abs(np.diff(smooth, axis=1)).max() <= 255 / 20 + 1 and smooth.max() - smooth.min() > 100
-

@@ -13,8 +13,14 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@pytest.mark.parametrize("extra", [[], ["--cpu-bf16", "--class-weights", "median-frequency", "--minutes", "12"],
-                                   ["--steps", "300", "--width", "0.5", "--resolution", "90x120"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--cpu-bf16", "--class-weights", "median-frequency", "--minutes", "12"],
+        ["--steps", "300", "--width", "0.5", "--resolution", "90x120"],
+    ],
+)
 def test_the_benchmark_trains_what_the_command_line_trains(extra, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import learn_camvid

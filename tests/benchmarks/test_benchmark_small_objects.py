@@ -14,10 +14,27 @@ def test_rows_keep_their_own_length_and_staged_rows_name_their_start(tmp_path, m
 
     split = {"mean_iu": 0.5, "mean_acc": 0.6, "thin_mean_iu": 0.1, "small_mean_iu": 0.2, "boundary_iou": 0.3}
     path = tmp_path / "results.json"
-    path.write_text(json.dumps({"config": {"steps": 1000}, "rows": {
-        "baseline_s0": {"seconds_per_step": 1.0, "val": split, "unseen": split},  # written before rows had "steps"
-        "fcn4s_staged_s0": {"seconds_per_step": 1.4, "steps": 500, "init_from": "baseline", "val": split, "unseen": split},
-    }}))
+    path.write_text(
+        json.dumps(
+            {
+                "config": {"steps": 1000},
+                "rows": {
+                    "baseline_s0": {
+                        "seconds_per_step": 1.0,
+                        "val": split,
+                        "unseen": split,
+                    },  # written before rows had "steps"
+                    "fcn4s_staged_s0": {
+                        "seconds_per_step": 1.4,
+                        "steps": 500,
+                        "init_from": "baseline",
+                        "val": split,
+                        "unseen": split,
+                    },
+                },
+            }
+        )
+    )
     results = small_objects.read_results(path)
     assert results["rows"]["baseline_s0"]["steps"] == 1000 and results["rows"]["fcn4s_staged_s0"]["steps"] == 500
     lines = {line.split("|")[1].strip(): line for line in small_objects.table(results).splitlines()[2:]}

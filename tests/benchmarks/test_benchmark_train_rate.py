@@ -25,11 +25,15 @@ def _config(arguments):
 
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers(dest="command"))
-    return build_config("camvid", settings=command.settings_from_args(parser.parse_args(["train", "--out", "x", *arguments])))
+    return build_config(
+        "camvid", settings=command.settings_from_args(parser.parse_args(["train", "--out", "x", *arguments]))
+    )
 
 
-@pytest.mark.parametrize("variant, crop, cache", [("before", None, False), ("after", "resize", None),
-                                                  ("crop_only", "resize", False), ("cache_only", None, None)])
+@pytest.mark.parametrize(
+    "variant, crop, cache",
+    [("before", None, False), ("after", "resize", None), ("crop_only", "resize", False), ("cache_only", None, None)],
+)
 def test_each_variant_trains_the_settings_it_names(train_rate, variant, crop, cache):
     config = _config([*train_rate.MODEL, *train_rate.VARIANTS[variant]])
     assert (config.recipe.crop_size, config.cache_in_memory) == (crop, cache)
@@ -37,9 +41,14 @@ def test_each_variant_trains_the_settings_it_names(train_rate, variant, crop, ca
 
 
 def test_the_summary_is_the_pure_step_over_each_variant_in_medians_of_rounds(train_rate):
-    rounds = [{"pure": {"s_per_step": p}, "before": {"s_per_step": b, "outside_loop_s": 5.0},
-               "after": {"s_per_step": a, "outside_loop_s": 9.0}}
-              for p, b, a in [(0.4, 0.6, 0.44), (0.5, 0.7, 0.5), (0.41, 0.62, 0.45)]]
+    rounds = [
+        {
+            "pure": {"s_per_step": p},
+            "before": {"s_per_step": b, "outside_loop_s": 5.0},
+            "after": {"s_per_step": a, "outside_loop_s": 9.0},
+        }
+        for p, b, a in [(0.4, 0.6, 0.44), (0.5, 0.7, 0.5), (0.41, 0.62, 0.45)]
+    ]
     summary = train_rate.summarise(rounds, ["before", "after"])
     assert summary["pure"] == {"s_per_step": 0.41, "steps_per_30_min": round(1800 / 0.41)}
     assert summary["before"]["pure_over_train"] == round(0.41 / 0.62, 3)

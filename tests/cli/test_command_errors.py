@@ -23,11 +23,14 @@ def command_raising(error: BaseException, **kinds):
     return run
 
 
-@pytest.mark.parametrize("error, status", [
-    (CommandError("--width must be > 0, got -1"), 2),
-    (ValueError("model.safetensors: not an fcnseg checkpoint"), 2),
-    (Failed("the export does not reproduce PyTorch"), 1),
-])
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (CommandError("--width must be > 0, got -1"), 2),
+        (ValueError("model.safetensors: not an fcnseg checkpoint"), 2),
+        (Failed("the export does not reproduce PyTorch"), 1),
+    ],
+)
 def test_a_known_error_is_one_line_on_stderr_and_its_status(error, status, capsys):
     assert command_raising(error, failed=(Failed,))(argparse.Namespace()) == status
     captured = capsys.readouterr()
@@ -64,8 +67,20 @@ def test_every_command_but_data_reports_through_it():
 def test_int8_settings_are_refused_before_anything_is_loaded(tmp_path, capsys):
     """A threshold out of range is bad input (2), said before the checkpoint is even opened."""
     missing = tmp_path / "no-such.safetensors"
-    code = main(["export", str(missing), "--out", str(tmp_path / "m.onnx"), "--int8", "--calibrate", str(tmp_path),
-                 "--min-agreement", "1.5"])
+    code = main(
+        [
+            "export",
+            str(missing),
+            "--out",
+            str(tmp_path / "m.onnx"),
+            "--int8",
+            "--calibrate",
+            str(tmp_path),
+            "--min-agreement",
+            "1.5",
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and err == ("fcnseg export: error: --min-agreement: the agreement threshold is a fraction in "
-                                 "(0, 1], got 1.5\n")
+    assert code == 2 and err == (
+        "fcnseg export: error: --min-agreement: the agreement threshold is a fraction in (0, 1], got 1.5\n"
+    )

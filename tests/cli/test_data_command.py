@@ -6,11 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from command_runs import run_data_command as run
-
-
+from PIL import Image
 
 
 def test_prints_weights_as_json(capsys) -> None:

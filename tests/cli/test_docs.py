@@ -52,8 +52,11 @@ def test_every_public_module_is_in_the_api_reference():
     public |= {f"fcnseg.{path.parent.name}" for path in package.glob("*/__init__.py")}
     public = {name for name in public if name.split(".")[1] not in internal}
     named = set(_api_modules())
-    modules_of = {name: {f"{name}.{path.stem}" for path in (ROOT / name.replace(".", "/")).glob("[!_]*.py")}
-                  for name in public if (ROOT / name.replace(".", "/")).is_dir()}
+    modules_of = {
+        name: {f"{name}.{path.stem}" for path in (ROOT / name.replace(".", "/")).glob("[!_]*.py")}
+        for name in public
+        if (ROOT / name.replace(".", "/")).is_dir()
+    }
     missing = sorted(name for name in public if name not in named and not modules_of.get(name, set()) <= named)
     assert not missing, f"docs/api.md has no '::: NAME' line for {missing} (or for each of their modules)"
 

@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from dataset_files import CLASSES, PALETTE, hand_masks, write_folder_dataset
 from PIL import Image
+from tiny_models import tiny_model
 from torch.utils.data import DataLoader
 
 import fcnseg
@@ -17,15 +19,6 @@ from fcnseg.cli import main
 from fcnseg.data import PadCollate, open_dataset
 from fcnseg.evaluation.loop import confusion_matrix, evaluate
 from fcnseg.predict.images import predict_mask
-from dataset_files import CLASSES, PALETTE, hand_masks, write_folder_dataset
-from tiny_models import tiny_model
-
-
-
-
-
-
-
 
 
 def test_evaluate_equals_a_per_image_loop_with_numpy_metrics():
@@ -41,7 +34,9 @@ def test_evaluate_equals_a_per_image_loop_with_numpy_metrics():
         np.add.at(hist, (gt[keep], pred[keep]), 1)
     t = hist.sum(1)
     assert result["pixel_acc"] == pytest.approx(np.trace(hist) / hist.sum())
-    ius = [hist[i, i] / (t[i] + hist[:, i].sum() - hist[i, i]) if t[i] + hist[:, i].sum() else math.nan for i in range(4)]
+    ius = [
+        hist[i, i] / (t[i] + hist[:, i].sum() - hist[i, i]) if t[i] + hist[:, i].sum() else math.nan for i in range(4)
+    ]
     assert result["mean_iu"] == pytest.approx(np.nanmean(ius))
 
 
@@ -96,13 +91,33 @@ def test_eval_command_prints_writes_json_and_picture(tmp_path, zero_checkpoint, 
     root = tmp_path / "data"
     write_folder_dataset(root, hand_masks())
     out = tmp_path / "eval"
-    code = main(["eval", str(zero_checkpoint), "--data", "folder", "--root", str(root), "--split", "val",
-                 "--json", str(tmp_path / "m.json"), "--out", str(out), "--device", "cpu"])
+    code = main(
+        [
+            "eval",
+            str(zero_checkpoint),
+            "--data",
+            "folder",
+            "--root",
+            str(root),
+            "--split",
+            "val",
+            "--json",
+            str(tmp_path / "m.json"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     # By hand: everything predicted background. Counted pixels 18 + 9 = 27 (2 ignored);
     # background t=18, cat t=3, dog t=6, bird absent from GT and prediction.
-    expected = {"pixel_acc": 18 / 27, "mean_acc": (1 + 0 + 0) / 3, "mean_iu": (18 / 27 + 0 + 0) / 3,
-                "fw_iu": 18 / 27 * 18 / 27}
+    expected = {
+        "pixel_acc": 18 / 27,
+        "mean_acc": (1 + 0 + 0) / 3,
+        "mean_iu": (18 / 27 + 0 + 0) / 3,
+        "fw_iu": 18 / 27 * 18 / 27,
+    }
     document = json.loads((tmp_path / "m.json").read_text())
     for key, value in expected.items():
         assert document[key] == pytest.approx(value), key
@@ -115,8 +130,24 @@ def test_eval_command_prints_writes_json_and_picture(tmp_path, zero_checkpoint, 
     printed = capsys.readouterr().out
     assert "mean IU    0.2222" in printed and "pixel acc  0.6667" in printed
     assert any(line.split()[:2] == ["bird", "-"] for line in printed.splitlines())
-    assert main(["eval", str(zero_checkpoint), "--data", "folder", "--root", str(root), "--split", "val",
-                 "--json", str(tmp_path / "plain.json"), "--no-fast-paths"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(zero_checkpoint),
+                "--data",
+                "folder",
+                "--root",
+                str(root),
+                "--split",
+                "val",
+                "--json",
+                str(tmp_path / "plain.json"),
+                "--no-fast-paths",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "plain.json").read_text())["confusion_matrix"] == document["confusion_matrix"]
 
 
@@ -136,7 +167,9 @@ def test_eval_rejects_classes_that_do_not_match(tmp_path, zero_checkpoint, capsy
     assert code == 2 and "predicts 4 classes but the dataset has 3" in err
 
     write_folder_dataset(tmp_path / "renamed", hand_masks(), classes=["background", "cat", "horse", "bird"])
-    code = main(["eval", str(zero_checkpoint), "--data", "folder", "--root", str(tmp_path / "renamed"), "--split", "val"])
+    code = main(
+        ["eval", str(zero_checkpoint), "--data", "folder", "--root", str(tmp_path / "renamed"), "--split", "val"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "id 2: checkpoint 'dog', dataset 'horse'" in err
 
@@ -151,21 +184,49 @@ def test_eval_reports_a_label_outside_the_classes(tmp_path, zero_checkpoint, cap
 
 
 def test_eval_detail_reports_small_objects_boundaries_dice_and_the_worst_images(tmp_path, capsys, monkeypatch):
+    from fcnseg.data import SHAPE_CLASSES
     from fcnseg.evaluation import figures
     from fcnseg.evaluation.detail_metrics import dice_scores
 
-    from fcnseg.data import SHAPE_CLASSES
-
     drawn = {}
     draw = figures.overlay_grid
-    monkeypatch.setattr(figures, "overlay_grid", lambda images, preds, targets, palette, path, *, titles: drawn.update(
-        images=images, titles=titles) or draw(images, preds, targets, palette, path, titles=titles))
+    monkeypatch.setattr(
+        figures,
+        "overlay_grid",
+        lambda images, preds, targets, palette, path, *, titles: (
+            drawn.update(images=images, titles=titles) or draw(images, preds, targets, palette, path, titles=titles)
+        ),
+    )
     model = tiny_model("fcn32s", len(SHAPE_CLASSES), score_std=1.0)
-    path = save_checkpoint(tmp_path / "m.safetensors", model, classes=SHAPE_CLASSES,
-                           palette=[(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))])
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        model,
+        classes=SHAPE_CLASSES,
+        palette=[(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))],
+    )
     out = tmp_path / "eval"
-    assert main(["eval", str(path), "--data", "synthetic", "--data-option", "size=48", "--data-option", "num_images=5",
-                 "--detail", "--worst", "2", "--out", str(out), "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(path),
+                "--data",
+                "synthetic",
+                "--data-option",
+                "size=48",
+                "--data-option",
+                "num_images=5",
+                "--detail",
+                "--worst",
+                "2",
+                "--out",
+                str(out),
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "by object size" in printed and "small" in printed and "mean boundary IoU" in printed and "worst:" in printed
     document = json.loads((tmp_path / "m.json").read_text())

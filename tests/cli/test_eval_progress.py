@@ -8,14 +8,14 @@ import re
 import sys
 
 import pytest
+from dataset_files import CLASSES, PALETTE, hand_masks, write_folder_dataset
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
+from fcnseg.data import open_dataset
 from fcnseg.evaluation.loop import confusion_matrix
 from fcnseg.evaluation.metrics import format_report
-from fcnseg.data import open_dataset
-from dataset_files import CLASSES, PALETTE, hand_masks, write_folder_dataset
 
 IMAGES = 5
 
@@ -31,16 +31,27 @@ def evaluation(tmp_path):
     model = fcnseg.create_model("fcn32s", num_classes=len(CLASSES), width=0.0625)
     checkpoint = save_checkpoint(tmp_path / "zero.safetensors", model, classes=CLASSES, palette=PALETTE)
     write_folder_dataset(tmp_path / "data", (hand_masks() * 3)[:IMAGES])
-    return ["eval", str(checkpoint), "--data", "folder", "--root", str(tmp_path / "data"), "--split", "val",
-            "--device", "cpu"]
+    return [
+        "eval",
+        str(checkpoint),
+        "--data",
+        "folder",
+        "--root",
+        str(tmp_path / "data"),
+        "--split",
+        "val",
+        "--device",
+        "cpu",
+    ]
 
 
 def progress_lines(err: str, label: str = "evaluate") -> list[str]:
     return re.findall(rf"^{label}: \d+/{IMAGES} batches.*$", err, flags=re.M)
 
 
-def test_eval_off_a_terminal_prints_progress_lines_on_stderr_and_the_same_report(evaluation, tmp_path, capsys,
-                                                                                  monkeypatch):
+def test_eval_off_a_terminal_prints_progress_lines_on_stderr_and_the_same_report(
+    evaluation, tmp_path, capsys, monkeypatch
+):
     assert main(evaluation + ["--no-progress"]) == 0
     quiet = capsys.readouterr()
     assert quiet.err == ""
@@ -60,7 +71,8 @@ def test_eval_off_a_terminal_prints_progress_lines_on_stderr_and_the_same_report
     every_batch = capsys.readouterr()
     assert every_batch.out == quiet.out and "\r" not in every_batch.err
     assert [line.split(",")[0] for line in progress_lines(every_batch.err)] == [
-        f"evaluate: {i}/{IMAGES} batches" for i in range(1, IMAGES + 1)]
+        f"evaluate: {i}/{IMAGES} batches" for i in range(1, IMAGES + 1)
+    ]
     assert "ETA" in progress_lines(every_batch.err)[0]
 
     assert main(evaluation + ["--calibration"]) == 0  # the calibration pass reports its progress too

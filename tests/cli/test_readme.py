@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import os
+import re
 import shlex
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,14 +106,21 @@ def test_every_python_name_a_page_shows_is_reachable_after_import_fcnseg():
     one, other tests have imported the sub-packages already)."""
     names = sorted({name for page in PAGES for name in _names_in(page)})
     assert "fcnseg.data.open_dataset" in names and "fcnseg.predict.load_image" in names
-    check = ("import fcnseg, functools, sys\n"
-             "def reach(name):\n"
-             "    try:\n"
-             "        functools.reduce(getattr, name.split('.')[1:], fcnseg)\n"
-             "    except AttributeError as error:\n"
-             "        return f'{name}: {error}'\n"
-             "print('\\n'.join(filter(None, map(reach, sys.argv[1:]))))")
-    result = subprocess.run([sys.executable, "-c", check, *names], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    check = (
+        "import fcnseg, functools, sys\n"
+        "def reach(name):\n"
+        "    try:\n"
+        "        functools.reduce(getattr, name.split('.')[1:], fcnseg)\n"
+        "    except AttributeError as error:\n"
+        "        return f'{name}: {error}'\n"
+        "print('\\n'.join(filter(None, map(reach, sys.argv[1:]))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check, *names],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"names a page shows that fail after import fcnseg:\n{result.stdout}"

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from caffe_encoder import fcn_caffemodel
+from dataset_files import write_list, write_voc_item
+from weights_server import FileServer
 
 import fcnseg
-from caffe_encoder import fcn_caffemodel
 from fcnseg.cli import main
 from fcnseg.weights import registry
 from fcnseg.weights.registry import Checksum, KnownWeights, Published
-from dataset_files import write_list, write_voc_item
-from weights_server import FileServer
 
 
 def background_everywhere_model() -> torch.nn.Module:
@@ -59,12 +59,31 @@ def layout(tmp_path: Path) -> tuple[Path, Path]:
 def served_entry(fcnseg_home, monkeypatch):
     data = fcn_caffemodel(background_everywhere_model())
     with FileServer({"/bg.caffemodel": data}) as server:
-        entry = KnownWeights("bg-fcn8s-voc", "bg.caffemodel", (server.url + "/bg.caffemodel",),
-                             Checksum("sha256", hashlib.sha256(data).hexdigest()), "fcn8s", "voc", "caffe", "test",
-                             width=0.0625, published=(Published("source A", {"pixel_acc": 20.0, "mean_iu": 10.0}),
-                                                      Published("source B", {"fw_iu": 5.0})))
-        monkeypatch.setattr(registry, "KNOWN_WEIGHTS", {entry.name: entry, "no-figures": KnownWeights(
-            "no-figures", "x.caffemodel", (server.url + "/x",), None, "fcn8s", "voc", "caffe", "test")})
+        entry = KnownWeights(
+            "bg-fcn8s-voc",
+            "bg.caffemodel",
+            (server.url + "/bg.caffemodel",),
+            Checksum("sha256", hashlib.sha256(data).hexdigest()),
+            "fcn8s",
+            "voc",
+            "caffe",
+            "test",
+            width=0.0625,
+            published=(
+                Published("source A", {"pixel_acc": 20.0, "mean_iu": 10.0}),
+                Published("source B", {"fw_iu": 5.0}),
+            ),
+        )
+        monkeypatch.setattr(
+            registry,
+            "KNOWN_WEIGHTS",
+            {
+                entry.name: entry,
+                "no-figures": KnownWeights(
+                    "no-figures", "x.caffemodel", (server.url + "/x",), None, "fcn8s", "voc", "caffe", "test"
+                ),
+            },
+        )
         yield entry
 
 

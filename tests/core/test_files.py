@@ -21,10 +21,9 @@ def test_atomic_write_replaces_the_file(tmp_path):
 def test_a_failed_write_keeps_the_old_content_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "a.txt"
     atomic_write_text(target, "kept")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
     assert target.read_text() == "kept"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 

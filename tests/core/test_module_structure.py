@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from command_runs import PROJECT_ROOT, subprocess_env
 
 PACKAGE = PROJECT_ROOT / "fcnseg"
@@ -34,8 +33,9 @@ def load_time_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]
             type_checking = "TYPE_CHECKING" in ast.unparse(node.test)
             found += load_time_imports(node.orelse) if type_checking else load_time_imports(node.body + node.orelse)
         elif isinstance(node, ast.Try):
-            found += load_time_imports(node.body + node.orelse + node.finalbody +
-                                       [stmt for handler in node.handlers for stmt in handler.body])
+            found += load_time_imports(
+                node.body + node.orelse + node.finalbody + [stmt for handler in node.handlers for stmt in handler.body]
+            )
     return found
 
 
@@ -54,7 +54,7 @@ def imported_modules(name: str) -> set[str]:
             continue
         base = node.module or ""
         if node.level:
-            base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else []))
+            base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
         targets.update([base] + [f"{base}.{alias.name}" for alias in node.names])
     found = set()
     for target in targets & set(MODULES):
@@ -76,7 +76,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = "done"
@@ -110,14 +110,16 @@ def test_the_packages_depend_on_each_other_one_way():
     top = {name: ".".join(name.split(".")[:2]) for name in MODULES}
     graph: dict[str, set[str]] = {}
     for name in MODULES:
-        graph.setdefault(top[name], set()).update(top[other] for other in imported_modules(name) if top[other] != top[name])
+        graph.setdefault(top[name], set()).update(
+            top[other] for other in imported_modules(name) if top[other] != top[name]
+        )
     graph.pop("fcnseg")  # the root imports its packages; they never import it by name
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
 #: Run by one child interpreter: import fcnseg's third-party dependencies once, then each module of
 #: fcnseg in a forked child that has never imported any of fcnseg, as ``python -c "import fcnseg.X"`` would.
-_EACH_ON_ITS_OWN = r'''
+_EACH_ON_ITS_OWN = r"""
 import importlib, os, sys, traceback
 
 def start(job):
@@ -160,14 +162,19 @@ for index in range(0, len(modules), 2):  # two children at a time
     children = [(name, start(lambda name=name: importlib.import_module(name) and None)) for name in modules[index:index + 2]]
     failed += [f"{name}:\n{text}" for name, child in children for status, text in [finish(child)] if status]
 sys.exit("\n".join(failed) or None)
-'''
+"""
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
 def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     names = [name for name in MODULES if name != "fcnseg.__main__"]  # __main__ runs the command line
-    done = subprocess.run([sys.executable, "-c", _EACH_ON_ITS_OWN, *names], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _EACH_ON_ITS_OWN, *names],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
 
 

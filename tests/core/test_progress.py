@@ -51,7 +51,10 @@ def test_a_terminal_gets_a_tqdm_bar_and_a_log_gets_plain_lines(monkeypatch):
     assert not shown.terminal and "\r" not in log.getvalue()
     assert all(line.startswith("evaluate: ") for line in log.getvalue().splitlines())
     assert [line.split(",")[0] for line in log.getvalue().splitlines()] == [
-        "evaluate: 1/3 batches", "evaluate: 2/3 batches", "evaluate: 3/3 batches"]
+        "evaluate: 1/3 batches",
+        "evaluate: 2/3 batches",
+        "evaluate: 3/3 batches",
+    ]
 
 
 def test_lines_are_rate_limited_to_one_every_interval_and_one_at_the_end(clock):
@@ -61,8 +64,11 @@ def test_lines_are_rate_limited_to_one_every_interval_and_one_at_the_end(clock):
         clock.now += 1
         shown.update()
     lines = log.getvalue().splitlines()
-    assert [line.split(",")[0] for line in lines] == ["predict: 30/100 images", "predict: 60/100 images",
-                                                       "predict: 90/100 images"]
+    assert [line.split(",")[0] for line in lines] == [
+        "predict: 30/100 images",
+        "predict: 60/100 images",
+        "predict: 90/100 images",
+    ]
     assert lines[0] == "predict: 30/100 images, 1 images/s, 0m30s elapsed, ETA 1m10s"
     clock.now += 1
     shown.update()  # the last image, 10 s after the previous line: no line yet

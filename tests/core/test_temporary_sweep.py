@@ -25,8 +25,17 @@ def interrupted(tmp_path):
 def test_the_target_of_a_temporary_file_is_read_back_from_the_name_atomic_path_gives(tmp_path, interrupted):
     temporary = interrupted(tmp_path / "a.mask.png")
     assert temporary.name != "a.mask.png" and temporary_file_target(temporary.name) == "a.mask.png"
-    for name in ("a.png", ".a.png", ".a.tmp", "a.png.x1.tmp", ".a.png.tmp.bak", "..x1.tmp", ".a.png..tmp",
-                 ".a.png.x-1.tmp", ".tmp"):
+    for name in (
+        "a.png",
+        ".a.png",
+        ".a.tmp",
+        "a.png.x1.tmp",
+        ".a.png.tmp.bak",
+        "..x1.tmp",
+        ".a.png..tmp",
+        ".a.png.x-1.tmp",
+        ".tmp",
+    ):
         assert temporary_file_target(name) is None, name
 
 
@@ -42,8 +51,11 @@ def test_the_sweep_removes_only_temporary_files_of_atomic_writes(tmp_path, inter
 
 
 def test_the_sweep_can_stay_in_the_folder_and_keep_to_some_targets(tmp_path, interrupted):
-    mine, other, below = (interrupted(tmp_path / "a.png"), interrupted(tmp_path / "b.png"),
-                          interrupted(tmp_path / "sub" / "a.png"))
+    mine, other, below = (
+        interrupted(tmp_path / "a.png"),
+        interrupted(tmp_path / "b.png"),
+        interrupted(tmp_path / "sub" / "a.png"),
+    )
     assert sweep_temporary_files(tmp_path, {"a.png"}, below=False) == [mine]
     assert other.exists() and below.exists()
     assert sweep_temporary_files(tmp_path / "missing") == []

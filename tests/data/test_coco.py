@@ -13,18 +13,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_runs import run_data_command
 from PIL import Image
 
 from fcnseg.data import VOC_CLASSES, DatasetError, open_dataset
-from command_runs import run_data_command
 
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools import mask as mask_utils  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 HEIGHT, WIDTH = 10, 12
-CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 17, "name": "cat"},
-              {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}]
+CATEGORIES = [
+    {"id": 1, "name": "person"},
+    {"id": 3, "name": "car"},
+    {"id": 17, "name": "cat"},
+    {"id": 18, "name": "dog"},
+    {"id": 90, "name": "toothbrush"},
+]
 # VOC ids of the COCO categories above, from torchvision's CAT_LIST written out by hand: person 15, car 7,
 # cat 8, dog 12; toothbrush is no VOC class.
 VOC_ID = {1: 15, 3: 7, 17: 8, 18: 12}
@@ -62,7 +67,9 @@ def write_coco(root: Path, split: str) -> Path:
     (root / split).mkdir(exist_ok=True)
     images = [{"id": i, "file_name": f"{i:012d}.jpg", "height": HEIGHT, "width": WIDTH} for i in (1, 2, 3)]
     for image in images:
-        Image.fromarray(np.full((HEIGHT, WIDTH, 3), 50, np.uint8)).save(root / split / image["file_name"], format="JPEG")
+        Image.fromarray(np.full((HEIGHT, WIDTH, 3), 50, np.uint8)).save(
+            root / split / image["file_name"], format="JPEG"
+        )
     path = root / "annotations" / f"instances_{split}.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations(), "categories": CATEGORIES}))
     return path
@@ -101,8 +108,14 @@ def test_masks_equal_the_composition_of_pycocotools_masks(coco_root, categories,
 
 def test_class_lists_are_vocs_or_the_files_categories_with_background(coco_root):
     assert open_dataset("coco", coco_root, "val2017", categories="voc").classes == list(VOC_CLASSES)
-    assert open_dataset("coco", coco_root, "val2017").classes == ["background", "person", "car", "cat", "dog",
-                                                                 "toothbrush"]
+    assert open_dataset("coco", coco_root, "val2017").classes == [
+        "background",
+        "person",
+        "car",
+        "cat",
+        "dog",
+        "toothbrush",
+    ]
 
 
 def test_images_without_enough_kept_annotation_are_skipped_in_train_or_by_option(coco_root):
@@ -147,7 +160,23 @@ def test_without_pycocotools_the_error_names_the_extra(coco_root, monkeypatch):
 
 
 def test_fcnseg_data_reads_it(coco_root, capsys):
-    assert run_data_command(["--data", "coco", "--root", str(coco_root), "--split", "val2017", "--json",
-                             "--data-option", "categories=voc", "--val-split", "none"]) == 0
+    assert (
+        run_data_command(
+            [
+                "--data",
+                "coco",
+                "--root",
+                str(coco_root),
+                "--split",
+                "val2017",
+                "--json",
+                "--data-option",
+                "categories=voc",
+                "--val-split",
+                "none",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["items"] == 3 and report["classes"][15]["class"] == "person" and report["classes"][15]["pixels"] > 0

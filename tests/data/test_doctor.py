@@ -14,8 +14,16 @@ import torch
 from PIL import Image
 
 from fcnseg.commands import data as data_command
-from fcnseg.data import (ColourMaskError, DatasetError, LossyMaskError, class_statistics, diagnose, open_dataset,
-                         read_colour_table, write_fixed_copy)  # fmt: skip
+from fcnseg.data import (
+    ColourMaskError,
+    DatasetError,
+    LossyMaskError,
+    class_statistics,
+    diagnose,
+    open_dataset,
+    read_colour_table,  # fmt: skip
+    write_fixed_copy,
+)
 from fcnseg.data.colours import propose_colour_table
 
 COLOURS = {0: (0, 0, 0), 1: (250, 40, 40), 2: (40, 40, 250)}  # a user's own colour coding
@@ -50,7 +58,11 @@ def codes(findings) -> list[str]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- 0/255 binary masks ------------------------------------------------------------------------
@@ -58,7 +70,9 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def binary_folder(tmp_path: Path) -> Path:
-    masks = {stem: np.where(ids_mask(seed, classes=2) == 1, 255, 0).astype(np.uint8) for seed, stem in enumerate("abcde")}
+    masks = {
+        stem: np.where(ids_mask(seed, classes=2) == 1, 255, 0).astype(np.uint8) for seed, stem in enumerate("abcde")
+    }
     root = make_folder(tmp_path / "binary", masks)
     (root / "classes.txt").write_text("background\nroof\n")
     return root
@@ -123,7 +137,9 @@ def test_colour_table_errors_name_the_file_and_line(colour_folder, tmp_path: Pat
     table_file = tmp_path / "colors.txt"
     table_file.write_text("0 0 0 0\n250 40 40 1\n")  # (40, 40, 250) missing
     dataset = open_dataset("folder", root, None, colors=str(table_file), num_classes=3)
-    with pytest.raises(DatasetError, match=r"has colour \(40, 40, 250\) at \(row, col\) .*colour table .*colors\.txt does not list"):
+    with pytest.raises(
+        DatasetError, match=r"has colour \(40, 40, 250\) at \(row, col\) .*colour table .*colors\.txt does not list"
+    ):
         for index in range(len(dataset)):
             dataset[index]
     table_file.write_text("0 0 0 0\n300 0 0 1\n")
@@ -148,7 +164,9 @@ def test_proposed_tables_for_grey_and_voc_colours() -> None:
 def test_jpeg_masks_are_refused_with_the_reason(tmp_path: Path, capsys) -> None:
     root = make_folder(tmp_path, {"a": ids_mask(0), "b": ids_mask(1)}, suffix=".jpg")
     dataset = open_dataset("folder", root, None, num_classes=3)  # found, not "missing a PNG"
-    with pytest.raises(LossyMaskError, match=r"mask .*a\.jpg is a JPEG; expected a lossless PNG: JPEG compression changes"):
+    with pytest.raises(
+        LossyMaskError, match=r"mask .*a\.jpg is a JPEG; expected a lossless PNG: JPEG compression changes"
+    ):
         dataset[0]
     assert codes(diagnose(dataset)) == ["jpeg-masks"]
     assert run(["--data", "folder", "--root", str(root), "--split", "all", "--data-option", "num_classes=3"]) == 2
@@ -187,7 +205,9 @@ def test_classes_missing_from_train_and_identical_files_across_splits(tmp_path: 
     assert "ground (id 0), roof (id 1), snow (id 3)" in found["class-not-in-other"].message
     (root / "images" / "c.png").write_bytes((root / "images" / "b.png").read_bytes())
     found = {f.code: f for f in diagnose(open_dataset("folder", root, "train"), open_dataset("folder", root, "val"))}
-    assert "1 image files of the other split are identical to images of this split (b = c)" in found["duplicates"].message
+    assert (
+        "1 image files of the other split are identical to images of this split (b = c)" in found["duplicates"].message
+    )
 
 
 def test_unreadable_items_sampling_and_fifos(tmp_path: Path) -> None:
@@ -197,7 +217,9 @@ def test_unreadable_items_sampling_and_fifos(tmp_path: Path) -> None:
     Image.fromarray(ids_mask(9)).save(root / "masks" / "d.png.fifo.png")
     dataset = open_dataset("folder", root, None, num_classes=3)
     messages = [f.message for f in diagnose(dataset) if f.code == "bad-item"]
-    assert any("c.png cannot be decoded" in m for m in messages) and any("is a FIFO, not a regular file" in m for m in messages)
+    assert any("c.png cannot be decoded" in m for m in messages) and any(
+        "is a FIFO, not a regular file" in m for m in messages
+    )
     sampled = diagnose(dataset, max_items=3, decode_images=False)
     assert sampled[0].message == "checked 3 of 9 items (evenly spaced)"
 
@@ -216,7 +238,14 @@ def test_fix_writes_a_new_folder_and_leaves_the_original_untouched(colour_folder
     printed = capsys.readouterr().out
     assert tree_digest(root) == before
     assert "wrote" in printed and "left out" in printed and "e.jpg is a JPEG" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "colors.txt", "images", "masks", "train.txt", "val.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "classes.txt",
+        "colors.txt",
+        "images",
+        "masks",
+        "train.txt",
+        "val.txt",
+    ]
     train, val = open_dataset("folder", out, "train"), open_dataset("folder", out, "val")
     assert sorted(train.ids + val.ids) == ["a", "b", "c", "d"] and not set(train.ids) & set(val.ids)
     proposal = {0: 0, 1: 2, 2: 1}  # proposed ids are in RGB order: (40,40,250) -> 1, (250,40,40) -> 2
@@ -234,4 +263,6 @@ def test_fix_writes_binary_masks_as_0_and_1(binary_folder: Path, tmp_path: Path)
     assert report[0] == "all: 5 of 5 items written (5 masks written 0/1)"
     fixed = open_dataset("folder", tmp_path / "out", None)
     raw = np.array(Image.open(binary_folder / "masks" / "a.png"))
-    assert fixed.classes == ["background", "roof"] and torch.equal(fixed[0][1], torch.from_numpy((raw > 0).astype(np.int64)))
+    assert fixed.classes == ["background", "roof"] and torch.equal(
+        fixed[0][1], torch.from_numpy((raw > 0).astype(np.int64))
+    )

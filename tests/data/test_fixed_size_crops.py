@@ -29,8 +29,9 @@ def test_a_shrunk_image_is_padded_to_the_size_with_the_ignore_label_and_nothing_
 
 @pytest.mark.parametrize("scale", [1.0, 1.1, 1.25])
 def test_an_enlarged_image_is_cropped_to_the_size_without_padding(scale):
-    transform = TrainTransform(crop_size=(HEIGHT, WIDTH), scale_range=(scale, scale), hflip=True, color_jitter=0.1,
-                               ignore_index=IGNORE)
+    transform = TrainTransform(
+        crop_size=(HEIGHT, WIDTH), scale_range=(scale, scale), hflip=True, color_jitter=0.1, ignore_index=IGNORE
+    )
     for seed in range(5):
         torch.manual_seed(seed)
         image, mask = transform(*_item(seed))
@@ -61,6 +62,7 @@ def test_every_step_of_the_augmentation_gets_and_gives_uint8_images():
         def run(*inputs):
             seen.append((type(step).__name__, inputs[0].dtype))
             return step(*inputs)
+
         return run
 
     transform.pipeline.transforms = [spy(step) for step in transform.pipeline.transforms]
@@ -71,4 +73,3 @@ def test_every_step_of_the_augmentation_gets_and_gives_uint8_images():
         assert image.dtype == torch.uint8 and mask.dtype == torch.int64
     assert {name for name, _ in seen} == names
     assert all(dtype == torch.uint8 for _, dtype in seen), seen
-

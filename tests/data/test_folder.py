@@ -79,7 +79,9 @@ def test_custom_ignore_value(folder: Path) -> None:
     dataset = open_dataset("folder", folder, None, ignore_index=100)
     assert dataset.ignore_index == 100
     assert dataset[dataset.ids.index("d")][1].tolist() == [[0, 100], [1, 2]]
-    with pytest.raises(DatasetError, match=r"masks/a.png\): mask has label 255 .*expected 0..2 or the ignore value 100"):
+    with pytest.raises(
+        DatasetError, match=r"masks/a.png\): mask has label 255 .*expected 0..2 or the ignore value 100"
+    ):
         dataset[dataset.ids.index("a")]
 
 
@@ -174,7 +176,9 @@ def test_folder_problems(tmp_path: Path, folder: Path) -> None:
 def test_unknown_kind_and_option(folder: Path) -> None:
     with pytest.raises(DatasetError, match="unknown dataset kind 'ade20k'"):
         open_dataset("ade20k", "/x", "train")
-    with pytest.raises(DatasetError, match=r"unknown option\(s\) \['colour'\] for dataset kind 'folder'.*'num_classes'"):
+    with pytest.raises(
+        DatasetError, match=r"unknown option\(s\) \['colour'\] for dataset kind 'folder'.*'num_classes'"
+    ):
         open_dataset("folder", folder, "train", colour=3)
 
 
@@ -230,14 +234,23 @@ def test_automatic_split_is_seeded_disjoint_and_complete(tmp_path: Path) -> None
     # the documented rule, written out: val = the 4 stems ranked first by sha256("0\0<stem>")
     ranked = sorted(stems, key=lambda s: hashlib.sha256(f"0\0{s}".encode()).digest())
     assert val.ids == sorted(ranked[:4])
-    assert val.split_info == {"split": "val", "source": "automatic", "val_fraction": 0.2, "seed": 0, "items": 4, "of": 20}
+    assert val.split_info == {
+        "split": "val",
+        "source": "automatic",
+        "val_fraction": 0.2,
+        "seed": 0,
+        "items": 4,
+        "of": 20,
+    }
     assert open_dataset("folder", tmp_path, "val", num_classes=1).ids == val.ids  # deterministic
     other = open_dataset("folder", tmp_path, "val", num_classes=1, split_seed=1, val_fraction=0.5)
     assert other.ids == sorted(sorted(stems, key=lambda s: hashlib.sha256(f"1\0{s}".encode()).digest())[:10])
     with pytest.raises(DatasetError, match=r"val_fraction=1.5; expected a number between 0 and 1"):
         open_dataset("folder", tmp_path, "val", num_classes=1, val_fraction=1.5)
     (tmp_path / "train.txt").write_text("img00\n")  # with a train.txt, val.txt is needed too
-    with pytest.raises(DatasetError, match=r"split file .*val\.txt does not exist.*split automatically only when neither"):
+    with pytest.raises(
+        DatasetError, match=r"split file .*val\.txt does not exist.*split automatically only when neither"
+    ):
         open_dataset("folder", tmp_path, "val", num_classes=1)
 
 

@@ -155,8 +155,26 @@ def test_a_run_on_0_255_masks_with_255_ignored_refuses_to_start(binary: Path, tm
     assert doctor(["--data", "folder", "--root", str(binary), "--data-option", "num_classes=2"]) == 2
     assert "error: masks hold only the values 0 and 255" in capsys.readouterr().out
     out = tmp_path / "run"
-    code = main(["train", "--out", str(out), "--data", "folder", "--root", str(binary), "--data-option", "num_classes=2",
-                 "--width", "0.0625", "--steps", "1", "--set", "recipe.minutes=none", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--data",
+            "folder",
+            "--root",
+            str(binary),
+            "--data-option",
+            "num_classes=2",
+            "--width",
+            "0.0625",
+            "--steps",
+            "1",
+            "--set",
+            "recipe.minutes=none",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     line = next(line for line in err.splitlines() if line.startswith("fcnseg train: error: "))
@@ -224,8 +242,11 @@ def test_without_black_a_colour_lying_on_region_borders_is_the_unlabelled_one(tm
     assert doctor(["--data", "folder", "--root", str(root)]) == 2
     out = capsys.readouterr().out
     assert "3 colours as class ids 0..2" in out
-    assert re.search(r"\(255, 255, 0\) as 255, the ignore value \(not trained, not scored\): it looks unlabelled "
-                     r"\(9\d% of its pixels on region borders, \d\.\d% of the pixels\)", out)
+    assert re.search(
+        r"\(255, 255, 0\) as 255, the ignore value \(not trained, not scored\): it looks unlabelled "
+        r"\(9\d% of its pixels on region borders, \d\.\d% of the pixels\)",
+        out,
+    )
     fixed = tmp_path / "fixed"
     assert doctor(["--data", "folder", "--root", str(root), "--fix", str(fixed)]) == 0
     capsys.readouterr()

@@ -15,18 +15,13 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from command_runs import run_data_command
+from dataset_files import INTRINSICS, render
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
 from fcnseg.data import NYUD_CLASSES, DatasetError, hha_from_depth, open_dataset
 from fcnseg.data.hha import nyud_intrinsics
-from command_runs import run_data_command
-from dataset_files import INTRINSICS, render
-
-
-
-
-
 
 
 def interior(region: np.ndarray) -> np.ndarray:
@@ -65,8 +60,6 @@ def test_nyud_intrinsics_move_the_principal_point_for_the_standard_crop():
     assert nyud_intrinsics(425, 560)[2:] == pytest.approx((full[2] - 40, full[3] - 44))
 
 
-
-
 def test_labels_are_the_40_classes_shifted_down_with_void_ignored(nyud):
     dataset = open_dataset("nyud", nyud, "train")
     image, mask = dataset[0]
@@ -91,8 +84,11 @@ def test_hha_is_computed_from_depth_once_and_then_read_from_its_cache(nyud):
 
 def test_missing_and_malformed_files_are_named(nyud):
     (nyud / "data" / "depth" / "img_5002.png").unlink()
-    with pytest.raises(DatasetError, match=r"HHA image .*hha/img_5002\.png does not exist, nor the depth image "
-                                           r".*depth/img_5002\.png"):
+    with pytest.raises(
+        DatasetError,
+        match=r"HHA image .*hha/img_5002\.png does not exist, nor the depth image "
+        r".*depth/img_5002\.png",
+    ):
         open_dataset("nyud", nyud, "train", modality="hha")[1]
     Image.fromarray(np.zeros((120, 160, 3), np.uint8)).save(nyud / "data" / "depth" / "img_5002.png")
     with pytest.raises(DatasetError, match=r"depth image .*img_5002\.png is a RGB image; expected .*16-bit"):
@@ -107,8 +103,12 @@ def test_missing_and_malformed_files_are_named(nyud):
 
 
 def test_fcnseg_data_reads_the_colour_hha_items(nyud, capsys):
-    assert run_data_command(["--data", "nyud", "--root", str(nyud), "--split", "train", "--json",
-                             "--data-option", "modality=color_hha"]) == 0
+    assert (
+        run_data_command(
+            ["--data", "nyud", "--root", str(nyud), "--split", "train", "--json", "--data-option", "modality=color_hha"]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["items"] == 2 and report["classes"][0]["pixels"] == 2 * 60 * 160
 

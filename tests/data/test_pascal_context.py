@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from command_runs import run_data_command
 from PIL import Image
 
 from fcnseg.data import DatasetError, open_dataset
-from command_runs import run_data_command
 
 # A shortened release: the full list (its indices are the LabelMap values) and a 4-class task list, in
 # the release's format; "diningtable" and "bedcloth" are spelled as in the real 59_labels.txt.
@@ -65,7 +65,21 @@ def test_missing_and_malformed_files_are_named(context):
 
 def test_fcnseg_data_reads_it(context, capsys):
     voc = json.dumps(str(context.parent / "VOCdevkit"))
-    assert run_data_command(["--data", "pascal_context", "--root", str(context), "--split", "train",
-                             "--data-option", f"voc_root={voc}", "--json"]) == 0
+    assert (
+        run_data_command(
+            [
+                "--data",
+                "pascal_context",
+                "--root",
+                str(context),
+                "--split",
+                "train",
+                "--data-option",
+                f"voc_root={voc}",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["items"] == 2 and [row["pixels"] for row in report["classes"]] == [2 * 5, 2, 2, 2, 2]

@@ -107,7 +107,9 @@ def test_max_pixels_refuses_from_the_header_before_decoding(tmp_path: Path, monk
         raise AssertionError("the image was decoded")
 
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
-    with pytest.raises(ImageTooLargeError, match=r"big\.jpg is 3000x2000 = 6,000,000 pixels; expected at most 1,000,000"):
+    with pytest.raises(
+        ImageTooLargeError, match=r"big\.jpg is 3000x2000 = 6,000,000 pixels; expected at most 1,000,000"
+    ):
         read_image_file(path, max_pixels=1_000_000)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # over 2x PIL's own limit: also ImageTooLargeError
     with pytest.raises(ImageTooLargeError, match="too many pixels"):

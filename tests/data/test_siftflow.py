@@ -8,21 +8,17 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-
-from fcnseg.data import DatasetError, PadCollate, TrainTransform, open_dataset
-from fcnseg.data.siftflow import GEOMETRIC_CLASSES, SEMANTIC_CLASSES
 from command_runs import run_data_command
 from dataset_files import FOLDER
 from dataset_files import write_siftflow_item as write_item
+
+from fcnseg.data import DatasetError, PadCollate, TrainTransform, open_dataset
+from fcnseg.data.siftflow import GEOMETRIC_CLASSES, SEMANTIC_CLASSES
 
 # Written out by hand: class k of the file is id k - 1, void is 255; geometric ids follow the 33 semantic ones.
 SEMANTIC_IDS = [[255, 0, 1], [27, 32, 255]]
 GEOMETRIC_IDS = [[255, 0, 1], [2, 255, 0]]
 BOTH_GEOMETRIC_IDS = [[255, 33, 34], [35, 255, 33]]
-
-
-
-
 
 
 def test_semantic_labels_are_the_file_labels_minus_one_with_void_ignored(siftflow):
@@ -62,7 +58,9 @@ def test_missing_and_malformed_files_are_named(siftflow):
     with pytest.raises(DatasetError, match=r"GeoLabels/.*street_b\.mat does not exist"):
         open_dataset("siftflow", siftflow, "trainval")[1]
     scipy.io.savemat(siftflow / "SemanticLabels" / FOLDER / "coast_a.mat", {"L": np.zeros((2, 3))})
-    with pytest.raises(DatasetError, match=r"coast_a\.mat has no variable 'S'.*SemanticLabels.*found variables: \['L'\]"):
+    with pytest.raises(
+        DatasetError, match=r"coast_a\.mat has no variable 'S'.*SemanticLabels.*found variables: \['L'\]"
+    ):
         open_dataset("siftflow", siftflow, "trainval")[0]
     with pytest.raises(DatasetError, match=r"test\.txt does not exist"):
         open_dataset("siftflow", siftflow, "test")

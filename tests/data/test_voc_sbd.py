@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from dataset_files import scrambled_palette, write_list, write_voc_item
 from PIL import Image
 
 from fcnseg.data import VOC_CLASSES, DatasetError, open_dataset
-from dataset_files import scrambled_palette, write_list, write_voc_item
 
 # VOC colours of the ids in the real mini set, written out by hand from the VOC palette rule
 # (bit k of the id sets bit 7-k//3 of R, G or B by k mod 3): never derived by the code under test.
@@ -20,12 +20,6 @@ VOC_COLOURS = {
     0: (0, 0, 0), 5: (128, 0, 128), 6: (0, 128, 128), 7: (128, 128, 128), 9: (192, 0, 0),
     11: (192, 128, 0), 15: (192, 128, 128), 18: (0, 192, 0), 255: (224, 224, 192),
 }  # fmt: skip
-
-
-
-
-
-
 
 
 def label(value: int, shape: tuple[int, int] = (4, 6)) -> np.ndarray:
@@ -123,8 +117,13 @@ def test_seg11valid_is_voc2011_val_minus_sbd_train(devkit: Path, tmp_path: Path)
     dataset = open_dataset("voc", devkit / "VOC2012", "seg11valid", sbd_root=sbd)
     assert dataset.ids == ["d", "a", "c"]  # VOC2011 order, SBD train removed
     assert "VOC2012" in dataset.describe(0)  # images from the given VOC folder
-    by_file = open_dataset("voc", devkit, "seg11valid", sbd_root=sbd / "train.txt",
-                           voc2011_val=devkit / "VOC2011" / "ImageSets" / "Segmentation" / "val.txt")
+    by_file = open_dataset(
+        "voc",
+        devkit,
+        "seg11valid",
+        sbd_root=sbd / "train.txt",
+        voc2011_val=devkit / "VOC2011" / "ImageSets" / "Segmentation" / "val.txt",
+    )
     assert by_file.ids == ["d", "a", "c"]
     assert open_dataset("voc", devkit, "seg11valid", sbd_root=sbd.parent).ids == ["d", "a", "c"]
 

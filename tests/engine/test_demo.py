@@ -28,7 +28,9 @@ def independent_masks(checkpoint, images: list[torch.Tensor]) -> list[np.ndarray
     model = checkpoint.model.eval()
     model.set_fast_paths(False)
     with torch.no_grad():
-        return [model(fcnseg.preprocess(image[None], checkpoint.preprocessing))[0].argmax(0).numpy() for image in images]
+        return [
+            model(fcnseg.preprocess(image[None], checkpoint.preprocessing))[0].argmax(0).numpy() for image in images
+        ]
 
 
 def independent_metrics(predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> dict:
@@ -44,8 +46,27 @@ def independent_metrics(predictions: list[np.ndarray], labels: list[np.ndarray],
 
 def test_smoke_demo_writes_checkpoint_metrics_curves_and_overlays(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "2", "--train-images", "8", "--val-images", "4",
-                 "--size", "40", "--threads", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--train-images",
+                "8",
+                "--val-images",
+                "4",
+                "--size",
+                "40",
+                "--threads",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "mean IU" in printed and "per-class IU" in printed and str(out) in printed
 
@@ -56,7 +77,9 @@ def test_smoke_demo_writes_checkpoint_metrics_curves_and_overlays(tmp_path, caps
 
     # metrics.json is what evaluating best.safetensors on the validation images gives, computed here independently
     config = demo_config(val_images=4, size=40)
-    val_set = open_dataset(config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options})
+    val_set = open_dataset(
+        config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options}
+    )
     images, labels = zip(*(val_set[index] for index in range(len(val_set))))
     assert len(images) == 4
     predictions = independent_masks(checkpoint, list(images))
@@ -87,7 +110,8 @@ def test_demo_config_is_the_demo_recipe_on_the_cpu():
     assert config.model["name"] == "fcn8s" and config.data == "synthetic" and config.threads == 2
     recorded = config.to_dict()  # every setting of the preset, as the file says, beside the recipe
     assert {key: recorded[key] for key in preset if key not in ("description", "recipe")} == {
-        key: value for key, value in preset.items() if key not in ("description", "recipe")}
+        key: value for key, value in preset.items() if key not in ("description", "recipe")
+    }
 
 
 def test_demo_config_depends_on_nothing_of_the_time_or_the_machine(monkeypatch):

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from command_runs import TRAIN_ARGS
+from command_runs import subprocess_env as _env
 from safetensors.torch import load_file
-from command_runs import TRAIN_ARGS, subprocess_env as _env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -22,16 +21,38 @@ def _records(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 def test_two_gloo_processes_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.Popen([sys.executable, "-m", "fcnseg", "train", "--out", str(one), *TRAIN_ARGS], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    single = subprocess.Popen(
+        [sys.executable, "-m", "fcnseg", "train", "--out", str(one), *TRAIN_ARGS],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     pair = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "fcnseg", "train", "--out", str(two), *TRAIN_ARGS],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "fcnseg",
+            "train",
+            "--out",
+            str(two),
+            *TRAIN_ARGS,
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output, _ = single.communicate(timeout=300)
     assert single.returncode == 0, output

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.data import PadCollate, open_dataset
 from fcnseg.engine.loss import SegmentationLoss, loss_for_model
 from fcnseg.evaluation.loop import evaluate
 from fcnseg.models import preprocess_color_hha
-from tiny_models import tiny_model
 
 
 def test_siftflow_net_trains_both_heads_and_is_evaluated_per_head(siftflow):  # noqa: F811
@@ -50,10 +50,43 @@ def test_fcnseg_train_and_eval_run_the_two_headed_net(siftflow, tmp_path, capsys
     from fcnseg.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "--recipe", "demo", "--out", str(out), "--model", "siftflow_fcn32s", "--width", "0.0625",
-                 "--data", "siftflow", "--root", str(siftflow), "--train-split", "trainval", "--val-split", "trainval",
-                 "--set", "data_options={}", "--set", "val_data_options={}", "--set", "class_weights=none",
-                 "--steps", "2", "--batch-size", "2", "--no-progress", "--overlays", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "demo",
+                "--out",
+                str(out),
+                "--model",
+                "siftflow_fcn32s",
+                "--width",
+                "0.0625",
+                "--data",
+                "siftflow",
+                "--root",
+                str(siftflow),
+                "--train-split",
+                "trainval",
+                "--val-split",
+                "trainval",
+                "--set",
+                "data_options={}",
+                "--set",
+                "val_data_options={}",
+                "--set",
+                "class_weights=none",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--no-progress",
+                "--overlays",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert main(["eval", str(out / "best.safetensors"), "--split", "trainval", "--json", str(tmp_path / "m.json")]) == 0
     printed = capsys.readouterr().out
     assert "head sem (33 classes)" in printed and "head geo (3 classes)" in printed
@@ -62,17 +95,28 @@ def test_fcnseg_train_and_eval_run_the_two_headed_net(siftflow, tmp_path, capsys
 def test_the_engine_trains_the_late_fusion_net_on_colour_hha_items(nyud, tmp_path):  # noqa: F811
     from fcnseg.engine import build_config, train
 
-    settings = [("model.name", "nyud_fcn32s_color_hha"), ("model.width", 0.0625), ("data", "nyud"), ("root", str(nyud)),
-                ("data_options", {"modality": "color_hha", "intrinsics": [150.0, 150.0, 79.5, 59.5]}),
-                ("val_split", "train"), ("recipe.steps", 1), ("recipe.batch_size", 2), ("threads", 1),
-                ("progress", False), ("overlays", 0), ("recipe.lr", 1e-10)]  # the paper recipe knows the VOC nets' rates
+    settings = [
+        ("model.name", "nyud_fcn32s_color_hha"),
+        ("model.width", 0.0625),
+        ("data", "nyud"),
+        ("root", str(nyud)),
+        ("data_options", {"modality": "color_hha", "intrinsics": [150.0, 150.0, 79.5, 59.5]}),
+        ("val_split", "train"),
+        ("recipe.steps", 1),
+        ("recipe.batch_size", 2),
+        ("threads", 1),
+        ("progress", False),
+        ("overlays", 0),
+        ("recipe.lr", 1e-10),
+    ]  # the paper recipe knows the VOC nets' rates
     result = train(build_config("paper", settings=settings), tmp_path / "run")
     # the validation it reports is what evaluating its weights gives, through the evaluation loop instead
     from fcnseg.checkpoint import load_checkpoint
 
     dataset = open_dataset("nyud", nyud, "train", modality="color_hha", intrinsics=[150.0, 150.0, 79.5, 59.5])
-    expected = evaluate(load_checkpoint(tmp_path / "run" / "last.safetensors").model, dataset, dataset.num_classes,
-                        progress=False)
+    expected = evaluate(
+        load_checkpoint(tmp_path / "run" / "last.safetensors").model, dataset, dataset.num_classes, progress=False
+    )
     assert result.step == 1 and result.last_metrics["mean_iu"] == pytest.approx(expected["mean_iu"], abs=1e-9)
     assert result.last_metrics["pixel_acc"] == pytest.approx(expected["pixel_acc"], abs=1e-9)
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
+from fcnseg.data import InMemoryDataset
 from fcnseg.engine.loss import HeadsLoss, SegmentationLoss, build_loss, loss_for_model
 from fcnseg.evaluation.loop import evaluate, evaluate_heads
-from fcnseg.data import InMemoryDataset
 
 HEADS = (("sem", 4), ("geo", 3))
 
@@ -20,8 +20,10 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (2, 7, 5, 6) and targets (2, 2, 5, 6): row 0 ids 0..3, row 1 ids 4..6, some 255."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(2, 7, 5, 6, generator=generator)
-    target = torch.stack([torch.randint(0, 4, (2, 5, 6), generator=generator),
-                          torch.randint(4, 7, (2, 5, 6), generator=generator)], dim=1)
+    target = torch.stack(
+        [torch.randint(0, 4, (2, 5, 6), generator=generator), torch.randint(4, 7, (2, 5, 6), generator=generator)],
+        dim=1,
+    )
     target[0, 0, 0, :3] = 255
     target[1, 1, 2:, :] = 255
     return logits, target
@@ -31,8 +33,10 @@ def per_head_cross_entropy(logits, target, reduction, weight=None):
     """The two losses written directly with F.cross_entropy on each head's channels and row."""
     semantic, geometric = target[:, 0], torch.where(target[:, 1] == 255, 255, target[:, 1] - 4)
     w_sem, w_geo = (None, None) if weight is None else (weight[:4], weight[4:])
-    return (F.cross_entropy(logits[:, :4], semantic, weight=w_sem, ignore_index=255, reduction=reduction),
-            F.cross_entropy(logits[:, 4:], geometric, weight=w_geo, ignore_index=255, reduction=reduction))
+    return (
+        F.cross_entropy(logits[:, :4], semantic, weight=w_sem, ignore_index=255, reduction=reduction),
+        F.cross_entropy(logits[:, 4:], geometric, weight=w_geo, ignore_index=255, reduction=reduction),
+    )
 
 
 def test_sum_loss_is_the_two_heads_summed_losses_per_image():

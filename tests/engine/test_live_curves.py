@@ -12,9 +12,29 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fcnseg.cli import main
 
-TINY = ["--recipe", "demo", "--width", "0.0625", "--data", "synthetic", "--data-option", "size=32",
-        "--data-option", "num_images=8", "--set", "val_data_options.num_images=2", "--set", "threads=1",
-        "--batch-size", "2", "--log-every", "1", "--no-progress", "--set", "cpu_bf16=false"]
+TINY = [
+    "--recipe",
+    "demo",
+    "--width",
+    "0.0625",
+    "--data",
+    "synthetic",
+    "--data-option",
+    "size=32",
+    "--data-option",
+    "num_images=8",
+    "--set",
+    "val_data_options.num_images=2",
+    "--set",
+    "threads=1",
+    "--batch-size",
+    "2",
+    "--log-every",
+    "1",
+    "--no-progress",
+    "--set",
+    "cpu_bf16=false",
+]
 
 
 def _events(run: Path) -> EventAccumulator:
@@ -33,8 +53,10 @@ def _series(events: EventAccumulator, tag: str) -> list[tuple[int, float]]:
 
 def test_tensorboard_holds_the_loss_lr_validation_metrics_per_class_iu_and_images(tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), *TINY, "--steps", "4", "--evals", "2", "--overlays", "2",
-                 "--tensorboard"]) == 0
+    assert (
+        main(["train", "--out", str(run), *TINY, "--steps", "4", "--evals", "2", "--overlays", "2", "--tensorboard"])
+        == 0
+    )
     events, records = _events(run), _records(run)
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
     assert [step for step, _ in _series(events, "train/loss")] == [1, 2, 3, 4]
@@ -62,8 +84,12 @@ def _class_names(run: Path) -> list[str]:
 
 def test_a_resumed_run_continues_the_curves_without_writing_a_step_twice(tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), *TINY, "--steps", "3", "--val-every", "3", "--overlays", "0",
-                 "--tensorboard"]) == 0
+    assert (
+        main(
+            ["train", "--out", str(run), *TINY, "--steps", "3", "--val-every", "3", "--overlays", "0", "--tensorboard"]
+        )
+        == 0
+    )
     saved_at_3 = tmp_path / "state_at_3.pt"
     shutil.copy(run / "train_state.pt", saved_at_3)
     assert main(["train", "--resume", str(run), "--steps", "6"]) == 0

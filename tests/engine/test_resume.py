@@ -20,11 +20,45 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STEPS = 30
 # Modern recipe with every random part switched on: crops, scale, flip, colour jitter, dropout.
 TRAIN_ARGS = [
-    "--recipe", "modern", "--model", "fcn8s", "--width", "0.0625", "--dropout", "0.5",
-    "--data", "synthetic", "--data-option", "size=32", "--data-option", "num_images=12",
-    "--steps", str(STEPS), "--batch-size", "2", "--crop-size", "24", "--lr", "0.01",
-    "--val-every", "10", "--val-limit", "2", "--checkpoint-every", "3", "--log-every", "1",
-    "--threads", "1", "--workers", "0", "--seed", "3", "--no-progress", "--overlays", "0",
+    "--recipe",
+    "modern",
+    "--model",
+    "fcn8s",
+    "--width",
+    "0.0625",
+    "--dropout",
+    "0.5",
+    "--data",
+    "synthetic",
+    "--data-option",
+    "size=32",
+    "--data-option",
+    "num_images=12",
+    "--steps",
+    str(STEPS),
+    "--batch-size",
+    "2",
+    "--crop-size",
+    "24",
+    "--lr",
+    "0.01",
+    "--val-every",
+    "10",
+    "--val-limit",
+    "2",
+    "--checkpoint-every",
+    "3",
+    "--log-every",
+    "1",
+    "--threads",
+    "1",
+    "--workers",
+    "0",
+    "--seed",
+    "3",
+    "--no-progress",
+    "--overlays",
+    "0",
 ]
 
 
@@ -46,10 +80,12 @@ def _state_step(path: Path) -> int:
 @pytest.mark.slow
 def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    process = subprocess.Popen(_fcnseg("--out", str(killed), *TRAIN_ARGS), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    reference = subprocess.Popen(_fcnseg("--out", str(whole), *TRAIN_ARGS), env=_env(),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _fcnseg("--out", str(killed), *TRAIN_ARGS), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    reference = subprocess.Popen(
+        _fcnseg("--out", str(whole), *TRAIN_ARGS), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 240
         while _state_step(killed / "train_state.pt") < 6:  # at least two checkpoints, then kill mid-run
@@ -80,8 +116,9 @@ def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
     # the log of the resumed run is the uninterrupted log: the killed run's extra lines were dropped
     log_a = (killed / "metrics.jsonl").read_text().splitlines()
     log_b = (whole / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k not in ("time", "images_per_s", "train_seconds")}
-                           for l in lines]
+    strip = lambda lines: [
+        {k: v for k, v in json.loads(l).items() if k not in ("time", "images_per_s", "train_seconds")} for l in lines
+    ]
     assert strip(log_a) == strip(log_b)
     assert len(logged) >= stopped_at  # the kill came after those records
 
@@ -108,7 +145,9 @@ def test_resume_without_a_state_file_is_a_clear_error(tmp_path, capsys):
 def uninterrupted(tmp_path_factory) -> Path:
     """The reference: the same run as the signal tests, never stopped."""
     out = tmp_path_factory.mktemp("whole") / "run"
-    done = subprocess.run(_fcnseg("--out", str(out), *TRAIN_ARGS), env=_env(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        _fcnseg("--out", str(out), *TRAIN_ARGS), env=_env(), capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr
     return out
 
@@ -120,8 +159,9 @@ def test_a_signal_saves_the_state_and_resume_ends_with_the_same_weights(tmp_path
     # No periodic checkpoint before the end: whatever is saved, the signal saved.
     args = list(TRAIN_ARGS)
     args[args.index("--checkpoint-every") + 1] = "1000"
-    process = subprocess.Popen(_fcnseg("--out", str(out), *args), env=_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        _fcnseg("--out", str(out), *args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 240
     log = out / "metrics.jsonl"
     while not (log.is_file() and sum(1 for line in log.read_text().splitlines() if '"loss"' in line) >= 4):

@@ -15,17 +15,49 @@ import pytest
 
 from fcnseg.cli import build_parser, main
 from fcnseg.commands.train import settings_from_args
-from fcnseg.progress import Progress
 from fcnseg.engine import build_config, train
 from fcnseg.engine.run_length import CLOCK_RESOLUTION, Position, RunLength
+from fcnseg.progress import Progress
 
 TRAIN_MODULE = sys.modules["fcnseg.engine.train"]  # `fcnseg.engine.train` is the function; this is its module
-TINY = [("model.width", 0.0625), ("data_options", {"size": 32, "num_images": 8}), ("val_data_options", {"num_images": 2}),
-        ("threads", 1), ("progress", False), ("overlays", 0), ("class_weights", None), ("cpu_bf16", False),
-        ("recipe.batch_size", 2), ("log_every", 1)]
-TINY_FLAGS = ["--width", "0.0625", "--data", "synthetic", "--data-option", "size=32", "--data-option", "num_images=8",
-              "--set", "val_data_options.num_images=2", "--set", "threads=1", "--overlays", "0", "--batch-size", "2",
-              "--set", "class_weights=none", "--set", "cpu_bf16=false", "--crop-size", "native", "--set", "recipe.amp=false"]
+TINY = [
+    ("model.width", 0.0625),
+    ("data_options", {"size": 32, "num_images": 8}),
+    ("val_data_options", {"num_images": 2}),
+    ("threads", 1),
+    ("progress", False),
+    ("overlays", 0),
+    ("class_weights", None),
+    ("cpu_bf16", False),
+    ("recipe.batch_size", 2),
+    ("log_every", 1),
+]
+TINY_FLAGS = [
+    "--width",
+    "0.0625",
+    "--data",
+    "synthetic",
+    "--data-option",
+    "size=32",
+    "--data-option",
+    "num_images=8",
+    "--set",
+    "val_data_options.num_images=2",
+    "--set",
+    "threads=1",
+    "--overlays",
+    "0",
+    "--batch-size",
+    "2",
+    "--set",
+    "class_weights=none",
+    "--set",
+    "cpu_bf16=false",
+    "--crop-size",
+    "native",
+    "--set",
+    "recipe.amp=false",
+]
 
 
 def _config(recipe: str, *flags: str):
@@ -55,14 +87,27 @@ def test_the_recipes_evals_hold_for_a_step_counted_run():
 
 
 def test_an_explicit_val_every_still_wins_and_evals_alone_override_a_recipes_val_every():
-    assert _validated_steps(RunLength.of(_config("camvid", "--steps", "2998", "--val-every", "1000").recipe)) == \
-        [1000, 2000, 2998]
-    assert _validated_steps(RunLength.of(_config("camvid", "--steps", "2998", "--val-every", "1000",
-                                                 "--evals", "4").recipe)) == [1000, 2000, 2998]
+    assert _validated_steps(RunLength.of(_config("camvid", "--steps", "2998", "--val-every", "1000").recipe)) == [
+        1000,
+        2000,
+        2998,
+    ]
+    assert _validated_steps(
+        RunLength.of(_config("camvid", "--steps", "2998", "--val-every", "1000", "--evals", "4").recipe)
+    ) == [1000, 2000, 2998]
     assert _validated_steps(RunLength.of(_config("demo").recipe)) == [250, 500, 750, 1000]  # the demo's val_every
-    assert _validated_steps(RunLength.of(_config("modern", "--steps", "100", "--evals", "4").recipe)) == [25, 50, 75, 100]
-    assert _validated_steps(RunLength.of(_config("modern", "--steps", "100", "--set", "evals=4").recipe)) == \
-        [25, 50, 75, 100]
+    assert _validated_steps(RunLength.of(_config("modern", "--steps", "100", "--evals", "4").recipe)) == [
+        25,
+        50,
+        75,
+        100,
+    ]
+    assert _validated_steps(RunLength.of(_config("modern", "--steps", "100", "--set", "evals=4").recipe)) == [
+        25,
+        50,
+        75,
+        100,
+    ]
     assert _config("modern").recipe.val_every == 1000 and _config("camvid").recipe.val_every is None
     assert _validated_steps(RunLength(steps=3, evals=10)) == [1, 2, 3]  # more evals than steps: every step
 
@@ -86,9 +131,21 @@ def test_a_clocked_length_schedules_validates_and_stops_by_the_training_seconds(
 
 def test_a_step_counted_run_validates_at_the_recipes_evals(tmp_path):
     out = tmp_path / "run"
-    train(build_config("camvid", settings=TINY + [("data", "synthetic"), ("data_options.resize", None),
-                                                  ("recipe.minutes", None), ("recipe.steps", 6), ("recipe.evals", 3),
-                                                  ("recipe.amp", False)]), out)
+    train(
+        build_config(
+            "camvid",
+            settings=TINY
+            + [
+                ("data", "synthetic"),
+                ("data_options.resize", None),
+                ("recipe.minutes", None),
+                ("recipe.steps", 6),
+                ("recipe.evals", 3),
+                ("recipe.amp", False),
+            ],
+        ),
+        out,
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val" in r] == [2, 4, 6]
 
@@ -96,8 +153,24 @@ def test_a_step_counted_run_validates_at_the_recipes_evals(tmp_path):
 def test_each_validation_says_its_mean_iu_in_one_line_off_a_terminal(tmp_path, caplog):
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="fcnseg.train"):
-        assert main(["train", "--recipe", "demo", "--out", str(out), "--steps", "6", "--evals", "3", "--no-progress",
-                     *TINY_FLAGS]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--recipe",
+                    "demo",
+                    "--out",
+                    str(out),
+                    "--steps",
+                    "6",
+                    "--evals",
+                    "3",
+                    "--no-progress",
+                    *TINY_FLAGS,
+                ]
+            )
+            == 0
+        )
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("val:")]
     recorded = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     vals = [r for r in recorded if "val" in r]
@@ -105,9 +178,11 @@ def test_each_validation_says_its_mean_iu_in_one_line_off_a_terminal(tmp_path, c
     best = -1.0
     for line, record in zip(lines, vals):
         best = max(best, record["val"]["mean_iu"])
-        expected = (f"val: step {record['step']}/6, mean IU {record['val']['mean_iu']:.4f} (best {best:.4f}), "
-                    f"pixel acc {record['val']['pixel_acc']:.3f}, ")
-        assert line.startswith(expected) and re.fullmatch(r"\d+\.\d s", line[len(expected):]), line
+        expected = (
+            f"val: step {record['step']}/6, mean IU {record['val']['mean_iu']:.4f} (best {best:.4f}), "
+            f"pixel acc {record['val']['pixel_acc']:.3f}, "
+        )
+        assert line.startswith(expected) and re.fullmatch(r"\d+\.\d s", line[len(expected) :]), line
 
 
 class _Terminal(io.StringIO):
@@ -123,8 +198,10 @@ def test_on_a_terminal_the_validation_line_does_not_break_the_progress_bar(tmp_p
     root.addHandler(handler)
     monkeypatch.setattr(root, "level", logging.INFO)
     try:
-        train(build_config("demo", settings=TINY + [("recipe.steps", 4), ("recipe.val_every", 2), ("progress", True)]),
-              tmp_path / "run")
+        train(
+            build_config("demo", settings=TINY + [("recipe.steps", 4), ("recipe.val_every", 2), ("progress", True)]),
+            tmp_path / "run",
+        )
     finally:
         root.removeHandler(handler)
     shown = terminal.getvalue()
@@ -144,8 +221,9 @@ def _slow_steps(monkeypatch, seconds: float) -> None:
     monkeypatch.setattr(TRAIN_MODULE, "train_step", slow)
 
 
-def test_a_clocked_run_whose_step_is_slower_than_its_budget_stops_and_says_nothing_negative(tmp_path, monkeypatch,
-                                                                                            capsys):
+def test_a_clocked_run_whose_step_is_slower_than_its_budget_stops_and_says_nothing_negative(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("FCNSEG_PROGRESS_SECONDS", "0")  # a line at every update
     _slow_steps(monkeypatch, 0.6)
     out = tmp_path / "run"
@@ -167,8 +245,9 @@ def test_a_clocked_run_ends_less_than_a_step_past_its_budget(tmp_path, monkeypat
     monkeypatch.setenv("FCNSEG_PROGRESS_SECONDS", "0")  # a line at every update
     _slow_steps(monkeypatch, 0.4)
     out = tmp_path / "run"
-    train(build_config("demo", settings=TINY + [("recipe.minutes", 0.02), ("progress", True), ("log_every", 2)]),
-          out)  # 1.2 s: about three steps; the first line comes before any loss
+    train(
+        build_config("demo", settings=TINY + [("recipe.minutes", 0.02), ("progress", True), ("log_every", 2)]), out
+    )  # 1.2 s: about three steps; the first line comes before any loss
     _check_progress_lines(capsys.readouterr().err)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     seconds = [0.0] + [r["train_seconds"] for r in records]
@@ -186,14 +265,31 @@ def test_progress_lines_clamp_what_is_left_and_show_no_empty_postfix():
     assert progress.format_line(progress.started + 200.0).endswith("elapsed; loss 0.51")
 
 
-def test_run_json_is_written_once_per_start_and_a_resume_that_changes_the_length_keeps_the_splits(tmp_path, monkeypatch):
+def test_run_json_is_written_once_per_start_and_a_resume_that_changes_the_length_keeps_the_splits(
+    tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     writes = []
     write = TRAIN_MODULE.atomic_write_text
-    monkeypatch.setattr(TRAIN_MODULE, "atomic_write_text",
-                        lambda path, text: (writes.append(path.name) if path.name == "run.json" else None, write(path, text)))
-    train(build_config("demo", settings=TINY + [("recipe.steps", 2), ("data", "folder"), ("root", str(_folder(tmp_path))),
-                                                ("data_options", {}), ("val_data_options", {})]), out)
+    monkeypatch.setattr(
+        TRAIN_MODULE,
+        "atomic_write_text",
+        lambda path, text: (writes.append(path.name) if path.name == "run.json" else None, write(path, text)),
+    )
+    train(
+        build_config(
+            "demo",
+            settings=TINY
+            + [
+                ("recipe.steps", 2),
+                ("data", "folder"),
+                ("root", str(_folder(tmp_path))),
+                ("data_options", {}),
+                ("val_data_options", {}),
+            ],
+        ),
+        out,
+    )
     recorded = json.loads((out / "run.json").read_text())
     assert writes == ["run.json"] and recorded["splits"]["train"] is not None
     train(None, out, resume=True, changes=[("recipe.steps", 3)])

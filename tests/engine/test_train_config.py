@@ -13,9 +13,18 @@ from fcnseg.engine import build_config, load_run_config, train
 from fcnseg.engine.distributed import DistContext
 from fcnseg.engine.train import CLOCK_RESOLUTION, _apply_lr, build_run
 
-TINY = [("model.width", 0.0625), ("data_options", {"size": 32, "num_images": 8}), ("val_data_options", {"num_images": 2}),
-        ("threads", 1), ("progress", False), ("overlays", 0), ("class_weights", None), ("cpu_bf16", False),
-        ("recipe.batch_size", 2), ("log_every", 1)]
+TINY = [
+    ("model.width", 0.0625),
+    ("data_options", {"size": 32, "num_images": 8}),
+    ("val_data_options", {"num_images": 2}),
+    ("threads", 1),
+    ("progress", False),
+    ("overlays", 0),
+    ("class_weights", None),
+    ("cpu_bf16", False),
+    ("recipe.batch_size", 2),
+    ("log_every", 1),
+]
 
 
 def test_set_converts_to_each_settings_type():
@@ -90,7 +99,9 @@ def test_steps_alone_mean_steps_even_over_a_clock_recipe():
     from fcnseg.commands.train import settings_from_args
 
     def length(*flags):
-        config = build_config("cpu", settings=settings_from_args(build_parser().parse_args(["train", "--out", "x", *flags])))
+        config = build_config(
+            "cpu", settings=settings_from_args(build_parser().parse_args(["train", "--out", "x", *flags]))
+        )
         return config.recipe.steps, config.recipe.minutes
 
     assert length() == (20_000, 10)  # the recipe's clock
@@ -103,15 +114,43 @@ def test_a_resume_with_nothing_left_to_train_is_one_line_and_keeps_run_json(tmp_
     import logging
 
     out = tmp_path / "run"
-    assert main(["train", "--recipe", "demo", "--out", str(out), "--steps", "2", "--width", "0.0625", "--set", "threads=1",
-                 "--data-option", "size=32", "--data-option", "num_images=4", "--set", "val_data_options.num_images=2",
-                 "--no-progress", "--overlays", "0", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                "demo",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--width",
+                "0.0625",
+                "--set",
+                "threads=1",
+                "--data-option",
+                "size=32",
+                "--data-option",
+                "num_images=4",
+                "--set",
+                "val_data_options.num_images=2",
+                "--no-progress",
+                "--overlays",
+                "0",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     recorded = (out / "run.json").read_text()
     capsys.readouterr()
     for extra in ([], ["--steps", "1"], ["--minutes", "1e-6"]):
         assert main(["train", "--resume", str(out), *extra]) == 2, extra
         err = capsys.readouterr().err.strip()
-        assert "nothing to train" in err and str(out) in err and "--steps N (over 2)" in err and len(err.splitlines()) == 1
+        assert (
+            "nothing to train" in err and str(out) in err and "--steps N (over 2)" in err and len(err.splitlines()) == 1
+        )
         assert (out / "run.json").read_text() == recorded  # the refused length is not recorded
     with caplog.at_level(logging.INFO, logger="fcnseg.train"):
         assert main(["train", "--resume", str(out), "--steps", "3"]) == 0
@@ -124,9 +163,30 @@ def test_a_resume_with_nothing_left_to_train_is_one_line_and_keeps_run_json(tmp_
 
 def test_out_onto_a_run_refuses_without_overwrite_and_resume_cannot_change_numerics(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--recipe", "demo", "--out", str(out), "--steps", "1", "--width", "0.0625", "--set", "threads=1",
-            "--data-option", "size=32", "--data-option", "num_images=4", "--set", "val_data_options.num_images=2",
-            "--no-progress", "--overlays", "0", "--batch-size", "2"]
+    args = [
+        "train",
+        "--recipe",
+        "demo",
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--width",
+        "0.0625",
+        "--set",
+        "threads=1",
+        "--data-option",
+        "size=32",
+        "--data-option",
+        "num_images=4",
+        "--set",
+        "val_data_options.num_images=2",
+        "--no-progress",
+        "--overlays",
+        "0",
+        "--batch-size",
+        "2",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     assert main(args) == 2
@@ -138,7 +198,10 @@ def test_out_onto_a_run_refuses_without_overwrite_and_resume_cannot_change_numer
 
 def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
     out = tmp_path / "new"
-    assert main(["train", "--out", str(out), "--data", "folder", "--root", str(tmp_path / "missing"), "--width", "0.0625"]) == 2
+    assert (
+        main(["train", "--out", str(out), "--data", "folder", "--root", str(tmp_path / "missing"), "--width", "0.0625"])
+        == 2
+    )
     assert "fcnseg train: error:" in capsys.readouterr().err
     assert not out.exists()
 
@@ -146,8 +209,12 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
 def test_old_run_files_are_read(tmp_path):
     from fcnseg.engine.config import TrainConfig
 
-    old = {"model": "fcn16s", "width": 0.25, "channels_last": True,
-           "recipe": {"name": "modern", "loss": "sum", "model_options": {"dropout": 0.0}}}
+    old = {
+        "model": "fcn16s",
+        "width": 0.25,
+        "channels_last": True,
+        "recipe": {"name": "modern", "loss": "sum", "model_options": {"dropout": 0.0}},
+    }
     config = TrainConfig.from_dict(old)
     assert config.model == {"name": "fcn16s", "width": 0.25, "dropout": 0.0} and config.recipe.reduction == "sum"
 
@@ -156,7 +223,11 @@ def test_loss_and_class_weighting_are_settings(tmp_path):
     from fcnseg.data import class_statistics
     from fcnseg.engine.loss import FocalLoss
 
-    settings = TINY + [("recipe.loss", "focal"), ("recipe.loss_options.gamma", "1.5"), ("class_weights", "effective-number")]
+    settings = TINY + [
+        ("recipe.loss", "focal"),
+        ("recipe.loss_options.gamma", "1.5"),
+        ("class_weights", "effective-number"),
+    ]
     run = build_run(build_config("demo", settings=settings), tmp_path, DistContext())
     assert isinstance(run.loss, FocalLoss) and run.loss.gamma == 1.5
     counts = class_statistics(run.train_set, 7).pixel_counts.double()
@@ -165,8 +236,11 @@ def test_loss_and_class_weighting_are_settings(tmp_path):
     expected = expected / expected.sum() * (counts > 0).sum()
     torch.testing.assert_close(run.loss.weight.double(), expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="takes no option"):
-        build_run(build_config("demo", settings=TINY + [("recipe.loss", "ohem"), ("recipe.loss_options.gamma", 2)]),
-                  tmp_path, DistContext())
+        build_run(
+            build_config("demo", settings=TINY + [("recipe.loss", "ohem"), ("recipe.loss_options.gamma", 2)]),
+            tmp_path,
+            DistContext(),
+        )
 
 
 def test_without_a_recipe_a_cpu_trains_the_light_net_to_a_clock_and_says_so(caplog):
@@ -213,19 +287,45 @@ def test_the_data_check_at_the_start_warns_or_stops(tmp_path, caplog, capsys):
     import logging
 
     _binary_folder(tmp_path / "binary")
-    settings = [("model.width", 0.0625), ("threads", 1), ("progress", False), ("recipe.steps", 1), ("recipe.batch_size", 2),
-                ("data", "folder"), ("root", str(tmp_path / "binary")), ("recipe.crop_size", None)]
+    settings = [
+        ("model.width", 0.0625),
+        ("threads", 1),
+        ("progress", False),
+        ("recipe.steps", 1),
+        ("recipe.batch_size", 2),
+        ("data", "folder"),
+        ("root", str(tmp_path / "binary")),
+        ("recipe.crop_size", None),
+    ]
     with pytest.raises(DatasetError, match="no trainable foreground.*binary=true"):  # 0/255 masks: refused (issue 26)
         train(build_config("cpu", settings=settings + [("recipe.minutes", None)]), tmp_path / "run")
     with caplog.at_level(logging.WARNING, logger="fcnseg.train"):
-        train(build_config("cpu", settings=settings + [("recipe.minutes", None), ("data_options.binary", True)]),
-              tmp_path / "run")
+        train(
+            build_config("cpu", settings=settings + [("recipe.minutes", None), ("data_options.binary", True)]),
+            tmp_path / "run",
+        )
     assert "binary=true" not in caplog.text  # read as 0 -> background, 255 -> thing: nothing to warn about
     record = json.loads((tmp_path / "run" / "run.json").read_text())["splits"]["train"]
     assert record is not None and "seed" in json.dumps(record)  # the automatic split is recorded
     _binary_folder(tmp_path / "rgb", rgb=True)
-    code = main(["train", "--out", str(tmp_path / "rgbrun"), "--data", "folder", "--root", str(tmp_path / "rgb"),
-                 "--width", "0.0625", "--steps", "1", "--set", "recipe.minutes=none", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "rgbrun"),
+            "--data",
+            "folder",
+            "--root",
+            str(tmp_path / "rgb"),
+            "--width",
+            "0.0625",
+            "--steps",
+            "1",
+            "--set",
+            "recipe.minutes=none",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "colour" in err.lower() and not (tmp_path / "rgbrun").exists()
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.data import open_dataset
+from fcnseg.engine import build_config
 from fcnseg.engine.distributed import DistContext
 from fcnseg.engine.initial_weights import apply_initial_weights
-from fcnseg.engine import build_config
 from fcnseg.engine.train import build_run
-from tiny_models import tiny_model
 
 
 def test_staged_init_from_a_coarser_checkpoint(tmp_path):
@@ -26,12 +26,15 @@ def test_staged_init_from_a_coarser_checkpoint(tmp_path):
     assert not fine.score_pool4.weight.any()  # the new skip starts at zero: the finer net starts as the coarser
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("caffe", "needs a file"),
-    ("caffe:/nonexistent/x.caffemodel", "no such file"),
-    ("checkpoint:/nonexistent/best.safetensors", "no such file"),
-    ("vgg19-torchvision", "unknown --init"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("caffe", "needs a file"),
+        ("caffe:/nonexistent/x.caffemodel", "no such file"),
+        ("checkpoint:/nonexistent/best.safetensors", "no such file"),
+        ("vgg19-torchvision", "unknown --init"),
+    ],
+)
 def test_bad_init_specs_are_clear_errors(spec, message):
     model = fcnseg.create_model("fcn8s", num_classes=3, width=0.0625)
     with pytest.raises(ValueError, match=message):
@@ -47,8 +50,16 @@ def test_checkpoint_with_other_classes_is_refused(tmp_path):
 
 def test_median_frequency_class_weights_reach_the_loss(tmp_path):
     data = {"size": 24, "num_images": 6}
-    config = build_config("demo", settings=[("model.width", 0.0625), ("data_options", data), ("threads", 1),
-                                            ("progress", False), ("class_weights", "median-frequency")])
+    config = build_config(
+        "demo",
+        settings=[
+            ("model.width", 0.0625),
+            ("data_options", data),
+            ("threads", 1),
+            ("progress", False),
+            ("class_weights", "median-frequency"),
+        ],
+    )
     run = build_run(config, tmp_path, DistContext())
     # independent computation: freq_c = pixels of c / pixels of the images where c occurs; w_c = median / freq_c
     dataset = open_dataset("synthetic", None, "train", **data)

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from fcnseg.checkpoint import load_checkpoint
 from fcnseg.data import open_dataset
 from fcnseg.engine import TrainConfig, TrainingDiverged, build_config, train
+from fcnseg.engine.distributed import DistContext
 from fcnseg.engine.loss import segmentation_loss
 from fcnseg.engine.state import load_train_state
-from fcnseg.engine.train import validate, build_run
-from fcnseg.engine.distributed import DistContext
+from fcnseg.engine.train import build_run, validate
 from fcnseg.evaluation.metrics import ConfusionMatrix
 from fcnseg.predict.images import predict_mask
 from fcnseg.preprocessing import preprocess
@@ -24,9 +24,23 @@ DATA = {"size": 32, "num_images": 16}
 
 
 #: The demo recipe's optimisation on a tiny net and tiny images, without its extras (class weights, bf16, cache).
-TINY = {"model.width": 0.0625, "data_options": DATA, "val_data_options": {"num_images": 4}, "threads": 1, "log_every": 1,
-        "progress": False, "overlays": 0, "class_weights": None, "cpu_bf16": False, "cache_in_memory": False,
-        "val_batch_size": 1, "device": "auto", "recipe.steps": 6, "recipe.val_every": 3, "recipe.batch_size": 4}
+TINY = {
+    "model.width": 0.0625,
+    "data_options": DATA,
+    "val_data_options": {"num_images": 4},
+    "threads": 1,
+    "log_every": 1,
+    "progress": False,
+    "overlays": 0,
+    "class_weights": None,
+    "cpu_bf16": False,
+    "cache_in_memory": False,
+    "val_batch_size": 1,
+    "device": "auto",
+    "recipe.steps": 6,
+    "recipe.val_every": 3,
+    "recipe.batch_size": 4,
+}
 
 
 def tiny_config(**recipe_changes) -> TrainConfig:
@@ -80,8 +94,17 @@ def test_gradient_accumulation_equals_the_batch_in_one_piece(tmp_path, reduction
     weights = []
     for accumulate in (1, 2):
         # random down-scaling pads with the ignore value: pieces hold different numbers of valid pixels
-        config = tiny_config(steps=3, val_every=100, optimizer="sgd", lr=lr, reduction=reduction, momentum=0.9,
-                             augment=True, crop_size=32, scale_range=(0.4, 1.2))
+        config = tiny_config(
+            steps=3,
+            val_every=100,
+            optimizer="sgd",
+            lr=lr,
+            reduction=reduction,
+            momentum=0.9,
+            augment=True,
+            crop_size=32,
+            scale_range=(0.4, 1.2),
+        )
         config.accumulate = accumulate
         train(config, tmp_path / f"acc{accumulate}")
         weights.append(load_file(tmp_path / f"acc{accumulate}" / "last.safetensors"))
@@ -143,7 +166,9 @@ def test_train_command_passes_cpu_bf16_to_the_config(tmp_path):
     command.add_parser(parser.add_subparsers(dest="command"))
 
     def config(*flags: str) -> TrainConfig:
-        return build_config("modern", settings=command.settings_from_args(parser.parse_args(["train", "--out", "x", *flags])))
+        return build_config(
+            "modern", settings=command.settings_from_args(parser.parse_args(["train", "--out", "x", *flags]))
+        )
 
     assert (config().cpu_bf16, config("--cpu-bf16").cpu_bf16) == (False, True)
 

@@ -10,8 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from fcnseg.data.statistics import ClassStatistics
-from fcnseg.engine.loss import (LOSSES, FocalLoss, LovaszSoftmaxLoss, OHEMLoss, SegmentationLoss, build_loss,
-                                effective_number_weights)
+from fcnseg.engine.loss import (
+    LOSSES,
+    FocalLoss,
+    LovaszSoftmaxLoss,
+    OHEMLoss,
+    SegmentationLoss,
+    build_loss,
+    effective_number_weights,
+)
 
 IGNORE = 255
 
@@ -31,6 +38,7 @@ def _softmax(logits: torch.Tensor) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- build_loss and "ce"
+
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_ce_is_todays_loss_exactly(reduction):
@@ -60,6 +68,7 @@ def test_build_loss_names_and_one_line_errors():
 
 
 # ---------------------------------------------------------------- focal
+
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_focal_with_gamma_0_is_cross_entropy(reduction):
@@ -104,6 +113,7 @@ def test_focal_pieces_add_up_to_the_whole_batch():
 
 # ---------------------------------------------------------------- OHEM
 
+
 def _ohem_case():
     """One image of 7 pixels, 2 classes, true-class probabilities set through the logits."""
     probability = torch.tensor([0.9, 0.8, 0.6, 0.5, 0.3, 0.95, 0.1])
@@ -115,12 +125,15 @@ def _ohem_case():
     return logits, target, probability
 
 
-@pytest.mark.parametrize("thresh, min_kept, expected", [
-    (0.7, 2, [2, 3, 4]),  # three below the threshold, more than the floor
-    (0.7, 4, [1, 2, 3, 4]),  # the floor: the four lowest probabilities
-    (None, 2, [3, 4]),  # no threshold: exactly the min_kept hardest
-    (0.7, 50, [0, 1, 2, 3, 4, 5]),  # a floor above the valid pixels keeps them all (never the ignored one)
-])
+@pytest.mark.parametrize(
+    "thresh, min_kept, expected",
+    [
+        (0.7, 2, [2, 3, 4]),  # three below the threshold, more than the floor
+        (0.7, 4, [1, 2, 3, 4]),  # the floor: the four lowest probabilities
+        (None, 2, [3, 4]),  # no threshold: exactly the min_kept hardest
+        (0.7, 50, [0, 1, 2, 3, 4, 5]),  # a floor above the valid pixels keeps them all (never the ignored one)
+    ],
+)
 def test_ohem_keeps_exactly_the_hard_pixels(thresh, min_kept, expected):
     logits, target, probability = _ohem_case()
     logits.requires_grad_(True)
@@ -151,6 +164,7 @@ def test_ohem_with_a_threshold_splits_exactly_over_micro_batches():
 
 # ---------------------------------------------------------------- Lovasz-softmax
 
+
 def _lovasz_reference(probability: np.ndarray, label: np.ndarray, weight=None) -> float:
     """The Lovasz extension as an integral over thresholds, f(m) = int_0^1 Delta({i: m_i >= t}) dt,
     with the Jaccard loss Delta(S) = |S| / |foreground U S| (Berman et al. 2018, eq. 8-9);
@@ -177,7 +191,7 @@ def _valid_pixels(logits, target):
 
 def test_lovasz_per_image_against_the_threshold_integral():
     logits, target = _batch(n=3, c=3, h=3, w=4, seed=4)
-    expected = np.mean([_lovasz_reference(*_valid_pixels(logits[i:i + 1], target[i:i + 1])) for i in range(3)])
+    expected = np.mean([_lovasz_reference(*_valid_pixels(logits[i : i + 1], target[i : i + 1])) for i in range(3)])
     for reduction in ("sum", "mean"):  # either way the mean over images
         assert LovaszSoftmaxLoss(reduction)(logits, target).item() == pytest.approx(expected, rel=1e-5)
 
@@ -214,10 +228,11 @@ def test_lovasz_per_image_splits_over_micro_batches_and_has_gradients():
 
 # ---------------------------------------------------------------- effective-number weights
 
+
 def test_effective_number_weights_by_formula():
     counts = [10, 1000, 0, 5]
     beta = 0.99
-    raw = [(1 - beta) / (1 - beta ** n) if n else 0.0 for n in counts]
+    raw = [(1 - beta) / (1 - beta**n) if n else 0.0 for n in counts]
     expected = [3 * r / sum(raw) for r in raw]  # three classes occur: they sum to 3
     weights = effective_number_weights(torch.tensor(counts), beta=beta)
     assert weights.dtype == torch.float32 and weights.tolist() == pytest.approx(expected, rel=1e-6)

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.engine import build_config
 from fcnseg.engine.optim import LRFactor, build_optimizer, parameter_groups
-from tiny_models import tiny_model
 
 
 def test_groups_bias_lr_x2_no_decay_and_frozen_deconvs_left_out():
@@ -56,7 +56,9 @@ def test_norm_decay_false_puts_batchnorm_scales_in_an_undecayed_group():
     bn_scales = {name + ".weight" for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)}
     assert bn_scales
     by_id = {id(p): name for name, p in model.named_parameters()}
-    default = {g["name"]: {by_id[id(p)] for p in g["params"]} for g in parameter_groups(model, lr=0.1, weight_decay=5e-4)}
+    default = {
+        g["name"]: {by_id[id(p)] for p in g["params"]} for g in parameter_groups(model, lr=0.1, weight_decay=5e-4)
+    }
     assert "norms" not in default and bn_scales <= default["weights"]  # the default keeps today's behaviour
     groups = {g["name"]: g for g in parameter_groups(model, lr=0.1, weight_decay=5e-4, norm_decay=False)}
     names = {key: {by_id[id(p)] for p in group["params"]} for key, group in groups.items()}
@@ -112,7 +114,12 @@ def test_paper_recipe_is_design_section_3():
         assert recipe.lr == lr and recipe.name == "paper"
         assert (recipe.optimizer, recipe.momentum, recipe.weight_decay, recipe.bias_lr_mult) == ("sgd", 0.99, 5e-4, 2.0)
         assert (recipe.schedule, recipe.reduction, recipe.batch_size, recipe.crop_size, recipe.augment) == (
-            "fixed", "sum", 1, None, False)
+            "fixed",
+            "sum",
+            1,
+            None,
+            False,
+        )
         assert recipe.val_every == 4000 and not recipe.bias_decay
         assert recipe.steps == (300_000 if model_name == "fcn8s_atonce" else 100_000)
 

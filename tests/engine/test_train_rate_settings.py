@@ -12,8 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fcnseg.data import InMemoryDataset, open_dataset
-from fcnseg.engine import build_config, train
-from fcnseg.engine import data_cache
+from fcnseg.engine import build_config, data_cache, train
 from fcnseg.engine.data_cache import cache_budget, cache_splits, in_memory
 from fcnseg.engine.distributed import DistContext
 from fcnseg.engine.state import load_train_state
@@ -21,10 +20,22 @@ from fcnseg.engine.train import build_run, train_crop_size, train_loader
 
 NOMINAL = [24, 28]
 #: The camvid recipe (crop_size "resize", scale 0.75-1.25, flips, jitter) on tiny synthetic images resized to NOMINAL.
-TINY_CAMVID = [("data", "synthetic"), ("root", None), ("data_options", {"size": 32, "num_images": 16, "resize": NOMINAL}),
-               ("val_data_options", {"num_images": 4}), ("model.width", 0.0625), ("recipe.batch_size", 4),
-               ("recipe.steps", 6), ("recipe.minutes", None), ("recipe.val_every", 3), ("threads", 1), ("log_every", 1),
-               ("progress", False), ("overlays", 0), ("seed", 5)]
+TINY_CAMVID = [
+    ("data", "synthetic"),
+    ("root", None),
+    ("data_options", {"size": 32, "num_images": 16, "resize": NOMINAL}),
+    ("val_data_options", {"num_images": 4}),
+    ("model.width", 0.0625),
+    ("recipe.batch_size", 4),
+    ("recipe.steps", 6),
+    ("recipe.minutes", None),
+    ("recipe.val_every", 3),
+    ("threads", 1),
+    ("log_every", 1),
+    ("progress", False),
+    ("overlays", 0),
+    ("seed", 5),
+]
 ITEM_BYTES = 3 * 32 * 32 + 32 * 32  # a synthetic item: uint8 image and uint8 mask
 
 
@@ -67,8 +78,10 @@ def test_crop_size_takes_a_side_a_pair_or_resize_which_is_native_for_data_at_its
 
 
 def _splits():
-    return (open_dataset("synthetic", None, "train", size=32, num_images=16),
-            open_dataset("synthetic", None, "val", size=32, num_images=4))
+    return (
+        open_dataset("synthetic", None, "train", size=32, num_images=16),
+        open_dataset("synthetic", None, "val", size=32, num_images=4),
+    )
 
 
 def test_the_budget_is_two_gib_or_a_quarter_of_the_memory_shared_by_the_processes():
@@ -99,7 +112,9 @@ def test_the_budget_is_shared_train_first_and_a_split_over_it_is_read_from_disk(
     assert "not cached in memory: val ~" in caplog.records[-1].getMessage()
     monkeypatch.setattr(data_cache, "CACHE_LIMIT_BYTES", ITEM_BYTES)
     assert cache_splits(None, train_set, val_set) == (train_set, val_set)
-    assert all(isinstance(s, InMemoryDataset) for s in cache_splits(True, train_set, val_set))  # true: whatever the size
+    assert all(
+        isinstance(s, InMemoryDataset) for s in cache_splits(True, train_set, val_set)
+    )  # true: whatever the size
     assert cache_splits(False, train_set, val_set) == (train_set, val_set)
 
 
@@ -125,7 +140,9 @@ def test_a_run_caches_by_default_and_no_cache_turns_it_off(tmp_path):
     assert "cache_in_memory" in command.RESUMABLE  # the same items either way: a resume may change it
 
 
-def test_a_cached_run_killed_then_resumed_without_the_cache_ends_like_an_uninterrupted_cached_one(tmp_path, monkeypatch):
+def test_a_cached_run_killed_then_resumed_without_the_cache_ends_like_an_uninterrupted_cached_one(
+    tmp_path, monkeypatch
+):
     import importlib
 
     engine = importlib.import_module("fcnseg.engine.train")
@@ -144,7 +161,10 @@ def test_a_cached_run_killed_then_resumed_without_the_cache_ends_like_an_uninter
     monkeypatch.setattr(engine, "train_step", step)
     assert load_train_state(tmp_path / "killed" / "train_state.pt")["step"] == 3
     train(None, tmp_path / "killed", resume=True, changes=[("cache_in_memory", False)])  # resumes at step 3
-    whole, resumed = load_file(tmp_path / "whole" / "last.safetensors"), load_file(tmp_path / "killed" / "last.safetensors")
+    whole, resumed = (
+        load_file(tmp_path / "whole" / "last.safetensors"),
+        load_file(tmp_path / "killed" / "last.safetensors"),
+    )
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
     # ...and the steps moved the weights, so equality means something

@@ -8,15 +8,15 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from dataset_files import CLASSES, PALETTE, hand_masks, write_folder_dataset
+from PIL import Image
 from tiny_models import tiny_model
 
 import fcnseg
-from fcnseg.evaluation.calibration_error import ReliabilityBins, calibrate, reliability_diagram
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.data import open_dataset
+from fcnseg.evaluation.calibration_error import ReliabilityBins, calibrate, reliability_diagram
 from fcnseg.evaluation.loop import confusion_matrix
 from fcnseg.inference.predictor import Predictor
 
@@ -25,14 +25,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_ece_of_a_hand_computed_case():
     #          p     pred  label   bin (b/15, (b+1)/15]
-    pixels = [(0.95, 1, 1),       # 14
-              (0.95, 1, 2),       # 14
-              (1.00, 0, 0),       # 14 (p = 1 closes the last bin)
-              (0.50, 2, 2),       # 7
-              (0.50, 2, 2),       # 7
-              (0.50, 2, 0),       # 7
-              (0.30, 1, 0),       # 4
-              (0.20, 1, 255)]     # ignored
+    pixels = [
+        (0.95, 1, 1),  # 14
+        (0.95, 1, 2),  # 14
+        (1.00, 0, 0),  # 14 (p = 1 closes the last bin)
+        (0.50, 2, 2),  # 7
+        (0.50, 2, 2),  # 7
+        (0.50, 2, 0),  # 7
+        (0.30, 1, 0),  # 4
+        (0.20, 1, 255),
+    ]  # ignored
     top1, pred, target = (torch.tensor([row[i] for row in pixels]) for i in range(3))
     bins = ReliabilityBins(15, ignore_index=255).update(top1.float(), pred, target)
     # Bin 14: n 3, correct 2, sum p 2.9 -> |2 - 2.9| = 0.9; bin 7: n 3, correct 2, sum p 1.5 -> 0.5;
@@ -51,11 +53,21 @@ def test_bins_are_right_closed_equal_width_intervals(count):
     # Reference in exact rational arithmetic: bin b holds b/B < p <= (b+1)/B.
     edges = [np.float32(b / count) for b in range(1, count)]
     below, above = (np.nextafter(e, np.float32(0)) for e in edges), (np.nextafter(e, np.float32(1)) for e in edges)
-    values = np.array([*edges, *below, *above, np.float32(1.0), np.float32(1e-7),
-                       *np.random.default_rng(0).random(200).astype(np.float32)])
+    values = np.array(
+        [
+            *edges,
+            *below,
+            *above,
+            np.float32(1.0),
+            np.float32(1e-7),
+            *np.random.default_rng(0).random(200).astype(np.float32),
+        ]
+    )
     bins = ReliabilityBins(count).update(torch.from_numpy(values), torch.zeros(len(values)), torch.zeros(len(values)))
-    expected = [next(b for b in range(count) if Fraction(b, count) < Fraction(float(p)) <= Fraction(b + 1, count))
-                for p in values]
+    expected = [
+        next(b for b in range(count) if Fraction(b, count) < Fraction(float(p)) <= Fraction(b + 1, count))
+        for p in values
+    ]
     assert bins.counts["pixels"].tolist() == np.bincount(expected, minlength=count).tolist()
 
 
@@ -93,7 +105,7 @@ def test_calibrate_over_a_dataset_matches_numpy_and_the_confusion_matrix():
     probabilities = [predictor.probabilities(image).numpy() for image, _ in images]
     expected = numpy_ece(probabilities, [mask.numpy() for _, mask in images])
     result = bins.compute()
-    assert 0.01 < expected and result["ece"] == pytest.approx(expected, abs=1e-6)
+    assert expected > 0.01 and result["ece"] == pytest.approx(expected, abs=1e-6)
     assert result["pixels"] == sum(int((mask != 255).sum()) for _, mask in images)
     assert sum(1 for b in result["bins"] if b["pixels"]) >= 3, "confidences must spread over bins to mean anything"
 
@@ -109,16 +121,32 @@ def test_eval_calibration_reports_ece_and_writes_the_diagram(tmp_path, capsys, m
     from fcnseg.evaluation import calibration_error
 
     drawn = []
-    monkeypatch.setattr(calibration_error, "reliability_diagram",
-                        lambda bins, path, **options: drawn.append(bins) or reliability_diagram(bins, path, **options))
+    monkeypatch.setattr(
+        calibration_error,
+        "reliability_diagram",
+        lambda bins, path, **options: drawn.append(bins) or reliability_diagram(bins, path, **options),
+    )
     # Zero score layers (the paper's init): logits 0, so every pixel has p = 1/4 and is predicted class 0.
     model = fcnseg.create_model("fcn32s", num_classes=len(CLASSES), width=0.0625)
     checkpoint = save_checkpoint(tmp_path / "zero.safetensors", model, classes=CLASSES, palette=PALETTE)
     root = tmp_path / "data"
     write_folder_dataset(root, hand_masks())
     out = tmp_path / "eval"
-    code = main(["eval", str(checkpoint), "--data", "folder", "--root", str(root), "--device", "cpu",
-                 "--calibration", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            str(checkpoint),
+            "--data",
+            "folder",
+            "--root",
+            str(root),
+            "--device",
+            "cpu",
+            "--calibration",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     # By hand: 27 counted pixels, 18 of them background (correct), all in bin 3 (0.2, 0.2667]:
     # ECE = |18/27 - 1/4| = 5/12.

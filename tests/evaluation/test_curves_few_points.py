@@ -15,6 +15,7 @@ def drawn_curves(tmp_path, monkeypatch, lines: list[dict]):
     log.write_text("".join(json.dumps(line) + "\n" for line in lines))
     kept = []
     real_save = figures._save
+
     def keep(figure, path, **options):
         kept.append(figure)
         return real_save(figure, path, **options)
@@ -33,7 +34,7 @@ def blue_pixels(figure, axes) -> int:
     pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
     box = axes.get_window_extent()
     height = pixels.shape[0]
-    inside = pixels[int(height - box.y1):int(height - box.y0), int(box.x0):int(box.x1)]
+    inside = pixels[int(height - box.y1) : int(height - box.y0), int(box.x0) : int(box.x1)]
     return int((np.abs(inside - np.array([31, 119, 180])).max(-1) <= 10).sum())
 
 

@@ -18,6 +18,7 @@ IGNORE = 255
 
 # ---------------------------------------------------------------- IU by object size
 
+
 def _size_case() -> tuple[torch.Tensor, torch.Tensor]:
     """Two 10x10 images. Image 0, class 1 segments: A = 1 px at (0, 0); E = 1 px at (2, 1); a diagonal
     chain of 4 px (0,6)-(3,9) (one segment with 8-connectivity, four with 4); C = 5x4 block at rows 5-9,
@@ -165,6 +166,7 @@ def test_bad_size_settings_and_inputs_are_one_line_errors():
 
 # ---------------------------------------------------------------- boundary IoU
 
+
 def _boundary_reference(pred: np.ndarray, target: np.ndarray, num_classes: int, ratio: float) -> list[float]:
     """Boundary IoU written out with scipy's chessboard distance transform on a zero-padded mask."""
     inter, union = np.zeros(num_classes), np.zeros(num_classes)
@@ -208,8 +210,10 @@ def test_shifted_square_by_hand():
     assert metric.compute()["boundary_iou"][1] == pytest.approx((18 + 36) / (54 + 36))
 
 
-@pytest.mark.parametrize("shape, ratio", [((3, 37, 53), 0.02), ((2, 40, 30), 0.05), ((1, 60, 80), 0.05),
-                                          ((1, 9, 11), 0.02), ((1, 9, 11), 0.9)])
+@pytest.mark.parametrize(
+    "shape, ratio",
+    [((3, 37, 53), 0.02), ((2, 40, 30), 0.05), ((1, 60, 80), 0.05), ((1, 9, 11), 0.02), ((1, 9, 11), 0.9)],
+)
 def test_random_maps_against_a_distance_transform_reference(shape, ratio):
     generator = np.random.default_rng(sum(shape))
     n, h, w = shape
@@ -224,6 +228,7 @@ def test_random_maps_against_a_distance_transform_reference(shape, ratio):
 
 
 # ---------------------------------------------------------------- Dice and per-image IU
+
 
 def test_dice_by_hand():
     pred = torch.tensor([0, 1, 1, 1, 0, 2])
@@ -284,8 +289,10 @@ def _all_reduce_worker(rank: int, init_file: str, results) -> None:
 
 
 @pytest.mark.slow  # two spawned processes: several seconds
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 def test_all_reduce_sums_counts_and_gathers_images_over_two_processes(tmp_path):
     import torch.multiprocessing as mp
 

@@ -11,9 +11,15 @@ from PIL import Image
 
 import fcnseg
 from fcnseg.evaluation import figures as visualize
+from fcnseg.evaluation.figures import (
+    confusion_matrix_figure,
+    overlay_grid,
+    plot_curves,
+    read_jsonl,
+    validation_overlays,
+    worst_images_figure,
+)
 from fcnseg.inference.predictor import Predictor
-from fcnseg.evaluation.figures import (confusion_matrix_figure, overlay_grid, plot_curves, read_jsonl, validation_overlays,
-                              worst_images_figure)
 
 PALETTE = [(0, 0, 0), (220, 20, 60), (30, 144, 255)]
 

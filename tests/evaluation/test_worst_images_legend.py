@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import re
 
+from tiny_models import tiny_model
+
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.data import SHAPE_CLASSES
 from fcnseg.evaluation import figures
-from tiny_models import tiny_model
 
 
 def test_worst_images_png_shows_the_listed_images_and_a_legend_of_the_class_colours(tmp_path, capsys, monkeypatch):
     palette = [(i * 30, 0, 0) for i in range(len(SHAPE_CLASSES))]
-    checkpoint = save_checkpoint(tmp_path / "m.safetensors", tiny_model("fcn32s", len(SHAPE_CLASSES), score_std=1.0),
-                                 classes=SHAPE_CLASSES, palette=palette)
+    checkpoint = save_checkpoint(
+        tmp_path / "m.safetensors",
+        tiny_model("fcn32s", len(SHAPE_CLASSES), score_std=1.0),
+        classes=SHAPE_CLASSES,
+        palette=palette,
+    )
     drawn = {}
     real_save = figures._save
 
@@ -25,8 +30,19 @@ def test_worst_images_png_shows_the_listed_images_and_a_legend_of_the_class_colo
     monkeypatch.setattr(figures, "_save", keep)
     for worst in ("3", None):  # the default (6) too: it used to list 5 and draw 6
         out = tmp_path / f"eval{worst}"
-        argv = ["eval", str(checkpoint), "--data", "synthetic", "--data-option", "size=48", "--data-option",
-                "num_images=8", "--detail", "--out", str(out)] + (["--worst", worst] if worst else [])
+        argv = [
+            "eval",
+            str(checkpoint),
+            "--data",
+            "synthetic",
+            "--data-option",
+            "size=48",
+            "--data-option",
+            "num_images=8",
+            "--detail",
+            "--out",
+            str(out),
+        ] + (["--worst", worst] if worst else [])
         assert main(argv) == 0 and (out / "worst_images.png").is_file()
         listed = re.search(r"worst: (.*)", capsys.readouterr().out).group(1).split(", ")
         assert len(listed) == int(worst or 6)

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
-from tiny_models import tiny_model
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
@@ -80,7 +80,9 @@ def test_export_matches_pytorch_at_odd_sizes(tmp_path, name, exporter):
 def test_metadata_reproduces_predict_mask_with_onnxruntime_alone(tmp_path):
     from fcnseg.predict.images import predict_mask
 
-    model = tiny_model("fcn16s", len(CLASSES), **SCORES, preprocessing=fcnseg.CAFFE)  # not the default, so it must travel
+    model = tiny_model(
+        "fcn16s", len(CLASSES), **SCORES, preprocessing=fcnseg.CAFFE
+    )  # not the default, so it must travel
     out = tmp_path / "model.onnx"
     export_onnx(save(model, tmp_path / "m.safetensors"), out, exporter="torchscript")
 
@@ -142,8 +144,20 @@ def test_export_is_registered_in_the_cli():
 def test_cli_exports_and_reports_tolerance(tmp_path, capsys):
     checkpoint = save(tiny_model("fcn8s", len(CLASSES), **SCORES), tmp_path / "model.safetensors")
     out = tmp_path / "exported" / "fcn8s.onnx"
-    code = main(["export", str(checkpoint), "--format", "onnx", "--out", str(out), "--exporter", "torchscript",
-                 "--check-shape", "1x3x19x23"])
+    code = main(
+        [
+            "export",
+            str(checkpoint),
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--exporter",
+            "torchscript",
+            "--check-shape",
+            "1x3x19x23",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file()
     assert "1x3x19x23" in printed and "-> ok" in printed and "0.0001 * max|logit| + 1e-05" in printed
@@ -153,7 +167,9 @@ def test_cli_fails_on_impossible_tolerance_and_bad_input(tmp_path, capsys):
     checkpoint = save(tiny_model("fcn32s", len(CLASSES), **SCORES), tmp_path / "model.safetensors")
     out = tmp_path / "model.onnx"
     # Agreement above 100% cannot be met: the export must fail and leave nothing.
-    code = main(["export", str(checkpoint), "--out", str(out), "--exporter", "torchscript", "--min-mask-agreement", "1.5"])
+    code = main(
+        ["export", str(checkpoint), "--out", str(out), "--exporter", "torchscript", "--min-mask-agreement", "1.5"]
+    )
     assert code == 1 and not out.exists()
     assert "was not written" in capsys.readouterr().err
 

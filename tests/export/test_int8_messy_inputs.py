@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from command_runs import subprocess_env
-from fcnseg.checkpoint import save_checkpoint
+from PIL import Image
 from tiny_models import tiny_model
+
+from fcnseg.checkpoint import save_checkpoint
 
 pytest.importorskip("onnx", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
@@ -61,7 +61,9 @@ def test_an_unreadable_pick_is_skipped_listed_and_replaced_by_the_next_readable_
 
 def test_a_folder_where_nothing_can_be_read_is_one_error(tmp_path):
     folder = messy_folder(tmp_path / "photos", 2, truncated={0, 1})
-    with pytest.raises(ValueError, match=r"none of its 2 image files can be read; the first: image .*img0.jpg is truncated"):
+    with pytest.raises(
+        ValueError, match=r"none of its 2 image files can be read; the first: image .*img0.jpg is truncated"
+    ):
         calibration_folder(folder)
 
 
@@ -74,12 +76,30 @@ def run_cli(argv: list[str]) -> int:
 
 
 def test_cli_int8_export_skips_a_truncated_jpeg_and_says_so(tmp_path, capsys):
-    checkpoint = save_checkpoint(tmp_path / "model.safetensors", tiny_model("fcn32s", len(CLASSES), score_std=1.0), classes=CLASSES,
-                                 palette=PALETTE)
+    checkpoint = save_checkpoint(
+        tmp_path / "model.safetensors",
+        tiny_model("fcn32s", len(CLASSES), score_std=1.0),
+        classes=CLASSES,
+        palette=PALETTE,
+    )
     folder = messy_folder(tmp_path / "photos", 3, truncated={1})
     out = tmp_path / "int8.onnx"
-    code = run_cli([str(checkpoint), "--out", str(out), "--int8", "--calibrate", str(folder), "--quantizer",
-                    "onnxruntime", "--exporter", "torchscript", "--min-agreement", "0.5"])
+    code = run_cli(
+        [
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--int8",
+            "--calibrate",
+            str(folder),
+            "--quantizer",
+            "onnxruntime",
+            "--exporter",
+            "torchscript",
+            "--min-agreement",
+            "0.5",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and out.is_file(), captured.err
     assert "calibrated on 2 images" in captured.out
@@ -110,13 +130,19 @@ print("exported", report.ok, "cpp_extension imported:", "torch.utils.cpp_extensi
 def test_an_nncf_export_on_a_machine_without_a_gpu_prints_no_cuda_notice(tmp_path):
     # A CUDA toolkit named by CUDA_HOME and no GPU visible: torch's cpp_extension logs the notice on import ...
     env = {**subprocess_env(), "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
-    control = subprocess.run([sys.executable, "-c", "import torch.utils.cpp_extension"], env=env, capture_output=True,
-                             text=True, timeout=300)
+    control = subprocess.run(
+        [sys.executable, "-c", "import torch.utils.cpp_extension"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert CUDA_NOTICE in control.stderr, "the test environment must make torch print the notice"
     # ... which the int8 export, importing it through NNCF, keeps to itself.
     tests = str(Path(__file__).resolve().parents[1])
-    run = subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(tmp_path), tests], env=env, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", EXPORT_SCRIPT, str(tmp_path), tests],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0 and "exported True" in run.stdout, run.stderr
     assert "cpp_extension imported: True" in run.stdout, "the export must go through the import that logs it"
     assert CUDA_NOTICE not in run.stdout + run.stderr

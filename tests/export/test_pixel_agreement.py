@@ -10,10 +10,8 @@ from fcnseg.export.agreement import PixelAgreement, pixel_agreement
 
 
 def test_pixel_agreement_of_a_hand_counted_case():
-    reference = torch.tensor([[0, 1, 2],
-                              [2, 2, 1]], dtype=torch.uint8)
-    mask = np.array([[0, 1, 1],
-                     [2, 0, 1]])  # int64 arg-max of a runtime's logits: 4 of 6 pixels agree
+    reference = torch.tensor([[0, 1, 2], [2, 2, 1]], dtype=torch.uint8)
+    mask = np.array([[0, 1, 1], [2, 0, 1]])  # int64 arg-max of a runtime's logits: 4 of 6 pixels agree
     assert pixel_agreement(mask, reference) == 4 / 6
     assert pixel_agreement(reference, reference) == 1.0
 

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
-from tiny_models import tiny_model
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 
 from fcnseg.export import int8 as quantize  # noqa: E402
-from fcnseg.export.onnx import read_onnx_metadata  # noqa: E402
 from fcnseg.export.int8 import QuantizationError, calibration_folder, calibration_split, export_int8  # noqa: E402
+from fcnseg.export.onnx import read_onnx_metadata  # noqa: E402
 
 CLASSES = ["background", "disc", "square", "triangle"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (64, 0, 128), (128, 128, 128)]
@@ -46,7 +46,9 @@ def calibration():
 @pytest.fixture(scope="module")
 def checkpoint_path(tmp_path_factory, calibration):
     model = centred_model(0, calibration.images)
-    return save_checkpoint(tmp_path_factory.mktemp("int8") / "model.safetensors", model, classes=CLASSES, palette=PALETTE)
+    return save_checkpoint(
+        tmp_path_factory.mktemp("int8") / "model.safetensors", model, classes=CLASSES, palette=PALETTE
+    )
 
 
 def independent_agreement(int8_path, model, images) -> float:
@@ -73,16 +75,22 @@ def mean_iu(predictions, labels, num_classes) -> float:
     return float((np.diag(matrix)[present] / union[present]).mean())
 
 
-@pytest.mark.parametrize("quantizer", [
-    pytest.param("nncf", marks=pytest.mark.skipif(not HAS_NNCF, reason="nncf is not installed (fcnseg[int8])")),
-    "onnxruntime",
-])
-def test_int8_export_is_kept_when_it_agrees_and_reports_agreement_and_mean_iu(tmp_path, checkpoint_path, calibration,
-                                                                              quantizer):
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        pytest.param("nncf", marks=pytest.mark.skipif(not HAS_NNCF, reason="nncf is not installed (fcnseg[int8])")),
+        "onnxruntime",
+    ],
+)
+def test_int8_export_is_kept_when_it_agrees_and_reports_agreement_and_mean_iu(
+    tmp_path, checkpoint_path, calibration, quantizer
+):
     out = tmp_path / "int8.onnx"
     # A random net has many near-ties between classes, which int8 flips: ~96% agreement here (a trained
     # one agrees far more, benchmarks/runtimes.py), so the threshold is 0.9.
-    report = export_int8(checkpoint_path, out, calibration, quantizer=quantizer, exporter="torchscript", min_agreement=0.9)
+    report = export_int8(
+        checkpoint_path, out, calibration, quantizer=quantizer, exporter="torchscript", min_agreement=0.9
+    )
     assert report.ok and out.is_file()
     graph = onnx.load(str(out)).graph
     assert any(node.op_type == "QuantizeLinear" for node in graph.node), "the file must be quantized"
@@ -93,37 +101,59 @@ def test_int8_export_is_kept_when_it_agrees_and_reports_agreement_and_mean_iu(tm
 
     model = load_checkpoint(checkpoint_path).model.eval()
     by_runtime = {a.runtime: a for a in report.agreements}
-    assert by_runtime["onnxruntime"].pixels == pytest.approx(independent_agreement(out, model, calibration.images), abs=1e-9)
+    assert by_runtime["onnxruntime"].pixels == pytest.approx(
+        independent_agreement(out, model, calibration.images), abs=1e-9
+    )
     assert min(a.pixels for a in report.agreements) >= 0.9
     with torch.no_grad():
-        fp32_masks = [model(fcnseg.preprocess(image[None], model.preprocessing))[0].argmax(0) for image in calibration.images]
+        fp32_masks = [
+            model(fcnseg.preprocess(image[None], model.preprocessing))[0].argmax(0) for image in calibration.images
+        ]
     assert len(torch.cat([m.flatten() for m in fp32_masks]).unique()) == len(CLASSES), "every class must win somewhere"
     fp32_iu, _ = by_runtime["onnxruntime"].mean_iu
     assert fp32_iu == pytest.approx(mean_iu(fp32_masks, calibration.masks, len(CLASSES)), abs=1e-6)
 
 
-def test_a_file_that_disagrees_with_fp32_is_refused_and_nothing_is_left(tmp_path, checkpoint_path, calibration,
-                                                                         monkeypatch):
+def test_a_file_that_disagrees_with_fp32_is_refused_and_nothing_is_left(
+    tmp_path, checkpoint_path, calibration, monkeypatch
+):
     out = tmp_path / "int8.onnx"
     out.write_bytes(b"previous export")
     # The quantizer returns another network's graph: its masks cannot agree with the checkpoint's.
-    impostor = save_checkpoint(tmp_path / "impostor.safetensors", centred_model(7, calibration.images), classes=CLASSES,
-                               palette=PALETTE)
+    impostor = save_checkpoint(
+        tmp_path / "impostor.safetensors", centred_model(7, calibration.images), classes=CLASSES, palette=PALETTE
+    )
     fcnseg.export.onnx.export_onnx(impostor, tmp_path / "impostor.onnx", exporter="torchscript")
     monkeypatch.setattr(quantize, "_quantize_onnxruntime", lambda *a: onnx.load(str(tmp_path / "impostor.onnx")))
     with pytest.raises(QuantizationError, match="(?s)does not agree with fp32.*onnxruntime: masks agree .*REFUSED"):
-        export_int8(checkpoint_path, out, calibration, quantizer="onnxruntime", exporter="torchscript",
-                    runtimes=["onnxruntime"], min_agreement=0.9)
+        export_int8(
+            checkpoint_path,
+            out,
+            calibration,
+            quantizer="onnxruntime",
+            exporter="torchscript",
+            runtimes=["onnxruntime"],
+            min_agreement=0.9,
+        )
     assert out.read_bytes() == b"previous export"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_an_impossible_threshold_refuses_and_leaves_nothing(tmp_path, checkpoint_path, calibration):
     # Every pixel equal is out of reach for int8 on this random net (near-ties everywhere).
-    with pytest.raises(QuantizationError, match=r"(?s)was not written.*onnxruntime: masks agree with fp32 on 9\d\.\d\d% "
-                                                r"of pixels \(worst image .*; need 100%\).*REFUSED"):
-        export_int8(checkpoint_path, tmp_path / "int8.onnx", calibration, quantizer="onnxruntime",
-                    exporter="torchscript", min_agreement=1.0)
+    with pytest.raises(
+        QuantizationError,
+        match=r"(?s)was not written.*onnxruntime: masks agree with fp32 on 9\d\.\d\d% "
+        r"of pixels \(worst image .*; need 100%\).*REFUSED",
+    ):
+        export_int8(
+            checkpoint_path,
+            tmp_path / "int8.onnx",
+            calibration,
+            quantizer="onnxruntime",
+            exporter="torchscript",
+            min_agreement=1.0,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -141,8 +171,9 @@ def test_accuracy_control_puts_layers_back_in_fp32_until_the_bar_is_met(tmp_path
         export_int8(checkpoint_path, tmp_path / "plain.onnx", calibration, exporter="torchscript", min_agreement=0.99)
     # ... accuracy control reaches it, with some layers left in fp32, as an independent ONNX Runtime run confirms.
     out = tmp_path / "controlled.onnx"
-    report = export_int8(checkpoint_path, out, calibration, exporter="torchscript", min_agreement=0.99,
-                         accuracy_control=True)
+    report = export_int8(
+        checkpoint_path, out, calibration, exporter="torchscript", min_agreement=0.99, accuracy_control=True
+    )
     assert report.ok and min(a.pixels for a in report.agreements) >= 0.99
     model = load_checkpoint(checkpoint_path).model.eval()
     assert independent_agreement(out, model, calibration.images) >= 0.99
@@ -157,10 +188,19 @@ def test_count_fp32_layers_by_hand():
 
     def conv(name, weight):
         return helper.make_node("Conv", ["x", weight], [name])
-    nodes = [helper.make_node("DequantizeLinear", ["w_q", "s"], ["w_dq"]), conv("a", "w_dq"), conv("b", "w_fp32"),
-             helper.make_node("Relu", ["a"], ["r"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 1])],
-                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1, 1, 1])])
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "s"], ["w_dq"]),
+        conv("a", "w_dq"),
+        conv("b", "w_fp32"),
+        helper.make_node("Relu", ["a"], ["r"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 1])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1, 1, 1])],
+    )
     assert quantize.count_fp32_layers(helper.make_model(graph)) == (1, 2)
 
 
@@ -197,8 +237,20 @@ def run_cli(argv: list[str]) -> int:
 def test_cli_int8_from_a_folder_of_images_of_different_sizes(tmp_path, checkpoint_path, capsys):
     write_images(tmp_path / "photos", [(40, 50), (33, 61), (64, 64)])
     out = tmp_path / "int8.onnx"
-    code = run_cli([str(checkpoint_path), "--out", str(out), "--int8", "--calibrate", str(tmp_path / "photos"),
-                    "--quantizer", "onnxruntime", "--exporter", "torchscript"])
+    code = run_cli(
+        [
+            str(checkpoint_path),
+            "--out",
+            str(out),
+            "--int8",
+            "--calibrate",
+            str(tmp_path / "photos"),
+            "--quantizer",
+            "onnxruntime",
+            "--exporter",
+            "torchscript",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file(), printed
     assert "calibrated on 3 images" in printed and "onnxruntime: masks agree with fp32 on" in printed
@@ -210,13 +262,62 @@ def test_cli_int8_errors_are_one_line(tmp_path, checkpoint_path, capsys, monkeyp
     cases = [
         ([str(checkpoint_path), "--out", out, "--int8"], 2, "--int8 needs --calibrate"),
         ([str(checkpoint_path), "--out", out, "--calibrate", str(tmp_path)], 2, "--calibrate is for --int8"),
-        ([str(checkpoint_path), "--out", out, "--int8", "--calibrate", str(tmp_path / "nothing")], 2, "not a folder of images"),
-        ([str(checkpoint_path), "--out", out, "--int8", "--calibrate", "val", "--calibrate-data", "synthetic",
-          "--calibrate-option", "num_images=2", "--calibrate-option", "num_classes=3"], 2, "predicts 4 classes but the dataset has 3"),
-        ([str(checkpoint_path), "--out", out, "--int8", "--calibrate", "val", "--calibrate-data", "synthetic",
-          "--method", "percentile"], 2, "the nncf quantizer has methods performance, mixed, not 'percentile'"),
-        ([str(checkpoint_path), "--out", out, "--int8", "--calibrate", "val", "--calibrate-data", "synthetic",
-          "--quantizer", "onnxruntime", "--accuracy-control"], 2, "--accuracy-control is NNCF's"),
+        (
+            [str(checkpoint_path), "--out", out, "--int8", "--calibrate", str(tmp_path / "nothing")],
+            2,
+            "not a folder of images",
+        ),
+        (
+            [
+                str(checkpoint_path),
+                "--out",
+                out,
+                "--int8",
+                "--calibrate",
+                "val",
+                "--calibrate-data",
+                "synthetic",
+                "--calibrate-option",
+                "num_images=2",
+                "--calibrate-option",
+                "num_classes=3",
+            ],
+            2,
+            "predicts 4 classes but the dataset has 3",
+        ),
+        (
+            [
+                str(checkpoint_path),
+                "--out",
+                out,
+                "--int8",
+                "--calibrate",
+                "val",
+                "--calibrate-data",
+                "synthetic",
+                "--method",
+                "percentile",
+            ],
+            2,
+            "the nncf quantizer has methods performance, mixed, not 'percentile'",
+        ),
+        (
+            [
+                str(checkpoint_path),
+                "--out",
+                out,
+                "--int8",
+                "--calibrate",
+                "val",
+                "--calibrate-data",
+                "synthetic",
+                "--quantizer",
+                "onnxruntime",
+                "--accuracy-control",
+            ],
+            2,
+            "--accuracy-control is NNCF's",
+        ),
     ]
     for argv, expected_code, message in cases:
         assert run_cli(argv) == expected_code
@@ -224,8 +325,21 @@ def test_cli_int8_errors_are_one_line(tmp_path, checkpoint_path, capsys, monkeyp
         assert message in error and error.count("\n") == 1, error
     monkeypatch.setitem(sys.modules, "nncf", None)  # as if the int8 extra were not installed
     write_images(tmp_path / "photos", [(32, 32)])
-    assert run_cli([str(checkpoint_path), "--out", out, "--int8", "--calibrate", str(tmp_path / "photos"),
-                    "--exporter", "torchscript"]) == 1
+    assert (
+        run_cli(
+            [
+                str(checkpoint_path),
+                "--out",
+                out,
+                "--int8",
+                "--calibrate",
+                str(tmp_path / "photos"),
+                "--exporter",
+                "torchscript",
+            ]
+        )
+        == 1
+    )
     error = capsys.readouterr().err
     assert "the nncf quantizer needs the 'int8' extra: pip install 'fcnseg[int8]'" in error and error.count("\n") == 1
     assert not (tmp_path / "int8.onnx").exists()
@@ -234,15 +348,25 @@ def test_cli_int8_errors_are_one_line(tmp_path, checkpoint_path, capsys, monkeyp
 def activation_scales(path) -> dict[str, float]:
     graph = onnx.load(str(path)).graph
     values = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
-    return {node.input[0]: float(values[node.input[1]]) for node in graph.node
-            if node.op_type == "QuantizeLinear" and values[node.input[1]].size == 1}
+    return {
+        node.input[0]: float(values[node.input[1]])
+        for node in graph.node
+        if node.op_type == "QuantizeLinear" and values[node.input[1]].size == 1
+    }
 
 
 def test_onnxruntime_percentile_calibration_clips_ranges_that_minmax_keeps(tmp_path, checkpoint_path, calibration):
     scales = {}
     for method in ("minmax", "percentile"):
-        report = export_int8(checkpoint_path, tmp_path / f"{method}.onnx", calibration, quantizer="onnxruntime",
-                             method=method, exporter="torchscript", min_agreement=0.9)
+        report = export_int8(
+            checkpoint_path,
+            tmp_path / f"{method}.onnx",
+            calibration,
+            quantizer="onnxruntime",
+            method=method,
+            exporter="torchscript",
+            min_agreement=0.9,
+        )
         assert report.ok and read_onnx_metadata(tmp_path / f"{method}.onnx")["quantization"]["method"] == method
         scales[method] = activation_scales(tmp_path / f"{method}.onnx")
     assert scales["minmax"].keys() == scales["percentile"].keys()

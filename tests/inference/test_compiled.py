@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from tiny_models import TINY_CLASSES, TINY_PALETTE, tiny_model
 
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
-from tiny_models import TINY_CLASSES, TINY_PALETTE, tiny_model
 
 pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 pytest.importorskip("openvino", reason="openvino is not installed (fcnseg[runtimes])")
@@ -31,15 +31,17 @@ def compile_tiny_vgg(monkeypatch):
 def export_calls(monkeypatch):
     """A list that grows by one checkpoint path per export made."""
     calls, export = [], compiled._export
-    monkeypatch.setattr(compiled, "_export",
-                        lambda checkpoint, out: calls.append(checkpoint) or export(checkpoint, out))
+    monkeypatch.setattr(
+        compiled, "_export", lambda checkpoint, out: calls.append(checkpoint) or export(checkpoint, out)
+    )
     return calls
 
 
 def _images(count: int = 3) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(5)
-    return [torch.randint(0, 256, (3, 40 + 9 * i, 52 - 5 * i), dtype=torch.uint8, generator=generator)
-            for i in range(count)]
+    return [
+        torch.randint(0, 256, (3, 40 + 9 * i, 52 - 5 * i), dtype=torch.uint8, generator=generator) for i in range(count)
+    ]
 
 
 def test_compiled_masks_equal_the_torch_forwards(tiny_checkpoint):
@@ -64,8 +66,12 @@ def test_the_cache_is_made_once_and_reused(tiny_checkpoint, export_calls, fcnseg
 def test_a_changed_checkpoint_gets_a_new_fingerprint_and_export(tiny_checkpoint, export_calls):
     before = compiled.fingerprint(tiny_checkpoint)
     load_model_file(tiny_checkpoint, "auto", device="cpu")
-    save_checkpoint(tiny_checkpoint, tiny_model("fcn8s", len(TINY_CLASSES), score_std=1.0, seed=1),
-                    classes=TINY_CLASSES, palette=TINY_PALETTE)
+    save_checkpoint(
+        tiny_checkpoint,
+        tiny_model("fcn8s", len(TINY_CLASSES), score_std=1.0, seed=1),
+        classes=TINY_CLASSES,
+        palette=TINY_PALETTE,
+    )
     assert compiled.fingerprint(tiny_checkpoint) != before
     loaded, _ = load_model_file(tiny_checkpoint, "auto", device="cpu")
     assert len(export_calls) == 2
@@ -128,9 +134,14 @@ def test_a_failed_export_runs_torch_with_one_line_and_is_not_retried(tiny_checkp
 
 
 def test_the_checkpoints_description_travels_with_the_compiled_model(tmp_path):
-    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model("fcn8s", len(TINY_CLASSES), score_std=1.0),
-                           classes=TINY_CLASSES, palette=TINY_PALETTE, ignore_index=7,
-                           extra={"data": {"kind": "synthetic"}})
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        tiny_model("fcn8s", len(TINY_CLASSES), score_std=1.0),
+        classes=TINY_CLASSES,
+        palette=TINY_PALETTE,
+        ignore_index=7,
+        extra={"data": {"kind": "synthetic"}},
+    )
     loaded, _ = load_model_file(path, "auto", device="cpu")
     assert isinstance(loaded.model, OnnxModel) and loaded.ignore_index == 7
     assert loaded.extra["data"] == {"kind": "synthetic"}  # fcnseg eval finds the training data through it
@@ -143,8 +154,22 @@ def test_mc_dropout_in_fcnseg_predict_runs_torch(tiny_checkpoint, tmp_path, expo
     from fcnseg.cli import main
 
     Image.fromarray(_images(1)[0].permute(1, 2, 0).numpy()).save(tmp_path / "a.png")
-    status = main(["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
-                   "--device", "cpu", "--workers", "0", "--mc-dropout", "2", "--confidence"])
+    status = main(
+        [
+            "predict",
+            str(tiny_checkpoint),
+            str(tmp_path / "a.png"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--mc-dropout",
+            "2",
+            "--confidence",
+        ]
+    )
     assert status == 0 and export_calls == [] and (tmp_path / "out" / "a_mutual_info.png").is_file()
 
 
@@ -171,8 +196,12 @@ def test_serve_runs_the_compiled_model(tiny_checkpoint):
 def test_a_squeeze_and_excitation_net_compiled_still_refuses_inexact_tiles(tmp_path, monkeypatch):
     """The ONNX file does not say whether tiles are exact; the compiled model takes it from the model's config."""
     monkeypatch.setattr(compiled, "COMPILED_FAMILIES", ("mobilenet_v3",))
-    path = save_checkpoint(tmp_path / "se.safetensors", tiny_model("fcn8s_mobilenet_v3_large", 3, width=1.0),
-                           classes=TINY_CLASSES, palette=TINY_PALETTE)
+    path = save_checkpoint(
+        tmp_path / "se.safetensors",
+        tiny_model("fcn8s_mobilenet_v3_large", 3, width=1.0),
+        classes=TINY_CLASSES,
+        palette=TINY_PALETTE,
+    )
     with pytest.raises(ValueError, match="squeeze-and-excitation"):
         load_predictor(path, runtime="auto", device="cpu", tile=64)
     predictor, _ = load_predictor(path, runtime="auto", device="cpu")
@@ -187,6 +216,17 @@ def test_mc_dropout_on_an_onnx_file_says_it_has_no_dropout(tiny_checkpoint, tmp_
 
     export_onnx(tiny_checkpoint, tmp_path / "m.onnx", exporter="torchscript", check_shapes=[(1, 3, 32, 32)])
     Image.fromarray(_images(1)[0].permute(1, 2, 0).numpy()).save(tmp_path / "a.png")
-    status = main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
-                   "--workers", "0", "--mc-dropout", "2"])
+    status = main(
+        [
+            "predict",
+            str(tmp_path / "m.onnx"),
+            str(tmp_path / "a.png"),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "0",
+            "--mc-dropout",
+            "2",
+        ]
+    )
     assert status == 2 and "no dropout layers" in capsys.readouterr().err

@@ -9,13 +9,13 @@ import pytest
 import scipy.stats
 import torch
 from PIL import Image
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.inference.confidence import read_unit_png16, save_unit_png16
 from fcnseg.inference.predictor import Predictor
-from tiny_models import tiny_model
 
 CLASSES = ["background", "thing", "stuff", "other"]
 PALETTE = [(0, 0, 0), (200, 30, 30), (20, 180, 60), (30, 30, 200)]
@@ -146,8 +146,19 @@ def test_predict_writes_confidence_entropy_and_probabilities(tmp_path, checkpoin
     picture = random_image(37, 41)
     Image.fromarray(picture.permute(1, 2, 0).numpy()).save(tmp_path / "photo.png")
     out = tmp_path / "out"
-    code = main(["predict", str(checkpoint), str(tmp_path / "photo.png"), "--out", str(out), "--device", "cpu",
-                 "--confidence", "--probabilities"])
+    code = main(
+        [
+            "predict",
+            str(checkpoint),
+            str(tmp_path / "photo.png"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--confidence",
+            "--probabilities",
+        ]
+    )
     assert code == 0
     predictor, _ = fcnseg.inference.predictor.load_predictor(checkpoint, device="cpu")
     softmax = torch.softmax(predictor.logits(picture), dim=0).numpy()
@@ -161,16 +172,35 @@ def test_predict_writes_confidence_entropy_and_probabilities(tmp_path, checkpoin
     assert not (out / "photo_mutual_info.png").exists()
 
     npy = tmp_path / "npy"
-    code = main(["predict", str(checkpoint), str(tmp_path / "photo.png"), "--out", str(npy), "--device", "cpu",
-                 "--confidence", "--confidence-format", "npy", "--mc-dropout", "2", "--seed", "3"])
+    code = main(
+        [
+            "predict",
+            str(checkpoint),
+            str(tmp_path / "photo.png"),
+            "--out",
+            str(npy),
+            "--device",
+            "cpu",
+            "--confidence",
+            "--confidence-format",
+            "npy",
+            "--mc-dropout",
+            "2",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0
     result = predictor.confidence(picture, mc_samples=2, seed=3)
     top1 = np.load(npy / "photo_confidence.npy")
     assert top1.dtype == np.float16 and top1.shape == (37, 41)
     np.testing.assert_allclose(top1, result.top1.numpy(), rtol=1e-3)
-    np.testing.assert_allclose(np.load(npy / "photo_entropy.npy"), result.entropy.numpy() / math.log(4), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(np.load(npy / "photo_mutual_info.npy"), result.mutual_information.numpy() / math.log(4),
-                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        np.load(npy / "photo_entropy.npy"), result.entropy.numpy() / math.log(4), rtol=1e-3, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.load(npy / "photo_mutual_info.npy"), result.mutual_information.numpy() / math.log(4), rtol=1e-3, atol=1e-4
+    )
     np.testing.assert_array_equal(np.array(Image.open(npy / "photo.png")), result.mask.numpy())
 
 
@@ -178,10 +208,23 @@ def test_predict_refuses_colliding_outputs_and_bad_counts(tmp_path, checkpoint, 
     picture = Image.fromarray(random_image(8, 8).permute(1, 2, 0).numpy())
     picture.save(tmp_path / "a.png")
     picture.save(tmp_path / "a_confidence.jpg")
-    code = main(["predict", str(checkpoint), str(tmp_path / "a.png"), str(tmp_path / "a_confidence.jpg"),
-                 "--out", str(tmp_path / "out"), "--confidence", "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            str(checkpoint),
+            str(tmp_path / "a.png"),
+            str(tmp_path / "a_confidence.jpg"),
+            "--out",
+            str(tmp_path / "out"),
+            "--confidence",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 2 and "would both write" in capsys.readouterr().err
-    code = main(["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--mc-dropout", "-1"])
+    code = main(
+        ["predict", str(checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--mc-dropout", "-1"]
+    )
     error = capsys.readouterr().err
     assert code == 2 and "--mc-dropout must be a number of passes >= 0, got -1" in error and "Traceback" not in error
 

@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.inference.predictor import load_predictor
-from tiny_models import tiny_model
 
 pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 
@@ -26,8 +26,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def files(tmp_path_factory):
     """(checkpoint path, ONNX path) of one tiny model."""
     folder = tmp_path_factory.mktemp("model_files")
-    checkpoint = save_checkpoint(folder / "model.safetensors", tiny_model("fcn32s", len(CLASSES), score_std=1.0), classes=CLASSES,
-                                 palette=PALETTE)
+    checkpoint = save_checkpoint(
+        folder / "model.safetensors",
+        tiny_model("fcn32s", len(CLASSES), score_std=1.0),
+        classes=CLASSES,
+        palette=PALETTE,
+    )
     export_onnx(checkpoint, folder / "model.onnx", exporter="torchscript", check_shapes=[(1, 3, 32, 32)])
     return checkpoint, folder / "model.onnx"
 

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.inference.predictor import Predictor, load_predictor
-from tiny_models import tiny_model
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed (pip install 'fcnseg[export]')")
 pytest.importorskip("onnxruntime", reason="the export extra is not installed (pip install 'fcnseg[export]')")
@@ -22,8 +22,15 @@ from fcnseg.inference.runtimes import OnnxModel, RuntimeBackendError, resolve_ru
 
 CLASSES = ["background", "road", "car", "sky"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (64, 0, 128), (128, 128, 128)]
-RUNTIMES = ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
-    importlib.util.find_spec("openvino") is None, reason="openvino is not installed (fcnseg[runtimes])"))]
+RUNTIMES = [
+    "onnxruntime",
+    pytest.param(
+        "openvino",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("openvino") is None, reason="openvino is not installed (fcnseg[runtimes])"
+        ),
+    ),
+]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,7 +83,11 @@ def test_tiling_through_the_runtime_gives_the_whole_image_result(exported, runti
     # A memory budget chooses the same tiling as the torch model would.
     budget = model.estimate_forward_bytes(900, 900)
     by_budget, _ = load_predictor(onnx_path, runtime=runtime, memory_budget_bytes=budget)
-    assert by_budget.tiling_for(2000, 2000) == Predictor(model, memory_budget_bytes=budget).tiling_for(2000, 2000) is not None
+    assert (
+        by_budget.tiling_for(2000, 2000)
+        == Predictor(model, memory_budget_bytes=budget).tiling_for(2000, 2000)
+        is not None
+    )
     assert by_budget.tiling_for(70, 100) is None
 
 
@@ -86,7 +97,9 @@ def test_tiling_metadata_matches_the_model_and_old_files_fall_back(exported, tmp
     runtime_model = OnnxModel(onnx_path, "onnxruntime")
     sizes = [(1, 1), (37, 53), (500, 375), (3000, 4000)]
     assert runtime_model.grid == model.grid == 32
-    assert [runtime_model.estimate_forward_bytes(h, w) for h, w in sizes] == [model.estimate_forward_bytes(h, w) for h, w in sizes]
+    assert [runtime_model.estimate_forward_bytes(h, w) for h, w in sizes] == [
+        model.estimate_forward_bytes(h, w) for h, w in sizes
+    ]
     # A file exported before the 'tiling' entry existed: the geometry comes from the model config.
     proto = onnx.load(str(onnx_path))
     kept = [entry for entry in proto.metadata_props if entry.key != "tiling"]
@@ -97,7 +110,9 @@ def test_tiling_metadata_matches_the_model_and_old_files_fall_back(exported, tmp
     old_model = OnnxModel(old, "onnxruntime")
     assert "tiling" not in old_model.metadata
     assert (old_model.grid, old_model.context_margin()) == (32, 288)
-    assert [old_model.estimate_forward_bytes(h, w) for h, w in sizes] == [model.estimate_forward_bytes(h, w) for h, w in sizes]
+    assert [old_model.estimate_forward_bytes(h, w) for h, w in sizes] == [
+        model.estimate_forward_bytes(h, w) for h, w in sizes
+    ]
 
 
 def test_probabilities_export_gives_the_same_masks_and_probabilities(tmp_path):
@@ -122,8 +137,12 @@ def test_runtime_choice_is_checked_in_one_line(exported):
         (lambda: load_predictor(onnx_path, runtime="tensorrt"), "unknown runtime 'tensorrt'"),
         (lambda: load_predictor(onnx_path, runtime="onnxruntime", device="cuda"), "runs on the CPU, not on cuda"),
         (lambda: load_predictor(onnx_path, runtime="onnxruntime", dtype="bfloat16"), "onnxruntime runs float32"),
-        (lambda: load_predictor(checkpoint_path.with_suffix(".onnx").with_name("absent.onnx"), runtime="onnxruntime"),
-         "absent.onnx: no such ONNX file"),
+        (
+            lambda: load_predictor(
+                checkpoint_path.with_suffix(".onnx").with_name("absent.onnx"), runtime="onnxruntime"
+            ),
+            "absent.onnx: no such ONNX file",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(RuntimeBackendError, match=message) as caught:
@@ -157,7 +176,6 @@ def test_openvino_bfloat16_is_a_named_option_that_changes_numerics_slightly(expo
     assert float((bf16.mask(image) == expected.argmax(0)).float().mean()) >= 0.95
 
 
-
 def test_predict_and_serve_take_an_onnx_export_and_a_runtime(tmp_path):
     from PIL import Image
 
@@ -169,12 +187,26 @@ def test_predict_and_serve_take_an_onnx_export_and_a_runtime(tmp_path):
     from fcnseg.serve import create_app
 
     model = tiny_model("fcn8s", 3, score_std=0.5, score_bias_std=0.5)  # masks that show several classes
-    path = save_checkpoint(tmp_path / "m.safetensors", model, classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (7, 7, 7)])
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", model, classes=["a", "b", "c"], palette=[(0, 0, 0), (9, 9, 9), (7, 7, 7)]
+    )
     export_onnx(path, tmp_path / "m.onnx", exporter="torchscript")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "p.png")
     assert main(["predict", str(path), str(tmp_path / "p.png"), "--out", str(tmp_path / "torch")]) == 0
-    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "p.png"), "--out", str(tmp_path / "ort"),
-                 "--runtime", "onnxruntime"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "m.onnx"),
+                str(tmp_path / "p.png"),
+                "--out",
+                str(tmp_path / "ort"),
+                "--runtime",
+                "onnxruntime",
+            ]
+        )
+        == 0
+    )
     torch_mask = np.array(Image.open(tmp_path / "torch" / "p.png"))
     assert len(np.unique(torch_mask)) > 1  # a zero model's one-class masks would agree whatever ran them
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "ort" / "p.png")), torch_mask)

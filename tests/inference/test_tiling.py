@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 import fcnseg
-from fcnseg.predict.images import predict_logits, predict_mask
 from fcnseg.inference.tiling import TILING_HEADROOM, Tiling, plan_tiles, tiling_for_budget
-from tiny_models import tiny_model
+from fcnseg.predict.images import predict_logits, predict_mask
 
 # Whole-image and tiled passes run convolutions on different sizes, so float sums
 # differ in the last bits: logits of magnitude ~10 agree to ~1e-5.

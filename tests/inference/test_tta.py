@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.inference.predictor import Predictor
 from fcnseg.inference.tiling import Tiling
-from tiny_models import tiny_model
 
 
 def test_flip_averages_the_image_and_its_mirror():
@@ -58,7 +58,23 @@ def test_predict_and_eval_take_tta_options(tmp_path):
 
     model = fcnseg.create_model("fcn8s", num_classes=len(SHAPE_CLASSES), width=0.0625)
     path = save_checkpoint(tmp_path / "m.safetensors", model, classes=SHAPE_CLASSES, palette=[(9, 9, 9)] * 7)
-    assert main(["eval", str(path), "--data", "synthetic", "--data-option", "size=24", "--data-option", "num_images=2",
-                 "--tta-scales", "0.5,1", "--tta-flip"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(path),
+                "--data",
+                "synthetic",
+                "--data-option",
+                "size=24",
+                "--data-option",
+                "num_images=2",
+                "--tta-scales",
+                "0.5,1",
+                "--tta-flip",
+            ]
+        )
+        == 0
+    )
     with pytest.raises(SystemExit):
         main(["eval", str(path), "--data", "synthetic", "--tta-scales", "big"])

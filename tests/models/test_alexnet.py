@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from caffe_encoder import fcn_caffemodel
+from tiny_models import tiny_model
 
 import fcnseg
-from caffe_encoder import fcn_caffemodel
 from fcnseg.weights import WeightsError
-from tiny_models import tiny_model
 
 WIDTH = 0.0625
 NUM_CLASSES = 5
@@ -36,7 +36,18 @@ INPUT_SCALE = 60.0
 
 def test_final_crop_is_18_and_follows_from_the_reference_layers():
     """y_in = s * y_out + (k - 1) / 2 - pad per layer, composed by hand; the deconvolution inverts its map."""
-    layers = [(11, 4, 100), (3, 2, 0), (5, 1, 2), (3, 2, 0), (3, 1, 1), (3, 1, 1), (3, 1, 1), (3, 2, 0), (6, 1, 0), (1, 1, 0)]
+    layers = [
+        (11, 4, 100),
+        (3, 2, 0),
+        (5, 1, 2),
+        (3, 2, 0),
+        (3, 1, 1),
+        (3, 1, 1),
+        (3, 1, 1),
+        (3, 2, 0),
+        (6, 1, 0),
+        (1, 1, 0),
+    ]
     scale, shift = Fraction(1), Fraction(0)
     for kernel, stride, pad in layers:
         scale, shift = scale * stride, scale * (Fraction(kernel - 1, 2) - pad) + shift
@@ -101,8 +112,12 @@ def test_fcn_alexnet_exports_to_onnx_with_the_default_exporter(tmp_path):
     from fcnseg.export.onnx import export_onnx
 
     model = tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, all_std="he")
-    path = save_checkpoint(tmp_path / "alexnet.safetensors", model, classes=[f"c{i}" for i in range(NUM_CLASSES)],
-                           palette=[(i, i, i) for i in range(NUM_CLASSES)])
+    path = save_checkpoint(
+        tmp_path / "alexnet.safetensors",
+        model,
+        classes=[f"c{i}" for i in range(NUM_CLASSES)],
+        palette=[(i, i, i) for i in range(NUM_CLASSES)],
+    )
     assert export_onnx(path, tmp_path / "alexnet.onnx").ok
 
 
@@ -121,31 +136,44 @@ def deploy_prototxt(model: torch.nn.Module, height: int, width: int) -> str:
     layers = model.reference_layers()
 
     def conv(name: str, bottom: str, kernel: int, stride: int = 1, pad: int = 0, group: int = 1) -> str:
-        return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" convolution_param {{ '
-                f"num_output: {layers[name].out_channels} kernel_size: {kernel} stride: {stride} pad: {pad} "
-                f'group: {group} }} }}\nlayer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}\n')
+        return (
+            f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" convolution_param {{ '
+            f"num_output: {layers[name].out_channels} kernel_size: {kernel} stride: {stride} pad: {pad} "
+            f'group: {group} }} }}\nlayer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}\n'
+        )
 
     def pool_norm(index: int, bottom: str, norm: bool) -> str:
-        text = (f'layer {{ name: "pool{index}" type: "Pooling" bottom: "{bottom}" top: "pool{index}" '
-                "pooling_param { pool: MAX kernel_size: 3 stride: 2 } }\n")
+        text = (
+            f'layer {{ name: "pool{index}" type: "Pooling" bottom: "{bottom}" top: "pool{index}" '
+            "pooling_param { pool: MAX kernel_size: 3 stride: 2 } }\n"
+        )
         if norm:
-            text += (f'layer {{ name: "norm{index}" type: "LRN" bottom: "pool{index}" top: "norm{index}" '
-                     "lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }\n")
+            text += (
+                f'layer {{ name: "norm{index}" type: "LRN" bottom: "pool{index}" top: "norm{index}" '
+                "lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }\n"
+            )
         return text
 
     c = NUM_CLASSES
-    return (f'name: "fcn_alexnet"\ninput: "data"\ninput_shape {{ dim: 1 dim: 3 dim: {height} dim: {width} }}\n'
-            + conv("conv1", "data", 11, stride=4, pad=100) + pool_norm(1, "conv1", True)
-            + conv("conv2", "norm1", 5, pad=2, group=2) + pool_norm(2, "conv2", True)
-            + conv("conv3", "norm2", 3, pad=1) + conv("conv4", "conv3", 3, pad=1, group=2)
-            + conv("conv5", "conv4", 3, pad=1, group=2) + pool_norm(5, "conv5", False)
-            + conv("fc6", "pool5", 6) + conv("fc7", "fc6", 1)
-            + f'layer {{ name: "score_fr" type: "Convolution" bottom: "fc7" top: "score_fr" '
-              f"convolution_param {{ num_output: {c} kernel_size: 1 }} }}\n"
-            + f'layer {{ name: "upscore" type: "Deconvolution" bottom: "score_fr" top: "upscore" '
-              f"convolution_param {{ num_output: {c} kernel_size: 63 stride: 32 bias_term: false }} }}\n"
-            + 'layer { name: "score" type: "Crop" bottom: "upscore" bottom: "data" top: "score" '
-              "crop_param { axis: 2 offset: 18 } }\n")
+    return (
+        f'name: "fcn_alexnet"\ninput: "data"\ninput_shape {{ dim: 1 dim: 3 dim: {height} dim: {width} }}\n'
+        + conv("conv1", "data", 11, stride=4, pad=100)
+        + pool_norm(1, "conv1", True)
+        + conv("conv2", "norm1", 5, pad=2, group=2)
+        + pool_norm(2, "conv2", True)
+        + conv("conv3", "norm2", 3, pad=1)
+        + conv("conv4", "conv3", 3, pad=1, group=2)
+        + conv("conv5", "conv4", 3, pad=1, group=2)
+        + pool_norm(5, "conv5", False)
+        + conv("fc6", "pool5", 6)
+        + conv("fc7", "fc6", 1)
+        + f'layer {{ name: "score_fr" type: "Convolution" bottom: "fc7" top: "score_fr" '
+        f"convolution_param {{ num_output: {c} kernel_size: 1 }} }}\n"
+        + f'layer {{ name: "upscore" type: "Deconvolution" bottom: "score_fr" top: "upscore" '
+        f"convolution_param {{ num_output: {c} kernel_size: 63 stride: 32 bias_term: false }} }}\n"
+        + 'layer { name: "score" type: "Crop" bottom: "upscore" bottom: "data" top: "score" '
+        "crop_param { axis: 2 offset: 18 } }\n"
+    )
 
 
 @pytest.fixture
@@ -209,10 +237,13 @@ def test_wrong_model_files_are_refused(tmp_path):
     alexnet_file.write_bytes(fcn_caffemodel(tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, all_std="he")))
     vgg_file.write_bytes(fcn_caffemodel(fcnseg.create_model("fcn32s", num_classes=NUM_CLASSES, width=WIDTH)))
     with pytest.raises(WeightsError, match=r"the file has layers the model lacks: \['conv1', 'conv2'"):
-        fcnseg.load_caffe_weights(fcnseg.create_model("fcn32s", num_classes=NUM_CLASSES, width=WIDTH), alexnet_file,
-                                  complete=True)
+        fcnseg.load_caffe_weights(
+            fcnseg.create_model("fcn32s", num_classes=NUM_CLASSES, width=WIDTH), alexnet_file, complete=True
+        )
     with pytest.raises(WeightsError, match=r"the file has layers the model lacks: \['conv1_1', 'conv1_2'"):
-        fcnseg.load_caffe_weights(tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, all_std="he"), vgg_file, complete=True)
+        fcnseg.load_caffe_weights(
+            tiny_model("fcn_alexnet", NUM_CLASSES, width=WIDTH, all_std="he"), vgg_file, complete=True
+        )
     wider = fcnseg.create_model("fcn_alexnet", num_classes=NUM_CLASSES, width=2 * WIDTH)
     with pytest.raises(WeightsError, match=r"layer 'conv1' \(Convolution\) weight has shape \(6, 3, 11, 11\)"):
         fcnseg.load_caffe_weights(wider, alexnet_file)

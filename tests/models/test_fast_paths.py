@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_model
 
 from fcnseg.inference.predictor import Predictor
 from fcnseg.models import kernels, padding_trim, upsampling
 from fcnseg.models.kernels import conv_as_matmul
 from fcnseg.models.padding_trim import padding_plan
 from fcnseg.models.vgg import FIRST_CONV_PADDING
-from tiny_models import tiny_model
 
 #: Random non-zero biases (every layer) and score weights: the padding band holds non-zero values, every skip counts.
 RANDOM = {"score_std": 0.2, "bias_std": 0.5}
@@ -59,7 +59,9 @@ def test_trimmed_backbone_features_equal_the_plain_ones():
         expected = model.backbone(x)
     for stride in (8, 16, 32):
         assert got[stride].shape == expected[stride].shape
-        torch.testing.assert_close(got[stride], expected[stride], rtol=1e-4, atol=1e-4 * expected[stride].abs().max().item())
+        torch.testing.assert_close(
+            got[stride], expected[stride], rtol=1e-4, atol=1e-4 * expected[stride].abs().max().item()
+        )
 
 
 def test_conv_as_matmul_equals_conv2d_in_slabs(monkeypatch):
@@ -120,7 +122,9 @@ def test_compiled_predictor_matches_the_plain_forward():
     assert_same_logits(got, Predictor(model, fast_paths=False).logits(image))
 
 
-def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+def _loss_and_grads(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor
+) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), target, reduction="sum")
     loss.backward()

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import fcnseg
 from caffe_encoder import V1_DECONVOLUTION, blob, fcn_caffemodel, layer_v1, layer_v2, net
 from tiny_models import tiny_model
+
+import fcnseg
 
 cv2 = pytest.importorskip("cv2")
 if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromCaffe"):
@@ -199,10 +199,7 @@ def test_opencv_deconvolution_scatters_the_kernel(tmp_path, version):
     for i in range(2):
         for j in range(2):
             expected[2 * i : 2 * i + 4, 2 * j : 2 * j + 4] += x[0, 0, i, j] * kernel[0, 0]
-    proto = (
-        'input: "data"\ninput_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
-        + _deconv("up", "data", 1, 4, 2)
-    )
+    proto = 'input: "data"\ninput_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n' + _deconv("up", "data", 1, 4, 2)
     weights = (
         net([layer_v2("up", "Deconvolution", [blob(kernel)])])
         if version == "v2"

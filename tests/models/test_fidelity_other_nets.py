@@ -14,14 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from caffe_encoder import fcn_caffemodel
+from test_fidelity_opencv import NUM_CLASSES, TOLERANCE, WIDTH, _conv, _crop, _deconv, _relu, _sum, cv2, relative_error
+from tiny_models import tiny_model
 
 import fcnseg
-from caffe_encoder import fcn_caffemodel
 from fcnseg.models.latefusion import HHA_CAFFE, NYUD_CAFFE, preprocess_color_hha
 from fcnseg.models.siftflow import SIFTFLOW_CAFFE
-from tiny_models import tiny_model
-from test_fidelity_opencv import NUM_CLASSES, TOLERANCE, WIDTH, _conv, _crop, _deconv, _relu, _sum, cv2
-from test_fidelity_opencv import relative_error
 
 SIZES = [(1, 1), (17, 17), (37, 23)]
 HEADS = (("sem", 2), ("geo", 3))  # the random models' 5 classes, split as a SIFT Flow net splits them
@@ -37,11 +36,15 @@ def trunk(layers: dict, bottom: str, suffix: str = "") -> str:
             text += _conv(conv, bottom, layers[conv].out_channels, 3, pad=100 if conv.startswith("conv1_1") else 1)
             text += _relu(f"relu{stage}_{index}{suffix}", conv)
             bottom = conv
-        text += (f'layer {{ name: "pool{stage}{suffix}" type: "Pooling" bottom: "{bottom}" top: "pool{stage}{suffix}" '
-                 "pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n")
+        text += (
+            f'layer {{ name: "pool{stage}{suffix}" type: "Pooling" bottom: "{bottom}" top: "pool{stage}{suffix}" '
+            "pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n"
+        )
         bottom = f"pool{stage}{suffix}"
     for fc, kernel in (("fc6", 7), ("fc7", 1)):
-        text += _conv(fc + suffix, bottom, layers[fc + suffix].out_channels, kernel) + _relu(f"relu{fc}{suffix}", fc + suffix)
+        text += _conv(fc + suffix, bottom, layers[fc + suffix].out_channels, kernel) + _relu(
+            f"relu{fc}{suffix}", fc + suffix
+        )
         bottom = fc + suffix
     return text
 
@@ -58,7 +61,9 @@ def siftflow_prototxt(stride: int, model: torch.nn.Module, height: int, width: i
             text += _crop(f"score{s}", f"upscore{s}", "data", CROPS[32])
             continue
         text += _deconv(f"upscore2{s}", f"score_fr{s}", classes, 4, 2)
-        text += _conv(f"score_pool4{s}", "pool4", classes, 1) + _crop(f"score_pool4{s}c", f"score_pool4{s}", f"upscore2{s}", 5)
+        text += _conv(f"score_pool4{s}", "pool4", classes, 1) + _crop(
+            f"score_pool4{s}c", f"score_pool4{s}", f"upscore2{s}", 5
+        )
         text += _sum(f"fuse_pool4{s}", f"upscore2{s}", f"score_pool4{s}c")
         fused = f"fuse_pool4{s}"
         if stride == 8:
@@ -79,8 +84,10 @@ def late_fusion_prototxt(model: torch.nn.Module, height: int, width: int) -> str
     layers = model.reference_layers()
     for stream in ("color", "hha"):
         text += trunk(layers, stream, stream) + _conv(f"score_fr{stream}", f"fc7{stream}", NUM_CLASSES, 1)
-    text += ('layer { name: "score_fused" type: "Eltwise" bottom: "score_frcolor" bottom: "score_frhha" '
-             'top: "score_fused" eltwise_param { operation: SUM coeff: 0.5 coeff: 0.5 } }\n')
+    text += (
+        'layer { name: "score_fused" type: "Eltwise" bottom: "score_frcolor" bottom: "score_frhha" '
+        'top: "score_fused" eltwise_param { operation: SUM coeff: 0.5 coeff: 0.5 } }\n'
+    )
     return text + _deconv("upscore", "score_fused", NUM_CLASSES, 64, 32) + _crop("score", "upscore", "color", CROPS[32])
 
 
@@ -111,12 +118,19 @@ def load_published_layout(name: str, tmp_path) -> tuple[torch.nn.Module, bytes]:
 def test_siftflow_nets_load_the_reference_layout_and_match_both_heads(tmp_path, stride):
     model, caffemodel = load_published_layout(f"siftflow_fcn{stride}s", tmp_path)
     assert model.heads == HEADS and model.preprocessing == SIFTFLOW_CAFFE
-    assert {"score_fr_sem", "score_fr_geo", f"upscore{'' if stride == 32 else stride}_geo"} <= set(model.reference_layers())
+    assert {"score_fr_sem", "score_fr_geo", f"upscore{'' if stride == 32 else stride}_geo"} <= set(
+        model.reference_layers()
+    )
     generator = np.random.default_rng(stride)
     for height, width in SIZES:
         image = generator.standard_normal((1, 3, height, width)).astype(np.float32)
-        semantic, geometric = opencv_outputs(siftflow_prototxt(stride, model, height, width), caffemodel,
-                                             {"data": image}, tmp_path, ["score_sem", "score_geo"])
+        semantic, geometric = opencv_outputs(
+            siftflow_prototxt(stride, model, height, width),
+            caffemodel,
+            {"data": image},
+            tmp_path,
+            ["score_sem", "score_geo"],
+        )
         with torch.no_grad():
             ours = model(torch.from_numpy(image)).numpy()
         assert ours.shape == (1, 5, height, width) and semantic.shape[1] == 2 and geometric.shape[1] == 3
@@ -127,12 +141,15 @@ def test_siftflow_nets_load_the_reference_layout_and_match_both_heads(tmp_path, 
 def test_late_fusion_net_loads_the_reference_layout_and_matches(tmp_path):
     model, caffemodel = load_published_layout("nyud_fcn32s_color_hha", tmp_path)
     assert model.preprocessing == NYUD_CAFFE and model.hha_preprocessing == HHA_CAFFE
-    assert {"conv1_1color", "conv1_1hha", "fc7hha", "score_frcolor", "score_frhha", "upscore"} <= set(model.reference_layers())
+    assert {"conv1_1color", "conv1_1hha", "fc7hha", "score_frcolor", "score_frhha", "upscore"} <= set(
+        model.reference_layers()
+    )
     generator = np.random.default_rng(3)
     for height, width in SIZES:
         color, hha = (generator.standard_normal((1, 3, height, width)).astype(np.float32) for _ in range(2))
-        reference, = opencv_outputs(late_fusion_prototxt(model, height, width), caffemodel,
-                                    {"color": color, "hha": hha}, tmp_path, ["score"])
+        (reference,) = opencv_outputs(
+            late_fusion_prototxt(model, height, width), caffemodel, {"color": color, "hha": hha}, tmp_path, ["score"]
+        )
         with torch.no_grad():
             ours = model(torch.from_numpy(np.concatenate([color, hha], axis=1))).numpy()
             colour_only = model(torch.from_numpy(np.concatenate([color, 0 * hha], axis=1))).numpy()

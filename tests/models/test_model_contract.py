@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_model
 from torch import nn
 
 import fcnseg
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
-from tiny_models import tiny_model
 
 TINY = 0.0625
 CLASSES = 5  # a SIFT Flow net splits them 2 semantic + 3 geometric
@@ -45,8 +45,10 @@ def _parameters(name: str) -> int:
         return sum(p.numel() for p in fcnseg.create_model(name, num_classes=CLASSES, width=width_of(name)).parameters())
 
 
-MODELS = [pytest.param(name, marks=pytest.mark.slow) if _parameters(name) > SLOW_PARAMETERS else name
-          for name in fcnseg.list_models()]
+MODELS = [
+    pytest.param(name, marks=pytest.mark.slow) if _parameters(name) > SLOW_PARAMETERS else name
+    for name in fcnseg.list_models()
+]
 
 
 def random_model(name: str, fast_paths: bool = True) -> nn.Module:
@@ -86,7 +88,9 @@ def test_gradients_reach_every_learnable_parameter_and_no_frozen_one(name, fast_
 def test_checkpoint_round_trip_gives_the_same_model_and_logits(name, tmp_path):
     model = random_model(name).eval()
     classes = [f"c{i}" for i in range(CLASSES)]
-    path = save_checkpoint(tmp_path / "m.safetensors", model, classes=classes, palette=[(i, i, i) for i in range(CLASSES)])
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", model, classes=classes, palette=[(i, i, i) for i in range(CLASSES)]
+    )
     loaded = load_checkpoint(path)
     assert loaded.model.config == model.config and loaded.classes == classes
     x = blob(model, 1, 45, 38)

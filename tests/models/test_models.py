@@ -10,11 +10,11 @@ from fractions import Fraction
 
 import pytest
 import torch
+from tiny_models import tiny_model
 from torch import nn
 
 import fcnseg
 from fcnseg.models import bilinear_kernel
-from tiny_models import tiny_model
 
 MODELS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"]
 TINY = 0.0625  # geometry does not depend on width
@@ -49,6 +49,7 @@ SCORE_LAYERS = {
 
 
 # --- output size ------------------------------------------------------------------------------
+
 
 def _pool(size: int) -> int:
     """Caffe/ceil-mode 2x2 stride-2 pooling, no padding."""
@@ -297,9 +298,22 @@ def test_plain_fcn8s_does_not_scale_the_skips():
 
 
 def test_registry_lists_the_voc_models_the_other_datasets_nets_and_the_other_backbones():
-    torchvision_heads = {"resnet18": "32 16 8", "resnet34": "8", "resnet50": "32 16 8", "resnet101": "8",
-                         "mobilenet_v3_large": "32 16 8"}
-    others = ["nyud_fcn32s_color_hha", "siftflow_fcn16s", "siftflow_fcn32s", "siftflow_fcn8s", "fcn_alexnet", "fcn4s", "fcn2s"]
+    torchvision_heads = {
+        "resnet18": "32 16 8",
+        "resnet34": "8",
+        "resnet50": "32 16 8",
+        "resnet101": "8",
+        "mobilenet_v3_large": "32 16 8",
+    }
+    others = [
+        "nyud_fcn32s_color_hha",
+        "siftflow_fcn16s",
+        "siftflow_fcn32s",
+        "siftflow_fcn8s",
+        "fcn_alexnet",
+        "fcn4s",
+        "fcn2s",
+    ]
     others += [f"fcn{s}s_{arch}" for arch, strides in torchvision_heads.items() for s in strides.split()]
     assert fcnseg.list_models() == sorted(MODELS + others)
     with pytest.raises(ValueError, match="unknown model"):
@@ -318,7 +332,16 @@ def test_config_describes_the_model_built_directly():
 def test_reference_layer_names():
     names = list(tiny_model("fcn8s").reference_layers())
     assert names[:13] == [f"conv{s}_{i}" for s, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
-    assert set(names[13:]) == {"fc6", "fc7", "score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4", "upscore8"}
+    assert set(names[13:]) == {
+        "fc6",
+        "fc7",
+        "score_fr",
+        "score_pool4",
+        "score_pool3",
+        "upscore2",
+        "upscore_pool4",
+        "upscore8",
+    }
 
 
 def test_fcn4s_and_fcn2s_crops_by_hand():
@@ -327,8 +350,13 @@ def test_fcn4s_and_fcn2s_crops_by_hand():
     # after upscore_pool2 at 2y - 32.5: pool2 crops (97.5 - 29.5) / 4 = 17, pool1 (98.5 - 32.5) / 2 = 33; the
     # final k8 s4 upsampling leaves y - 33, the final k4 s2 one y - 34.
     assert tiny_model("fcn4s").crop_offsets() == {"score_pool4": 5, "score_pool3": 9, "score_pool2": 17, "final": 33}
-    assert tiny_model("fcn2s").crop_offsets() == {"score_pool4": 5, "score_pool3": 9, "score_pool2": 17, "score_pool1": 33,
-                                            "final": 34}
+    assert tiny_model("fcn2s").crop_offsets() == {
+        "score_pool4": 5,
+        "score_pool3": 9,
+        "score_pool2": 17,
+        "score_pool1": 33,
+        "final": 34,
+    }
 
 
 def test_fcn4s_starts_from_fcn8s_as_the_paper_stages_its_nets():

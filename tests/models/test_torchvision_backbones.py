@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.engine.initial_weights import apply_initial_weights
 from fcnseg.weights import WeightsError, load_imagenet, transfer_fcn
-from tiny_models import tiny_model
 
 CLASSES = 3
 MOBILENET_WIDTH = 0.25
@@ -54,8 +54,11 @@ def test_resnet_feature_maps_by_hand():
     """ResNet: input pad 31, conv1 7x7/2 pad 3, maxpool 3x3/2 pad 1, then a 3x3/2 pad-1 convolution opens
     layer2, layer3, layer4 (3x3 pad-1 and 1x1 convolutions elsewhere map y to y)."""
     stem = [_map(1, 1, 31), _map(7, 2, 3), _map(3, 2, 1)]
-    expected = {8: _compose(stem + [_map(3, 2, 1)]), 16: _compose(stem + [_map(3, 2, 1)] * 2),
-                32: _compose(stem + [_map(3, 2, 1)] * 3)}
+    expected = {
+        8: _compose(stem + [_map(3, 2, 1)]),
+        16: _compose(stem + [_map(3, 2, 1)] * 2),
+        32: _compose(stem + [_map(3, 2, 1)] * 3),
+    }
     assert expected == {8: (8, -31), 16: (16, -31), 32: (32, -31)}
     for name in ("fcn8s_resnet18", "fcn8s_resnet50"):
         maps = model(name).backbone.coord_maps
@@ -69,15 +72,21 @@ def test_channels_and_crops():
     assert full.backbone.channels == {8: 40, 16: 112, 32: 960}
     for name in ("fcn32s_resnet18", "fcn16s_resnet18", "fcn8s_resnet18"):
         net = model(name)
-        assert net.crop_offsets() == {"final": 31, **{s: 0 for s in ("score_pool4", "score_pool3")[: 32 // net.stride // 2]}}
-        assert [(m.kernel_size[0], m.stride[0], m.padding[0]) for m in net.modules()
-                if isinstance(m, fcnseg.models.BilinearUpsampling)] == \
-            {32: [(63, 32, 31)], 16: [(3, 2, 1), (31, 16, 15)], 8: [(3, 2, 1), (3, 2, 1), (15, 8, 7)]}[net.stride]
+        assert net.crop_offsets() == {
+            "final": 31,
+            **{s: 0 for s in ("score_pool4", "score_pool3")[: 32 // net.stride // 2]},
+        }
+        assert [
+            (m.kernel_size[0], m.stride[0], m.padding[0])
+            for m in net.modules()
+            if isinstance(m, fcnseg.models.BilinearUpsampling)
+        ] == {32: [(63, 32, 31)], 16: [(3, 2, 1), (31, 16, 15)], 8: [(3, 2, 1), (3, 2, 1), (15, 8, 7)]}[net.stride]
 
 
 def test_input_padding_31_is_the_least_that_covers_every_size():
     """The derivation of the module docstring, checked over 1..2048: with padding P the coarsest map has
     n = ceil((H + 2P) / 32) cells at 32 y - P; the upsampled logits span -P .. 32 (n - 1) - P."""
+
     def covers(size: int, padding: int) -> bool:
         cells = math.ceil((size + 2 * padding) / 32)
         return 32 * (cells - 1) - padding >= size - 1
@@ -180,12 +189,19 @@ def test_dilated_trunk_is_torchvisions_and_the_logits_interpolate_it():
         torch.testing.assert_close(net(x), _reference_head(net, {8: layer4}, 11, 14), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("fcn8s_resnet18", {"output_stride": 8}, "BasicBlock .resnet18/34. does not have"),
-    ("fcn32s_resnet50", {"output_stride": 16}, "stride 32 needs the backbone's stride-32 features; it has strides \\[8, 16\\]"),
-    ("fcn8s_mobilenet_v3_large", {"output_stride": 8}, "output_stride must be 32 or 16"),
-    ("fcn8s_resnet50", {"output_stride": 4}, "output_stride must be 32, 16 or 8"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("fcn8s_resnet18", {"output_stride": 8}, "BasicBlock .resnet18/34. does not have"),
+        (
+            "fcn32s_resnet50",
+            {"output_stride": 16},
+            "stride 32 needs the backbone's stride-32 features; it has strides \\[8, 16\\]",
+        ),
+        ("fcn8s_mobilenet_v3_large", {"output_stride": 8}, "output_stride must be 32 or 16"),
+        ("fcn8s_resnet50", {"output_stride": 4}, "output_stride must be 32, 16 or 8"),
+    ],
+)
 def test_impossible_output_strides_are_refused(name, options, message):
     with pytest.raises(ValueError, match=message):
         fcnseg.create_model(name, num_classes=2, **options)
@@ -251,8 +267,11 @@ def test_weights_by_name_come_from_the_hub_cache(offline_hub):
         assert torch.equal(net.backbone.body.layer3[1].conv2.weight, source.layer3[1].conv2.weight)
         assert torch.equal(net.backbone.body.bn1.running_var, source.bn1.running_var)
         assert net.preprocessing == fcnseg.TORCHVISION and not net.score_fr.weight.any()
-    with pytest.raises(WeightsError, match=r"'IMAGENET1K_V7': neither a file nor a weights name of torchvision's "
-                                           r"resnet18 \(IMAGENET1K_V1, DEFAULT\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"'IMAGENET1K_V7': neither a file nor a weights name of torchvision's "
+        r"resnet18 \(IMAGENET1K_V1, DEFAULT\)",
+    ):
         apply_initial_weights(model("fcn8s_resnet18"), "imagenet:IMAGENET1K_V7")
 
 
@@ -292,24 +311,48 @@ def test_models_without_torchvision_weights_say_so(offline_hub):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 def test_two_gloo_processes_with_frozen_bn_match_one_process(tmp_path):
     """With frozen statistics BatchNorm is the same function in every process, so DDP on the CPU (no
     SyncBatchNorm there: it needs GPUs) trains the one-process weights."""
-    from safetensors.torch import load_file
     from command_runs import TRAIN_ARGS
     from command_runs import subprocess_env as _env
+    from safetensors.torch import load_file
 
     args = [*TRAIN_ARGS, "--set", "model.frozen_bn=true"]
     args[args.index("fcn8s")] = "fcn8s_mobilenet_v3_large"
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, "-m", "fcnseg", "train", "--out", str(one), *args], env=_env(),
-                            capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "fcnseg", "train", "--out", str(one), *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stdout + single.stderr
-    pair = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "fcnseg", "train", "--out", str(two), *args],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    pair = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "fcnseg",
+            "train",
+            "--out",
+            str(two),
+            *args,
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pair.returncode == 0, pair.stdout + pair.stderr
     a, b = load_file(one / "last.safetensors"), load_file(two / "last.safetensors")
     assert not torch.equal(a["score_fr.weight"], torch.zeros_like(a["score_fr.weight"]))

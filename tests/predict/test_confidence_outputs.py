@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.inference.confidence import read_unit_png16
-from tiny_models import tiny_model
 
 CLASSES = ["background", "road", "car", "sky"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (64, 0, 128), (128, 128, 128)]
@@ -34,8 +34,19 @@ def test_export_with_probabilities_outputs_the_verified_softmax(tmp_path, checkp
     from fcnseg.export.onnx import WithSoftmax, check_onnx_parity, read_onnx_metadata
 
     out = tmp_path / "probs.onnx"
-    code = main(["export", str(checkpoint), "--out", str(out), "--exporter", "torchscript", "--probabilities",
-                 "--check-shape", "1x3x19x23"])
+    code = main(
+        [
+            "export",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--exporter",
+            "torchscript",
+            "--probabilities",
+            "--check-shape",
+            "1x3x19x23",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "-> ok" in printed and "max|probability|" in printed
     assert read_onnx_metadata(out)["output"] == "probabilities"
@@ -46,7 +57,9 @@ def test_export_with_probabilities_outputs_the_verified_softmax(tmp_path, checkp
     with torch.no_grad():
         expected = torch.softmax(model(blob), dim=1).numpy()  # the reference: torch's softmax of the logits
     (actual,) = session.run(None, {"input": blob.numpy()})
-    assert expected.min() > 1e-3 and expected.max() < 0.999, "probabilities must not saturate for the test to mean anything"
+    assert expected.min() > 1e-3 and expected.max() < 0.999, (
+        "probabilities must not saturate for the test to mean anything"
+    )
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
     np.testing.assert_allclose(actual.sum(1), 1.0, atol=1e-5)
     # The verification compares with the softmax: against the bare logits the same file fails.
@@ -54,7 +67,12 @@ def test_export_with_probabilities_outputs_the_verified_softmax(tmp_path, checkp
     assert not any(r.ok for r in check_onnx_parity(model, out, shapes=[(1, 3, 21, 17)]))
 
     plain = tmp_path / "logits.onnx"
-    assert main(["export", str(checkpoint), "--out", str(plain), "--exporter", "torchscript", "--check-shape", "1x3x19x23"]) == 0
+    assert (
+        main(
+            ["export", str(checkpoint), "--out", str(plain), "--exporter", "torchscript", "--check-shape", "1x3x19x23"]
+        )
+        == 0
+    )
     assert read_onnx_metadata(plain)["output"] == "logits"
 
 
@@ -70,8 +88,11 @@ def test_serve_adds_confidence_only_when_asked(checkpoint):
 
     def post(query: str) -> httpx.Response:
         async def send() -> httpx.Response:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fcnseg.test") as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://fcnseg.test"
+            ) as client:
                 return await client.post(f"/segment?{query}", files={"file": ("p.png", buffer.getvalue(), "image/png")})
+
         return asyncio.run(send())
 
     plain = post("format=json")

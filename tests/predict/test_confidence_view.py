@@ -35,11 +35,15 @@ def test_confidence_gets_a_colour_view_and_the_16_bit_file_stays_exact(tmp_path)
     image_path.parent.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image_path)
     out = tmp_path / "out"
-    assert main(["predict", str(checkpoint), str(image_path), "--out", str(out), "--device", "cpu", "--confidence"]) == 0
+    assert (
+        main(["predict", str(checkpoint), str(image_path), "--out", str(out), "--device", "cpu", "--confidence"]) == 0
+    )
 
     # the exact file: 16-bit, v = round(p * 65535) of the Predictor's top-1 probability (another run of the
     # model: +-1 level of float rounding)
-    top1 = Predictor(fcnseg.checkpoint.load_checkpoint(checkpoint).model).confidence(load_image(image_path)).top1.numpy()
+    top1 = (
+        Predictor(fcnseg.checkpoint.load_checkpoint(checkpoint).model).confidence(load_image(image_path)).top1.numpy()
+    )
     with Image.open(out / "street_confidence.png") as exact:
         assert exact.mode == "I;16"
         stored = np.asarray(exact).astype(np.int64)

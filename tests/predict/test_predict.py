@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from pathlib import Path
 import torch
 from PIL import Image
+from tiny_models import TINY_CLASSES as CLASSES
+from tiny_models import TINY_PALETTE as PALETTE
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.cli import main
@@ -19,8 +23,6 @@ from fcnseg.predict.images import (
     predict_mask,
     save_mask_png,
 )
-
-from tiny_models import TINY_CLASSES as CLASSES, TINY_PALETTE as PALETTE, tiny_model
 
 
 def random_image(height: int, width: int) -> torch.Tensor:
@@ -108,7 +110,9 @@ def test_list_images_expands_folders_and_globs(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.png").write_bytes(b"x")
-    paths, problems, skipped = list_images([tmp_path, str(tmp_path / "sub" / "*.png"), tmp_path / "a.jpg", "nowhere/*.png"])
+    paths, problems, skipped = list_images(
+        [tmp_path, str(tmp_path / "sub" / "*.png"), tmp_path / "a.jpg", "nowhere/*.png"]
+    )
     assert [p.name for p in paths] == ["a.jpg", "b.png", "c.png"]  # folder sorted, glob, duplicate dropped
     assert len(problems) == 1 and "nowhere/*.png" in problems[0]
     assert sorted(reason.split(":")[0].rsplit("/", 1)[-1] for reason in skipped) == ["notes.txt", "sub"]
@@ -125,13 +129,16 @@ def test_a_folder_scan_names_every_entry_it_does_not_predict(tmp_path):
     paths, problems, skipped = list_images([tmp_path])
     assert [p.name for p in paths] == ["good.png"]
     reasons = {Path(r.split(": ")[0]).name: r.split(": ", 1)[1] for r in problems + skipped}
-    assert reasons == {"anim.gif": reasons["anim.gif"], "x.jpg": "a folder, not an image", "gone.png": "a link to nothing",
-                       "pipe.png": "not a regular file, not an image"}
+    assert reasons == {
+        "anim.gif": reasons["anim.gif"],
+        "x.jpg": "a folder, not an image",
+        "gone.png": "a link to nothing",
+        "pipe.png": "not a regular file, not an image",
+    }
     assert "not an image file name" in reasons["anim.gif"]
 
 
 def test_predict_refuses_a_decompression_bomb_from_its_header(tmp_path, tiny_checkpoint, capsys):
-    import resource
     import subprocess
     import sys
 
@@ -145,9 +152,11 @@ def test_predict_refuses_a_decompression_bomb_from_its_header(tmp_path, tiny_che
     data[marker + 5 : marker + 9] = (65000).to_bytes(2, "big") * 2
     bomb = tmp_path / "bomb.jpg"
     bomb.write_bytes(bytes(data))
-    code = (f"import resource, sys; from fcnseg.cli import main; "
-            f"rc = main(['predict', {str(tiny_checkpoint)!r}, {str(bomb)!r}, '--out', {str(tmp_path / 'out')!r}]); "
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    code = (
+        f"import resource, sys; from fcnseg.cli import main; "
+        f"rc = main(['predict', {str(tiny_checkpoint)!r}, {str(bomb)!r}, '--out', {str(tmp_path / 'out')!r}]); "
+        f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert "bomb.jpg" in done.stderr and "65000x65000" in done.stderr.replace(" x ", "x")
@@ -170,11 +179,14 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
         with Image.open(out / f"{stem}.png") as mask:
             assert mask.mode == "P" and mask.size == size
             assert int(np.array(mask).max()) < len(CLASSES)
-        with Image.open(out / f"{stem}_overlay.png") as overlay, Image.open(inputs / f"{stem}.{'png' if stem == 'one' else 'jpg'}") as source:
+        with (
+            Image.open(out / f"{stem}_overlay.png") as overlay,
+            Image.open(inputs / f"{stem}.{'png' if stem == 'one' else 'jpg'}") as source,
+        ):
             # the overlay of the image, and below it a legend band naming the classes present
             assert overlay.mode == "RGB" and overlay.width == size[0] and overlay.height > size[1]
             present = np.unique(np.array(Image.open(out / f"{stem}.png")))
-            legend = np.array(overlay)[size[1]:]
+            legend = np.array(overlay)[size[1] :]
             for class_id in present:  # every class present has its colour swatch in the band
                 assert (legend == PALETTE[class_id]).all(axis=-1).any(), class_id
     assert not (out / "broken.png").exists()
@@ -183,8 +195,19 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
     expected = predict_mask(model, load_image(inputs / "one.png"))
     np.testing.assert_array_equal(np.array(Image.open(out / "one.png")), expected.numpy())
     # the plain module (no exact fast paths) gives the same masks
-    assert main(["predict", str(tiny_checkpoint), str(inputs / "one.png"), "--out", str(tmp_path / "plain"),
-                 "--no-fast-paths"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_checkpoint),
+                str(inputs / "one.png"),
+                "--out",
+                str(tmp_path / "plain"),
+                "--no-fast-paths",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "plain" / "one.png")), expected.numpy())
 
 
@@ -201,20 +224,45 @@ def test_predict_command_runs_the_fast_paths_unless_told_not_to(tmp_path, tiny_c
     monkeypatch.setattr(inference.Predictor, "__init__", recording)
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "fast")]) == 0
-    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "plain"),
-                 "--no-fast-paths"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_checkpoint),
+                str(tmp_path / "a.png"),
+                "--out",
+                str(tmp_path / "plain"),
+                "--no-fast-paths",
+            ]
+        )
+        == 0
+    )
     assert built == [True, False]
-    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "fast" / "a.png")),
-                                  np.array(Image.open(tmp_path / "plain" / "a.png")))
+    np.testing.assert_array_equal(
+        np.array(Image.open(tmp_path / "fast" / "a.png")), np.array(Image.open(tmp_path / "plain" / "a.png"))
+    )
 
 
 def test_predict_command_tiles_when_asked_and_gives_the_same_mask(tmp_path, tiny_checkpoint):
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (32, 600, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
     assert main(["predict", str(tiny_checkpoint), str(tmp_path / "wide.png"), "--out", str(tmp_path / "whole")]) == 0
-    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "wide.png"), "--out", str(tmp_path / "tiled"),
-                 "--tile-size", "192"]) == 0
-    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "whole" / "wide.png")),
-                                  np.array(Image.open(tmp_path / "tiled" / "wide.png")))
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_checkpoint),
+                str(tmp_path / "wide.png"),
+                "--out",
+                str(tmp_path / "tiled"),
+                "--tile-size",
+                "192",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(
+        np.array(Image.open(tmp_path / "whole" / "wide.png")), np.array(Image.open(tmp_path / "tiled" / "wide.png"))
+    )
 
 
 def test_predict_command_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
@@ -228,6 +276,15 @@ def test_predict_command_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsy
 
 def test_predict_command_rejects_a_memory_budget_too_small_for_one_tile(tmp_path, tiny_checkpoint, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    code = main(["predict", str(tiny_checkpoint), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
-                 "--memory-budget-mb", "1"])
+    code = main(
+        [
+            "predict",
+            str(tiny_checkpoint),
+            str(tmp_path / "x.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--memory-budget-mb",
+            "1",
+        ]
+    )
     assert code == 2 and "too small" in capsys.readouterr().err

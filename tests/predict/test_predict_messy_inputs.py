@@ -11,16 +11,16 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from command_runs import subprocess_env
+from PIL import Image
+from tiny_models import tiny_model
+
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.cli import main
 from fcnseg.data.readers import decode_jpeg_fully, jpeg_data_shortfall
 from fcnseg.inference.predictor import Predictor
 from fcnseg.predict.images import ImageError, load_image
 from fcnseg.predict.manifest import Manifest, input_state
-from tiny_models import tiny_model
 
 CLASSES = ["background", "thing", "stuff"]
 PALETTE = [(0, 0, 0), (200, 30, 30), (20, 180, 60)]
@@ -30,8 +30,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    return save_checkpoint(tmp_path / "tiny.safetensors", tiny_model("fcn32s", len(CLASSES), score_std=1.0), classes=CLASSES,
-                           palette=PALETTE)
+    return save_checkpoint(
+        tmp_path / "tiny.safetensors",
+        tiny_model("fcn32s", len(CLASSES), score_std=1.0),
+        classes=CLASSES,
+        palette=PALETTE,
+    )
 
 
 def photo(height: int = 360, width: int = 480, seed: int = 0) -> np.ndarray:
@@ -67,14 +71,18 @@ def claim_size(data: bytes, width: int, height: int) -> bytes:
 def test_a_jpeg_whose_header_claims_twice_its_size_is_refused_as_truncated(tmp_path):
     data = jpeg(photo())
     patched = claim_size(data, 960, 720)
-    assert 20_000 < len(patched) < 200_000 and jpeg_data_shortfall(patched) is None, \
+    assert 20_000 < len(patched) < 200_000 and jpeg_data_shortfall(patched) is None, (
         "the header check alone lets it through (that is the case to catch)"
+    )
     with Image.open(io.BytesIO(patched)) as lenient:  # PIL alone: a 960x720 picture, its lower part filled grey
         lenient.load()
         assert lenient.size == (960, 720)
     (tmp_path / "patched.jpg").write_bytes(patched)
-    with pytest.raises(ImageError, match=r"patched.jpg is truncated: its coded data ends before the 960x720 picture "
-                                         r"its header describes is complete"):
+    with pytest.raises(
+        ImageError,
+        match=r"patched.jpg is truncated: its coded data ends before the 960x720 picture "
+        r"its header describes is complete",
+    ):
         load_image(tmp_path / "patched.jpg")
     # cut short and closed again with an end marker: PIL decodes it, grey at the bottom; refused too
     (tmp_path / "closed.jpg").write_bytes(data[: len(data) * 2 // 3] + b"\xff\xd9")
@@ -82,12 +90,17 @@ def test_a_jpeg_whose_header_claims_twice_its_size_is_refused_as_truncated(tmp_p
         load_image(tmp_path / "closed.jpg")
 
 
-@pytest.mark.parametrize("kind", ["baseline", "444", "grey", "cmyk", "optimized", "restarts", "progressive",
-                                  "tiny", "odd"])
+@pytest.mark.parametrize(
+    "kind", ["baseline", "444", "grey", "cmyk", "optimized", "restarts", "progressive", "tiny", "odd"]
+)
 def test_complete_jpegs_of_every_kind_decode_to_pils_pixels(tmp_path, kind):
     picture = photo(37, 53, seed=3) if kind == "odd" else photo(1, 1) if kind == "tiny" else photo(120, 160)
-    options = {"444": {"subsampling": 0}, "optimized": {"optimize": True}, "restarts": {"restart_marker_blocks": 3},
-               "progressive": {"progressive": True}}.get(kind, {})
+    options = {
+        "444": {"subsampling": 0},
+        "optimized": {"optimize": True},
+        "restarts": {"restart_marker_blocks": 3},
+        "progressive": {"progressive": True},
+    }.get(kind, {})
     mode = {"grey": "L", "cmyk": "CMYK"}.get(kind, "RGB")
     data = jpeg(picture, mode, **options)
     (tmp_path / "a.jpg").write_bytes(data)
@@ -126,8 +139,20 @@ def test_a_failing_input_whose_name_is_not_utf8_is_reported_in_failed_txt(tmp_pa
     with open(bad, "wb") as handle:
         handle.write(data[: len(data) // 2])  # a truncated JPEG
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "fcnseg", "predict", str(checkpoint), os.fsdecode(folder), "--out", str(out),
-               "--device", "cpu", "--workers", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "fcnseg",
+        "predict",
+        str(checkpoint),
+        os.fsdecode(folder),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
     run = subprocess.run(command, env=subprocess_env(), capture_output=True, timeout=300)
     stderr = run.stderr.decode("utf-8", "replace")
     assert run.returncode == 1 and b"wrote 1 mask(s)" in run.stdout, stderr
@@ -155,8 +180,23 @@ def test_resume_check_hash_predicts_an_input_rewritten_with_the_same_size_and_ti
     out = tmp_path / "out"
 
     def predict(*extra: str) -> int:
-        assert main(["predict", str(checkpoint), str(folder), "--out", str(out), "--device", "cpu", "--workers", "0",
-                     *extra]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(checkpoint),
+                    str(folder),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--workers",
+                    "0",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return int(re.search(r"wrote (\d+) mask", capsys.readouterr().out).group(1))
 
     assert predict("--resume-check", "hash") == 3

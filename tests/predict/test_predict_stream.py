@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY_PALETTE as PALETTE
 
 import fcnseg
 from fcnseg.cli import main
 from fcnseg.inference.predictor import Predictor, load_predictor
+from fcnseg.inference.tiling import Tiling
 from fcnseg.predict.images import load_image, overlay_image
 from fcnseg.predict.manifest import MANIFEST_FOLDER
 from fcnseg.predict.stream import ImageFiles
-from fcnseg.inference.tiling import Tiling
-from tiny_models import TINY_PALETTE as PALETTE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,9 @@ def test_a_second_run_redoes_only_what_is_missing_damaged_or_changed(tmp_path, t
             assert (out / name).read_bytes() == data, name
     assert (out / "img003.png").read_bytes() != reference["img003.png"]  # predicted from the new content
 
-    assert predict(tiny_checkpoint, tmp_path / "in", out, "--overlay", "--alpha", "0.3") == 0  # other settings: all again
+    assert (
+        predict(tiny_checkpoint, tmp_path / "in", out, "--overlay", "--alpha", "0.3") == 0
+    )  # other settings: all again
     assert wrote(capsys.readouterr().out) == 6
     assert predict(tiny_checkpoint, tmp_path / "in", out, "--overlay", "--alpha", "0.3", "--overwrite") == 0
     assert wrote(capsys.readouterr().out) == 6
@@ -125,12 +127,26 @@ def test_failures_are_listed_in_a_file_and_on_stderr(tmp_path, tiny_checkpoint, 
     write_images(tmp_path / "in", [(24, 24)] * 2)
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG garbage")
     out = tmp_path / "out"
-    code = main(["predict", str(tiny_checkpoint), str(tmp_path / "in"), str(tmp_path / "nowhere.png"), "--out", str(out),
-                 "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            str(tiny_checkpoint),
+            str(tmp_path / "in"),
+            str(tmp_path / "nowhere.png"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and wrote(captured.out) == 2
     listed = (out / "failed.txt").read_text().splitlines()
-    assert len(listed) == 2 and any("broken.png" in line for line in listed) and any("nowhere.png" in line for line in listed)
+    assert (
+        len(listed) == 2
+        and any("broken.png" in line for line in listed)
+        and any("nowhere.png" in line for line in listed)
+    )
     assert "broken.png" in captured.err and "failed.txt" in captured.err and "Traceback" not in captured.err
     (tmp_path / "in" / "broken.png").unlink()
     assert predict(tiny_checkpoint, tmp_path / "in", out) == 0
@@ -148,14 +164,18 @@ def test_a_mask_that_would_overwrite_an_input_is_refused_before_any_work(tmp_pat
     assert {p.name: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
 
 
-def test_a_model_whose_tiles_are_not_exact_fails_only_the_images_that_need_tiles(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+def test_a_model_whose_tiles_are_not_exact_fails_only_the_images_that_need_tiles(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch
+):
     from fcnseg.models.vgg import VGG16Backbone
 
     monkeypatch.setattr(VGG16Backbone, "exact_tiling", False)  # as a squeeze-and-excitation trunk says
     small, _ = write_images(tmp_path / "in", [(24, 24), (24, 900)])
     write_geotiff(tmp_path / "in" / "scene.tif", np.zeros((3, 24, 24), np.uint8))
     # a 24 x 900 image's forward pass is over the budget: it would need tiles
-    assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "out", "--memory-budget-mb", "30", "--margin", "32") == 1
+    assert (
+        predict(tiny_checkpoint, tmp_path / "in", tmp_path / "out", "--memory-budget-mb", "30", "--margin", "32") == 1
+    )
     err = capsys.readouterr().err
     assert "img001.png" in err and "squeeze-and-excitation" in err and "scene.tif" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "img001.png").exists()
@@ -178,16 +198,37 @@ def test_kill_9_at_random_moments_then_the_same_command_finishes_the_job(tmp_pat
     write_images(tmp_path / "in", [(48, 64)] * total)
     assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "reference", "--overlay") == 0
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "fcnseg", "predict", str(tiny_checkpoint), str(tmp_path / "in"), "--out", str(out),
-               "--device", "cpu", "--overlay", "--batch-size", str(batch), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "fcnseg",
+        "predict",
+        str(tiny_checkpoint),
+        str(tmp_path / "in"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--overlay",
+        "--batch-size",
+        str(batch),
+        "--workers",
+        "1",
+    ]
     chooser = random.Random(5)
     kills = 0
     for attempt in range(8):
         recorded = len(records(out)) if out.exists() else 0
         log = tmp_path / f"stderr{attempt}.txt"
         with open(log, "w") as stderr:
-            run = subprocess.Popen(command, env={**_env(), "FCNSEG_PROGRESS_SECONDS": "0"}, stdout=subprocess.PIPE,
-                                   stderr=stderr, text=True, start_new_session=True)
+            run = subprocess.Popen(
+                command,
+                env={**_env(), "FCNSEG_PROGRESS_SECONDS": "0"},
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                start_new_session=True,
+            )
         # kill -9 once the manifest has grown by a random number of inputs (a random moment of the work)
         target = recorded + chooser.randint(1, 6) if kills < 3 else total + 1  # three kills, then to the end
         while run.poll() is None and (len(records(out)) if out.exists() else 0) < target:
@@ -200,7 +241,9 @@ def test_kill_9_at_random_moments_then_the_same_command_finishes_the_job(tmp_pat
             handed = [int(n) for n in re.findall(r"^predict: (\d+)/\d+ images", log.read_text(), flags=re.M)]
             assert (handed[-1] if handed else 0) - (len(records(out)) - recorded) <= batch
             # written but not recorded: at most that batch
-            unrecorded = {p.stem.removesuffix("_overlay") for p in out.glob("img*")} - {Path(r["input"]).stem for r in records(out)}
+            unrecorded = {p.stem.removesuffix("_overlay") for p in out.glob("img*")} - {
+                Path(r["input"]).stem for r in records(out)
+            }
             assert len(unrecorded) <= batch, unrecorded
             continue
         stdout, _ = run.communicate()
@@ -222,20 +265,47 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 def test_two_torchrun_nodes_write_exactly_the_outputs_of_one_process(tmp_path, tiny_checkpoint, capsys):
     paths = write_images(tmp_path / "in", [(40, 48)] * 7 + [(36, 52)] * 2)
     assert predict(tiny_checkpoint, tmp_path / "in", tmp_path / "one", "--overlay") == 0
     capsys.readouterr()
     port = _free_port()
     # two launches ("nodes") of one process each, meeting at a rendezvous on 127.0.0.1
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "predict-test",
-              "-m", "fcnseg", "predict", str(tiny_checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "two"),
-              "--device", "cpu", "--overlay", "--workers", "1"]
-    nodes = [subprocess.Popen(launch, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "predict-test",
+        "-m",
+        "fcnseg",
+        "predict",
+        str(tiny_checkpoint),
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "two"),
+        "--device",
+        "cpu",
+        "--overlay",
+        "--workers",
+        "1",
+    ]
+    nodes = [
+        subprocess.Popen(launch, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert all(node.returncode == 0 for node in nodes), outputs
     summaries = [line for stdout, _ in outputs for line in stdout.splitlines() if line.startswith("wrote")]
@@ -244,13 +314,22 @@ def test_two_torchrun_nodes_write_exactly_the_outputs_of_one_process(tmp_path, t
     assert {p.name: p.read_bytes() for p in (tmp_path / "two").glob("img*")} == one and len(one) == 2 * len(paths)
     for rank in (0, 1):  # each rank wrote its shard of the sorted list, and only that
         lines = (tmp_path / "two" / MANIFEST_FOLDER / f"manifest-rank{rank}.jsonl").read_text().splitlines()
-        assert sorted(Path(json.loads(line)["input"]).name for line in lines) == [p.name for p in sorted(paths)[rank::2]]
+        assert sorted(Path(json.loads(line)["input"]).name for line in lines) == [
+            p.name for p in sorted(paths)[rank::2]
+        ]
 
 
 def write_geotiff(path: Path, image: np.ndarray, **options):
     rasterio = pytest.importorskip("rasterio", reason="the geo extra is not installed (pip install 'fcnseg[geo]')")
-    profile = dict(driver="GTiff", width=image.shape[2], height=image.shape[1], count=image.shape[0], dtype=image.dtype,
-                   crs="EPSG:32633", transform=rasterio.Affine(0.25, 0.0, 500000.0, 0.0, -0.25, 4100000.0))
+    profile = dict(
+        driver="GTiff",
+        width=image.shape[2],
+        height=image.shape[1],
+        count=image.shape[0],
+        dtype=image.dtype,
+        crs="EPSG:32633",
+        transform=rasterio.Affine(0.25, 0.0, 500000.0, 0.0, -0.25, 4100000.0),
+    )
     with rasterio.open(path, "w", **{**profile, **options}) as target:
         target.write(image)
     return rasterio
@@ -260,7 +339,9 @@ def test_a_geotiff_is_predicted_by_windows_and_keeps_its_georeferencing(tmp_path
     image = np.random.default_rng(4).integers(0, 256, (3, 150, 230), dtype=np.uint8)
     rasterio = write_geotiff(tmp_path / "scene.tif", image)
     out = tmp_path / "out"
-    assert predict(tiny_checkpoint, tmp_path / "scene.tif", out, "--tile-size", "64", "--margin", "64", "--overlay") == 0
+    assert (
+        predict(tiny_checkpoint, tmp_path / "scene.tif", out, "--tile-size", "64", "--margin", "64", "--overlay") == 0
+    )
     assert not (out / "scene.png").exists()
     with rasterio.open(out / "scene.tif") as mask_file, rasterio.open(tmp_path / "scene.tif") as source:
         assert mask_file.crs == source.crs and mask_file.transform == source.transform
@@ -305,11 +386,16 @@ def test_a_video_gives_a_mask_per_frame_and_an_overlay_video(tmp_path, tiny_chec
     out = tmp_path / "out"
     assert predict(tiny_checkpoint, tmp_path / "drive.mp4", out, "--overlay", "--batch-size", "3") == 0
     with av.open(str(tmp_path / "drive.mp4")) as container:  # the frames as the decoder gives them
-        frames = [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous() for f in container.decode(video=0)]
+        frames = [
+            torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+            for f in container.decode(video=0)
+        ]
     predictor = Predictor(tiny_model_from(tiny_checkpoint))
     assert sorted(p.name for p in (out / "drive").iterdir()) == [f"{n:06d}.png" for n in range(7)]
     for number, frame in enumerate(frames):
-        np.testing.assert_array_equal(np.array(Image.open(out / "drive" / f"{number:06d}.png")), predictor.mask(frame).numpy())
+        np.testing.assert_array_equal(
+            np.array(Image.open(out / "drive" / f"{number:06d}.png")), predictor.mask(frame).numpy()
+        )
     with av.open(str(out / "drive_overlay.mp4")) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 7 and decoded[0].shape == (48, 62, 3)

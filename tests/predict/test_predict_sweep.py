@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+from dataset_files import CLASSES, PALETTE
 from PIL import Image
+from tiny_models import tiny_model
 
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.files import atomic_path
-from dataset_files import CLASSES, PALETTE
-from tiny_models import tiny_model
 
 
 def test_a_resumed_predict_sweeps_a_killed_writes_temporary_file_and_nothing_else(tmp_path):
-    checkpoint = save_checkpoint(tmp_path / "m.safetensors", tiny_model("fcn32s", len(CLASSES), score_std=1.0), classes=CLASSES,
-                                 palette=PALETTE)
+    checkpoint = save_checkpoint(
+        tmp_path / "m.safetensors", tiny_model("fcn32s", len(CLASSES), score_std=1.0), classes=CLASSES, palette=PALETTE
+    )
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     rng = np.random.default_rng(0)
@@ -28,8 +29,17 @@ def test_a_resumed_predict_sweeps_a_killed_writes_temporary_file_and_nothing_els
     leftover = killed_write.__enter__()
     leftover.write_bytes(b"half a PNG")
     # Files that are not temporary files of this run's outputs: the user's, and another process's write in progress.
-    kept = {out / name: name.encode() for name in ("notes.txt", ".hidden", ".img2.tmp", "img2.png.tmp", ".img2.png.bak",
-                                                   ".elsewhere.png.k3y9q2x1.tmp")}
+    kept = {
+        out / name: name.encode()
+        for name in (
+            "notes.txt",
+            ".hidden",
+            ".img2.tmp",
+            "img2.png.tmp",
+            ".img2.png.bak",
+            ".elsewhere.png.k3y9q2x1.tmp",
+        )
+    }
     for path, content in kept.items():
         path.write_bytes(content)
     done = {path: path.read_bytes() for path in out.glob("img[01]*")}

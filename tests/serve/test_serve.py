@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_model
 
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.predict.images import load_image, predict_mask
-from tiny_models import tiny_model
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'fcnseg[serve]')")
 httpx = pytest.importorskip("httpx", reason="httpx (test extra) is needed to call the service")
@@ -125,7 +125,9 @@ def test_service_runs_the_fast_paths_by_default_and_the_plain_model_when_asked(c
     fast, plain = create_app(checkpoint_path), create_app(checkpoint_path, fast_paths=False)
     assert fast.state.segmenter.model.fast_paths and not plain.state.segmenter.model.fast_paths
     data = encode(scene(64, 80, seed=9))
-    masks = [png_ids(call(app, "POST", "/segment", **upload(data, "s.png", "image/png")).content) for app in (fast, plain)]
+    masks = [
+        png_ids(call(app, "POST", "/segment", **upload(data, "s.png", "image/png")).content) for app in (fast, plain)
+    ]
     assert len(np.unique(masks[1])) > 1
     np.testing.assert_array_equal(masks[0], masks[1])
 
@@ -137,7 +139,10 @@ def test_segment_equals_the_fcnseg_predict_command(app, checkpoint_path, tmp_pat
     photo.write_bytes(encode(scene(90, 70, seed=5), "JPEG", quality=85))
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers(dest="command"))
-    assert command.run(parser.parse_args(["predict", str(checkpoint_path), str(photo), "--out", str(tmp_path / "out")])) == 0
+    assert (
+        command.run(parser.parse_args(["predict", str(checkpoint_path), str(photo), "--out", str(tmp_path / "out")]))
+        == 0
+    )
     written = png_ids((tmp_path / "out" / "garden.png").read_bytes())
 
     response = call(app, "POST", "/segment", **upload(photo.read_bytes(), "garden.jpg"))
@@ -186,7 +191,9 @@ def test_oversized_upload_is_refused_with_413(app):
             sent = offset + 16 * 1024
             yield body[offset:sent]
 
-    response = call(app, "POST", "/segment", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+    response = call(
+        app, "POST", "/segment", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"}
+    )
     assert response.status_code == 413 and "upload too large" in response.json()["detail"]
     assert sent < 4 * MAX_UPLOAD, f"the server read {sent:,} bytes of a 4 MiB upload before refusing it"
 
@@ -243,9 +250,8 @@ def test_twenty_concurrent_requests_get_their_own_masks(checkpoint_path):
             response = client.post("/segment", files={"file": (f"img{index}.png", uploads[index], "image/png")})
             return response.status_code, response.content
 
-    with background_server(app) as url:
-        with ThreadPoolExecutor(max_workers=len(uploads)) as pool:
-            answers = list(pool.map(request, range(len(uploads))))
+    with background_server(app) as url, ThreadPoolExecutor(max_workers=len(uploads)) as pool:
+        answers = list(pool.map(request, range(len(uploads))))
     for index, (status, content) in enumerate(answers):
         assert status == 200, content[:200]
         np.testing.assert_array_equal(png_ids(content), expected[index], err_msg=f"request {index}")
@@ -260,10 +266,16 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(checkpoint_path, monkeypa
 
     assert "serve" in COMMAND_MODULES
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level, **options: seen.update(app=app, host=host, port=port, **options))
+    monkeypatch.setattr(
+        uvicorn,
+        "run",
+        lambda app, host, port, log_level, **options: seen.update(app=app, host=host, port=port, **options),
+    )
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", str(checkpoint_path), "--port", "8123", "--max-upload-mb", "2", "--max-pixels", "1000"])
+    args = parser.parse_args(
+        ["serve", str(checkpoint_path), "--port", "8123", "--max-upload-mb", "2", "--max-pixels", "1000"]
+    )
     assert command.run(args) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
     limits = seen["app"].state.limits

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import tiny_model
 
 import fcnseg
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.predict.images import load_image, predict_mask
-from tiny_models import tiny_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,7 +33,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-CAMVID_PHOTO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "camvid" / "images" / "0001TP_006690.jpg"
+CAMVID_PHOTO = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "camvid" / "images" / "0001TP_006690.jpg"
+)
 CLASSES = ["background", "sky", "road", "tree", "car"]
 PALETTE = [(0, 0, 0), (70, 130, 180), (128, 64, 128), (60, 160, 60), (220, 30, 60)]
 
@@ -87,7 +89,9 @@ def test_page_uploads_a_photo_and_shows_overlay_and_legend(tmp_path):
             page.wait_for_selector('#results[data-state="done"]', timeout=60_000)
             assert page.locator("#overlay").is_visible() and page.locator("#legend").is_visible()
             assert page.locator("#legend li .name").all_inner_texts() == present
-            size = page.evaluate("() => [document.getElementById('overlay').naturalWidth, document.getElementById('overlay').naturalHeight]")
+            size = page.evaluate(
+                "() => [document.getElementById('overlay').naturalWidth, document.getElementById('overlay').naturalHeight]"
+            )
             assert size == [image.shape[-1], image.shape[-2]]
             source = page.get_attribute("#overlay", "src")
             shown = np.array(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
@@ -97,7 +101,9 @@ def test_page_uploads_a_photo_and_shows_overlay_and_legend(tmp_path):
             page.screenshot(path=str(screenshot), full_page=True)
 
             # A file that is not an image: the server's reason appears on the page.
-            page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo"}])
+            page.set_input_files(
+                "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo"}]
+            )
             page.wait_for_selector('#results[data-state="error"]', timeout=30_000)
             error_text = page.inner_text("#error")
             assert "415" in error_text and "'notes.txt' is not an image" in error_text

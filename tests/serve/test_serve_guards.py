@@ -21,9 +21,9 @@ httpx = pytest.importorskip("httpx", reason="httpx (test extra) is needed to cal
 
 from test_serve import CLASSES, PALETTE, call, content_dependent_model, encode, png_ids, scene, upload  # noqa: E402
 
+from fcnseg.data.readers import jpeg_data_shortfall  # noqa: E402
 from fcnseg.serve import ServeLimits, create_app  # noqa: E402
 from fcnseg.serve.background import background_server  # noqa: E402
-from fcnseg.data.readers import jpeg_data_shortfall  # noqa: E402
 from fcnseg.serve.server import set_mmap_threshold  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,7 +67,7 @@ def read_until_closed(connection: socket.socket, limit: float) -> tuple[bytes, f
     try:
         while chunk := connection.recv(65536):
             received += chunk
-    except socket.timeout:
+    except TimeoutError:
         pytest.fail(f"the server neither answered nor closed within {limit:.0f} s (got {received[:80]!r})")
     except ConnectionResetError:
         pass
@@ -98,7 +98,7 @@ def test_a_trickled_body_is_cut_off_at_the_deadline_not_kept_alive_by_each_byte(
             try:
                 connection.sendall(b"x")  # one byte every 0.2 s: never idle for as long as the timeout
                 answer = connection.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except (BrokenPipeError, ConnectionResetError):
                 break
@@ -122,7 +122,9 @@ def test_the_head_deadline_ends_with_the_head_and_restarts_for_the_next_request(
     """Processing longer than the head timeout is fine, and so is a second request on the same connection."""
     app = create_app(checkpoint_path, limits=limits(header_timeout_s=0.5))
     segment = app.state.segmenter.segment
-    app.state.segmenter.segment = lambda image, **options: (time.sleep(1.0), segment(image, **options))[1]  # slower than the head timeout
+    app.state.segmenter.segment = lambda image, **options: (time.sleep(1.0), segment(image, **options))[
+        1
+    ]  # slower than the head timeout
     data = encode(scene(40, 48, seed=2))
     with background_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         first = client.post("/segment", files={"file": ("a.png", data, "image/png")})
@@ -202,8 +204,16 @@ def test_cors_headers_for_an_allowed_origin_only(guarded_app, checkpoint_path):
     other = call(guarded_app, "GET", "/health", headers={"Origin": "https://evil.example.com"})
     assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
     # A browser's preflight carries no key: it is answered, and the key header is allowed.
-    preflight = call(guarded_app, "OPTIONS", "/segment", headers={
-        "Origin": ALLOWED, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+    preflight = call(
+        guarded_app,
+        "OPTIONS",
+        "/segment",
+        headers={
+            "Origin": ALLOWED,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ALLOWED
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
     # A refusal reaches the page's script too (it can show why).
@@ -226,14 +236,34 @@ def test_serve_command_takes_the_key_from_the_environment_and_the_new_limits(che
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers(dest="command"))
     monkeypatch.setenv("FCNSEG_API_KEY", KEY)
-    args = parser.parse_args(["serve", str(checkpoint_path), "--max-concurrent-uploads", "2", "--queue-timeout", "7",
-                              "--body-timeout", "9", "--header-timeout", "3",
-                              "--cors-origin", ALLOWED, "--cors-origin", "http://x.test"])
+    args = parser.parse_args(
+        [
+            "serve",
+            str(checkpoint_path),
+            "--max-concurrent-uploads",
+            "2",
+            "--queue-timeout",
+            "7",
+            "--body-timeout",
+            "9",
+            "--header-timeout",
+            "3",
+            "--cors-origin",
+            ALLOWED,
+            "--cors-origin",
+            "http://x.test",
+        ]
+    )
     assert command.run(args) == 0
     app, served = seen["app"], capsys.readouterr().out
     assert "API key required" in served
     given = app.state.limits
-    assert (given.max_concurrent_uploads, given.queue_timeout_s, given.body_timeout_s, given.header_timeout_s) == (2, 7, 9, 3)
+    assert (given.max_concurrent_uploads, given.queue_timeout_s, given.body_timeout_s, given.header_timeout_s) == (
+        2,
+        7,
+        9,
+        3,
+    )
     assert seen["http"].head_timeout == 3
     assert call(app, "POST", "/segment", **upload(b"x", "a.png")).status_code == 401
     second_origin = call(app, "GET", "/health", headers={"Origin": "http://x.test"})
@@ -306,10 +336,16 @@ def test_a_jpeg_whose_header_claims_more_than_its_data_is_refused_as_truncated(c
     assert "'liar.jpg' is truncated" in detail and "2000x2000" in detail
 
 
-@pytest.mark.parametrize("options", [
-    {"quality": 50}, {"quality": 50, "optimize": True}, {"quality": 10, "optimize": True, "progressive": True},
-    {"quality": 95, "subsampling": 0, "optimize": True},
-], ids=["baseline", "optimized", "progressive", "4:4:4"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"quality": 50},
+        {"quality": 50, "optimize": True},
+        {"quality": 10, "optimize": True, "progressive": True},
+        {"quality": 95, "subsampling": 0, "optimize": True},
+    ],
+    ids=["baseline", "optimized", "progressive", "4:4:4"],
+)
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_the_truncation_bound_accepts_the_most_compressible_complete_jpegs(mode, options):
     """A flat picture is the smallest a JPEG of its size can be; the bound must still let it through."""

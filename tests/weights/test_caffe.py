@@ -7,10 +7,6 @@ import logging
 import numpy as np
 import pytest
 import torch
-
-import fcnseg
-from fcnseg.weights import WeightsError, read_caffemodel
-from tiny_models import tiny_model
 from caffe_encoder import (
     V1_CONVOLUTION,
     V1_INNER_PRODUCT,
@@ -21,6 +17,10 @@ from caffe_encoder import (
     layer_v2,
     net,
 )
+from tiny_models import tiny_model
+
+import fcnseg
+from fcnseg.weights import WeightsError, read_caffemodel
 
 WIDTH = 1 / 32  # fc6 has 128 x 16 x 7 x 7 weights: small enough for unpacked floats
 #: The source models have every tensor random (scores and deconvolutions included), N(0, 1).

@@ -33,7 +33,9 @@ CLASSES = ["background", "disc", "square"]
 def valid(tmp_path_factory) -> tuple[dict, dict[str, torch.Tensor], Path]:
     folder = tmp_path_factory.mktemp("fuzz")
     model = fcnseg.create_model("fcn32s", num_classes=3, width=0.0625)
-    path = save_checkpoint(folder / "valid.safetensors", model, classes=CLASSES, palette=[(0, 0, 0), (9, 9, 9), (7, 7, 7)])
+    path = save_checkpoint(
+        folder / "valid.safetensors", model, classes=CLASSES, palette=[(0, 0, 0), (9, 9, 9), (7, 7, 7)]
+    )
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -103,8 +105,18 @@ def _run(argv: list[str]) -> tuple[int, str]:
 def _check_all_commands(path: Path, folder: Path) -> None:
     commands = {
         "predict": ["predict", str(path), str(folder / "photo.png"), "--out", str(folder / "masks"), "--device", "cpu"],
-        "eval": ["eval", str(path), "--data", "synthetic", "--data-option", "size=16", "--data-option", "num_images=1",
-                 "--device", "cpu"],
+        "eval": [
+            "eval",
+            str(path),
+            "--data",
+            "synthetic",
+            "--data-option",
+            "size=16",
+            "--data-option",
+            "num_images=1",
+            "--device",
+            "cpu",
+        ],
         "export": ["export", str(path), "--out", str(folder / "m.onnx")],
     }
     for name, argv in commands.items():
@@ -117,7 +129,9 @@ def _check_all_commands(path: Path, folder: Path) -> None:
 def test_valid_checkpoint_passes_the_same_commands(valid):
     description, tensors, folder = valid
     path = _write(folder, "good", description, tensors)
-    code, err = _run(["predict", str(path), str(folder / "photo.png"), "--out", str(folder / "masks"), "--device", "cpu"])
+    code, err = _run(
+        ["predict", str(path), str(folder / "photo.png"), "--out", str(folder / "masks"), "--device", "cpu"]
+    )
     assert code == 0, err
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny_models import tiny_model
 
 from fcnseg.checkpoint import CheckpointError, check_finite, load_checkpoint, save_checkpoint
 from fcnseg.weights import WeightsError, assign_reference_weights, reference_tensors
-from tiny_models import tiny_model
 
 MESSAGE = r"{source}: {key} holds 2 NaN or infinite value\(s\); refusing weights that cannot be used"
 
@@ -25,8 +25,12 @@ def test_the_check_counts_nan_and_infinite_values_and_raises_the_callers_error()
 
 
 def test_a_checkpoint_with_nan_is_a_checkpoint_error(tmp_path):
-    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model("fcn32s", 3, score_std=1.0), classes=["a", "b", "c"],
-                           palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)])
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        tiny_model("fcn32s", 3, score_std=1.0),
+        classes=["a", "b", "c"],
+        palette=[(0, 0, 0), (1, 1, 1), (2, 2, 2)],
+    )
     tensors = load_file(str(path))
     tensors["score_fr.bias"][:2] = float("nan")
     with safe_open(str(path), "pt") as opened:

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 from safetensors.torch import save_file
+from tiny_models import randomise, tiny_model
 
 import fcnseg
 from fcnseg.models.upsampling import bilinear_kernel
-from tiny_models import randomise, tiny_model
 from fcnseg.weights import (
     WeightsError,
     change_num_classes_state,
@@ -209,7 +209,13 @@ def test_fcn32s_to_fcn16s_to_fcn8s():
     randomise(fcn16s, seed=2, all_std=TRAINED)  # "trained" 16s, learned upsampling included
     fcn8s = tiny_model("fcn8s")
     transfer_fcn(fcn16s, fcn8s)
-    for key in ["backbone.conv3_1.weight", "score_fr.bias", "score_pool4.weight", "score_pool4.bias", "upscore2.weight"]:
+    for key in [
+        "backbone.conv3_1.weight",
+        "score_fr.bias",
+        "score_pool4.weight",
+        "score_pool4.bias",
+        "upscore2.weight",
+    ]:
         assert torch.equal(fcn8s.state_dict()[key], fcn16s.state_dict()[key]), key
     assert not fcn8s.score_pool3.weight.any()
     assert torch.equal(fcn8s.upscore8.weight[0, 0], bilinear_kernel(16))

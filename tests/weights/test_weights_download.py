@@ -6,12 +6,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from weights_server import FileServer, closed_port_url
 
 from fcnseg.cli import main
 from fcnseg.weights import WeightsError, fetch
 from fcnseg.weights.download import cache_dir, candidate_urls
 from fcnseg.weights.registry import Checksum, KnownWeights
-from weights_server import FileServer, closed_port_url
 
 FILENAME = "tiny.caffemodel"
 #: 2.5 MiB of deterministic, non-repeating bytes: more than two read chunks, so a cut lands mid-stream.
@@ -19,8 +19,17 @@ DATA = b"".join(hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(
 
 
 def entry(*urls: str, checksum: Checksum | None = None, size: int | None = None) -> KnownWeights:
-    return KnownWeights("tiny", FILENAME, urls, checksum or Checksum("sha256", hashlib.sha256(DATA).hexdigest()),
-                        "fcn8s", "voc", "caffe", "test weights", size_bytes=size)
+    return KnownWeights(
+        "tiny",
+        FILENAME,
+        urls,
+        checksum or Checksum("sha256", hashlib.sha256(DATA).hexdigest()),
+        "fcn8s",
+        "voc",
+        "caffe",
+        "test weights",
+        size_bytes=size,
+    )
 
 
 @pytest.fixture
@@ -86,9 +95,8 @@ def test_a_wrong_byte_range_is_not_appended(home):
 
 def test_checksum_mismatch_is_refused_and_nothing_stays_in_the_cache(home):
     wrong = Checksum("sha1", hashlib.sha1(b"another file").hexdigest())
-    with FileServer({"/" + FILENAME: DATA}) as server:
-        with pytest.raises(WeightsError) as raised:
-            fetch(entry(server.url + "/" + FILENAME, checksum=wrong), progress=False)
+    with FileServer({"/" + FILENAME: DATA}) as server, pytest.raises(WeightsError) as raised:
+        fetch(entry(server.url + "/" + FILENAME, checksum=wrong), progress=False)
     message = str(raised.value)
     assert f"sha1 {hashlib.sha1(DATA).hexdigest()}, the published file has sha1 {wrong.digest}" in message
     assert "deleted, nothing was kept" in message

@@ -7,25 +7,58 @@ from pathlib import Path
 
 import pytest
 import torch
+from caffe_encoder import fcn_caffemodel
+from tiny_models import TINY_WIDTH as WIDTH
+from tiny_models import tiny_model
+from weights_server import FileServer
 
 import fcnseg
-from caffe_encoder import fcn_caffemodel
 from fcnseg.checkpoint import CheckpointError, load_checkpoint
 from fcnseg.cli import main
 from fcnseg.weights import WeightsError, registry, resolve_checkpoint
 from fcnseg.weights.registry import Checksum, KnownWeights
-from tiny_models import TINY_WIDTH as WIDTH, tiny_model
-from weights_server import FileServer
 
 #: DESIGN §5, typed here independently of fcnseg.data.
-VOC_NAMES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-             "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+VOC_NAMES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 
 
-def tiny_entry(url: str, data: bytes, name: str = "tiny-fcn8s-voc", model: str | None = "fcn8s", classes: str = "voc",
-               **fields) -> KnownWeights:
-    return KnownWeights(name, f"{name}.caffemodel", (url,), Checksum("sha256", hashlib.sha256(data).hexdigest()),
-                        model, classes, "caffe", "test weights", width=WIDTH, **fields)
+def tiny_entry(
+    url: str, data: bytes, name: str = "tiny-fcn8s-voc", model: str | None = "fcn8s", classes: str = "voc", **fields
+) -> KnownWeights:
+    return KnownWeights(
+        name,
+        f"{name}.caffemodel",
+        (url,),
+        Checksum("sha256", hashlib.sha256(data).hexdigest()),
+        model,
+        classes,
+        "caffe",
+        "test weights",
+        width=WIDTH,
+        **fields,
+    )
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -63,16 +96,33 @@ def test_registry_holds_the_published_links_checksums_and_scores():
     assert torchvision_url.endswith(f"-{known['vgg16-torchvision'].checksum.digest}.pth")
     # Only those three files have a published checksum; no other entry may claim one.
     assert sorted(name for name, e in known.items() if e.checksum) == ["fcn8s-voc", "vgg16-caffe", "vgg16-torchvision"]
-    readme = {"fcn32s-voc": 63.6, "fcn16s-voc": 65.0, "fcn8s-voc": 65.5, "fcn8s-atonce-voc": 65.4, "fcn-alexnet-voc": 48.0}
+    readme = {
+        "fcn32s-voc": 63.6,
+        "fcn16s-voc": 65.0,
+        "fcn8s-voc": 65.5,
+        "fcn8s-atonce-voc": 65.4,
+        "fcn-alexnet-voc": 48.0,
+    }
     assert {name: e.published[0].metrics["mean_iu"] for name, e in known.items() if e.published} == readme
     assert fcn8s.published[1].metrics == {"pixel_acc": 90.3, "mean_acc": 75.9, "mean_iu": 62.7, "fw_iu": 83.2}
     assert known["fcn-alexnet-voc"].model == "fcn_alexnet"
     # Every caffemodel-url file of shelhamer/fcn.berkeleyvision.org (commit 1305c73), as published.
-    published_files = ["fcn32s-heavy-pascal", "fcn16s-heavy-pascal", "fcn8s-heavy-pascal", "fcn8s-atonce-pascal",
-                       "fcn-alexnet-pascal", "pascalcontext-fcn32s-heavy", "pascalcontext-fcn16s-heavy",
-                       "pascalcontext-fcn8s-heavy", "siftflow-fcn32s-heavy", "siftflow-fcn16s-heavy",
-                       "siftflow-fcn8s-heavy", "nyud-fcn32s-color-heavy", "nyud-fcn32s-hha-heavy",
-                       "nyud-fcn32s-color-hha-heavy"]
+    published_files = [
+        "fcn32s-heavy-pascal",
+        "fcn16s-heavy-pascal",
+        "fcn8s-heavy-pascal",
+        "fcn8s-atonce-pascal",
+        "fcn-alexnet-pascal",
+        "pascalcontext-fcn32s-heavy",
+        "pascalcontext-fcn16s-heavy",
+        "pascalcontext-fcn8s-heavy",
+        "siftflow-fcn32s-heavy",
+        "siftflow-fcn16s-heavy",
+        "siftflow-fcn8s-heavy",
+        "nyud-fcn32s-color-heavy",
+        "nyud-fcn32s-hha-heavy",
+        "nyud-fcn32s-color-hha-heavy",
+    ]
     fcn_urls = sorted(url for e in known.values() for url in e.urls if "berkeleyvision" in url)
     assert fcn_urls == sorted(f"http://dl.caffe.berkeleyvision.org/{name}.caffemodel" for name in published_files)
     for entry in known.values():
@@ -81,7 +131,10 @@ def test_registry_holds_the_published_links_checksums_and_scores():
         supported_model = entry.model in fcnseg.list_models() or entry.model in (None, "fcn_alexnet")
         assert supported_model and bool(entry.unsupported) == (entry.name.split("-")[1] == "pascalcontext")
     assert [known[f"fcn{s}-siftflow"].model for s in ("32s", "16s", "8s")] == [
-        "siftflow_fcn32s", "siftflow_fcn16s", "siftflow_fcn8s"]
+        "siftflow_fcn32s",
+        "siftflow_fcn16s",
+        "siftflow_fcn8s",
+    ]
     assert known["fcn32s-nyud-color-hha"].model == "nyud_fcn32s_color_hha"
 
 
@@ -121,16 +174,24 @@ def test_resolve_checkpoint_takes_paths_and_explains_names_it_cannot_use(served,
     Path(entry.name).write_text("a local file of that name")
     assert resolve_checkpoint(entry.name) == Path(entry.name)  # an existing file wins
     assert resolve_checkpoint("runs/x.safetensors") == Path("runs/x.safetensors")  # load_checkpoint reports it
-    with pytest.raises(CheckpointError, match=f"fcn8z-voc: neither a checkpoint file nor a known weights name .*{entry.name}"):
+    with pytest.raises(
+        CheckpointError, match=f"fcn8z-voc: neither a checkpoint file nor a known weights name .*{entry.name}"
+    ):
         resolve_checkpoint("fcn8z-voc")
-    monkeypatch.setattr(registry, "KNOWN_WEIGHTS", {
-        "backbone": tiny_entry(entry.urls[0], b"", name="backbone", model=None),
-        "later": tiny_entry(entry.urls[0], b"", name="later", model="fcn_not_here"),
-        "context": tiny_entry(entry.urls[0], b"", name="context", unsupported="no PASCAL-Context dataset"),
-    })
-    for name, message in (("backbone", "backbone is an ImageNet backbone, not a segmentation model"),
-                          ("later", "later needs the model 'fcn_not_here', which this fcnseg does not have yet"),
-                          ("context", "context: not supported yet: no PASCAL-Context dataset")):
+    monkeypatch.setattr(
+        registry,
+        "KNOWN_WEIGHTS",
+        {
+            "backbone": tiny_entry(entry.urls[0], b"", name="backbone", model=None),
+            "later": tiny_entry(entry.urls[0], b"", name="later", model="fcn_not_here"),
+            "context": tiny_entry(entry.urls[0], b"", name="context", unsupported="no PASCAL-Context dataset"),
+        },
+    )
+    for name, message in (
+        ("backbone", "backbone is an ImageNet backbone, not a segmentation model"),
+        ("later", "later needs the model 'fcn_not_here', which this fcnseg does not have yet"),
+        ("context", "context: not supported yet: no PASCAL-Context dataset"),
+    ):
         with pytest.raises(WeightsError, match=message):
             resolve_checkpoint(name)
     assert server.log == []  # refused before downloading anything
@@ -148,19 +209,29 @@ def test_convert_command_writes_a_checkpoint_and_refuses_another_variant(tmp_pat
     caffemodel = tmp_path / "fcn32s.caffemodel"
     caffemodel.write_bytes(fcn_caffemodel(fcn32s))
     out = tmp_path / "fcn32s.safetensors"
-    assert main(["weights", "convert", str(caffemodel), "--model", "fcn32s", "--width", str(WIDTH), "--out", str(out)]) == 0
+    assert (
+        main(["weights", "convert", str(caffemodel), "--model", "fcn32s", "--width", str(WIDTH), "--out", str(out)])
+        == 0
+    )
     assert_same_weights(fcn32s, load_checkpoint(out).model)
     capsys.readouterr()
-    for model, message in (("fcn8s", "the model has layers the file lacks: ['score_pool4', 'score_pool3']"),
-                           ("fcn16s", "the model has layers the file lacks: ['score_pool4']")):
+    for model, message in (
+        ("fcn8s", "the model has layers the file lacks: ['score_pool4', 'score_pool3']"),
+        ("fcn16s", "the model has layers the file lacks: ['score_pool4']"),
+    ):
         target = tmp_path / f"{model}.safetensors"
-        assert main(["weights", "convert", str(caffemodel), "--model", model, "--width", str(WIDTH), "--out", str(target)]) == 1
+        assert (
+            main(["weights", "convert", str(caffemodel), "--model", model, "--width", str(WIDTH), "--out", str(target)])
+            == 1
+        )
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and not target.exists()
     fcn8s = tmp_path / "fcn8s.caffemodel"
     fcn8s.write_bytes(fcn_caffemodel(tiny_model("fcn8s", 21, seed=3, all_std=0.1)))
-    for model, message in (("fcn32s", "the file has layers the model lacks: ['score_pool4', 'upscore2'"),
-                           ("fcn8s_atonce", "the model has layers the file lacks: ['scale_pool4', 'scale_pool3']")):
+    for model, message in (
+        ("fcn32s", "the file has layers the model lacks: ['score_pool4', 'upscore2'"),
+        ("fcn8s_atonce", "the model has layers the file lacks: ['scale_pool4', 'scale_pool3']"),
+    ):
         assert main(["weights", "convert", str(fcn8s), "--model", model, "--width", str(WIDTH), "--out", str(out)]) == 1
         assert message in capsys.readouterr().err
 
@@ -187,8 +258,13 @@ def test_siftflow_weights_convert_with_both_heads_and_their_classes(fcnseg_home,
     source = tiny_model("siftflow_fcn8s", 36, seed=5, all_std=0.1)
     data = fcn_caffemodel(source)
     with FileServer({"/sift.caffemodel": data}) as server:
-        entry = tiny_entry(server.url + "/sift.caffemodel", data, name="tiny-fcn8s-siftflow", model="siftflow_fcn8s",
-                           classes="siftflow")
+        entry = tiny_entry(
+            server.url + "/sift.caffemodel",
+            data,
+            name="tiny-fcn8s-siftflow",
+            model="siftflow_fcn8s",
+            classes="siftflow",
+        )
         monkeypatch.setattr(registry, "KNOWN_WEIGHTS", {entry.name: entry})
         checkpoint = load_checkpoint(resolve_checkpoint(entry.name, progress=False))
     assert_same_weights(source, checkpoint.model)
@@ -207,7 +283,17 @@ def test_nyud_hha_file_converts_like_its_registry_entry(tmp_path, capsys):
     caffemodel = tmp_path / "nyud-fcn32s-hha-heavy.caffemodel"
     caffemodel.write_bytes(fcn_caffemodel(source))
     out = tmp_path / "hha.safetensors"
-    args = ["weights", "convert", str(caffemodel), "--like", "fcn32s-nyud-hha", "--width", str(WIDTH), "--out", str(out)]
+    args = [
+        "weights",
+        "convert",
+        str(caffemodel),
+        "--like",
+        "fcn32s-nyud-hha",
+        "--width",
+        str(WIDTH),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0, capsys.readouterr().err
     checkpoint = load_checkpoint(out)
     assert_same_weights(source, checkpoint.model)
@@ -217,13 +303,21 @@ def test_nyud_hha_file_converts_like_its_registry_entry(tmp_path, capsys):
 
 
 def test_nyud_color_and_late_fusion_files_take_the_nyud_colour_mean(fcnseg_home, monkeypatch):
-    for name, model_name, classes_kind in (("tiny-nyud-color", "fcn32s", "nyud-color"),
-                                           ("tiny-nyud-color-hha", "nyud_fcn32s_color_hha", "")):
+    for name, model_name, classes_kind in (
+        ("tiny-nyud-color", "fcn32s", "nyud-color"),
+        ("tiny-nyud-color-hha", "nyud_fcn32s_color_hha", ""),
+    ):
         source = tiny_model(model_name, 40, seed=5, all_std=0.1)
         data = fcn_caffemodel(source)
         with FileServer({"/n.caffemodel": data}) as server:
-            entry = tiny_entry(server.url + "/n.caffemodel", data, name=name, model=model_name, classes="nyud",
-                               caffe_input=classes_kind)
+            entry = tiny_entry(
+                server.url + "/n.caffemodel",
+                data,
+                name=name,
+                model=model_name,
+                classes="nyud",
+                caffe_input=classes_kind,
+            )
             monkeypatch.setattr(registry, "KNOWN_WEIGHTS", {entry.name: entry})
             checkpoint = load_checkpoint(resolve_checkpoint(entry.name, progress=False))
         assert_same_weights(source, checkpoint.model)
