@@ -161,6 +161,7 @@ GATHER_TIMEOUT = timedelta(hours=24)
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed, shutdown_distributed
     from ..inference.predictor import load_predictor
+    from ..inference.runtimes import is_onnx_file
 
     for name, value, least, what in (
         ("--mc-dropout", args.mc_dropout, 0, "passes"),
@@ -175,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, device=context.device, fast_paths=not args.no_fast_paths,
             memory_budget_bytes=int(args.memory_budget_mb * 2**20), margin=args.margin,
             tile=None if args.tile_size is None else Tiling(args.tile_size, args.margin),
-            tta_scales=args.tta_scales, tta_flip=args.tta_flip, runtime=args.runtime, dtype=args.dtype,
+            tta_scales=args.tta_scales, tta_flip=args.tta_flip, dtype=args.dtype,
+            runtime="torch" if args.mc_dropout and args.runtime == "auto" and not is_onnx_file(args.checkpoint)
+            else args.runtime,  # MC-dropout needs the torch model's dropout
         )  # fmt: skip
         return _predict(args, predictor, checkpoint, context)
     finally:

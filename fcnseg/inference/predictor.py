@@ -367,6 +367,10 @@ def load_predictor(
 
     options.setdefault("device", "auto")
     loaded, options["dtype"] = load_model_file(
-        checkpoint, runtime, dtype=options.get("dtype", "float32"), device=options["device"]
+        checkpoint,
+        runtime,
+        dtype=options.get("dtype", "float32"),
+        device=options["device"],
+        fast_paths=options.get("fast_paths") is not False,
     )
     return Predictor(loaded.model, **options), loaded

@@ -33,6 +33,8 @@ from ..models.contract import ForwardMemory
 from ..preprocessing import preprocess
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+#: The commands' default: a checkpoint compiled where that is faster (:mod:`fcnseg.inference.compiled`).
+AUTO = "auto"
 #: The runtimes of an .onnx file, the default first: OpenVINO ran int8 fastest and fp32 as fast as
 #: ONNX Runtime (benchmarks/runtimes.py).
 ONNX_RUNTIMES: tuple[str, ...] = ("openvino", "onnxruntime")
@@ -244,17 +246,28 @@ def load_model_file(
     *,
     dtype: str = "float32",
     device: str | torch.device | None = None,
+    fast_paths: bool = True,
 ) -> tuple[Checkpoint, str]:
     """The model behind a checkpoint file, a registry name or an ``.onnx`` export, in the runtime that runs it.
 
     ``runtime`` None is chosen by :func:`resolve_runtime`: ``torch`` loads the checkpoint, an ONNX
     runtime the export (:func:`load_onnx_checkpoint`, on the CPU: ``device`` is only checked).
+    ``auto`` (the commands' default) runs a checkpoint compiled to OpenVINO fp32 where that is faster
+    and exact (:func:`fcnseg.inference.compiled.load_compiled_checkpoint`), else as None does.
     Returns the checkpoint and the dtype its :class:`~fcnseg.inference.predictor.Predictor` runs in:
     ``dtype`` for torch (autocast), ``float32`` for an export, whose runtime runs ``dtype`` itself.
     """
     from ..checkpoint import load_checkpoint
     from ..weights import resolve_checkpoint
 
+    if runtime == AUTO:
+        if not is_onnx_file(source):
+            from .compiled import load_compiled_checkpoint
+
+            compiled = load_compiled_checkpoint(source, dtype=dtype, device=device, fast_paths=fast_paths)
+            if compiled is not None:
+                return compiled, "float32"
+        runtime = None
     runtime = resolve_runtime(source, runtime)
     if runtime == "torch":
         return load_checkpoint(resolve_checkpoint(source)), dtype

@@ -108,7 +108,7 @@ def create_app(
         raise ValueError("the API key is empty; give a non-empty key, or none to serve without one")
     limits = limits or ServeLimits()
     if not isinstance(checkpoint, Checkpoint):  # a file, a registry name, or an ONNX export run in a runtime
-        checkpoint, dtype = load_model_file(checkpoint, runtime, dtype=dtype, device=device)
+        checkpoint, dtype = load_model_file(checkpoint, runtime, dtype=dtype, device=device, fast_paths=fast_paths)
     segmenter = Segmenter(
         checkpoint,
         device=device,
