@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
          "share": int(stats.pixel_counts[index]) / max(1, int(stats.pixel_counts.sum())),
          "images": int(stats.image_counts[index]), "frequency": float(stats.frequencies[index]),
          "weight": float(weight)}
-        for (index, name), weight in zip(enumerate(dataset.classes), stats.median_frequency_weights())
+        for (index, name), weight in zip(enumerate(dataset.classes), stats.median_frequency_weights(), strict=True)
     ]  # fmt: skip
     if args.json:
         print(

@@ -101,7 +101,8 @@ def _same_root(given: str | None, recorded: str | None) -> bool:
 
 
 def data_spec(args: argparse.Namespace, checkpoint: Checkpoint) -> tuple[str, str | None, dict[str, Any]]:
-    """(kind, root, options) to evaluate on: the command line's, over what the checkpoint recorded of its training data."""
+    """(kind, root, options) to evaluate on: the command line's, over what the checkpoint recorded of its training
+    data."""
     recorded = checkpoint.extra.get("data")
     recorded = recorded if isinstance(recorded, dict) else {}
     kind = args.data or recorded.get("kind")
@@ -132,7 +133,7 @@ def check_classes(checkpoint_classes: list[str], data_classes: list[str], checkp
             f"{checkpoint_path} predicts {len(checkpoint_classes)} classes but the dataset has "
             f"{len(data_classes)} ({', '.join(data_classes)})"
         )
-    differ = [(i, a, b) for i, (a, b) in enumerate(zip(checkpoint_classes, data_classes)) if a != b]
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(checkpoint_classes, data_classes, strict=True)) if a != b]
     if differ:
         shown = "; ".join(f"id {i}: checkpoint {a!r}, dataset {b!r}" for i, a, b in differ[:5])
         raise CheckpointError(f"{checkpoint_path}: class names differ from the dataset's ({shown})")

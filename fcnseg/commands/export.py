@@ -36,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--exporter",
         choices=EXPORTERS,
         default="dynamo",
-        help="torch.onnx exporter: dynamo (default, torch.export based) or torchscript (legacy, faster, deprecated by PyTorch)",
+        help="torch.onnx exporter: dynamo (default, torch.export based) or torchscript "
+        "(legacy, faster, deprecated by PyTorch)",
     )
     parser.add_argument(
         "--probabilities",
@@ -215,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     )
     output = "probability" if args.probabilities else "logit"
     print(
-        f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * max|{output}| + {tolerance.atol:g}):"
+        f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * "
+        f"max|{output}| + {tolerance.atol:g}):"
     )
     for result in report.results:
         print(f"  {result.describe()}")

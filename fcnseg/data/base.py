@@ -160,7 +160,7 @@ class SegmentationDataset(Dataset):
                 f"{[name for name, _ in self.heads]} ({len(self.heads)}, H, W)"
             )
         start = 0
-        for row, (name, count) in zip(labels, self.heads):
+        for row, (name, count) in zip(labels, self.heads, strict=True):
             self._check_range(row, start, start + count, index, f" ({name} labels)")
             start += count
 

@@ -96,7 +96,7 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
     (out / "images").mkdir(parents=True)
     (out / "masks").mkdir()
     report = []
-    for dataset, checked in zip(splits, found):
+    for dataset, checked in zip(splits, found, strict=True):
         kept = []
         left_out = [f"  left out {item}: {reason}" for item, reason in checked.missing]
         for index in range(len(dataset)):

@@ -113,9 +113,11 @@ def summary(result: DemoResult) -> str:
         f"fcnseg demo: {model['name']} width {model['width']} trained from scratch on the synthetic set "
         f"({result.steps} steps, {result.train_seconds:.0f} s of training, {result.seconds:.0f} s in all, "
         f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() != 1 else ''})",
-        f"validation ({result.val_images} images): mean IU {metrics['mean_iu']:.3f}  pixel acc {metrics['pixel_acc']:.3f}  "
+        f"validation ({result.val_images} images): mean IU {metrics['mean_iu']:.3f}  pixel acc "
+        f"{metrics['pixel_acc']:.3f}  "
         f"mean acc {metrics['mean_acc']:.3f}  fw IU {metrics['fw_iu']:.3f}",
-        "per-class IU: " + "  ".join(f"{name} {iu:.2f}" for name, iu in zip(result.classes, metrics["iu"])),
+        "per-class IU: "
+        + "  ".join(f"{name} {iu:.2f}" for name, iu in zip(result.classes, metrics["iu"], strict=True)),
         f"wrote {result.out_dir}/: {BEST_CHECKPOINT}, metrics.json, metrics.jsonl, {CURVES_FILE}, {OVERLAYS_FILE}, "
         "predictions/",
     ]

@@ -415,7 +415,7 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
     # DDP averages gradients over ranks; scaling by the world size makes that the global sum / normaliser.
     scale = world / normalizer.clamp(min=torch.finfo(torch.float32).tiny)
     total = torch.zeros(1, device=device)
-    for index, ((images, _), target) in enumerate(zip(batches, masks)):
+    for index, ((images, _), target) in enumerate(zip(batches, masks, strict=True)):
         last = index == len(batches) - 1
         sync = contextlib.nullcontext() if last or not run.ctx.distributed else run.network.no_sync()
         autocast = torch.autocast(device.type, dtype=run.amp_dtype) if run.amp_dtype else contextlib.nullcontext()

@@ -146,13 +146,17 @@ class SizeIU(CountAccumulator):
         connectivity: int = 8,
     ) -> None:
         edges = [int(e) for e in edges]
-        if not edges or edges[0] < 1 or any(a >= b for a, b in zip(edges, edges[1:])):
+        if not edges or edges[0] < 1 or any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
             raise ValueError(f"size bin edges must be increasing positive pixel areas, got {edges}")
         if names is None:
             names = (
                 SIZE_NAMES
                 if tuple(edges) == SIZE_EDGES
-                else ([f"<{edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"])
+                else (
+                    [f"<{edges[0]}"]
+                    + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:], strict=False)]
+                    + [f">={edges[-1]}"]
+                )
             )
         if len(names) != len(edges) + 1:
             raise ValueError(f"{len(edges)} size bin edges need {len(edges) + 1} names, got {list(names)}")
@@ -168,7 +172,7 @@ class SizeIU(CountAccumulator):
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of class maps (N, H, W) or one (H, W)."""
         pred, target = _class_maps(pred, target, self.num_classes, self.ignore_index)
-        for p, t in zip(pred.cpu().numpy(), target.cpu().numpy()):
+        for p, t in zip(pred.cpu().numpy(), target.cpu().numpy(), strict=True):
             self._add_image(p, t)
 
     def _bins(self, areas: np.ndarray) -> np.ndarray:
@@ -330,7 +334,7 @@ class PerImageIU:
         ids = list(range(len(self.ids), len(self.ids) + len(pred))) if ids is None else list(ids)
         if len(ids) != len(pred):
             raise ValueError(f"{len(ids)} ids for a batch of {len(pred)} images")
-        for p, t, image_id in zip(pred, target, ids):
+        for p, t, image_id in zip(pred, target, ids, strict=True):
             confusion = ConfusionMatrix(self.num_classes, self.ignore_index, device=t.device)
             confusion.update(p, t)
             self.ids.append(image_id)

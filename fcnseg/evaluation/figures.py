@@ -243,7 +243,9 @@ def confusion_matrix_figure(
     shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth class")
     ax.set_xticks(range(n), labels=list(classes), rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), labels=[f"{name} ({int(t):,})" for name, t in zip(classes, totals[:, 0])], fontsize=8)
+    ax.set_yticks(
+        range(n), labels=[f"{name} ({int(t):,})" for name, t in zip(classes, totals[:, 0], strict=True)], fontsize=8
+    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class (pixels)")
     if n <= 25:

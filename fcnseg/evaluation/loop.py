@@ -149,9 +149,9 @@ def head_confusion_matrices(
     batches = dataset_batches(data, num_workers)
     with batch_progress(batches, "evaluate", progress) as shown:
         for images, masks in batches:
-            for image, mask in zip(images, masks):
+            for image, mask in zip(images, masks, strict=True):
                 logits, start = predictor.logits(image), 0
-                for (name, count), row in zip(heads, mask):
+                for (name, count), row in zip(heads, mask, strict=True):
                     target = torch.where(row == ignore_index, row, row - start)
                     matrices[name].update(logits[start : start + count].argmax(0).to(predictor.device), target)
                     start += count

@@ -116,9 +116,9 @@ class ConfusionMatrix:
         totals = self.matrix.cpu().sum(dim=1).tolist()
         per_class = {
             name: {"iu": iu, "acc": acc, "pixels": int(t)}
-            for name, iu, acc, t in zip(classes, metrics["iu"], metrics["acc"], totals)
+            for name, iu, acc, t in zip(classes, metrics["iu"], metrics["acc"], totals, strict=True)
         }
-        absent = [name for name, t in zip(classes, totals) if t == 0]
+        absent = [name for name, t in zip(classes, totals, strict=True) if t == 0]
         return {
             **metrics,
             "classes": list(classes),

@@ -249,7 +249,8 @@ class Predictor:
         yield from iter_tiles(run, image, tiling, progress)
 
     def _mc_dropout_run(self, samples: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A tile function: the mean of ``samples`` softmaxes stacked with the mean of their entropies, (C + 1, h, w)."""
+        """A tile function: the mean of ``samples`` softmaxes stacked with the mean of their entropies, (C + 1, h,
+        w)."""
 
         def run(window: torch.Tensor) -> torch.Tensor:
             total = sample_entropy = None

@@ -146,7 +146,7 @@ class TorchvisionBackbone(Backbone):
         layers = [layer for path in paths for layer in path]
         scales, channels, scale, densest = [], [], 1, 0.0
         for path in paths:
-            for k, s, p, d, out in path:
+            for _kernel, s, _padding, _dilation, out in path:
                 scale *= s
                 channels.append(out or (channels[-1] if channels else 3))
                 densest = max(densest, channels[-1] / scale**2)

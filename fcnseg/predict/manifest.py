@@ -67,7 +67,7 @@ class Manifest:
                     continue
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"manifest-rank{rank}.jsonl"
-        self.handle = open(self.path, "ab")
+        self.handle = open(self.path, "ab")  # noqa: SIM115  (held open for the whole run; close() closes it)
         if self.handle.tell():
             with open(self.path, "rb") as tail:
                 tail.seek(-1, os.SEEK_END)

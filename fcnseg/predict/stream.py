@@ -316,7 +316,7 @@ class _Run:
         self.writer.put(
             [
                 Finished(path, item.state, self._saves(path.stem, item.image, mask))
-                for path, item, mask in zip(paths, batch, masks)
+                for path, item, mask in zip(paths, batch, masks, strict=True)
             ]
         )
         self.progress.update(len(batch))

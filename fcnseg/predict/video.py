@@ -65,7 +65,7 @@ def predict_video(
 
             def flush(frames: list[torch.Tensor]) -> None:
                 masks = predictor.masks(torch.stack(frames)).to("cpu", predictor.mask_dtype)
-                for image, mask in zip(frames, masks):
+                for image, mask in zip(frames, masks, strict=True):
                     written.append(save_mask_png(mask, palette, folder / f"{len(written):06d}.png"))
                     if overlay_alpha is not None:
                         _encode(

@@ -209,7 +209,8 @@ async def segment(
 
 
 def _segment_upload(state: Any, data: bytes, name: str, output_format: str, alpha: float, confidence: bool) -> Response:
-    """The answer of ``POST /segment`` to an upload of ``data``; :class:`UploadError` for one that is not a usable image."""
+    """The answer of ``POST /segment`` to an upload of ``data``; :class:`UploadError` for one that is not a usable
+    image."""
     segmenter: Segmenter = state.segmenter
     probe_image(data, name, state.limits.max_pixels)
     image = decode_image(data, name)

@@ -16,7 +16,7 @@ import re
 import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ VGG16_CONV_NAMES = tuple(
 #: torchvision classifier index -> (reference name, kernel side of the equivalent convolution).
 CLASSIFIER_LAYERS = {0: ("fc6", 7), 3: ("fc7", 1)}
 
-Source = Union[None, str, os.PathLike, Mapping[str, torch.Tensor], Any]
+Source = None | str | os.PathLike | Mapping[str, torch.Tensor] | Any
 
 
 def vgg16_from_torchvision(
@@ -58,7 +58,7 @@ def vgg16_from_torchvision(
             f"'features.N.weight', VGG16 has {len(VGG16_CONV_NAMES)}"
         )
     out: dict[str, torch.Tensor] = {}
-    for name, index in zip(VGG16_CONV_NAMES, conv_indices):
+    for name, index in zip(VGG16_CONV_NAMES, conv_indices, strict=True):
         out[f"{name}.weight"] = state[f"features.{index}.weight"].detach().clone()
         out[f"{name}.bias"] = _require(state, f"features.{index}.bias", source).detach().clone()
     for index, (name, kernel) in CLASSIFIER_LAYERS.items():
