@@ -18,9 +18,8 @@ and a runtime that has only the file estimates exactly what the torch model does
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from collections.abc import Iterator
 from typing import Any, Protocol, cast, runtime_checkable
 
 import torch

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,7 +102,7 @@ def predict_video(
     return written + ([target] if overlay_alpha is not None else [])
 
 
-def _encode(encoder: list, stack: contextlib.ExitStack, target: Path, source, picture: np.ndarray) -> None:
+def _encode(encoder: list, stack: contextlib.ExitStack, target: Path, source: Any, picture: np.ndarray) -> None:
     """Append one RGB frame (H, W, 3) to the overlay video, opening it (atomically) at the first frame."""
     import av
 
