@@ -47,7 +47,7 @@ def check_finite(key: str, value: torch.Tensor, source: str, error: type[ValueEr
 class Checkpoint:
     """What a checkpoint file describes, with the model rebuilt from it."""
 
-    model: torch.nn.Module
+    model: SegmentationModel
     classes: list[str]
     palette: list[tuple[int, int, int]]
     ignore_index: int = 255

@@ -19,7 +19,7 @@ def _shape(text: str) -> tuple[int, int, int, int]:
         shape = ()
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected NxCxHxW with C=3, e.g. 1x3x37x53, got {text!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

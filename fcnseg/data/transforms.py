@@ -31,7 +31,7 @@ def _size_pair(size: int | Sequence[int] | None, name: str) -> tuple[int, int] |
     pair = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 class RandomScale:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -302,7 +302,8 @@ class HeadsLoss(SegmentationLoss):
 
     def summed(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pieces = zip(self.losses, self.starts, self.heads, self.head_targets(target), strict=True)
-        return sum(loss.summed(logits[:, start : start + count], row) for loss, start, (_, count), row in pieces)
+        total = sum(loss.summed(logits[:, start : start + count], row) for loss, start, (_, count), row in pieces)
+        return cast(torch.Tensor, total)  # a sum of tensors: there is always at least one head
 
     def normalizer(self, target: torch.Tensor) -> torch.Tensor:
         return torch.stack(

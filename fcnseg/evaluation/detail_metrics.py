@@ -48,7 +48,7 @@ Per-image mean IU (:class:`PerImageIU`)
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -178,7 +178,7 @@ class SizeIU(CountAccumulator):
     def _bins(self, areas: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.edges, areas, side="right")
 
-    def _add(self, key: str, c: int, bins: np.ndarray, weights: np.ndarray | None = None) -> None:
+    def _add(self, key: str, c: int | np.integer, bins: np.ndarray, weights: np.ndarray | None = None) -> None:
         counted = np.bincount(bins, weights=weights, minlength=len(self.names))
         self.counts[key][c] += torch.from_numpy(counted.astype(np.int64))
 
@@ -233,7 +233,9 @@ def boundary_width(height: int, width: int, ratio: float = 0.02) -> int:
     return max(1, int(round(ratio * math.hypot(height, width))))
 
 
-def _window(x: torch.Tensor, size: int, dim: int, op) -> torch.Tensor:
+def _window(
+    x: torch.Tensor, size: int, dim: int, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """``op`` (torch.maximum or torch.minimum) over every run of ``size`` values along ``dim``
     (output length n - size + 1), by doubling windows: about log2(size) element-wise ops."""
     span = 1
@@ -271,7 +273,8 @@ class BoundaryIoU(CountAccumulator):
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of class maps (N, H, W) or one (H, W); d follows the maps' size."""
         pred, target = _class_maps(pred, target, self.num_classes, self.ignore_index)
-        d = boundary_width(*target.shape[-2:], ratio=self.ratio)
+        height, width = target.shape[-2:]
+        d = boundary_width(height, width, ratio=self.ratio)
         valid = target != self.ignore_index
         in_truth = boundary_regions(target, d) & valid
         in_pred = boundary_regions(pred, d) & valid

@@ -13,8 +13,8 @@ the first head's metrics, as for any model, plus every head's under ``"heads"`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence, Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -38,7 +38,7 @@ def dataset_batches(data: Dataset | Iterable, num_workers: int) -> Iterable:
     """Batches ``(images (N,3,H,W) uint8, masks (N,H,W))`` from a dataset (this rank's share) or a loader."""
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         rank, world = rank_and_world()
-        share = Subset(data, list(range(rank, len(data), world))) if world > 1 else data
+        share = Subset(data, list(range(rank, len(cast(Sized, data)), world))) if world > 1 else data
         return DataLoader(share, batch_size=1, num_workers=num_workers, collate_fn=_one_item_batch)
     return data
 
@@ -46,7 +46,7 @@ def dataset_batches(data: Dataset | Iterable, num_workers: int) -> Iterable:
 def batch_progress(batches: Iterable, label: str, show: bool) -> Progress:
     """The progress reporter over ``batches`` (a bar on a terminal, lines elsewhere); only rank 0 shows it."""
     rank, _ = rank_and_world()
-    total = len(batches) if hasattr(batches, "__len__") else None
+    total = len(batches) if isinstance(batches, Sized) else None
     return Progress(total, label=label, unit="batch", show=show and rank == 0)
 
 
