@@ -61,7 +61,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    model: torch.nn.Module,
+    model: SegmentationModel,
     *,
     classes: Sequence[str],
     palette: Sequence[Sequence[int]],

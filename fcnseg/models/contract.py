@@ -147,6 +147,8 @@ class SegmentationModel(Protocol):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
 
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 @runtime_checkable
 class ReferenceNet(Protocol):

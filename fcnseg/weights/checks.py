@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import check_finite
+from ..models.contract import ReferenceNet
 
 
 class WeightsError(ValueError):
@@ -21,7 +22,7 @@ class WeightsError(ValueError):
     """
 
 
-def reference_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def reference_tensors(model: ReferenceNet) -> dict[str, torch.Tensor]:
     """The model's weights keyed ``"<reference layer>.<weight|bias>"`` (e.g. ``"fc6.weight"``).
 
     The tensors are the model's own parameters, so writing into them loads the model.

@@ -126,7 +126,7 @@ def class_index_map(old_classes: Sequence[str], new_classes: Sequence[str]) -> d
     return {index: old[name] for index, name in enumerate(new_classes) if name in old}
 
 
-def transfer_fcn(source: SegmentationModel | StateDict, target: nn.Module) -> list[str]:
+def transfer_fcn(source: SegmentationModel | StateDict, target: SegmentationModel) -> list[str]:
     """Load ``source`` (an FCN or its state dict) into the FCN ``target`` of another stride.
 
     See :func:`transfer_fcn_state`. Returns the reference layers copied; a source model's preprocessing is carried over.
@@ -145,7 +145,9 @@ def transfer_fcn(source: SegmentationModel | StateDict, target: nn.Module) -> li
     return list(dict.fromkeys(layer_of(k) for k in copied))
 
 
-def with_num_classes(model: nn.Module, num_classes: int, keep: Mapping[int, int] | None = None) -> nn.Module:
+def with_num_classes(
+    model: SegmentationModel, num_classes: int, keep: Mapping[int, int] | None = None
+) -> SegmentationModel:
     """A new model like ``model`` (same name and options) for ``num_classes`` classes.
 
     The trunk is copied; scores restart at zero except the rows in ``keep``

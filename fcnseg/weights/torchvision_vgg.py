@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from ..models.contract import SegmentationModel
 from ..preprocessing import TORCHVISION
 from .checks import WeightsError, assign_reference_weights, load_without_code
 
@@ -158,7 +158,7 @@ def _refuse_feature_weights(weights: Any) -> None:
         )
 
 
-def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress: bool = True) -> list[str]:
+def load_vgg16_torchvision(model: SegmentationModel, source: Source = None, *, progress: bool = True) -> list[str]:
     """Load torchvision's ImageNet VGG16 into an FCN's trunk; returns the layers loaded.
 
     Args:
