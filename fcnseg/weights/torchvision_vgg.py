@@ -16,11 +16,11 @@ import re
 import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from ..models.contract import SegmentationModel
+from ..models.contract import ReferenceNet, SegmentationModel
 from ..preprocessing import TORCHVISION
 from .checks import WeightsError, assign_reference_weights, load_without_code
 
@@ -172,6 +172,7 @@ def load_vgg16_torchvision(model: SegmentationModel, source: Source = None, *, p
     initialisation. Sets ``model.preprocessing`` to :data:`fcnseg.TORCHVISION`.
     """
     width = model.config.get("width", 1.0)
+    state: Mapping[str, torch.Tensor]
     if source is None or hasattr(source, "get_state_dict"):
         _refuse_feature_weights(source)
         if width != 1.0:
@@ -187,7 +188,8 @@ def load_vgg16_torchvision(model: SegmentationModel, source: Source = None, *, p
     else:
         raise TypeError(f"source must be None, a path, a state dict or VGG16_Weights, got {type(source).__name__}")
     try:
-        loaded = assign_reference_weights(model, vgg16_from_torchvision(state, name), name)
+        # every registered model is a ReferenceNet
+        loaded = assign_reference_weights(cast(ReferenceNet, model), vgg16_from_torchvision(state, name), name)
     except WeightsError as error:
         if width != 1.0:
             raise WeightsError(f"{error} (VGG16 weights fit width=1.0; this model has width={width})") from None
