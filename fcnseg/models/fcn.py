@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -147,7 +147,7 @@ class FCN(nn.Module):
             if atonce:
                 self.register_buffer(scale_name, torch.tensor(ATONCE_SCALES[scale_name]))
         if hasattr(backbone, "finest_stride"):  # a backbone that computes less when no finer features are fused
-            backbone.finest_stride = min([coarsest] + [s[0] for s in self.skip_names])
+            cast(Any, backbone).finest_stride = min([coarsest] + [s[0] for s in self.skip_names])  # a plain int
         self.final_name = FINAL_UPSAMPLING[stride]
         self.final_offset = crop_offset(score_map.then(self._upsampling_map(stride)), IDENTITY)
         for suffix, classes in self.head_layers():
