@@ -83,9 +83,10 @@ def confusion_matrix(
     ``accumulators`` (e.g. :mod:`fcnseg.evaluation.detail_metrics`' ones) get every batch's ``update(pred, target)``
     too, and are summed over ranks at the end.
     """
-    if _heads(model):
+    heads = _heads(model)
+    if heads:
         raise ValueError(
-            f"the model has several heads {[name for name, _ in _heads(model)]}: one confusion matrix "
+            f"the model has several heads {[name for name, _ in heads]}: one confusion matrix "
             "cannot score them; use head_confusion_matrices or evaluate (which reports every head)"
         )
     predictor = as_predictor(model, device, **predictor_options)
@@ -110,14 +111,14 @@ def evaluate(
     device: str | torch.device | None = None,
     ignore_index: int = 255,
     **options: Any,
-) -> dict[str, float | list[float]]:
+) -> dict[str, Any]:
     """``ConfusionMatrix.compute()`` of ``model`` over ``data``: pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc.
 
     Options as for :func:`confusion_matrix`. For a model with heads, see :func:`evaluate_heads`.
     """
     if _heads(model):
         return evaluate_heads(model, data, device, ignore_index, **options)
-    return confusion_matrix(model, data, num_classes, device, ignore_index, **options).compute()
+    return dict(confusion_matrix(model, data, num_classes, device, ignore_index, **options).compute())
 
 
 # --- models with several heads (the SIFT Flow nets) ------------------------------------------------
@@ -145,6 +146,8 @@ def head_confusion_matrices(
     """
     predictor = as_predictor(model, device, **predictor_options)
     heads = _heads(predictor)
+    if heads is None:
+        raise ValueError("the model has one head: use confusion_matrix or evaluate")
     matrices = {name: ConfusionMatrix(count, ignore_index, device=predictor.device) for name, count in heads}
     batches = dataset_batches(data, num_workers)
     with batch_progress(batches, "evaluate", progress) as shown:

@@ -57,6 +57,7 @@ from .agreement import PixelAgreement
 from .onnx import (
     DEFAULT_CHECK_SHAPES,
     INPUT_NAME,
+    Exporter,
     ExportError,
     ParityTolerance,
     _name_dynamic_dims,
@@ -389,8 +390,12 @@ def _agreement(
         agreement.add(mask, fp32_mask)
         if matrices:
             for matrix, predicted in zip(matrices, (fp32_mask, mask), strict=True):
+                assert calibration.masks is not None  # matrices exist only for labelled calibration images
                 matrix.update(predicted.long(), calibration.masks[index])
-    mean_iu = tuple(float(m.compute()["mean_iu"]) for m in matrices) if matrices else None
+    mean_iu = None
+    if matrices:
+        fp32_iu, int8_iu = (float(m.compute()["mean_iu"]) for m in matrices)
+        mean_iu = (fp32_iu, int8_iu)
     return Agreement(runtime, agreement.pooled, agreement.worst, mean_iu)
 
 
@@ -404,7 +409,7 @@ def export_int8(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     accuracy_control: bool = False,
     runtimes: Sequence[str] | None = None,
-    exporter: str = "dynamo",
+    exporter: Exporter = "dynamo",
     opset: int | None = None,
     check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
     tolerance: ParityTolerance = ParityTolerance(),

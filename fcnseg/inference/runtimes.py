@@ -23,13 +23,13 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
-from ..models.contract import ForwardMemory, SegmentationModel
+from ..models.contract import ForwardMemory
 from ..preprocessing import preprocess
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
@@ -172,7 +172,7 @@ class OnnxModel(torch.nn.Module):
             # Exported before the entry (or all of it) existed: the geometry from the config, no weights.
             config = dict(self.config)
             with torch.device("meta"):
-                tiling = tiling_metadata(cast(SegmentationModel, create_model(config.pop("name"), **config)))
+                tiling = tiling_metadata(create_model(config.pop("name"), **config))
         self.grid, self._margin = int(tiling["grid"]), int(tiling["context_margin"])
         self.exact_tiling = bool(tiling["exact_tiling"])
         self._memory = ForwardMemory.from_dict(tiling["forward_memory"])
