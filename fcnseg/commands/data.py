@@ -109,7 +109,7 @@ def open_listing_missing(kind: str, root: str | None, split: str, options: dict[
     return dataset
 
 
-def _open_other(args: argparse.Namespace, options: dict):
+def _open_other(args: argparse.Namespace, options: dict) -> SegmentationDataset | None:
     """The split to check against --split, or None (an unavailable default val split is skipped quietly)."""
     from ..data import NO_SPLIT, DatasetError
 

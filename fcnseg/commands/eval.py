@@ -200,7 +200,7 @@ def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint,
 
 @reports_errors(NAME)
 def run(args: argparse.Namespace) -> int:
-    from ..data import open_dataset
+    from ..data import SegmentationDataset, open_dataset
     from ..evaluation.calibration_error import calibrate, reliability_diagram
     from ..evaluation.detail_metrics import BoundaryIoU, DiceScore, PerImageIU, SizeIU
     from ..evaluation.figures import confusion_matrix_figure, worst_images_figure
@@ -218,10 +218,11 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     kind, root, options = data_spec(args, checkpoint)
-    dataset = open_dataset(kind, root, args.split, **options)
-    check_classes(checkpoint.classes, list(dataset.classes), args.checkpoint)
+    opened = open_dataset(kind, root, args.split, **options)
+    check_classes(checkpoint.classes, list(opened.classes), args.checkpoint)
+    dataset: torch.utils.data.Subset | SegmentationDataset = opened
     if args.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+        dataset = torch.utils.data.Subset(opened, range(min(args.limit, len(opened))))
     n, ignore = len(checkpoint.classes), checkpoint.ignore_index
     if checkpoint.model.heads:  # e.g. SIFT Flow: one report per head
         return _run_heads(args, predictor, checkpoint, dataset)

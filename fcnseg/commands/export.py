@@ -160,6 +160,7 @@ def export_int8_from_args(args: argparse.Namespace, tolerance: ParityTolerance) 
     if args.calibrate_data:
         options = {"ignore_index": checkpoint.ignore_index, **dict(args.calibrate_option)}
         calibration = calibration_split(args.calibrate_data, args.calibrate_root, args.calibrate, limit, **options)
+        assert calibration.classes is not None  # a calibration split of a dataset carries its classes
         check_classes(checkpoint.classes, calibration.classes, args.checkpoint)
     else:
         calibration = calibration_folder(args.calibrate, limit)

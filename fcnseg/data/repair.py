@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .base import SegmentationDataset
 from .colours import ColourTable
 from .doctor import Survey, colour_table_for, survey
 from .errors import DatasetError
@@ -66,7 +67,7 @@ def _fixed_mask(
     return mask
 
 
-def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str]) -> list[str]:
+def write_fixed_copy(datasets: Sequence[SegmentationDataset], out: str | os.PathLike[str]) -> list[str]:
     """Write the corrected copy of ``splits`` (e.g. train and val of one folder) to the new folder ``out``.
 
     Fixes colour masks (the dataset's ``colors`` table, else the proposed one), 0/255 binary masks (written 0/1) and
@@ -75,7 +76,8 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
     are left out and listed. Returns the lines of a report.
     """
     out = Path(out)
-    if not all(isinstance(dataset, FolderDataset) for dataset in splits):
+    splits = [dataset for dataset in datasets if isinstance(dataset, FolderDataset)]
+    if len(splits) != len(datasets):
         raise DatasetError("--fix works on folder datasets (images/ and masks/ paired by stem)")
     first = splits[0]
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
