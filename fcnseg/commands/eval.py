@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     n, ignore = len(checkpoint.classes), checkpoint.ignore_index
     if checkpoint.model.heads:  # e.g. SIFT Flow: one report per head
         return _run_heads(args, predictor, checkpoint, dataset)
-    detail = (
+    detail: dict[str, SizeIU | BoundaryIoU | DiceScore | PerImageIU] = (
         {
             "size": SizeIU(n, ignore),
             "boundary": BoundaryIoU(n, ignore),

@@ -78,6 +78,7 @@ def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     config = demo_config(**options)
+    assert config.threads is not None  # demo_config always sets it
     torch.set_num_threads(config.threads)  # evaluation and prediction too, not only training
     result = train(config, out_dir, overwrite=True)
     predictor, checkpoint = load_predictor(out_dir / BEST_CHECKPOINT, device="cpu")

@@ -144,7 +144,8 @@ class TorchvisionBackbone(Backbone):
         self.body, stages = _torchvision_trunk(arch, width, output_stride)
         paths = [main_path(stage) for stage in stages]
         layers = [layer for path in paths for layer in path]
-        scales, channels, scale, densest = [], [], 1, 0.0
+        scales, scale, densest = [], 1, 0.0
+        channels: list[int] = []
         for path in paths:
             for _kernel, s, _padding, _dilation, out in path:
                 scale *= s
