@@ -11,7 +11,8 @@ from fcnseg.cli import main
 from fcnseg.data import DatasetError
 from fcnseg.engine import build_config, load_run_config, train
 from fcnseg.engine.distributed import DistContext
-from fcnseg.engine.train import CLOCK_RESOLUTION, _apply_lr, build_run
+from fcnseg.engine.run_length import CLOCK_RESOLUTION
+from fcnseg.engine.train import _apply_lr, build_run
 
 TINY = [
     ("model.width", 0.0625),
