@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 OPTIMIZERS, SCHEDULES, REDUCTIONS = ("sgd", "adamw"), ("fixed", "poly"), ("sum", "mean")
 #: ``recipe.crop_size`` naming the dataset's own ``resize`` size: every batch has exactly that size.
@@ -38,7 +38,7 @@ class Recipe:
     poly_power: float = 0.9
     loss: str = "ce"  # a name of fcnseg.engine.loss.LOSSES: ce (the paper's), focal, ohem, lovasz
     loss_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {"gamma": 2} for focal
-    reduction: Literal["sum", "mean"] = "mean"  # "sum" (over each image, the paper) or "mean" (over valid pixels)
+    reduction: str = "mean"  # "sum" (over each image, the paper) or "mean" (over valid pixels)
     batch_size: int = 8  # images per optimiser step, over all processes
     # A side in px, (height, width), "resize" (the dataset's resize size; native where it has none) or None (native
     # size: the batch is padded to its largest image). A crop pads where the scaled image is smaller (ignore label).

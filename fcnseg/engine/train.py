@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -246,7 +246,7 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
     loss = loss_for_model(
         build_loss(
             recipe.loss,
-            reduction=recipe.reduction,
+            reduction=cast(Literal["sum", "mean"], recipe.reduction),  # Recipe checks it is one of REDUCTIONS
             ignore_index=train_set.ignore_index,
             weight=weight,
             **recipe.loss_options,
