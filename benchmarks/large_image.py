@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         summary=summary,
         results=results,
     )
-    rows = [[m, r.get("seconds", "error"), r.get("peak_rss_gib", ""), r.get("inference_rss_gib", ""), r.get("tile_size") or "whole"]
+    rows = [[m, r.get("seconds", "error"), r.get("peak_rss_gib", ""), r.get("inference_rss_gib", ""),
+             r.get("tile_size") or "whole"]
             for m, r in results.items()]  # fmt: skip
     print("\n" + harness.format_table(rows, ["mode", "seconds", "peak RSS GiB", "inference RSS GiB", "tile"]))
     print("\n".join(f"{k}: {v}" for k, v in summary.items()))

@@ -194,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     resolution = "x".join(map(str, resize)) if resize else "native 360x480"
     result_json = harness.results_document(
         "learn_camvid", info,
-        equivalent="fcnseg train --recipe " + args.recipe + " " + " ".join(f"--set {k}={json.dumps(v)}" for k, v in settings_for(args, device)),
+        equivalent="fcnseg train --recipe " + args.recipe + " "
+        + " ".join(f"--set {k}={json.dumps(v)}" for k, v in settings_for(args, device)),
         config=config.to_dict() | {"resolution": resolution},
         final={m: final[m] for m in METRICS} | {"train_minutes": round(trained / 60, 2), "steps": result.step,
-                                                 "images": images, "train_images_per_s": round(images / max(trained, 1e-9), 3)},
+                                                 "images": images,
+                                                 "train_images_per_s": round(images / max(trained, 1e-9), 3)},
         classes=read_description(out_dir / "last.safetensors")["classes"],
         curve=curve,
         loss=[[round(t, 1), round(v, 5)] for t, v in losses[:: max(1, len(losses) // 400)]],

@@ -167,7 +167,8 @@ def measure_speed(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 
 def measure_agreement(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """Pixel agreement with fp32 torch and mean IU on ``--split``, for every runtime candidate of a trained checkpoint."""
+    """Pixel agreement with fp32 torch and mean IU on ``--split``, for every runtime candidate of a trained
+    checkpoint."""
     options, root = dict(args.data_option), args.root or None
     checkpoint = load_checkpoint(args.checkpoint, fast_paths=False)
     options.setdefault("ignore_index", checkpoint.ignore_index)
@@ -190,7 +191,7 @@ def measure_agreement(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         predictor = Predictor(model, fast_paths=True) if name == "torch_fast" else Predictor(model)
         matrix, same, total, worst = ConfusionMatrix(num_classes, checkpoint.ignore_index), 0, 0, 1.0
         start = time.perf_counter()
-        for index, (image, label) in enumerate(zip(evaluation.images, evaluation.masks)):
+        for index, (image, label) in enumerate(zip(evaluation.images, evaluation.masks, strict=True)):
             mask = predictor.mask(image)
             if name == "torch_fast":
                 reference.append(mask)

@@ -31,6 +31,7 @@ Every request has a 120 s timeout; answers other than the expected status are co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import io
 import json
@@ -155,10 +156,8 @@ def memory_sample(pid: int, stats_path: Path) -> dict[str, float]:
         "rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
         "rss_anon_mib": int(fields["RssAnon"].split()[0]) / 1024,
     }
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sample |= json.loads(stats_path.read_text())
-    except (OSError, ValueError):
-        pass
     return {key: round(value, 1) for key, value in sample.items()}
 
 
@@ -334,7 +333,8 @@ def main() -> None:
             results.append(run_candidate(name, items, args, checkpoint, pool))
             result = results[-1]
             print(
-                f"  {name}: slope after {args.warmup} requests {result['slope_mib_per_1000']:+.2f} MiB / 1,000 requests "
+                f"  {name}: slope after {args.warmup} requests {result['slope_mib_per_1000']:+.2f} MiB / 1,000 "
+                "requests "
                 f"(malloc in use {result['slope_in_use_mib_per_1000']:+.2f}), RSS {result['rss_at_warmup_mib']} -> "
                 f"{result['rss_end_mib']} MiB (max {result['rss_max_mib']}, "
                 f"after malloc_trim {result['after_malloc_trim']['rss_mib']}), "

@@ -19,6 +19,7 @@ Runs are kept under runs/small_objects/<row>_s<seed>; a row whose run finished i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -132,7 +133,7 @@ def evaluate_row(run: Path, split: Path | str, options: list[str], json_path: Pa
         raise SystemExit(f"evaluating {run} failed")
     document = json.loads(json_path.read_text())
     classes, detail = document["classes"], document["detail"]
-    iu = dict(zip(classes, document["iu"]))
+    iu = dict(zip(classes, document["iu"], strict=True))
     thin = [iu[name] for name in THIN if iu.get(name) is not None]
     small = next(b for b in detail["size"]["bins"] if b["name"] == "small")
     return {
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             results = harness.results_document("small_objects", machine, config=config, rows=rows)
             harness.write_json(args.json, results)
             print(
-                f"{name} seed {seed}: val mean IU {record['val']['mean_iu']:.3f}, thin {record['val']['thin_mean_iu']:.3f}; "
+                f"{name} seed {seed}: val mean IU {record['val']['mean_iu']:.3f}, thin "
+                f"{record['val']['thin_mean_iu']:.3f}; "
                 f"unseen {record['unseen']['mean_iu']:.3f}",
                 flush=True,
             )
@@ -204,6 +206,10 @@ def read_results(path: Path) -> dict[str, Any]:
     return results
 
 
+def _cell(record: dict[str, Any], split: str, key: str) -> str:
+    return "" if record[split].get(key) is None else f"{record[split][key]:.3f}"
+
+
 def table(results: dict[str, Any]) -> str:
     columns = ["mean_iu", "mean_acc", *[f"iu_{n}" for n in THIN], "thin_mean_iu", "small_mean_iu", "boundary_iou"]
     header = [
@@ -215,7 +221,7 @@ def table(results: dict[str, Any]) -> str:
     ]
     rows = []
     for name, record in results["rows"].items():
-        value = lambda split, key: "" if record[split].get(key) is None else f"{record[split][key]:.3f}"  # noqa: E731
+        value = functools.partial(_cell, record)
         steps = str(record["steps"])
         if record.get("init_from"):
             steps = f"+{steps} from {record['init_from']}"

@@ -320,7 +320,8 @@ def table(records: list[dict[str, Any]]) -> str:
         memory = r.get("peak_rss_gib", r.get("peak_cuda_allocated_gib", ""))
         rows.append(
             [
-                r["candidate"], r["mode"], r["batch"], r.get("median_s", ""), r.get("images_per_s", ""), r.get("vs_seed", ""),
+                r["candidate"], r["mode"], r["batch"], r.get("median_s", ""), r.get("images_per_s", ""),
+                r.get("vs_seed", ""),
                 r.get("gflop", ""), r.get("gflops", ""), r.get("fraction_of_matmul", ""), memory,
             ]
         )  # fmt: skip
@@ -451,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             if train:
                 records += run_phase("train", train, batch, args, device)
     if not args.no_memory and device.type == "cpu":
-        print("\npeak memory, one fresh process per candidate (batch %d)" % batches[0])
+        print(f"\npeak memory, one fresh process per candidate (batch {batches[0]})")
         for record in records:
             if record["batch"] in (batches[0], train_batches[0]) and not record["candidate"].startswith("matmul"):
                 record.update(memory_of(record["candidate"], record["mode"], record["batch"], args, device))

@@ -158,7 +158,7 @@ def train_variant(name: str, args: argparse.Namespace, bf16: bool) -> dict[str, 
         raise SystemExit(f"fcnseg train ({name}) failed (exit {done.returncode}): {done.stderr[-2000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     clock = [0.0] + [r["train_seconds"] for r in records if "loss" in r]
-    durations = [b - a for a, b in zip(clock, clock[1:])][args.skip :]
+    durations = [b - a for a, b in zip(clock, clock[1:], strict=False)][args.skip :]
     cache_line = next((line for line in done.stderr.splitlines() if "cached in memory" in line), None)
     return {
         "s_per_step": statistics.mean(durations),

@@ -47,7 +47,7 @@ def check_finite(key: str, value: torch.Tensor, source: str, error: type[ValueEr
 class Checkpoint:
     """What a checkpoint file describes, with the model rebuilt from it."""
 
-    model: torch.nn.Module
+    model: SegmentationModel
     classes: list[str]
     palette: list[tuple[int, int, int]]
     ignore_index: int = 255
@@ -61,7 +61,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    model: torch.nn.Module,
+    model: SegmentationModel,
     *,
     classes: Sequence[str],
     palette: Sequence[Sequence[int]],
@@ -163,9 +163,9 @@ def check_description(description: Any, path: str | os.PathLike[str]) -> dict[st
         fail("palette", f"at least {num_classes} [R, G, B] colours of integers 0..255", palette)
     if not _is_int(description.get("ignore_index", 255)) or not 0 <= description.get("ignore_index", 255) <= 65535:
         fail("ignore_index", "an integer 0..65535", description.get("ignore_index"))
-    for field in ("recipe", "extra"):
-        if not isinstance(description.get(field, {}), dict):
-            fail(field, "a JSON object", description.get(field))
+    for key in ("recipe", "extra"):
+        if not isinstance(description.get(key, {}), dict):
+            fail(key, "a JSON object", description.get(key))
     try:
         Preprocessing.from_dict(description.get("preprocessing"))
     except (TypeError, ValueError, AttributeError) as error:

@@ -73,7 +73,8 @@ class Preprocessing:
         keys = {"channel_order", "scale", "mean", "std"}
         if not isinstance(data, Mapping) or set(data) != keys:
             raise ValueError(f"expected exactly the keys {sorted(keys)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
 
 #: The paper's Caffe weights (VGG_ILSVRC_16_layers and the published FCN models).

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 from tqdm import tqdm
 
@@ -123,7 +123,8 @@ class Progress:
         """A wrapper that shows a passing bar over the parts of one item (tiles, frames), on a terminal; else None."""
         if not self.terminal:
             return None
-        return functools.partial(tqdm, desc=name, unit=unit, leave=False, dynamic_ncols=True, file=self.stream)
+        bar = functools.partial(tqdm, desc=name, unit=unit, leave=False, dynamic_ncols=True, file=self.stream)
+        return cast(Callable[[Iterable[Item]], Iterator[Item]], bar)  # tqdm(iterable) iterates over it
 
     def close(self) -> None:
         """End the bar, or write the last line (when the position changed since the previous one)."""

@@ -77,7 +77,7 @@ def blob(
     if shape == "legacy":
         if len(dims) > 4:
             raise ValueError("legacy blobs have at most 4 dims")
-        for number, size in zip((1, 2, 3, 4), (1,) * (4 - len(dims)) + tuple(dims)):
+        for number, size in zip((1, 2, 3, 4), (1,) * (4 - len(dims)) + tuple(dims), strict=True):
             out += varint_field(number, size)
     flat = array.ravel()
     if values == "packed":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-import os
 
 #: ../shared/data beside the checkout; FCNSEG_SHARED_DATA points elsewhere (e.g. from a git worktree).
 SHARED_DATA = Path(os.environ.get("FCNSEG_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))

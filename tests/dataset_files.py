@@ -82,7 +82,8 @@ def rotation(pitch_deg: float, roll_deg: float) -> np.ndarray:
 
 
 def render(camera_height: float, pitch: float, roll: float, wall: float | None = 400.0, floor: bool = True):
-    """Depth (m) of a floor at -camera_height and a wall at z = ``wall`` (cm); which pixels see the wall; heights (cm)."""
+    """Depth (m) of a floor at -camera_height and a wall at z = ``wall`` (cm); which pixels see the wall; heights
+    (cm)."""
     fx, fy, cx, cy = INTRINSICS
     rows, cols = np.indices((120, 160), dtype=np.float64)
     rays = np.stack([(cols - cx) / fx, (rows - cy) / fy, np.ones_like(cols)], -1)  # z = 1: t is the depth

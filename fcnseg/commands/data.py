@@ -109,7 +109,7 @@ def open_listing_missing(kind: str, root: str | None, split: str, options: dict[
     return dataset
 
 
-def _open_other(args: argparse.Namespace, options: dict):
+def _open_other(args: argparse.Namespace, options: dict) -> SegmentationDataset | None:
     """The split to check against --split, or None (an unavailable default val split is skipped quietly)."""
     from ..data import NO_SPLIT, DatasetError
 
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
          "share": int(stats.pixel_counts[index]) / max(1, int(stats.pixel_counts.sum())),
          "images": int(stats.image_counts[index]), "frequency": float(stats.frequencies[index]),
          "weight": float(weight)}
-        for (index, name), weight in zip(enumerate(dataset.classes), stats.median_frequency_weights())
+        for (index, name), weight in zip(enumerate(dataset.classes), stats.median_frequency_weights(), strict=True)
     ]  # fmt: skip
     if args.json:
         print(

@@ -36,12 +36,14 @@ def reports_errors(
     """Decorate the ``run(args)`` of ``fcnseg <command>``: :class:`CommandError` and ``bad_input`` give 2,
     ``failed`` gives 1 (an error that is both is bad input), each with one line on stderr."""
 
+    caught_as_bad_input: tuple[type[BaseException], ...] = (CommandError, *bad_input)
+
     def decorate(run: Run) -> Run:
         @functools.wraps(run)
         def run_reporting_errors(args: argparse.Namespace) -> int:
             try:
                 return run(args)
-            except (CommandError, *bad_input) as error:
+            except caught_as_bad_input as error:
                 return _report(command, error, BAD_INPUT)
             except failed as error:
                 return _report(command, error, FAILED)

@@ -101,7 +101,8 @@ def _same_root(given: str | None, recorded: str | None) -> bool:
 
 
 def data_spec(args: argparse.Namespace, checkpoint: Checkpoint) -> tuple[str, str | None, dict[str, Any]]:
-    """(kind, root, options) to evaluate on: the command line's, over what the checkpoint recorded of its training data."""
+    """(kind, root, options) to evaluate on: the command line's, over what the checkpoint recorded of its training
+    data."""
     recorded = checkpoint.extra.get("data")
     recorded = recorded if isinstance(recorded, dict) else {}
     kind = args.data or recorded.get("kind")
@@ -132,7 +133,7 @@ def check_classes(checkpoint_classes: list[str], data_classes: list[str], checkp
             f"{checkpoint_path} predicts {len(checkpoint_classes)} classes but the dataset has "
             f"{len(data_classes)} ({', '.join(data_classes)})"
         )
-    differ = [(i, a, b) for i, (a, b) in enumerate(zip(checkpoint_classes, data_classes)) if a != b]
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(checkpoint_classes, data_classes, strict=True)) if a != b]
     if differ:
         shown = "; ".join(f"id {i}: checkpoint {a!r}, dataset {b!r}" for i, a, b in differ[:5])
         raise CheckpointError(f"{checkpoint_path}: class names differ from the dataset's ({shown})")
@@ -199,7 +200,7 @@ def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint,
 
 @reports_errors(NAME)
 def run(args: argparse.Namespace) -> int:
-    from ..data import open_dataset
+    from ..data import SegmentationDataset, open_dataset
     from ..evaluation.calibration_error import calibrate, reliability_diagram
     from ..evaluation.detail_metrics import BoundaryIoU, DiceScore, PerImageIU, SizeIU
     from ..evaluation.figures import confusion_matrix_figure, worst_images_figure
@@ -217,14 +218,15 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     kind, root, options = data_spec(args, checkpoint)
-    dataset = open_dataset(kind, root, args.split, **options)
-    check_classes(checkpoint.classes, list(dataset.classes), args.checkpoint)
+    opened = open_dataset(kind, root, args.split, **options)
+    check_classes(checkpoint.classes, list(opened.classes), args.checkpoint)
+    dataset: torch.utils.data.Subset | SegmentationDataset = opened
     if args.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+        dataset = torch.utils.data.Subset(opened, range(min(args.limit, len(opened))))
     n, ignore = len(checkpoint.classes), checkpoint.ignore_index
     if checkpoint.model.heads:  # e.g. SIFT Flow: one report per head
         return _run_heads(args, predictor, checkpoint, dataset)
-    detail = (
+    detail: dict[str, SizeIU | BoundaryIoU | DiceScore | PerImageIU] = (
         {
             "size": SizeIU(n, ignore),
             "boundary": BoundaryIoU(n, ignore),

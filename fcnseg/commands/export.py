@@ -19,7 +19,7 @@ def _shape(text: str) -> tuple[int, int, int, int]:
         shape = ()
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected NxCxHxW with C=3, e.g. 1x3x37x53, got {text!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--exporter",
         choices=EXPORTERS,
         default="dynamo",
-        help="torch.onnx exporter: dynamo (default, torch.export based) or torchscript (legacy, faster, deprecated by PyTorch)",
+        help="torch.onnx exporter: dynamo (default, torch.export based) or torchscript "
+        "(legacy, faster, deprecated by PyTorch)",
     )
     parser.add_argument(
         "--probabilities",
@@ -159,6 +160,7 @@ def export_int8_from_args(args: argparse.Namespace, tolerance: ParityTolerance) 
     if args.calibrate_data:
         options = {"ignore_index": checkpoint.ignore_index, **dict(args.calibrate_option)}
         calibration = calibration_split(args.calibrate_data, args.calibrate_root, args.calibrate, limit, **options)
+        assert calibration.classes is not None  # a calibration split of a dataset carries its classes
         check_classes(checkpoint.classes, calibration.classes, args.checkpoint)
     else:
         calibration = calibration_folder(args.calibrate, limit)
@@ -215,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     )
     output = "probability" if args.probabilities else "logit"
     print(
-        f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * max|{output}| + {tolerance.atol:g}):"
+        f"verified with ONNX Runtime ({report.exporter} exporter; pass if max|diff| <= {tolerance.rtol:g} * "
+        f"max|{output}| + {tolerance.atol:g}):"
     )
     for result in report.results:
         print(f"  {result.describe()}")

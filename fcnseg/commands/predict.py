@@ -250,7 +250,8 @@ def _report(args: argparse.Namespace, summaries: list[Summary], failed: list[str
     kept = f"; {done} found done in {args.out / MANIFEST_FOLDER} and kept" if done else ""
     processes = f" by {len(summaries)} processes" if len(summaries) > 1 else ""
     print(
-        f"wrote {predicted} mask(s) to {args.out}{kept}; {seconds:.1f} s{processes}, {predicted / max(seconds, 1e-9):.2f} images/s"
+        f"wrote {predicted} mask(s) to {args.out}{kept}; {seconds:.1f} s{processes}, "
+        f"{predicted / max(seconds, 1e-9):.2f} images/s"
     )
     if skipped:
         print(

@@ -58,7 +58,7 @@ def format_comparison(metrics: dict, published: tuple) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import open_dataset
+    from ..data import SegmentationDataset, open_dataset
     from ..evaluation.loop import evaluate
     from ..inference.predictor import load_predictor
     from ..weights import WeightsError, known_weights
@@ -67,11 +67,12 @@ def run(args: argparse.Namespace) -> int:
     entry = known_weights(args.name)
     if not entry.published:
         raise WeightsError(f"{entry.name}: no published seg11valid figures to compare with")
-    dataset = open_dataset("voc", args.voc, "seg11valid", sbd_root=args.sbd, voc2011_val=args.voc2011_val)
+    opened = open_dataset("voc", args.voc, "seg11valid", sbd_root=args.sbd, voc2011_val=args.voc2011_val)
     predictor, checkpoint = load_predictor(convert_known(entry), device=args.device)
-    total = len(dataset)
+    total = len(opened)
+    dataset: torch.utils.data.Subset | SegmentationDataset = opened
     if args.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, total)))
+        dataset = torch.utils.data.Subset(opened, range(min(args.limit, total)))
     device = predictor.device
     metrics = evaluate(predictor, dataset, len(checkpoint.classes), ignore_index=checkpoint.ignore_index)
     print(f"{entry.name} ({entry.model}) on seg11valid: {len(dataset)} of {total} images, {device}")

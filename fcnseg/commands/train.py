@@ -139,7 +139,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=HELP + ".\n\nSettings are layered: the recipe preset, then --config, then the flags, then --set "
-        "(in order).\nEvery setting has a dotted key (seed, model.width, recipe.lr, data_options.size); the flags below "
+        "(in order).\nEvery setting has a dotted key (seed, model.width, recipe.lr, data_options.size); the flags "
+        "below "
         f'are the common ones.\n\nrecipes (--recipe NAME, or a .json/.yaml file with an optional "base"):\n{presets}',
     )
     where = parser.add_mutually_exclusive_group(required=True)
@@ -213,7 +214,8 @@ def settings_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
 
 
 def default_recipe(settings: list[tuple[str, object]]) -> str:
-    """``modern`` where training runs on a GPU, else ``cpu`` (a light net on a clock: minutes, not days); said in one line."""
+    """``modern`` where training runs on a GPU, else ``cpu`` (a light net on a clock: minutes, not days); said in one
+    line."""
     import torch
 
     device = dict(settings).get("device", "auto")

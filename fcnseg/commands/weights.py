@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..weights import WeightsError
+from ..weights.registry import KnownWeights
 from .errors import reports_errors
 
 NAME = "weights"
@@ -50,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--width", type=float, default=1.0, help="channel multiplier of the model (default 1.0)")
 
 
-def _status(entry) -> str:
+def _status(entry: KnownWeights) -> str:
     from ..models import list_models
     from ..weights.convert import checkpoint_path
     from ..weights.download import download_path

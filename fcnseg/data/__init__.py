@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 from .base import InMemoryDataset, SegmentationDataset, Transform
@@ -35,7 +36,7 @@ from .voc import VOC_CLASSES, VOCDataset
 
 #: Dataset kinds and their classes; every class takes ``(root, split, **options)``
 #: except synthetic, which takes ``(split, **options)`` and no root.
-_KINDS: dict[str, type[SegmentationDataset]] = {
+_KINDS: dict[str, Callable[..., SegmentationDataset]] = {
     "voc": VOCDataset,
     "sbd": SBDDataset,
     "folder": FolderDataset,
@@ -99,6 +100,7 @@ def open_dataset(
     ):
         raise DatasetError(f"resize must be [height, width] in pixels, got {resize!r}")
     _check_options(kind, options)
+    dataset: SegmentationDataset
     if kind == "synthetic":
         if root is not None:
             raise DatasetError(f"the synthetic dataset is generated, it takes no root folder (got {root!r})")

@@ -160,7 +160,7 @@ class SegmentationDataset(Dataset):
                 f"{[name for name, _ in self.heads]} ({len(self.heads)}, H, W)"
             )
         start = 0
-        for row, (name, count) in zip(labels, self.heads):
+        for row, (name, count) in zip(labels, self.heads, strict=True):
             self._check_range(row, start, start + count, index, f" ({name} labels)")
             start += count
 
@@ -216,7 +216,7 @@ def _colour(value: Any) -> Colour:
     try:
         colour = tuple(int(v) for v in value)
         if len(colour) == 3 and all(0 <= v <= 255 for v in colour):
-            return colour  # type: ignore[return-value]
+            return colour
     except (TypeError, ValueError):
         pass
     raise DatasetError(f"palette entry {value!r} is not a colour; expected [R, G, B] with values 0..255")
@@ -227,6 +227,8 @@ class InMemoryDataset(SegmentationDataset):
 
     For tests and for small sets built in code; the same checks apply as for files.
     """
+
+    cached_bytes: int  # set by fcnseg.engine.data_cache on the copies it makes
 
     def __init__(
         self,

@@ -118,7 +118,7 @@ def read_colour_table(path: str | os.PathLike[str]) -> ColourTable:
 def count_colours(rgb: np.ndarray) -> dict[Colour, int]:
     """Pixels per distinct colour of a uint8 (H, W, 3) image."""
     codes, counts = np.unique(_codes(rgb), return_counts=True)
-    return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(codes, counts)}
+    return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(codes, counts, strict=True)}
 
 
 def count_border_colours(rgb: np.ndarray) -> dict[Colour, int]:
@@ -132,7 +132,7 @@ def count_border_colours(rgb: np.ndarray) -> dict[Colour, int]:
     border[:, 1:] |= horizontal
     border[:, :-1] |= horizontal
     values, counts = np.unique(codes[border], return_counts=True)
-    return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(values, counts)}
+    return {(int(c >> 16), int(c >> 8 & 255), int(c & 255)): int(n) for c, n in zip(values, counts, strict=True)}
 
 
 def unlabelled_colours(

@@ -144,7 +144,10 @@ def _proposal_text(table: ColourTable, surveys: Sequence[Survey], ignore_index: 
     labelled = sorted((colour, index) for colour, index in table.entries.items() if index != ignore_index)
     text = f"; proposed below: {len(labelled)} colours as class ids" if labelled else "; proposed below:"
     if labelled and [index for _, index in labelled] == list(range(len(labelled))):  # numbered in RGB order
-        text += f" 0..{len(labelled) - 1} in RGB order, not your class order (check each against classes.txt, line i = id i)"
+        text += (
+            f" 0..{len(labelled) - 1} in RGB order, not your class order "
+            "(check each against classes.txt, line i = id i)"
+        )
     elif labelled:
         text += " (check each against classes.txt, line i = id i)"
     for colour in [c for c, index in table.entries.items() if index == ignore_index]:
@@ -221,8 +224,10 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
                 "error",
                 "jpeg-masks",
                 (
-                    f"{len(train.lossy_items)} masks are JPEG files ({_examples(dataset, train.lossy_items)}); expected lossless "
-                    "PNG: JPEG compression changes class ids along every edge, so they are refused (export the masks as PNG)"
+                    f"{len(train.lossy_items)} masks are JPEG files ({_examples(dataset, train.lossy_items)}); "
+                    "expected lossless "
+                    "PNG: JPEG compression changes class ids along every edge, so they are refused (export the masks "
+                    "as PNG)"
                 ),
             )
         )
@@ -232,8 +237,10 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
                 "error",
                 "exif-rotation",
                 (
-                    f"{len(train.rotated_items)} masks have the size of their image as stored, but the image carries an EXIF "
-                    f"rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were drawn on the "
+                    f"{len(train.rotated_items)} masks have the size of their image as stored, but the image carries "
+                    "an EXIF "
+                    f"rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were drawn "
+                    "on the "
                     "unrotated pixels; --fix OUT writes them rotated the same way"
                 ),
             )
@@ -246,10 +253,13 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
                 "error" if ignored else "warning",
                 "binary-masks",
                 (
-                    f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if ignored else 'no class'}: "
-                    "there is no trainable foreground (255 is never trained nor scored: a run learns class 0 alone and every "
+                    "masks hold only the values 0 and 255, and 255 is "
+                    f"{'the ignore value' if ignored else 'no class'}: "
+                    "there is no trainable foreground (255 is never trained nor scored: a run learns class 0 alone "
+                    "and every "
                     "score reads perfect); open with "
-                    "--data-option binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 masks"
+                    "--data-option binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 "
+                    "masks"
                 ),
             )
         )
@@ -263,7 +273,8 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
                     "warning",
                     "class-missing",
                     (
-                        f"{len(missing)} of {dataset.num_classes} classes never occur in the {readable} readable train masks "
+                        f"{len(missing)} of {dataset.num_classes} classes never occur in the {readable} readable "
+                        "train masks "
                         f"checked: {_class_list(dataset, missing, other_pixels)}; the model cannot learn them"
                     ),
                 )

@@ -92,7 +92,8 @@ def _split_stems(
                         "items": len(chosen), "of": len(stems)}  # fmt: skip
     raise DatasetError(
         f"split file {named} does not exist; expected <root>/{text}.txt with one stem per line "
-        "(or split=None for every image; train/val are split automatically only when neither train.txt nor val.txt exists)"
+        "(or split=None for every image; train/val are split automatically only when neither train.txt nor val.txt "
+        "exists)"
     )
 
 
@@ -222,7 +223,8 @@ def _class_names(root: Path, classes: Sequence[str] | None, num_classes: int | N
     else:
         hint = _masks_hint(masks_dir)
         raise DatasetError(
-            f"{root} has no classes.txt{hint}; {'for masks of class ids, expected a classes.txt' if hint else 'expected one'}"
+            f"{root} has no classes.txt{hint}; "
+            f"{'for masks of class ids, expected a classes.txt' if hint else 'expected one'}"
             " (line i = name of id i), or pass classes=[...] or num_classes=N"
         )
     if num_classes is not None and int(num_classes) != len(names):

@@ -87,7 +87,10 @@ class NYUDDataset(PairedFileDataset):
         if intrinsics is not None and (len(intrinsics) != 4 or not all(float(v) > 0 for v in intrinsics)):
             raise DatasetError(f"intrinsics={intrinsics!r}; expected [fx, fy, cx, cy] in pixels, all positive")
         self.root, self.modality = str(root), modality
-        self.intrinsics = None if intrinsics is None else tuple(float(v) for v in intrinsics)
+        self.intrinsics: tuple[float, float, float, float] | None = None
+        if intrinsics is not None:  # four values, checked above
+            fx, fy, cx, cy = (float(v) for v in intrinsics)
+            self.intrinsics = (fx, fy, cx, cy)
         self.hha_dir = str(root / "data" / "hha" if hha_dir is None else hha_dir)
         self.depth_dir = str(root / "data" / "depth")
         ids, self.split_info = read_split(split, root)

@@ -40,7 +40,7 @@ class PairedFileDataset(SegmentationDataset):
         kept_ids, kept_images, kept_masks = [], [], []
         #: ``(id, reason)`` of each item dropped when opened (a missing file, with ``skip_bad=True``).
         self.dropped: list[tuple[str, str]] = []
-        for item_id, image_path, mask_path in zip(ids, image_paths, mask_paths):
+        for item_id, image_path, mask_path in zip(ids, image_paths, mask_paths, strict=True):
             problem = None
             # exists(), not is_file(): a FIFO or device is kept, and reading it says what it is.
             if not Path(image_path).exists():

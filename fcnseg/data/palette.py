@@ -38,11 +38,12 @@ def default_palette(num_classes: int) -> list[Colour]:
     Hues step by the golden ratio (neighbouring ids get far-apart hues) and saturation
     and brightness cycle, so the first 256 colours are all different.
     """
-    palette = []
+    palette: list[tuple[int, int, int]] = []
     for index in range(num_classes):
         hue = (index * 0.618033988749895) % 1.0
         saturation, value = (0.95, 0.6, 0.8)[index % 3], (0.95, 0.75, 0.55)[index // 3 % 3]
-        palette.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value)))
+        red, green, blue = (round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+        palette.append((red, green, blue))
     return palette
 
 

@@ -189,7 +189,7 @@ def _decode_jpeg_fully(image: Image.Image, data: bytes, what: str, path: PathLik
 def _open_decoded(path: PathLike, what: str, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode an image file (a truncated file fails here, not later; closed on failure)."""
     check_regular_file(path, what)
-    image = None
+    image: Image.Image | None = None
     try:
         image = Image.open(path)
         if max_pixels is not None and image.width * image.height > max_pixels:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .base import SegmentationDataset
 from .colours import ColourTable
 from .doctor import Survey, colour_table_for, survey
 from .errors import DatasetError
@@ -66,7 +67,7 @@ def _fixed_mask(
     return mask
 
 
-def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str]) -> list[str]:
+def write_fixed_copy(splits: Sequence[SegmentationDataset], out: str | os.PathLike[str]) -> list[str]:
     """Write the corrected copy of ``splits`` (e.g. train and val of one folder) to the new folder ``out``.
 
     Fixes colour masks (the dataset's ``colors`` table, else the proposed one), 0/255 binary masks (written 0/1) and
@@ -75,12 +76,13 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
     are left out and listed. Returns the lines of a report.
     """
     out = Path(out)
-    if not all(isinstance(dataset, FolderDataset) for dataset in splits):
+    folders = [dataset for dataset in splits if isinstance(dataset, FolderDataset)]
+    if len(folders) != len(splits):
         raise DatasetError("--fix works on folder datasets (images/ and masks/ paired by stem)")
-    first = splits[0]
+    first = folders[0]
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"--fix OUT writes a new folder; {out} exists and is not an empty folder")
-    found = [survey(dataset) for dataset in splits]
+    found = [survey(dataset) for dataset in folders]
     table = colour_table_for(found)
     binary = any(s.looks_binary for s in found) and all(s.values <= {0, 255} for s in found)
     classes = ["background", "foreground"] if binary and first.num_classes != 2 else first.classes
@@ -96,7 +98,7 @@ def write_fixed_copy(splits: Sequence[FolderDataset], out: str | os.PathLike[str
     (out / "images").mkdir(parents=True)
     (out / "masks").mkdir()
     report = []
-    for dataset, checked in zip(splits, found):
+    for dataset, checked in zip(folders, found, strict=True):
         kept = []
         left_out = [f"  left out {item}: {reason}" for item, reason in checked.missing]
         for index in range(len(dataset)):

@@ -49,7 +49,8 @@ PathLike = str | os.PathLike[str]
 
 
 def _shifted(label: np.ndarray, classes: int, ignore_index: int, offset: int) -> np.ndarray:
-    """File labels 1..classes -> ids offset..offset+classes-1; void (<= 0) -> ignore; anything else kept (and refused)."""
+    """File labels 1..classes -> ids offset..offset+classes-1; void (<= 0) -> ignore; anything else kept (and
+    refused)."""
     return np.where(label <= 0, ignore_index, label - 1 + offset)
 
 
@@ -84,7 +85,7 @@ class SIFTFlowDataset(PairedFileDataset):
         )
         if labels == "both":
             self.heads = (("sem", len(SEMANTIC_CLASSES)), ("geo", len(GEOMETRIC_CLASSES)))
-        self.geo_paths = {str(s): str(g) for s, g in zip(semantic, geometric)}
+        self.geo_paths = {str(s): str(g) for s, g in zip(semantic, geometric, strict=True)}
         super().__init__(
             name=f"SIFT Flow {root} split {text}",
             ids=ids,

@@ -13,7 +13,9 @@ count). A class that never occurs gets weight 0 (it cannot be learned and must n
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -64,8 +66,9 @@ def class_statistics(dataset: Dataset, num_classes: int | None = None, *, progre
     pixel_counts = torch.zeros(num_classes, dtype=torch.int64)
     present_pixels = torch.zeros(num_classes, dtype=torch.int64)
     image_counts = torch.zeros(num_classes, dtype=torch.int64)
-    with Progress(len(dataset), label="class statistics", unit="image", show=progress) as shown:
-        for index in range(len(dataset)):
+    length = len(cast(Sized, dataset))  # map-style datasets have a length
+    with Progress(length, label="class statistics", unit="image", show=progress) as shown:
+        for index in range(length):
             shown.update()
             mask = _mask_of(dataset, index)
             if mask is None:
@@ -97,7 +100,8 @@ def median_frequency_weights(
     ``counts_c / counts.sum()`` (equal to it only when every class occurs in every image).
     """
     if isinstance(counts, ClassStatistics):
-        counts, present_pixels = counts.pixel_counts, counts.present_pixels
+        present_pixels = counts.present_pixels
+        counts = counts.pixel_counts
     counts = torch.as_tensor(counts).double()
     if counts.dim() != 1 or bool((counts < 0).any()):
         raise ValueError(f"counts must be a 1-D tensor of non-negative pixel counts, got {counts}")

@@ -149,7 +149,7 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     values = tuple(int(v) for v in value)
     if len(values) != 2:
         raise DatasetError(f"{name} must be an int or a pair, got {value!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -225,13 +225,13 @@ def _rotated(x: np.ndarray, y: np.ndarray, cx: float, cy: float, angle: float) -
     return c * dx + s * dy, -s * dx + c * dy
 
 
-def _disc(rng, x, y, side, height, width):
+def _disc(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, side: float, height: int, width: int) -> np.ndarray:
     cx, cy = _centre(rng, height, width)
     radius = rng.uniform(0.11, 0.19) * side
     return (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
 
 
-def _square(rng, x, y, side, height, width):
+def _square(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, side: float, height: int, width: int) -> np.ndarray:
     cx, cy = _centre(rng, height, width)
     half = rng.uniform(0.10, 0.17) * side
     aspect = rng.uniform(1.0, 1.5)
@@ -239,7 +239,9 @@ def _square(rng, x, y, side, height, width):
     return (np.abs(u) <= half * aspect) & (np.abs(v) <= half)
 
 
-def _triangle(rng, x, y, side, height, width):
+def _triangle(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, side: float, height: int, width: int
+) -> np.ndarray:
     cx, cy = _centre(rng, height, width)
     radius = rng.uniform(0.15, 0.25) * side
     angles = rng.uniform(0, 2 * np.pi) + np.arange(3) * (2 * np.pi / 3) + rng.uniform(-0.2, 0.2, size=3)
@@ -252,7 +254,7 @@ def _triangle(rng, x, y, side, height, width):
     return inside
 
 
-def _ring(rng, x, y, side, height, width):
+def _ring(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, side: float, height: int, width: int) -> np.ndarray:
     cx, cy = _centre(rng, height, width)
     outer = rng.uniform(0.15, 0.24) * side
     inner = outer * rng.uniform(0.45, 0.65)
@@ -260,7 +262,7 @@ def _ring(rng, x, y, side, height, width):
     return (squared <= outer**2) & (squared >= inner**2)
 
 
-def _bar(rng, x, y, side, height, width):
+def _bar(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, side: float, height: int, width: int) -> np.ndarray:
     cx, cy = _centre(rng, height, width)
     half_length = rng.uniform(0.35, 0.7) * side / 2
     half_width = max(2.0, rng.uniform(0.025, 0.04) * side)
@@ -268,7 +270,7 @@ def _bar(rng, x, y, side, height, width):
     return (np.abs(u) <= half_length) & (np.abs(v) <= half_width)
 
 
-def _dot(rng, x, y, side, height, width):
+def _dot(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, side: float, height: int, width: int) -> np.ndarray:
     cx, cy = rng.uniform(0.03, 0.97) * width, rng.uniform(0.03, 0.97) * height
     radius = max(3.5, rng.uniform(0.045, 0.065) * side)
     return (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
@@ -278,29 +280,29 @@ def _stripes(coordinate: np.ndarray, phase: float) -> np.ndarray:
     return ((coordinate + phase) // 2) % 2 == 0  # period 4 px: 2 on, 2 off
 
 
-def _horizontal_stripes(rng, x, y, region):
+def _horizontal_stripes(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, region: np.ndarray) -> np.ndarray:
     return _stripes(y, float(rng.integers(0, 4)))
 
 
-def _vertical_stripes(rng, x, y, region):
+def _vertical_stripes(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, region: np.ndarray) -> np.ndarray:
     return _stripes(x, float(rng.integers(0, 4)))
 
 
-def _checkerboard(rng, x, y, region):
+def _checkerboard(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, region: np.ndarray) -> np.ndarray:
     return ((x + rng.integers(0, 4)) // 2 + (y + rng.integers(0, 4)) // 2) % 2 == 0
 
 
-def _diagonal_stripes(rng, x, y, region):
+def _diagonal_stripes(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, region: np.ndarray) -> np.ndarray:
     direction = y if rng.random() < 0.5 else -y
     return ((x + direction + rng.integers(0, 6)) // 3) % 2 == 0
 
 
-def _mesh(rng, x, y, region):
+def _mesh(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Lines of colour a every 3 px in both directions (a grid)."""
     return ((x + rng.integers(0, 3)) % 3 == 0) | ((y + rng.integers(0, 3)) % 3 == 0)
 
 
-def _rimmed(rng, x, y, region):
+def _rimmed(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Colour a inside, colour b on a one-pixel rim (the region minus its erosion)."""
     inner = region.copy()
     inner[1:, :] &= region[:-1, :]

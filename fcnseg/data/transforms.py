@@ -28,13 +28,10 @@ DEFAULT_FILL: tuple[int, int, int] = TORCHVISION.mean_rgb_uint8()
 def _size_pair(size: int | Sequence[int] | None, name: str) -> tuple[int, int] | None:
     if size is None:
         return None
-    if isinstance(size, int):
-        pair = (size, size)
-    else:
-        pair = tuple(int(v) for v in size)
+    pair = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 class RandomScale:

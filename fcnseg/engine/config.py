@@ -112,7 +112,8 @@ def known_keys() -> list[str]:
 
 def _key_type(key: str) -> Any:
     """The declared type of a dotted key (``Any`` below an object field); ValueError for an unknown key."""
-    parts, cls = key.split("."), TrainConfig
+    parts = key.split(".")
+    cls: type = TrainConfig
     if parts[0] == "recipe" and len(parts) > 1:
         parts, cls = parts[1:], Recipe
     hint = None if (cls is TrainConfig and parts[0] == "recipe") else typing.get_type_hints(cls).get(parts[0])

@@ -78,6 +78,7 @@ def run_demo(out_dir: str | Path, **options: Any) -> DemoResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     config = demo_config(**options)
+    assert config.threads is not None  # demo_config always sets it
     torch.set_num_threads(config.threads)  # evaluation and prediction too, not only training
     result = train(config, out_dir, overwrite=True)
     predictor, checkpoint = load_predictor(out_dir / BEST_CHECKPOINT, device="cpu")
@@ -113,9 +114,11 @@ def summary(result: DemoResult) -> str:
         f"fcnseg demo: {model['name']} width {model['width']} trained from scratch on the synthetic set "
         f"({result.steps} steps, {result.train_seconds:.0f} s of training, {result.seconds:.0f} s in all, "
         f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() != 1 else ''})",
-        f"validation ({result.val_images} images): mean IU {metrics['mean_iu']:.3f}  pixel acc {metrics['pixel_acc']:.3f}  "
+        f"validation ({result.val_images} images): mean IU {metrics['mean_iu']:.3f}  pixel acc "
+        f"{metrics['pixel_acc']:.3f}  "
         f"mean acc {metrics['mean_acc']:.3f}  fw IU {metrics['fw_iu']:.3f}",
-        "per-class IU: " + "  ".join(f"{name} {iu:.2f}" for name, iu in zip(result.classes, metrics["iu"])),
+        "per-class IU: "
+        + "  ".join(f"{name} {iu:.2f}" for name, iu in zip(result.classes, metrics["iu"], strict=True)),
         f"wrote {result.out_dir}/: {BEST_CHECKPOINT}, metrics.json, metrics.jsonl, {CURVES_FILE}, {OVERLAYS_FILE}, "
         "predictions/",
     ]

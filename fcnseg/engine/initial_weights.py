@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
+from ..models.contract import SegmentationModel
 
 INIT_KINDS = ("scratch", "imagenet", "vgg16-torchvision", "caffe", "checkpoint")
 
 
-def apply_initial_weights(model: nn.Module, spec: str | None) -> str:
+def apply_initial_weights(model: SegmentationModel, spec: str | None) -> str:
     """Initialise ``model`` in place from ``spec`` (see the module docstring); returns a description."""
     if spec in (None, "", "scratch"):
         return "scratch (He initialisation, score layers at zero)"

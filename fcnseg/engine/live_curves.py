@@ -61,7 +61,7 @@ class LiveCurves:
                 if len(values.get("iu") or []) == len(classes)
                 else [str(index) for index in range(len(values.get("iu") or []))]
             )
-            for name, iu in zip(names, values.get("iu") or []):
+            for name, iu in zip(names, values.get("iu") or [], strict=False):
                 if iu is not None and math.isfinite(iu):
                     self.writer.add_scalar(f"{prefix}iu/{name}", iu, step)
 

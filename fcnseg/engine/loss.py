@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +216,7 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     def summed(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probability = F.softmax(logits.float(), dim=1).movedim(1, -1)  # (N, H, W, C)
         weight = None if self.weight is None else self.weight.to(logits.device)
-        groups = zip(probability, target) if self.per_image else [(probability, target)]
+        groups = zip(probability, target, strict=True) if self.per_image else [(probability, target)]
         losses = [_lovasz_softmax(p[t != self.ignore_index], t[t != self.ignore_index], weight) for p, t in groups]
         return torch.stack(losses).sum() * (1 if self.per_image else target.shape[0])
 
@@ -278,7 +278,7 @@ class HeadsLoss(SegmentationLoss):
         self.starts = [sum(count for _, count in self.heads[:k]) for k in range(len(self.heads))]
         total = sum(count for _, count in self.heads)
         self.losses: list[SegmentationLoss] = []
-        for start, (_, count) in zip(self.starts, self.heads):
+        for start, (_, count) in zip(self.starts, self.heads, strict=True):
             head = copy.copy(loss)
             for name in ("weight", "alpha"):  # per-class factors follow the head's classes
                 value = getattr(head, name, None)
@@ -296,15 +296,19 @@ class HeadsLoss(SegmentationLoss):
                 f"head (N, {len(self.heads)}, H, W), got {tuple(target.shape)}"
             )
         return [
-            torch.where(row == self.ignore_index, row, row - start) for row, start in zip(target.unbind(1), self.starts)
+            torch.where(row == self.ignore_index, row, row - start)
+            for row, start in zip(target.unbind(1), self.starts, strict=True)
         ]
 
     def summed(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pieces = zip(self.losses, self.starts, self.heads, self.head_targets(target))
-        return sum(loss.summed(logits[:, start : start + count], row) for loss, start, (_, count), row in pieces)
+        pieces = zip(self.losses, self.starts, self.heads, self.head_targets(target), strict=True)
+        total = sum(loss.summed(logits[:, start : start + count], row) for loss, start, (_, count), row in pieces)
+        return cast(torch.Tensor, total)  # a sum of tensors: there is always at least one head
 
     def normalizer(self, target: torch.Tensor) -> torch.Tensor:
-        return torch.stack([loss.normalizer(row) for loss, row in zip(self.losses, self.head_targets(target))]).mean()
+        return torch.stack(
+            [loss.normalizer(row) for loss, row in zip(self.losses, self.head_targets(target), strict=True)]
+        ).mean()
 
 
 def loss_for_model(loss: SegmentationLoss, model: SegmentationModel | torch.nn.Module) -> SegmentationLoss:

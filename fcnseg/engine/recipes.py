@@ -121,7 +121,7 @@ def load_preset(spec: str) -> dict[str, Any]:
 
     A file may name a ``"base"`` preset; its own fields are laid over the base's.
     """
-    shipped = resources.files("fcnseg").joinpath("recipes", f"{spec}.json")
+    shipped = resources.files("fcnseg").joinpath("recipes").joinpath(f"{spec}.json")
     if "/" not in spec and shipped.is_file():
         data = json.loads(shipped.read_text(encoding="utf-8"))
         return {**data, "recipe": {"name": spec, **data.get("recipe", {})}}

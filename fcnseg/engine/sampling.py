@@ -73,9 +73,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         batch = self.start_batch
         while True:
-            epoch, within = divmod(batch, self.batches_per_epoch)
+            epoch, start = divmod(batch, self.batches_per_epoch)
             order = epoch_permutation(self.length, self.seed, epoch)
-            for within in range(within, self.batches_per_epoch):
+            for within in range(start, self.batches_per_epoch):
                 first = within * self.global_batch + self.rank * self.micro_batch
                 positions = range(first, first + self.micro_batch)
                 yield [(order[p], sample_seed(self.seed, epoch, p)) for p in positions]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,7 +30,8 @@ class TrainStateError(ValueError):
 
 def capture_rng_state() -> dict[str, Any]:
     """This process's RNG states, as tensors and plain values."""
-    mt_name, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    legacy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())  # the legacy tuple
+    mt_name, keys, position, has_gauss, cached_gauss = legacy_state
     python_version, python_internal, python_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ from ..evaluation.loop import evaluate
 from ..evaluation.metrics import json_safe
 from ..files import atomic_write_text, sweep_temporary_files
 from ..inference.predictor import Predictor
-from ..models import create_model
+from ..models import SegmentationModel, create_model
 from ..progress import Progress
 from .config import TrainConfig, get_value, resolve_key, set_value
 from .data_cache import cache_splits, in_memory  # noqa: F401 (in_memory: the engine's name for it before)
@@ -103,7 +103,7 @@ class Run:
     config: TrainConfig
     ctx: DistContext
     out_dir: Path
-    model: nn.Module  # the bare model (what gets saved)
+    model: SegmentationModel  # the bare model (what gets saved)
     network: nn.Module  # what training calls: the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     lr_factor: LRFactor  # over steps, or over CLOCK_RESOLUTION moments of the clock
@@ -246,7 +246,7 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
     loss = loss_for_model(
         build_loss(
             recipe.loss,
-            reduction=recipe.reduction,
+            reduction=cast(Literal["sum", "mean"], recipe.reduction),  # Recipe checks it is one of REDUCTIONS
             ignore_index=train_set.ignore_index,
             weight=weight,
             **recipe.loss_options,
@@ -255,7 +255,7 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
     )  # one loss per head of a multi-head net
 
     optimizer = build_optimizer(
-        model,
+        cast(nn.Module, model),  # every SegmentationModel is an nn.Module
         name=recipe.optimizer,
         lr=recipe.lr,
         momentum=recipe.momentum,
@@ -276,12 +276,13 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
     elif config.cpu_bf16 and ctx.device.type == "cpu" and cpu_has_native_bf16():
         amp_dtype = torch.bfloat16
 
-    network: nn.Module = model
+    network = cast(nn.Module, model)
     if ctx.distributed:
         if ctx.device.type == "cuda":  # one set of BatchNorm statistics over all GPUs (gloo CPU runs keep their own)
-            network = model = nn.SyncBatchNorm.convert_sync_batchnorm(
-                model
-            )  # same parameter tensors: the optimiser still holds them
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(
+                network
+            )  # same parameter tensors: the optimiser holds them
+            model = cast(SegmentationModel, network)
         network = DistributedDataParallel(network, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     # Each rank draws its own dropout masks from here on.
     torch.manual_seed(config.seed * 1000 + 1 + ctx.rank)
@@ -411,13 +412,18 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
     _apply_lr(run)
     device, world = run.ctx.device, run.ctx.world_size
     masks = [m.to(device, non_blocking=True) for _, m in batches]
-    normalizer = all_reduce_sum(sum(run.loss.normalizer(m) for m in masks).reshape(1).float())
+    total_normalizer = cast(torch.Tensor, sum(run.loss.normalizer(m) for m in masks))  # one batch at least
+    normalizer = all_reduce_sum(total_normalizer.reshape(1).float())
     # DDP averages gradients over ranks; scaling by the world size makes that the global sum / normaliser.
     scale = world / normalizer.clamp(min=torch.finfo(torch.float32).tiny)
     total = torch.zeros(1, device=device)
-    for index, ((images, _), target) in enumerate(zip(batches, masks)):
+    for index, ((images, _), target) in enumerate(zip(batches, masks, strict=True)):
         last = index == len(batches) - 1
-        sync = contextlib.nullcontext() if last or not run.ctx.distributed else run.network.no_sync()
+        sync = (
+            contextlib.nullcontext()
+            if last or not run.ctx.distributed
+            else cast(DistributedDataParallel, run.network).no_sync()
+        )
         autocast = torch.autocast(device.type, dtype=run.amp_dtype) if run.amp_dtype else contextlib.nullcontext()
         with sync:
             with autocast:
@@ -767,7 +773,8 @@ def _loop(run: Run, stop: dict[str, Any], progress: Any, curves: LiveCurves | No
     """Steps until the run's length is trained: log, validate when due, save, stop on a signal."""
     config, length, out_dir = run.config, run.length, run.out_dir
     batches = train_loader(run)
-    started, images_seen, last_metrics = time.perf_counter(), 0, {}
+    started, images_seen = time.perf_counter(), 0
+    last_metrics: dict[str, Any] = {}
     saved_at = run.train_seconds
     run.network.train()
     while not run.finished:

@@ -67,7 +67,8 @@ class ReliabilityBins(CountAccumulator):
         return self
 
     def compute(self) -> dict[str, Any]:
-        """``ece``, ``mce``, ``pixels``, ``accuracy``, ``mean_confidence`` and per-bin ``bins`` (NaN where undefined)."""
+        """``ece``, ``mce``, ``pixels``, ``accuracy``, ``mean_confidence`` and per-bin ``bins`` (NaN where
+        undefined)."""
         pixels, correct, confidence = (self.counts[k].double() for k in ("pixels", "correct", "confidence"))
         total = float(pixels.sum())
         filled = pixels > 0
@@ -111,7 +112,7 @@ def calibrate(
     batches = dataset_batches(data, num_workers)
     with batch_progress(batches, "calibrate", progress) as shown:
         for images, masks in batches:
-            for image, target in zip(images, masks):
+            for image, target in zip(images, masks, strict=True):
                 result = predictor.confidence(image)
                 matrix.update(result.mask, target)  # first: it checks the labels' range
                 bins.update(result.top1, result.mask, target)

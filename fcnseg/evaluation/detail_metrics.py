@@ -48,7 +48,7 @@ Per-image mean IU (:class:`PerImageIU`)
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -146,13 +146,17 @@ class SizeIU(CountAccumulator):
         connectivity: int = 8,
     ) -> None:
         edges = [int(e) for e in edges]
-        if not edges or edges[0] < 1 or any(a >= b for a, b in zip(edges, edges[1:])):
+        if not edges or edges[0] < 1 or any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
             raise ValueError(f"size bin edges must be increasing positive pixel areas, got {edges}")
         if names is None:
             names = (
                 SIZE_NAMES
                 if tuple(edges) == SIZE_EDGES
-                else ([f"<{edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]}"])
+                else (
+                    [f"<{edges[0]}"]
+                    + [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:], strict=False)]
+                    + [f">={edges[-1]}"]
+                )
             )
         if len(names) != len(edges) + 1:
             raise ValueError(f"{len(edges)} size bin edges need {len(edges) + 1} names, got {list(names)}")
@@ -168,13 +172,13 @@ class SizeIU(CountAccumulator):
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of class maps (N, H, W) or one (H, W)."""
         pred, target = _class_maps(pred, target, self.num_classes, self.ignore_index)
-        for p, t in zip(pred.cpu().numpy(), target.cpu().numpy()):
+        for p, t in zip(pred.cpu().numpy(), target.cpu().numpy(), strict=True):
             self._add_image(p, t)
 
     def _bins(self, areas: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.edges, areas, side="right")
 
-    def _add(self, key: str, c: int, bins: np.ndarray, weights: np.ndarray | None = None) -> None:
+    def _add(self, key: str, c: int | np.integer, bins: np.ndarray, weights: np.ndarray | None = None) -> None:
         counted = np.bincount(bins, weights=weights, minlength=len(self.names))
         self.counts[key][c] += torch.from_numpy(counted.astype(np.int64))
 
@@ -229,7 +233,9 @@ def boundary_width(height: int, width: int, ratio: float = 0.02) -> int:
     return max(1, int(round(ratio * math.hypot(height, width))))
 
 
-def _window(x: torch.Tensor, size: int, dim: int, op) -> torch.Tensor:
+def _window(
+    x: torch.Tensor, size: int, dim: int, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """``op`` (torch.maximum or torch.minimum) over every run of ``size`` values along ``dim``
     (output length n - size + 1), by doubling windows: about log2(size) element-wise ops."""
     span = 1
@@ -267,7 +273,8 @@ class BoundaryIoU(CountAccumulator):
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of class maps (N, H, W) or one (H, W); d follows the maps' size."""
         pred, target = _class_maps(pred, target, self.num_classes, self.ignore_index)
-        d = boundary_width(*target.shape[-2:], ratio=self.ratio)
+        height, width = target.shape[-2:]
+        d = boundary_width(height, width, ratio=self.ratio)
         valid = target != self.ignore_index
         in_truth = boundary_regions(target, d) & valid
         in_pred = boundary_regions(pred, d) & valid
@@ -330,7 +337,7 @@ class PerImageIU:
         ids = list(range(len(self.ids), len(self.ids) + len(pred))) if ids is None else list(ids)
         if len(ids) != len(pred):
             raise ValueError(f"{len(ids)} ids for a batch of {len(pred)} images")
-        for p, t, image_id in zip(pred, target, ids):
+        for p, t, image_id in zip(pred, target, ids, strict=True):
             confusion = ConfusionMatrix(self.num_classes, self.ignore_index, device=t.device)
             confusion.update(p, t)
             self.ids.append(image_id)

@@ -137,6 +137,12 @@ def _as_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return array.transpose(1, 2, 0) if array.ndim == 3 and array.shape[0] == 3 else array
 
 
+def _unit_rgb(colour: Sequence[int]) -> tuple[float, float, float]:
+    """An 8-bit (R, G, B) as matplotlib's 0..1 floats."""
+    red, green, blue = colour
+    return red / 255, green / 255, blue / 255
+
+
 def overlay_grid(
     images: Sequence[torch.Tensor],
     masks_pred: Sequence[torch.Tensor],
@@ -185,7 +191,7 @@ def overlay_grid(
 
         shown = sorted({int(v) for m in [*masks_pred, *(masks_gt or [])] for v in torch.as_tensor(m).unique().tolist()
                         if 0 <= int(v) < len(classes)})  # fmt: skip
-        handles = [Patch(color=np.asarray(palette[c]) / 255, label=classes[c]) for c in shown]
+        handles = [Patch(color=_unit_rgb(palette[c]), label=classes[c]) for c in shown]
         figure.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=8, frameon=False)
         figure.subplots_adjust(bottom=0.04 + 0.25 / max(1, len(images)))
     return _save(figure, png)
@@ -243,7 +249,9 @@ def confusion_matrix_figure(
     shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth class")
     ax.set_xticks(range(n), labels=list(classes), rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), labels=[f"{name} ({int(t):,})" for name, t in zip(classes, totals[:, 0])], fontsize=8)
+    ax.set_yticks(
+        range(n), labels=[f"{name} ({int(t):,})" for name, t in zip(classes, totals[:, 0], strict=True)], fontsize=8
+    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class (pixels)")
     if n <= 25:

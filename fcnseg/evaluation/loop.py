@@ -13,8 +13,8 @@ the first head's metrics, as for any model, plus every head's under ``"heads"`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence, Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -38,7 +38,7 @@ def dataset_batches(data: Dataset | Iterable, num_workers: int) -> Iterable:
     """Batches ``(images (N,3,H,W) uint8, masks (N,H,W))`` from a dataset (this rank's share) or a loader."""
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         rank, world = rank_and_world()
-        share = Subset(data, list(range(rank, len(data), world))) if world > 1 else data
+        share = Subset(data, list(range(rank, len(cast(Sized, data)), world))) if world > 1 else data
         return DataLoader(share, batch_size=1, num_workers=num_workers, collate_fn=_one_item_batch)
     return data
 
@@ -46,7 +46,7 @@ def dataset_batches(data: Dataset | Iterable, num_workers: int) -> Iterable:
 def batch_progress(batches: Iterable, label: str, show: bool) -> Progress:
     """The progress reporter over ``batches`` (a bar on a terminal, lines elsewhere); only rank 0 shows it."""
     rank, _ = rank_and_world()
-    total = len(batches) if hasattr(batches, "__len__") else None
+    total = len(batches) if isinstance(batches, Sized) else None
     return Progress(total, label=label, unit="batch", show=show and rank == 0)
 
 
@@ -83,9 +83,10 @@ def confusion_matrix(
     ``accumulators`` (e.g. :mod:`fcnseg.evaluation.detail_metrics`' ones) get every batch's ``update(pred, target)``
     too, and are summed over ranks at the end.
     """
-    if _heads(model):
+    heads = _heads(model)
+    if heads:
         raise ValueError(
-            f"the model has several heads {[name for name, _ in _heads(model)]}: one confusion matrix "
+            f"the model has several heads {[name for name, _ in heads]}: one confusion matrix "
             "cannot score them; use head_confusion_matrices or evaluate (which reports every head)"
         )
     predictor = as_predictor(model, device, **predictor_options)
@@ -110,14 +111,14 @@ def evaluate(
     device: str | torch.device | None = None,
     ignore_index: int = 255,
     **options: Any,
-) -> dict[str, float | list[float]]:
+) -> dict[str, Any]:
     """``ConfusionMatrix.compute()`` of ``model`` over ``data``: pixel_acc, mean_acc, mean_iu, fw_iu, iu, acc.
 
     Options as for :func:`confusion_matrix`. For a model with heads, see :func:`evaluate_heads`.
     """
     if _heads(model):
         return evaluate_heads(model, data, device, ignore_index, **options)
-    return confusion_matrix(model, data, num_classes, device, ignore_index, **options).compute()
+    return dict(confusion_matrix(model, data, num_classes, device, ignore_index, **options).compute())
 
 
 # --- models with several heads (the SIFT Flow nets) ------------------------------------------------
@@ -145,13 +146,15 @@ def head_confusion_matrices(
     """
     predictor = as_predictor(model, device, **predictor_options)
     heads = _heads(predictor)
+    if heads is None:
+        raise ValueError("the model has one head: use confusion_matrix or evaluate")
     matrices = {name: ConfusionMatrix(count, ignore_index, device=predictor.device) for name, count in heads}
     batches = dataset_batches(data, num_workers)
     with batch_progress(batches, "evaluate", progress) as shown:
         for images, masks in batches:
-            for image, mask in zip(images, masks):
+            for image, mask in zip(images, masks, strict=True):
                 logits, start = predictor.logits(image), 0
-                for (name, count), row in zip(heads, mask):
+                for (name, count), row in zip(heads, mask, strict=True):
                     target = torch.where(row == ignore_index, row, row - start)
                     matrices[name].update(logits[start : start + count].argmax(0).to(predictor.device), target)
                     start += count

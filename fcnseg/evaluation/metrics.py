@@ -17,9 +17,20 @@ where ``t_i = sum_j n_ij`` is the number of ground-truth pixels of class i.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
+
+
+class Scores(TypedDict):
+    """What :meth:`ConfusionMatrix.compute` returns."""
+
+    pixel_acc: float
+    mean_acc: float
+    mean_iu: float
+    fw_iu: float
+    iu: list[float]
+    acc: list[float]
 
 
 class ConfusionMatrix:
@@ -77,7 +88,7 @@ class ConfusionMatrix:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 
-    def compute(self) -> dict[str, float | list[float]]:
+    def compute(self) -> Scores:
         """``{"pixel_acc", "mean_acc", "mean_iu", "fw_iu": float in 0..1, "iu", "acc": per-class lists}``.
 
         A class's ``acc`` is NaN when it has no ground-truth pixels. With no pixels counted at all, every value is NaN.
@@ -116,9 +127,9 @@ class ConfusionMatrix:
         totals = self.matrix.cpu().sum(dim=1).tolist()
         per_class = {
             name: {"iu": iu, "acc": acc, "pixels": int(t)}
-            for name, iu, acc, t in zip(classes, metrics["iu"], metrics["acc"], totals)
+            for name, iu, acc, t in zip(classes, metrics["iu"], metrics["acc"], totals, strict=True)
         }
-        absent = [name for name, t in zip(classes, totals) if t == 0]
+        absent = [name for name, t in zip(classes, totals, strict=True) if t == 0]
         return {
             **metrics,
             "classes": list(classes),

@@ -57,6 +57,7 @@ from .agreement import PixelAgreement
 from .onnx import (
     DEFAULT_CHECK_SHAPES,
     INPUT_NAME,
+    Exporter,
     ExportError,
     ParityTolerance,
     _name_dynamic_dims,
@@ -244,7 +245,8 @@ def _without_cuda_runtime_notice() -> Iterator[None]:
 def _quantize_nncf(
     fp32: Path, blobs: list, method: str, restore_agreement: tuple[list[torch.Tensor], float] | None = None
 ) -> Any:
-    """NNCF's quantization of ``fp32``; with ``restore_agreement`` ``(fp32 masks, min_agreement)``, its accuracy control."""
+    """NNCF's quantization of ``fp32``; with ``restore_agreement`` ``(fp32 masks, min_agreement)``, its accuracy
+    control."""
     try:
         import nncf
     except ImportError:
@@ -258,7 +260,7 @@ def _quantize_nncf(
     if restore_agreement is None:
         return nncf.quantize(onnx.load(str(fp32)), dataset, preset=preset, subset_size=len(blobs))
     masks, min_agreement = restore_agreement
-    validation = nncf.Dataset(list(zip(blobs, masks)), lambda item: {INPUT_NAME: item[0]})
+    validation = nncf.Dataset(list(zip(blobs, masks, strict=True)), lambda item: {INPUT_NAME: item[0]})
     max_drop = max(0.0, 1.0 - min_agreement - ACCURACY_CONTROL_MARGIN)
     return nncf.quantize_with_accuracy_control(
         _unshare_weights(onnx.load(str(fp32))),
@@ -383,13 +385,17 @@ def _agreement(
     predictor = Predictor(OnnxModel(path, runtime))
     agreement = PixelAgreement()
     matrices = [ConfusionMatrix(num_classes, ignore_index) for _ in range(2)] if calibration.masks else None
-    for index, (image, fp32_mask) in enumerate(zip(calibration.images, reference)):
+    for index, (image, fp32_mask) in enumerate(zip(calibration.images, reference, strict=True)):
         mask = predictor.mask(image)
         agreement.add(mask, fp32_mask)
         if matrices:
-            for matrix, predicted in zip(matrices, (fp32_mask, mask)):
+            for matrix, predicted in zip(matrices, (fp32_mask, mask), strict=True):
+                assert calibration.masks is not None  # matrices exist only for labelled calibration images
                 matrix.update(predicted.long(), calibration.masks[index])
-    mean_iu = tuple(float(m.compute()["mean_iu"]) for m in matrices) if matrices else None
+    mean_iu = None
+    if matrices:
+        fp32_iu, int8_iu = (float(m.compute()["mean_iu"]) for m in matrices)
+        mean_iu = (fp32_iu, int8_iu)
     return Agreement(runtime, agreement.pooled, agreement.worst, mean_iu)
 
 
@@ -403,7 +409,7 @@ def export_int8(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     accuracy_control: bool = False,
     runtimes: Sequence[str] | None = None,
-    exporter: str = "dynamo",
+    exporter: Exporter = "dynamo",
     opset: int | None = None,
     check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
     tolerance: ParityTolerance = ParityTolerance(),

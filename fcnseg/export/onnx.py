@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -239,7 +239,7 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _export_proto(
-    model: torch.nn.Module, example: torch.Tensor, exporter: str, opset: int | None, output: str = OUTPUT_NAME
+    model: SegmentationModel, example: torch.Tensor, exporter: str, opset: int | None, output: str = OUTPUT_NAME
 ) -> Any:
     """The model as an in-memory ONNX ``ModelProto`` with dynamic batch, height and width.
 
@@ -257,7 +257,7 @@ def _export_proto(
 
         dims = {axis: Dim(name, min=1) for axis, name in _DYNAMIC_AXES.items()}
         program = torch.onnx.export(
-            model,
+            cast(torch.nn.Module, model),
             (example,),
             None,
             dynamo=True,
@@ -267,6 +267,7 @@ def _export_proto(
             opset_version=opset,
             verbose=False,
         )
+        assert program is not None  # the dynamo exporter returns the program
         return program.model_proto
     if exporter == "torchscript":
         buffer = io.BytesIO()
@@ -277,9 +278,9 @@ def _export_proto(
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
-                model,
+                cast(torch.nn.Module, model),
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # it writes to a file object too; the stubs name paths only
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[output],
@@ -304,7 +305,7 @@ def _name_dynamic_dims(proto: Any) -> None:
 
 
 def check_onnx_parity(
-    model: torch.nn.Module,
+    model: SegmentationModel,
     onnx_model: str | os.PathLike[str] | bytes,
     *,
     shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,

@@ -32,6 +32,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,9 @@ import torch.nn.functional as F
 from ..device import resolve_device
 from ..models.contract import SegmentationModel, bare_model
 from .tiling import Tile, Tiling, iter_tiles, tiling_for_budget
+
+if TYPE_CHECKING:
+    from ..checkpoint import Checkpoint
 
 #: The base class of nn.Dropout, Dropout2d, AlphaDropout, ...: the layers MC-dropout keeps on.
 _DROPOUT = torch.nn.modules.dropout._DropoutNd
@@ -200,7 +204,8 @@ class Predictor:
     def _augmented_logits(self, image: torch.Tensor, progress: Callable | None) -> torch.Tensor:
         """The mean of the logits (C, H, W) over the test-time scales and flips, on the device."""
         height, width = image.shape[-2:]
-        total, passes = None, 0
+        total: torch.Tensor | None = None
+        passes = 0
         for scale in self.tta_scales:
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             scaled = (
@@ -223,6 +228,7 @@ class Predictor:
                     logits = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0]
                 total = logits if total is None else total.add_(logits)
                 passes += 1
+        assert total is not None  # tta_scales is never empty (checked in __init__)
         return total / passes
 
     def _per_tile(
@@ -249,15 +255,18 @@ class Predictor:
         yield from iter_tiles(run, image, tiling, progress)
 
     def _mc_dropout_run(self, samples: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A tile function: the mean of ``samples`` softmaxes stacked with the mean of their entropies, (C + 1, h, w)."""
+        """A tile function: the mean of ``samples`` softmaxes stacked with the mean of their entropies, (C + 1, h,
+        w)."""
 
         def run(window: torch.Tensor) -> torch.Tensor:
-            total = sample_entropy = None
+            total: torch.Tensor | None = None
+            sample_entropy: torch.Tensor | None = None
             for _ in range(samples):
                 probabilities = torch.softmax(self._logits(window[None])[0].float(), 0)
                 entropy = _entropy(probabilities)
                 total = probabilities if total is None else total.add_(probabilities)
                 sample_entropy = entropy if sample_entropy is None else sample_entropy.add_(entropy)
+            assert total is not None and sample_entropy is not None  # samples >= 1
             return torch.cat([total, sample_entropy[None]]) / samples
 
         return run
@@ -304,7 +313,9 @@ class Predictor:
 
         With ``mc_samples`` N > 0: the mean of N MC-dropout softmaxes (module docstring), seeded with ``seed``.
         """
-        return self.confidence(image, mc_samples=mc_samples, seed=seed, keep_probabilities=True).probabilities
+        probabilities = self.confidence(image, mc_samples=mc_samples, seed=seed, keep_probabilities=True).probabilities
+        assert probabilities is not None  # keep_probabilities=True keeps them
+        return probabilities
 
     def confidence(
         self,
@@ -341,9 +352,10 @@ class Predictor:
                 tile_entropy = _entropy(probabilities)
                 entropy[core] = tile_entropy.cpu()
                 if information is not None:
+                    assert sample_entropy is not None  # MC-dropout tiles carry their samples' mean entropy
                     information[core] = (tile_entropy - sample_entropy).clamp_min(0).cpu()
                 if kept is not None:
-                    kept[(slice(None), *core)] = probabilities.cpu()
+                    kept[:, core[0], core[1]] = probabilities.cpu()
         return Confidence(mask, top1, entropy, information, kept)
 
     def masks(self, images: torch.Tensor) -> torch.Tensor:
@@ -355,8 +367,8 @@ class Predictor:
 
 
 def load_predictor(
-    checkpoint: str | os.PathLike[str], runtime: str | None = None, **options
-) -> tuple[Predictor, Checkpoint]:  # noqa: F821
+    checkpoint: str | os.PathLike[str], runtime: str | None = None, **options: Any
+) -> tuple[Predictor, Checkpoint]:
     """A :class:`Predictor` for a checkpoint file or a registry name (``fcnseg weights list``), and the checkpoint.
 
     ``options`` go to :class:`Predictor` (``device`` defaults to ``auto``). An ``.onnx`` export

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.contract import SegmentationModel
+
 
 def _round_up(value: int, multiple: int) -> int:
     return max(multiple, int(math.ceil(value / multiple) * multiple))
@@ -64,7 +66,7 @@ class Tiling:
         if self.margin is not None and self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
 
-    def for_model(self, model: torch.nn.Module) -> Tiling:
+    def for_model(self, model: SegmentationModel) -> Tiling:
         """This tiling with sizes on ``model``'s grid and the margin resolved."""
         grid = model.grid
         margin = model.context_margin() if self.margin is None else self.margin
@@ -117,7 +119,7 @@ def plan_tiles(height: int, width: int, tiling: Tiling) -> list[Tile]:
 TILING_HEADROOM = 0.8
 
 
-def tiling_for_budget(model: torch.nn.Module, budget_bytes: int, margin: int | None = None) -> Tiling:
+def tiling_for_budget(model: SegmentationModel, budget_bytes: int, margin: int | None = None) -> Tiling:
     """The largest tiling whose window's forward pass fits ``TILING_HEADROOM * budget_bytes``.
 
     ``model`` is an FCN (it gives its grid, margin and :meth:`estimate_forward_bytes`).

@@ -71,7 +71,7 @@ for _arch, _strides in TORCHVISION_HEADS.items():
         _register_torchvision(_arch, _stride)
 
 
-from . import siftflow  # noqa: E402  (registers siftflow_fcn32s/16s/8s; imports the registry above)
+from . import siftflow as siftflow  # noqa: E402  (registers siftflow_fcn32s/16s/8s; imports the registry above)
 
 __all__ = [
     "ARCHITECTURES",

@@ -23,6 +23,8 @@ matrix product each (:func:`fcnseg.models.kernels.conv_as_matmul`).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +46,7 @@ CONVS = (
 STEPS = ("conv1", "pool", "norm", "conv2", "pool", "norm", "conv3", "conv4", "conv5", "pool")
 FC_CHANNELS, FC6_KERNEL = 4096, 6
 FIRST_CONV_PADDING = 100
-LRN = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
+LRN: dict[str, Any] = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
 GROUPS = 2
 
 
@@ -97,7 +99,8 @@ class AlexNetBackbone(Backbone):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def upsampling(self, factor: int) -> tuple[int, int]:
         """The reference's odd kernel (63 for stride 32), centred on the integer-placed cells."""
@@ -119,7 +122,8 @@ class AlexNetBackbone(Backbone):
         300 and 1000 px: 37-171 MB (fast paths), 169-351 MB (plain) for 309-750 MB estimated.
         """
         weights = 4 * sum(p.numel() for p in self.parameters())
-        per_pixel = 4 * (3 * self.conv1.out_channels // 16 + 3 * num_classes + 16)
+        conv1 = cast(nn.Conv2d, self.conv1)  # registered by name from CONVS
+        per_pixel = 4 * (3 * conv1.out_channels // 16 + 3 * num_classes + 16)
         return ForwardMemory(per_pixel, FIRST_CONV_PADDING, weights)
 
     def _classifier(self, layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

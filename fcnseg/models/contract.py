@@ -18,9 +18,9 @@ and a runtime that has only the file estimates exactly what the torch model does
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
@@ -96,6 +96,9 @@ class SegmentationModel(Protocol):
     fast_paths: bool
     """Whether ``forward`` takes its exact fast paths now (always False for a model without any)."""
 
+    training: bool
+    """The Module API's mode flag (consumers save and restore it around inference)."""
+
     def __call__(self, blob: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W) for a blob (N, in_channels, H, W) from :meth:`prepare_input`, aligned pixel for
         pixel to the input, for every H, W >= 1; several heads are concatenated along C."""
@@ -131,6 +134,21 @@ class SegmentationModel(Protocol):
         estimates the same."""
         ...
 
+    # The parts of the torch Module API that consumers use (every implementation is an nn.Module).
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 @runtime_checkable
 class ReferenceNet(Protocol):
@@ -153,7 +171,8 @@ class ReferenceNet(Protocol):
         ...
 
 
-def bare_model(model: nn.Module) -> nn.Module:
+def bare_model(model: nn.Module | SegmentationModel) -> SegmentationModel:
     """The model inside a ``DistributedDataParallel`` or ``DataParallel`` wrapper, or ``model`` itself."""
     parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, parallel) else model
+    inner = model.module if isinstance(model, parallel) else model
+    return cast(SegmentationModel, inner)  # callers pass fcnseg's models (bare or wrapped for training)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -147,12 +147,12 @@ class FCN(nn.Module):
             if atonce:
                 self.register_buffer(scale_name, torch.tensor(ATONCE_SCALES[scale_name]))
         if hasattr(backbone, "finest_stride"):  # a backbone that computes less when no finer features are fused
-            backbone.finest_stride = min([coarsest] + [s[0] for s in self.skip_names])
+            cast(Any, backbone).finest_stride = min([coarsest] + [s[0] for s in self.skip_names])  # a plain int
         self.final_name = FINAL_UPSAMPLING[stride]
         self.final_offset = crop_offset(score_map.then(self._upsampling_map(stride)), IDENTITY)
         for suffix, classes in self.head_layers():
             self.add_module("score_fr" + suffix, nn.Conv2d(channels[coarsest], classes, 1))
-            for (skip_stride, score_name, _, up_name), factor in zip(self.skip_names, factors):
+            for (skip_stride, score_name, _, up_name), factor in zip(self.skip_names, factors, strict=True):
                 self.add_module(up_name + suffix, self._upsampling(classes, factor, learnable_upsampling))
                 self.add_module(score_name + suffix, nn.Conv2d(channels[skip_stride], classes, 1))
             self.add_module(self.final_name + suffix, self._upsampling(classes, stride, learnable_upsampling))
@@ -251,7 +251,7 @@ class FCN(nn.Module):
 
     def crop_offsets(self) -> dict[str, int]:
         """The computed crops: one per skip (by score layer name) and the final one."""
-        offsets = {s[1]: off for s, off in zip(self.skip_names, self.skip_offsets)}
+        offsets = {s[1]: off for s, off in zip(self.skip_names, self.skip_offsets, strict=True)}
         offsets["final"] = self.final_offset
         return offsets
 
@@ -264,7 +264,9 @@ class FCN(nn.Module):
     def _head(self, features: dict[int, torch.Tensor], suffix: str, height: int, width: int) -> torch.Tensor:
         """One head's logits: score, fuse the skips from coarse to fine, upsample, crop onto the input."""
         score = getattr(self, "score_fr" + suffix)(features[max(features)])
-        for (skip_stride, score_name, scale_name, up_name), offset in zip(self.skip_names, self.skip_offsets):
+        for (skip_stride, score_name, scale_name, up_name), offset in zip(
+            self.skip_names, self.skip_offsets, strict=True
+        ):
             score = getattr(self, up_name + suffix)(score)
             skip = features[skip_stride]
             if self.atonce:

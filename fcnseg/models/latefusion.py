@@ -55,7 +55,8 @@ class FusionStream(nn.Module):
         self.backbone = VGG16Backbone(width=width, dropout=dropout)
         self.score_fr = nn.Conv2d(self.backbone.channels[32], num_classes, 1)
         nn.init.zeros_(self.score_fr.weight)  # the paper starts score layers at zero
-        nn.init.zeros_(self.score_fr.bias)
+        if self.score_fr.bias is not None:
+            nn.init.zeros_(self.score_fr.bias)
 
     def reference_layers(self) -> dict[str, nn.Module]:
         """Its layers under the plain reference names (``conv1_1`` ... ``score_fr``): VGG16 weights load into it."""
@@ -173,7 +174,7 @@ class LateFusionFCN(nn.Module):
         return crop_like(self.upscore(fused), self.final_offset, height, width)
 
 
-def preprocess_color_hha(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+def preprocess_color_hha(images: torch.Tensor, model: LateFusionFCN) -> torch.Tensor:
     """The blob (N, 6, H, W) of uint8 colour + HHA images (6, H, W) or (N, 6, H, W) for a late-fusion model."""
     if images.dim() not in (3, 4) or images.shape[-3] != 6:
         raise ValueError(f"expected uint8 colour + HHA images (6, H, W) or (N, 6, H, W), got {tuple(images.shape)}")

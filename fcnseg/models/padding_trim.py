@@ -90,13 +90,13 @@ def expansion(trimmed: list[int], faithful: list[int], n_start: int, n_end: int)
     inserts = []
     rows = trimmed
     if n_start:
-        first = next((i for i, (a, b) in enumerate(zip(rows, faithful)) if a != b), None)
+        first = next((i for i, (a, b) in enumerate(zip(rows, faithful, strict=False)) if a != b), None)
         if first is None or first == 0:
             return None
         inserts.append((first, n_start, first - 1))  # the band row just before the first difference
         rows = _insert(rows, *inserts[-1])
     if n_end:
-        last = next((i for i, (a, b) in enumerate(zip(rows[::-1], faithful[::-1])) if a != b), None)
+        last = next((i for i, (a, b) in enumerate(zip(rows[::-1], faithful[::-1], strict=False)) if a != b), None)
         if last is None or last == 0:
             return None
         position = len(rows) - last

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
+
+from .contract import SegmentationModel
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -42,7 +44,7 @@ def _check_name(name: str) -> None:
 
 def create_model(
     name: str, *, num_classes: int, width: float = 1.0, fast_paths: bool = True, **options: Any
-) -> nn.Module:
+) -> SegmentationModel:
     """Build a registered model.
 
     Args:
@@ -58,6 +60,7 @@ def create_model(
     """
     _check_name(name)
     try:
-        return _BUILDERS[name](num_classes=num_classes, width=width, fast_paths=fast_paths, **options)
+        model = _BUILDERS[name](num_classes=num_classes, width=width, fast_paths=fast_paths, **options)
     except TypeError as error:  # an option the model does not take
         raise ValueError(f"model {name!r}: {error}") from None
+    return cast(SegmentationModel, model)  # every registered builder makes a model that keeps the contract

@@ -144,9 +144,10 @@ class TorchvisionBackbone(Backbone):
         self.body, stages = _torchvision_trunk(arch, width, output_stride)
         paths = [main_path(stage) for stage in stages]
         layers = [layer for path in paths for layer in path]
-        scales, channels, scale, densest = [], [], 1, 0.0
+        scales, scale, densest = [], 1, 0.0
+        channels: list[int] = []
         for path in paths:
-            for k, s, p, d, out in path:
+            for _kernel, s, _padding, _dilation, out in path:
                 scale *= s
                 channels.append(out or (channels[-1] if channels else 3))
                 densest = max(densest, channels[-1] / scale**2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,5 +84,6 @@ class BilinearUpsampling(nn.ConvTranspose2d):
         index = torch.arange(self.in_channels, device=self.weight.device)
         weight = self.weight[index, index].unsqueeze(1).to(x.dtype)  # (C, 1, k, k)
         x = x.contiguous(memory_format=torch.channels_last)
-        return F.conv_transpose2d(x, weight, None, self.stride, self.padding, self.output_padding, self.in_channels,
+        padding = cast(tuple[int, int], self.padding)  # ConvTranspose2d takes no string padding
+        return F.conv_transpose2d(x, weight, None, self.stride, padding, self.output_padding, self.in_channels,
                                   self.dilation)  # fmt: skip

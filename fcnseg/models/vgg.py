@@ -20,6 +20,8 @@ equal the plain forward's to fp32 rounding.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,7 +101,8 @@ class VGG16Backbone(Backbone):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def _convs(self) -> list[str]:
         return [name for stage in self.conv_names for name in stage]
@@ -131,7 +134,8 @@ class VGG16Backbone(Backbone):
         plain forward; the padding trim of the fast paths makes it about 2x too high, which
         keeps tiles smaller than needed but never over the budget.
         """
-        return ForwardMemory(4 * (3 * self.conv1_1.out_channels + 3 * num_classes + 16), FIRST_CONV_PADDING)
+        conv1_1 = cast(nn.Conv2d, self.conv1_1)  # registered by name
+        return ForwardMemory(4 * (3 * conv1_1.out_channels + 3 * num_classes + 16), FIRST_CONV_PADDING)
 
     def _classifier(self, layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return conv_as_matmul(x, layer.weight, layer.bias) if self.fast_paths else layer(x)

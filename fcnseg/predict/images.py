@@ -10,6 +10,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,12 +106,12 @@ def list_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], l
     return unique, problems, skipped
 
 
-def predict_mask(model: torch.nn.Module, image: torch.Tensor, **options) -> torch.Tensor:
+def predict_mask(model: torch.nn.Module, image: torch.Tensor, **options: Any) -> torch.Tensor:
     """Class ids (H, W), int64 on the CPU, of one uint8 RGB image: ``Predictor(model, **options).mask(image)``."""
     return Predictor(model, **options).mask(image).long()
 
 
-def predict_logits(model: torch.nn.Module, image: torch.Tensor, **options) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, image: torch.Tensor, **options: Any) -> torch.Tensor:
     """Class scores (C, H, W) of one uint8 RGB image: ``Predictor(model, **options).logits(image)``."""
     return Predictor(model, **options).logits(image)
 

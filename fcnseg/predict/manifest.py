@@ -67,7 +67,7 @@ class Manifest:
                     continue
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"manifest-rank{rank}.jsonl"
-        self.handle = open(self.path, "ab")
+        self.handle = open(self.path, "ab")  # noqa: SIM115  (held open for the whole run; close() closes it)
         if self.handle.tell():
             with open(self.path, "rb") as tail:
                 tail.seek(-1, os.SEEK_END)
@@ -104,7 +104,7 @@ class Manifest:
                 return False
         return bool(outputs)
 
-    def record(self, path: str | os.PathLike[str], state: list, outputs: Iterable[Path]) -> None:
+    def record(self, path: str | os.PathLike[str], state: list | None, outputs: Iterable[Path]) -> None:
         """Append the line of a finished input (its ``state`` as read) and flush it."""
         files = {os.path.relpath(file, self.out): [Path(file).stat().st_size, file_sha256(file)] for file in outputs}
         line = {"input": os.path.abspath(path), "state": state, "settings": self.settings, "outputs": files}

@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ def geo_available() -> bool:
     return importlib.util.find_spec("rasterio") is not None
 
 
-def _open(path: str | os.PathLike[str]):
+def _open(path: str | os.PathLike[str]) -> Any:
     import rasterio
 
     with warnings.catch_warnings():
@@ -102,9 +103,13 @@ def predict_mosaic(
                     "bands of uint8 (rescale it first, e.g. gdal_translate -ot Byte -scale)"
                 )
             height, width = source.height, source.width
-            tiling = predictor.tiling_for(height, width) or tiling_for_budget(
-                predictor.model, predictor.memory_budget_bytes, predictor.margin
-            )
+            tiling = predictor.tiling_for(height, width)
+            if tiling is None:
+                if predictor.memory_budget_bytes is None:
+                    raise ValueError(
+                        f"image {path}: a mosaic needs a predictor with a memory budget (it sizes the tiles)"
+                    )
+                tiling = tiling_for_budget(predictor.model, predictor.memory_budget_bytes, predictor.margin)
             block = next(size for size in (512, 256, 128, 64, 32, 16) if tiling.tile_size % size == 0)
             profile = dict(
                 driver="GTiff",
@@ -145,7 +150,7 @@ def predict_mosaic(
                 top, bottom, left, right = tile.core
                 where = Window(left, top, right - left, bottom - top)
                 mask_file.write(core.numpy()[None].astype(mask_file.dtypes[0]), window=where)
-                if overlay_file is not None:
+                if overlay_file is not None and overlay_alpha is not None:
                     picture = overlay_image(image[:, rows, cols].contiguous(), core, palette, alpha=overlay_alpha)
                     overlay_file.write(np.asarray(picture).transpose(2, 0, 1), window=where)
     except rasterio.errors.RasterioError as error:

@@ -105,7 +105,7 @@ def shard(paths: Sequence[Path], rank: int, world_size: int) -> list[Path]:
 class Loaded(NamedTuple):
     """One input as a worker read it: the image, or why not, or that it is a mosaic or a video (read later)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index; every reader says item.index
     state: list | None = None  # the input's size and mtime (and hash) when it was read (for the manifest)
     image: torch.Tensor | None = None
     error: str | None = None
@@ -137,11 +137,17 @@ class ImageFiles(Dataset):
             return Loaded(index, error=str(error))
 
 
+def _image(item: Loaded) -> torch.Tensor:
+    """The image of an input read as one: the only inputs batched or predicted alone as images."""
+    assert item.image is not None
+    return item.image
+
+
 class Finished(NamedTuple):
     """A predicted input: the files still to save (target, save function), then the files already written."""
 
     path: Path
-    state: list
+    state: list | None  # as Loaded.state
     saves: list[tuple[Path, Callable[[Path], object]]]
     written: list[Path] = []
 
@@ -260,7 +266,8 @@ class _Run:
         # Threads (the writer's, tqdm's monitor) start after the workers are forked.
         self.progress = Progress(len(todo), label="predict", unit="image", show=self.show)
         self.writer = Writer(self.manifest, self.summary, self.report, background=not self.options.no_stream)
-        self.todo, self.pending = todo, []
+        self.todo = todo
+        self.pending: list[Loaded] = []
         try:
             for item in loader:
                 path = todo[item.index]
@@ -274,10 +281,10 @@ class _Run:
                     self._flush()
                     {"mosaic": self._mosaic, "video": self._video}.get(item.kind, self._single)(path, item)
                 else:
-                    if self.pending and self.pending[0].image.shape != item.image.shape:
+                    if self.pending and _image(self.pending[0]).shape != _image(item).shape:
                         self._flush()
                     self.pending.append(item)
-                    if len(self.pending) >= self._batch_limit(item.image):
+                    if len(self.pending) >= self._batch_limit(_image(item)):
                         self._flush()
                     continue
                 self.progress.update()
@@ -297,7 +304,7 @@ class _Run:
         """``batch_size`` (1 with ``no_stream``), or fewer if the memory budget cannot hold the batch's forward pass."""
         if self.options.no_stream:
             return 1
-        size = tuple(image.shape[-2:])
+        size = (int(image.shape[-2]), int(image.shape[-1]))
         if size not in self.batch_limits:
             budget = self.predictor.memory_budget_bytes
             each = self.predictor.model.estimate_forward_bytes(*size)
@@ -311,12 +318,12 @@ class _Run:
         batch, self.pending = self.pending, []
         if not batch:
             return
-        masks = self.predictor.masks(torch.stack([item.image for item in batch])).to("cpu", self.predictor.mask_dtype)
+        masks = self.predictor.masks(torch.stack([_image(item) for item in batch])).to("cpu", self.predictor.mask_dtype)
         paths = [self.todo[item.index] for item in batch]
         self.writer.put(
             [
-                Finished(path, item.state, self._saves(path.stem, item.image, mask))
-                for path, item, mask in zip(paths, batch, masks)
+                Finished(path, item.state, self._saves(path.stem, _image(item), mask))
+                for path, item, mask in zip(paths, batch, masks, strict=True)
             ]
         )
         self.progress.update(len(batch))
@@ -337,18 +344,20 @@ class _Run:
     def _single(self, path: Path, item: Loaded) -> None:
         """An image that goes alone: tiled, augmented, or with confidence maps and probabilities."""
         options, tiles = self.options, self.progress.parts_bar(path.name, "tile")
+        image = _image(item)
         if not options.per_image_maps:
-            mask = self.predictor.mask(item.image, tiles)
-            return self.writer.put([Finished(path, item.state, self._saves(path.stem, item.image, mask))])
+            mask = self.predictor.mask(image, tiles)
+            return self.writer.put([Finished(path, item.state, self._saves(path.stem, image, mask))])
         result = self.predictor.confidence(
-            item.image,
+            image,
             tiles,
             mc_samples=options.mc_dropout,
             seed=options.seed,
             keep_probabilities=options.probabilities,
         )
-        saves = self._saves(path.stem, item.image, result.mask)
+        saves = self._saves(path.stem, image, result.mask)
         if options.probabilities:
+            assert result.probabilities is not None  # keep_probabilities=options.probabilities
             saves.append(
                 (self.out / f"{path.stem}_probs.npy", functools.partial(save_float16_npy, result.probabilities))
             )

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ def predict_video(
 
             def flush(frames: list[torch.Tensor]) -> None:
                 masks = predictor.masks(torch.stack(frames)).to("cpu", predictor.mask_dtype)
-                for image, mask in zip(frames, masks):
+                for image, mask in zip(frames, masks, strict=True):
                     written.append(save_mask_png(mask, palette, folder / f"{len(written):06d}.png"))
                     if overlay_alpha is not None:
                         _encode(
@@ -101,7 +102,7 @@ def predict_video(
     return written + ([target] if overlay_alpha is not None else [])
 
 
-def _encode(encoder: list, stack: contextlib.ExitStack, target: Path, source, picture: np.ndarray) -> None:
+def _encode(encoder: list, stack: contextlib.ExitStack, target: Path, source: Any, picture: np.ndarray) -> None:
     """Append one RGB frame (H, W, 3) to the overlay video, opening it (atomically) at the first frame."""
     import av
 

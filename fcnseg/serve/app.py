@@ -39,6 +39,7 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..inference.confidence import png16_bytes
+from ..inference.predictor import Confidence
 from ..inference.runtimes import load_model_file
 from ..predict.images import mask_to_image, overlay_image
 from .guards import ApiKeyCheck, BodyDeadline, UploadQueue, UploadSizeLimit, UploadSlots
@@ -209,21 +210,22 @@ async def segment(
 
 
 def _segment_upload(state: Any, data: bytes, name: str, output_format: str, alpha: float, confidence: bool) -> Response:
-    """The answer of ``POST /segment`` to an upload of ``data``; :class:`UploadError` for one that is not a usable image."""
+    """The answer of ``POST /segment`` to an upload of ``data``; :class:`UploadError` for one that is not a usable
+    image."""
     segmenter: Segmenter = state.segmenter
     probe_image(data, name, state.limits.max_pixels)
     image = decode_image(data, name)
     start = time.perf_counter()
     confidence = confidence and output_format == "json"
     result = segmenter.segment(image, confidence=confidence)  # a Confidence (mask and maps) or the mask
-    mask = result.mask if confidence else result
+    mask = result.mask if isinstance(result, Confidence) else result
     seconds = time.perf_counter() - start  # includes waiting for earlier requests to leave the model
     mask_png = png_bytes(mask_to_image(mask, segmenter.palette))
     headers = {"X-Segment-Seconds": f"{seconds:.4f}"}
     if output_format == "png":
         return Response(mask_png, media_type="image/png", headers=headers)
     body = _json_body(segmenter, image, mask, mask_png, name, alpha, seconds)
-    if confidence:
+    if isinstance(result, Confidence):  # asked for (confidence) and JSON
         body["confidence"] = {
             "mean_top1": float(result.top1.mean()),
             "top1_png": base64.b64encode(png16_bytes(result.top1)).decode("ascii"),

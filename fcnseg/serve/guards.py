@@ -135,7 +135,8 @@ class BodyDeadline:
             except TimeoutError:
                 raise HTTPException(
                     status_code=408,
-                    detail=f"the request body did not arrive within {self.timeout:g} s; send it faster or in a smaller file",
+                    detail=f"the request body did not arrive within {self.timeout:g} s; "
+                    "send it faster or in a smaller file",
                     headers={"Connection": "close"},
                 ) from None
 

@@ -63,7 +63,8 @@ def probe_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         start = data[:8]
         raise NotAnImage(
-            f"'{name}' is not an image this service can read (first bytes {start!r}); send a JPEG, PNG, BMP, TIFF or WebP file"
+            f"'{name}' is not an image this service can read (first bytes {start!r}); send a JPEG, PNG, BMP, TIFF or "
+            "WebP file"
         ) from None
     if info.pixels > max_pixels:
         raise TooLarge(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..checkpoint import Checkpoint
 from ..inference.predictor import Confidence, Predictor
+
+Colour = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,6 @@ class Segmenter:
         counts = torch.bincount(mask.flatten().long(), minlength=len(self.classes)).tolist()
         total = max(1, mask.numel())
         return [
-            ClassCount(index, name, tuple(self.palette[index]), int(counts[index]), counts[index] / total)
+            ClassCount(index, name, cast(Colour, tuple(self.palette[index])), int(counts[index]), counts[index] / total)
             for index, name in enumerate(self.classes)
         ]

@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..models.contract import ReferenceNet, SegmentationModel
 from .caffemodel import CaffeLayer, read_caffemodel
@@ -89,7 +88,7 @@ def _check_scale(model: ReferenceNet, layer: CaffeLayer, source: str) -> float:
     return value
 
 
-def load_caffe_weights(model: nn.Module, path: str | os.PathLike[str], *, complete: bool = False) -> list[str]:
+def load_caffe_weights(model: SegmentationModel, path: str | os.PathLike[str], *, complete: bool = False) -> list[str]:
     """Load a ``.caffemodel`` into ``model``; returns the names of the layers loaded, in file order.
 
     Works for the VGG16 ILSVRC file (V1 ``layers``, InnerProduct fc6/fc7) and the published FCN files (fcn32s/16s/8s

@@ -157,9 +157,8 @@ def read_caffemodel(path: str | os.PathLike[str]) -> list[CaffeLayer]:
         with open(path, "rb") as handle:
             if os.fstat(handle.fileno()).st_size == 0:
                 raise WeightsError(f"{path}: empty file, not a caffemodel")
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                with memoryview(mapped) as view:
-                    net.ParseFromString(view)
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+                net.ParseFromString(view)
     except DecodeError as error:
         hint = " (a .prototxt? pass the binary .caffemodel)" if _looks_like_text(path) else ""
         raise WeightsError(f"{path}: not a caffemodel: the protobuf does not parse ({error}){hint}") from None

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..checkpoint import check_finite
+from ..models.contract import ReferenceNet
 
 
 class WeightsError(ValueError):
@@ -21,7 +21,7 @@ class WeightsError(ValueError):
     """
 
 
-def reference_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def reference_tensors(model: ReferenceNet) -> dict[str, torch.Tensor]:
     """The model's weights keyed ``"<reference layer>.<weight|bias>"`` (e.g. ``"fc6.weight"``).
 
     The tensors are the model's own parameters, so writing into them loads the model.
@@ -33,7 +33,7 @@ def reference_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def assign_reference_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> list[str]:
+def assign_reference_weights(model: ReferenceNet, weights: Mapping[str, torch.Tensor], source: str) -> list[str]:
     """Copy ``weights`` (keyed as :func:`reference_tensors`) into ``model``; returns the layers loaded.
 
     Every key must exist in the model and every shape must match exactly; otherwise nothing is written and

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..models import create_model, list_models
+from ..models.contract import ReferenceNet
 from ..preprocessing import Preprocessing
 from . import registry
 from .caffe import load_caffe_weights
@@ -73,7 +75,8 @@ def convert_caffemodel(
     model = create_model(model_name, num_classes=len(names), width=width)
     preprocessing = _caffe_input(caffe_input)
     if preprocessing is not None:
-        model.caffe_preprocessing = preprocessing  # load_caffe_weights sets it as the model's preprocessing
+        # load_caffe_weights sets it as the model's preprocessing (every registered model is a ReferenceNet)
+        cast(ReferenceNet, model).caffe_preprocessing = preprocessing
     load_caffe_weights(model, path, complete=True)
     return save_checkpoint(
         out, model, classes=names, palette=palette, extra={"converted_from": Path(path).name, **(extra or {})}
@@ -107,6 +110,7 @@ def convert_known(entry: KnownWeights, *, progress: bool = True) -> Path:
     out = checkpoint_path(entry)
     if not out.is_file():
         source = fetch(entry, progress=progress)
+        assert entry.model is not None  # check_convertible refused entries without a registered model
         convert_caffemodel(
             source,
             entry.model,

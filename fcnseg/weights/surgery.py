@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def _is_upsampling(layer: str) -> bool:
 def _skip_scale(state: StateDict, score_layer: str) -> float:
     """The at-once scale in front of a skip score layer (1 for models without it)."""
     key = SKIP_SCALES.get(score_layer)
-    return float(state[key]) if key in state else 1.0
+    return float(state[key]) if key is not None and key in state else 1.0
 
 
 def transfer_fcn_state(
@@ -126,13 +127,14 @@ def class_index_map(old_classes: Sequence[str], new_classes: Sequence[str]) -> d
     return {index: old[name] for index, name in enumerate(new_classes) if name in old}
 
 
-def transfer_fcn(source: SegmentationModel | StateDict, target: nn.Module) -> list[str]:
+def transfer_fcn(source: SegmentationModel | StateDict, target: SegmentationModel) -> list[str]:
     """Load ``source`` (an FCN or its state dict) into the FCN ``target`` of another stride.
 
     See :func:`transfer_fcn_state`. Returns the reference layers copied; a source model's preprocessing is carried over.
     """
-    source_state = source.state_dict() if isinstance(source, nn.Module) else source
-    name = source.config["name"] if isinstance(source, nn.Module) else "source FCN"
+    source_model = cast(SegmentationModel, source) if isinstance(source, nn.Module) else None
+    source_state: StateDict = source_model.state_dict() if source_model is not None else cast(StateDict, source)
+    name = source_model.config["name"] if source_model is not None else "source FCN"
     target_state = target.state_dict()
     target.load_state_dict(transfer_fcn_state(source_state, target_state, name))
     copied = [k for k in target_state if k in source_state and layer_of(k) not in SKIP_SCALES.values()]
@@ -140,12 +142,14 @@ def transfer_fcn(source: SegmentationModel | StateDict, target: nn.Module) -> li
     dropped = sorted({layer_of(k) for k in source_state if k not in target_state})
     if fresh or dropped:
         logger.info("FCN transfer from %s: initialised %s; dropped %s", name, fresh or "none", dropped or "none")
-    if isinstance(source, nn.Module):
-        target.preprocessing = source.preprocessing
+    if source_model is not None:
+        target.preprocessing = source_model.preprocessing
     return list(dict.fromkeys(layer_of(k) for k in copied))
 
 
-def with_num_classes(model: nn.Module, num_classes: int, keep: Mapping[int, int] | None = None) -> nn.Module:
+def with_num_classes(
+    model: SegmentationModel, num_classes: int, keep: Mapping[int, int] | None = None
+) -> SegmentationModel:
     """A new model like ``model`` (same name and options) for ``num_classes`` classes.
 
     The trunk is copied; scores restart at zero except the rows in ``keep``

@@ -16,11 +16,11 @@ import re
 import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, cast
 
 import torch
-from torch import nn
 
+from ..models.contract import ReferenceNet, SegmentationModel
 from ..preprocessing import TORCHVISION
 from .checks import WeightsError, assign_reference_weights, load_without_code
 
@@ -31,7 +31,7 @@ VGG16_CONV_NAMES = tuple(
 #: torchvision classifier index -> (reference name, kernel side of the equivalent convolution).
 CLASSIFIER_LAYERS = {0: ("fc6", 7), 3: ("fc7", 1)}
 
-Source = Union[None, str, os.PathLike, Mapping[str, torch.Tensor], Any]
+Source = None | str | os.PathLike | Mapping[str, torch.Tensor] | Any
 
 
 def vgg16_from_torchvision(
@@ -58,7 +58,7 @@ def vgg16_from_torchvision(
             f"'features.N.weight', VGG16 has {len(VGG16_CONV_NAMES)}"
         )
     out: dict[str, torch.Tensor] = {}
-    for name, index in zip(VGG16_CONV_NAMES, conv_indices):
+    for name, index in zip(VGG16_CONV_NAMES, conv_indices, strict=True):
         out[f"{name}.weight"] = state[f"features.{index}.weight"].detach().clone()
         out[f"{name}.bias"] = _require(state, f"features.{index}.bias", source).detach().clone()
     for index, (name, kernel) in CLASSIFIER_LAYERS.items():
@@ -158,7 +158,7 @@ def _refuse_feature_weights(weights: Any) -> None:
         )
 
 
-def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress: bool = True) -> list[str]:
+def load_vgg16_torchvision(model: SegmentationModel, source: Source = None, *, progress: bool = True) -> list[str]:
     """Load torchvision's ImageNet VGG16 into an FCN's trunk; returns the layers loaded.
 
     Args:
@@ -172,6 +172,7 @@ def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress:
     initialisation. Sets ``model.preprocessing`` to :data:`fcnseg.TORCHVISION`.
     """
     width = model.config.get("width", 1.0)
+    state: Mapping[str, torch.Tensor]
     if source is None or hasattr(source, "get_state_dict"):
         _refuse_feature_weights(source)
         if width != 1.0:
@@ -187,7 +188,8 @@ def load_vgg16_torchvision(model: nn.Module, source: Source = None, *, progress:
     else:
         raise TypeError(f"source must be None, a path, a state dict or VGG16_Weights, got {type(source).__name__}")
     try:
-        loaded = assign_reference_weights(model, vgg16_from_torchvision(state, name), name)
+        # every registered model is a ReferenceNet
+        loaded = assign_reference_weights(cast(ReferenceNet, model), vgg16_from_torchvision(state, name), name)
     except WeightsError as error:
         if width != 1.0:
             raise WeightsError(f"{error} (VGG16 weights fit width=1.0; this model has width={width})") from None

@@ -1,4 +1,5 @@
-"""benchmarks/harness.py owns what the benchmark scripts share: the results envelope, the child process, sizes, images."""
+"""benchmarks/harness.py owns what the benchmark scripts share: the results envelope, the child process, sizes,
+images."""
 
 from __future__ import annotations
 

@@ -159,7 +159,9 @@ for name in others.split():  # the dependencies, loaded once: each child only ru
 assert not any(name.split(".")[0] == "fcnseg" for name in sys.modules)
 failed = []
 for index in range(0, len(modules), 2):  # two children at a time
-    children = [(name, start(lambda name=name: importlib.import_module(name) and None)) for name in modules[index:index + 2]]
+    children = [
+        (name, start(lambda name=name: importlib.import_module(name) and None)) for name in modules[index:index + 2]
+    ]
     failed += [f"{name}:\n{text}" for name, child in children for status, text in [finish(child)] if status]
 sys.exit("\n".join(failed) or None)
 """

@@ -183,7 +183,7 @@ def test_sbd_train_aug_union_without_voc_val(sbd: Path, devkit: Path) -> None:
     # VOC train = a, b; VOC val = c, d; SBD train = b, c, e; SBD val = d, f.
     dataset = open_dataset("sbd", sbd, "train_aug", voc_root=devkit)
     assert dataset.ids == ["a", "b", "e", "f"]  # (a, b + b, c, e + d, f) - (c, d)
-    sources = dict(zip(dataset.ids, dataset.mask_paths))
+    sources = dict(zip(dataset.ids, dataset.mask_paths, strict=True))
     assert sources["a"].endswith("SegmentationClass/a.png") and sources["b"].endswith("SegmentationClass/b.png")
     assert sources["e"].endswith("cls/e.mat") and sources["f"].endswith("cls/f.mat")
     assert torch.equal(dataset[1][1], torch.from_numpy(label(2).astype(np.int64)))  # b: the VOC label

@@ -62,7 +62,7 @@ def test_root_alone_keeps_the_recorded_options_and_the_same_root_typed_relative_
 
     def spec(*argv: str):
         args = argparse.Namespace(checkpoint="c.safetensors", data=None, root=None, data_option=[])
-        for key, value in zip(argv[::2], argv[1::2]):
+        for key, value in zip(argv[::2], argv[1::2], strict=True):
             setattr(args, key, value)
         return data_spec(args, Recorded())
 

@@ -36,7 +36,7 @@ def independent_masks(checkpoint, images: list[torch.Tensor]) -> list[np.ndarray
 def independent_metrics(predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> dict:
     """Pixel accuracy, per-class IU and mean IU (the paper's definitions) from a numpy confusion matrix."""
     hist = np.zeros((num_classes, num_classes), np.int64)
-    for pred, label in zip(predictions, labels):
+    for pred, label in zip(predictions, labels, strict=True):
         keep = label != 255
         np.add.at(hist, (label[keep], pred[keep]), 1)
     union = hist.sum(0) + hist.sum(1) - np.diag(hist)
@@ -80,7 +80,7 @@ def test_smoke_demo_writes_checkpoint_metrics_curves_and_overlays(tmp_path, caps
     val_set = open_dataset(
         config.data, config.root, config.val_split, **{**config.data_options, **config.val_data_options}
     )
-    images, labels = zip(*(val_set[index] for index in range(len(val_set))))
+    images, labels = zip(*(val_set[index] for index in range(len(val_set))), strict=True)
     assert len(images) == 4
     predictions = independent_masks(checkpoint, list(images))
     expected = independent_metrics(predictions, [label.numpy() for label in labels], len(checkpoint.classes))

@@ -67,7 +67,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # only rank 0 wrote: one log line per record; the losses and the (all-reduced) metrics agree
     log_one, log_two = _records(one), _records(two)
     assert [sorted(r) for r in log_one] == [sorted(r) for r in log_two]
-    for r1, r2 in zip(log_one, log_two):
+    for r1, r2 in zip(log_one, log_two, strict=True):
         if "loss" in r1:
             assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
     val_one, val_two = log_one[-1]["val"], log_two[-1]["val"]

@@ -120,7 +120,7 @@ def test_evaluation_scores_each_head_on_its_own_channels():
     data = InMemoryDataset(images, targets, classes=[f"c{i}" for i in range(7)])
     data.heads = HEADS
     result = evaluate(FixedLogits(logits), data, 7, progress=False)
-    predictions = [(l[:4].argmax(0).numpy(), l[4:].argmax(0).numpy()) for l in logits]
+    predictions = [(row[:4].argmax(0).numpy(), row[4:].argmax(0).numpy()) for row in logits]
     sem_target = np.concatenate([t[0].numpy().ravel() for t in targets])
     geo_target = np.concatenate([t[1].numpy().ravel() for t in targets])
     geo_target = np.where(geo_target == 255, 255, geo_target - 4)

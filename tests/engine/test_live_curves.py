@@ -69,7 +69,7 @@ def test_tensorboard_holds_the_loss_lr_validation_metrics_per_class_iu_and_image
     tags = events.Tags()
     assert {"val/pixel_acc", "val/mean_acc", "val/fw_iu"} <= set(tags["scalars"])
     per_class = [tag for tag in tags["scalars"] if tag.startswith("val/iu/")]
-    measured = [name for name, iu in zip(_class_names(run), vals[-1]["val"]["iu"]) if iu is not None]
+    measured = [name for name, iu in zip(_class_names(run), vals[-1]["val"]["iu"], strict=True) if iu is not None]
     assert per_class and sorted(per_class) == sorted(f"val/iu/{name}" for name in measured)  # by class name
     assert sorted(tags["images"]) == ["val_images/0", "val_images/1"]
     image = events.Images("val_images/0")[-1]

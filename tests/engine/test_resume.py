@@ -116,9 +116,11 @@ def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path):
     # the log of the resumed run is the uninterrupted log: the killed run's extra lines were dropped
     log_a = (killed / "metrics.jsonl").read_text().splitlines()
     log_b = (whole / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [
-        {k: v for k, v in json.loads(l).items() if k not in ("time", "images_per_s", "train_seconds")} for l in lines
-    ]
+
+    def strip(lines):
+        timing = ("time", "images_per_s", "train_seconds")
+        return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
     assert strip(log_a) == strip(log_b)
     assert len(logged) >= stopped_at  # the kill came after those records
 

@@ -81,7 +81,7 @@ def test_the_recipes_evals_hold_for_a_step_counted_run():
     length = RunLength.of(_config("camvid", "--steps", "2998").recipe)  # camvid: evals 10, no val_every
     steps = _validated_steps(length)
     assert len(steps) == 10 and steps[-1] == 2998  # not 1000 and 2000 only
-    gaps = [b - a for a, b in zip([0] + steps, steps)]
+    gaps = [b - a for a, b in zip([0] + steps, steps, strict=False)]
     assert all(299 <= gap <= 301 for gap in gaps), gaps  # evenly spaced
     assert steps == [math.ceil(2998 * i / 10) for i in range(1, 11)]  # each at the first step at or past its moment
 
@@ -176,7 +176,7 @@ def test_each_validation_says_its_mean_iu_in_one_line_off_a_terminal(tmp_path, c
     vals = [r for r in recorded if "val" in r]
     assert len(lines) == len(vals) == 3
     best = -1.0
-    for line, record in zip(lines, vals):
+    for line, record in zip(lines, vals, strict=True):
         best = max(best, record["val"]["mean_iu"])
         expected = (
             f"val: step {record['step']}/6, mean IU {record['val']['mean_iu']:.4f} (best {best:.4f}), "
@@ -251,7 +251,7 @@ def test_a_clocked_run_ends_less_than_a_step_past_its_budget(tmp_path, monkeypat
     _check_progress_lines(capsys.readouterr().err)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     seconds = [0.0] + [r["train_seconds"] for r in records]
-    steps = [b - a for a, b in zip(seconds, seconds[1:])]
+    steps = [b - a for a, b in zip(seconds, seconds[1:], strict=False)]
     assert seconds[-2] < 1.2 <= seconds[-1]  # the last step started before the budget was spent and reached it
     assert seconds[-1] - 1.2 < steps[-1]  # crossing it by less than that step's own duration
 

@@ -50,7 +50,7 @@ def tiny_config(**recipe_changes) -> TrainConfig:
 
 def _fixed_batch():
     dataset = open_dataset("synthetic", None, "train", **DATA)
-    images, masks = zip(*(dataset[i] for i in range(8)))
+    images, masks = zip(*(dataset[i] for i in range(8)), strict=True)
     return torch.stack(images), torch.stack(masks)
 
 

@@ -85,7 +85,7 @@ def test_focal_against_the_direct_formula(alpha):
     gamma = 2.0
     probability = _softmax(logits)
     total, divisor = 0.0, 0.0
-    for n, y, x in zip(*np.nonzero(target.numpy() != IGNORE)):
+    for n, y, x in zip(*np.nonzero(target.numpy() != IGNORE), strict=True):
         c = target[n, y, x].item()
         p = probability[n, c, y, x]
         a = 1.0 if alpha is None else (alpha if isinstance(alpha, float) else alpha[c])
@@ -175,7 +175,7 @@ def _lovasz_reference(probability: np.ndarray, label: np.ndarray, weight=None) -
         errors = np.abs(foreground.astype(float) - probability[:, c])
         levels = np.unique(np.concatenate([[0.0], errors]))
         value = 0.0
-        for low, high in zip(levels[:-1], levels[1:]):
+        for low, high in zip(levels[:-1], levels[1:], strict=True):
             chosen = errors >= high
             value += (high - low) * chosen.sum() / (foreground | chosen).sum()
         losses.append(value)

@@ -100,7 +100,7 @@ def test_splits_that_fit_are_cached_and_said_in_one_line(caplog):
     assert cached_train.cached_bytes == 16 * ITEM_BYTES
     # the cache holds the items as the dataset gives them, before any augmentation
     for index in range(len(train_set)):
-        assert all(torch.equal(a, b) for a, b in zip(cached_train[index], train_set[index]))
+        assert all(torch.equal(a, b) for a, b in zip(cached_train[index], train_set[index], strict=True))
 
 
 def test_the_budget_is_shared_train_first_and_a_split_over_it_is_read_from_disk(monkeypatch, caplog):

@@ -40,7 +40,7 @@ def test_ranks_split_the_global_batch_of_one_process():
     single = _take(EpochBatchSampler(12, 4, seed=5), 6)
     rank0 = _take(EpochBatchSampler(12, 2, seed=5, rank=0, world_size=2), 6)
     rank1 = _take(EpochBatchSampler(12, 2, seed=5, rank=1, world_size=2), 6)
-    assert [a + b for a, b in zip(rank0, rank1)] == single  # same images, same augmentation seeds
+    assert [a + b for a, b in zip(rank0, rank1, strict=True)] == single  # same images, same augmentation seeds
 
 
 def test_too_small_dataset_is_a_clear_error():

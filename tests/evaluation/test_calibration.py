@@ -88,7 +88,7 @@ def test_merge_adds_and_refuses_other_settings():
 def numpy_ece(probabilities: list[np.ndarray], labels: list[np.ndarray], bins: int = 15) -> float:
     """A second implementation: per-pixel top-1 and correctness, binned with np.digitize (right-closed)."""
     top1 = np.concatenate([p.max(0).ravel() for p in probabilities]).astype(np.float64)
-    correct = np.concatenate([(p.argmax(0) == label).ravel() for p, label in zip(probabilities, labels)])
+    correct = np.concatenate([(p.argmax(0) == label).ravel() for p, label in zip(probabilities, labels, strict=True)])
     keep = np.concatenate([(label != 255).ravel() for label in labels])
     top1, correct = top1[keep], correct[keep]
     index = np.clip(np.digitize(top1, np.linspace(0, 1, bins + 1)[1:-1], right=True), 0, bins - 1)

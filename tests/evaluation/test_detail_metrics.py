@@ -104,7 +104,7 @@ def _components(mask: np.ndarray, eight: bool) -> list[list[tuple[int, int]]]:
     steps = [(-1, 0), (1, 0), (0, -1), (0, 1)] + ([(-1, -1), (-1, 1), (1, -1), (1, 1)] if eight else [])
     seen = np.zeros_like(mask, dtype=bool)
     components = []
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         if seen[start]:
             continue
         seen[start] = True
@@ -133,7 +133,7 @@ def test_random_maps_against_a_breadth_first_reference_and_the_confusion_matrix(
     metric.update(torch.from_numpy(pred), torch.from_numpy(target))
 
     segments, gt, tp = (np.zeros((4, 4), dtype=np.int64) for _ in range(3))
-    for image, truth in zip(pred, target):
+    for image, truth in zip(pred, target, strict=True):
         for c in range(4):
             for pixels in _components(truth == c, connectivity == 8):
                 b = sum(len(pixels) >= e for e in edges)
@@ -170,12 +170,12 @@ def test_bad_size_settings_and_inputs_are_one_line_errors():
 def _boundary_reference(pred: np.ndarray, target: np.ndarray, num_classes: int, ratio: float) -> list[float]:
     """Boundary IoU written out with scipy's chessboard distance transform on a zero-padded mask."""
     inter, union = np.zeros(num_classes), np.zeros(num_classes)
-    for p, t in zip(pred, target):
+    for p, t in zip(pred, target, strict=True):
         h, w = t.shape
         d = max(1, int(round(ratio * math.sqrt(h * h + w * w))))
         valid = t != IGNORE
 
-        def region(mask):
+        def region(mask, d=d, valid=valid):
             distance = ndimage.distance_transform_cdt(np.pad(mask, 1), metric="chessboard")[1:-1, 1:-1]
             return mask & (distance <= d) & valid
 
@@ -183,7 +183,7 @@ def _boundary_reference(pred: np.ndarray, target: np.ndarray, num_classes: int, 
             g, q = region(t == c), region(p == c)
             inter[c] += (g & q).sum()
             union[c] += (g | q).sum()
-    return [i / u if u else math.nan for i, u in zip(inter, union)]
+    return [i / u if u else math.nan for i, u in zip(inter, union, strict=True)]
 
 
 def test_boundary_width_follows_the_image_diagonal():

@@ -14,7 +14,7 @@ from fcnseg.evaluation.metrics import ConfusionMatrix
 def reference_metrics(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore: int = 255) -> dict:
     """DESIGN §4 written out with numpy loops, independent of fcnseg.evaluation.metrics."""
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for g, p in zip(gt.ravel(), pred.ravel()):
+    for g, p in zip(gt.ravel(), pred.ravel(), strict=True):
         if g != ignore:
             hist[g, p] += 1
     t = hist.sum(axis=1)

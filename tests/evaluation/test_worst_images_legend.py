@@ -55,6 +55,6 @@ def test_worst_images_png_shows_the_listed_images_and_a_legend_of_the_class_colo
         legend = figure.legends[0]
         labels = [text.get_text() for text in legend.get_texts()]
         assert labels and set(labels) <= set(SHAPE_CLASSES)
-        for label, patch in zip(labels, legend.get_patches()):  # each swatch has its class's colour
+        for label, patch in zip(labels, legend.get_patches(), strict=True):  # each swatch has its class's colour
             expected = [v / 255 for v in palette[SHAPE_CLASSES.index(label)]]
             assert [round(v, 6) for v in patch.get_facecolor()[:3]] == [round(v, 6) for v in expected]

@@ -199,7 +199,12 @@ def test_read_metadata_rejects_foreign_files(tmp_path):
 
 
 def test_core_import_does_not_load_optional_extras():
-    code = "import sys, argparse, fcnseg, fcnseg.cli, fcnseg.commands.export as e, fcnseg.commands.serve as s; sub = argparse.ArgumentParser().add_subparsers(); e.add_parser(sub); s.add_parser(sub); print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript', 'fastapi', 'uvicorn')))"
+    code = (
+        "import sys, argparse, fcnseg, fcnseg.cli, fcnseg.commands.export as e, fcnseg.commands.serve as s; "
+        "sub = argparse.ArgumentParser().add_subparsers(); e.add_parser(sub); s.add_parser(sub); "
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript', 'fastapi', 'uvicorn')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -117,8 +117,8 @@ from fcnseg.export.int8 import CalibrationSet, export_int8
 sys.path.insert(0, sys.argv[2])
 from tiny_models import tiny_model
 classes = ["a", "b", "c"]
-checkpoint = save_checkpoint(sys.argv[1] + "/model.safetensors", tiny_model("fcn32s", 3, score_std=1.0), classes=classes,
-                             palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)])
+checkpoint = save_checkpoint(sys.argv[1] + "/model.safetensors", tiny_model("fcn32s", 3, score_std=1.0),
+                             classes=classes, palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0)])
 image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8))
 report = export_int8(checkpoint, sys.argv[1] + "/int8.onnx", CalibrationSet([image], None, "one image"),
                      quantizer="nncf", exporter="torchscript", runtimes=["onnxruntime"], min_agreement=0.01)

@@ -67,7 +67,7 @@ def independent_agreement(int8_path, model, images) -> float:
 def mean_iu(predictions, labels, num_classes) -> float:
     """Mean IU by hand (numpy): classes present in labels or predictions, 255 ignored."""
     matrix = np.zeros((num_classes, num_classes), np.int64)
-    for predicted, label in zip(predictions, labels):
+    for predicted, label in zip(predictions, labels, strict=True):
         keep = label.numpy() != 255
         np.add.at(matrix, (label.numpy()[keep], predicted.numpy()[keep]), 1)
     union = matrix.sum(0) + matrix.sum(1) - np.diag(matrix)

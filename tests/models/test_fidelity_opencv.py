@@ -262,7 +262,7 @@ def load_seed_fcn8s(model: torch.nn.Module) -> torch.nn.Module:
     slots = [(seed.features_123, i) for i in (0, 2, 5, 7, 10, 12, 14)]
     slots += [(seed.features_4, i) for i in (0, 2, 4)] + [(seed.features_5, i) for i in (0, 2, 4)]
     slots += [(seed.classifier, 0), (seed.classifier, 3), (seed.classifier, 6)]
-    for (container, index), name in zip(slots, convs + ["fc6", "fc7", "score_fr"]):
+    for (container, index), name in zip(slots, convs + ["fc6", "fc7", "score_fr"], strict=True):
         container[index] = _copy(layers[name])
     seed.score_feat4, seed.score_feat3 = _copy(layers["score_pool4"]), _copy(layers["score_pool3"])
     seed.upscore_5, seed.upscore_4 = _copy(layers["upscore2"]), _copy(layers["upscore_pool4"])

@@ -181,7 +181,7 @@ def test_predict_command_writes_masks_and_overlays_and_reports_bad_images(tmp_pa
             assert int(np.array(mask).max()) < len(CLASSES)
         with (
             Image.open(out / f"{stem}_overlay.png") as overlay,
-            Image.open(inputs / f"{stem}.{'png' if stem == 'one' else 'jpg'}") as source,
+            Image.open(inputs / f"{stem}.{'png' if stem == 'one' else 'jpg'}"),
         ):
             # the overlay of the image, and below it a legend band naming the classes present
             assert overlay.mode == "RGB" and overlay.width == size[0] and overlay.height > size[1]

@@ -132,7 +132,8 @@ def test_a_failing_input_whose_name_is_not_utf8_is_reported_in_failed_txt(tmp_pa
     os.mkdir(folder)
     good, bad = os.path.join(folder, b"\xe9t\xe9.png"), os.path.join(folder, b"caf\xe9.jpg")
     try:
-        Image.fromarray(photo(40, 56)).save(open(good, "wb"), format="PNG")
+        with open(good, "wb") as handle:
+            Image.fromarray(photo(40, 56)).save(handle, format="PNG")
     except OSError:
         pytest.skip("this file system refuses names that are not UTF-8")
     data = jpeg(photo(40, 56))

@@ -1,7 +1,9 @@
-"""``fcnseg predict`` over many files: batches, the resume manifest, kills, torchrun shards, failures, GeoTIFF mosaics."""
+"""``fcnseg predict`` over many files: batches, the resume manifest, kills, torchrun shards, failures, GeoTIFF
+mosaics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -49,10 +51,8 @@ def records(out: Path) -> list[dict]:
     lines = []
     for file in sorted((out / MANIFEST_FOLDER).glob("manifest-rank*.jsonl")):
         for line in file.read_bytes().splitlines():
-            try:
+            with contextlib.suppress(ValueError):
                 lines.append(json.loads(line))
-            except ValueError:
-                pass
     return lines
 
 

@@ -90,7 +90,8 @@ def test_page_uploads_a_photo_and_shows_overlay_and_legend(tmp_path):
             assert page.locator("#overlay").is_visible() and page.locator("#legend").is_visible()
             assert page.locator("#legend li .name").all_inner_texts() == present
             size = page.evaluate(
-                "() => [document.getElementById('overlay').naturalWidth, document.getElementById('overlay').naturalHeight]"
+                "() => [document.getElementById('overlay').naturalWidth, "
+                "document.getElementById('overlay').naturalHeight]"
             )
             assert size == [image.shape[-1], image.shape[-2]]
             source = page.get_attribute("#overlay", "src")

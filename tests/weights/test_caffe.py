@@ -31,7 +31,9 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     layers_a, layers_b = a.reference_layers(), b.reference_layers()
     assert list(layers_a) == list(layers_b)
     for name in layers_a:
-        for (kind, pa), (_, pb) in zip(layers_a[name].named_parameters(), layers_b[name].named_parameters()):
+        for (kind, pa), (_, pb) in zip(
+            layers_a[name].named_parameters(), layers_b[name].named_parameters(), strict=True
+        ):
             assert torch.equal(pa, pb), f"{name}.{kind} differs"
 
 

@@ -1,4 +1,5 @@
-"""One finite-values check (fcnseg.checkpoint.check_finite) for checkpoints and other weight files, each with its error."""
+"""One finite-values check (fcnseg.checkpoint.check_finite) for checkpoints and other weight files, each with its
+error."""
 
 from __future__ import annotations
 

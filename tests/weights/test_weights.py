@@ -38,7 +38,7 @@ def fake_torchvision_state(width: float = TINY, seed: int = 0) -> dict[str, torc
     generator = torch.Generator().manual_seed(seed)
     layers = tiny_model("fcn32s", width=width).reference_layers()
     state = {}
-    for index, name in zip(TV_CONV_INDICES, CONV_NAMES):
+    for index, name in zip(TV_CONV_INDICES, CONV_NAMES, strict=True):
         state[f"features.{index}.weight"] = torch.randn(layers[name].weight.shape, generator=generator)
         state[f"features.{index}.bias"] = torch.randn(layers[name].bias.shape, generator=generator)
     fc = layers["fc6"].out_channels
@@ -61,7 +61,7 @@ def test_fake_state_has_torchvisions_vgg16_layout():
 
 def check_loaded(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     layers = model.reference_layers()
-    for index, name in zip(TV_CONV_INDICES, CONV_NAMES):
+    for index, name in zip(TV_CONV_INDICES, CONV_NAMES, strict=True):
         assert torch.equal(layers[name].weight, state[f"features.{index}.weight"]), name
         assert torch.equal(layers[name].bias, state[f"features.{index}.bias"]), name
     fc6, fc7 = layers["fc6"], layers["fc7"]
@@ -199,7 +199,9 @@ def test_fcn32s_to_fcn16s_to_fcn8s():
     assert copied == CONV_NAMES + ["fc6", "fc7", "score_fr"]
     for name in copied:
         for (_, a), (_, b) in zip(
-            fcn32s.reference_layers()[name].named_parameters(), fcn16s.reference_layers()[name].named_parameters()
+            fcn32s.reference_layers()[name].named_parameters(),
+            fcn16s.reference_layers()[name].named_parameters(),
+            strict=True,
         ):
             assert torch.equal(a, b), name
     assert not fcn16s.score_pool4.weight.any() and not fcn16s.score_pool4.bias.any()

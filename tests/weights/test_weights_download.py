@@ -104,9 +104,11 @@ def test_checksum_mismatch_is_refused_and_nothing_stays_in_the_cache(home):
 
 
 def test_size_mismatch_is_refused(home):
-    with FileServer({"/" + FILENAME: DATA}) as server:
-        with pytest.raises(WeightsError, match=f"{len(DATA):,} bytes, the published file has {len(DATA) + 1:,}"):
-            fetch(entry(server.url + "/" + FILENAME, size=len(DATA) + 1), progress=False)
+    with (
+        FileServer({"/" + FILENAME: DATA}) as server,
+        pytest.raises(WeightsError, match=f"{len(DATA):,} bytes, the published file has {len(DATA) + 1:,}"),
+    ):
+        fetch(entry(server.url + "/" + FILENAME, size=len(DATA) + 1), progress=False)
     assert cached_files(home) == []
 
 

@@ -62,9 +62,9 @@ def tiny_entry(
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    pairs = zip(a.reference_layers().items(), b.reference_layers().items())
+    pairs = zip(a.reference_layers().items(), b.reference_layers().items(), strict=True)
     for (name, layer_a), (_, layer_b) in pairs:
-        for (kind, pa), (_, pb) in zip(layer_a.named_parameters(), layer_b.named_parameters()):
+        for (kind, pa), (_, pb) in zip(layer_a.named_parameters(), layer_b.named_parameters(), strict=True):
             assert torch.equal(pa, pb), f"{name}.{kind} differs"
 
 
