@@ -25,17 +25,22 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint, read_description
 from ..device import resolve_device
 from ..files import atomic_path, atomic_write_text
+from ..models.contract import SegmentationModel
 from .runtimes import OnnxModel, RuntimeBackendError
+
+if TYPE_CHECKING:
+    from ..export.onnx import Exporter
 
 #: The runtime a compiled checkpoint runs in.
 COMPILED_RUNTIME = "openvino"
@@ -44,7 +49,7 @@ COMPILED_RUNTIME = "openvino"
 #: of torch's time, ResNet-18 0.90. The VGG nets stay in torch: OpenVINO took 1.03-1.11x their time.
 COMPILED_FAMILIES: tuple[str, ...] = ("mobilenet_v3", "resnet")
 #: The exporters tried in turn: the legacy tracer exports MobileNetV3 in ~3 s, dynamo in ~30 s.
-EXPORTERS: tuple[str, ...] = ("torchscript", "dynamo")
+EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
 ENTRY_FORMAT = "fcnseg-compiled/1"
 _PACKAGES = ("torch", "onnx", "onnxruntime", "openvino")
 
@@ -126,7 +131,7 @@ def torch_reason(
     return None
 
 
-def _openvino_parity(model: torch.nn.Module, path: Path) -> list[Any]:
+def _openvino_parity(model: SegmentationModel, path: Path) -> list[Any]:
     """The export's parity check (same images, sizes and tolerance) with OpenVINO fp32 as the runtime."""
     from ..export.agreement import pixel_agreement
     from ..export.onnx import DEFAULT_CHECK_SHAPES, OUTPUT_NAME, ParityResult, ParityTolerance
@@ -225,7 +230,7 @@ def compiled_file(checkpoint: str | Path) -> Path:
 
 
 def load_compiled_checkpoint(
-    source: str | Path, *, dtype: str = "float32", device: Any = None, fast_paths: bool = True
+    source: str | os.PathLike[str], *, dtype: str = "float32", device: Any = None, fast_paths: bool = True
 ) -> Checkpoint | None:
     """The checkpoint ``source`` with its model compiled (:class:`OnnxModel` in OpenVINO fp32), or None: run torch.
 
