@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,11 @@ from ..evaluation.metrics import format_report, json_safe
 from ..files import atomic_write_text
 from .arguments import add_runtime_arguments, add_tta_arguments, key_value
 from .errors import reports_errors
+
+if TYPE_CHECKING:
+    from ..evaluation.calibration_error import ReliabilityBins
+    from ..evaluation.metrics import ConfusionMatrix
+    from ..inference.predictor import Predictor
 
 NAME = "eval"
 HELP = "evaluate a checkpoint on a dataset split (pixel acc, mean acc, mean IU, fw IU, per-class IU)"
@@ -201,9 +206,8 @@ def _run_heads(args: argparse.Namespace, predictor: Any, checkpoint: Checkpoint,
 @reports_errors(NAME)
 def run(args: argparse.Namespace) -> int:
     from ..data import SegmentationDataset, open_dataset
-    from ..evaluation.calibration_error import calibrate, reliability_diagram
+    from ..evaluation.calibration_error import calibrate
     from ..evaluation.detail_metrics import BoundaryIoU, DiceScore, PerImageIU, SizeIU
-    from ..evaluation.figures import confusion_matrix_figure, worst_images_figure
     from ..evaluation.loop import confusion_matrix
     from ..inference.predictor import load_predictor
 
@@ -287,33 +291,52 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.json, text)
         print(f"wrote {args.json}")
     if args.out:
-        atomic_write_text(args.out / "metrics.json", text)
-        confusion_matrix_figure(
-            matrix.matrix,
-            checkpoint.classes,
-            args.out / "confusion_matrix.png",
-            title=f"{Path(args.checkpoint).name} on {kind} {args.split}: mean IU {result['mean_iu']:.3f}",
+        _write_outputs(
+            args, text, kind, checkpoint, predictor, dataset, matrix, result, bins if args.calibration else None
         )
-        print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion_matrix.png'}")
-        if detail:
-            scores = result["detail"]["per_image"]["mean_iu"]
-            worst = worst_images(scores, args.worst)
-            items = [dataset[i] for i in worst]  # predicted again: only these k masks are kept
-            worst_images_figure(
-                [image for image, _ in items],
-                [mask for _, mask in items],
-                [predictor.mask(image) for image, _ in items],
-                [scores[i] for i in worst],
-                checkpoint.palette,
-                args.out / "worst_images.png",
-                args.worst,
-                ids=[_image_id(dataset, i) for i in worst],
-                classes=checkpoint.classes,
-            )
-            print(f"wrote {args.out / 'worst_images.png'}")
-        if args.calibration:
-            reliability_diagram(
-                bins, args.out / "reliability_diagram.png", title=f"{Path(args.checkpoint).name} on {kind} {args.split}"
-            )
-            print(f"wrote {args.out / 'reliability_diagram.png'}")
     return 0
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    text: str,
+    kind: str,
+    checkpoint: Checkpoint,
+    predictor: Predictor,
+    dataset: Any,
+    matrix: ConfusionMatrix,
+    result: dict[str, Any],
+    bins: ReliabilityBins | None,
+) -> None:
+    """``--out``: metrics.json, the confusion matrix, and with --detail / --calibration their pictures."""
+    from ..evaluation.calibration_error import reliability_diagram
+    from ..evaluation.figures import confusion_matrix_figure, worst_images_figure
+
+    title = f"{Path(args.checkpoint).name} on {kind} {args.split}"
+    atomic_write_text(args.out / "metrics.json", text)
+    confusion_matrix_figure(
+        matrix.matrix,
+        checkpoint.classes,
+        args.out / "confusion_matrix.png",
+        title=f"{title}: mean IU {result['mean_iu']:.3f}",
+    )
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'confusion_matrix.png'}")
+    if "detail" in result:
+        scores = result["detail"]["per_image"]["mean_iu"]
+        worst = worst_images(scores, args.worst)
+        items = [dataset[i] for i in worst]  # predicted again: only these k masks are kept
+        worst_images_figure(
+            [image for image, _ in items],
+            [mask for _, mask in items],
+            [predictor.mask(image) for image, _ in items],
+            [scores[i] for i in worst],
+            checkpoint.palette,
+            args.out / "worst_images.png",
+            args.worst,
+            ids=[_image_id(dataset, i) for i in worst],
+            classes=checkpoint.classes,
+        )
+        print(f"wrote {args.out / 'worst_images.png'}")
+    if bins is not None:
+        reliability_diagram(bins, args.out / "reliability_diagram.png", title=title)
+        print(f"wrote {args.out / 'reliability_diagram.png'}")

@@ -201,6 +201,24 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             Finding("error", "other-bad-item", f"bad item {item} of the other split ({name}): {message}")
             for item, message in _bad_items(other)
         ]
+    found += _mask_format_findings(train, other)
+    readable = checked - len(train.bad) - len(train.colour_items) - len(train.lossy_items) - len(train.rotated_items)
+    other_pixels = other.class_pixels if other is not None else None
+    if readable and train.class_pixels is not None:
+        missing = np.flatnonzero(train.class_pixels == 0)
+        if len(missing):
+            classes = _class_list(dataset, missing, other_pixels)
+            message = (f"{len(missing)} of {dataset.num_classes} classes never occur in the {readable} readable train "
+                       f"masks checked: {classes}; the model cannot learn them")  # fmt: skip
+            found.append(Finding("warning", "class-missing", message))
+    if other is not None:
+        found += _cross_split_findings(train, other)
+    return found
+
+
+def _mask_format_findings(train: Survey, other: Survey | None) -> list[Finding]:
+    """Masks in a form the dataset cannot read as class ids: colours, JPEG, EXIF-unrotated, binary 0/255."""
+    dataset, found = train.dataset, []
     if train.colour_items:
         table = colour_table_for([train] + ([other] if other else []))
         message = (f"{len(train.colour_items)} masks are RGB colour images ({_examples(dataset, train.colour_items)}), "
@@ -219,111 +237,50 @@ def findings_of(train: Survey, other: Survey | None = None) -> list[Finding]:
             detail = table.text()
         found.append(Finding("error", "colour-masks", message, detail))
     if train.lossy_items:
-        found.append(
-            Finding(
-                "error",
-                "jpeg-masks",
-                (
-                    f"{len(train.lossy_items)} masks are JPEG files ({_examples(dataset, train.lossy_items)}); "
-                    "expected lossless "
-                    "PNG: JPEG compression changes class ids along every edge, so they are refused (export the masks "
-                    "as PNG)"
-                ),
-            )
-        )
+        message = (f"{len(train.lossy_items)} masks are JPEG files ({_examples(dataset, train.lossy_items)}); expected "
+                   "lossless PNG: JPEG compression changes class ids along every edge, so they are refused (export the "
+                   "masks as PNG)")  # fmt: skip
+        found.append(Finding("error", "jpeg-masks", message))
     if train.rotated_items:
-        found.append(
-            Finding(
-                "error",
-                "exif-rotation",
-                (
-                    f"{len(train.rotated_items)} masks have the size of their image as stored, but the image carries "
-                    "an EXIF "
-                    f"rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were drawn "
-                    "on the "
-                    "unrotated pixels; --fix OUT writes them rotated the same way"
-                ),
-            )
-        )
+        message = (f"{len(train.rotated_items)} masks have the size of their image as stored, but the image carries an "
+                   f"EXIF rotation and is read upright ({_examples(dataset, train.rotated_items)}): the masks were "
+                   "drawn on the unrotated pixels; --fix OUT writes them rotated the same way")  # fmt: skip
+        found.append(Finding("error", "exif-rotation", message))
     if train.looks_binary:
         # 255 ignored leaves class 0 alone to learn: a run would "succeed" with every score perfect, so it is an error.
         ignored = dataset.ignore_index == 255
-        found.append(
-            Finding(
-                "error" if ignored else "warning",
-                "binary-masks",
-                (
-                    "masks hold only the values 0 and 255, and 255 is "
-                    f"{'the ignore value' if ignored else 'no class'}: "
-                    "there is no trainable foreground (255 is never trained nor scored: a run learns class 0 alone "
-                    "and every "
-                    "score reads perfect); open with "
-                    "--data-option binary=true (0 -> class 0, any other value -> class 1), or let --fix OUT write 0/1 "
-                    "masks"
-                ),
-            )
-        )
-    readable = checked - len(train.bad) - len(train.colour_items) - len(train.lossy_items) - len(train.rotated_items)
-    other_pixels = other.class_pixels if other is not None else None
-    if readable and train.class_pixels is not None:
-        missing = np.flatnonzero(train.class_pixels == 0)
-        if len(missing):
-            found.append(
-                Finding(
-                    "warning",
-                    "class-missing",
-                    (
-                        f"{len(missing)} of {dataset.num_classes} classes never occur in the {readable} readable "
-                        "train masks "
-                        f"checked: {_class_list(dataset, missing, other_pixels)}; the model cannot learn them"
-                    ),
-                )
-            )
-    if other is not None and other_pixels is not None and other.dataset.num_classes == dataset.num_classes:
-        absent = np.flatnonzero(other_pixels == 0)
+        message = (f"masks hold only the values 0 and 255, and 255 is {'the ignore value' if ignored else 'no class'}: "
+                   "there is no trainable foreground (255 is never trained nor scored: a run learns class 0 alone and "
+                   "every score reads perfect); open with --data-option binary=true (0 -> class 0, any other value -> "
+                   "class 1), or let --fix OUT write 0/1 masks")  # fmt: skip
+        found.append(Finding("error" if ignored else "warning", "binary-masks", message))
+    return found
+
+
+def _cross_split_findings(train: Survey, other: Survey) -> list[Finding]:
+    """What the two splits say together: classes the other split lacks, identical images, its unreadable masks."""
+    dataset, found = train.dataset, []
+    if other.class_pixels is not None and other.dataset.num_classes == dataset.num_classes:
+        absent = np.flatnonzero(other.class_pixels == 0)
         if len(absent) and len(absent) < dataset.num_classes:
-            found.append(
-                Finding(
-                    "info",
-                    "class-not-in-other",
-                    (
-                        f"classes absent from the other split ({len(other.indices)} masks checked): "
-                        f"{_class_list(dataset, absent, None)}; their IU is not measured, mean IU averages the rest"
-                    ),
-                )
-            )
+            classes = _class_list(dataset, absent, None)
+            message = (f"classes absent from the other split ({len(other.indices)} masks checked): {classes}; their "
+                       "IU is not measured, mean IU averages the rest")  # fmt: skip
+            found.append(Finding("info", "class-not-in-other", message))
         same = [(train.digests[d], i) for d, i in other.digests.items() if d in train.digests]
         if same:
             pairs = ", ".join(f"{dataset.ids[a]} = {other.dataset.ids[b]}" for a, b in same[:3])
-            found.append(
-                Finding(
-                    "warning",
-                    "duplicates",
-                    (
-                        f"{len(same)} image files of the other split are identical to images of this split ({pairs}"
-                        f"{', ...' if len(same) > 3 else ''}): scores on them measure memory, not generalisation"
-                    ),
-                )
-            )
+            more = ", ..." if len(same) > 3 else ""
+            message = (f"{len(same)} image files of the other split are identical to images of this split ({pairs}"
+                       f"{more}): scores on them measure memory, not generalisation")  # fmt: skip
+            found.append(Finding("warning", "duplicates", message))
         # said of the other split only when this split's findings do not say it already
-        if any(
-            theirs and not ours
-            for theirs, ours in (
-                (other.colour_items, train.colour_items),
-                (other.lossy_items, train.lossy_items),
-                (other.rotated_items, train.rotated_items),
-            )
-        ):
-            found.append(
-                Finding(
-                    "info",
-                    "other-unreadable",
-                    (
-                        "some masks of the other split are colour, JPEG or unrotated masks; check that split itself "
-                        "(fcnseg data --split ...)"
-                    ),
-                )
-            )
+        pairs_of_items = ((other.colour_items, train.colour_items), (other.lossy_items, train.lossy_items),
+                          (other.rotated_items, train.rotated_items))  # fmt: skip
+        if any(theirs and not ours for theirs, ours in pairs_of_items):
+            message = ("some masks of the other split are colour, JPEG or unrotated masks; check that split itself "
+                       "(fcnseg data --split ...)")  # fmt: skip
+            found.append(Finding("info", "other-unreadable", message))
     return found
 
 

@@ -235,24 +235,7 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
     init_description = apply_initial_weights(model, config.init)
     model.to(ctx.device)
 
-    weight = None
-    if config.class_weights is not None:
-        statistics = class_statistics(train_set, train_set.num_classes)
-        weight = (
-            median_frequency_weights(statistics)
-            if config.class_weights == "median-frequency"
-            else effective_number_weights(statistics, _beta(config.class_weight_beta, statistics.pixel_counts))
-        )
-    loss = loss_for_model(
-        build_loss(
-            recipe.loss,
-            reduction=cast(Literal["sum", "mean"], recipe.reduction),  # Recipe checks it is one of REDUCTIONS
-            ignore_index=train_set.ignore_index,
-            weight=weight,
-            **recipe.loss_options,
-        ),
-        model,
-    )  # one loss per head of a multi-head net
+    loss = _training_loss(config, train_set, model)
 
     optimizer = build_optimizer(
         cast(nn.Module, model),  # every SegmentationModel is an nn.Module
@@ -268,13 +251,7 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
         group["initial_lr"] = group["lr"]  # the factor of the schedule multiplies this
     lr_factor = schedule_for(recipe)
 
-    amp_dtype, scaler = None, None
-    if recipe.amp and ctx.device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if amp_dtype == torch.float16:
-            scaler = torch.amp.GradScaler("cuda")
-    elif config.cpu_bf16 and ctx.device.type == "cpu" and cpu_has_native_bf16():
-        amp_dtype = torch.bfloat16
+    amp_dtype, scaler = _mixed_precision(config, ctx)
 
     network = cast(nn.Module, model)
     if ctx.distributed:
@@ -303,6 +280,38 @@ def build_run(config: TrainConfig, out_dir: str | Path, ctx: DistContext, *, che
         length=RunLength.of(recipe),
         init_description=init_description,
     )
+
+
+def _training_loss(config: TrainConfig, train_set: SegmentationDataset, model: SegmentationModel) -> SegmentationLoss:
+    """The recipe's loss with the configured class weights; one loss per head of a multi-head net."""
+    recipe, weight = config.recipe, None
+    if config.class_weights is not None:
+        statistics = class_statistics(train_set, train_set.num_classes)
+        weight = (
+            median_frequency_weights(statistics)
+            if config.class_weights == "median-frequency"
+            else effective_number_weights(statistics, _beta(config.class_weight_beta, statistics.pixel_counts))
+        )
+    return loss_for_model(
+        build_loss(
+            recipe.loss,
+            reduction=cast(Literal["sum", "mean"], recipe.reduction),  # Recipe checks it is one of REDUCTIONS
+            ignore_index=train_set.ignore_index,
+            weight=weight,
+            **recipe.loss_options,
+        ),
+        model,
+    )
+
+
+def _mixed_precision(config: TrainConfig, ctx: DistContext) -> tuple[torch.dtype | None, Any]:
+    """The autocast dtype (bf16, or fp16 with a gradient scaler on GPUs without bf16), or None: float32."""
+    if config.recipe.amp and ctx.device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return amp_dtype, torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    if config.cpu_bf16 and ctx.device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16, None
+    return None, None
 
 
 def _beta(beta: float | None, pixel_counts: Any) -> float:
