@@ -55,7 +55,7 @@ def default_root() -> Path:
     return Path(shared_data) / "camvid" if shared_data else harness.SHARED / "data" / "camvid"
 
 
-# --- the pure step (run in a child process: --probe pure) --------------------------------------
+# --- the pure step (run in a child process: --child pure) --------------------------------------
 
 
 def pure_step_probe(steps: int, skip: int, threads: int) -> dict[str, Any]:
@@ -199,11 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=default_root(), help="CamVid folder")
     parser.add_argument("--runs", type=Path, default=PROJECT_ROOT / "runs" / "train_rate")
     parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "train_rate.json")
-    parser.add_argument("--probe", choices=["pure"], help=argparse.SUPPRESS)
+    harness.add_child_argument(parser, choices=["pure"])
     args = parser.parse_args(argv)
-    if args.probe:
-        print(json.dumps(pure_step_probe(args.pure_steps, args.skip, args.threads)))
-        return 0
+    if args.child:
+        return harness.print_child_result(pure_step_probe(args.pure_steps, args.skip, args.threads))
     if not (args.root / "train.txt").is_file():
         print(f"CamVid not found at {args.root} (give --root)", file=sys.stderr)
         return 2
@@ -220,11 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     for index in range(args.rounds):
         record: dict[str, Any] = {
-            "pure": harness.run_probe(
+            "pure": harness.run_child(
                 Path(__file__),
+                "pure",
                 [
-                    "--probe",
-                    "pure",
                     "--pure-steps",
                     str(args.pure_steps),
                     "--skip",

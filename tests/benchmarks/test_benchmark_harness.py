@@ -75,3 +75,14 @@ def test_synthetic_image_is_deterministic_smooth_blobs_plus_noise(harness):
     smooth = harness.synthetic_image(40, 40, np.random.default_rng(0), noise=0.0).astype(np.float64)
     # without noise, the blobs alone: 2 x 2 cells over 40 px, so a step is at most a cell's range over half a cell
     assert np.abs(np.diff(smooth, axis=1)).max() <= 255 / 20 + 1 and smooth.max() - smooth.min() > 100
+
+
+def test_every_harness_name_a_benchmark_uses_exists(harness):
+    """A rename in the harness breaks the scripts that still call the old name (train_rate.py called run_probe
+    after it became run_child); the scripts run only by hand, so this reads them."""
+    import re
+
+    used = {(script.name, name) for script in BENCHMARKS.glob("*.py")
+            for name in re.findall(r"\bharness\.([A-Za-z_]\w*)", script.read_text(encoding="utf-8"))}  # fmt: skip
+    missing = sorted((script, name) for script, name in used if not hasattr(harness, name))
+    assert used and not missing, f"benchmarks calling harness names that do not exist: {missing}"
