@@ -206,11 +206,19 @@ def load_checkpoint(
         check_finite(key, tensor, str(path))
     model.load_state_dict(state)
     model.preprocessing = Preprocessing.from_dict(description["preprocessing"])
+    return described_checkpoint(model, description)
+
+
+def described_checkpoint(
+    model: SegmentationModel, description: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Checkpoint:
+    """A :class:`Checkpoint` of ``model`` with the classes, palette, ignore value and recipe of a checkpoint's
+    (checked) description; ``extra`` adds to the description's own."""
     return Checkpoint(
         model=model,
         classes=list(description["classes"]),
         palette=[tuple(colour) for colour in description["palette"]],
         ignore_index=int(description.get("ignore_index", 255)),
         recipe=dict(description.get("recipe", {})),
-        extra=dict(description.get("extra", {})),
+        extra={**description.get("extra", {}), **(extra or {})},
     )

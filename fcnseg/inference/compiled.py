@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checkpoint import Checkpoint, load_checkpoint, read_description
+from ..checkpoint import Checkpoint, described_checkpoint, load_checkpoint, read_description
 from ..device import resolve_device
 from ..files import atomic_path, atomic_write_text
 from ..models.contract import SegmentationModel
@@ -249,16 +249,5 @@ def load_compiled_checkpoint(
     except (CompileError, RuntimeBackendError, OSError) as error:
         _note(f"{source} runs in torch: its {COMPILED_RUNTIME} compilation failed: {error}")
         return None
-    config = dict(description["config"])
-    with torch.device("meta"):  # what the file does not carry: whether tiles are exact (squeeze-and-excitation)
-        from ..models import create_model
-
-        model.exact_tiling = bool(create_model(config.pop("name"), **config).exact_tiling)
-    return Checkpoint(
-        model=model,
-        classes=list(description["classes"]),
-        palette=[tuple(colour) for colour in description["palette"]],
-        ignore_index=int(description.get("ignore_index", 255)),
-        recipe=dict(description.get("recipe", {})),
-        extra={**description.get("extra", {}), "onnx": str(onnx_path), "runtime": COMPILED_RUNTIME},
-    )
+    # The export records exact_tiling (squeeze-and-excitation tiles are inexact) in its tiling metadata.
+    return described_checkpoint(model, description, {"onnx": str(onnx_path), "runtime": COMPILED_RUNTIME})
