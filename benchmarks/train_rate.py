@@ -117,8 +117,18 @@ def pure_step_probe(steps: int, skip: int, threads: int) -> dict[str, Any]:
 
 
 def train_variant(name: str, args: argparse.Namespace, bf16: bool) -> dict[str, Any]:
-    """One ``fcnseg train`` run of ``--steps`` steps in a fresh process; its per-step times from metrics.jsonl."""
-    out = args.runs / name
+    """One ``fcnseg train`` run of the camvid recipe with MobileNetV3 in variant ``name``."""
+    return timed_train(args.runs / name, args.root, MODEL + VARIANTS[name], args.steps, args.threads, args.skip, bf16)
+
+
+def timed_train(
+    out: Path, root: Path, options: list[str], steps: int, threads: int, skip: int, bf16: bool
+) -> dict[str, Any]:
+    """``fcnseg train --recipe camvid OPTIONS`` for ``steps`` steps in a fresh process; its per-step times.
+
+    A step is timed as the run times it (loading its batch included: ``train_seconds`` in metrics.jsonl),
+    the first ``skip`` steps left out (kernel set-up).
+    """
     command = [
         sys.executable,
         "-m",
@@ -127,13 +137,12 @@ def train_variant(name: str, args: argparse.Namespace, bf16: bool) -> dict[str, 
         "--recipe",
         "camvid",
         "--root",
-        str(args.root),
+        str(root),
         "--out",
         str(out),
         "--overwrite",
-        *MODEL,
         "--steps",
-        str(args.steps),
+        str(steps),
         "--evals",
         "1",
         "--val-limit",
@@ -141,24 +150,24 @@ def train_variant(name: str, args: argparse.Namespace, bf16: bool) -> dict[str, 
         "--overlays",
         "0",
         "--threads",
-        str(args.threads),
+        str(threads),
         "--seed",
         "0",
         "--log-every",
         "1",
         "--no-progress",
         *(["--cpu-bf16"] if bf16 else []),
-        *VARIANTS[name],
+        *options,
     ]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"fcnseg train ({name}) failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        raise SystemExit(f"fcnseg train ({out.name}) failed (exit {done.returncode}): {done.stderr[-2000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     clock = [0.0] + [r["train_seconds"] for r in records if "loss" in r]
-    durations = [b - a for a, b in zip(clock, clock[1:], strict=False)][args.skip :]
+    durations = [b - a for a, b in zip(clock, clock[1:], strict=False)][skip:]
     cache_line = next((line for line in done.stderr.splitlines() if "cached in memory" in line), None)
     return {
         "s_per_step": statistics.mean(durations),

@@ -182,8 +182,11 @@ class Agreement:
     pixels: float  # pooled share of pixels with the same class
     worst_image: float
     mean_iu: tuple[float, float] | None  # (fp32, int8) on the labelled images, else None
+    error: str | None = None  # the runtime cannot run this file (e.g. ONNX Runtime and some NNCF zero points)
 
     def describe(self, threshold: float) -> str:
+        if self.error is not None:
+            return f"{self.runtime}: cannot run this int8 file ({self.error}) -> not for this runtime"
         verdict = "ok" if self.pixels >= threshold else "REFUSED"
         text = (
             f"{self.runtime}: masks agree with fp32 on {100 * self.pixels:.2f}% of pixels (worst image "
@@ -211,8 +214,14 @@ class Int8Report:
     fp32_layers: tuple[int, int] = (0, 0)  # (layers with weights left in fp32, layers with weights)
 
     @property
+    def ran(self) -> list[Agreement]:
+        """The runtimes that could run the file."""
+        return [a for a in self.agreements if a.error is None]
+
+    @property
     def ok(self) -> bool:
-        return bool(self.agreements) and all(a.pixels >= self.min_agreement for a in self.agreements)
+        """At least one runtime ran the file, and every one that did agrees with fp32 enough."""
+        return bool(self.ran) and all(a.pixels >= self.min_agreement for a in self.ran)
 
 
 #: Agreement kept in hand by accuracy control below ``min_agreement``: the target is measured in ONNX
@@ -399,6 +408,11 @@ def _agreement(
     return Agreement(runtime, agreement.pooled, agreement.worst, mean_iu)
 
 
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def export_int8(
     checkpoint: Checkpoint | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -476,9 +490,13 @@ def export_int8(
     with atomic_path(out) as tmp:  # renamed onto ``out`` only if every runtime agrees with fp32
         tmp.write_bytes(proto.SerializeToString())
         for runtime in runtimes:
-            report.agreements.append(
-                _agreement(runtime, tmp, calibration, reference, predictor.num_classes, checkpoint.ignore_index)
-            )
+            try:
+                agreement = _agreement(
+                    runtime, tmp, calibration, reference, predictor.num_classes, checkpoint.ignore_index
+                )
+            except Exception as error:  # the runtime refuses a node of the file; another may run it
+                agreement = Agreement(runtime, 0.0, 0.0, None, error=f"{type(error).__name__}: {_first_line(error)}")
+            report.agreements.append(agreement)
         report.seconds = time.perf_counter() - started
         if not report.ok:
             details = "\n  ".join(a.describe(min_agreement) for a in report.agreements)
@@ -487,7 +505,6 @@ def export_int8(
                 if quantizer == "nncf" and not accuracy_control
                 else ""
             )
-            raise QuantizationError(
-                f"the int8 model does not agree with fp32; {out} was not written:\n  {details}{hint}"
-            )
+            problem = "does not agree with fp32" if report.ran else "cannot be run by any installed runtime"
+            raise QuantizationError(f"the int8 model {problem}; {out} was not written:\n  {details}{hint}")
     return report

@@ -277,10 +277,10 @@ class Predictor:
         """Per tile core: (tile, probabilities (C, h, w), mean entropy of the MC samples or None, arg-max (h, w))."""
         if not mc_samples:
             for tile, logits in self._per_tile(image, progress):
-                yield tile, torch.softmax(logits.float(), 0), None, logits.argmax(0)  # the arg-max mask() gives
+                yield tile, torch.softmax(logits.float(), 0), None, class_ids(logits, 0)  # the arg-max mask() gives
             return
         for tile, stacked in self._per_tile(image, progress, self._mc_dropout_run(mc_samples)):
-            yield tile, stacked[:-1], stacked[-1], stacked[:-1].argmax(0)
+            yield tile, stacked[:-1], stacked[-1], class_ids(stacked[:-1], 0)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores (C, H, W), float32 on the CPU, for a uint8 RGB image (3, H, W)."""
@@ -305,7 +305,7 @@ class Predictor:
         with self._running():
             for tile, core in self._per_tile(image, progress):
                 top, bottom, left, right = tile.core
-                mask[top:bottom, left:right] = core.argmax(0).to("cpu", self.mask_dtype)
+                mask[top:bottom, left:right] = class_ids(core, 0, self.mask_dtype).cpu()
         return mask
 
     def probabilities(self, image: torch.Tensor, *, mc_samples: int = 0, seed: int = 0) -> torch.Tensor:
@@ -363,7 +363,26 @@ class Predictor:
         if self.augments or self.tiling_for(*images.shape[-2:]) is not None:
             return torch.stack([self.mask(image) for image in images]).to(self.device)
         with self._running():
-            return self._logits(images).argmax(1)
+            return class_ids(self._logits(images), 1)
+
+
+def class_ids(scores: torch.Tensor, dim: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``scores.argmax(dim)`` as ``dtype``, fast whatever the memory layout (ties: the first class, as argmax).
+
+    torch's CPU arg-max over a dimension that is not the innermost reads with a stride and ran 5x slower than
+    the model for an ONNX runtime's (N, C, H, W) output (benchmarks/predict_backend.py); the model's own
+    channels-last logits are read in place. Elsewhere: one pass per class over contiguous planes.
+    """
+    if scores.device.type != "cpu" or scores.stride(dim) == 1 or scores.shape[dim] > 256:
+        return scores.argmax(dim).to(dtype)
+    planes = scores.unbind(dim)
+    best = planes[0].clone()
+    ids = torch.zeros(best.shape, dtype=dtype)
+    for index, plane in enumerate(planes[1:], start=1):
+        better = plane > best  # strict: a tie keeps the earlier class
+        ids.masked_fill_(better, index)
+        torch.maximum(best, plane, out=best)
+    return ids
 
 
 def load_predictor(

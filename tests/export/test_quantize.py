@@ -379,3 +379,49 @@ def test_camvid_calibration_split_with_resize(camvid_root):
     calibration = calibration_split("folder", str(camvid_root), "train", limit=2, resize=[90, 120])
     assert [tuple(image.shape) for image in calibration.images] == [(3, 90, 120)] * 2
     assert calibration.classes[:2] == ["sky", "building"] and calibration.masks[0].shape == (90, 120)
+
+
+def refusing_session(path, dtype, threads):
+    """An ONNX Runtime that refuses the file's nodes, as it does NNCF's int8 MobileNetV3 (per-channel zero points)."""
+    raise RuntimeError("QLinearConv : input zero point must be a scalar or 1D tensor of size 1")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed (fcnseg[runtimes])")
+def test_a_file_one_runtime_cannot_run_is_kept_for_the_runtime_that_agrees(
+    tmp_path, checkpoint_path, calibration, monkeypatch
+):
+    from fcnseg.inference import runtimes
+
+    monkeypatch.setitem(runtimes._SESSIONS, "onnxruntime", refusing_session)
+    out = tmp_path / "int8.onnx"
+    report = export_int8(
+        checkpoint_path,
+        out,
+        calibration,
+        quantizer="onnxruntime",
+        exporter="torchscript",
+        runtimes=["openvino", "onnxruntime"],
+        min_agreement=0.9,
+    )
+    assert report.ok and out.is_file()
+    assert [a.runtime for a in report.ran] == ["openvino"]
+    refused = report.agreements[1]
+    assert refused.runtime == "onnxruntime" and "input zero point" in refused.describe(0.9)
+    assert "not for this runtime" in refused.describe(0.9)
+
+
+def test_a_file_no_runtime_can_run_is_refused_and_nothing_is_left(tmp_path, checkpoint_path, calibration, monkeypatch):
+    from fcnseg.inference import runtimes
+
+    monkeypatch.setitem(runtimes._SESSIONS, "onnxruntime", refusing_session)
+    with pytest.raises(QuantizationError, match="(?s)cannot be run by any installed runtime.*input zero point"):
+        export_int8(
+            checkpoint_path,
+            tmp_path / "int8.onnx",
+            calibration,
+            quantizer="onnxruntime",
+            exporter="torchscript",
+            runtimes=["onnxruntime"],
+            min_agreement=0.9,
+        )
+    assert list(tmp_path.iterdir()) == []
