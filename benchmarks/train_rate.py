@@ -122,9 +122,9 @@ def train_variant(name: str, args: argparse.Namespace, bf16: bool) -> dict[str, 
 
 
 def timed_train(
-    out: Path, root: Path, options: list[str], steps: int, threads: int, skip: int, bf16: bool
+    out: Path, root: Path, options: list[str], steps: int, threads: int, skip: int, bf16: bool, recipe: str = "camvid"
 ) -> dict[str, Any]:
-    """``fcnseg train --recipe camvid OPTIONS`` for ``steps`` steps in a fresh process; its per-step times.
+    """``fcnseg train --recipe RECIPE OPTIONS`` for ``steps`` steps in a fresh process; its per-step times.
 
     A step is timed as the run times it (loading its batch included: ``train_seconds`` in metrics.jsonl),
     the first ``skip`` steps left out (kernel set-up).
@@ -135,7 +135,7 @@ def timed_train(
         "fcnseg",
         "train",
         "--recipe",
-        "camvid",
+        recipe,
         "--root",
         str(root),
         "--out",
