@@ -17,10 +17,18 @@ Two measurements, every claim a ratio within the run:
    its images/s: start-up and loading left out) over the difference of the counts; start-up and
    loading are the process's wall time less that. The masks of torch and auto are compared pixel by pixel.
 
+3. **int8** (``--int8``): the first model exported as NNCF int8 (calibrated on 8 generated images), alone in
+   OpenVINO against its fp32 compilation, and end to end as ``fcnseg predict INT8.onnx``; the pipeline's
+   cost is the int8 file's marginal time per image over the int8 model's own time
+   (``int8_end_to_end_vs_model``: 1.0 means decoding, preprocessing, the arg-max and writing cost nothing
+   beside the model). ``--checkpoint`` gives the first model trained weights (masks as a trained net draws
+   them, which PNG compresses as it would in use).
+
 The cache lives in a temporary ``$FCNSEG_HOME``, removed afterwards.
 
     .venv/bin/python benchmarks/predict_backend.py              # MobileNetV3 + VGG 0.25 + ResNet-18, 24 images
     .venv/bin/python benchmarks/predict_backend.py --quick      # smoke run: 192x256, 3 rounds, 6 images
+    .venv/bin/python benchmarks/predict_backend.py --models fcn8s_mobilenet_v3_large --int8 --threads 2 --workers 1
 """
 
 from __future__ import annotations
@@ -90,6 +98,41 @@ def model_alone(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def int8_alone(checkpoint: Path, root: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint as an NNCF int8 file (calibrated on generated images), timed in OpenVINO against fp32."""
+    from fcnseg.export.int8 import calibration_folder, export_int8
+    from fcnseg.inference import compiled
+    from fcnseg.inference.runtimes import OnnxModel
+
+    folder = root / "calibration"
+    folder.mkdir()
+    height, width = args.size
+    rng = np.random.default_rng(2)
+    for number in range(8):
+        Image.fromarray(harness.synthetic_image(height, width, rng)).save(folder / f"c{number}.png")
+    path = root / "int8.onnx"
+    # Random weights flip many near-tied pixels in int8; the agreement is reported, not required.
+    report = export_int8(
+        checkpoint, path, calibration_folder(folder, limit=8), runtimes=["openvino"], min_agreement=0.01
+    )
+    fp32 = compiled.load_compiled_checkpoint(checkpoint, device="cpu")
+    assert fp32 is not None  # model_alone compiled it
+    int8 = OnnxModel(path, "openvino")
+    images = torch.from_numpy(harness.synthetic_image(height, width, np.random.default_rng(0))).permute(2, 0, 1)[None]
+    blob = int8.prepare_input(images)
+    candidates = {"openvino_fp32": lambda: fp32.model(blob), "openvino_int8": lambda: int8(blob)}
+    with torch.inference_mode():
+        times = harness.interleaved_times(candidates, repeats=args.rounds, warmup=2, device=torch.device("cpu"))
+    medians = {name: median(values) for name, values in times.items()}
+    return path, {
+        "fp32_ms": round(1000 * medians["openvino_fp32"], 1),
+        "int8_ms": round(1000 * medians["openvino_int8"], 1),
+        "int8_vs_fp32": round(medians["openvino_int8"] / medians["openvino_fp32"], 3),
+        "calibration_agreement": report.agreements[0].pixels,
+        "times": times,
+    }
+
+
 def predict_seconds(
     model: str, folder: Path, out: Path, runtime: list[str], args: argparse.Namespace
 ) -> tuple[float, float]:
@@ -119,7 +162,9 @@ def predict_seconds(
     return wall, int(images) / float(rate)
 
 
-def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+def end_to_end(
+    checkpoint: Path, root: Path, args: argparse.Namespace, int8: tuple[Path, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     from fcnseg.inference import compiled
 
     rng = np.random.default_rng(1)
@@ -138,6 +183,8 @@ def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[s
         "auto": (str(checkpoint), []),
         "onnx_export": (str(onnx_file), ["--runtime", "openvino"]),
     }
+    if int8 is not None:
+        candidates["int8_export"] = (str(int8[0]), ["--runtime", "openvino"])
     walls: dict[str, dict[int, list[float]]] = {name: {count: [] for count in folders} for name in candidates}
     pipeline: dict[str, dict[int, list[float]]] = {name: {count: [] for count in folders} for name in candidates}
     for round_index in range(args.e2e_rounds):
@@ -160,7 +207,11 @@ def end_to_end(checkpoint: Path, root: Path, args: argparse.Namespace) -> dict[s
 
     masks = [(mask("torch", i), mask("auto", i)) for i in range(args.images)]
     equal = sum(int((a == b).sum()) for a, b in masks) / sum(a.size for a, _ in masks)
+    int8_figures = {}
+    if int8 is not None:  # the pipeline around the int8 model, as a multiple of the model's own time
+        int8_figures = {"int8_end_to_end_vs_model": round(1000 * marginal["int8_export"] / int8[1]["int8_ms"], 3)}
     return {
+        **int8_figures,
         "marginal_ms_per_image": {name: round(1000 * value, 1) for name, value in marginal.items()},
         "auto_vs_torch": round(marginal["auto"] / marginal["torch"], 3),
         "auto_vs_onnx_export": round(marginal["auto"] / marginal["onnx_export"], 3),
@@ -182,6 +233,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--e2e-rounds", type=int, default=3, help="end-to-end rounds (default 3)")
     parser.add_argument("--workers", type=int, default=0, help="fcnseg predict --workers (default 0)")
     parser.add_argument("--no-e2e", action="store_true", help="the model-alone figures only")
+    parser.add_argument(
+        "--int8", action="store_true", help="also the first model as NNCF int8 in OpenVINO: alone and end to end"
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="a trained checkpoint of the first model (default random weights)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 192x256, 3 rounds, 6 and 2 images")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per fcnseg predict run")
     parser.add_argument(
@@ -206,13 +263,23 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["FCNSEG_HOME"] = str(root / "home")  # the children of end_to_end inherit it
         for name in args.models:
             print(f"{name}: model alone at {args.size[0]}x{args.size[1]}, {args.threads} thread(s)", flush=True)
-            checkpoint = write_checkpoint(root / f"{name}.safetensors", name)
+            checkpoint = root / f"{name}.safetensors"
+            if args.checkpoint is not None and name == args.models[0]:
+                checkpoint.write_bytes(args.checkpoint.read_bytes())  # its own copy: the compiled cache keys on it
+            else:
+                write_checkpoint(checkpoint, name)
             results[name] = model_alone(checkpoint, args)
             print(f"  { ({k: v for k, v in results[name].items() if k != 'times'}) }", flush=True)
+        int8 = None
+        if args.int8:
+            print(f"{args.models[0]}: int8 (NNCF) in OpenVINO against fp32", flush=True)
+            int8 = int8_alone(root / f"{args.models[0]}.safetensors", root, args)
+            results["int8"] = int8[1]
+            print(f"  { ({k: v for k, v in int8[1].items() if k != 'times'}) }", flush=True)
         e2e = None
         if not args.no_e2e:
             print(f"end to end: {args.models[0]}, {args.images} and {args.few} images", flush=True)
-            e2e = end_to_end(root / f"{args.models[0]}.safetensors", root, args)
+            e2e = end_to_end(root / f"{args.models[0]}.safetensors", root, args, int8)
             print(f"  { ({k: v for k, v in e2e.items() if k not in ('walls_s', 'pipeline_s')}) }", flush=True)
     config = {
         "size": list(args.size),
@@ -221,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": args.images,
         "few": args.few,
         "workers": args.workers,
-        "weights": "random, score layers N(0, 0.01^2)",
+        "weights": str(args.checkpoint) if args.checkpoint else "random, score layers N(0, 0.01^2)",
     }
     document = harness.results_document("predict_backend", info, config=config, model_alone=results, end_to_end=e2e)
     harness.write_json(args.json or harness.results_path("predict_backend", args.quick), document)
