@@ -30,10 +30,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask).
-    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
+        # mkstemp creates the file 0600, and some writers (safetensors) make their own file at the path: give the
+        # finished file the mode a plain open() would (0666 less the umask), whoever created it.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         replace_durably(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -35,3 +35,18 @@ def test_written_files_get_the_umask_mode_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_a_checkpoint_gets_the_umask_mode_though_safetensors_makes_its_own_file(tmp_path):
+    from tiny_models import tiny_model
+
+    from fcnseg.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(
+            tmp_path / "model.safetensors", tiny_model("fcn8s", 3), classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
