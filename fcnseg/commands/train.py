@@ -228,7 +228,7 @@ def default_recipe(settings: list[tuple[str, object]]) -> str:
             else "10 minutes of training plus validation"
         )
         logging.getLogger("fcnseg.train").info(
-            "no --recipe and no GPU: the 'cpu' recipe (fcn8s width 0.25, %s); "
+            "no --recipe and no GPU: the 'cpu' recipe (FCN-8s on MobileNetV3-Large, %s); "
             "--recipe modern trains the full-width net for 20,000 steps",
             length,
         )

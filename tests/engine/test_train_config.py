@@ -60,7 +60,8 @@ def test_layers_apply_in_order_recipe_file_flags_set(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 5\nmodel:\n  width: 0.5\nrecipe:\n  lr: 0.02\n  steps: 9\n")
     config = build_config("camvid", str(path), [("recipe.steps", 11)])
-    assert (config.seed, config.model["width"], config.model["name"]) == (5, 0.5, "fcn8s")  # file over the recipe
+    assert (config.seed, config.model["width"]) == (5, 0.5)  # file over the recipe
+    assert config.model["name"] == "fcn8s_mobilenet_v3_large"  # the recipe's, untouched by the file
     assert (config.recipe.lr, config.recipe.steps, config.recipe.minutes) == (0.02, 11, 30)
     assert config.data_options == {"resize": [180, 240]}  # from the recipe, untouched
     with pytest.raises(SystemExit):
@@ -253,7 +254,9 @@ def test_without_a_recipe_a_cpu_trains_the_light_net_to_a_clock_and_says_so(capl
         name = command.default_recipe([("device", "cpu")])
     assert name == "cpu" and "no GPU" in caplog.text and "10 minutes" in caplog.text
     config = build_config(name)
-    assert config.model["width"] == 0.25 and config.recipe.minutes == 10
+    # the model benchmarks/choose_recipe.py measured best on a CPU budget, bf16 where the CPU computes it
+    assert config.model["name"] == "fcn8s_mobilenet_v3_large" and config.recipe.minutes == 10 and config.cpu_bf16
+    assert "MobileNetV3" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="fcnseg.train"):
         command.default_recipe([("device", "cpu"), ("recipe.steps", 3), ("recipe.minutes", None)])
@@ -344,3 +347,18 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, monkeypatch):
     train(build_config("demo", settings=TINY + [("recipe.steps", 2), ("progress", True)]), tmp_path / "run")
     err = capsys.readouterr().err
     assert "train: 1/2 step" in err and "\r" not in err
+
+
+def test_the_thin_class_recipe_is_camvid_with_focal_loss_and_effective_number_weights():
+    camvid, thin = build_config("camvid"), build_config("camvid-thin")
+    assert (thin.recipe.loss, thin.recipe.loss_options, thin.class_weights) == (
+        "focal",
+        {"gamma": 2},
+        "effective-number",
+    )
+    assert (camvid.recipe.loss, camvid.class_weights) == ("ce", None)
+    differing = {
+        key for key, value in thin.recipe.to_dict().items() if camvid.recipe.to_dict()[key] != value and key != "name"
+    }
+    assert differing == {"loss", "loss_options"}
+    assert (thin.model, thin.data_options, thin.cpu_bf16) == (camvid.model, camvid.data_options, camvid.cpu_bf16)
