@@ -225,7 +225,13 @@ def build_config(
         from pathlib import Path
 
         data = merge(data, read_config_file(Path(config_file)))
+    keys = [key for key, _ in settings]
     for key, value in settings:
+        before = data["recipe"].get("loss")
         set_value(data, key, value)
+        changed_loss = key == "recipe.loss" and data["recipe"].get("loss") != before
+        if changed_loss and not any(k.startswith("recipe.loss_options") for k in keys):
+            # another loss than the recipe's starts without the recipe's options (focal's gamma means nothing to ce)
+            data["recipe"]["loss_options"] = {}
     data = resolve_by_model(data, data["model"].get("name", ""))
     return TrainConfig.from_dict(data)

@@ -349,16 +349,23 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, monkeypatch):
     assert "train: 1/2 step" in err and "\r" not in err
 
 
-def test_the_thin_class_recipe_is_camvid_with_focal_loss_and_effective_number_weights():
-    camvid, thin = build_config("camvid"), build_config("camvid-thin")
-    assert (thin.recipe.loss, thin.recipe.loss_options, thin.class_weights) == (
+def test_the_camvid_recipe_is_the_thin_class_combination_and_cpu_keeps_cross_entropy():
+    camvid, cpu = build_config("camvid"), build_config("cpu")
+    assert (camvid.recipe.loss, camvid.recipe.loss_options, camvid.class_weights) == (
         "focal",
         {"gamma": 2},
         "effective-number",
     )
-    assert (camvid.recipe.loss, camvid.class_weights) == ("ce", None)
-    differing = {
-        key for key, value in thin.recipe.to_dict().items() if camvid.recipe.to_dict()[key] != value and key != "name"
-    }
-    assert differing == {"loss", "loss_options"}
-    assert (thin.model, thin.data_options, thin.cpu_bf16) == (camvid.model, camvid.data_options, camvid.cpu_bf16)
+    assert (cpu.recipe.loss, cpu.class_weights) == ("ce", None)
+    assert camvid.model == cpu.model and camvid.cpu_bf16 and cpu.cpu_bf16
+
+
+def test_another_loss_than_the_recipes_starts_without_its_options():
+    # camvid trains focal loss with gamma 2; --loss ce must not hand gamma to cross-entropy
+    assert build_config("camvid").recipe.loss_options == {"gamma": 2}
+    plain = build_config("camvid", settings=[("recipe.loss", "ce"), ("class_weights", None)])
+    assert (plain.recipe.loss, plain.recipe.loss_options, plain.class_weights) == ("ce", {}, None)
+    kept = build_config("camvid", settings=[("recipe.loss", "focal")])  # the same loss named again keeps them
+    assert kept.recipe.loss_options == {"gamma": 2}
+    given = build_config("camvid", settings=[("recipe.loss", "focal"), ("recipe.loss_options.gamma", 3)])
+    assert given.recipe.loss_options == {"gamma": 3}
